@@ -1,0 +1,95 @@
+"""Config loading: every shipped YAML validates; bad keys, types and combinations name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from vldft.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"demo.yaml", "qwen25vl_geo.yaml", "llava_geo.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert path.read_text().startswith("#"), "each YAML starts with a comment saying how to run it"
+    assert "python -m vldft.train" in path.read_text() or "torchrun" in path.read_text()
+
+
+def test_headline_recipe_is_the_real_model():
+    cfg = load_config(ROOT / "configs/qwen25vl_geo.yaml")
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert cfg.loss.name == "dft" and cfg.train.scheduler == "cosine"
+    assert 1e-6 <= cfg.train.lr <= 5e-5 and cfg.train.warmup_ratio == pytest.approx(0.1)
+    assert cfg.model.gradient_checkpointing and cfg.model.max_pixels
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(ROOT / "configs/demo.yaml",
+                      ["train.lr=1e-5", "loss.name=sft", "model.freeze=[vision]",
+                       "train.vision_lr=3e-6", "data.overlong=skip"])
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.loss.name == "sft" and cfg.model.freeze == ["vision"]
+    assert cfg.train.vision_lr == 3e-6 and cfg.data.overlong == "skip"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=fast", "train.lr"),
+    ("train.max_steps=1.5", "train.max_steps"),
+    ("train.micro_batch_size=true", "train.micro_batch_size"),
+    ("model.tiny=yes please", "model.tiny"),
+    ("train.learning_rate=1e-5", "train.learning_rate"),
+    ("optim.lr=1", "optim"),
+    ("loss.name=dpo", "loss.name"),
+    ("data.overlong=drop", "data.overlong"),
+    ("model.freeze=[vision, projector, language]", "model.freeze"),
+    ("model.freeze=[encoder]", "model.freeze"),
+    ("train.warmup_ratio=1.0", "train.warmup_ratio"),
+    ("model.name_or_path=Qwen/Qwen2.5-VL-3B-Instruct", "model"),
+    ("train.micro_batch_size=0", "train.micro_batch_size"),
+    ("data.train_files=[]", "data.train_files"),
+    ("model.min_pixels=100000", "model.min_pixels"),
+    ("noequals", "key=value"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs/demo.yaml", [override])
+    assert key in str(err.value)
+
+
+def test_bool_strings_are_not_truthy(tmp_path):
+    """`model.tiny=False` must be the boolean False, never a truthy string."""
+    cfg = load_config(ROOT / "configs/qwen25vl_geo.yaml", ["model.tiny=False"])
+    assert cfg.model.tiny is False
+
+
+def test_pixels_only_for_qwen(tmp_path):
+    with pytest.raises(ConfigError, match="model.min_pixels"):
+        load_config(ROOT / "configs/llava_geo.yaml", ["model.min_pixels=3136"])
+
+
+def test_missing_file_and_bad_top_level(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_validation_happens_before_any_model_load(monkeypatch):
+    """An invalid config fails in load_config, so train.main never builds a model."""
+    import vldft.adapters as adapters
+
+    monkeypatch.setattr(adapters, "load_adapter", lambda *a: pytest.fail("model was loaded"))
+    from vldft.train import cli
+
+    with pytest.raises(SystemExit, match="loss.name"):
+        cli([str(ROOT / "configs/demo.yaml"), "loss.name=nope"])

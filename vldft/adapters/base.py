@@ -1,0 +1,94 @@
+"""The small interface every model family implements.
+
+An adapter owns a Hugging Face model + processor pair and answers the questions the collator,
+the objective and the training loop ask of a family: how a conversation is rendered, which token
+stands for an image, which string ends an assistant turn, how to get final hidden states, and
+which parameters form the vision tower, the projector and the language model. Adding a family
+(Qwen2-VL, LLaVA-OneVision, ...) is one file that subclasses ``Adapter`` and fills these in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+class Adapter:
+    """Base class; subclasses set the class attributes and implement the three hooks below."""
+
+    family: str = ""
+    image_token: str = ""  # placeholder string the chat template emits for one image
+    end_of_turn: str = ""  # string that ends an assistant turn (trained, so the model stops)
+    vision_prefixes: tuple[str, ...] = ()  # parameter-name prefixes of the vision tower
+    projector_prefixes: tuple[str, ...] = ()  # ... of the projector / merger
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_token_id: int = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        self.pad_token_id: int = self.tokenizer.pad_token_id
+        eot_ids = self.tokenizer.encode(self.end_of_turn, add_special_tokens=False)
+        if len(eot_ids) != 1:
+            raise ValueError(f"{self.family}: end-of-turn {self.end_of_turn!r} is not one token")
+        self.eot_token_id: int = eot_ids[0]
+
+    # -- hooks -------------------------------------------------------------------------------
+    def load_image(self, image: str | Path | Image.Image) -> Image.Image:
+        """Open (and, where the family has one, apply the family's resizing policy to) an image."""
+        if isinstance(image, Image.Image):
+            return image.convert("RGB")
+        with Image.open(image) as im:
+            return im.convert("RGB")
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Run the backbone (vision + language model, no lm_head): final hidden states [B, T, H]."""
+        return self.model.model(**batch, use_cache=False).last_hidden_state
+
+    def output_layer(self) -> nn.Linear:
+        """The output projection (lm_head); its weight may be tied to the input embeddings."""
+        return self.model.lm_head
+
+    # -- shared behaviour --------------------------------------------------------------------
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """Render a conversation with the checkpoint's own chat template (text, no tokens)."""
+        return self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def process(self, text: str, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Processor call for ONE sample: expands image placeholders, returns [1, T] tensors."""
+        out = self.processor(text=[text], images=images or None, return_tensors="pt")
+        return dict(out)
+
+    def part_of(self, param_name: str) -> str:
+        """'vision', 'projector' or 'language' for a parameter name of ``self.model``."""
+        if param_name.startswith(self.projector_prefixes):  # checked first: Qwen's merger
+            return "projector"  # lives under the vision tower's prefix
+        if param_name.startswith(self.vision_prefixes):
+            return "vision"
+        return "language"
+
+    def parts(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {
+            "vision": [],
+            "projector": [],
+            "language": [],
+        }
+        for name, p in self.model.named_parameters():
+            groups[self.part_of(name)].append((name, p))
+        return groups
+
+    def freeze(self, parts: list[str]) -> None:
+        for part, params in self.parts().items():
+            for _, p in params:
+                p.requires_grad_(part not in parts)
+
+    def save(self, out_dir: str | Path) -> None:
+        """Hugging Face format: loadable by AutoModelForImageTextToText / AutoProcessor."""
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        self.processor.save_pretrained(out_dir)

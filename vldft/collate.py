@@ -1,0 +1,217 @@
+"""The one owner of label masking: Sample -> input_ids / labels / pixel tensors -> padded batch.
+
+How labels are made (``Collator.encode``):
+1. Render the whole conversation with the checkpoint's chat template. For each trained assistant
+   turn i, render ``messages[:i]`` + generation prompt (P) and ``messages[:i+1]`` (S); P must be a
+   prefix of S and S of the whole text. The turn's trained characters are its text, which must
+   follow P after at most whitespace, plus the end-of-turn string (appended when the template has
+   none, as LLaVA-1.5's). Spans come from these offsets, never from searching for "assistant".
+2. Tokenize the text with offsets; a token is trained iff its characters lie in a trained span
+   (a token may also start with whitespace just before a span: SentencePiece's "▁The").
+3. Run the processor on the same text + images: it expands each image placeholder into N tokens.
+   Each placeholder's label is repeated over its N tokens (always -100) and every other token
+   must match one-to-one, else the sample is rejected with an error naming it.
+4. Verify by decoding: the trained tokens of each span decode to exactly its expected text.
+Everything else (system prompt, user turns, role headers, image and vision start/end tokens,
+padding) is -100.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vldft.adapters.base import Adapter
+from vldft.data import Sample
+
+IGNORE = -100
+
+
+class SampleError(ValueError):
+    """A sample that cannot be encoded correctly; the message names it."""
+
+
+@dataclass
+class Encoded:
+    sample_id: str
+    input_ids: torch.Tensor  # [T] long
+    labels: torch.Tensor  # [T] long, IGNORE where not trained
+    extras: dict[str, torch.Tensor]  # processor outputs besides ids/mask (pixel_values, ...)
+    truncated: bool = False
+
+
+@dataclass
+class Skipped:
+    sample_id: str
+    reason: str
+
+
+def _text_of(msg: dict) -> str:
+    if any(p["type"] != "text" for p in msg["content"]):
+        raise SampleError("assistant turns with images are not supported")
+    return "".join(p["text"] for p in msg["content"])
+
+
+class Collator:
+    """Encodes samples for one adapter; ``__call__`` pads a list of them into a batch."""
+
+    def __init__(self, adapter: Adapter, max_length: int = 2048, overlong: str = "truncate",
+                 train_on: str = "all") -> None:
+        self.adapter = adapter
+        self.max_length = max_length
+        self.overlong = overlong
+        self.train_on = train_on
+
+    # -- step 1: character spans -------------------------------------------------------------
+    def render_with_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int, str]]]:
+        """Full text (with inserted end-of-turn strings) and trained spans (start, end, text)."""
+        a, eot = self.adapter, self.adapter.end_of_turn
+        full = a.render(messages)
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if self.train_on == "last":
+            turns = turns[-1:]
+        pieces, spans, pos, out_len = [], [], 0, 0  # pos indexes `full`, out_len the output
+        for i in turns:
+            prefix = a.render(messages[:i], add_generation_prompt=True)
+            upto = a.render(messages[: i + 1])
+            if not (upto.startswith(prefix) and full.startswith(upto)):
+                raise SampleError(f"turn {i}: the chat template is not prefix-stable")
+            content = _text_of(messages[i]).lstrip()
+            body = upto[len(prefix):]
+            lead = len(body) - len(body.lstrip())
+            if not content or not body[lead:].startswith(content):
+                raise SampleError(f"turn {i}: assistant text not found after the template prefix")
+            end = len(prefix) + lead + len(content)
+            pieces.append(full[pos:end])
+            out_len += end - pos
+            pieces.append(eot)  # the template's own end-of-turn, or an appended one
+            out_len += len(eot)
+            pos = end + len(eot) if full.startswith(eot, end) else end
+            spans.append((out_len - len(content) - len(eot), out_len, content + eot))
+        pieces.append(full[pos:])
+        return "".join(pieces), spans
+
+    # -- steps 2-4 ---------------------------------------------------------------------------
+    def encode(self, sample: Sample) -> Encoded | Skipped:
+        try:
+            return self._encode(sample)
+        except SampleError as e:
+            raise SampleError(f"sample {sample.id}: {e}") from None
+
+    def _encode(self, sample: Sample) -> Encoded | Skipped:
+        a = self.adapter
+        text, spans = self.render_with_spans(sample.messages)
+        enc = a.tokenizer(text, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        token_labels = [self._label(tid, s, e, text, spans)
+                        for tid, (s, e) in zip(ids, offsets, strict=True)]
+
+        images = [a.load_image(img) for img in sample.images]
+        out = a.process(text, images)
+        full_ids = out.pop("input_ids")[0]
+        out.pop("attention_mask", None)
+        labels = self._expand(ids, token_labels, full_ids.tolist())
+        labels_t = torch.tensor(labels, dtype=torch.long)
+        self._verify(full_ids, labels_t, spans)
+
+        truncated = False
+        if len(full_ids) > self.max_length:
+            is_image = (full_ids == a.image_token_id).nonzero()
+            if self.overlong == "error":
+                raise SampleError(f"{len(full_ids)} tokens > data.max_length={self.max_length}")
+            if self.overlong == "skip":
+                return Skipped(sample.id, "longer than data.max_length")
+            if len(is_image) and int(is_image.max()) >= self.max_length:
+                return Skipped(sample.id, "truncation would cut an image block")
+            full_ids, labels_t = full_ids[: self.max_length], labels_t[: self.max_length]
+            truncated = True
+            for key, value in out.items():  # per-token extras (mm_token_type_ids)
+                if value.dim() == 2 and value.shape[0] == 1:
+                    out[key] = value[:, : self.max_length]
+            if not (labels_t != IGNORE).any():
+                return Skipped(sample.id, "no trained tokens left after truncation")
+        return Encoded(sample.id, full_ids, labels_t, out, truncated)
+
+    def _label(self, tid: int, s: int, e: int, text: str, spans) -> int:
+        for start, end, _ in spans:
+            if start <= s and e <= end and e > s:
+                return tid
+            if s < start < e:  # straddles the start: allowed only for leading whitespace
+                if text[s:start].isspace() and e <= end:
+                    return tid
+                raise SampleError(f"token {text[s:e]!r} straddles the start of a response")
+            if s < end < e:
+                raise SampleError(f"token {text[s:e]!r} straddles the end of a response")
+        return IGNORE
+
+    def _expand(self, ids: list[int], labels: list[int], full: list[int]) -> list[int]:
+        """Map labels of the unexpanded tokens onto the processor's expanded sequence."""
+        img, out, j = self.adapter.image_token_id, [], 0
+        for k, (tid, lab) in enumerate(zip(ids, labels, strict=True)):
+            if tid == img:
+                if k + 1 < len(ids) and ids[k + 1] == img:
+                    raise SampleError("two adjacent image placeholders cannot be told apart")
+                run = 0
+                while j < len(full) and full[j] == img:
+                    run, j = run + 1, j + 1
+                if run == 0:
+                    raise SampleError("processor did not expand an image placeholder")
+                out.extend([IGNORE] * run)
+                continue
+            if j >= len(full) or full[j] != tid:
+                raise SampleError("processor tokenization differs from the tokenizer's")
+            out.append(lab)
+            j += 1
+        if j != len(full):
+            raise SampleError("processor output has extra tokens")
+        return out
+
+    def _verify(self, ids: torch.Tensor, labels: torch.Tensor, spans) -> None:
+        """Decode each contiguous trained run; it must equal its span's expected text."""
+        trained = (labels != IGNORE).tolist()
+        runs, cur = [], []
+        for k, flag in enumerate(trained):
+            if flag:
+                cur.append(k)
+            elif cur:
+                runs.append(cur)
+                cur = []
+        if cur:
+            runs.append(cur)
+        if len(runs) != len(spans):
+            raise SampleError(f"{len(runs)} trained runs for {len(spans)} responses")
+        for run, (_, _, want) in zip(runs, spans, strict=True):
+            got = self.adapter.tokenizer.decode(ids[run].tolist(), skip_special_tokens=False)
+            if got.lstrip() != want:
+                raise SampleError(f"trained tokens decode to {got!r}, expected {want!r}")
+
+    # -- batching ----------------------------------------------------------------------------
+    def __call__(self, items: list[Encoded | Skipped]) -> dict:
+        """Right-pad to the longest sample; concatenate image tensors along dim 0."""
+        kept = [it for it in items if isinstance(it, Encoded)]
+        skipped = [it for it in items if isinstance(it, Skipped)]
+        batch: dict = {"skipped": skipped, "n_truncated": sum(it.truncated for it in kept)}
+        if not kept:
+            return batch
+        T = max(len(it.input_ids) for it in kept)
+        B = len(kept)
+        input_ids = torch.full((B, T), self.adapter.pad_token_id, dtype=torch.long)
+        labels = torch.full((B, T), IGNORE, dtype=torch.long)
+        attention = torch.zeros((B, T), dtype=torch.long)
+        for b, it in enumerate(kept):
+            n = len(it.input_ids)
+            input_ids[b, :n], labels[b, :n], attention[b, :n] = it.input_ids, it.labels, 1
+        batch.update(input_ids=input_ids, labels=labels, attention_mask=attention)
+        keys = dict.fromkeys(k for it in kept for k in it.extras)
+        for key in keys:
+            values = [it.extras[key] for it in kept if key in it.extras]
+            if values[0].dim() == 2 and values[0].shape[0] == 1 and key != "image_grid_thw":
+                padded = torch.zeros((B, T), dtype=values[0].dtype)  # per-token extra
+                for b, it in enumerate(kept):
+                    v = it.extras[key][0]
+                    padded[b, : len(v)] = v  # every sample has per-token extras
+                batch[key] = padded
+            else:
+                batch[key] = torch.cat(values, dim=0)
+        return batch

@@ -1,0 +1,234 @@
+"""Typed run configuration: dataclasses loaded from YAML plus ``key=value`` overrides.
+
+    cfg = load_config("configs/demo.yaml", ["train.lr=1e-5", "loss.name=sft"])
+
+Every field has a docstring-style comment; the README's config reference is generated from the
+same comments. Unknown keys, values of the wrong type and invalid combinations raise
+``ConfigError`` naming the key, before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from vldft.objectives import OBJECTIVES
+
+PARTS = ("vision", "projector", "language")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    family: Literal["qwen2_5_vl", "llava"] = "qwen2_5_vl"  # model family (adapter to use)
+    name_or_path: str | None = None  # hub id or local dir of an HF checkpoint
+    tiny: bool = False  # build a tiny random model locally instead (demo / tests; no download)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # weights dtype on load
+    attn_implementation: str = "sdpa"  # "sdpa", "eager" or "flash_attention_2" (flash extra)
+    min_pixels: int | None = None  # Qwen2.5-VL: lower bound on image area after resizing
+    max_pixels: int | None = None  # Qwen2.5-VL: upper bound on image area (limits image tokens)
+    freeze: list[str] = field(default_factory=list)  # parts to freeze: vision, projector, language
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)  # JSONL files of normalised samples
+    heldout_file: str | None = None  # JSONL scored after training (CE + answer accuracy)
+    image_root: str | None = None  # base dir for relative image paths (default: the file's dir)
+    max_length: int = 2048  # max tokens per sample, image tokens included
+    overlong: Literal["truncate", "skip", "error"] = "truncate"  # samples over max_length
+    train_on: Literal["all", "last"] = "all"  # train every assistant turn, or the last only
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class LossConfig:
+    name: str = "dft"  # objective: sft (-log p) or dft (-sg(p) log p)
+    sft_warmup_steps: int = 0  # optimizer steps of plain SFT before switching to `name`
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/demo"  # checkpoints, metrics.jsonl, config.yaml, summary.json
+    seed: int = 0  # seeds python, numpy, torch and the data order
+    epochs: float = 1.0  # passes over the training data (ignored when max_steps > 0)
+    max_steps: int = 0  # optimizer steps; 0 means derive from epochs
+    micro_batch_size: int = 4  # samples per forward pass per device
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-5  # peak learning rate of the language model
+    vision_lr: float | None = None  # vision tower lr (default: lr)
+    projector_lr: float | None = None  # projector / merger lr (default: lr)
+    weight_decay: float = 0.0  # AdamW weight decay (never applied to biases and norms)
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # lr decay after warmup
+    warmup_ratio: float = 0.1  # fraction of steps with linear lr warmup
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
+    log_every: int = 10  # optimizer steps between metric log lines
+    save_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
+    eval_max_samples: int = 64  # held-out samples scored at the end (0 disables)
+    eval_max_new_tokens: int = 64  # greedy generation length for held-out accuracy
+    eval_batch_size: int = 16  # held-out batch size
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    base_dir: str = "."  # directory that relative paths are resolved against (set by load_config)
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def validate(self) -> None:
+        m, d, lo, t = self.model, self.data, self.loss, self.train
+        if m.tiny == (m.name_or_path is not None):
+            raise ConfigError("model: set exactly one of model.tiny=true or model.name_or_path")
+        for part in m.freeze:
+            if part not in PARTS:
+                raise ConfigError(f"model.freeze: unknown part {part!r}; choose from {PARTS}")
+        if set(m.freeze) >= set(PARTS):
+            raise ConfigError("model.freeze: every part is frozen, nothing would be trained")
+        if m.family != "qwen2_5_vl" and (m.min_pixels or m.max_pixels):
+            raise ConfigError("model.min_pixels/max_pixels: only supported for qwen2_5_vl")
+        if m.min_pixels and m.max_pixels and m.min_pixels > m.max_pixels:
+            raise ConfigError("model.min_pixels: larger than model.max_pixels")
+        if not d.train_files:
+            raise ConfigError("data.train_files: at least one training file is required")
+        if d.max_length < 16:
+            raise ConfigError("data.max_length: must be at least 16")
+        if lo.name not in OBJECTIVES:
+            raise ConfigError(f"loss.name: unknown objective {lo.name!r}; choose from {OBJECTIVES}")
+        if lo.sft_warmup_steps < 0:
+            raise ConfigError("loss.sft_warmup_steps: must be >= 0")
+        for key in ("micro_batch_size", "grad_accum", "log_every", "eval_batch_size"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key}: must be >= 1")
+        if t.max_steps < 0 or t.save_every < 0 or t.eval_max_samples < 0:
+            raise ConfigError("train.max_steps/save_every/eval_max_samples: must be >= 0")
+        if t.max_steps == 0 and t.epochs <= 0:
+            raise ConfigError("train.epochs: must be > 0 when train.max_steps is 0")
+        for key in ("lr", "vision_lr", "projector_lr"):
+            value = getattr(t, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"train.{key}: must be > 0")
+        if not 0 <= t.warmup_ratio < 1:
+            raise ConfigError("train.warmup_ratio: must be in [0, 1)")
+        if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
+            raise ConfigError("train.adam_betas: must be two numbers in [0, 1)")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert only lossless cases (int->float)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+    else:
+        raise TypeError(f"unsupported annotation {tp} for {key}")
+    raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{full}: unknown key; valid keys: {sorted(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-5")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (YAML), apply ``section.key=value`` overrides, validate, return a Config.
+
+    Relative paths in the file are resolved against the directory above ``configs/``-style
+    folders: the directory the command is run from if the file is inside it, else the file's dir.
+    """
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        if not path.resolve().is_relative_to(base.resolve()):
+            base = path.resolve().parent
+    for item in overrides or []:
+        _apply_override(raw, item)
+    raw.setdefault("base_dir", str(base))
+    cfg = _build(Config, raw, "")
+    cfg.validate()
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d.pop("base_dir")
+    return d
