@@ -67,7 +67,7 @@ def test_fully_masked_micro_batch_contributes_zero_with_live_graph():
     batch["labels"][:] = -100
     module = ObjectiveModule(adapter)
     loss_sum, _ = module(dict(batch), "dft")
-    assert loss_sum.requires_grad and float(loss_sum) == 0.0
+    assert loss_sum.requires_grad and float(loss_sum.detach()) == 0.0
     loss_sum.backward()
     head = adapter.output_layer().weight
     assert head.grad is not None and float(head.grad.abs().sum()) == 0.0
@@ -120,8 +120,12 @@ def test_main_trains_saves_and_reloads_with_plain_transformers(tmp_path, family)
     cfg = load_config(ROOT / "configs/demo.yaml", overrides)
     summary = main(cfg)
 
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [r for r in records if "loss" in r]
+    evals = [r for r in records if "heldout" in r]
     assert [r["step"] for r in lines] == [4, 8, 12, 16, 20, 24]
+    assert [r["step"] for r in evals] == [12, 24], "held-out at the SFT->DFT switch and the end"
+    assert [h["step"] for h in summary["heldout_history"]] == [12, 24]
     assert {r["objective"] for r in lines} == {"sft", "dft"}
     for r in lines:
         assert {"loss", "ce", "mean_p", "lr", "tokens_per_s", "entropy"} <= r.keys()

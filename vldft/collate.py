@@ -18,6 +18,7 @@ padding) is -100.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,10 @@ class Skipped:
     reason: str
 
 
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
 def _text_of(msg: dict) -> str:
     if any(p["type"] != "text" for p in msg["content"]):
         raise SampleError("assistant turns with images are not supported")
@@ -69,10 +74,9 @@ class Collator:
         a, eot = self.adapter, self.adapter.end_of_turn
         full = a.render(messages)
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        if self.train_on == "last":
-            turns = turns[-1:]
+        trained = set(turns[-1:] if self.train_on == "last" else turns)
         pieces, spans, pos, out_len = [], [], 0, 0  # pos indexes `full`, out_len the output
-        for i in turns:
+        for i in turns:  # every answer gets its end-of-turn; only `trained` ones get a span
             prefix = a.render(messages[:i], add_generation_prompt=True)
             upto = a.render(messages[: i + 1])
             if not (upto.startswith(prefix) and full.startswith(upto)):
@@ -88,7 +92,8 @@ class Collator:
             pieces.append(eot)  # the template's own end-of-turn, or an appended one
             out_len += len(eot)
             pos = end + len(eot) if full.startswith(eot, end) else end
-            spans.append((out_len - len(content) - len(eot), out_len, content + eot))
+            if i in trained:
+                spans.append((out_len - len(content) - len(eot), out_len, content + eot))
         pieces.append(full[pos:])
         return "".join(pieces), spans
 
@@ -107,8 +112,15 @@ class Collator:
         token_labels = [self._label(tid, s, e, text, spans)
                         for tid, (s, e) in zip(ids, offsets, strict=True)]
 
+        n_placeholders = ids.count(a.image_token_id)
+        if n_placeholders != len(sample.images):
+            raise SampleError(f"{n_placeholders} image placeholders ({a.image_token!r}) in the "
+                              f"rendered text but {len(sample.images)} images")
         images = [a.load_image(img) for img in sample.images]
-        out = a.process(text, images)
+        try:
+            out = a.process(text, images)
+        except ValueError as e:
+            raise SampleError(f"processor rejected the sample: {e}") from None
         full_ids = out.pop("input_ids")[0]
         out.pop("attention_mask", None)
         labels = self._expand(ids, token_labels, full_ids.tolist())
@@ -122,7 +134,8 @@ class Collator:
                 raise SampleError(f"{len(full_ids)} tokens > data.max_length={self.max_length}")
             if self.overlong == "skip":
                 return Skipped(sample.id, "longer than data.max_length")
-            if len(is_image) and int(is_image.max()) >= self.max_length:
+            # keep the token after the last image run too (Qwen's <|vision_end|>)
+            if len(is_image) and int(is_image.max()) + 1 >= self.max_length:
                 return Skipped(sample.id, "truncation would cut an image block")
             full_ids, labels_t = full_ids[: self.max_length], labels_t[: self.max_length]
             truncated = True
@@ -183,7 +196,7 @@ class Collator:
             raise SampleError(f"{len(runs)} trained runs for {len(spans)} responses")
         for run, (_, _, want) in zip(runs, spans, strict=True):
             got = self.adapter.tokenizer.decode(ids[run].tolist(), skip_special_tokens=False)
-            if got.lstrip() != want:
+            if _nfc(got.lstrip()) != _nfc(want):  # tokenizers may NFC-normalise
                 raise SampleError(f"trained tokens decode to {got!r}, expected {want!r}")
 
     # -- batching ----------------------------------------------------------------------------
@@ -215,3 +228,56 @@ class Collator:
             else:
                 batch[key] = torch.cat(values, dim=0)
         return batch
+
+
+def show(enc: Encoded, tokenizer, image_token_id: int) -> str:
+    """Debug view of one encoded sample: trained tokens inside [[...]], image runs abbreviated."""
+    ids, labels = enc.input_ids.tolist(), enc.labels.tolist()
+    def kind(k: int) -> str:
+        if ids[k] == image_token_id:
+            return "image"
+        return "train" if labels[k] != IGNORE else "mask"
+
+    out, k = [], 0
+    while k < len(ids):
+        j = k
+        while j < len(ids) and kind(j) == kind(k):
+            j += 1
+        text = tokenizer.decode(ids[k:j], skip_special_tokens=False)
+        if kind(k) == "image":
+            out.append(f"{tokenizer.decode([ids[k]])}x{j - k}")
+        else:
+            out.append(f"[[{text}]]" if kind(k) == "train" else text)
+        k = j
+    return "".join(out)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """python -m vldft.collate CONFIG [N] [key=value ...]: print N samples' trained tokens."""
+    import sys
+
+    from vldft.adapters import load_adapter
+    from vldft.config import load_config
+    from vldft.data import load_jsonl
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_main.__doc__)
+        return
+    n = int(argv[1]) if len(argv) > 1 and argv[1].isdigit() else 3
+    cfg = load_config(argv[0], [a for a in argv[1:] if "=" in a])
+    adapter = load_adapter(cfg.model)
+    coll = Collator(adapter, cfg.data.max_length, cfg.data.overlong, cfg.data.train_on)
+    samples = load_jsonl(cfg.resolve(cfg.data.train_files[0]))[:n]
+    for s in samples:
+        enc = coll.encode(s)
+        if isinstance(enc, Skipped):
+            print(f"--- {s.id}: skipped ({enc.reason})")
+            continue
+        n_trained = int((enc.labels != IGNORE).sum())
+        print(f"--- {s.id}: {len(enc.input_ids)} tokens, {n_trained} trained ([[...]])")
+        print(show(enc, adapter.tokenizer, adapter.image_token_id))
+
+
+if __name__ == "__main__":
+    _main()

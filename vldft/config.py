@@ -76,7 +76,9 @@ class TrainConfig:
     mixed_precision: Literal["auto", "bf16", "no"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
     log_every: int = 10  # optimizer steps between metric log lines
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
-    eval_max_samples: int = 64  # held-out samples scored at the end (0 disables)
+    eval_every: int = 0  # steps between held-out evaluations (0: at the end, and at the
+    # switch from the SFT warm-up to the objective)
+    eval_max_samples: int = 64  # held-out samples scored (0 disables held-out evaluation)
     eval_max_new_tokens: int = 64  # greedy generation length for held-out accuracy
     eval_batch_size: int = 16  # held-out batch size
 
@@ -117,8 +119,9 @@ class Config:
         for key in ("micro_batch_size", "grad_accum", "log_every", "eval_batch_size"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key}: must be >= 1")
-        if t.max_steps < 0 or t.save_every < 0 or t.eval_max_samples < 0:
-            raise ConfigError("train.max_steps/save_every/eval_max_samples: must be >= 0")
+        for key in ("max_steps", "save_every", "eval_every", "eval_max_samples"):
+            if getattr(t, key) < 0:
+                raise ConfigError(f"train.{key}: must be >= 0")
         if t.max_steps == 0 and t.epochs <= 0:
             raise ConfigError("train.epochs: must be > 0 when train.max_steps is 0")
         for key in ("lr", "vision_lr", "projector_lr"):

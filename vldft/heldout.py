@@ -21,7 +21,7 @@ from vldft.objectives import compute_objective
 def evaluate_heldout(adapter: Adapter, collator: Collator, samples: list[Sample],
                      batch_size: int = 16, max_new_tokens: int = 64,
                      objective: str = "dft") -> dict:
-    """Returns {"n", "ce", "loss", "mean_p", "accuracy", "examples"} over ``samples``."""
+    """Returns {"n", "ce", "loss", "mean_p", "accuracy", "accuracy_by_kind", "examples"}."""
     model = adapter.model
     was_training = model.training
     model.eval()
@@ -45,7 +45,7 @@ def evaluate_heldout(adapter: Adapter, collator: Collator, samples: list[Sample]
 
     scored = [s for s in samples if s.answer is not None]
     if scored:
-        correct = 0
+        correct, per_kind = 0, {}
         for i in range(0, len(scored), batch_size):
             chunk = scored[i: i + batch_size]
             outputs = generate(adapter, chunk, max_new_tokens, device)
@@ -53,10 +53,13 @@ def evaluate_heldout(adapter: Adapter, collator: Collator, samples: list[Sample]
                 pred = extract_final_answer(text)
                 ok = pred is not None and pred == extract_final_answer(f"Answer: {s.answer}")
                 correct += ok
+                hits = per_kind.setdefault(s.kind or "all", [0, 0])
+                hits[0], hits[1] = hits[0] + ok, hits[1] + 1
                 if len(result["examples"]) < 5:
                     result["examples"].append({"id": s.id, "output": text, "answer": s.answer,
                                                "correct": ok})
         result["accuracy"] = correct / len(scored)
+        result["accuracy_by_kind"] = {k: c / n for k, (c, n) in sorted(per_kind.items())}
     model.train(was_training)
     return result
 

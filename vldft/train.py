@@ -191,6 +191,22 @@ def main(cfg: Config) -> dict:
     window: Counter = Counter()
     history: list[dict] = []
     start = time.perf_counter()
+    evals: list[dict] = []
+
+    def run_heldout(step: int) -> None:
+        if not (heldout and t.eval_max_samples and is_main):
+            return
+        module.eval()
+        res = evaluate_heldout(adapter, collator, heldout[: t.eval_max_samples],
+                               t.eval_batch_size, t.eval_max_new_tokens, cfg.loss.name)
+        module.train()
+        res["step"] = step
+        evals.append(res)
+        metrics_file.write(json.dumps({"step": step, "heldout": {
+            k: v for k, v in res.items() if k != "examples"}}) + "\n")
+        acc = "n/a" if res["accuracy"] is None else f"{res['accuracy']:.1%}"
+        tqdm.write(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}")
+
     bar = tqdm(total=total, desc="train", disable=not is_main, dynamic_ncols=True)
     module.train()
     for step in range(1, total + 1):
@@ -222,6 +238,9 @@ def main(cfg: Config) -> dict:
                             tok_s=f"{rec['tokens_per_s']:.0f}")
             window = Counter(t0=elapsed)
         bar.update(1)
+        if step < total and ((t.eval_every and step % t.eval_every == 0)
+                             or step == cfg.loss.sft_warmup_steps):
+            run_heldout(step)
         if t.save_every and step % t.save_every == 0 and step < total:
             _save(adapter, accelerator, out_dir / f"checkpoint-{step}")
     bar.close()
@@ -233,11 +252,11 @@ def main(cfg: Config) -> dict:
                "skipped": dict(skips), "truncated": counts["truncated"],
                "first_log": history[0], "last_log": history[-1],
                "train_seconds": round(time.perf_counter() - start, 1), "checkpoint": str(final_dir)}
-    if heldout and t.eval_max_samples and is_main:
-        module.eval()
-        summary["heldout"] = evaluate_heldout(adapter, collator, heldout[: t.eval_max_samples],
-                                              t.eval_batch_size, t.eval_max_new_tokens,
-                                              cfg.loss.name)
+    run_heldout(total)
+    if evals:
+        summary["heldout"] = evals[-1]
+        summary["heldout_history"] = [{k: e[k] for k in ("step", "ce", "loss", "accuracy")}
+                                      for e in evals]
     if is_main:
         metrics_file.close()
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -259,6 +278,10 @@ def _save(adapter: Adapter, accelerator: Accelerator, path: Path) -> None:
     accelerator.wait_for_everyone()
 
 
+def _reasons(skips: dict) -> str:
+    return f" ({', '.join(f'{n} {why}' for why, n in skips.items())})" if skips else ""
+
+
 def _print_summary(summary: dict, history: list[dict]) -> None:
     first, last = summary["first_log"], summary["last_log"]
     print("\n[vldft] loss curve (step: objective loss | plain CE | mean target p):")
@@ -268,13 +291,17 @@ def _print_summary(summary: dict, history: list[dict]) -> None:
               f" | p {rec['mean_p']:.3f}")
     print(f"[vldft] {summary['steps']} steps in {summary['train_seconds']} s; "
           f"ce {first['ce']:.4f} -> {last['ce']:.4f}; "
-          f"skipped {sum(summary['skipped'].values())} samples {summary['skipped'] or ''}; "
+          f"skipped {sum(summary['skipped'].values())} samples{_reasons(summary['skipped'])}; "
           f"truncated {summary['truncated']}")
-    if "heldout" in summary:
-        h = summary["heldout"]
+    for h in summary.get("heldout_history", []):
         acc = "n/a" if h["accuracy"] is None else f"{h['accuracy']:.1%}"
-        print(f"[vldft] held-out ({h['n']} samples): ce {h['ce']:.4f}, "
-              f"{summary['objective']} loss {h['loss']:.4f}, answer accuracy {acc}")
+        print(f"[vldft] held-out at step {h['step']} ({summary['heldout']['n']} samples): "
+              f"ce {h['ce']:.4f}, {summary['objective']} loss {h['loss']:.4f}, "
+              f"answer accuracy {acc}")
+    if summary.get("heldout", {}).get("accuracy_by_kind"):
+        kinds = summary["heldout"]["accuracy_by_kind"]
+        print("[vldft] final accuracy by kind: "
+              + ", ".join(f"{k} {v:.0%}" for k, v in kinds.items()))
     print(f"[vldft] saved Hugging Face checkpoint: {summary['checkpoint']}")
 
 

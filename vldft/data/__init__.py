@@ -33,6 +33,7 @@ class Sample:
     messages: list[dict[str, Any]]  # [{"role", "content": [{"type": "text"|"image", ...}]}]
     images: list[Any] = field(default_factory=list)  # paths (or PIL images), in order of use
     answer: str | None = None  # reference final answer, when the source has one
+    kind: str | None = None  # optional category (e.g. problem kind) for per-kind reporting
 
 
 def _parts(content: Any, where: str) -> list[dict[str, Any]]:
@@ -82,7 +83,9 @@ def sample_from_row(row: dict[str, Any], where: str, image_root: Path) -> Sample
             raise DataError(f"{where}: image file not found: {path}")
         paths.append(path)
     answer = row.get("answer")
-    return Sample(sid, messages, paths, None if answer is None else str(answer))
+    kind = row.get("kind")
+    return Sample(sid, messages, paths, None if answer is None else str(answer),
+                  None if kind is None else str(kind))
 
 
 def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[Sample]:
