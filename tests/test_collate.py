@@ -551,8 +551,8 @@ def test_processor_tokenizer_mismatch_is_rejected(real_qwen_adapter, monkeypatch
     a = real_qwen_adapter
     process = a.process
 
-    def different(text, images):
-        out = process(text, images)
+    def different(text, images, pixels=None):
+        out = process(text, images, pixels)
         ids = out["input_ids"].clone()
         if change == "token":
             ids[0, 5] = 9707  # "Hello" instead of the tokenizer's token

@@ -66,7 +66,7 @@ def test_fully_masked_micro_batch_contributes_zero_with_live_graph():
     batch = coll([coll.encode(load_jsonl(DEMO)[0])])
     batch["labels"][:] = -100
     module = ObjectiveModule(adapter)
-    loss_sum, _ = module(dict(batch), "dft")
+    loss_sum, _, _ = module(dict(batch), "dft")
     assert loss_sum.requires_grad and float(loss_sum.detach()) == 0.0
     loss_sum.backward()
     head = adapter.output_layer().weight
@@ -151,3 +151,85 @@ def test_main_trains_saves_and_reloads_with_plain_transformers(tmp_path, family)
     trained = load_adapter(cfg.model)  # fresh random model of the same shape
     name, p = next(iter(model.state_dict().items()))
     assert not torch.equal(p, trained.model.state_dict()[name]) or "rotary" in name
+
+
+@pytest.mark.parametrize("loss", [
+    ["loss.name=sft"], ["loss.name=dft"], ["loss.name=dft", "loss.min_weight=0.1"],
+    ["loss.name=dft", "loss.alpha=0.5"], ["loss.name=asft", "loss.kl_lambda=0.05"],
+    ["loss.name=chord"], ["loss.name=eaft"], ["loss.name=eaft", "loss.eaft_topk=0"],
+    ["loss.name=dft", "loss.sft_mix=0.3"], ["loss.name=dft", "loss.implementation=naive"],
+], ids=lambda x: "+".join(v.split(".", 1)[1] for v in x))
+def test_every_objective_runs_from_the_demo_config(tmp_path, loss):
+    data = _subset(tmp_path, 16)
+    out = tmp_path / "run"
+    cfg = load_config(ROOT / "configs/demo.yaml", [
+        f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={out}",
+        "train.max_steps=4", "train.micro_batch_size=4", "train.log_every=2",
+        "loss.sft_warmup_steps=0", "loss.chunk_size=64", *loss])
+    main(cfg)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    name = cfg.loss.name
+    for r in lines:
+        assert r["objective"] == name
+        for key in ("loss", "ce", "mean_p", "low_p_frac", "entropy", "mean_weight"):
+            assert math.isfinite(r[key]), key
+        assert 0 <= r["low_p_frac"] <= 1
+        assert ("kl" in r) == (name == "asft")
+        if name == "sft":
+            assert r["loss"] == pytest.approx(r["ce"], rel=1e-6)
+        else:  # every other weight is <= 1 per token
+            assert r["loss"] <= r["ce"] * (1 + 1e-6) + cfg.loss.kl_lambda * r.get("kl", 0.0)
+    hists = [json.loads(x) for x in (out / "histograms.jsonl").read_text().splitlines()]
+    assert hists and all(len(h["counts"]) == 20 for h in hists)
+    assert sum(hists[0]["counts"]) > 0
+    assert (out / "training_curves.png").is_file() and (out / "prob_histograms.png").is_file()
+
+
+def test_asft_reference_is_frozen_and_kl_starts_at_zero(tmp_path):
+    """At step 1 the reference equals the model, so the KL term is exactly 0."""
+    adapter = _tiny()
+    from vldft.objectives import ObjectiveSpec
+    from vldft.train import build_reference
+
+    ref = build_reference(adapter)
+    assert all(not p.requires_grad for p in ref.parameters())
+    assert all(p.data_ptr() != q.data_ptr()
+               for p, q in zip(ref.parameters(), adapter.model.parameters(), strict=True))
+    module = ObjectiveModule(adapter, ref)
+    module.train()
+    assert not ref.training
+    coll = Collator(adapter, max_length=512)
+    batch = coll([coll.encode(s) for s in load_jsonl(DEMO)[:2]])
+    _, stats, _ = module(dict(batch), ObjectiveSpec(name="asft"))
+    assert float(stats["kl_sum"]) == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_text_only_micro_batch_gives_vision_tower_zero_gradients(family):
+    """A micro-batch without images still runs the vision tower (0 * output): every vision and
+    projector parameter that an image batch trains gets a gradient of exactly zero, not None
+    (no DDP / FSDP hang). (LLaVA's last CLIP layer is unused by design: feature layer -2.)"""
+    adapter = _tiny(family)
+    from vldft.data import Sample
+
+    coll = Collator(adapter, max_length=512)
+    module = ObjectiveModule(adapter)
+    image_batch = coll([coll.encode(load_jsonl(DEMO)[0])])
+    module(dict(image_batch), "dft")[0].backward()
+    parts = adapter.parts()
+    used = {n for n, p in parts["vision"] + parts["projector"] if p.grad is not None}
+    assert len(used) > 10
+    adapter.model.zero_grad(set_to_none=True)
+
+    text_only = Sample("t", [{"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+                             {"role": "assistant", "content": [{"type": "text", "text": "4"}]}])
+    batch = coll([coll.encode(text_only)])
+    assert "pixel_values" not in batch
+    loss_sum, _, _ = module(dict(batch), "dft")
+    loss_sum.backward()
+    for name, p in parts["vision"] + parts["projector"]:
+        if name in used:
+            assert p.grad is not None, name
+            assert float(p.grad.abs().sum()) == 0.0, name
+    assert any(float(p.grad.abs().sum()) > 0 for _, p in parts["language"] if p.grad is not None)

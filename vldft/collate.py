@@ -62,8 +62,10 @@ class Collator:
     """Encodes samples for one adapter; ``__call__`` pads a list of them into a batch."""
 
     def __init__(self, adapter: Adapter, max_length: int = 2048, overlong: str = "truncate",
-                 train_on: str = "all") -> None:
+                 train_on: str = "all",
+                 pixels: dict[str, tuple[int | None, int | None]] | None = None) -> None:
         self.adapter = adapter
+        self.pixels = pixels or {}  # per-source (min_pixels, max_pixels) overrides
         self.max_length = max_length
         self.overlong = overlong
         self.train_on = train_on
@@ -116,9 +118,10 @@ class Collator:
         if n_placeholders != len(sample.images):
             raise SampleError(f"{n_placeholders} image placeholders ({a.image_token!r}) in the "
                               f"rendered text but {len(sample.images)} images")
-        images = [a.load_image(img) for img in sample.images]
+        px = self.pixels.get(getattr(sample, "source", ""))
+        images = [a.load_image(img, px) for img in sample.images]
         try:
-            out = a.process(text, images)
+            out = a.process(text, images, px)
         except ValueError as e:
             raise SampleError(f"processor rejected the sample: {e}") from None
         full_ids = out.pop("input_ids")[0]
@@ -250,34 +253,3 @@ def show(enc: Encoded, tokenizer, image_token_id: int) -> str:
             out.append(f"[[{text}]]" if kind(k) == "train" else text)
         k = j
     return "".join(out)
-
-
-def _main(argv: list[str] | None = None) -> None:
-    """python -m vldft.collate CONFIG [N] [key=value ...]: print N samples' trained tokens."""
-    import sys
-
-    from vldft.adapters import load_adapter
-    from vldft.config import load_config
-    from vldft.data import load_jsonl
-
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_main.__doc__)
-        return
-    n = int(argv[1]) if len(argv) > 1 and argv[1].isdigit() else 3
-    cfg = load_config(argv[0], [a for a in argv[1:] if "=" in a])
-    adapter = load_adapter(cfg.model)
-    coll = Collator(adapter, cfg.data.max_length, cfg.data.overlong, cfg.data.train_on)
-    samples = load_jsonl(cfg.resolve(cfg.data.train_files[0]))[:n]
-    for s in samples:
-        enc = coll.encode(s)
-        if isinstance(enc, Skipped):
-            print(f"--- {s.id}: skipped ({enc.reason})")
-            continue
-        n_trained = int((enc.labels != IGNORE).sum())
-        print(f"--- {s.id}: {len(enc.input_ids)} tokens, {n_trained} trained ([[...]])")
-        print(show(enc, adapter.tokenizer, adapter.image_token_id))
-
-
-if __name__ == "__main__":
-    _main()

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from vldft.objectives import OBJECTIVES
+from vldft.objectives import OBJECTIVES, ObjectiveSpec
 
 PARTS = ("vision", "projector", "language")
 
@@ -40,9 +40,36 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
 
 
+FORMATS = ("auto", "normalized", "llava", "messages", "sharegpt", "hf", "geometry3k", "text_math")
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""  # file, folder, parquet / arrow file, saved-to-disk dataset dir, or hub id
+    format: Literal[FORMATS] = "auto"  # row format (README "Data formats"); auto: detect
+    name: str | None = None  # label in reports (default: the path's stem)
+    weight: float | None = None  # relative share of the mixture (sampled with repetition)
+    max_samples: int | None = None  # keep at most this many (seeded choice)
+    image_root: str | None = None  # base dir of relative image paths (default: the file's dir)
+    prompt_template: str | None = None  # user prompt format, e.g. "{question}\nAnswer with A-D."
+    system: str | None = None  # system prompt added to every sample of this source
+    split: str = "train"  # split of a Hugging Face dataset
+    columns: dict[str, str] = field(default_factory=dict)  # field -> column (hf, text_math,
+    # geometry3k): question, answer, solution, images, messages, id, choices
+    min_pixels: int | None = None  # Qwen2.5-VL per-source override of model.min_pixels
+    max_pixels: int | None = None  # Qwen2.5-VL per-source override of model.max_pixels
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path.rstrip("/")).stem or self.path
+
+
 @dataclass
 class DataConfig:
-    train_files: list[str] = field(default_factory=list)  # JSONL files of normalised samples
+    sources: list[SourceConfig] = field(default_factory=list)  # training sources, mixed
+    train_files: list[str] = field(default_factory=list)  # shorthand: normalised JSONL files
+    on_error: Literal["raise", "skip"] = "raise"  # bad rows: stop, or skip + count + report
+    group_by_length: bool = False  # batch samples of similar length (per modality)
     heldout_file: str | None = None  # JSONL scored after training (CE + answer accuracy)
     image_root: str | None = None  # base dir for relative image paths (default: the file's dir)
     max_length: int = 2048  # max tokens per sample, image tokens included
@@ -53,8 +80,23 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "dft"  # objective: sft (-log p) or dft (-sg(p) log p)
+    name: str = "dft"  # objective: sft, dft, asft, chord, eaft (formulas: README, objectives.py)
+    min_weight: float = 0.0  # dft/asft: token weight max(sg(p)^alpha, min_weight)
+    alpha: float = 1.0  # dft/asft: token weight sg(p)^alpha (0 = SFT, 1 = DFT)
+    kl_lambda: float = 0.05  # asft: weight of KL(reference || model) per target token
+    eaft_topk: int = 20  # eaft: entropy over the top-k logits / log k (0: full vocab / log V)
+    eaft_alpha: float = 1.0  # eaft: token weight sg(normalised entropy)^eaft_alpha
+    sft_mix: float = 0.0  # beta: loss = beta * SFT + (1 - beta) * objective
+    chunk_size: int = 2048  # target tokens per chunk of the fused lm_head + loss
+    implementation: Literal["chunked", "naive"] = "chunked"  # naive: full logits (reference)
     sft_warmup_steps: int = 0  # optimizer steps of plain SFT before switching to `name`
+
+    def spec(self, name: str | None = None) -> ObjectiveSpec:
+        """The objective for a step (``name`` overrides, e.g. "sft" during the warm-up)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ObjectiveSpec)}
+        if name is not None:
+            fields["name"] = name
+        return ObjectiveSpec(**fields)
 
 
 @dataclass
@@ -75,6 +117,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     mixed_precision: Literal["auto", "bf16", "no"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
     log_every: int = 10  # optimizer steps between metric log lines
+    hist_every: int = 0  # steps between target-probability histograms (0: at each log_every)
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     eval_every: int = 0  # steps between held-out evaluations (0: at the end, and at the
     # switch from the SFT warm-up to the objective)
@@ -90,6 +133,11 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     base_dir: str = "."  # directory that relative paths are resolved against (set by load_config)
+
+    def all_sources(self) -> list[SourceConfig]:
+        """``data.sources`` plus one normalised-format source per ``data.train_files`` entry."""
+        return [*(SourceConfig(path=f, format="normalized", image_root=self.data.image_root)
+                  for f in self.data.train_files), *self.data.sources]
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -108,18 +156,40 @@ class Config:
             raise ConfigError("model.min_pixels/max_pixels: only supported for qwen2_5_vl")
         if m.min_pixels and m.max_pixels and m.min_pixels > m.max_pixels:
             raise ConfigError("model.min_pixels: larger than model.max_pixels")
-        if not d.train_files:
-            raise ConfigError("data.train_files: at least one training file is required")
+        if not d.train_files and not d.sources:
+            raise ConfigError("data.sources: at least one source (or data.train_files) is needed")
+        for i, src in enumerate(d.sources):
+            key = f"data.sources[{i}]"
+            if not src.path:
+                raise ConfigError(f"{key}.path: required")
+            if src.weight is not None and not src.weight > 0:
+                raise ConfigError(f"{key}.weight: must be > 0")
+            if src.max_samples is not None and src.max_samples < 1:
+                raise ConfigError(f"{key}.max_samples: must be >= 1")
+            if (src.min_pixels or src.max_pixels) and m.family != "qwen2_5_vl":
+                raise ConfigError(f"{key}.min_pixels/max_pixels: only supported for qwen2_5_vl")
+            if src.prompt_template is not None and "{question}" not in src.prompt_template:
+                raise ConfigError(f"{key}.prompt_template: must contain {{question}}")
+        if sum(src.weight is not None for src in d.sources) not in (0, len(d.sources)):
+            raise ConfigError("data.sources: give a weight to every source or to none")
+        labels = [src.label for src in self.all_sources()]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"data.sources: duplicate source names {labels}; set `name`")
         if d.max_length < 16:
             raise ConfigError("data.max_length: must be at least 16")
         if lo.name not in OBJECTIVES:
             raise ConfigError(f"loss.name: unknown objective {lo.name!r}; choose from {OBJECTIVES}")
+        try:
+            lo.spec()
+        except ValueError as e:  # ObjectiveSpec names the field
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith("loss.") else f"loss: {msg}") from None
         if lo.sft_warmup_steps < 0:
             raise ConfigError("loss.sft_warmup_steps: must be >= 0")
         for key in ("micro_batch_size", "grad_accum", "log_every", "eval_batch_size"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key}: must be >= 1")
-        for key in ("max_steps", "save_every", "eval_every", "eval_max_samples"):
+        for key in ("max_steps", "save_every", "eval_every", "eval_max_samples", "hist_every"):
             if getattr(t, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0")
         if t.max_steps == 0 and t.epochs <= 0:
@@ -155,6 +225,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}")
+                for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.")
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
             try:

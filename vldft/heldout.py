@@ -8,20 +8,27 @@ the model collapses (DESIGN.md section 7). Benchmark evaluation lives in the lmm
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from vldft.adapters.base import Adapter
 from vldft.collate import Collator, Encoded
 from vldft.data import Sample
 from vldft.data.synth import extract_final_answer
-from vldft.objectives import compute_objective
+from vldft.objectives import ObjectiveSpec, compute_objective
 
 
 @torch.no_grad()
 def evaluate_heldout(adapter: Adapter, collator: Collator, samples: list[Sample],
                      batch_size: int = 16, max_new_tokens: int = 64,
-                     objective: str = "dft") -> dict:
-    """Returns {"n", "ce", "loss", "mean_p", "accuracy", "accuracy_by_kind", "examples"}."""
+                     objective: ObjectiveSpec | str = "dft") -> dict:
+    """Returns {"n", "ce", "loss", "mean_p", "accuracy", "accuracy_by_kind", "examples"}.
+
+    For asft the held-out "loss" is its DFT part (the KL anchor needs the reference model)."""
+    spec = ObjectiveSpec(name=objective) if isinstance(objective, str) else objective
+    if spec.name == "asft":
+        spec = dataclasses.replace(spec, name="dft")
     model = adapter.model
     was_training = model.training
     model.eval()
@@ -35,7 +42,7 @@ def evaluate_heldout(adapter: Adapter, collator: Collator, samples: list[Sample]
         inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         labels = inputs.pop("labels")
         head = adapter.output_layer()
-        out = compute_objective(adapter.hidden_states(inputs), head.weight, labels, objective,
+        out = compute_objective(adapter.hidden_states(inputs), head.weight, labels, spec,
                                 bias=head.bias)
         sums += torch.tensor([out.loss_sum.item(), out.stats["ce_sum"].item(),
                               out.stats["p_sum"].item(), out.n_tokens], dtype=torch.float64)

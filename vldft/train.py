@@ -14,6 +14,8 @@ accumulation 4 therefore give the same update. Outputs go to ``train.output_dir`
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import sys
@@ -31,41 +33,81 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from vldft.adapters import Adapter, load_adapter
-from vldft.collate import IGNORE, Collator
+from vldft.collate import IGNORE, Collator, SampleError, Skipped
 from vldft.config import Config, ConfigError, config_to_dict, load_config
 from vldft.data import Sample, load_jsonl
+from vldft.data.mix import LengthGroupedSampler, build_training_set, format_table
+from vldft.diagnostics import prob_histogram, write_plots
 from vldft.heldout import evaluate_heldout
-from vldft.objectives import compute_objective
+from vldft.objectives import STAT_KEYS, ObjectiveSpec, compute_objective
 
 
 class EncodedDataset(Dataset):
-    """Samples encoded lazily (in DataLoader workers) by the collator."""
+    """Samples encoded lazily (in DataLoader workers) by the collator. With
+    ``on_error="skip"`` a sample the collator rejects becomes a counted ``Skipped``."""
 
-    def __init__(self, samples: list[Sample], collator: Collator) -> None:
-        self.samples, self.collator = samples, collator
+    def __init__(self, samples: list[Sample], collator: Collator, on_error: str = "raise"):
+        self.samples, self.collator, self.on_error = samples, collator, on_error
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        return self.collator.encode(self.samples[i])
+        try:
+            return self.collator.encode(self.samples[i])
+        except SampleError as e:
+            if self.on_error == "raise":
+                raise
+            return Skipped(self.samples[i].id, f"encode error: {str(e).split(': ', 2)[-1]}")
 
 
 class ObjectiveModule(nn.Module):
-    """Backbone + objective in ONE forward, so DDP / FSDP wrap (and gather) both together."""
+    """Backbone + objective in ONE forward, so DDP / FSDP wrap (and gather) both together.
 
-    def __init__(self, adapter: Adapter) -> None:
+    ``reference`` is the frozen starting model for ASFT's KL anchor: a full copy of the weights
+    (same dtype; no gradients or optimizer state), i.e. +1x the model's parameter memory.
+    """
+
+    def __init__(self, adapter: Adapter, reference: nn.Module | None = None) -> None:
         super().__init__()
         self.model = adapter.model
+        self.reference = reference
         self.adapter = adapter
 
-    def forward(self, batch: dict[str, torch.Tensor], objective: str):
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # the reference never uses dropout
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor], spec: ObjectiveSpec | str):
+        spec = ObjectiveSpec(name=spec) if isinstance(spec, str) else spec
         batch = dict(batch)
         labels = batch.pop("labels")
         hidden = self.adapter.hidden_states(batch)
         head = self.adapter.output_layer()
-        out = compute_objective(hidden, head.weight, labels, objective, bias=head.bias)
-        return out.loss_sum, out.stats
+        ref = {}
+        if spec.name == "asft":
+            if self.reference is None:
+                raise RuntimeError("asft needs a reference model (build_reference)")
+            with torch.no_grad():
+                ref_hidden = self.adapter.hidden_states(batch, model=self.reference)
+            ref_head = self.adapter.output_layer(self.reference)
+            ref = {"ref_hidden": ref_hidden, "ref_weight": ref_head.weight,
+                   "ref_bias": ref_head.bias}
+        out = compute_objective(hidden, head.weight, labels, spec, bias=head.bias, **ref)
+        loss_sum = out.loss_sum
+        if "pixel_values" not in batch:  # text-only micro-batch: keep the vision tower in step
+            loss_sum = loss_sum + self.adapter.dummy_vision_loss()
+        return loss_sum, out.stats, out.probs
+
+
+def build_reference(adapter: Adapter) -> nn.Module:
+    """Frozen copy of the starting model (ASFT). With LoRA this becomes the adapter-disabled
+    model instead of a copy (no extra memory); without LoRA a copy is the only exact reference."""
+    ref = copy.deepcopy(adapter.model)
+    ref.requires_grad_(False)
+    return ref.eval()
 
 
 def model_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -77,39 +119,38 @@ def count_targets(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
-def accumulate_gradients(module: nn.Module, micro_batches: list[dict], objective: str,
-                         accelerator: Accelerator) -> dict[str, float]:
+def accumulate_gradients(module: nn.Module, micro_batches: list[dict],
+                         spec: ObjectiveSpec | str, accelerator: Accelerator,
+                         probs: list[torch.Tensor] | None = None) -> dict[str, float]:
     """Forward + backward over one optimizer step's micro-batches with global normalisation.
 
-    Returns the step's totals (summed over ranks): n_tokens, loss_sum, ce_sum, p_sum,
-    entropy_sum, n_seen (non-padding tokens processed).
+    Returns the step's totals (summed over ranks): n_tokens, loss_sum, the STAT_KEYS sums,
+    n_seen (non-padding tokens processed) and n_slots (token slots incl. padding). Target
+    probabilities are appended to ``probs``.
     """
+    spec = ObjectiveSpec(name=spec) if isinstance(spec, str) else spec
     local = torch.tensor([sum(count_targets(b) for b in micro_batches)], dtype=torch.float64,
                          device=accelerator.device)
     n_global = float(accelerator.reduce(local, reduction="sum").item())
     scale = accelerator.num_processes / max(n_global, 1.0)
-    totals = torch.zeros(5, dtype=torch.float64, device=accelerator.device)
+    totals = torch.zeros(3 + len(STAT_KEYS), dtype=torch.float64, device=accelerator.device)
     for k, batch in enumerate(micro_batches):
         inputs = model_inputs(batch, accelerator.device)
         sync = k == len(micro_batches) - 1
-        ctx = accelerator.no_sync(module) if not sync else _nullcontext()
+        ctx = accelerator.no_sync(module) if not sync else contextlib.nullcontext()
         with ctx:
-            loss_sum, stats = module(inputs, objective)
+            loss_sum, stats, step_probs = module(inputs, spec)
             accelerator.backward(loss_sum * scale)
-        totals += torch.stack([loss_sum.detach().double(), stats["ce_sum"].double(),
-                               stats["p_sum"].double(), stats["entropy_sum"].double(),
-                               inputs["attention_mask"].sum().double()])
+        if probs is not None:
+            probs.append(step_probs)
+        mask = inputs["attention_mask"]
+        totals += torch.stack([loss_sum.detach().double(), mask.sum().double(),
+                               torch.tensor(float(mask.numel()), dtype=torch.float64,
+                                            device=mask.device),
+                               *(stats[key].double() for key in STAT_KEYS)])
     totals = accelerator.reduce(totals, reduction="sum").tolist()
-    keys = ("loss_sum", "ce_sum", "p_sum", "entropy_sum", "n_seen")
+    keys = ("loss_sum", "n_seen", "n_slots", *STAT_KEYS)
     return {"n_tokens": n_global, **dict(zip(keys, totals, strict=True))}
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def build_optimizer(adapter: Adapter, cfg: Config) -> torch.optim.Optimizer:
@@ -130,12 +171,31 @@ def build_optimizer(adapter: Adapter, cfg: Config) -> torch.optim.Optimizer:
 def micro_batch_stream(loader: DataLoader, skips: Counter, counts: Counter):
     """Endless stream of non-empty micro-batches over epochs; records skipped samples."""
     while True:
-        for batch in loader:
+        for batch in _guard_workers(loader):
             for s in batch["skipped"]:
                 skips[s.reason] += 1
             counts["truncated"] += batch["n_truncated"]
             if "input_ids" in batch:
                 yield batch
+
+
+def _guard_workers(loader: DataLoader):
+    """Iterate ``loader``, turning a dead worker process into an actionable error."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "DataLoader worker" not in str(e):
+                raise
+            raise RuntimeError(
+                f"a data-loading worker process died ({e}). Usual causes: out of memory "
+                "(lower data.num_workers or train.micro_batch_size) or a crash while decoding "
+                "an image; rerun with data.num_workers=0 to see the failing sample's error "
+                "in the main process") from e
+        yield batch
 
 
 def _mixed_precision(cfg: Config) -> str:
@@ -154,13 +214,13 @@ def main(cfg: Config) -> dict:
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *a, **k: None)
 
-    samples = []
-    for f in cfg.data.train_files:
-        root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
-        samples += load_jsonl(cfg.resolve(f), root)
     heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file)) if cfg.data.heldout_file else []
-
     adapter = load_adapter(cfg.model)
+    data = build_training_set(cfg, adapter)
+    samples = data.samples
+    if not samples:
+        raise SystemExit("no training samples: every row was skipped or the sources are empty"
+                         + (f"\n{data.skips.summary()}" if data.skips.total else ""))
     adapter.freeze(cfg.model.freeze)
     if cfg.model.gradient_checkpointing:
         adapter.model.gradient_checkpointing_enable({"use_reentrant": False})
@@ -170,13 +230,26 @@ def main(cfg: Config) -> dict:
         + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items())
         + f"; frozen: {cfg.model.freeze or 'none'}; {len(samples)} training samples")
 
-    collator = Collator(adapter, cfg.data.max_length, cfg.data.overlong, cfg.data.train_on)
-    generator = torch.Generator().manual_seed(t.seed)
-    loader = DataLoader(EncodedDataset(samples, collator), batch_size=t.micro_batch_size,
-                        shuffle=True, generator=generator, collate_fn=collator,
-                        num_workers=cfg.data.num_workers)
+    log(f"[vldft] data mixture (seed {t.seed}; token counts estimated):\n"
+        + format_table(data.table))
+    if data.skips.total:
+        log(f"[vldft] skipped while reading:\n{data.skips.summary()}")
+
+    collator = Collator(adapter, cfg.data.max_length, cfg.data.overlong, cfg.data.train_on,
+                        data.pixels)
+    dataset = EncodedDataset(samples, collator, cfg.data.on_error)
+    if cfg.data.group_by_length:
+        sampler = LengthGroupedSampler(data.lengths, [bool(s.images) for s in samples],
+                                       t.micro_batch_size, t.seed)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
+                            num_workers=cfg.data.num_workers)
+    else:
+        loader = DataLoader(dataset, batch_size=t.micro_batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(t.seed),
+                            collate_fn=collator, num_workers=cfg.data.num_workers)
     optimizer = build_optimizer(adapter, cfg)
-    module = ObjectiveModule(adapter)
+    reference = build_reference(adapter) if cfg.loss.name == "asft" else None
+    module = ObjectiveModule(adapter, reference)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     total = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / t.grad_accum))
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total),
@@ -185,7 +258,10 @@ def main(cfg: Config) -> dict:
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        (out_dir / "data_summary.json").write_text(json.dumps(
+            {"sources": data.table, "read_skips": data.skips.to_dict()}, indent=2))
         metrics_file = open(out_dir / "metrics.jsonl", "w")
+        hist_file = open(out_dir / "histograms.jsonl", "w")
     skips, counts = Counter(), Counter()
     stream = micro_batch_stream(loader, skips, counts)
     window: Counter = Counter()
@@ -198,7 +274,7 @@ def main(cfg: Config) -> dict:
             return
         module.eval()
         res = evaluate_heldout(adapter, collator, heldout[: t.eval_max_samples],
-                               t.eval_batch_size, t.eval_max_new_tokens, cfg.loss.name)
+                               t.eval_batch_size, t.eval_max_new_tokens, cfg.loss.spec())
         module.train()
         res["step"] = step
         evals.append(res)
@@ -208,11 +284,14 @@ def main(cfg: Config) -> dict:
         tqdm.write(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}")
 
     bar = tqdm(total=total, desc="train", disable=not is_main, dynamic_ncols=True)
+    hist_every = t.hist_every or t.log_every
     module.train()
     for step in range(1, total + 1):
         objective = "sft" if step <= cfg.loss.sft_warmup_steps else cfg.loss.name
         micro = [next(stream) for _ in range(t.grad_accum)]
-        step_totals = accumulate_gradients(module, micro, objective, accelerator)
+        probs: list[torch.Tensor] | None = [] if step % hist_every == 0 or step == 1 else None
+        step_totals = accumulate_gradients(module, micro, cfg.loss.spec(objective), accelerator,
+                                           probs)
         grad_norm = float("nan")
         if t.max_grad_norm > 0:
             grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm))
@@ -220,21 +299,22 @@ def main(cfg: Config) -> dict:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         window.update(step_totals)
-        window["steps"] += 1
+        if probs is not None:
+            counts_t = accelerator.reduce(prob_histogram(probs).to(accelerator.device), "sum")
+            if is_main:
+                hist_file.write(json.dumps({"step": step, "objective": objective,
+                                            "counts": [int(c) for c in counts_t.tolist()]}) + "\n")
+                hist_file.flush()
         if step % t.log_every == 0 or step == total:
-            n = max(window["n_tokens"], 1.0)
             elapsed = time.perf_counter() - start
-            rec = {"step": step, "objective": objective, "loss": window["loss_sum"] / n,
-                   "ce": window["ce_sum"] / n, "mean_p": window["p_sum"] / n,
-                   "entropy": window["entropy_sum"] / n, "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": grad_norm, "target_tokens": int(window["n_tokens"]),
-                   "tokens_per_s": window["n_seen"] / max(elapsed - window.get("t0", 0.0), 1e-9),
-                   "elapsed_s": round(elapsed, 2)}
+            rec = _log_record(step, objective, window, elapsed, scheduler.get_last_lr()[0],
+                              grad_norm)
             history.append(rec)
             if is_main:
                 metrics_file.write(json.dumps(rec) + "\n")
                 metrics_file.flush()
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}", lr=f"{rec['lr']:.2e}",
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}",
+                            p=f"{rec['mean_p']:.3f}", lr=f"{rec['lr']:.2e}",
                             tok_s=f"{rec['tokens_per_s']:.0f}")
             window = Counter(t0=elapsed)
         bar.update(1)
@@ -259,10 +339,30 @@ def main(cfg: Config) -> dict:
                                       for e in evals]
     if is_main:
         metrics_file.close()
+        hist_file.close()
+        summary["plots"] = [str(p) for p in write_plots(out_dir, history,
+                                                         out_dir / "histograms.jsonl")]
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         _print_summary(summary, history)
     accelerator.wait_for_everyone()
     return summary
+
+
+def _log_record(step: int, objective: str, window: Counter, elapsed: float, lr: float,
+                grad_norm: float) -> dict:
+    """One metrics line: the window's sums divided by its target-token count."""
+    n = max(window["n_tokens"], 1.0)
+    rec = {"step": step, "objective": objective, "loss": window["loss_sum"] / n,
+           "ce": window["ce_sum"] / n, "mean_p": window["p_sum"] / n,
+           "low_p_frac": window["low_p_count"] / n, "entropy": window["entropy_sum"] / n,
+           "mean_weight": window["weight_sum"] / n, "lr": lr, "grad_norm": grad_norm,
+           "target_tokens": int(window["n_tokens"]),
+           "pad_frac": 1.0 - window["n_seen"] / max(window["n_slots"], 1.0),
+           "tokens_per_s": window["n_seen"] / max(elapsed - window.get("t0", 0.0), 1e-9),
+           "elapsed_s": round(elapsed, 2)}
+    if objective == "asft":
+        rec["kl"] = window["kl_sum"] / n
+    return rec
 
 
 def _save(adapter: Adapter, accelerator: Accelerator, path: Path) -> None:

@@ -16,6 +16,19 @@ import torch
 from PIL import Image
 from torch import nn
 
+from vldft.data import open_image
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    """Every tensor inside a (nested) model output / tuple / list."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
 
 class Adapter:
     """Base class; subclasses set the class attributes and implement the three hooks below."""
@@ -38,29 +51,59 @@ class Adapter:
         self.eot_token_id: int = eot_ids[0]
 
     # -- hooks -------------------------------------------------------------------------------
-    def load_image(self, image: str | Path | Image.Image) -> Image.Image:
-        """Open (and, where the family has one, apply the family's resizing policy to) an image."""
-        if isinstance(image, Image.Image):
+    def load_image(self, image: str | Path | Image.Image,
+                   pixels: tuple[int | None, int | None] | None = None) -> Image.Image:
+        """Open an image (and apply the family's resizing policy; ``pixels``: per-source
+        (min_pixels, max_pixels) overrides where the family supports them)."""
+        if isinstance(image, Image.Image):  # never close a caller's image
             return image.convert("RGB")
-        with Image.open(image) as im:
+        with open_image(image) as im:  # a path or encoded bytes (parquet / HF)
             return im.convert("RGB")
 
-    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Run the backbone (vision + language model, no lm_head): final hidden states [B, T, H]."""
-        return self.model.model(**batch, use_cache=False).last_hidden_state
+    def hidden_states(self, batch: dict[str, torch.Tensor],
+                      model: nn.Module | None = None) -> torch.Tensor:
+        """Run the backbone (vision + language model, no lm_head): final hidden states [B, T, H].
 
-    def output_layer(self) -> nn.Linear:
+        ``model`` defaults to the adapter's model; ASFT passes its frozen reference copy."""
+        model = self.model if model is None else model
+        return model.model(**batch, use_cache=False).last_hidden_state
+
+    def output_layer(self, model: nn.Module | None = None) -> nn.Linear:
         """The output projection (lm_head); its weight may be tied to the input embeddings."""
-        return self.model.lm_head
+        return (self.model if model is None else model).lm_head
+
+    def image_token_count(self, size: tuple[int, int],
+                          pixels: tuple[int | None, int | None] | None = None) -> int:
+        """Tokens one image of ``size`` (width, height) expands to (for length estimates)."""
+        raise NotImplementedError
+
+    def dummy_image_inputs(self) -> dict[str, torch.Tensor]:
+        """Inputs of ``get_image_features`` for one tiny blank image (text-only batches)."""
+        raise NotImplementedError
 
     # -- shared behaviour --------------------------------------------------------------------
+    def dummy_vision_loss(self, model: nn.Module | None = None) -> torch.Tensor:
+        """``0 *`` the vision tower + projector output on a tiny blank image.
+
+        Added to the loss of a micro-batch without images so that every rank runs the vision
+        tower in every step: FSDP / ZeRO-3 all-gather its weights in lockstep and DDP sees its
+        parameters used (their gradients are zeros, not missing). The peers' fix for the hang.
+        """
+        model = self.model if model is None else model
+        ref = next(model.parameters())
+        inputs = {k: (v.to(ref.device, ref.dtype) if v.is_floating_point() else v.to(ref.device))
+                  for k, v in self.dummy_image_inputs().items()}
+        out = model.model.get_image_features(**inputs)
+        return sum(t.float().sum() for t in _tensors(out)) * 0.0
+
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """Render a conversation with the checkpoint's own chat template (text, no tokens)."""
         return self.processor.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def process(self, text: str, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+    def process(self, text: str, images: list[Image.Image],
+                pixels: tuple[int | None, int | None] | None = None) -> dict[str, torch.Tensor]:
         """Processor call for ONE sample: expands image placeholders, returns [1, T] tensors."""
         out = self.processor(text=[text], images=images or None, return_tensors="pt")
         return dict(out)

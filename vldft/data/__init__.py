@@ -10,33 +10,114 @@ A JSONL row (the kit's normalised format, also what ``data/geo_demo`` holds):
 
 ``content`` may also be a plain string, where each ``<image>`` marks an image. Image paths are
 relative to ``image_root`` (default: the JSONL file's directory). Rows without images are
-text-only samples. Every problem raises ``DataError`` naming the file, line and row id.
+text-only samples. Every problem raises ``DataError`` naming the file, line and row id, with a
+short reason code (``REASONS``) that ``data.on_error=skip`` and ``python -m vldft.data validate``
+count. Other formats (LLaVA, ShareGPT, messages, HF datasets, Geometry3K, text math) are read by
+``vldft.data.formats.read_source``; see its docstring.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from PIL import Image
 
 ROLES = ("system", "user", "assistant")
 
+# Reason codes of DataError / skips / validation findings (table with examples: validate.py).
+REASONS = {
+    "missing_file": "the data file / folder does not exist",
+    "bad_source": "the source cannot be read as its (given or detected) format",
+    "bad_json": "the line / file is not valid JSON",
+    "bad_row": "the row is not an object of the expected shape (wrong types, missing keys)",
+    "missing_column": "a required column / key is missing (closest existing one suggested)",
+    "bad_content": "a content part is malformed or unsupported (video, image in an answer)",
+    "unknown_role": "a turn's role is not system / user / assistant (or an alias of them)",
+    "no_assistant": "no assistant turn: nothing to train on",
+    "empty_assistant": "an assistant turn has no text",
+    "empty_turn": "a user / system turn has neither text nor image",
+    "bad_order": "turns do not alternate user / assistant, or a system turn is not first",
+    "ends_with_user": "the conversation ends with a user turn (never answered)",
+    "image_count": "the number of image placeholders differs from the number of images",
+    "image_missing": "an image file does not exist (or is a URL, which is never downloaded)",
+    "image_corrupt": "an image cannot be opened and decoded",
+    "bad_answer": "the reference answer is invalid (e.g. a Geometry3K letter outside the choices)",
+    "too_long": "longer than data.max_length and data.overlong is skip / error",
+    "image_cut": "truncating to data.max_length would cut an image block (sample skipped)",
+    "truncated_empty": "after truncation no trained token is left (sample skipped)",
+    "truncated": "warning: longer than data.max_length, the response is truncated",
+    "encode_error": "the collator rejected the sample (template / tokenizer mismatch)",
+}
+WARNINGS = frozenset({"truncated"})  # reported, but the sample is still trained on
+
 
 class DataError(ValueError):
-    """A malformed sample; the message names where it came from."""
+    """A malformed sample or source; the message names where it came from.
+
+    ``reason`` is a code from ``REASONS``; ``where`` the location ("file:line (id X)"), ``detail``
+    the message without the location."""
+
+    def __init__(self, message: str, reason: str = "bad_row", where: str | None = None,
+                 detail: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.where = where
+        self.detail = detail if detail is not None else message
+
+
+def fail(where: str, reason: str, text: str) -> NoReturn:
+    """Raise ``DataError("{where}: {text}")`` with a reason code."""
+    raise DataError(f"{where}: {text}", reason=reason, where=where, detail=text)
+
+
+@dataclass(eq=False)
+class ImageBytes:
+    """An encoded image (PNG / JPEG bytes from a parquet or HF dataset), decoded only on use.
+
+    Keeps reading a 10k-row dataset cheap: nothing is decoded until ``open()``."""
+
+    data: bytes
+    name: str = ""  # original file name, when the source stored one
+
+    def open(self) -> Image.Image:
+        """A fresh PIL image (lazy: pixels are decoded on ``load()`` / ``convert()``)."""
+        return Image.open(io.BytesIO(self.data))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) from the header only (no pixel decoding)."""
+        with self.open() as im:
+            return im.size
+
+    def __repr__(self) -> str:
+        return f"ImageBytes({self.name or 'unnamed'}, {len(self.data)} bytes)"
+
+
+def open_image(image: str | Path | ImageBytes | Image.Image) -> Image.Image:
+    """Open any image a Sample may hold (path, encoded bytes, PIL image) as a PIL image."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, ImageBytes):
+        return image.open()
+    return Image.open(image)
 
 
 @dataclass
 class Sample:
     id: str
     messages: list[dict[str, Any]]  # [{"role", "content": [{"type": "text"|"image", ...}]}]
-    images: list[Any] = field(default_factory=list)  # paths (or PIL images), in order of use
+    images: list[Any] = field(default_factory=list)  # Path | ImageBytes | PIL image, in order
     answer: str | None = None  # reference final answer, when the source has one
     kind: str | None = None  # optional category (e.g. problem kind) for per-kind reporting
+    source: str = ""  # label of the source it came from (SourceConfig.label)
+    origin: str = ""  # where the row was read: "file:line" / "file row N" (for messages)
 
 
-def _parts(content: Any, where: str) -> list[dict[str, Any]]:
+def _parts(content: Any, where: str, what: str = "") -> list[dict[str, Any]]:
     if isinstance(content, str):
         parts: list[dict[str, Any]] = []
         for i, chunk in enumerate(content.split("<image>")):
@@ -46,53 +127,99 @@ def _parts(content: Any, where: str) -> list[dict[str, Any]]:
                 parts.append({"type": "text", "text": chunk})
         return parts
     if not isinstance(content, list):
-        raise DataError(f"{where}: content must be a string or a list of parts")
+        fail(where, "bad_content", f"{what}content must be a string or a list of parts")
     for part in content:
         if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
-            raise DataError(f"{where}: content part {part!r} is not a text or image part")
+            fail(where, "bad_content", f"{what}content part {part!r} is not a text or image "
+                 "part")
         if part["type"] == "text" and not isinstance(part.get("text"), str):
-            raise DataError(f"{where}: text part without a 'text' string")
+            fail(where, "bad_content", f"{what}text part without a 'text' string")
     return [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
             for p in content]
 
 
-def sample_from_row(row: dict[str, Any], where: str, image_root: Path) -> Sample:
-    """Normalise one row (already parsed JSON) and check it; ``where`` names it in errors."""
+def check_structure(messages: list[dict[str, Any]], where: str) -> None:
+    """Turn-level checks on normalised messages (roles already valid): order and emptiness."""
+    roles = [m["role"] for m in messages]
+    for i, role in enumerate(roles):
+        if role == "system" and i > 0:
+            fail(where, "bad_order", f"message {i} is a system turn; only the first may be")
+    turns = roles[1:] if roles and roles[0] == "system" else roles
+    offset = len(roles) - len(turns)
+    if "assistant" not in turns:
+        fail(where, "no_assistant", "no assistant turn, nothing to train on")
+    for j, role in enumerate(turns):
+        want = "user" if j % 2 == 0 else "assistant"
+        if role != want:
+            fail(where, "bad_order", f"message {j + offset} is a {role} turn where a {want} turn "
+                 "was expected (turns must alternate user/assistant, starting with user)")
+    if turns[-1] == "user":
+        fail(where, "ends_with_user", f"the last message ({len(roles) - 1}) is an unanswered "
+             "user turn; drop it or add the assistant's answer")
+    for i, msg in enumerate(messages):
+        text = "".join(p["text"] for p in msg["content"] if p["type"] == "text").strip()
+        has_image = any(p["type"] == "image" for p in msg["content"])
+        if msg["role"] == "assistant":
+            if has_image:
+                fail(where, "bad_content", f"message {i}: images in assistant turns are not "
+                     "supported")
+            if not text:
+                fail(where, "empty_assistant", f"message {i}: the assistant turn is empty")
+        elif not text and not has_image:
+            fail(where, "empty_turn", f"message {i}: the {msg['role']} turn is empty")
+
+
+def _image(img: Any, image_root: Path, where: str) -> Path | ImageBytes | Image.Image:
+    if isinstance(img, (ImageBytes, Image.Image)):
+        return img
+    if not isinstance(img, (str, Path)) or not str(img):
+        fail(where, "bad_row", f"image entry {img!r} is not a file path")
+    if str(img).startswith(("http://", "https://")):
+        fail(where, "image_missing", f"image {img} is a URL; download it and use a local path")
+    path = Path(img) if Path(img).is_absolute() else image_root / img
+    if not path.is_file():
+        fail(where, "image_missing", f"image file not found: {path}")
+    return path
+
+
+def sample_from_row(row: dict[str, Any], where: str, image_root: Path,
+                    default_id: str | None = None) -> Sample:
+    """Normalise one row (already parsed JSON) and check it; ``where`` names it in errors.
+
+    Checks: roles, turn order (optional system first, then user/assistant alternating, ending
+    with an assistant turn), empty turns, placeholder count == image count, image files exist.
+    Images may be paths (relative to ``image_root``), ``ImageBytes`` or PIL images."""
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
-        raise DataError(f"{where}: expected an object with a 'messages' list")
-    sid = str(row.get("id", where))
-    where = f"{where} (id {sid})"
+        fail(where, "bad_row", "expected an object with a 'messages' list")
+    sid = str(row["id"]) if row.get("id") is not None else (default_id or where)
+    origin, where = where, f"{where} (id {sid})"
     messages = []
     for i, msg in enumerate(row["messages"]):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role not in ROLES:
-            raise DataError(f"{where}: message {i} has unknown role {role!r}; valid: {ROLES}")
-        messages.append({"role": role, "content": _parts(msg.get("content"), f"{where} msg {i}")})
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{where}: no assistant turn, nothing to train on")
+            fail(where, "unknown_role", f"message {i} has unknown role {role!r}; valid: {ROLES}")
+        content = _parts(msg.get("content"), where, f"message {i}: ")
+        messages.append({"role": role, "content": content})
+    check_structure(messages, where)
     images = row.get("images") or []
-    if isinstance(images, str):
+    if isinstance(images, (str, ImageBytes, Image.Image)):
         images = [images]
+    if not isinstance(images, list):
+        fail(where, "bad_row", f"'images' must be a list, got {type(images).__name__}")
     n_parts = sum(p["type"] == "image" for m in messages for p in m["content"])
     if n_parts != len(images):
-        raise DataError(f"{where}: {n_parts} image placeholders but {len(images)} images")
-    paths = []
-    for img in images:
-        path = Path(img) if Path(img).is_absolute() else image_root / img
-        if not path.is_file():
-            raise DataError(f"{where}: image file not found: {path}")
-        paths.append(path)
-    answer = row.get("answer")
-    kind = row.get("kind")
-    return Sample(sid, messages, paths, None if answer is None else str(answer),
-                  None if kind is None else str(kind))
+        fail(where, "image_count", f"{n_parts} image placeholders but {len(images)} images")
+    resolved = [_image(img, image_root, where) for img in images]
+    answer, kind = row.get("answer"), row.get("kind")
+    return Sample(sid, messages, resolved, None if answer is None else str(answer),
+                  None if kind is None else str(kind), origin=origin)
 
 
 def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[Sample]:
     """Read a JSONL file of normalised rows into Samples (errors name file and line)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(f"data file not found: {path}", "missing_file", str(path))
     root = Path(image_root) if image_root else path.parent
     samples = []
     with open(path, encoding="utf-8") as f:
@@ -103,8 +230,8 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[S
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-            samples.append(sample_from_row(row, where, root))
+                fail(where, "bad_json", f"invalid JSON ({e.msg})")
+            samples.append(sample_from_row(row, where, root, f"{path.name}:{lineno}"))
     if not samples:
-        raise DataError(f"{path}: no samples")
+        raise DataError(f"{path}: no samples", "bad_row", str(path))
     return samples

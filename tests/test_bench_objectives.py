@@ -1,0 +1,32 @@
+"""The objective benchmark script runs (--dry-run) and writes well-formed JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_dry_run(tmp_path: Path) -> None:
+    out, md = tmp_path / "res.json", tmp_path / "RESULTS.md"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "objectives.py"), "--dry-run", "--out", str(out),
+         "--md", str(md)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["dry_run"] is True
+    assert {"cpu", "cores", "ram_gb", "torch"} <= set(data["machine"])
+    rows = data["rows"]
+    assert [r["method"] for r in rows] == ["chunked", "trl", "llamafactory"]
+    for r in rows:
+        assert "error" not in r and "skipped" not in r, r
+        assert r["time_s"] > 0 and r["peak_extra_gib"] >= 0
+    # all three compute the same DFT loss (mean over target tokens)
+    losses = [r["loss"] for r in rows]
+    assert max(losses) - min(losses) <= 1e-5 * abs(losses[0])
+    assert {q["vs"] for q in data["ratios"]} == {"trl", "llamafactory"}
+    text = md.read_text()
+    assert "| tiny | 64 | 48 | chunked |" in text and "<!-- notes" in text

@@ -1,0 +1,162 @@
+"""``python -m vldft.data``: convert round trips, validate exit codes, inspect output."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from vldft.config import SourceConfig
+from vldft.data import ImageBytes, Sample, load_jsonl, open_image
+from vldft.data.__main__ import histogram, main, parse_columns, sample_to_row
+from vldft.data.formats import SkipReport, read_source
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _png_bytes(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _llava(tmp_path: Path) -> Path:
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "imgs" / "a.png")
+    f = tmp_path / "llava.json"
+    f.write_text(json.dumps([
+        {"id": "l1", "image": "a.png", "conversations": [
+            {"from": "human", "value": "<image>\nColor?"}, {"from": "gpt", "value": "Red."}]},
+        {"id": "l2", "conversations": [{"from": "human", "value": "Hi"},
+                                       {"from": "gpt", "value": "Hello."}]},
+        {"id": "bad", "image": "missing.png", "conversations": [
+            {"from": "human", "value": "<image>x"}, {"from": "gpt", "value": "y"}]}]))
+    return f
+
+
+def test_convert_round_trip_paths(tmp_path, capsys):
+    src = _llava(tmp_path)
+    out = tmp_path / "out" / "train.jsonl"
+    assert main(["convert", "--format", "llava", str(src), str(out),
+                 "--image-root", str(tmp_path / "imgs")]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 2 samples (1 images, 1 text-only)" in printed
+    assert "image_missing" in printed and "(id bad)" in printed
+    original = read_source(SourceConfig(path=str(src), format="llava",
+                                        image_root=str(tmp_path / "imgs")), tmp_path,
+                           on_error="skip", report=SkipReport())
+    again = load_jsonl(out)
+    assert [(s.id, s.messages, s.answer) for s in again] == \
+        [(s.id, s.messages, s.answer) for s in original]
+    assert [[p.resolve() for p in s.images] for s in again] == \
+        [[p.resolve() for p in s.images] for s in original]
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["images"][0] == str((tmp_path / "imgs" / "a.png").resolve())  # outside out/
+
+
+def test_convert_hf_bytes_become_png_files(tmp_path, capsys):
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as HFImage
+
+    colors = [(255, 0, 0), (0, 0, 255)]
+    feats = Features({"pics": List(HFImage()), "prob": Value("string"), "ans": Value("string")})
+    ds = Dataset.from_dict({"pics": [[{"bytes": _png_bytes(c), "path": None}] for c in colors],
+                            "prob": ["Color?", "And now?"], "ans": ["red", "blue"]},
+                           features=feats)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    out = tmp_path / "conv.jsonl"
+    assert main(["convert", "--format", "hf", str(tmp_path / "d.parquet"), str(out),
+                 "--columns", "q=prob,a=ans,img=pics",
+                 "--prompt-template", "{question} One word."]) == 0
+    samples = load_jsonl(out)
+    assert [s.answer for s in samples] == ["red", "blue"]
+    assert samples[0].messages[0]["content"] == [{"type": "image"},
+                                                 {"type": "text", "text": "Color? One word."}]
+    assert samples[1].images == [tmp_path / "conv_images" / "000001_0.png"]
+    for s, c in zip(samples, colors, strict=True):
+        assert open_image(s.images[0]).convert("RGB").getpixel((5, 5)) == c
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["images"] == ["conv_images/000000_0.png"]  # relative to the output's folder
+
+
+def test_convert_pil_images_written_as_png(tmp_path):
+    jpeg = io.BytesIO()
+    Image.new("RGB", (4, 4), (0, 0, 0)).save(jpeg, format="JPEG")
+    s = Sample("x", [], [Image.new("RGB", (4, 4), (1, 2, 3)), ImageBytes(jpeg.getvalue())])
+    row = sample_to_row(s, tmp_path / "imgs", tmp_path, 7)
+    assert row["images"] == ["imgs/000007_0.png", "imgs/000007_1.png"]
+    assert Image.open(tmp_path / "imgs/000007_0.png").getpixel((0, 0)) == (1, 2, 3)
+    assert Image.open(tmp_path / "imgs/000007_1.png").format == "PNG"
+
+
+def test_parse_columns():
+    assert parse_columns("q=problem, a=answer,img=images,id=pid") == {
+        "question": "problem", "answer": "answer", "images": "images", "id": "pid"}
+    with pytest.raises(ValueError, match="FIELD=COLUMN"):
+        parse_columns("problem")
+
+
+def _config(tmp_path: Path, rows: list[dict]) -> Path:
+    Image.new("RGB", (32, 32), (0, 128, 0)).save(tmp_path / "g.png")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"model": {"family": "qwen2_5_vl", "tiny": True},
+           "data": {"train_files": ["d.jsonl"], "max_length": 256},
+           "train": {"output_dir": "run"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "c.yaml"
+
+
+GOOD = {"id": "g1", "images": ["g.png"], "messages": [
+    {"role": "user", "content": "<image>Color?"}, {"role": "assistant", "content": "Green."}]}
+TEXT = {"id": "t1", "messages": [{"role": "user", "content": "1+1?"},
+                                 {"role": "assistant", "content": "2"}]}
+
+
+def test_validate_exit_codes(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    good = _config(tmp_path / "a", [GOOD, TEXT])
+    assert main(["validate", str(good)]) == 0
+    report = json.loads((tmp_path / "a" / "run" / "validation.json").read_text())
+    assert report["ok"] is True and report["rows"] == {"d": 2}
+    assert "validation: OK" in capsys.readouterr().out
+    (tmp_path / "b").mkdir()
+    bad = _config(tmp_path / "b", [GOOD, {**TEXT, "messages": TEXT["messages"][:1]}])
+    assert main(["validate", str(bad), "data.max_length=300", "--max-samples", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "no_assistant" in out and "d.jsonl:2 (id t1)" in out
+    assert main(["validate", str(bad), "data.nope=1"]) == 2  # config error
+    assert "data.nope: unknown key" in capsys.readouterr().err
+
+
+def test_inspect_prints_trained_tokens_and_writes_html(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    cfg = _config(tmp_path / "x", [GOOD, TEXT])
+    html = tmp_path / "view.html"
+    assert main(["inspect", str(cfg), "--n", "2", "--html", str(html)]) == 0
+    out = capsys.readouterr().out
+    assert "[[Green.<|im_end|>]]" in out and "[[2<|im_end|>]]" in out
+    assert "<|image_pad|>x4" in out and "'image': 4" in out
+    assert "token lengths of 2 samples" in out and "#" in out
+    page = html.read_text()
+    assert page.count('<img src="data:image/png;base64,') == 1
+    assert '<span class="train">Green.&lt;|im_end|&gt;</span>' in page
+    assert '<span class="image">&lt;|image_pad|&gt;\u00d74</span>' in page
+
+
+def test_histogram():
+    text = histogram([1, 1, 1, 5, 10], bins=3, width=6)
+    lines = text.splitlines()
+    assert len(lines) == 3 and lines[0].split()[-1] == "3" and "######" in lines[0]
+    assert histogram([]) == "(no values)"
+
+
+def test_help_runs_as_module():
+    res = subprocess.run([sys.executable, "-m", "vldft.data", "convert", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--columns" in res.stdout and "--image-root" in res.stdout

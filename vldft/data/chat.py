@@ -1,0 +1,183 @@
+"""Conversation formats -> the normalised row that ``sample_from_row`` checks.
+
+Each converter takes one parsed row and its location and returns
+``{"messages": [{"role", "content": [parts]}], "images": [...], "answer", "kind"}`` with parts
+``{"type": "image"}`` / ``{"type": "text", "text": ...}``, or raises ``DataError``.
+
+- ``llava``: ``{"id", "image": str | [str] (optional), "conversations": [{"from", "value"}]}``,
+  ``from`` in human / gpt / system, ``<image>`` placeholders in ``value``.
+- ``sharegpt`` (LLaMA-Factory): ``conversations`` with ``from`` / ``value`` or ``messages`` with
+  ``role`` / ``content``; ``images`` list; optional ``system`` column. Tool turns
+  (observation / function_call) are not supported (``unknown_role``).
+- ``messages`` (OpenAI / ms-swift / LLaMA-Factory v1): ``{"messages": [{"role", "content"}],
+  "images": [...]}``; ``content`` is a string with ``<image>`` placeholders or a list of parts:
+  ``{"type": "text", "text" | "value"}``, ``{"type": "image"}`` (takes the next entry of
+  ``images``), ``{"type": "image", "image": PATH}``, ``{"type": "image_url", "image_url":
+  {"url": PATH}}`` or ``{"type": "image_url", "value": PATH}`` (inline: used where it stands).
+  ``file://`` prefixes are dropped; ``data:image/...;base64,`` URIs are decoded.
+
+Roles: user / human, assistant / gpt, system are accepted in every conversation format.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+from collections.abc import Iterator
+from typing import Any
+
+from vldft.data import ImageBytes, fail
+
+ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+                "system": "system"}
+TOOL_ROLES = ("observation", "function_call", "function", "tool", "tool_call", "ipython")
+
+
+def suggest(name: str, options: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest option, or ''."""
+    close = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def require(row: dict, key: str, where: str, fmt: str, what: str = "") -> Any:
+    """``row[key]``, or a ``missing_column`` error naming the closest existing key."""
+    if key not in row:
+        fail(where, "missing_column", f"{what}no {key!r} key ({fmt} format)"
+             f"{suggest(key, list(row))}; keys: {sorted(row)}")
+    return row[key]
+
+
+def image_ref(ref: Any, where: str) -> Any:
+    """An image reference from a part or an images list: path string, ImageBytes or PIL."""
+    if isinstance(ref, dict):  # {"bytes": ..., "path": ...} (HF Image feature, undecoded)
+        if ref.get("bytes"):
+            return ImageBytes(ref["bytes"], ref.get("path") or "")
+        if ref.get("path"):
+            return ref["path"]
+        if "url" in ref:
+            return image_ref(ref["url"], where)
+        fail(where, "bad_content", f"image entry {ref!r} has neither 'bytes' nor 'path'")
+    if isinstance(ref, bytes):
+        return ImageBytes(ref)
+    if isinstance(ref, str):
+        if ref.startswith("file://"):
+            return ref[len("file://"):]
+        if ref.startswith("data:image") and "base64," in ref:
+            return ImageBytes(base64.b64decode(ref.split("base64,", 1)[1]))
+    return ref  # checked (path exists, type) by sample_from_row
+
+
+def _pieces(content: Any, where: str, what: str = "") -> Iterator[tuple[str, Any]]:
+    """("text", str) and ("image", inline ref or None) pieces of one turn's content."""
+    if content is None:
+        return
+    if isinstance(content, str):
+        for i, chunk in enumerate(content.split("<image>")):
+            if i:
+                yield "image", None
+            if chunk:
+                yield "text", chunk
+        return
+    if not isinstance(content, list):
+        fail(where, "bad_content", f"{what}content must be a string or a list of parts, got "
+             f"{type(content).__name__}")
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = part.get("text", part.get("value"))
+            if not isinstance(text, str):
+                fail(where, "bad_content", f"{what}text part {part!r} has no 'text' string")
+            yield from _pieces(text, where, what)  # "<image>" in a text part is a placeholder
+        elif kind == "image":
+            yield "image", part.get("image", part.get("value"))
+        elif kind == "image_url":
+            url = part.get("image_url", part.get("value"))
+            yield "image", url.get("url") if isinstance(url, dict) else url
+        else:
+            fail(where, "bad_content", f"{what}unsupported content part {part!r} (text and "
+                 "image only)")
+
+
+def turns_to_messages(turns: Any, role_key: str, content_key: str, images: Any,
+                      where: str, fmt: str) -> tuple[list[dict], list[Any]]:
+    """Normalise a list of turns; bare placeholders take ``images`` in order, inline refs stay."""
+    if not isinstance(turns, list):
+        fail(where, "bad_row", f"the conversation must be a list of turns ({fmt})")
+    if images is None:
+        images = []
+    elif not isinstance(images, list):
+        images = [images]
+    pool, used, out_images, messages = list(images), 0, [], []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            fail(where, "bad_row", f"turn {i} is not an object: {turn!r}")
+        role = require(turn, role_key, where, fmt, f"turn {i}: ")
+        if role not in ROLE_ALIASES:
+            hint = "; tool turns are not supported" if role in TOOL_ROLES else ""
+            fail(where, "unknown_role", f"turn {i} has unknown role {role!r}{hint}; valid: "
+                 f"{sorted(ROLE_ALIASES)}")
+        parts = []
+        for kind, value in _pieces(turn.get(content_key), where, f"turn {i}: "):
+            if kind == "text":
+                parts.append({"type": "text", "text": value})
+                continue
+            if value is None:
+                if used >= len(pool):
+                    n = sum(1 for t in turns if isinstance(t, dict)
+                            for k, _ in _pieces(t.get(content_key), where) if k == "image")
+                    fail(where, "image_count", f"{n} image placeholders but {len(pool)} images")
+                value, used = pool[used], used + 1
+            out_images.append(image_ref(value, where))
+            parts.append({"type": "image"})
+        messages.append({"role": ROLE_ALIASES[role], "content": parts})
+    if used < len(pool):
+        fail(where, "image_count", f"{used} image placeholders but {len(pool)} images")
+    return messages, out_images
+
+
+def _row(raw: Any, where: str) -> dict:
+    if not isinstance(raw, dict):
+        fail(where, "bad_row", f"expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _extra(raw: dict) -> dict:
+    return {"answer": raw.get("answer"), "kind": raw.get("kind")}
+
+
+def normalized_row(raw: Any, where: str) -> dict:
+    return _row(raw, where)  # sample_from_row is the strict reader of this format
+
+
+def llava_row(raw: Any, where: str) -> dict:
+    raw = _row(raw, where)
+    turns = require(raw, "conversations", where, "llava")
+    messages, images = turns_to_messages(turns, "from", "value", raw.get("image"), where, "llava")
+    return {"messages": messages, "images": images, **_extra(raw)}
+
+
+def sharegpt_row(raw: Any, where: str) -> dict:
+    raw = _row(raw, where)
+    if "conversations" in raw:
+        turns, keys = raw["conversations"], ("from", "value")
+    else:
+        turns, keys = require(raw, "messages", where, "sharegpt"), ("role", "content")
+    messages, images = turns_to_messages(turns, *keys, raw.get("images"), where, "sharegpt")
+    system = raw.get("system")
+    if system is not None and not isinstance(system, str):
+        fail(where, "bad_row", f"'system' must be a string, got {type(system).__name__}")
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+    return {"messages": messages, "images": images, **_extra(raw)}
+
+
+def messages_row(raw: Any, where: str) -> dict:
+    raw = _row(raw, where)
+    turns = require(raw, "messages", where, "messages")
+    messages, images = turns_to_messages(turns, "role", "content", raw.get("images"), where,
+                                         "messages")
+    return {"messages": messages, "images": images, **_extra(raw)}
+
+
+CONVERTERS = {"normalized": normalized_row, "llava": llava_row, "sharegpt": sharegpt_row,
+              "messages": messages_row}

@@ -1,0 +1,344 @@
+"""Read any supported source (``SourceConfig``) into normalised ``Sample``s.
+
+    samples = read_source(src, base_dir)                           # first bad row: DataError
+    report = SkipReport()
+    samples = read_source(src, base_dir, on_error="skip", report=report)
+    print(report.summary())
+
+Formats and how ``format: auto`` (``detect_format``) recognises them:
+
+- ``normalized``: the kit's JSONL (``vldft.data``). Detected: ``.jsonl`` whose first 50 rows have
+  ``messages`` with roles system/user/assistant and string or typed-part contents only.
+- ``llava``: JSON list / JSONL of ``{"id", "image", "conversations": [{"from", "value"}]}``.
+  Detected: a ``conversations`` key and either ``image`` or neither ``images`` nor ``system``.
+- ``sharegpt`` (LLaMA-Factory): ``conversations`` (from/value) or ``messages`` (role/content),
+  ``images`` list, ``system`` column. Detected: ``conversations`` + ``images``/``system``, or a
+  ``.json`` file with ``messages``.
+- ``messages`` (OpenAI / ms-swift / LLaMA-Factory v1): JSONL ``messages`` with typed parts,
+  inline images or ``<image>`` strings, ``images`` list. Detected: ``.jsonl`` + ``messages``
+  that is not ``normalized``.
+- ``hf``: a ``.parquet`` / ``.arrow`` file, a ``save_to_disk`` folder, a folder of parquet files,
+  a hub id ``owner/name`` (when no such local path exists), or JSON rows with question / answer
+  and image columns. Detected: those files / folders; JSON rows with an ``images``/``image`` key.
+- ``geometry3k``: a folder of ``<id>/data.json`` + ``img_diagram.png`` (or ``<split>/<id>/``).
+  Detected: sub-folders holding ``data.json``.
+- ``text_math``: JSON / JSONL / parquet with problem/solution (NuminaMath), query/response
+  (MetaMathQA) or question/answer (GSM8K). Detected: those columns and no image column.
+
+Row formats are in ``vldft.data.chat``, tables (hf, text_math, geometry3k) in
+``vldft.data.tables``. Relative ``path`` / ``image_root`` resolve against ``base_dir``; image
+paths default to the data file's directory. Every sample gets ``source`` (the source label),
+``origin`` (file:line / file row N) and an id (the row's ``id``, else ``<file>:<line>``).
+
+Errors: a source-level problem (file missing, undetectable format, a mapped column that does
+not exist) always raises ``DataError``. A row-level problem raises with ``on_error="raise"``
+(naming file, line, id and key) or, with ``on_error="skip"``, is recorded in the ``SkipReport``
+with its reason code (``vldft.data.REASONS``); nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from vldft.config import SourceConfig
+from vldft.data import ROLES, DataError, Sample, fail, sample_from_row
+from vldft.data.chat import CONVERTERS
+from vldft.data.tables import (
+    DEFAULTS,
+    TEXT_MATH_LAYOUTS,
+    Row,
+    check_columns,
+    check_template,
+    geometry3k_row,
+    iter_geometry3k,
+    open_table,
+    qa_row,
+    resolve_columns,
+)
+
+FORMATS = ("normalized", "llava", "messages", "sharegpt", "hf", "geometry3k", "text_math")
+DETECT_ROWS = 50  # rows looked at by detect_format
+MAX_EXAMPLES = 10  # example locations kept per (source, reason); summary() shows 3
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow", ".csv", ".png", ".jpg")
+
+
+def is_hub_id(path: str) -> bool:
+    """"owner/name" that is not a missing local file (``data/train.jsonl`` is not a hub id)."""
+    return bool(HUB_ID.match(path)) and Path(path).suffix.lower() not in FILE_SUFFIXES
+
+
+class SkipReport:
+    """Rows skipped (or findings), counted per (source, reason) with example locations."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        self.examples: dict[tuple[str, str], list[dict[str, str]]] = {}
+
+    def add(self, source: str, where: str, reason: str, message: str) -> None:
+        key = (source, reason)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        examples = self.examples.setdefault(key, [])
+        if len(examples) < MAX_EXAMPLES:
+            examples.append({"where": where, "message": message})
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def count(self, source: str | None = None, reason: str | None = None) -> int:
+        return sum(n for (s, r), n in self.counts.items()
+                   if source in (None, s) and reason in (None, r))
+
+    def by_source(self) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for (source, reason), n in sorted(self.counts.items()):
+            out.setdefault(source, {})[reason] = {"count": n,
+                                                  "examples": self.examples[(source, reason)]}
+        return out
+
+    def summary(self, title: str = "skipped") -> str:
+        if not self.counts:
+            return f"{title}: nothing"
+        lines = [f"{title}: {self.total} rows"]
+        for source, reasons in self.by_source().items():
+            lines.append(f"  {source}: {sum(r['count'] for r in reasons.values())}")
+            for reason, info in reasons.items():
+                wheres = "; ".join(e["where"] for e in info["examples"][:3])
+                lines.append(f"    {reason:<16} {info['count']:>6}  at {wheres}")
+                lines.append(f"    {'':<16} {'':>6}  e.g. {info['examples'][0]['message']}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "sources": self.by_source()}
+
+
+# -- detection ---------------------------------------------------------------------------------
+def _is_typed(content: Any) -> bool:
+    return isinstance(content, str) or isinstance(content, list) and all(
+        isinstance(p, dict) and (p.get("type") == "image" and len(p) == 1
+                                 or p.get("type") == "text" and "text" in p) for p in content)
+
+
+def _typed_only(row: Any) -> bool:
+    msgs = row.get("messages") if isinstance(row, dict) else None
+    return isinstance(msgs, list) and all(
+        isinstance(m, dict) and m.get("role") in ROLES and _is_typed(m.get("content"))
+        for m in msgs)
+
+
+def detect_row_format(row: Any, suffix: str, where: str, more: list[Any] = ()) -> str:
+    """Format of JSON rows from the first row's keys (see the module table); ``more`` rows
+    (the next few) must also be typed-only for ``normalized``."""
+    keys = set(row) if isinstance(row, dict) else set()
+    if "messages" in keys:
+        if suffix == ".jsonl" and all(_typed_only(r) for r in [row, *more]):
+            return "normalized"
+        return "sharegpt" if suffix == ".json" else "messages"
+    if "conversations" in keys:
+        return "llava" if "image" in keys or not keys & {"images", "system"} else "sharegpt"
+    if keys & set(DEFAULTS["question"]) and keys & {"answer", "solution", "response"}:
+        return "hf" if keys & {"images", "image"} else "text_math"
+    raise DataError(f"{where}: cannot tell the format from the first row (keys "
+                    f"{sorted(keys)}); set the source's format to one of {FORMATS}",
+                    "bad_source", where)
+
+
+def detect_format(path: Path) -> str:
+    """The format of a file / folder (extension, first row keys, folder layout) or DataError."""
+    path = Path(path)
+    if not path.exists():
+        if is_hub_id(str(path)):
+            return "hf"
+        raise DataError(f"data source not found: {path}", "missing_file", str(path))
+    if path.is_dir():
+        if any((d / "data.json").is_file() for d in _subdirs(path)) or any(
+                (d / "data.json").is_file() for s in _subdirs(path) for d in _subdirs(s)):
+            return "geometry3k"
+        marks = ("dataset_info.json", "state.json", "dataset_dict.json")
+        if any((path / m).is_file() for m in marks) or next(path.rglob("*.parquet"), None):
+            return "hf"
+        raise DataError(f"{path}: cannot tell the format of this folder (no geometry3k problem "
+                        "folders, no save_to_disk dataset, no parquet files)", "bad_source",
+                        str(path))
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".arrow"):
+        try:
+            cols = _table_columns(path)
+        except (OSError, ValueError) as e:  # pyarrow errors subclass these
+            raise DataError(f"{path}: cannot read as a table: {e}", "bad_source",
+                            str(path)) from None
+        if {"images", "image"} & set(cols):
+            return "hf"
+        return "text_math" if any(set(lay) <= set(cols) for lay in TEXT_MATH_LAYOUTS) else "hf"
+    if suffix in (".json", ".jsonl"):
+        head = list(itertools.islice(iter_json(path), DETECT_ROWS))
+        if not head:
+            raise DataError(f"{path}: no rows", "bad_source", str(path))
+        if isinstance(head[0][2], DataError):
+            raise head[0][2]
+        return detect_row_format(head[0][2], suffix, head[0][0], [r for _, _, r in head[1:]])
+    raise DataError(f"{path}: cannot tell the format from the extension {suffix!r}; set the "
+                    f"source's format to one of {FORMATS}", "bad_source", str(path))
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return [d for d in sorted(path.iterdir()) if d.is_dir()][:50]
+
+
+def _table_columns(path: Path) -> list[str]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    from datasets import Dataset
+
+    return list(Dataset.from_file(str(path)).column_names)
+
+
+# -- readers -----------------------------------------------------------------------------------
+def iter_json(path: Path) -> Iterator[Row]:
+    """Rows of a JSONL file, a JSON list, or a JSON object of id -> row (.json that is really
+    JSONL is read as JSONL). A malformed line is yielded as a ``bad_json`` DataError."""
+    try:
+        if path.suffix.lower() == ".json":
+            text = path.read_text(encoding="utf-8")
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                first = next((ln for ln in text.splitlines() if ln.strip()), "")
+                try:
+                    json.loads(first)
+                except json.JSONDecodeError:
+                    raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})", "bad_json",
+                                    f"{path}:{e.lineno}", f"invalid JSON ({e.msg})") from None
+            else:
+                yield from _json_items(path, data)
+                return
+        with open(path, encoding="utf-8") as f:  # JSONL: streamed line by line
+            yield from _jsonl_rows(path, f)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})", "bad_source", str(path)) from None
+
+
+def _json_items(path: Path, data: Any) -> Iterator[Row]:
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        items = list(data.items())  # {"id": row, ...} (MathVista / MathVerse style)
+    else:
+        items = list(enumerate(data if isinstance(data, list) else [data]))
+    for key, row in items:
+        yield f"{path} item {key}", f"{path.name}[{key}]", row
+
+
+def _jsonl_rows(path: Path, lines: Iterable[str]) -> Iterator[Row]:
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, f"{path.name}:{lineno}", json.loads(line)
+        except json.JSONDecodeError as e:
+            yield where, f"{path.name}:{lineno}", DataError(
+                f"{where}: invalid JSON ({e.msg})", "bad_json", where, f"invalid JSON ({e.msg})")
+
+
+def _reader(fmt: str, path: Path, src: SourceConfig, hub: bool
+            ) -> tuple[Iterator[Row], Callable[[Any, str], dict]]:
+    """Rows of the source and the function that normalises one of them."""
+    if fmt in CONVERTERS:
+        if path.is_dir():
+            raise DataError(f"{path}: {fmt} format needs a JSON / JSONL file", "bad_source")
+        return iter_json(path), CONVERTERS[fmt]
+    check_columns(src.columns, str(path))
+    check_template(src.prompt_template, str(path))
+    cols, tmpl = src.columns, src.prompt_template
+    if fmt == "geometry3k":
+        if not path.is_dir():
+            raise DataError(f"{path}: geometry3k format needs a folder", "bad_source", str(path))
+        return iter_geometry3k(path, src.split), lambda raw, loc: geometry3k_row(
+            raw, cols, tmpl, loc)
+    if fmt == "text_math" and "images" in cols:
+        raise DataError(f"{path}: text_math is text-only; use format hf for an images column",
+                        "bad_source", str(path))
+    if not hub and path.suffix.lower() in (".json", ".jsonl"):
+        return iter_json(path), lambda raw, loc: qa_row(raw, None, cols, fmt, tmpl, loc)
+    try:
+        names, rows = open_table(path, src.path, src.split, hub)
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:  # corrupt parquet / arrow (pyarrow errors subclass these)
+        raise DataError(f"{path}: cannot read as a table: {e}", "bad_source", str(path)) from None
+    resolved = resolve_columns(names, cols, fmt, src.path if hub else str(path))
+    return rows, lambda raw, loc: qa_row(raw, resolved, cols, fmt, tmpl, loc)
+
+
+def _row_id(raw: Any, columns: dict[str, str]) -> str | None:
+    if not isinstance(raw, dict):
+        return None
+    for key in (columns.get("id"), "id", "pid"):
+        if key and raw.get(key) is not None:
+            return str(raw[key])
+    return None
+
+
+def _add_system(row: dict, system: str | None) -> None:
+    """Prepend the source's system prompt unless the row has its own (the row wins)."""
+    msgs = row.get("messages")
+    if system and isinstance(msgs, list) and not (
+            msgs and isinstance(msgs[0], dict) and msgs[0].get("role") == "system"):
+        msgs.insert(0, {"role": "system", "content": system})
+
+
+def resolve_path(path: str, base_dir: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(base_dir) / p
+
+
+def read_source(src: SourceConfig, base_dir: Path, on_error: str = "raise",
+                report: SkipReport | None = None) -> list[Sample]:
+    """All samples of one source, normalised and checked (see the module docstring)."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if on_error == "skip" and report is None:
+        raise ValueError("on_error='skip' needs a SkipReport to record the skipped rows in")
+    path = resolve_path(src.path, base_dir)
+    hub = (not path.exists() and is_hub_id(src.path)
+           and src.format in ("auto", "hf", "text_math"))
+    if not hub and not path.exists():
+        raise DataError(f"data source {src.label!r} not found: {path}", "missing_file", str(path))
+    fmt = src.format if src.format != "auto" else ("hf" if hub else detect_format(path))
+    if fmt not in FORMATS:
+        raise DataError(f"{src.path}: unknown format {fmt!r}; choose from {FORMATS}",
+                        "bad_source")
+    image_root = (resolve_path(src.image_root, base_dir) if src.image_root
+                  else Path(base_dir) if hub else path if path.is_dir() else path.parent)
+    rows, convert = _reader(fmt, path, src, hub)
+    samples: list[Sample] = []
+    n_skipped = 0
+    for where, default_id, raw in rows:
+        sid = _row_id(raw, src.columns) or default_id
+        loc = f"{where} (id {sid})"
+        try:
+            if isinstance(raw, DataError):
+                raise raw
+            row = convert(raw, loc)
+            row["id"] = sid
+            _add_system(row, src.system)
+            sample = sample_from_row(row, where, image_root)
+        except DataError as e:
+            if on_error == "raise":
+                raise
+            assert report is not None
+            report.add(src.label, e.where or loc, e.reason, e.detail)
+            n_skipped += 1
+            continue
+        sample.source = src.label
+        samples.append(sample)
+    if not samples and not n_skipped:
+        fail(str(path), "bad_source", "no samples")
+    return samples

@@ -1,0 +1,143 @@
+"""Mixing several sources into one training set, and length-grouped batching.
+
+Mixture rule (seeded by ``train.seed``, reproducible): each source is first capped at
+``max_samples`` (a seeded random subset). Without weights, the mixture is the union. With
+weights (all sources or none), the mixture keeps the union's size N and source i contributes
+``round(N * w_i / sum(w))`` samples: whole passes over the source plus a seeded random subset
+for the remainder, so a small source can be up-sampled and a large one down-sampled.
+
+Length grouping (``data.group_by_length``, like LLaVA's ``group_by_modality_length``): image
+and text-only samples are batched separately; within each modality, a seeded shuffle is cut into
+mega-batches of ``64 * batch_size`` samples, each sorted by estimated length and cut into
+micro-batches; the micro-batches of both modalities are then shuffled together. Similar lengths
+share a batch, so less padding is computed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import Sampler
+from tqdm.auto import tqdm
+
+from vldft.data import Sample
+
+MEGA = 64  # micro-batches per mega-batch
+
+
+def mix(per_source: dict[str, list[Sample]], weights: dict[str, float | None],
+        max_samples: dict[str, int | None], seed: int) -> list[Sample]:
+    """The training mixture (see the module docstring); keeps source order, loaders shuffle."""
+    rng = random.Random(seed)
+    capped = {}
+    for name, samples in per_source.items():
+        cap = max_samples.get(name)
+        if cap is not None and cap < len(samples):
+            keep = sorted(rng.sample(range(len(samples)), cap))
+            samples = [samples[i] for i in keep]
+        capped[name] = samples
+    if all(weights.get(n) is None for n in capped):
+        return [s for samples in capped.values() for s in samples]
+    total = sum(len(v) for v in capped.values())
+    wsum = sum(weights[n] for n in capped)
+    out = []
+    for name, samples in capped.items():
+        want = round(total * weights[name] / wsum)
+        whole, rest = divmod(want, len(samples))
+        out += samples * whole + [samples[i] for i in sorted(rng.sample(range(len(samples)), rest))]
+    return out
+
+
+def estimate_length(sample: Sample, adapter, pixels=None) -> int:
+    """Tokens of a sample: its rendered text plus each image's token count (image headers only,
+    nothing is decoded)."""
+    text = adapter.render(sample.messages)
+    n = len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
+    n -= text.count(adapter.image_token) * 1  # each placeholder is replaced by its expansion
+    for img in sample.images:
+        if isinstance(img, (str, Path)):
+            with Image.open(img) as im:
+                size = im.size
+        else:
+            size = img.size
+        n += adapter.image_token_count(size, pixels)
+    return n
+
+
+class LengthGroupedSampler(Sampler[list[int]]):
+    """A batch sampler: micro-batches of similar lengths and one modality (``has_image``),
+    reshuffled every epoch (seed + epoch). Use as ``DataLoader(batch_sampler=...)``."""
+
+    def __init__(self, lengths: list[int], has_image: list[bool], batch_size: int,
+                 seed: int = 0) -> None:
+        self.lengths, self.has_image = lengths, has_image
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+
+    def __len__(self) -> int:
+        n_img = sum(self.has_image)
+        n_txt = len(self.has_image) - n_img
+        return sum(math.ceil(n / self.batch_size) for n in (n_img, n_txt))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        batches = []
+        for modality in (True, False):
+            idx = [i for i, h in enumerate(self.has_image) if h == modality]
+            rng.shuffle(idx)
+            mega = MEGA * self.batch_size
+            for start in range(0, len(idx), mega):
+                chunk = sorted(idx[start:start + mega], key=lambda i: -self.lengths[i])
+                batches += [chunk[k:k + self.batch_size]
+                            for k in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+
+@dataclass
+class TrainingSet:
+    samples: list[Sample]  # the mixture, in source order
+    lengths: list[int]  # estimated tokens per sample (same order)
+    skips: object  # formats.SkipReport of rows skipped while reading (data.on_error: skip)
+    table: list[dict]  # per source: name, format, read, used, images, text_only, tokens
+    pixels: dict[str, tuple[int | None, int | None]]  # per-source Qwen pixel bounds
+
+
+def build_training_set(cfg, adapter) -> TrainingSet:
+    """Read every configured source, mix them, estimate lengths; one row per source in
+    ``table`` (what the loop prints at start and writes to data_summary.json)."""
+    from vldft.data.formats import SkipReport, read_source
+
+    skips = SkipReport()
+    sources = cfg.all_sources()
+    per_source = {src.label: read_source(src, Path(cfg.base_dir), cfg.data.on_error, skips)
+                  for src in sources}
+    samples = mix(per_source, {s.label: s.weight for s in sources},
+                  {s.label: s.max_samples for s in sources}, cfg.train.seed)
+    pixels = {s.label: (s.min_pixels, s.max_pixels) for s in sources
+              if s.min_pixels or s.max_pixels}
+    lengths = [estimate_length(s, adapter, pixels.get(s.source))
+               for s in tqdm(samples, desc="lengths", disable=len(samples) < 2000)]
+    table = []
+    for src in sources:
+        used = [(s, n) for s, n in zip(samples, lengths, strict=True) if s.source == src.label]
+        table.append({"source": src.label, "format": src.format,
+                      "read": len(per_source[src.label]), "used": len(used),
+                      "images": sum(bool(s.images) for s, _ in used),
+                      "text_only": sum(not s.images for s, _ in used),
+                      "tokens": sum(n for _, n in used)})
+    return TrainingSet(samples, lengths, skips, table, pixels)
+
+
+def format_table(table: list[dict]) -> str:
+    cols = ["source", "format", "read", "used", "images", "text_only", "tokens"]
+    rows = [cols] + [[str(r[c]) for c in cols] for r in table]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    return "\n".join("  " + "  ".join(v.rjust(w) if i > 1 else v.ljust(w)
+                                      for i, (v, w) in enumerate(zip(r, widths, strict=True)))
+                     for r in rows)

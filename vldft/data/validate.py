@@ -1,0 +1,171 @@
+"""Check every training source of a config before training: ``validate(cfg, adapter)``.
+
+    python -m vldft.data validate configs/demo.yaml [key=value ...] [--max-samples N]
+
+Each source (``cfg.all_sources()``, plus ``data.heldout_file``) is read with
+``on_error="skip"``, so every bad row is found, not only the first; the rows that survive are
+then opened image by image, and (with an adapter) encoded by the training ``Collator`` with the
+config's ``data.max_length`` / ``overlong`` / ``train_on``. Findings are counted per source and
+reason, each with example locations (file, line or row, id).
+
+| reason          | meaning                                                                  |
+|-----------------|--------------------------------------------------------------------------|
+| missing_file    | the data file / folder does not exist                                    |
+| bad_source      | the source cannot be read as its format (undetectable, no rows, bad split)|
+| bad_json        | a line (JSONL) or the file (JSON) is not valid JSON                       |
+| bad_row         | a row is not an object of the expected shape (wrong types)               |
+| missing_column  | a required column / key is missing; the closest existing one is named    |
+| bad_content     | a content part is malformed / unsupported (video, image in an answer)    |
+| unknown_role    | a role other than system / user / assistant (human / gpt accepted)       |
+| no_assistant    | no assistant turn: nothing to train on                                   |
+| empty_assistant | an assistant turn without text                                           |
+| empty_turn      | a user / system turn with neither text nor image                         |
+| bad_order       | turns do not alternate user / assistant, or a system turn is not first   |
+| ends_with_user  | the conversation ends with an unanswered user turn                       |
+| image_count     | number of image placeholders != number of images                         |
+| image_missing   | an image file does not exist (or is a URL)                               |
+| image_corrupt   | an image cannot be opened and fully decoded                              |
+| bad_answer      | invalid reference answer (a Geometry3K letter outside the choices)       |
+| too_long        | over data.max_length with data.overlong skip / error                     |
+| image_cut       | truncating to data.max_length would cut an image block (skipped)          |
+| truncated_empty | no trained token left after truncation (skipped)                         |
+| encode_error    | the collator rejected the sample (template / tokenizer mismatch)         |
+| truncated       | WARNING only: over data.max_length, the response is truncated            |
+
+``ValidationReport.ok`` is true when there are no findings other than warnings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vldft.config import Config, SourceConfig
+from vldft.data import WARNINGS, DataError, Sample, open_image
+from vldft.data.formats import SkipReport, read_source
+
+SKIP_REASONS = {  # Collator Skipped.reason -> reason code
+    "longer than data.max_length": "too_long",
+    "truncation would cut an image block": "image_cut",
+    "no trained tokens left after truncation": "truncated_empty",
+}
+
+
+class ValidationReport(SkipReport):
+    """Findings per (source, reason) plus rows read / samples checked per source."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, int] = {}  # rows read per source (good + bad)
+        self.checked: dict[str, int] = {}  # samples that went through image / encode checks
+        self.tokens: dict[str, list[int]] = {}  # encoded lengths per source
+
+    @property
+    def problems(self) -> int:
+        return sum(n for (_, reason), n in self.counts.items() if reason not in WARNINGS)
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == 0
+
+    def summary(self, title: str = "findings") -> str:
+        head = [f"validation: {'OK' if self.ok else 'FAILED'} - {sum(self.rows.values())} rows "
+                f"in {len(self.rows)} sources, {self.problems} problems, "
+                f"{self.total - self.problems} warnings"]
+        for source, n in self.rows.items():
+            lens = self.tokens.get(source)
+            toks = f", tokens min {min(lens)} / max {max(lens)}" if lens else ""
+            head.append(f"  {source}: {n} rows, {self.checked.get(source, 0)} checked in "
+                        f"depth{toks}")
+        return "\n".join(head + ([super().summary(title)] if self.counts else []))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.update(ok=self.ok, problems=self.problems, rows=self.rows, checked=self.checked,
+                   max_tokens={s: max(v) for s, v in self.tokens.items() if v})
+        return out
+
+
+def check_images(sample: Sample) -> str | None:
+    """None if every image opens and decodes, else the first error message."""
+    for k, img in enumerate(sample.images):
+        try:
+            im = open_image(img)
+            im.load()
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb
+            return f"image {k} ({getattr(img, 'name', img)}) cannot be decoded: {e}"
+    return None
+
+
+def _encode_finding(collator: Any, sample: Sample) -> tuple[str | None, str, int | None]:
+    """(reason or None, message, token count) of encoding one sample for training."""
+    from vldft.collate import SampleError, Skipped
+
+    try:
+        enc = collator.encode(sample)
+    except SampleError as e:
+        reason = "too_long" if "> data.max_length" in str(e) else "encode_error"
+        return reason, str(e), None
+    except Exception as e:  # a processor / image failure is a finding too, not a crash
+        return "encode_error", f"sample {sample.id}: {type(e).__name__}: {e}", None
+    if isinstance(enc, Skipped):
+        return SKIP_REASONS.get(enc.reason, "encode_error"), enc.reason, None
+    n = len(enc.input_ids)
+    if enc.truncated:
+        return "truncated", f"truncated to data.max_length={collator.max_length}", n
+    return None, "", n
+
+
+def source_pixels(cfg: Config) -> dict[str, tuple[int | None, int | None]]:
+    """Per-source Qwen2.5-VL (min_pixels, max_pixels) overrides, as the training loop uses."""
+    return {s.label: (s.min_pixels, s.max_pixels) for s in cfg.all_sources()
+            if s.min_pixels or s.max_pixels}
+
+
+def _sources(cfg: Config) -> list[SourceConfig]:
+    sources = cfg.all_sources()
+    if cfg.data.heldout_file:
+        label = "heldout"
+        sources.append(SourceConfig(path=cfg.data.heldout_file, format="normalized",
+                                    name=label))
+    return sources
+
+
+def validate(cfg: Config, adapter: Any = None, max_samples: int | None = None
+             ) -> ValidationReport:
+    """Check all sources of ``cfg``; with ``adapter``, also encode up to ``max_samples`` samples
+    per source exactly as training would (None: all)."""
+    collator = None
+    if adapter is not None:
+        from vldft.collate import Collator
+
+        d = cfg.data
+        collator = Collator(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
+    report = ValidationReport()
+    base = Path(cfg.base_dir)
+    for src in _sources(cfg):
+        label, before = src.label, report.total
+        try:
+            samples = read_source(src, base, on_error="skip", report=report)
+        except DataError as e:
+            report.add(label, e.where or src.path, e.reason, e.detail)
+            report.rows[label] = 0
+            continue
+        report.rows[label] = len(samples) + report.total - before
+        checked = samples if max_samples is None else samples[:max_samples]
+        report.checked[label] = len(checked)
+        lengths = report.tokens.setdefault(label, [])
+        for s in checked:
+            where = f"{s.origin} (id {s.id})"
+            problem = check_images(s)
+            if problem:
+                report.add(label, where, "image_corrupt", problem)
+                continue
+            if collator is None:
+                continue
+            reason, message, n = _encode_finding(collator, s)
+            if n is not None:
+                lengths.append(n)
+            if reason:
+                report.add(label, where, reason, message)
+    return report
