@@ -30,3 +30,15 @@ def test_bench_dry_run(tmp_path: Path) -> None:
     assert {q["vs"] for q in data["ratios"]} == {"trl", "llamafactory"}
     text = md.read_text()
     assert "| tiny | 64 | 48 | chunked |" in text and "<!-- notes" in text
+
+
+def test_gpu_bench_dry_run(tmp_path):
+    """The GPU benchmark's CPU dry-run: every method runs and agrees on the loss."""
+    out = tmp_path / "gpu.json"
+    res = subprocess.run([sys.executable, str(ROOT / "bench/objectives_gpu.py"), "--dry-run",
+                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["method"] for r in rows} == {"chunked", "trl", "llamafactory"}
+    losses = [r["loss"] for r in rows]
+    assert max(losses) - min(losses) < 1e-5 * max(abs(x) for x in losses)

@@ -87,7 +87,7 @@ class LossConfig:
     eaft_topk: int = 20  # eaft: entropy over the top-k logits / log k (0: full vocab / log V)
     eaft_alpha: float = 1.0  # eaft: token weight sg(normalised entropy)^eaft_alpha
     sft_mix: float = 0.0  # beta: loss = beta * SFT + (1 - beta) * objective
-    chunk_size: int = 2048  # target tokens per chunk of the fused lm_head + loss
+    chunk_size: int = 1024  # target tokens per chunk of the fused lm_head + loss
     implementation: Literal["chunked", "naive"] = "chunked"  # naive: full logits (reference)
     sft_warmup_steps: int = 0  # optimizer steps of plain SFT before switching to `name`
 

@@ -78,7 +78,7 @@ class ObjectiveSpec:
     eaft_topk: int = 20  # eaft: top-k entropy / log(k); 0 = exact entropy / log(V)
     eaft_alpha: float = 1.0  # eaft: w = sg(H_norm)**eaft_alpha
     sft_mix: float = 0.0  # beta: w -> beta + (1 - beta) * w (asft KL not mixed)
-    chunk_size: int = 2048  # target tokens per chunk
+    chunk_size: int = 1024  # target tokens per chunk
     implementation: str = "chunked"  # "chunked" | "naive" (full logits; reference)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,101 @@
+"""GPU variant of bench/objectives.py: chunked DFT vs TRL's and LLaMA-Factory's full-logits DFT,
+bf16 inputs, one CUDA device, a few minutes on one H100.
+
+    python bench/objectives_gpu.py [--shapes 3b,7b] [--tokens 2048,8192,16384] [--reps 5]
+                                   [--out bench/results_objectives_gpu.json]
+    python bench/objectives_gpu.py --dry-run        # tiny shapes on the CPU (what CI runs)
+
+Per (shape, tokens, method): forward + backward time (median of ``--reps`` after one warm-up,
+CUDA-synchronised) and peak extra memory = ``torch.cuda.max_memory_allocated`` during the call
+minus the memory held before it (inputs, weight and their gradient buffers, allocated up front
+so they count for nobody). Out-of-memory is reported as such (the longest N that fits is the
+interesting figure for the full-logits paths). Writes JSON and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from objectives import LOSSES, SHAPES, VOCAB  # noqa: E402
+
+
+def measure(method: str, hidden_size: int, vocab: int, n: int, reps: int, device: str,
+            dtype: torch.dtype) -> dict:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    hidden = torch.randn(1, n + 1, hidden_size, generator=g).to(device, dtype).requires_grad_()
+    weight = (torch.randn(vocab, hidden_size, generator=g) / hidden_size**0.5)
+    weight = weight.to(device, dtype).requires_grad_()
+    labels = torch.randint(0, vocab, (1, n + 1), generator=g).to(device)
+    labels[0, 0] = -100
+    hidden.grad, weight.grad = torch.zeros_like(hidden), torch.zeros_like(weight)
+    cuda = device.startswith("cuda")
+    times, peak, loss = [], 0, None
+    try:
+        for k in range(reps + 1):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated() if cuda else 0
+            t0 = time.perf_counter()
+            out = LOSSES[method](hidden, weight, labels)
+            out.backward()
+            if cuda:
+                torch.cuda.synchronize()
+                peak = max(peak, torch.cuda.max_memory_allocated() - before)
+            if k:  # the first call is a warm-up
+                times.append(time.perf_counter() - t0)
+            loss = float(out.detach())
+            del out
+    except torch.OutOfMemoryError:
+        return {"error": "out of memory"}
+    return {"time_s": statistics.median(times), "peak_extra_gib": peak / 2**30, "loss": loss}
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="3b,7b")
+    ap.add_argument("--tokens", default="2048,8192,16384")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "bench/results_objectives_gpu.json"))
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        device, dtype, vocab, shapes, tokens, reps = "cpu", torch.float32, 512, ["tiny"], [64], 1
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --dry-run, or on a GPU machine")
+        device, dtype, vocab, reps = "cuda", torch.bfloat16, VOCAB, args.reps
+        shapes, tokens = args.shapes.split(","), [int(x) for x in args.tokens.split(",")]
+    rows = []
+    for shape in shapes:
+        for n in tokens:
+            for method in LOSSES:
+                row = {"shape": shape, "tokens": n, "method": method,
+                       **measure(method, SHAPES[shape], vocab, n, reps, device, dtype)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)",
+            "torch": torch.__version__, "dtype": str(dtype), "date": time.strftime("%Y-%m-%d")}
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"\n{meta}\n")
+    print("| shape | N | method | time (ms) | peak extra (GiB) |\n|---|---|---|---|---|")
+    for r in rows:
+        t = f"{r['time_s'] * 1e3:.1f}" if "time_s" in r else r["error"]
+        m = f"{r['peak_extra_gib']:.2f}" if "peak_extra_gib" in r else "-"
+        print(f"| {r['shape']} | {r['tokens']} | {r['method']} | {t} | {m} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
