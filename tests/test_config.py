@@ -57,6 +57,18 @@ def test_overrides_apply_with_types():
     ("data.train_files=[]", "data.train_files"),
     ("model.min_pixels=100000", "model.min_pixels"),
     ("noequals", "key=value"),
+    ("model.dtype=float16", "model.dtype"),
+    ("model.max_pixels=0", "model.max_pixels"),
+    ("loss.sft_warmup_steps=900", "loss.sft_warmup_steps"),
+    ("train.eval_max_new_tokens=0", "train.eval_max_new_tokens"),
+    ("data.num_workers=-1", "data.num_workers"),
+    ("train.weight_decay=-0.1", "train.weight_decay"),
+    ("loss.min_weight=2", "loss.min_weight"),
+    ("loss.chunk_size=0", "loss.chunk_size"),
+    ("data.sources=[{path: a.jsonl, min_pixels: 100000}]", "data.sources[0].min_pixels"),
+    ("data.sources=[{path: a.jsonl, weight: 1}, {path: b.jsonl}]", "data.sources"),
+    ("data.sources=[{path: a.jsonl, prompt_template: 'no placeholder'}]",
+     "data.sources[0].prompt_template"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -93,3 +105,19 @@ def test_validation_happens_before_any_model_load(monkeypatch):
 
     with pytest.raises(SystemExit, match="loss.name"):
         cli([str(ROOT / "configs/demo.yaml"), "loss.name=nope"])
+
+
+def test_eval_every_needs_a_heldout_file():
+    with pytest.raises(ConfigError, match="train.eval_every"):
+        load_config(ROOT / "configs/demo.yaml", ["train.eval_every=10", "data.heldout_file=null"])
+
+
+def test_readme_documents_every_config_key():
+    import dataclasses
+
+    from vldft.config import DataConfig, LossConfig, ModelConfig, SourceConfig, TrainConfig
+
+    readme = (ROOT / "README.md").read_text()
+    for cls in (ModelConfig, DataConfig, LossConfig, TrainConfig, SourceConfig):
+        for f in dataclasses.fields(cls):
+            assert f"`{f.name}`" in readme, f"{cls.__name__}.{f.name} is not in the README"

@@ -75,3 +75,25 @@ def test_estimated_length_matches_the_encoded_length(family):
         est = estimate_length(s, adapter)
         # LLaVA-1.5's template has no end-of-turn token; the collator appends one per answer
         assert est == real - (family == "llava")
+
+
+def test_per_source_pixel_bounds_change_the_image_tokens(tmp_path):
+    """A source's max_pixels overrides the model's: fewer image tokens for that source only,
+    in the collator and in the length estimate alike."""
+    from vldft.config import load_config
+    from vldft.data.mix import build_training_set
+
+    demo = ROOT / "data/geo_demo/train.jsonl"
+    cfg = load_config(ROOT / "configs/demo.yaml", [
+        "data.train_files=[]", "model.min_pixels=3136", "model.max_pixels=12544",
+        f"data.sources=[{{path: {demo}, name: big, max_samples: 2}}, "
+        f"{{path: {demo}, name: small, max_samples: 2, max_pixels: 3136}}]"])
+    adapter = load_adapter(cfg.model)
+    data = build_training_set(cfg, adapter)
+    coll = Collator(adapter, 512, pixels=data.pixels)
+    counts = {}
+    for s, est in zip(data.samples, data.lengths, strict=True):
+        enc = coll.encode(s)
+        assert len(enc.input_ids) == est
+        counts[s.source] = int((enc.input_ids == adapter.image_token_id).sum())
+    assert counts == {"big": 16, "small": 4}

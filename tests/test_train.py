@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from vldft.adapters import load_adapter
-from vldft.collate import Collator
+from vldft.collate import Collator, SampleError
 from vldft.config import ModelConfig, load_config
 from vldft.data import load_jsonl
 from vldft.train import ObjectiveModule, accumulate_gradients, build_optimizer, main
@@ -233,3 +233,58 @@ def test_text_only_micro_batch_gives_vision_tower_zero_gradients(family):
             assert p.grad is not None, name
             assert float(p.grad.abs().sum()) == 0.0, name
     assert any(float(p.grad.abs().sum()) > 0 for _, p in parts["language"] if p.grad is not None)
+
+
+def test_llava_unused_vision_parameters_are_frozen():
+    """LLaVA reads vision_feature_layer -2: the last CLIP layer and post_layernorm never get a
+    gradient, which DDP rejects; they are frozen, and every other vision parameter stays
+    trainable and receives a gradient from an image batch."""
+    adapter = _tiny("llava")
+    unused = adapter.freeze_unused()
+    assert unused and all(n.startswith("model.vision_tower.") for n in unused)
+    assert any("post_layernorm" in n for n in unused)
+    coll = Collator(adapter, max_length=512)
+    loss_sum, _, _ = ObjectiveModule(adapter)(dict(coll([coll.encode(load_jsonl(DEMO)[0])])),
+                                              "dft")
+    loss_sum.backward()
+    for name, p in adapter.model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, name
+    assert _tiny("qwen2_5_vl").freeze_unused() == []
+
+
+def test_asft_reference_is_the_model_at_the_switch(tmp_path):
+    """With an SFT warm-up, ASFT anchors to the model it starts from: KL is 0 at the first
+    ASFT step and positive after one update."""
+    data = _subset(tmp_path, 16)
+    out = tmp_path / "run"
+    cfg = load_config(ROOT / "configs/demo.yaml", [
+        f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={out}",
+        "train.max_steps=4", "train.micro_batch_size=4", "train.log_every=1",
+        "loss.name=asft", "loss.sft_warmup_steps=2", "train.lr=1e-2"])
+    main(cfg)
+    lines = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text()
+                                       .splitlines()) if "loss" in r}
+    assert lines[2]["objective"] == "sft" and "kl" not in lines[2]
+    assert lines[3]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert lines[4]["kl"] > 1e-6
+
+
+def test_corrupt_image_is_a_counted_skip_with_on_error_skip(tmp_path):
+    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:8]]
+    for r in rows:
+        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    rows[3]["images"] = [str(bad)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    overrides = [f"data.train_files=[{data}]", "data.heldout_file=null",
+                 f"train.output_dir={out}", "train.max_steps=2", "train.micro_batch_size=4",
+                 "train.log_every=1", "loss.sft_warmup_steps=0"]
+    with pytest.raises(SampleError, match="cannot be opened"):
+        main(load_config(ROOT / "configs/demo.yaml", overrides))
+    summary = main(load_config(ROOT / "configs/demo.yaml", [*overrides, "data.on_error=skip"]))
+    assert summary["skipped"] == {"train/encode_error": 1}
+    saved = json.loads((out / "data_summary.json").read_text())
+    assert saved["encode_skips"] == {"train/encode_error": 1}

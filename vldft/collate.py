@@ -45,7 +45,8 @@ class Encoded:
 @dataclass
 class Skipped:
     sample_id: str
-    reason: str
+    reason: str  # a reason code of vldft/data/validate.py: too_long, image_cut, truncated_empty
+    source: str = ""
 
 
 def _nfc(text: str) -> str:
@@ -118,8 +119,11 @@ class Collator:
         if n_placeholders != len(sample.images):
             raise SampleError(f"{n_placeholders} image placeholders ({a.image_token!r}) in the "
                               f"rendered text but {len(sample.images)} images")
-        px = self.pixels.get(getattr(sample, "source", ""))
-        images = [a.load_image(img, px) for img in sample.images]
+        px = self.pixels.get(sample.source)
+        try:
+            images = [a.load_image(img, px) for img in sample.images]
+        except (OSError, ValueError) as e:  # missing / corrupt / truncated image file
+            raise SampleError(f"image cannot be opened: {e}") from None
         try:
             out = a.process(text, images, px)
         except ValueError as e:
@@ -136,17 +140,17 @@ class Collator:
             if self.overlong == "error":
                 raise SampleError(f"{len(full_ids)} tokens > data.max_length={self.max_length}")
             if self.overlong == "skip":
-                return Skipped(sample.id, "longer than data.max_length")
+                return Skipped(sample.id, "too_long", sample.source)
             # keep the token after the last image run too (Qwen's <|vision_end|>)
             if len(is_image) and int(is_image.max()) + 1 >= self.max_length:
-                return Skipped(sample.id, "truncation would cut an image block")
+                return Skipped(sample.id, "image_cut", sample.source)
             full_ids, labels_t = full_ids[: self.max_length], labels_t[: self.max_length]
             truncated = True
             for key, value in out.items():  # per-token extras (mm_token_type_ids)
                 if value.dim() == 2 and value.shape[0] == 1:
                     out[key] = value[:, : self.max_length]
             if not (labels_t != IGNORE).any():
-                return Skipped(sample.id, "no trained tokens left after truncation")
+                return Skipped(sample.id, "truncated_empty", sample.source)
         return Encoded(sample.id, full_ids, labels_t, out, truncated)
 
     def _label(self, tid: int, s: int, e: int, text: str, spans) -> int:

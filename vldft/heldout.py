@@ -16,59 +16,91 @@ from vldft.adapters.base import Adapter
 from vldft.collate import Collator, Encoded
 from vldft.data import Sample
 from vldft.data.synth import extract_final_answer
-from vldft.objectives import ObjectiveSpec, compute_objective
+from vldft.objectives import ObjectiveSpec, as_spec, compute_objective
 
 
 @torch.no_grad()
 def evaluate_heldout(adapter: Adapter, collator: Collator, samples: list[Sample],
                      batch_size: int = 16, max_new_tokens: int = 64,
                      objective: ObjectiveSpec | str = "dft") -> dict:
-    """Returns {"n", "ce", "loss", "mean_p", "accuracy", "accuracy_by_kind", "examples"}.
+    """Score ``samples``: {"n", "n_scored_ce", "n_skipped", "ce", "loss", "mean_p", "accuracy",
+    "accuracy_by_kind", "examples"}. (``combine(score_part(...) per rank)`` in a distributed
+    run, where each rank scores its own share.)"""
+    return combine([score_part(adapter, collator, samples, batch_size, max_new_tokens,
+                               objective)])
+
+
+@torch.no_grad()
+def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
+               batch_size: int = 16, max_new_tokens: int = 64,
+               objective: ObjectiveSpec | str = "dft") -> dict:
+    """Raw sums over ``samples`` (mergeable across ranks with :func:`combine`).
 
     For asft the held-out "loss" is its DFT part (the KL anchor needs the reference model)."""
-    spec = ObjectiveSpec(name=objective) if isinstance(objective, str) else objective
+    spec = as_spec(objective)
     if spec.name == "asft":
         spec = dataclasses.replace(spec, name="dft")
     model = adapter.model
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    sums = torch.zeros(4, dtype=torch.float64)
+    part = {"n": len(samples), "n_skipped": 0, "loss_sum": 0.0, "ce_sum": 0.0, "p_sum": 0.0,
+            "n_tokens": 0, "n_scored_ce": 0, "correct": 0, "scored": 0, "per_kind": {},
+            "examples": []}
     for i in range(0, len(samples), batch_size):
         items = [collator.encode(s) for s in samples[i: i + batch_size]]
-        batch = collator([it for it in items if isinstance(it, Encoded)])
-        if "input_ids" not in batch:
+        kept = [it for it in items if isinstance(it, Encoded)]
+        part["n_skipped"] += len(items) - len(kept)
+        part["n_scored_ce"] += len(kept)
+        if not kept:
             continue
+        batch = collator(kept)
         inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         labels = inputs.pop("labels")
         head = adapter.output_layer()
         out = compute_objective(adapter.hidden_states(inputs), head.weight, labels, spec,
                                 bias=head.bias)
-        sums += torch.tensor([out.loss_sum.item(), out.stats["ce_sum"].item(),
-                              out.stats["p_sum"].item(), out.n_tokens], dtype=torch.float64)
-    n_tok = max(sums[3].item(), 1.0)
-    result = {"n": len(samples), "loss": sums[0].item() / n_tok, "ce": sums[1].item() / n_tok,
-              "mean_p": sums[2].item() / n_tok, "accuracy": None, "examples": []}
+        part["loss_sum"] += out.loss_sum.item()
+        part["ce_sum"] += out.stats["ce_sum"].item()
+        part["p_sum"] += out.stats["p_sum"].item()
+        part["n_tokens"] += out.n_tokens
 
     scored = [s for s in samples if s.answer is not None]
-    if scored:
-        correct, per_kind = 0, {}
-        for i in range(0, len(scored), batch_size):
-            chunk = scored[i: i + batch_size]
-            outputs = generate(adapter, chunk, max_new_tokens, device)
-            for s, text in zip(chunk, outputs, strict=True):
-                pred = extract_final_answer(text)
-                ok = pred is not None and pred == extract_final_answer(f"Answer: {s.answer}")
-                correct += ok
-                hits = per_kind.setdefault(s.kind or "all", [0, 0])
-                hits[0], hits[1] = hits[0] + ok, hits[1] + 1
-                if len(result["examples"]) < 5:
-                    result["examples"].append({"id": s.id, "output": text, "answer": s.answer,
-                                               "correct": ok})
-        result["accuracy"] = correct / len(scored)
-        result["accuracy_by_kind"] = {k: c / n for k, (c, n) in sorted(per_kind.items())}
+    for i in range(0, len(scored), batch_size):
+        chunk = scored[i: i + batch_size]
+        outputs = generate(adapter, chunk, max_new_tokens, device)
+        for s, text in zip(chunk, outputs, strict=True):
+            pred = extract_final_answer(text)
+            ok = pred is not None and pred == extract_final_answer(f"Answer: {s.answer}")
+            part["correct"] += ok
+            part["scored"] += 1
+            hits = part["per_kind"].setdefault(s.kind or "all", [0, 0])
+            hits[0], hits[1] = hits[0] + ok, hits[1] + 1
+            if len(part["examples"]) < 5:
+                part["examples"].append({"id": s.id, "output": text, "answer": s.answer,
+                                         "correct": ok})
     model.train(was_training)
-    return result
+    return part
+
+
+def combine(parts: list[dict]) -> dict:
+    """Merge :func:`score_part` results (one per rank) into averages."""
+    tot = {k: sum(p[k] for p in parts) for k in ("n", "n_skipped", "n_scored_ce", "loss_sum",
+                                                  "ce_sum", "p_sum", "n_tokens", "correct",
+                                                  "scored")}
+    n_tok = max(tot["n_tokens"], 1)
+    kinds: dict[str, list[int]] = {}
+    for p in parts:
+        for k, (c, n) in p["per_kind"].items():
+            kinds.setdefault(k, [0, 0])
+            kinds[k][0] += c
+            kinds[k][1] += n
+    return {"n": tot["n"], "n_scored_ce": tot["n_scored_ce"], "n_skipped": tot["n_skipped"],
+            "loss": tot["loss_sum"] / n_tok, "ce": tot["ce_sum"] / n_tok,
+            "mean_p": tot["p_sum"] / n_tok,
+            "accuracy": tot["correct"] / tot["scored"] if tot["scored"] else None,
+            "accuracy_by_kind": {k: c / n for k, (c, n) in sorted(kinds.items())},
+            "examples": [e for p in parts for e in p["examples"]][:5]}
 
 
 def generate(adapter: Adapter, samples: list[Sample], max_new_tokens: int,

@@ -43,11 +43,13 @@ weight dtype; with several, each chunk's bf16 GEMM result is added into an fp32 
 (2.2 GB for a 7B head instead of 1.1 GB, plus a transient bf16 [V, H]), so rounding does not
 grow with the number of chunks (Liger accumulates in the weight dtype instead).
 
-Why inside the wrapped module's forward: FSDP / ZeRO-3 gather the lm_head weight only while the
-wrapped module runs its forward (and again in its backward). The training loop therefore calls
-:func:`compute_objective` inside ``ObjectiveModule.forward``; the gradients computed here in the
-forward are returned in the backward for the same gathered tensor, as Liger's fused linear
-cross-entropy does.
+Why inside the wrapped module's forward: DDP and FSDP (with the root unit owning ``lm_head``)
+see parameters only through the wrapped module's forward; the training loop therefore calls
+:func:`compute_objective` inside ``ObjectiveModule.forward``, and the gradients computed here in
+the forward are returned in the backward for the same (gathered) tensor, as Liger's fused linear
+cross-entropy does. DeepSpeed ZeRO-3 is NOT covered yet: it gathers a submodule's parameters in
+that submodule's own forward hooks, and ``lm_head.weight`` is read here without calling
+``lm_head.forward``; it needs ``deepspeed.zero.GatheredParameters`` (the multi-GPU issue).
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ class ObjectiveOutput:
     probs: Tensor
 
 
-def _as_spec(spec: ObjectiveSpec | str) -> ObjectiveSpec:
+def as_spec(spec: ObjectiveSpec | str) -> ObjectiveSpec:
+    """A spec from a spec or an objective name."""
     return spec if isinstance(spec, ObjectiveSpec) else ObjectiveSpec(name=spec)
 
 
@@ -143,7 +146,7 @@ def token_weights(logp: Tensor, spec: ObjectiveSpec | str = "dft",
     Returns:
         [N] detached weights, dtype of logp.
     """
-    spec = _as_spec(spec)
+    spec = as_spec(spec)
     p = logp.detach().exp()
     if spec.name == "sft":
         return torch.ones_like(p)
@@ -309,7 +312,7 @@ def objective_from_logits(logits: Tensor, targets: Tensor, spec: ObjectiveSpec |
         spec: objective spec or name.
         ref_logits: [N, V] reference-model logits (asft only; no gradient flows to them).
     """
-    spec = _as_spec(spec)
+    spec = as_spec(spec)
     if spec.name == "asft" and ref_logits is None:
         raise ValueError("asft needs the reference model's logits / hidden states and weight")
     z = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -350,7 +353,7 @@ def compute_objective(hidden: Tensor, weight: Tensor, labels: Tensor,
             reference model (computed under no_grad), its [V, H_ref] head and optional [V] bias.
         ignore_index: label value of non-target positions.
     """
-    spec = _as_spec(spec)
+    spec = as_spec(spec)
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"hidden must be [B, T, H] and labels [B, T]; got "
                          f"{tuple(hidden.shape)} and {tuple(labels.shape)}")

@@ -8,8 +8,9 @@ Per optimizer step: gather ``grad_accum`` micro-batches, count their target toke
 sum the counts over ranks, then backpropagate ``loss_sum / global_count`` for each micro-batch
 (times the world size, because DDP averages gradients). Batch 8 x accumulation 1 and batch 2 x
 accumulation 4 therefore give the same update. Outputs go to ``train.output_dir``:
-``metrics.jsonl``, ``config.yaml``, ``checkpoint-<step>/`` and ``final/`` (Hugging Face format),
-``summary.json``.
+``config.yaml``, ``data_summary.json``, ``metrics.jsonl``, ``histograms.jsonl``,
+``checkpoint-<step>/`` and ``final/`` (Hugging Face format), ``summary.json``,
+``training_curves.png`` and ``prob_histograms.png``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import copy
 import json
 import math
+import shutil
 import sys
 import time
 from collections import Counter
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -38,8 +40,8 @@ from vldft.config import Config, ConfigError, config_to_dict, load_config
 from vldft.data import Sample, load_jsonl
 from vldft.data.mix import LengthGroupedSampler, build_training_set, format_table
 from vldft.diagnostics import prob_histogram, write_plots
-from vldft.heldout import evaluate_heldout
-from vldft.objectives import STAT_KEYS, ObjectiveSpec, compute_objective
+from vldft.heldout import combine, score_part
+from vldft.objectives import STAT_KEYS, ObjectiveSpec, as_spec, compute_objective
 
 
 class EncodedDataset(Dataset):
@@ -55,17 +57,19 @@ class EncodedDataset(Dataset):
     def __getitem__(self, i: int):
         try:
             return self.collator.encode(self.samples[i])
-        except SampleError as e:
+        except SampleError:
             if self.on_error == "raise":
                 raise
-            return Skipped(self.samples[i].id, f"encode error: {str(e).split(': ', 2)[-1]}")
+            return Skipped(self.samples[i].id, "encode_error", self.samples[i].source)
 
 
 class ObjectiveModule(nn.Module):
     """Backbone + objective in ONE forward, so DDP / FSDP wrap (and gather) both together.
 
     ``reference`` is the frozen starting model for ASFT's KL anchor: a full copy of the weights
-    (same dtype; no gradients or optimizer state), i.e. +1x the model's parameter memory.
+    (same dtype; no gradients or optimizer state), i.e. +1x the model's parameter memory. The
+    loop sets it when ASFT starts (after any SFT warm-up), so the anchor is the model ASFT
+    starts from, not the pre-warm-up one.
     """
 
     def __init__(self, adapter: Adapter, reference: nn.Module | None = None) -> None:
@@ -81,7 +85,7 @@ class ObjectiveModule(nn.Module):
         return self
 
     def forward(self, batch: dict[str, torch.Tensor], spec: ObjectiveSpec | str):
-        spec = ObjectiveSpec(name=spec) if isinstance(spec, str) else spec
+        spec = as_spec(spec)
         batch = dict(batch)
         labels = batch.pop("labels")
         hidden = self.adapter.hidden_states(batch)
@@ -103,8 +107,8 @@ class ObjectiveModule(nn.Module):
 
 
 def build_reference(adapter: Adapter) -> nn.Module:
-    """Frozen copy of the starting model (ASFT). With LoRA this becomes the adapter-disabled
-    model instead of a copy (no extra memory); without LoRA a copy is the only exact reference."""
+    """Frozen copy of the model as it is now (ASFT's reference). vldft has no LoRA yet; a full
+    copy is the only exact reference without one."""
     ref = copy.deepcopy(adapter.model)
     ref.requires_grad_(False)
     return ref.eval()
@@ -128,7 +132,7 @@ def accumulate_gradients(module: nn.Module, micro_batches: list[dict],
     n_seen (non-padding tokens processed) and n_slots (token slots incl. padding). Target
     probabilities are appended to ``probs``.
     """
-    spec = ObjectiveSpec(name=spec) if isinstance(spec, str) else spec
+    spec = as_spec(spec)
     local = torch.tensor([sum(count_targets(b) for b in micro_batches)], dtype=torch.float64,
                          device=accelerator.device)
     n_global = float(accelerator.reduce(local, reduction="sum").item())
@@ -169,14 +173,24 @@ def build_optimizer(adapter: Adapter, cfg: Config) -> torch.optim.Optimizer:
 
 
 def micro_batch_stream(loader: DataLoader, skips: Counter, counts: Counter):
-    """Endless stream of non-empty micro-batches over epochs; records skipped samples."""
+    """Endless stream of non-empty micro-batches over epochs; records skipped samples (each
+    sample once, keyed by (source, reason)), and stops with an error if a whole pass over the
+    data yields nothing to train on."""
+    seen: set[str] = set()
     while True:
+        yielded = 0
         for batch in _guard_workers(loader):
             for s in batch["skipped"]:
-                skips[s.reason] += 1
+                if s.sample_id not in seen:
+                    seen.add(s.sample_id)
+                    skips[(s.source, s.reason)] += 1
             counts["truncated"] += batch["n_truncated"]
             if "input_ids" in batch:
+                yielded += 1
                 yield batch
+        if not yielded:
+            raise RuntimeError("a whole pass over the training data yielded no trainable "
+                               f"sample; skipped: {dict(skips)}")
 
 
 def _guard_workers(loader: DataLoader):
@@ -188,7 +202,7 @@ def _guard_workers(loader: DataLoader):
         except StopIteration:
             return
         except RuntimeError as e:
-            if "DataLoader worker" not in str(e):
+            if not any(k in str(e) for k in ("killed by signal", "exited unexpectedly")):
                 raise
             raise RuntimeError(
                 f"a data-loading worker process died ({e}). Usual causes: out of memory "
@@ -214,7 +228,8 @@ def main(cfg: Config) -> dict:
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *a, **k: None)
 
-    heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file)) if cfg.data.heldout_file else []
+    root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
+    heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file), root) if cfg.data.heldout_file else []
     adapter = load_adapter(cfg.model)
     data = build_training_set(cfg, adapter)
     samples = data.samples
@@ -222,6 +237,10 @@ def main(cfg: Config) -> dict:
         raise SystemExit("no training samples: every row was skipped or the sources are empty"
                          + (f"\n{data.skips.summary()}" if data.skips.total else ""))
     adapter.freeze(cfg.model.freeze)
+    unused = adapter.freeze_unused()
+    if unused:
+        log(f"[vldft] froze {len(unused)} vision parameters the model never uses "
+            f"(e.g. {unused[0]})")
     if cfg.model.gradient_checkpointing:
         adapter.model.gradient_checkpointing_enable({"use_reentrant": False})
     adapter.model.config.use_cache = False
@@ -248,8 +267,9 @@ def main(cfg: Config) -> dict:
                             generator=torch.Generator().manual_seed(t.seed),
                             collate_fn=collator, num_workers=cfg.data.num_workers)
     optimizer = build_optimizer(adapter, cfg)
-    reference = build_reference(adapter) if cfg.loss.name == "asft" else None
-    module = ObjectiveModule(adapter, reference)
+    lm_group = next((i for i, g in enumerate(optimizer.param_groups)
+                     if g["name"] == "language"), 0)  # the logged lr
+    module = ObjectiveModule(adapter)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     total = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / t.grad_accum))
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total),
@@ -270,24 +290,34 @@ def main(cfg: Config) -> dict:
     evals: list[dict] = []
 
     def run_heldout(step: int) -> None:
-        if not (heldout and t.eval_max_samples and is_main):
+        """Every rank scores its share of the held-out samples; results are gathered."""
+        if not (heldout and t.eval_max_samples):
             return
         module.eval()
-        res = evaluate_heldout(adapter, collator, heldout[: t.eval_max_samples],
-                               t.eval_batch_size, t.eval_max_new_tokens, cfg.loss.spec())
+        share = heldout[: t.eval_max_samples][accelerator.process_index::
+                                               accelerator.num_processes]
+        part = score_part(adapter, collator, share, t.eval_batch_size, t.eval_max_new_tokens,
+                          cfg.loss.spec())
         module.train()
+        res = combine(gather_object([part]) if accelerator.num_processes > 1 else [part])
         res["step"] = step
         evals.append(res)
-        metrics_file.write(json.dumps({"step": step, "heldout": {
-            k: v for k, v in res.items() if k != "examples"}}) + "\n")
+        if is_main:
+            metrics_file.write(json.dumps({"step": step, "heldout": {
+                k: v for k, v in res.items() if k != "examples"}}) + "\n")
+            metrics_file.flush()
         acc = "n/a" if res["accuracy"] is None else f"{res['accuracy']:.1%}"
-        tqdm.write(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}")
+        if is_main:
+            tqdm.write(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}"
+                       + (f" ({res['n_skipped']} skipped)" if res["n_skipped"] else ""))
 
     bar = tqdm(total=total, desc="train", disable=not is_main, dynamic_ncols=True)
     hist_every = t.hist_every or t.log_every
     module.train()
     for step in range(1, total + 1):
         objective = "sft" if step <= cfg.loss.sft_warmup_steps else cfg.loss.name
+        if objective == "asft" and accelerator.unwrap_model(module).reference is None:
+            accelerator.unwrap_model(module).reference = build_reference(adapter)
         micro = [next(stream) for _ in range(t.grad_accum)]
         probs: list[torch.Tensor] | None = [] if step % hist_every == 0 or step == 1 else None
         step_totals = accumulate_gradients(module, micro, cfg.loss.spec(objective), accelerator,
@@ -307,14 +337,16 @@ def main(cfg: Config) -> dict:
                 hist_file.flush()
         if step % t.log_every == 0 or step == total:
             elapsed = time.perf_counter() - start
-            rec = _log_record(step, objective, window, elapsed, scheduler.get_last_lr()[0],
-                              grad_norm)
+            rec = _log_record(step, objective, window, elapsed,
+                              scheduler.get_last_lr()[lm_group], grad_norm)
             history.append(rec)
             if is_main:
                 metrics_file.write(json.dumps(rec) + "\n")
                 metrics_file.flush()
+            extra = {"kl": f"{rec['kl']:.4f}"} if "kl" in rec else {}
             bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}",
-                            p=f"{rec['mean_p']:.3f}", lr=f"{rec['lr']:.2e}",
+                            p=f"{rec['mean_p']:.3f}", low_p=f"{rec['low_p_frac']:.3f}",
+                            H=f"{rec['entropy']:.3f}", **extra, lr=f"{rec['lr']:.2e}",
                             tok_s=f"{rec['tokens_per_s']:.0f}")
             window = Counter(t0=elapsed)
         bar.update(1)
@@ -327,9 +359,12 @@ def main(cfg: Config) -> dict:
     final_dir = out_dir / "final"
     _save(adapter, accelerator, final_dir)
 
+    skipped: Counter = Counter()  # encode-time skips of all ranks, "source/reason" -> samples
+    for part in (gather_object([dict(skips)]) if accelerator.num_processes > 1 else [skips]):
+        skipped.update({f"{src or 'data'}/{why}": n for (src, why), n in part.items()})
     summary = {"steps": total, "objective": cfg.loss.name,
                "sft_warmup_steps": cfg.loss.sft_warmup_steps, "train_samples": len(samples),
-               "skipped": dict(skips), "truncated": counts["truncated"],
+               "skipped": dict(skipped), "truncated": counts["truncated"],
                "first_log": history[0], "last_log": history[-1],
                "train_seconds": round(time.perf_counter() - start, 1), "checkpoint": str(final_dir)}
     run_heldout(total)
@@ -343,6 +378,9 @@ def main(cfg: Config) -> dict:
         summary["plots"] = [str(p) for p in write_plots(out_dir, history,
                                                          out_dir / "histograms.jsonl")]
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / "data_summary.json").write_text(json.dumps(
+            {"sources": data.table, "read_skips": data.skips.to_dict(),
+             "encode_skips": summary["skipped"]}, indent=2))
         _print_summary(summary, history)
     accelerator.wait_for_everyone()
     return summary
@@ -369,10 +407,9 @@ def _save(adapter: Adapter, accelerator: Accelerator, path: Path) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written save from a crashed run
         adapter.save(tmp)
         if path.exists():
-            import shutil
-
             shutil.rmtree(path)
         tmp.rename(path)
     accelerator.wait_for_everyone()

@@ -94,7 +94,10 @@ class Adapter:
         inputs = {k: (v.to(ref.device, ref.dtype) if v.is_floating_point() else v.to(ref.device))
                   for k, v in self.dummy_image_inputs().items()}
         out = model.model.get_image_features(**inputs)
-        return sum(t.float().sum() for t in _tensors(out)) * 0.0
+        # pooler_output holds the projected image features: exactly what an image batch uses
+        # (other fields, e.g. the tower's last layer, may be unused by design)
+        feats = out.pooler_output if getattr(out, "pooler_output", None) is not None else out
+        return sum(t.float().sum() for t in _tensors(feats)) * 0.0
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """Render a conversation with the checkpoint's own chat template (text, no tokens)."""
@@ -130,6 +133,24 @@ class Adapter:
         for part, params in self.parts().items():
             for _, p in params:
                 p.requires_grad_(part not in parts)
+
+    def freeze_unused(self) -> list[str]:
+        """Freeze trainable vision / projector parameters that the image path never uses
+        (LLaVA reads vision_feature_layer -2, so CLIP's last layer and post_layernorm idle).
+        DDP needs every trainable parameter to receive a gradient in every step. Returns the
+        names frozen."""
+        params = [(n, p) for n, p in self.parts()["vision"] + self.parts()["projector"]
+                  if p.requires_grad]
+        if not params:
+            return []
+        self.model.zero_grad(set_to_none=True)
+        self.dummy_vision_loss().backward()
+        unused = [n for n, p in params if p.grad is None]
+        for _n, p in params:
+            if p.grad is None:
+                p.requires_grad_(False)
+        self.model.zero_grad(set_to_none=True)
+        return unused
 
     def save(self, out_dir: str | Path) -> None:
         """Hugging Face format: loadable by AutoModelForImageTextToText / AutoProcessor."""

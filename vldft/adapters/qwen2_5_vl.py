@@ -66,6 +66,6 @@ class Qwen2_5_VLAdapter(Adapter):
     def image_token_count(self, size: tuple[int, int],
                           pixels: tuple[int | None, int | None] | None = None) -> int:
         lo, hi = self._bounds(pixels)
-        factor = self.patch_size * 2  # spatial merge 2x2
+        factor = self.patch_size * self.processor.image_processor.merge_size
         h, w = smart_resize(size[1], size[0], factor=factor, min_pixels=lo, max_pixels=hi)
         return (h // factor) * (w // factor)

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vldft.config import FORMATS as CONFIG_FORMATS
 from vldft.config import SourceConfig
 from vldft.data import ROLES, DataError, Sample, fail, sample_from_row
 from vldft.data.chat import CONVERTERS
@@ -61,7 +62,7 @@ from vldft.data.tables import (
     resolve_columns,
 )
 
-FORMATS = ("normalized", "llava", "messages", "sharegpt", "hf", "geometry3k", "text_math")
+FORMATS = tuple(f for f in CONFIG_FORMATS if f != "auto")  # one list, in vldft.config
 DETECT_ROWS = 50  # rows looked at by detect_format
 MAX_EXAMPLES = 10  # example locations kept per (source, reason); summary() shows 3
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -43,6 +43,10 @@ def mix(per_source: dict[str, list[Sample]], weights: dict[str, float | None],
         capped[name] = samples
     if all(weights.get(n) is None for n in capped):
         return [s for samples in capped.values() for s in samples]
+    empty = [n for n, v in capped.items() if not v]
+    if empty:
+        raise ValueError(f"data.sources: weighted source(s) {empty} have no samples left "
+                         "(every row skipped?); remove them or fix the data")
     total = sum(len(v) for v in capped.values())
     wsum = sum(weights[n] for n in capped)
     out = []
@@ -60,11 +64,14 @@ def estimate_length(sample: Sample, adapter, pixels=None) -> int:
     n = len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
     n -= text.count(adapter.image_token) * 1  # each placeholder is replaced by its expansion
     for img in sample.images:
-        if isinstance(img, (str, Path)):
-            with Image.open(img) as im:
-                size = im.size
-        else:
-            size = img.size
+        try:
+            if isinstance(img, (str, Path)):
+                with Image.open(img) as im:
+                    size = im.size
+            else:
+                size = img.size
+        except (OSError, ValueError):  # unreadable: the collator reports (or skips) it later
+            continue
         n += adapter.image_token_count(size, pixels)
     return n
 
@@ -96,6 +103,9 @@ class LengthGroupedSampler(Sampler[list[int]]):
                 batches += [chunk[k:k + self.batch_size]
                             for k in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
+        # short batches (one per modality) go last: accelerate's BatchSamplerShard hands out
+        # whole rounds of batches and only the final round may hold a short one
+        batches.sort(key=lambda b: len(b) < self.batch_size)
         return iter(batches)
 
 
@@ -112,6 +122,7 @@ def build_training_set(cfg, adapter) -> TrainingSet:
     """Read every configured source, mix them, estimate lengths; one row per source in
     ``table`` (what the loop prints at start and writes to data_summary.json)."""
     from vldft.data.formats import SkipReport, read_source
+    from vldft.data.validate import source_pixels
 
     skips = SkipReport()
     sources = cfg.all_sources()
@@ -119,8 +130,7 @@ def build_training_set(cfg, adapter) -> TrainingSet:
                   for src in sources}
     samples = mix(per_source, {s.label: s.weight for s in sources},
                   {s.label: s.max_samples for s in sources}, cfg.train.seed)
-    pixels = {s.label: (s.min_pixels, s.max_pixels) for s in sources
-              if s.min_pixels or s.max_pixels}
+    pixels = source_pixels(cfg)
     lengths = [estimate_length(s, adapter, pixels.get(s.source))
                for s in tqdm(samples, desc="lengths", disable=len(samples) < 2000)]
     table = []

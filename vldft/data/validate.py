@@ -44,10 +44,10 @@ from vldft.config import Config, SourceConfig
 from vldft.data import WARNINGS, DataError, Sample, open_image
 from vldft.data.formats import SkipReport, read_source
 
-SKIP_REASONS = {  # Collator Skipped.reason -> reason code
-    "longer than data.max_length": "too_long",
-    "truncation would cut an image block": "image_cut",
-    "no trained tokens left after truncation": "truncated_empty",
+SKIP_REASONS = {  # Collator Skipped.reason (already a code) -> what the report says
+    "too_long": "longer than data.max_length",
+    "image_cut": "truncation would cut an image block",
+    "truncated_empty": "no trained tokens left after truncation",
 }
 
 
@@ -109,7 +109,7 @@ def _encode_finding(collator: Any, sample: Sample) -> tuple[str | None, str, int
     except Exception as e:  # a processor / image failure is a finding too, not a crash
         return "encode_error", f"sample {sample.id}: {type(e).__name__}: {e}", None
     if isinstance(enc, Skipped):
-        return SKIP_REASONS.get(enc.reason, "encode_error"), enc.reason, None
+        return enc.reason, SKIP_REASONS.get(enc.reason, enc.reason), None
     n = len(enc.input_ids)
     if enc.truncated:
         return "truncated", f"truncated to data.max_length={collator.max_length}", n
