@@ -275,115 +275,119 @@ def main(cfg: Config) -> dict:
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total),
                               num_training_steps=total)
 
+    files = contextlib.ExitStack()  # metrics files are closed even if training fails
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         (out_dir / "data_summary.json").write_text(json.dumps(
             {"sources": data.table, "read_skips": data.skips.to_dict()}, indent=2))
-        metrics_file = open(out_dir / "metrics.jsonl", "w")
-        hist_file = open(out_dir / "histograms.jsonl", "w")
-    skips, counts = Counter(), Counter()
-    stream = micro_batch_stream(loader, skips, counts)
-    window: Counter = Counter()
-    history: list[dict] = []
-    start = time.perf_counter()
-    evals: list[dict] = []
+        metrics_file = files.enter_context(open(out_dir / "metrics.jsonl", "w"))
+        hist_file = files.enter_context(open(out_dir / "histograms.jsonl", "w"))
+    try:
+        skips, counts = Counter(), Counter()
+        stream = micro_batch_stream(loader, skips, counts)
+        window: Counter = Counter()
+        history: list[dict] = []
+        start = time.perf_counter()
+        evals: list[dict] = []
 
-    def run_heldout(step: int) -> None:
-        """Every rank scores its share of the held-out samples; results are gathered."""
-        if not (heldout and t.eval_max_samples):
-            return
-        module.eval()
-        share = heldout[: t.eval_max_samples][accelerator.process_index::
-                                               accelerator.num_processes]
-        part = score_part(adapter, collator, share, t.eval_batch_size, t.eval_max_new_tokens,
-                          cfg.loss.spec())
-        module.train()
-        res = combine(gather_object([part]) if accelerator.num_processes > 1 else [part])
-        res["step"] = step
-        evals.append(res)
-        if is_main:
-            metrics_file.write(json.dumps({"step": step, "heldout": {
-                k: v for k, v in res.items() if k != "examples"}}) + "\n")
-            metrics_file.flush()
-        acc = "n/a" if res["accuracy"] is None else f"{res['accuracy']:.1%}"
-        if is_main:
-            tqdm.write(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}"
-                       + (f" ({res['n_skipped']} skipped)" if res["n_skipped"] else ""))
-
-    bar = tqdm(total=total, desc="train", disable=not is_main, dynamic_ncols=True)
-    hist_every = t.hist_every or t.log_every
-    module.train()
-    for step in range(1, total + 1):
-        objective = "sft" if step <= cfg.loss.sft_warmup_steps else cfg.loss.name
-        if objective == "asft" and accelerator.unwrap_model(module).reference is None:
-            accelerator.unwrap_model(module).reference = build_reference(adapter)
-        micro = [next(stream) for _ in range(t.grad_accum)]
-        probs: list[torch.Tensor] | None = [] if step % hist_every == 0 or step == 1 else None
-        step_totals = accumulate_gradients(module, micro, cfg.loss.spec(objective), accelerator,
-                                           probs)
-        grad_norm = float("nan")
-        if t.max_grad_norm > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        window.update(step_totals)
-        if probs is not None:
-            counts_t = accelerator.reduce(prob_histogram(probs).to(accelerator.device), "sum")
+        def run_heldout(step: int) -> None:
+            """Every rank scores its share of the held-out samples; results are gathered."""
+            if not (heldout and t.eval_max_samples):
+                return
+            module.eval()
+            share = heldout[: t.eval_max_samples][accelerator.process_index::
+                                                   accelerator.num_processes]
+            part = score_part(adapter, collator, share, t.eval_batch_size, t.eval_max_new_tokens,
+                              cfg.loss.spec())
+            module.train()
+            res = combine(gather_object([part]) if accelerator.num_processes > 1 else [part])
+            res["step"] = step
+            evals.append(res)
             if is_main:
-                hist_file.write(json.dumps({"step": step, "objective": objective,
-                                            "counts": [int(c) for c in counts_t.tolist()]}) + "\n")
-                hist_file.flush()
-        if step % t.log_every == 0 or step == total:
-            elapsed = time.perf_counter() - start
-            rec = _log_record(step, objective, window, elapsed,
-                              scheduler.get_last_lr()[lm_group], grad_norm)
-            history.append(rec)
-            if is_main:
-                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.write(json.dumps({"step": step, "heldout": {
+                    k: v for k, v in res.items() if k != "examples"}}) + "\n")
                 metrics_file.flush()
-            extra = {"kl": f"{rec['kl']:.4f}"} if "kl" in rec else {}
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}",
-                            p=f"{rec['mean_p']:.3f}", low_p=f"{rec['low_p_frac']:.3f}",
-                            H=f"{rec['entropy']:.3f}", **extra, lr=f"{rec['lr']:.2e}",
-                            tok_s=f"{rec['tokens_per_s']:.0f}")
-            window = Counter(t0=elapsed)
-        bar.update(1)
-        if step < total and ((t.eval_every and step % t.eval_every == 0)
-                             or step == cfg.loss.sft_warmup_steps):
-            run_heldout(step)
-        if t.save_every and step % t.save_every == 0 and step < total:
-            _save(adapter, accelerator, out_dir / f"checkpoint-{step}")
-    bar.close()
-    final_dir = out_dir / "final"
-    _save(adapter, accelerator, final_dir)
+            acc = "n/a" if res["accuracy"] is None else f"{res['accuracy']:.1%}"
+            if is_main:
+                tqdm.write(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}"
+                           + (f" ({res['n_skipped']} skipped)" if res["n_skipped"] else ""))
 
-    skipped: Counter = Counter()  # encode-time skips of all ranks, "source/reason" -> samples
-    for part in (gather_object([dict(skips)]) if accelerator.num_processes > 1 else [skips]):
-        skipped.update({f"{src or 'data'}/{why}": n for (src, why), n in part.items()})
-    summary = {"steps": total, "objective": cfg.loss.name,
-               "sft_warmup_steps": cfg.loss.sft_warmup_steps, "train_samples": len(samples),
-               "skipped": dict(skipped), "truncated": counts["truncated"],
-               "first_log": history[0], "last_log": history[-1],
-               "train_seconds": round(time.perf_counter() - start, 1), "checkpoint": str(final_dir)}
-    run_heldout(total)
-    if evals:
-        summary["heldout"] = evals[-1]
-        summary["heldout_history"] = [{k: e[k] for k in ("step", "ce", "loss", "accuracy")}
-                                      for e in evals]
-    if is_main:
-        metrics_file.close()
-        hist_file.close()
-        summary["plots"] = [str(p) for p in write_plots(out_dir, history,
-                                                         out_dir / "histograms.jsonl")]
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        (out_dir / "data_summary.json").write_text(json.dumps(
-            {"sources": data.table, "read_skips": data.skips.to_dict(),
-             "encode_skips": summary["skipped"]}, indent=2))
-        _print_summary(summary, history)
-    accelerator.wait_for_everyone()
-    return summary
+        bar = tqdm(total=total, desc="train", disable=not is_main, dynamic_ncols=True)
+        hist_every = t.hist_every or t.log_every
+        module.train()
+        for step in range(1, total + 1):
+            objective = "sft" if step <= cfg.loss.sft_warmup_steps else cfg.loss.name
+            if objective == "asft" and accelerator.unwrap_model(module).reference is None:
+                accelerator.unwrap_model(module).reference = build_reference(adapter)
+            micro = [next(stream) for _ in range(t.grad_accum)]
+            probs: list[torch.Tensor] | None = [] if step % hist_every == 0 or step == 1 else None
+            step_totals = accumulate_gradients(module, micro, cfg.loss.spec(objective), accelerator,
+                                               probs)
+            grad_norm = float("nan")
+            if t.max_grad_norm > 0:
+                grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            window.update(step_totals)
+            if probs is not None:
+                counts_t = accelerator.reduce(prob_histogram(probs).to(accelerator.device), "sum")
+                if is_main:
+                    counts_l = [int(c) for c in counts_t.tolist()]
+                    hist_file.write(json.dumps({"step": step, "objective": objective,
+                                                "counts": counts_l}) + "\n")
+                    hist_file.flush()
+            if step % t.log_every == 0 or step == total:
+                elapsed = time.perf_counter() - start
+                rec = _log_record(step, objective, window, elapsed,
+                                  scheduler.get_last_lr()[lm_group], grad_norm)
+                history.append(rec)
+                if is_main:
+                    metrics_file.write(json.dumps(rec) + "\n")
+                    metrics_file.flush()
+                extra = {"kl": f"{rec['kl']:.4f}"} if "kl" in rec else {}
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}",
+                                p=f"{rec['mean_p']:.3f}", low_p=f"{rec['low_p_frac']:.3f}",
+                                H=f"{rec['entropy']:.3f}", **extra, lr=f"{rec['lr']:.2e}",
+                                tok_s=f"{rec['tokens_per_s']:.0f}")
+                window = Counter(t0=elapsed)
+            bar.update(1)
+            if step < total and ((t.eval_every and step % t.eval_every == 0)
+                                 or step == cfg.loss.sft_warmup_steps):
+                run_heldout(step)
+            if t.save_every and step % t.save_every == 0 and step < total:
+                _save(adapter, accelerator, out_dir / f"checkpoint-{step}")
+        bar.close()
+        final_dir = out_dir / "final"
+        _save(adapter, accelerator, final_dir)
+
+        skipped: Counter = Counter()  # encode-time skips of all ranks, "source/reason" -> samples
+        for part in (gather_object([dict(skips)]) if accelerator.num_processes > 1 else [skips]):
+            skipped.update({f"{src or 'data'}/{why}": n for (src, why), n in part.items()})
+        summary = {"steps": total, "objective": cfg.loss.name,
+                   "sft_warmup_steps": cfg.loss.sft_warmup_steps, "train_samples": len(samples),
+                   "skipped": dict(skipped), "truncated": counts["truncated"],
+                   "first_log": history[0], "last_log": history[-1],
+                   "train_seconds": round(time.perf_counter() - start, 1),
+                   "checkpoint": str(final_dir)}
+        run_heldout(total)
+        if evals:
+            summary["heldout"] = evals[-1]
+            summary["heldout_history"] = [{k: e[k] for k in ("step", "ce", "loss", "accuracy")}
+                                          for e in evals]
+        if is_main:
+            summary["plots"] = [str(p) for p in write_plots(out_dir, history,
+                                                             out_dir / "histograms.jsonl")]
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            (out_dir / "data_summary.json").write_text(json.dumps(
+                {"sources": data.table, "read_skips": data.skips.to_dict(),
+                 "encode_skips": summary["skipped"]}, indent=2))
+            _print_summary(summary, history)
+        accelerator.wait_for_everyone()
+        return summary
+    finally:
+        files.close()
 
 
 def _log_record(step: int, objective: str, window: Counter, elapsed: float, lr: float,

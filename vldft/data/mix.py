@@ -62,7 +62,7 @@ def estimate_length(sample: Sample, adapter, pixels=None) -> int:
     nothing is decoded)."""
     text = adapter.render(sample.messages)
     n = len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
-    n -= text.count(adapter.image_token) * 1  # each placeholder is replaced by its expansion
+    n -= text.count(adapter.image_token)  # each placeholder is replaced by its expansion
     for img in sample.images:
         try:
             if isinstance(img, (str, Path)):
