@@ -69,11 +69,41 @@ def test_overrides_apply_with_types():
     ("data.sources=[{path: a.jsonl, weight: 1}, {path: b.jsonl}]", "data.sources"),
     ("data.sources=[{path: a.jsonl, prompt_template: 'no placeholder'}]",
      "data.sources[0].prompt_template"),
+    ("train.lr=-1e-5", "train.lr"),
+    ("model.family=gpt4v", "model.family"),
+    ("data.train_files=[data/missing.jsonl]", "data.train_files[0]"),
+    ("data.sources=[{path: data/missing.parquet}]", "data.sources[0].path"),
+    ("data.heldout_file=data/missing.jsonl", "data.heldout_file"),
+    (["model.lora={parts: [language]}", "model.freeze=[language]"], "model.lora.parts"),
+    ("model.lora={r: 0}", "model.lora.r"),
+    ("model.lora={parts: [decoder]}", "model.lora.parts"),
+    ("model.lora={rank: 8}", "model.lora.rank"),
+    ("train.resume=runs/no-such-checkpoint", "train.resume"),
+    ("train.on_collapse=maybe", "train.on_collapse"),
+    ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps"),
+    ("train.global_batch_size=0", "train.global_batch_size"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        load_config(ROOT / "configs/demo.yaml", [override])
+        load_config(ROOT / "configs/demo.yaml", override if isinstance(override, list)
+                    else [override])
     assert key in str(err.value)
+
+
+def test_world_size_must_divide_the_global_batch(monkeypatch):
+    """global_batch_size = micro_batch_size x world size x grad_accum; checked before launch
+    against the WORLD_SIZE torchrun / accelerate set."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match="train.global_batch_size.*16 x 3"):
+        load_config(ROOT / "configs/demo.yaml", ["train.global_batch_size=64"])
+    cfg = load_config(ROOT / "configs/demo.yaml", ["train.global_batch_size=96"])
+    assert cfg.train.global_batch_size == 96
+
+
+def test_lora_settings_parse_with_defaults():
+    cfg = load_config(ROOT / "configs/demo.yaml", ["model.lora={r: 4, parts: [language, vision]}"])
+    assert cfg.model.lora.r == 4 and cfg.model.lora.parts == ["language", "vision"]
+    assert "q_proj" in cfg.model.lora.target_modules and cfg.model.lora.alpha == 32.0
 
 
 def test_bool_strings_are_not_truthy(tmp_path):
@@ -115,9 +145,17 @@ def test_eval_every_needs_a_heldout_file():
 def test_readme_documents_every_config_key():
     import dataclasses
 
-    from vldft.config import DataConfig, LossConfig, ModelConfig, SourceConfig, TrainConfig
+    from vldft.config import (
+        DataConfig,
+        LoraSettings,
+        LossConfig,
+        ModelConfig,
+        SourceConfig,
+        TrainConfig,
+    )
 
     readme = (ROOT / "README.md").read_text()
-    for cls in (ModelConfig, DataConfig, LossConfig, TrainConfig, SourceConfig):
+    for cls in (ModelConfig, DataConfig, LossConfig, TrainConfig, SourceConfig,
+                LoraSettings):
         for f in dataclasses.fields(cls):
             assert f"`{f.name}`" in readme, f"{cls.__name__}.{f.name} is not in the README"

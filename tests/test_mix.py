@@ -9,7 +9,12 @@ from vldft.adapters import load_adapter
 from vldft.collate import Collator
 from vldft.config import ModelConfig
 from vldft.data import Sample, load_jsonl
-from vldft.data.mix import LengthGroupedSampler, estimate_length, mix
+from vldft.data.mix import (
+    LengthGroupedSampler,
+    RandomBatchSampler,
+    estimate_length,
+    mix,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +53,9 @@ def test_length_grouped_sampler_is_a_permutation_with_pure_modality_batches():
     lengths = [(i * 37) % 101 for i in range(200)]
     has_image = [i % 3 == 0 for i in range(200)]
     sampler = LengthGroupedSampler(lengths, has_image, batch_size=8, seed=0)
-    batches, again = list(sampler), list(sampler)
+    batches = list(sampler)
+    sampler.set_position(1)
+    again = list(sampler)
     assert len(batches) == len(sampler) == 9 + 17  # ceil(67/8) image + ceil(133/8) text
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(200)) and batches != again  # reshuffled per epoch
@@ -64,6 +71,24 @@ def test_length_grouped_sampler_is_a_permutation_with_pure_modality_batches():
     rand = list(range(200))
     random.Random(0).shuffle(rand)
     assert padding(batches) < padding([rand[k:k + 8] for k in range(0, 200, 8)]) / 3
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RandomBatchSampler(50, batch_size=4, seed=3),
+    lambda: LengthGroupedSampler([i % 7 for i in range(50)], [i % 2 == 0 for i in range(50)],
+                                 batch_size=4, seed=3)])
+def test_epoch_order_depends_only_on_seed_and_epoch_and_skip_resumes_it(make):
+    """What resume relies on: a fresh sampler set to (epoch, skip) yields exactly the batches
+    an uninterrupted one yields after its first ``skip`` batches of that epoch."""
+    a, b = make(), make()
+    a.set_position(2)
+    full = list(a)
+    assert sorted(i for batch in full for i in batch) == list(range(50))
+    b.set_position(2, skip=5)
+    assert list(b) == full[5:]
+    a.set_position(3)
+    assert list(a) != full
+    assert len(a) == len(full)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])

@@ -10,6 +10,7 @@ combinations raise ``ConfigError`` naming the key, before any model or data is l
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,21 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                "qkv", "proj", "fc1", "fc2", "linear_1", "linear_2", "mlp.0", "mlp.2"]
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16  # LoRA rank
+    alpha: float = 32.0  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # Linear
+    # layer names (last name components) that get LoRA, within the parts below
+    parts: list[str] = field(default_factory=lambda: ["language"])  # parts that get LoRA
+    # (language, vision, projector); everything else is frozen
+
+
 @dataclass
 class ModelConfig:
     family: Literal["qwen2_5_vl", "llava"] = "qwen2_5_vl"  # model family (adapter to use)
@@ -38,6 +54,8 @@ class ModelConfig:
     max_pixels: int | None = None  # Qwen2.5-VL: upper bound on image area (limits image tokens)
     freeze: list[str] = field(default_factory=list)  # parts to freeze: vision, projector, language
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    # (language model and vision tower)
+    lora: LoraSettings | None = None  # train LoRA adapters (peft) instead of full weights
 
 
 FORMATS = ("auto", "normalized", "llava", "messages", "sharegpt", "hf", "geometry3k", "text_math")
@@ -119,6 +137,15 @@ class TrainConfig:
     eval_max_samples: int = 64  # held-out samples scored (0 disables held-out evaluation)
     eval_max_new_tokens: int = 64  # greedy generation length for held-out accuracy
     eval_batch_size: int = 16  # held-out batch size
+    global_batch_size: int | None = None  # samples per optimizer step over all ranks; sets
+    # grad_accum = global / (micro_batch_size x world size), which must divide evenly
+    resume: str = "auto"  # "auto": continue from the newest complete checkpoint-<step> in
+    # output_dir if there is one; "none": start fresh; or a checkpoint directory
+    keep_checkpoints: int = 3  # newest resumable checkpoints kept (0: keep all)
+    max_nonfinite_steps: int = 10  # abort after this many consecutive non-finite steps
+    on_collapse: Literal["warn", "stop", "off"] = "warn"  # collapse guard (probability-
+    # weighted objectives): warn, or save a checkpoint and stop, or no guard
+    collapse_window: int = 5  # log records the collapse guard looks back over
 
 
 @dataclass
@@ -151,6 +178,23 @@ class Config:
             raise ConfigError("model.min_pixels/max_pixels: only supported for qwen2_5_vl")
         if m.min_pixels and m.max_pixels and m.min_pixels > m.max_pixels:
             raise ConfigError("model.min_pixels: larger than model.max_pixels")
+        if m.lora is not None:
+            lo_ = m.lora
+            for part in lo_.parts:
+                if part not in PARTS:
+                    raise ConfigError(f"model.lora.parts: unknown part {part!r}; choose from "
+                                      f"{PARTS}")
+            if not set(lo_.parts) - set(m.freeze):
+                raise ConfigError("model.lora.parts: every LoRA part is also in model.freeze; "
+                                  "nothing would be trained")
+            if lo_.r < 1:
+                raise ConfigError("model.lora.r: must be >= 1")
+            if not lo_.alpha > 0:
+                raise ConfigError("model.lora.alpha: must be > 0")
+            if not 0 <= lo_.dropout < 1:
+                raise ConfigError("model.lora.dropout: must be in [0, 1)")
+            if not lo_.target_modules:
+                raise ConfigError("model.lora.target_modules: must name at least one layer")
         if m.dtype == "float16":
             raise ConfigError("model.dtype: float16 weights would train without loss scaling; "
                               "use float32 with train.mixed_precision (bf16 autocast)")
@@ -178,6 +222,18 @@ class Config:
                                   f"({high})")
             if src.prompt_template is not None and "{question}" not in src.prompt_template:
                 raise ConfigError(f"{key}.prompt_template: must contain {{question}}")
+        from vldft.data.formats import is_hub_id
+
+        for i, f in enumerate(d.train_files):
+            if not self.resolve(f).exists():
+                raise ConfigError(f"data.train_files[{i}]: {self.resolve(f)} does not exist")
+        for i, src in enumerate(d.sources):
+            hub_ok = src.format in ("auto", "hf", "text_math") and is_hub_id(src.path)
+            if not self.resolve(src.path).exists() and not hub_ok:
+                raise ConfigError(f"data.sources[{i}].path: {self.resolve(src.path)} does not "
+                                  "exist (and is not a hub id owner/name)")
+        if d.heldout_file and not self.resolve(d.heldout_file).is_file():
+            raise ConfigError(f"data.heldout_file: {self.resolve(d.heldout_file)} does not exist")
         if sum(src.weight is not None for src in d.sources) not in (0, len(d.sources)):
             raise ConfigError("data.sources: give a weight to every source or to none")
         labels = [src.label for src in self.all_sources()]
@@ -198,10 +254,11 @@ class Config:
             if getattr(t, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0")
         for key in ("micro_batch_size", "grad_accum", "log_every", "eval_batch_size",
-                    "eval_max_new_tokens"):
+                    "eval_max_new_tokens", "max_nonfinite_steps", "collapse_window"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key}: must be >= 1")
-        for key in ("max_steps", "save_every", "eval_every", "eval_max_samples", "hist_every"):
+        for key in ("max_steps", "save_every", "eval_every", "eval_max_samples", "hist_every",
+                    "keep_checkpoints"):
             if getattr(t, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0")
         if t.max_steps == 0 and t.epochs <= 0:
@@ -212,8 +269,26 @@ class Config:
                 raise ConfigError(f"train.{key}: must be > 0")
         if not 0 <= t.warmup_ratio < 1:
             raise ConfigError("train.warmup_ratio: must be in [0, 1)")
+        if t.global_batch_size is not None:
+            world = world_size()
+            per_step = t.micro_batch_size * world
+            if t.global_batch_size < 1 or t.global_batch_size % per_step:
+                raise ConfigError(
+                    f"train.global_batch_size: {t.global_batch_size} is not a positive multiple "
+                    f"of micro_batch_size x world size = {t.micro_batch_size} x {world}")
+        if t.resume not in ("auto", "none") and not self.resolve(t.resume).is_dir():
+            raise ConfigError(f"train.resume: {t.resume!r} is neither auto, none nor an "
+                              "existing checkpoint directory")
         if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
             raise ConfigError("train.adam_betas: must be two numbers in [0, 1)")
+
+
+def world_size() -> int:
+    """Processes of this run (torchrun / accelerate set WORLD_SIZE; 1 otherwise)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -9,8 +9,12 @@ sum the counts over ranks, then backpropagate ``loss_sum / global_count`` for ea
 (times the world size, because DDP averages gradients). Batch 8 x accumulation 1 and batch 2 x
 accumulation 4 therefore give the same update. Outputs go to ``train.output_dir``:
 ``config.yaml``, ``data_summary.json``, ``metrics.jsonl``, ``histograms.jsonl``,
-``checkpoint-<step>/`` and ``final/`` (Hugging Face format), ``summary.json``,
-``training_curves.png`` and ``prob_histograms.png``.
+``checkpoint-<step>/`` (resumable, see ``vldft.checkpoint``) and ``final/`` (Hugging Face
+format), ``summary.json``, ``training_curves.png`` and ``prob_histograms.png``.
+
+Faults: SIGTERM / Ctrl-C save a checkpoint and exit cleanly; a step whose loss or gradient is
+not finite is skipped (no update), counted and logged, and ``train.max_nonfinite_steps`` in a
+row abort the run; an unwritable or too-full ``output_dir`` fails before training starts.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import copy
 import json
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,18 +34,36 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from vldft.adapters import Adapter, load_adapter
+from vldft.adapters.lora import apply_lora
+from vldft.checkpoint import (
+    check_free_space,
+    check_writable,
+    checkpoint_bytes,
+    find_resume,
+    prune,
+    read_state,
+    save,
+    truncate_jsonl,
+)
 from vldft.collate import IGNORE, Collator, SampleError, Skipped
 from vldft.config import Config, ConfigError, config_to_dict, load_config
 from vldft.data import Sample, load_jsonl
-from vldft.data.mix import LengthGroupedSampler, build_training_set, format_table
+from vldft.data.mix import (
+    EpochBatchSampler,
+    LengthGroupedSampler,
+    RandomBatchSampler,
+    build_training_set,
+    format_table,
+)
 from vldft.diagnostics import prob_histogram, write_plots
+from vldft.guard import CollapseGuard
 from vldft.heldout import combine, score_part
 from vldft.objectives import STAT_KEYS, ObjectiveSpec, as_spec, compute_objective
 
@@ -92,11 +116,14 @@ class ObjectiveModule(nn.Module):
         head = self.adapter.output_layer()
         ref = {}
         if spec.name == "asft":
-            if self.reference is None:
+            lora = self.adapter.lora
+            if self.reference is None and lora is None:
                 raise RuntimeError("asft needs a reference model (build_reference)")
-            with torch.no_grad():
-                ref_hidden = self.adapter.hidden_states(batch, model=self.reference)
-            ref_head = self.adapter.output_layer(self.reference)
+            with torch.no_grad(), (lora.disable_adapter() if lora is not None
+                                   else contextlib.nullcontext()):
+                ref_hidden = self.adapter.hidden_states(
+                    batch, model=None if lora is not None else self.reference)
+            ref_head = self.adapter.output_layer(None if lora is not None else self.reference)
             ref = {"ref_hidden": ref_hidden, "ref_weight": ref_head.weight,
                    "ref_bias": ref_head.bias}
         out = compute_objective(hidden, head.weight, labels, spec, bias=head.bias, **ref)
@@ -107,8 +134,8 @@ class ObjectiveModule(nn.Module):
 
 
 def build_reference(adapter: Adapter) -> nn.Module:
-    """Frozen copy of the model as it is now (ASFT's reference). vldft has no LoRA yet; a full
-    copy is the only exact reference without one."""
+    """Frozen copy of the model as it is now (ASFT's reference without LoRA; with LoRA the
+    reference is the same model with its adapters disabled, no copy)."""
     ref = copy.deepcopy(adapter.model)
     ref.requires_grad_(False)
     return ref.eval()
@@ -172,14 +199,19 @@ def build_optimizer(adapter: Adapter, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.adam_betas))
 
 
-def micro_batch_stream(loader: DataLoader, skips: Counter, counts: Counter):
-    """Endless stream of non-empty micro-batches over epochs; records skipped samples (each
-    sample once, keyed by (source, reason)), and stops with an error if a whole pass over the
-    data yields nothing to train on."""
-    seen: set[str] = set()
+def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, skips: Counter,
+                       counts: Counter, pos: dict, seen: set[str], world: int):
+    """Endless stream of non-empty micro-batches over epochs. ``pos`` ({"epoch", "consumed"})
+    is the data position a checkpoint saves: micro-batches this rank has taken from the
+    current epoch (trainable or not). Records skipped samples (each once, keyed by (source,
+    reason)); stops with an error if a whole pass over the data yields nothing to train on."""
     while True:
-        yielded = 0
+        full_pass, yielded = pos["consumed"] == 0, 0
+        # every rank takes every world-th batch of the sampler's order, so a rank that has
+        # consumed k batches of this epoch resumes after k x world of the sampler's batches
+        sampler.set_position(pos["epoch"], pos["consumed"] * world)
         for batch in _guard_workers(loader):
+            pos["consumed"] += 1
             for s in batch["skipped"]:
                 if s.sample_id not in seen:
                     seen.add(s.sample_id)
@@ -188,9 +220,10 @@ def micro_batch_stream(loader: DataLoader, skips: Counter, counts: Counter):
             if "input_ids" in batch:
                 yielded += 1
                 yield batch
-        if not yielded:
+        if full_pass and not yielded:
             raise RuntimeError("a whole pass over the training data yielded no trainable "
                                f"sample; skipped: {dict(skips)}")
+        pos["epoch"], pos["consumed"] = pos["epoch"] + 1, 0
 
 
 def _guard_workers(loader: DataLoader):
@@ -212,6 +245,29 @@ def _guard_workers(loader: DataLoader):
         yield batch
 
 
+class StopRequest:
+    """SIGTERM / SIGINT (Ctrl-C) ask the loop to save a checkpoint and stop after the current
+    step; a second Ctrl-C interrupts at once. Handlers are restored by ``close()``."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\n[vldft] {self.signal} received: saving a checkpoint after this step "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def _mixed_precision(cfg: Config) -> str:
     mp = cfg.train.mixed_precision
     if mp == "auto":
@@ -219,14 +275,45 @@ def _mixed_precision(cfg: Config) -> str:
     return mp
 
 
+def _model_writer(adapter: Adapter, accelerator: Accelerator, module: nn.Module):
+    """A function writing the Hugging Face files of the current weights. Under FSDP /
+    DeepSpeed the parameters are sharded: their full state dict is gathered first (a
+    collective, so every rank calls this)."""
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        full = accelerator.get_state_dict(module)
+        state = {k[len("model."):]: v for k, v in (full or {}).items()
+                 if k.startswith("model.")}
+        return lambda d: adapter.save(d, state_dict=state)
+    return adapter.save
+
+
+def _register_zero3(module: ObjectiveModule, accelerator: Accelerator) -> None:
+    """DeepSpeed ZeRO-3 gathers a module's parameters only inside that module's forward; the
+    objective reads lm_head.weight outside lm_head's forward, so register it as an external
+    parameter of the ObjectiveModule (DeepSpeed's API for exactly this)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return
+    import deepspeed
+
+    head = module.adapter.output_layer()
+    for p in (head.weight, head.bias):
+        if p is not None:
+            deepspeed.zero.register_external_parameter(module, p)
+
+
 def main(cfg: Config) -> dict:
     """Train per ``cfg``; returns the summary dict (also written to output_dir/summary.json)."""
     t = cfg.train
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg))
-    set_seed(t.seed)
     out_dir = cfg.resolve(t.output_dir)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *a, **k: None)
+    if is_main:
+        check_writable(out_dir)  # before any model or data is loaded
+    accelerator.wait_for_everyone()
+    resume_from = find_resume(t.resume, out_dir, cfg.resolve)
+    set_seed(t.seed)
 
     root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
     heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file), root) if cfg.data.heldout_file else []
@@ -237,6 +324,11 @@ def main(cfg: Config) -> dict:
         raise SystemExit("no training samples: every row was skipped or the sources are empty"
                          + (f"\n{data.skips.summary()}" if data.skips.total else ""))
     adapter.freeze(cfg.model.freeze)
+    if cfg.model.lora is not None:
+        try:
+            apply_lora(adapter, cfg.model.lora, cfg.model.freeze)
+        except ValueError as e:
+            raise SystemExit(f"config error: {e}") from None
     unused = adapter.freeze_unused()
     if unused:
         log(f"[vldft] froze {len(unused)} vision parameters the model never uses "
@@ -245,9 +337,17 @@ def main(cfg: Config) -> dict:
         adapter.model.gradient_checkpointing_enable({"use_reentrant": False})
     adapter.model.config.use_cache = False
     n_params = {part: sum(p.numel() for _, p in ps) for part, ps in adapter.parts().items()}
+    n_trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     log(f"[vldft] {cfg.model.family} ({cfg.model.name_or_path or 'tiny'}): "
         + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items())
+        + f"; trainable {n_trainable / 1e6:.2f}M"
+        + (f" (LoRA r={cfg.model.lora.r} on {cfg.model.lora.parts})" if cfg.model.lora else "")
         + f"; frozen: {cfg.model.freeze or 'none'}; {len(samples)} training samples")
+    if is_main:
+        bytes_per = next(adapter.model.parameters()).element_size()
+        check_free_space(out_dir, checkpoint_bytes(sum(n_params.values()), n_trainable,
+                                                   bytes_per, resumable=t.save_every > 0),
+                         "one checkpoint")
 
     log(f"[vldft] data mixture (seed {t.seed}; token counts estimated):\n"
         + format_table(data.table))
@@ -260,36 +360,70 @@ def main(cfg: Config) -> dict:
     if cfg.data.group_by_length:
         sampler = LengthGroupedSampler(data.lengths, [bool(s.images) for s in samples],
                                        t.micro_batch_size, t.seed)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
-                            num_workers=cfg.data.num_workers)
     else:
-        loader = DataLoader(dataset, batch_size=t.micro_batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(t.seed),
-                            collate_fn=collator, num_workers=cfg.data.num_workers)
+        sampler = RandomBatchSampler(len(samples), t.micro_batch_size, t.seed)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
+                        num_workers=cfg.data.num_workers)
+    world = accelerator.num_processes
+    grad_accum = t.global_batch_size // (t.micro_batch_size * world) if t.global_batch_size \
+        else t.grad_accum
     optimizer = build_optimizer(adapter, cfg)
     lm_group = next((i for i, g in enumerate(optimizer.param_groups)
                      if g["name"] == "language"), 0)  # the logged lr
     module = ObjectiveModule(adapter)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
-    total = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / t.grad_accum))
+    _register_zero3(accelerator.unwrap_model(module), accelerator)
+    total = t.max_steps or max(1, math.ceil(t.epochs * len(loader) / grad_accum))
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total),
                               num_training_steps=total)
+    accelerator.register_for_checkpointing(scheduler)
+
+    # state that a checkpoint carries besides model / optimizer / scheduler / RNG
+    st = {"step": 0, "pos": {"epoch": 0, "consumed": 0}, "seen": [], "skips": [],
+          "truncated": 0, "window": {}, "history": [], "evals": [], "nonfinite_steps": 0,
+          "nonfinite_run": 0, "collapse_warnings": [], "elapsed": 0.0}
+    if resume_from is not None:
+        st = read_state(resume_from)
+        if st["step"] >= total:
+            raise SystemExit(f"train.resume: {resume_from} is at step {st['step']}, the run "
+                             f"has {total} steps; nothing left to do (train.resume=none to "
+                             "start over)")
+        if (cfg.loss.name == "asft" and adapter.lora is None
+                and st["step"] > cfg.loss.sft_warmup_steps):
+            accelerator.unwrap_model(module).reference = build_reference(adapter)
+        accelerator.load_state(str(resume_from / "state"))  # weights, optimizer, lr, RNG
+        changed = _changed_keys(st.get("config", {}), config_to_dict(cfg))
+        log(f"[vldft] resuming from {resume_from} (step {st['step']} of {total})"
+            + (f"; warning: config differs from the checkpoint's in {changed}" if changed
+               else ""))
 
     files = contextlib.ExitStack()  # metrics files are closed even if training fails
+    stop = StopRequest()
+    files.callback(stop.close)
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         (out_dir / "data_summary.json").write_text(json.dumps(
             {"sources": data.table, "read_skips": data.skips.to_dict()}, indent=2))
-        metrics_file = files.enter_context(open(out_dir / "metrics.jsonl", "w"))
-        hist_file = files.enter_context(open(out_dir / "histograms.jsonl", "w"))
+        for name in ("metrics.jsonl", "histograms.jsonl"):
+            truncate_jsonl(out_dir / name, st["step"])  # drop lines logged after the checkpoint
+        mode = "a" if resume_from is not None else "w"
+        metrics_file = files.enter_context(open(out_dir / "metrics.jsonl", mode))
+        hist_file = files.enter_context(open(out_dir / "histograms.jsonl", mode))
     try:
-        skips, counts = Counter(), Counter()
-        stream = micro_batch_stream(loader, skips, counts)
-        window: Counter = Counter()
-        history: list[dict] = []
-        start = time.perf_counter()
-        evals: list[dict] = []
+        skips = Counter({tuple(k): n for k, n in st["skips"]})
+        counts = Counter(truncated=st["truncated"])
+        seen, pos = set(st["seen"]), st["pos"]
+        stream = micro_batch_stream(loader, sampler, skips, counts, pos, seen, world)
+        window: Counter = Counter(st["window"])
+        history, evals = st["history"], st["evals"]
+        start = time.perf_counter() - st["elapsed"]
+        guard = CollapseGuard(window=t.collapse_window) if t.on_collapse != "off" else None
+        stopped = None
+
+        def write_metrics(rec: dict) -> None:
+            if is_main:
+                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.flush()
 
         def run_heldout(step: int) -> None:
             """Every rank scores its share of the held-out samples; results are gathered."""
@@ -304,33 +438,64 @@ def main(cfg: Config) -> dict:
             res = combine(gather_object([part]) if accelerator.num_processes > 1 else [part])
             res["step"] = step
             evals.append(res)
-            if is_main:
-                metrics_file.write(json.dumps({"step": step, "heldout": {
-                    k: v for k, v in res.items() if k != "examples"}}) + "\n")
-                metrics_file.flush()
+            write_metrics({"step": step, "heldout": {k: v for k, v in res.items()
+                                                     if k != "examples"}})
             acc = "n/a" if res["accuracy"] is None else f"{res['accuracy']:.1%}"
             if is_main:
                 tqdm.write(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}"
                            + (f" ({res['n_skipped']} skipped)" if res["n_skipped"] else ""))
 
-        bar = tqdm(total=total, desc="train", disable=not is_main, dynamic_ncols=True)
+        def save_checkpoint(step: int) -> Path:
+            path = out_dir / f"checkpoint-{step}"
+            state = {"step": step, "pos": dict(pos), "seen": sorted(seen),
+                     "skips": [[list(k), n] for k, n in skips.items()],
+                     "truncated": counts["truncated"], "window": dict(window),
+                     "history": history, "evals": evals, "nonfinite_steps": nonfinite,
+                     "nonfinite_run": bad_run, "collapse_warnings": warnings,
+                     "elapsed": time.perf_counter() - start, "config": config_to_dict(cfg)}
+            save(path, accelerator, _model_writer(adapter, accelerator, module), state)
+            if is_main:
+                prune(out_dir, t.keep_checkpoints)
+            return path
+
+        bar = tqdm(total=total, initial=st["step"], desc="train", disable=not is_main,
+                   dynamic_ncols=True)
         hist_every = t.hist_every or t.log_every
+        max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+        nonfinite, bad_run, warnings = st["nonfinite_steps"], st["nonfinite_run"], \
+            st["collapse_warnings"]
         module.train()
-        for step in range(1, total + 1):
+        step = st["step"]
+        for step in range(st["step"] + 1, total + 1):
             objective = "sft" if step <= cfg.loss.sft_warmup_steps else cfg.loss.name
-            if objective == "asft" and accelerator.unwrap_model(module).reference is None:
-                accelerator.unwrap_model(module).reference = build_reference(adapter)
-            micro = [next(stream) for _ in range(t.grad_accum)]
+            unwrapped = accelerator.unwrap_model(module)
+            if objective == "asft" and adapter.lora is None and unwrapped.reference is None:
+                unwrapped.reference = build_reference(adapter)
+            micro = [next(stream) for _ in range(grad_accum)]
             probs: list[torch.Tensor] | None = [] if step % hist_every == 0 or step == 1 else None
             step_totals = accumulate_gradients(module, micro, cfg.loss.spec(objective), accelerator,
                                                probs)
-            grad_norm = float("nan")
-            if t.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm))
-            optimizer.step()
+            grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), max_norm))
+            if math.isfinite(step_totals["loss_sum"]) and math.isfinite(grad_norm):
+                optimizer.step()
+                bad_run = 0
+                window.update(step_totals)
+            else:  # no update; the step still counts towards max_steps and the lr schedule
+                nonfinite, bad_run = nonfinite + 1, bad_run + 1
+                msg = (f"step {step}: non-finite loss ({step_totals['loss_sum']}) or gradient "
+                       f"norm ({grad_norm}); step skipped ({bad_run} in a row, {nonfinite} "
+                       "in all)")
+                write_metrics({"step": step, "nonfinite": msg})
+                log(f"[vldft] warning: {msg}", file=sys.stderr)
+                if bad_run >= t.max_nonfinite_steps:
+                    raise RuntimeError(
+                        f"{bad_run} consecutive steps had a non-finite loss or gradient (train."
+                        f"max_nonfinite_steps={t.max_nonfinite_steps}); stopping. Try a lower "
+                        "train.lr, train.max_grad_norm > 0, or train.mixed_precision=no; the "
+                        "last good checkpoint is unaffected")
+                probs = None
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            window.update(step_totals)
             if probs is not None:
                 counts_t = accelerator.reduce(prob_histogram(probs).to(accelerator.device), "sum")
                 if is_main:
@@ -343,51 +508,86 @@ def main(cfg: Config) -> dict:
                 rec = _log_record(step, objective, window, elapsed,
                                   scheduler.get_last_lr()[lm_group], grad_norm)
                 history.append(rec)
-                if is_main:
-                    metrics_file.write(json.dumps(rec) + "\n")
-                    metrics_file.flush()
+                write_metrics(rec)
                 extra = {"kl": f"{rec['kl']:.4f}"} if "kl" in rec else {}
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}",
                                 p=f"{rec['mean_p']:.3f}", low_p=f"{rec['low_p_frac']:.3f}",
                                 H=f"{rec['entropy']:.3f}", **extra, lr=f"{rec['lr']:.2e}",
                                 tok_s=f"{rec['tokens_per_s']:.0f}")
                 window = Counter(t0=elapsed)
+                msg = guard.observe(rec) if guard is not None else None
+                if msg:
+                    warnings.append({"step": step, "message": msg})
+                    write_metrics({"step": step, "collapse_warning": msg})
+                    if is_main:
+                        tqdm.write(f"[vldft] warning: {msg}", file=sys.stderr)
+                    if t.on_collapse == "stop":
+                        stopped = "collapse"
             bar.update(1)
+            if stop.signal is not None or world > 1:  # every rank must agree to stop
+                asked = torch.tensor([float(stop.signal is not None)], device=accelerator.device)
+                if float(accelerator.reduce(asked, reduction="sum")) > 0:
+                    stopped = stopped or (stop.signal or "signal")
+            if stopped:
+                break
             if step < total and ((t.eval_every and step % t.eval_every == 0)
                                  or step == cfg.loss.sft_warmup_steps):
                 run_heldout(step)
             if t.save_every and step % t.save_every == 0 and step < total:
-                _save(adapter, accelerator, out_dir / f"checkpoint-{step}")
+                save_checkpoint(step)
         bar.close()
-        final_dir = out_dir / "final"
-        _save(adapter, accelerator, final_dir)
 
         skipped: Counter = Counter()  # encode-time skips of all ranks, "source/reason" -> samples
-        for part in (gather_object([dict(skips)]) if accelerator.num_processes > 1 else [skips]):
+        for part in (gather_object([dict(skips)]) if world > 1 else [skips]):
             skipped.update({f"{src or 'data'}/{why}": n for (src, why), n in part.items()})
-        summary = {"steps": total, "objective": cfg.loss.name,
+        summary = {"steps": step, "objective": cfg.loss.name,
                    "sft_warmup_steps": cfg.loss.sft_warmup_steps, "train_samples": len(samples),
                    "skipped": dict(skipped), "truncated": counts["truncated"],
-                   "first_log": history[0], "last_log": history[-1],
-                   "train_seconds": round(time.perf_counter() - start, 1),
-                   "checkpoint": str(final_dir)}
-        run_heldout(total)
+                   "nonfinite_steps": nonfinite, "collapse_warnings": warnings,
+                   "stopped": stopped, "resumed_from": str(resume_from) if resume_from else None,
+                   "first_log": history[0] if history else None,
+                   "last_log": history[-1] if history else None,
+                   "train_seconds": round(time.perf_counter() - start, 1)}
+        if stopped:
+            path = save_checkpoint(step)
+            summary["checkpoint"] = str(path)
+            log(f"[vldft] stopped at step {step} ({stopped}); resumable checkpoint: {path}. "
+                "Rerun the same command to continue (train.resume=auto).")
+        else:
+            final_dir = out_dir / "final"
+            _save(_model_writer(adapter, accelerator, module), accelerator, final_dir)
+            summary["checkpoint"] = str(final_dir)
+            run_heldout(total)
         if evals:
             summary["heldout"] = evals[-1]
             summary["heldout_history"] = [{k: e[k] for k in ("step", "ce", "loss", "accuracy")}
                                           for e in evals]
         if is_main:
-            summary["plots"] = [str(p) for p in write_plots(out_dir, history,
-                                                             out_dir / "histograms.jsonl")]
+            if history:
+                summary["plots"] = [str(p) for p in write_plots(out_dir, history,
+                                                                 out_dir / "histograms.jsonl")]
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             (out_dir / "data_summary.json").write_text(json.dumps(
                 {"sources": data.table, "read_skips": data.skips.to_dict(),
                  "encode_skips": summary["skipped"]}, indent=2))
-            _print_summary(summary, history)
+            if history and not stopped:
+                _print_summary(summary, history)
         accelerator.wait_for_everyone()
         return summary
     finally:
         files.close()
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (``train.resume`` ignored)."""
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b, full = old.get(k), new.get(k), f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{full}.")
+        elif a != b and full != "train.resume":
+            keys.append(full)
+    return keys
 
 
 def _log_record(step: int, objective: str, window: Counter, elapsed: float, lr: float,
@@ -407,12 +607,13 @@ def _log_record(step: int, objective: str, window: Counter, elapsed: float, lr: 
     return rec
 
 
-def _save(adapter: Adapter, accelerator: Accelerator, path: Path) -> None:
+def _save(write_model, accelerator: Accelerator, path: Path) -> None:
+    """Hugging Face files only (``final/``), written to ``<path>.tmp`` then renamed."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written save from a crashed run
-        adapter.save(tmp)
+        write_model(tmp)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

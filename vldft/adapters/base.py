@@ -41,6 +41,7 @@ class Adapter:
 
     def __init__(self, model: nn.Module, processor: Any) -> None:
         self.model = model
+        self.lora = None  # the peft PeftModel when model.lora is set (vldft.adapters.lora)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_token_id: int = self.tokenizer.convert_tokens_to_ids(self.image_token)
@@ -152,7 +153,14 @@ class Adapter:
         self.model.zero_grad(set_to_none=True)
         return unused
 
-    def save(self, out_dir: str | Path) -> None:
-        """Hugging Face format: loadable by AutoModelForImageTextToText / AutoProcessor."""
-        self.model.save_pretrained(out_dir, safe_serialization=True)
+    def save(self, out_dir: str | Path, state_dict: dict | None = None) -> None:
+        """Hugging Face format: loadable by AutoModelForImageTextToText / AutoProcessor. With
+        LoRA: the merged model, plus the peft adapter in ``adapter/``. ``state_dict``: the full
+        weights when the live parameters are sharded (FSDP / ZeRO-3)."""
+        if self.lora is not None:
+            from vldft.adapters.lora import save_lora
+
+            save_lora(self, Path(out_dir), state_dict)
+        else:
+            self.model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
         self.processor.save_pretrained(out_dir)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
@@ -76,23 +77,58 @@ def estimate_length(sample: Sample, adapter, pixels=None) -> int:
     return n
 
 
-class LengthGroupedSampler(Sampler[list[int]]):
-    """A batch sampler: micro-batches of similar lengths and one modality (``has_image``),
-    reshuffled every epoch (seed + epoch). Use as ``DataLoader(batch_sampler=...)``."""
+class EpochBatchSampler(Sampler[list[int]]):
+    """Base of vldft's batch samplers: the order of an epoch depends only on (seed, epoch), and
+    ``set_position(epoch, skip)`` drops the first ``skip`` batches, which is how a resumed run
+    continues exactly where the checkpoint left off (no sample is read to skip it). Deliberately
+    not named ``set_epoch``: accelerate's prepared DataLoader calls ``set_epoch(n)`` with its own
+    iteration count, which would reset the skip."""
+
+    def __init__(self, batch_size: int, seed: int = 0) -> None:
+        self.batch_size, self.seed, self.epoch, self.skip = batch_size, seed, 0, 0
+
+    def set_position(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def batches(self) -> list[list[int]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches()[self.skip:])
+
+
+class RandomBatchSampler(EpochBatchSampler):
+    """Shuffled micro-batches of ``batch_size`` (the last one may be short)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0) -> None:
+        super().__init__(batch_size, seed)
+        self.n = n
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def batches(self) -> list[list[int]]:
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
+            self.seed * 100_003 + self.epoch)).tolist()
+        return [order[k:k + self.batch_size] for k in range(0, self.n, self.batch_size)]
+
+
+class LengthGroupedSampler(EpochBatchSampler):
+    """Micro-batches of similar lengths and one modality (``has_image``), reshuffled every
+    epoch (seed + epoch)."""
 
     def __init__(self, lengths: list[int], has_image: list[bool], batch_size: int,
                  seed: int = 0) -> None:
+        super().__init__(batch_size, seed)
         self.lengths, self.has_image = lengths, has_image
-        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
 
     def __len__(self) -> int:
         n_img = sum(self.has_image)
         n_txt = len(self.has_image) - n_img
         return sum(math.ceil(n / self.batch_size) for n in (n_img, n_txt))
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
         batches = []
         for modality in (True, False):
             idx = [i for i, h in enumerate(self.has_image) if h == modality]
@@ -106,7 +142,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
         # short batches (one per modality) go last: accelerate's BatchSamplerShard hands out
         # whole rounds of batches and only the final round may hold a short one
         batches.sort(key=lambda b: len(b) < self.batch_size)
-        return iter(batches)
+        return batches
 
 
 @dataclass

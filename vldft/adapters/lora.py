@@ -1,0 +1,85 @@
+"""LoRA through ``peft``: which Linear layers get adapters, and the merged checkpoint.
+
+``apply_lora`` injects LoRA into ``adapter.model`` in place (the adapter keeps using the same
+module object; peft's ``PeftModel`` wrapper is kept as ``adapter.lora`` for saving and for
+``disable_adapter()``, which ASFT uses as its reference model). Every base weight is frozen;
+only the LoRA matrices train.
+
+The output layer is never a LoRA target: vldft's chunked objective multiplies hidden states by
+``lm_head.weight`` itself, so a LoRA delta on it would be ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+NEVER = ("lm_head", "embed_tokens")
+
+
+def lora_targets(adapter, target_modules: list[str], parts: list[str]) -> list[str]:
+    """Full names of the Linear layers in ``parts`` whose name ends with a target name."""
+    bad = [t for t in target_modules if t.split(".")[-1] in NEVER or t in NEVER]
+    if bad:
+        raise ValueError(f"model.lora.target_modules: {bad} cannot get LoRA (the chunked "
+                         "objective reads lm_head.weight directly)")
+    found = []
+    for name, module in adapter.model.named_modules():
+        if not isinstance(module, nn.Linear) or name.split(".")[-1] in NEVER:
+            continue
+        if adapter.part_of(name + ".weight") not in parts:
+            continue
+        if any(name == t or name.endswith("." + t) for t in target_modules):
+            found.append(name)
+    if not found:
+        linear = sorted({n.split(".")[-1] for n, m in adapter.model.named_modules()
+                         if isinstance(m, nn.Linear)})
+        raise ValueError(f"model.lora.target_modules: {target_modules} match no Linear layer in "
+                         f"parts {parts}; Linear layer names in this model: {linear}")
+    return found
+
+
+def apply_lora(adapter, settings, frozen_parts: list[str]):
+    """Inject LoRA per ``settings`` (``config.LoraSettings``); returns the PeftModel."""
+    from peft import LoraConfig, get_peft_model
+
+    parts = [p for p in settings.parts if p not in frozen_parts]
+    targets = lora_targets(adapter, settings.target_modules, parts)
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets, bias="none")
+    peft_model = get_peft_model(adapter.model, config)
+    assert peft_model.base_model.model is adapter.model  # injected in place
+    adapter.lora = peft_model
+    return peft_model
+
+
+@torch.no_grad()
+def merged_state_dict(state: dict[str, torch.Tensor], scaling: float
+                      ) -> dict[str, torch.Tensor]:
+    """A peft-injected model's state dict with every LoRA delta ``scaling * B @ A`` added to
+    its base weight and peft's renaming undone. Works on a gathered copy (FSDP / ZeRO-3) and
+    never touches the training weights (no merge / unmerge rounding)."""
+    out = {k: v for k, v in state.items() if "lora_" not in k}
+    for key, a in state.items():
+        if key.endswith(".lora_A.default.weight"):
+            prefix = key[: -len(".lora_A.default.weight")]
+            b = state[f"{prefix}.lora_B.default.weight"]
+            base = out[f"{prefix}.base_layer.weight"]
+            out[f"{prefix}.base_layer.weight"] = base + (b.float() @ a.float() * scaling
+                                                         ).to(base.dtype)
+    return {k.replace(".base_layer.", "."): v for k, v in out.items()}
+
+
+def save_lora(adapter, out_dir: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """The merged model in Hugging Face format at ``out_dir`` and the adapter in
+    ``out_dir/adapter`` (load it with ``PeftModel.from_pretrained(base, out_dir/'adapter')``).
+    ``state``: the model's full state dict when the live parameters are sharded."""
+    state = adapter.model.state_dict() if state is None else state
+    cfg = adapter.lora.peft_config["default"]
+    adapter.model.save_pretrained(out_dir, state_dict=merged_state_dict(state,
+                                                                        cfg.lora_alpha / cfg.r),
+                                  safe_serialization=True)
+    adapter.lora.save_pretrained(out_dir / "adapter", state_dict={
+        f"base_model.model.{k}": v for k, v in state.items()})
