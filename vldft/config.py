@@ -305,6 +305,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0])
     if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value

@@ -53,7 +53,7 @@ from vldft.checkpoint import (
     truncate_jsonl,
 )
 from vldft.collate import IGNORE, Collator, SampleError, Skipped
-from vldft.config import Config, ConfigError, config_to_dict, load_config
+from vldft.config import Config, ConfigError, config_to_dict, load_config, world_size
 from vldft.data import Sample, load_jsonl
 from vldft.data.mix import (
     EpochBatchSampler,
@@ -305,7 +305,12 @@ def _register_zero3(module: ObjectiveModule, accelerator: Accelerator) -> None:
 def main(cfg: Config) -> dict:
     """Train per ``cfg``; returns the summary dict (also written to output_dir/summary.json)."""
     t = cfg.train
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg))
+    # without a GPU, accelerate forms a multi-process (gloo) group only when told cpu=True
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg),
+                              cpu=not torch.cuda.is_available())
+    if accelerator.num_processes != world_size():
+        raise SystemExit(f"WORLD_SIZE is {world_size()} but accelerate formed a group of "
+                         f"{accelerator.num_processes}; launch with torchrun or accelerate launch")
     out_dir = cfg.resolve(t.output_dir)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *a, **k: None)
