@@ -288,3 +288,21 @@ def test_corrupt_image_is_a_counted_skip_with_on_error_skip(tmp_path):
     assert summary["skipped"] == {"train/encode_error": 1}
     saved = json.loads((out / "data_summary.json").read_text())
     assert saved["encode_skips"] == {"train/encode_error": 1}
+
+
+def test_gradient_checkpointing_covers_both_towers_and_keeps_the_gradients():
+    adapter = _tiny()
+    coll = Collator(adapter, max_length=512)
+    batch = coll([coll.encode(s) for s in load_jsonl(DEMO)[:2]])
+    module = ObjectiveModule(adapter).train()
+    accumulate_gradients(module, [batch], "dft", Accelerator(cpu=True))
+    plain = _grads(module)
+    module.zero_grad(set_to_none=True)
+    adapter.model.gradient_checkpointing_enable({"use_reentrant": False})
+    assert adapter.model.model.visual.gradient_checkpointing
+    assert adapter.model.model.language_model.gradient_checkpointing
+    accumulate_gradients(module, [batch], "dft", Accelerator(cpu=True))
+    recomputed = _grads(module)
+    assert plain.keys() == recomputed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], recomputed[name], rtol=1e-5, atol=1e-8), name

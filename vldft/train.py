@@ -23,11 +23,13 @@ import contextlib
 import copy
 import json
 import math
+import os
 import shutil
 import signal
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -311,6 +313,17 @@ def main(cfg: Config) -> dict:
     if accelerator.num_processes != world_size():
         raise SystemExit(f"WORLD_SIZE is {world_size()} but accelerate formed a group of "
                          f"{accelerator.num_processes}; launch with torchrun or accelerate launch")
+    for env, engine in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(env, "").lower() == "true" and accelerator.distributed_type != engine:
+            warnings.warn(f"{engine.value} was requested but accelerate runs "
+                          f"{accelerator.distributed_type.value} (FSDP and DeepSpeed need GPUs)",
+                          stacklevel=1)
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3 and cfg.loss.name == "asft" \
+            and cfg.model.lora is None:
+        raise SystemExit("loss.name=asft under DeepSpeed ZeRO-3 needs model.lora (the reference "
+                         "is then the adapter-disabled model; a full copy cannot be sharded)")
     out_dir = cfg.resolve(t.output_dir)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *a, **k: None)
@@ -347,7 +360,8 @@ def main(cfg: Config) -> dict:
         + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items())
         + f"; trainable {n_trainable / 1e6:.2f}M"
         + (f" (LoRA r={cfg.model.lora.r} on {cfg.model.lora.parts})" if cfg.model.lora else "")
-        + f"; frozen: {cfg.model.freeze or 'none'}; {len(samples)} training samples")
+        + f"; frozen: {cfg.model.freeze or 'none'}; {len(samples)} training samples; "
+        f"engine {accelerator.distributed_type.value} x {accelerator.num_processes}")
     if is_main:
         bytes_per = next(adapter.model.parameters()).element_size()
         check_free_space(out_dir, checkpoint_bytes(sum(n_params.values()), n_trainable,
@@ -456,7 +470,7 @@ def main(cfg: Config) -> dict:
                      "skips": [[list(k), n] for k, n in skips.items()],
                      "truncated": counts["truncated"], "window": dict(window),
                      "history": history, "evals": evals, "nonfinite_steps": nonfinite,
-                     "nonfinite_run": bad_run, "collapse_warnings": warnings,
+                     "nonfinite_run": bad_run, "collapse_warnings": collapse_msgs,
                      "elapsed": time.perf_counter() - start, "config": config_to_dict(cfg)}
             save(path, accelerator, _model_writer(adapter, accelerator, module), state)
             if is_main:
@@ -467,7 +481,7 @@ def main(cfg: Config) -> dict:
                    dynamic_ncols=True)
         hist_every = t.hist_every or t.log_every
         max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-        nonfinite, bad_run, warnings = st["nonfinite_steps"], st["nonfinite_run"], \
+        nonfinite, bad_run, collapse_msgs = st["nonfinite_steps"], st["nonfinite_run"], \
             st["collapse_warnings"]
         module.train()
         step = st["step"]
@@ -522,7 +536,7 @@ def main(cfg: Config) -> dict:
                 window = Counter(t0=elapsed)
                 msg = guard.observe(rec) if guard is not None else None
                 if msg:
-                    warnings.append({"step": step, "message": msg})
+                    collapse_msgs.append({"step": step, "message": msg})
                     write_metrics({"step": step, "collapse_warning": msg})
                     if is_main:
                         tqdm.write(f"[vldft] warning: {msg}", file=sys.stderr)
@@ -548,7 +562,7 @@ def main(cfg: Config) -> dict:
         summary = {"steps": step, "objective": cfg.loss.name,
                    "sft_warmup_steps": cfg.loss.sft_warmup_steps, "train_samples": len(samples),
                    "skipped": dict(skipped), "truncated": counts["truncated"],
-                   "nonfinite_steps": nonfinite, "collapse_warnings": warnings,
+                   "nonfinite_steps": nonfinite, "collapse_warnings": collapse_msgs,
                    "stopped": stopped, "resumed_from": str(resume_from) if resume_from else None,
                    "first_log": history[0] if history else None,
                    "last_log": history[-1] if history else None,
