@@ -9,8 +9,9 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# the eval extra (lmms-eval, decord) is part of both: `make test` runs the lmms-eval tests offline
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,eval]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -1,9 +1,12 @@
 """Held-out scoring after training: teacher-forced CE / objective, and answer accuracy.
 
 Accuracy uses greedy generation from the prompt (every turn before the last assistant turn,
-plus the generation prompt) and compares the final ``Answer: X`` of the output with the sample's
-``answer`` field. It exists so the demo shows more than a falling loss: DFT's loss can fall while
-the model collapses (DESIGN.md section 7). Benchmark evaluation lives in the lmms-eval bridge.
+plus the generation prompt) and scores the output against the sample's ``answer`` field with the
+rule-based scorer the lmms-eval tasks use (``vldft.eval.scoring``: ``Answer: X``, ``\\boxed{}``,
+numbers with tolerance, ...). ``generate_messages`` is the one greedy, left-padded generation
+path, shared with vldft's lmms-eval model class. It exists so the demo shows more than a
+falling loss: DFT's loss can fall while the model collapses (DESIGN.md section 7). Benchmark
+evaluation lives in the lmms-eval bridge (``python -m vldft.eval``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 from vldft.adapters.base import Adapter
 from vldft.collate import Collator, Encoded
 from vldft.data import Sample
-from vldft.data.synth import extract_final_answer
+from vldft.eval.scoring import score
 from vldft.objectives import ObjectiveSpec, as_spec, compute_objective
 
 
@@ -70,8 +73,7 @@ def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
         chunk = scored[i: i + batch_size]
         outputs = generate(adapter, chunk, max_new_tokens, device)
         for s, text in zip(chunk, outputs, strict=True):
-            pred = extract_final_answer(text)
-            ok = pred is not None and pred == extract_final_answer(f"Answer: {s.answer}")
+            _, ok = score(text, s.answer)
             part["correct"] += ok
             part["scored"] += 1
             hits = part["per_kind"].setdefault(s.kind or "all", [0, 0])
@@ -106,12 +108,28 @@ def combine(parts: list[dict]) -> dict:
 def generate(adapter: Adapter, samples: list[Sample], max_new_tokens: int,
              device: torch.device) -> list[str]:
     """Greedy completions of each sample's last assistant turn (batched, left padding)."""
-    prompts, images = [], []
+    convs = []
     for s in samples:
         last = max(i for i, m in enumerate(s.messages) if m["role"] == "assistant")
-        prompts.append(adapter.render(s.messages[:last], add_generation_prompt=True))
         n_img = sum(p["type"] == "image" for m in s.messages[:last] for p in m["content"])
-        images += [adapter.load_image(img) for img in s.images[:n_img]]
+        convs.append((s.messages[:last], list(s.images[:n_img])))
+    return generate_messages(adapter, convs, max_new_tokens, device)
+
+
+def generate_messages(adapter: Adapter, convs: list[tuple[list[dict], list]],
+                      max_new_tokens: int, device: torch.device | None = None,
+                      **gen_kwargs) -> list[str]:
+    """Complete each ``(messages, images)`` conversation after the generation prompt.
+
+    ``messages`` use vldft's parts (``{"type": "image"}`` / ``{"type": "text", "text"}``);
+    ``images`` (paths or PIL images, one per image part) go through ``adapter.load_image``, the
+    training-time policy (Qwen: ``min_pixels`` / ``max_pixels``; never re-encoded). The batch is
+    left-padded; decoding is greedy unless ``gen_kwargs`` say otherwise (``do_sample``, ...)."""
+    device = device or next(adapter.model.parameters()).device
+    prompts, images = [], []
+    for messages, imgs in convs:
+        prompts.append(adapter.render(messages, add_generation_prompt=True))
+        images += [adapter.load_image(img) for img in imgs]
     tok = adapter.tokenizer
     side, tok.padding_side = tok.padding_side, "left"
     try:
@@ -120,8 +138,9 @@ def generate(adapter: Adapter, samples: list[Sample], max_new_tokens: int,
     finally:
         tok.padding_side = side
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    out = adapter.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+    gen = {"do_sample": False, **gen_kwargs}
+    out = adapter.model.generate(**inputs, max_new_tokens=max_new_tokens,
                                  eos_token_id=adapter.eot_token_id,
-                                 pad_token_id=adapter.pad_token_id)
+                                 pad_token_id=adapter.pad_token_id, **gen)
     new = out[:, inputs["input_ids"].shape[1]:]
     return tok.batch_decode(new, skip_special_tokens=True)

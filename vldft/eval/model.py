@@ -1,0 +1,155 @@
+"""vldft's lmms-eval model class (``--model vldft``), registered through the ``lmms_eval.models``
+entry point (``vldft.eval.plugin``).
+
+It loads a checkpoint with vldft's adapters, so evaluation sees what training saw: the
+checkpoint's own chat template, the adapter's image policy (Qwen2.5-VL: resized by
+qwen-vl-utils within ``min_pixels`` / ``max_pixels``, never re-encoded to JPEG) and the same
+greedy, left-padded batched generation as the in-training held-out accuracy
+(``vldft.heldout.generate_messages``). Works for tiny vldft checkpoints (which carry their local
+tokenizer / processor) and for real HF ids or paths (Qwen2.5-VL, LLaVA in HF format).
+
+Model args (``--model_args k=v,...``): ``pretrained``, ``family`` (auto: from config.json),
+``device`` (auto: cuda if available), ``dtype`` (auto: bfloat16 on CUDA, float32 on CPU),
+``batch_size``, ``min_pixels`` / ``max_pixels`` (default: the checkpoint processor's),
+``max_new_tokens`` (caps every task's budget), ``attn_implementation``. Single process only.
+"""
+
+from __future__ import annotations
+
+import torch
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.api.model import lmms
+from lmms_eval.protocol import ChatMessages
+from tqdm import tqdm
+from transformers import AutoConfig
+
+from vldft.adapters import load_adapter
+from vldft.config import ModelConfig
+from vldft.heldout import generate_messages
+
+FAMILIES = {"qwen2_5_vl": "qwen2_5_vl", "llava": "llava"}  # config.json model_type -> family
+
+
+def detect_family(pretrained: str) -> str:
+    """vldft family of a checkpoint from its config.json ``model_type``."""
+    model_type = AutoConfig.from_pretrained(pretrained).model_type
+    if model_type not in FAMILIES:
+        raise ValueError(f"{pretrained}: model_type {model_type!r} is not supported by vldft "
+                         f"(supported: {sorted(FAMILIES)})")
+    return FAMILIES[model_type]
+
+
+def to_vldft_messages(chat: ChatMessages) -> tuple[list[dict], list]:
+    """lmms-eval chat messages -> (vldft messages with image parts, images in order)."""
+    messages, images = [], []
+    for msg in chat.messages:
+        parts = []
+        for part in msg.content:
+            if part.type == "text":
+                parts.append({"type": "text", "text": part.text})
+            elif part.type == "image":
+                parts.append({"type": "image"})
+                images.append(part.url)  # PIL image or path; the adapter opens / resizes it
+            else:
+                raise ValueError(f"vldft model: {part.type} inputs are not supported")
+        messages.append({"role": msg.role, "content": parts})
+    return messages, images
+
+
+class VldftLMM(lmms):
+    """Chat-style lmms-eval model over a vldft adapter."""
+
+    is_simple = False
+
+    def __init__(self, pretrained: str, family: str = "auto", device: str = "auto",
+                 dtype: str = "auto", batch_size: int | str = 1,
+                 min_pixels: int | None = None, max_pixels: int | None = None,
+                 max_new_tokens: int | None = None, attn_implementation: str = "sdpa",
+                 **kwargs) -> None:
+        super().__init__()
+        if kwargs:
+            raise ValueError(f"vldft model: unknown model_args {sorted(kwargs)}; known: "
+                             "pretrained, family, device, dtype, batch_size, min_pixels, "
+                             "max_pixels, max_new_tokens, attn_implementation")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = torch.device(device)
+        if dtype == "auto":
+            dtype = "bfloat16" if self._device.type == "cuda" else "float32"
+        family = detect_family(pretrained) if family == "auto" else family
+        cfg = ModelConfig(family=family, name_or_path=str(pretrained), dtype=dtype,
+                          attn_implementation=attn_implementation,
+                          min_pixels=int(min_pixels) if min_pixels else None,
+                          max_pixels=int(max_pixels) if max_pixels else None)
+        self.adapter = load_adapter(cfg)
+        self.adapter.model.to(self._device).eval()
+        self.batch_size_per_gpu = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens) if max_new_tokens else None
+
+    @property
+    def model(self):
+        return self.adapter.model
+
+    @property
+    def tokenizer(self):
+        return self.adapter.tokenizer
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _gen_kwargs(self, task_kwargs: dict) -> tuple[int, dict, list[str]]:
+        """(max_new_tokens, generate() kwargs, stop strings) from a task's generation_kwargs."""
+        kw = dict(task_kwargs or {})
+        budget = int(kw.pop("max_new_tokens", 128))
+        if self.max_new_tokens:
+            budget = min(budget, self.max_new_tokens)
+        until = kw.pop("until", [])
+        until = [until] if isinstance(until, str) else list(until or [])
+        temperature = float(kw.pop("temperature", 0) or 0)
+        gen = {"do_sample": False}
+        if temperature > 0:  # sampling only when a task asks for it; greedy otherwise
+            gen = {"do_sample": True, "temperature": temperature}
+            if kw.get("top_p") is not None:
+                gen["top_p"] = float(kw["top_p"])
+        if int(kw.get("num_beams", 1) or 1) > 1:
+            gen["num_beams"] = int(kw["num_beams"])
+        return budget, gen, [u for u in until if u]
+
+    @torch.no_grad()
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        """One completion per request, in request order, batched by equal generation kwargs."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(repr(sorted(req.args[2].items())), []).append(i)
+        pbar = tqdm(total=len(requests), desc="vldft generating", disable=self.rank != 0)
+        for idx in groups.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start: start + self.batch_size]
+                convs = []
+                for i in chunk:
+                    _ctx, doc_to_messages, _kw, doc_id, task, split = requests[i].args
+                    doc = self.task_dict[task][split][doc_id]
+                    convs.append(to_vldft_messages(ChatMessages(messages=doc_to_messages(doc))))
+                budget, gen, until = self._gen_kwargs(requests[chunk[0]].args[2])
+                texts = generate_messages(self.adapter, convs, budget, self._device, **gen)
+                for i, text in zip(chunk, texts, strict=True):
+                    for stop in until:
+                        text = text.split(stop)[0]
+                    n_out = len(self.tokenizer.encode(text, add_special_tokens=False))
+                    results[i] = GenerationResult(text=text,
+                                                  token_counts=TokenCounts(output_tokens=n_out))
+                pbar.update(len(chunk))
+        pbar.close()
+        return results
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("vldft model: loglikelihood tasks are not supported")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("vldft model: multi-round tasks are not supported")
