@@ -81,6 +81,7 @@ def test_overrides_apply_with_types():
     ("train.resume=runs/no-such-checkpoint", "train.resume"),
     ("train.on_collapse=maybe", "train.on_collapse"),
     ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps"),
+    ("train.collapse_window=1", "train.collapse_window"),
     ("train.global_batch_size=0", "train.global_batch_size"),
 ])
 def test_bad_values_name_the_key(override, key):

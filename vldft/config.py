@@ -254,7 +254,7 @@ class Config:
             if getattr(t, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0")
         for key in ("micro_batch_size", "grad_accum", "log_every", "eval_batch_size",
-                    "eval_max_new_tokens", "max_nonfinite_steps", "collapse_window"):
+                    "eval_max_new_tokens", "max_nonfinite_steps"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key}: must be >= 1")
         for key in ("max_steps", "save_every", "eval_every", "eval_max_samples", "hist_every",
@@ -269,6 +269,8 @@ class Config:
                 raise ConfigError(f"train.{key}: must be > 0")
         if not 0 <= t.warmup_ratio < 1:
             raise ConfigError("train.warmup_ratio: must be in [0, 1)")
+        if t.collapse_window < 2:
+            raise ConfigError("train.collapse_window: must be >= 2 (a trend needs two records)")
         if t.global_batch_size is not None:
             world = world_size()
             per_step = t.micro_batch_size * world

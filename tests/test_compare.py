@@ -1,0 +1,152 @@
+"""Objective study harness: run set-up, statistics over seeds, and a real tiny study end to end."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vldft.compare import aggregate, build_study, cli, markdown
+from vldft.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data/geo_demo/train.jsonl"
+
+
+def _study_yaml(tmp_path, sweep=None, **train):
+    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:16]]
+    for r in rows:
+        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
+    cfg["data"].update(train_files=[str(data)], heldout_file=str(data))
+    cfg["loss"]["sft_warmup_steps"] = 0
+    cfg["train"].update(output_dir=str(tmp_path / "out"), max_steps=6, micro_batch_size=4,
+                        log_every=2, eval_every=3, eval_max_samples=4, eval_max_new_tokens=8,
+                        eval_batch_size=4, **train)
+    if sweep is not None:
+        cfg["sweep"] = sweep
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_runs_from_grid_variants_and_yaml(tmp_path):
+    path = _study_yaml(tmp_path, {"variants": {"sft": {"loss.name": "sft"},
+                                               "warm": {"loss.name": "dft",
+                                                        "loss.sft_warmup_steps": 3}},
+                                  "grid": {"train.seed": [0, 1]}})
+    study = build_study(path)
+    assert [r.name for r in study.runs] == ["sft_seed0", "sft_seed1", "warm_seed0",
+                                            "warm_seed1"]
+    assert study.out == tmp_path / "out_compare"
+    assert {r.group for r in study.runs} == {"sft", "warm"}
+    # a grid over objectives adds its own runs; a variant is not crossed with the axes it sets
+    with pytest.raises(ConfigError, match="sft_seed0.*trained twice"):  # variant sft = grid sft
+        build_study(path, grid=["loss.name=sft,dft"])
+    study = build_study(_study_yaml(tmp_path, {"grid": {"train.seed": [0, 1]}}),
+                        grid=["loss.name=sft,dft", "train.lr=1e-3,2e-3"],
+                        variants=[["warm", "loss.name=dft", "loss.sft_warmup_steps=2"]],
+                        out=tmp_path / "s")
+    names = [r.name for r in study.runs]
+    assert names[:4] == ["sft_lr1e-3_seed0", "sft_lr1e-3_seed1", "sft_lr2e-3_seed0",
+                         "sft_lr2e-3_seed1"]
+    assert len(names) == 2 * 2 * 2 + 2 * 2  # the grid, and warm x (lr x seed)
+    assert "warm_lr2e-3_seed1" in names and "warm_dft_lr2e-3_seed1" not in names
+    warm = next(r for r in study.runs if r.name == "warm_lr2e-3_seed1")
+    assert warm.overrides[-1] == "train.seed=1" and "loss.sft_warmup_steps=2" in warm.overrides
+
+
+def test_invalid_runs_fail_before_training_naming_the_key(tmp_path):
+    path = _study_yaml(tmp_path)
+    with pytest.raises(ConfigError, match="run lr-1: train.lr: must be > 0"):
+        build_study(path, grid=["train.lr=-1"])
+    with pytest.raises(ConfigError, match="train.nope: unknown key"):
+        build_study(path, grid=["train.nope=1,2"])
+    with pytest.raises(ConfigError, match="loss.sft_warmup_steps"):
+        build_study(path, variants=[["w", "loss.sft_warmup_steps=6"]])
+    with pytest.raises(ConfigError, match="data.heldout_file"):
+        build_study(path, overrides=["data.heldout_file=null"])
+    with pytest.raises(ConfigError, match="sweep"):
+        build_study(_study_yaml(tmp_path, {"grids": {}}))
+    with pytest.raises(SystemExit, match="config error"):
+        cli([str(path), "--grid", "train.seed"])
+
+
+def test_aggregate_mean_std_range_over_seeds():
+    def row(group, seed, acc, ce):
+        return {"group": group, "seed": seed, "accuracy": acc, "heldout_ce": ce,
+                "train_ce": ce, "objective": ce and ce / 2, "mean_p": 0.5,
+                "collapse_warnings": seed, "train_seconds": 1.0, "accuracy_by_kind": {"shape": acc}}
+
+    rows = [row("sft", 0, 0.5, 1.0), row("sft", 1, 0.7, 2.0), row("sft", 2, 0.9, 3.0),
+            row("dft", 0, 0.25, None)]
+    table = aggregate(rows)
+    sft, dft = table
+    assert sft["accuracy"]["mean"] == pytest.approx(0.7)
+    assert sft["accuracy"]["std"] == pytest.approx(statistics.stdev([0.5, 0.7, 0.9]))
+    assert (sft["accuracy"]["min"], sft["accuracy"]["max"]) == (0.5, 0.9)
+    assert sft["runs_with_collapse_warning"] == 2 and dft["heldout_ce"] == {"n": 0}
+    md = markdown(table)
+    assert "| sft (3) | 70.0 ± 20.0 [50.0, 90.0] |" in md
+    assert "| dft (1) | 25.0 | n/a |" in md
+
+
+def test_tiny_study_end_to_end_resume_and_array_index(tmp_path, monkeypatch):
+    path = _study_yaml(tmp_path, {"variants": {"sft": {"loss.name": "sft"},
+                                               "dft": {"loss.name": "dft"}},
+                                  "grid": {"train.seed": [0, 1]}, "out": str(tmp_path / "st")})
+    study = cli([str(path)])
+    out = tmp_path / "st"
+    res = json.loads((out / "results.json").read_text())
+    assert [g["group"] for g in res["groups"]] == ["sft", "dft"]
+    assert all(g["runs"] == 2 and g["seeds"] == [0, 1] for g in res["groups"])
+    for run in res["runs"]:
+        assert [h["step"] for h in run["curves"]["heldout"]] == [3, 6]
+        assert [c["step"] for c in run["curves"]["logs"]] == [2, 4, 6]
+        assert run["accuracy"] is not None and run["heldout_ce"] > 0
+    # the same seed gives the same run; different seeds differ
+    by = {r["name"]: r for r in res["runs"]}
+    assert by["sft_seed0"]["train_ce"] != by["sft_seed1"]["train_ce"]
+    assert by["sft_seed0"]["objective"] == pytest.approx(by["sft_seed0"]["train_ce"])
+    assert by["dft_seed0"]["objective"] < by["dft_seed0"]["train_ce"]
+    assert (out / "compare.png").is_file() and (out / "results.md").is_file()
+    assert "sft (2)" in (out / "results.md").read_text()
+    assert len((out / "results.csv").read_text().splitlines()) == 5
+
+    # finished runs are not retrained
+    summary = out / "runs" / "sft_seed0" / "summary.json"
+    before = summary.stat().st_mtime_ns
+    cli([str(path)])
+    assert summary.stat().st_mtime_ns == before
+
+    # a job array trains exactly its own run; the report lists what is missing
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    cli([str(path), "--out", str(tmp_path / "arr")])
+    done = sorted(p.parent.name for p in (tmp_path / "arr").glob("runs/*/summary.json"))
+    assert done == [study.runs[2].name] == ["dft_seed0"]
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    cli([str(path), "--out", str(tmp_path / "arr"), "--report"])
+    res = json.loads((tmp_path / "arr" / "results.json").read_text())
+    assert res["missing"] == ["sft_seed0", "sft_seed1", "dft_seed1"]
+    with pytest.raises(SystemExit, match="--index 9"):
+        cli([str(path), "--index", "9"])
+
+
+def test_shipped_study_config_and_its_command_line():
+    """configs/study_geo.yaml is a plain training config; its header's compare command gives
+    the 4 variants x 2 seeds, and a study config with a sweep section loads without it."""
+    from vldft.compare import load_base_config
+
+    path = ROOT / "configs/study_geo.yaml"
+    header = " ".join(line.lstrip("# ").rstrip("\\ ") for line in path.read_text().splitlines()
+                      if line.startswith("#"))
+    cmd = header.split("python -m vldft.compare ", 1)[1].split(" (add", 1)[0].split()
+    assert cmd[0] == "configs/study_geo.yaml"
+    study = cli([str(path), *cmd[1:], "--list"])
+    assert [r.group for r in study.runs][::2] == ["sft", "dft", "sft_then_dft", "sft_then_asft"]
+    assert {r.settings["train.seed"] for r in study.runs} == {0, 1}
+    cfg = load_base_config(path, ["train.lr=1e-3"])
+    assert cfg.train.lr == 1e-3 and cfg.data.heldout_file.endswith("heldout.jsonl")

@@ -1,0 +1,131 @@
+"""Prior-strength probe: per-token numbers match the training objective's, the advice follows the
+documented bands, and a vldft-saved checkpoint is probed by path."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vldft.adapters import load_adapter
+from vldft.collate import Collator
+from vldft.config import ModelConfig, load_config
+from vldft.data import load_jsonl
+from vldft.objectives import compute_objective
+from vldft.probe import KINDS, cli, probe, recommend, token_kinds, token_stats
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data/geo_demo/train.jsonl"
+
+
+def _subset(tmp_path, n, name="train", kind=None):
+    rows = [json.loads(r) for r in DEMO.read_text().splitlines()]
+    rows = [r for r in rows if kind is None or r["kind"] == kind][:n]
+    for r in rows:
+        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_token_stats_match_compute_objective():
+    torch.manual_seed(0)
+    adapter = load_adapter(ModelConfig(tiny=True, min_pixels=12544, max_pixels=12544))
+    coll = Collator(adapter, max_length=512)
+    batch = coll([coll.encode(s) for s in load_jsonl(DEMO)[:4]])
+    st = token_stats(adapter, batch, chunk=7)  # several chunks
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    labels = inputs.pop("labels")
+    with torch.no_grad():
+        head = adapter.output_layer()
+        out = compute_objective(adapter.hidden_states(inputs), head.weight, labels, "sft",
+                                bias=head.bias)
+    assert len(st["p"]) == out.n_tokens > 50
+    assert torch.allclose(st["p"], out.probs, rtol=1e-5, atol=1e-7)
+    assert float(st["entropy"].sum()) == pytest.approx(float(out.stats["entropy_sum"]), rel=1e-4)
+    assert st["row"].tolist() == sorted(st["row"].tolist()) and set(st["row"].tolist()) == {
+        0, 1, 2, 3}
+    # one end-of-turn target per sample (the collator trains it after every answer)
+    assert int((st["ids"] == adapter.eot_token_id).sum()) == 4
+
+
+def test_token_kinds_on_the_tiny_tokenizer():
+    adapter = load_adapter(ModelConfig(tiny=True))
+    tok = adapter.tokenizer
+    ids = tok.encode("Answer: 42", add_special_tokens=False)
+    ids += [adapter.eot_token_id, tok.convert_tokens_to_ids("<|vision_start|>")]
+    kinds = token_kinds(tok, ids, adapter.eot_token_id)
+    got = [kinds[i] for i in ids]
+    assert got == ["words"] * 6 + ["other", "other", "digits", "digits", "end_of_turn",
+                                   "special"]
+    assert set(got) <= set(KINDS)
+
+
+def _report(mean_p, low=0.05, eot_p=0.9, sources=None):
+    st = {"n_tokens": 100, "mean_p": mean_p, "low_p_frac": low}
+    return {"overall": st, "end_of_turn_token": "<|im_end|>",
+            "by_kind": {"end_of_turn": {"n_tokens": 10, "mean_p": eot_p}},
+            "by_source": sources or {"a": st}}
+
+
+@pytest.mark.parametrize("mean_p,objective", [(0.004, "sft"), (0.49, "sft"), (0.6, "compare"),
+                                              (0.7, "dft"), (0.8, "dft")])
+def test_recommendation_bands(mean_p, objective):
+    rec = recommend(_report(mean_p))
+    assert rec["objective"] == objective
+    assert "[bll]" in rec["reasons"][0] and f"{mean_p:.3f}" in rec["reasons"][0]
+    assert rec["thresholds"]["strong_mean_p"] == 0.7
+
+
+def test_low_end_of_turn_and_weak_sources_get_min_weight_advice():
+    rec = recommend(_report(0.85, eot_p=0.05))
+    assert rec["objective"] == "dft" and rec["settings"]["loss.min_weight"] == 0.1
+    assert any("end-of-turn" in r and "0.050" in r for r in rec["reasons"])
+    assert "loss.min_weight" not in recommend(_report(0.85, eot_p=0.95))["settings"]
+    mixed = recommend(_report(0.75, low=0.3, sources={
+        "math": {"n_tokens": 50, "mean_p": 0.95}, "new_facts": {"n_tokens": 50,
+                                                                "mean_p": 0.2}}))
+    text = " ".join(mixed["reasons"])
+    assert "new_facts 0.200" in text and "30% of target tokens" in text
+
+
+def test_probe_random_model_then_trained_checkpoint_by_path(tmp_path, capsys):
+    """The random tiny model has no prior (p ~ 1/V: advice SFT); after a short SFT run its
+    vldft-saved checkpoint, loaded by path, predicts the same data far better."""
+    from vldft.train import main
+
+    shapes = _subset(tmp_path, 24, "shapes", kind="shape")
+    others = _subset(tmp_path, 24, "mixed")
+    common = [f"data.train_files=[{shapes},{others}]", "data.heldout_file=null",
+              f"train.output_dir={tmp_path / 'run'}"]
+    base = probe(load_config(ROOT / "configs/demo.yaml", common), n_samples=20, show=False)
+    assert base["n_samples"] == 20 and set(base["by_source"]) == {"shapes", "mixed"}
+    o = base["overall"]
+    assert o["mean_p"] < 0.02 and o["low_p_frac"] > 0.95
+    assert base["recommendation"]["objective"] == "sft"
+    assert base["by_kind"]["end_of_turn"]["n_tokens"] == 20
+
+    main(load_config(ROOT / "configs/demo.yaml", [
+        *common, "loss.name=sft", "loss.sft_warmup_steps=0", "train.max_steps=40",
+        "train.micro_batch_size=8", "train.lr=3e-3", "train.scheduler=constant",
+        "train.log_every=20"]))
+    ckpt = tmp_path / "run" / "final"
+    out = tmp_path / "probe"
+    report = cli(["configs/demo.yaml", *common, "model.tiny=false",
+                  f"model.name_or_path={ckpt}", "--samples", "20", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert report["model"] == str(ckpt)
+    assert report["overall"]["mean_p"] > 10 * o["mean_p"]
+    assert report["overall"]["ce"] < o["ce"] / 2
+    assert "recommendation:" in printed and "kind end_of_turn" in printed
+    saved = json.loads((out / "probe.json").read_text())
+    assert saved["overall"] == report["overall"]
+    assert sum(saved["histogram"]["counts"]) == saved["overall"]["n_tokens"]
+    assert (out / "probe_probs.png").is_file()
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    with pytest.raises(SystemExit, match="config error: train.nope"):
+        cli(["configs/demo.yaml", "train.nope=1"])
+    with pytest.raises(SystemExit):
+        cli(["configs/demo.yaml", "--samples", "0"])

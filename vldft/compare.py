@@ -1,0 +1,435 @@
+"""A small objective study: train a grid of runs, score each on held-out data, tabulate and plot.
+
+    python -m vldft.compare configs/demo.yaml --grid loss.name=sft,dft train.seed=0,1 \\
+        --variant warm_dft loss.name=dft loss.sft_warmup_steps=300 --out runs/cmp
+    python -m vldft.compare ... --list           # the same arguments: runs and their indices
+    python -m vldft.compare ... --index 3        # only run 3 (job arrays)
+    python -m vldft.compare ... --report         # table + plots of the finished runs
+    python -m vldft.compare study.yaml           # grid / variants from the YAML's sweep section
+
+The shipped CPU study: see the header of ``configs/study_geo.yaml`` and ``docs/study_geo.md``.
+
+CONFIG is a training config, optionally with a ``sweep`` section (removed before the training
+config is validated)::
+
+    sweep:
+      out: runs/my_study             # study directory (default: <train.output_dir>_compare)
+      variants:                      # named sets of overrides (default: one, "base")
+        sft: {loss.name: sft}
+        sft_then_dft: {loss.name: dft, loss.sft_warmup_steps: 300}
+      grid:                          # crossed with every variant
+        train.seed: [0, 1, 2]
+
+``--grid KEY=V1,V2`` and ``--variant NAME KEY=V ...`` add to (or replace) the YAML's axes and
+variants; trailing ``key=value`` arguments apply to every run. Runs: the grid's product (unless
+variants are given and the grid only varies ``train.seed``), plus each variant crossed with the
+grid axes it does not set itself; named ``<variant>_<key><value>...`` (``loss.name`` by its
+value); each trains with :func:`vldft.train.main` into
+``<out>/runs/<name>`` and is scored on ``data.heldout_file`` (required) by the loop's held-out
+scorer (``vldft.heldout``: teacher-forced CE and greedy answer accuracy) every
+``train.eval_every`` steps and at the end, on the final weights (what ``final/`` holds). A run
+whose ``summary.json`` exists is not trained again (``--force`` retrains it).
+
+The report groups runs that differ only in ``train.seed`` and gives mean, sample standard
+deviation and range over seeds (``results.md``, ``results.csv``, ``results.json``) and plots
+held-out accuracy, plain CE, the objective and the mean target probability over steps, one line
+per run (``compare.png``). Collapse warnings are those the training loop's guard gave (or, for
+runs trained with the guard off, what :func:`vldft.guard.scan` finds in ``metrics.jsonl``).
+
+On a cluster, one array task per run, then one report (every run is independent; a run is a
+normal training, so it may itself use several GPUs)::
+
+    N=$(python -m vldft.compare study.yaml --list | tail -n +2 | wc -l)
+    sbatch --array=0-$((N-1)) --wrap "torchrun --nproc_per_node 8 -m vldft.compare study.yaml"
+    python -m vldft.compare study.yaml --report    # after the array finished
+
+(the index comes from ``--index``, else ``SLURM_ARRAY_TASK_ID``, ``PBS_ARRAY_INDEX`` or
+``LSB_JOBINDEX``; without one, every run is trained in turn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vldft.config import ConfigError, load_config
+from vldft.guard import scan
+
+SEED_KEY = "train.seed"
+INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "LSB_JOBINDEX")
+METRICS = [("accuracy", "held-out accuracy"), ("heldout_ce", "held-out CE"),
+           ("train_ce", "train CE (last log)"), ("objective", "objective (last log)"),
+           ("mean_p", "train mean p (last log)")]
+
+
+@dataclass
+class Run:
+    name: str
+    variant: str
+    settings: dict[str, Any]  # grid axis -> value
+    overrides: list[str]  # every key=value of this run (variant + grid)
+
+    @property
+    def group(self) -> str:
+        """The run's name without its seed: runs of one group are replicates."""
+        return _name(self.variant, {k: v for k, v in self.settings.items() if k != SEED_KEY})
+
+
+@dataclass
+class Study:
+    config: Path
+    base: list[str]  # the config file as key=value overrides (sweep removed) + CLI overrides
+    out: Path
+    runs: list[Run] = field(default_factory=list)
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1].replace("_", "")
+
+
+def _name(variant: str, settings: dict) -> str:
+    """``<variant>_<key><value>...``: loss.name by its value alone, no "base" prefix."""
+    parts = [] if variant == "base" and settings else [variant]
+    parts += [str(v) if k == "loss.name" else f"{_short(k)}{v}" for k, v in settings.items()]
+    return "_".join(parts)
+
+
+def _value(text: str) -> Any:
+    return yaml.safe_load(text) if text.strip() else None
+
+
+def _flatten(raw: dict) -> list[str]:
+    """A config mapping as ``section.key=<json>`` overrides (JSON is YAML)."""
+    out = []
+    for section, body in raw.items():
+        if isinstance(body, dict):
+            out += [f"{section}.{k}={json.dumps(v)}" for k, v in body.items()]
+        else:
+            out.append(f"{section}={json.dumps(body)}")
+    return out
+
+
+def split_sweep(path: Path) -> tuple[list[str], dict]:
+    """A config file as ``key=value`` overrides for ``load_config(None, ...)`` (with its
+    ``base_dir`` rule), and its ``sweep`` section ({} if none)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    sweep = raw.pop("sweep", None) or {}
+    if not isinstance(sweep, dict) or set(sweep) - {"out", "grid", "variants"}:
+        raise ConfigError(f"{path}: sweep: a mapping with keys out, grid, variants; got "
+                          f"{sorted(sweep) if isinstance(sweep, dict) else sweep!r}")
+    base_dir = Path.cwd()
+    if not path.resolve().is_relative_to(base_dir.resolve()):
+        base_dir = path.resolve().parent  # the rule of vldft.config.load_config
+    return [*_flatten(raw), f"base_dir={json.dumps(str(base_dir))}"], sweep
+
+
+def load_base_config(path: str | Path, overrides: list[str] = ()):
+    """``load_config`` for a file that may carry a ``sweep`` section (ignored)."""
+    base, _ = split_sweep(Path(path))
+    return load_config(None, [*base, *overrides])
+
+
+def build_study(config: str | Path, overrides: list[str] = (), grid: list[str] = (),
+                variants: list[list[str]] = (), out: str | Path | None = None) -> Study:
+    """Read CONFIG (+ its ``sweep`` section), apply the CLI's grid / variants / overrides and
+    validate every run's configuration before anything is trained."""
+    path = Path(config)
+    base, sweep = split_sweep(path)
+    base += overrides
+
+    axes: dict[str, list] = {}
+    for key, values in (sweep.get("grid") or {}).items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: sweep.grid.{key}: expected a non-empty list")
+        axes[key] = values
+    for item in grid:
+        key, sep, text = item.partition("=")
+        if not sep or not text:
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,...")
+        axes[key.strip()] = [_value(v) for v in text.split(",")]
+    if SEED_KEY in axes:  # replicates last: names read <config>_seed<k>
+        axes[SEED_KEY] = axes.pop(SEED_KEY)
+    named: dict[str, list[str]] = {}
+    for name, body in (sweep.get("variants") or {}).items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: sweep.variants.{name}: expected a mapping of overrides")
+        named[str(name)] = [f"{k}={json.dumps(v)}" for k, v in body.items()]
+    for name, *items in variants:
+        if "=" in name:
+            raise ConfigError(f"--variant {name!r}: the first word is the variant's name")
+        named[name] = list(items)
+
+    base_cfg = load_config(None, base)  # the base config alone must be valid
+    if not base_cfg.data.heldout_file:
+        raise ConfigError("data.heldout_file: compare scores every run on held-out data; set "
+                          "it in the config or as an override")
+    if out is None:
+        out = sweep.get("out") or f"{base_cfg.train.output_dir.rstrip('/')}_compare"
+    study = Study(path, base, base_cfg.resolve(str(out)))
+    runs: list[tuple[str, list[str], dict[str, list]]] = []
+    if not named or any(k != SEED_KEY for k in axes):
+        runs.append(("base", [], axes))  # the grid itself compares configurations
+    for name, items in named.items():
+        own = {i.split("=", 1)[0].strip() for i in items}
+        runs.append((name, items, {k: v for k, v in axes.items() if k not in own}))
+    for variant, items, var_axes in runs:
+        for values in itertools.product(*var_axes.values()):
+            settings = dict(zip(var_axes, values, strict=True))
+            run = Run(_name(variant, settings), variant, settings,
+                      [*items, *(f"{k}={json.dumps(v)}" for k, v in settings.items())])
+            try:
+                load_config(None, [*base, *run.overrides])
+            except ConfigError as e:
+                raise ConfigError(f"run {run.name}: {e}") from None
+            study.runs.append(run)
+    names = [r.name for r in study.runs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"runs {dup} would be trained twice (a variant repeats a grid "
+                          "configuration); rename or drop one")
+    return study
+
+
+def run_dir(study: Study, run: Run) -> Path:
+    return study.out / "runs" / run.name
+
+
+def train_run(study: Study, run: Run, force: bool = False) -> dict:
+    """Train (unless done) and return the run's summary."""
+    from vldft.train import main
+
+    out = run_dir(study, run)
+    done = out / "summary.json"
+    if done.is_file() and not force:
+        print(f"[vldft] compare: {run.name} already done ({done}); --force retrains it")
+        return json.loads(done.read_text())
+    if force and out.exists():
+        shutil.rmtree(out)
+    cfg = load_config(None, [*study.base, *run.overrides, f"train.output_dir={out}"])
+    print(f"[vldft] compare: training {run.name}: {' '.join(run.overrides) or '(base)'}")
+    return main(cfg)
+
+
+def collect(study: Study, run: Run) -> dict | None:
+    """One row of results for a finished run (None if it has no summary yet)."""
+    out = run_dir(study, run)
+    if not (out / "summary.json").is_file():
+        return None
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in lines if "loss" in r]
+    held = [{"step": r["step"], **r["heldout"]} for r in lines if "heldout" in r]
+    warnings = summary.get("collapse_warnings")
+    if warnings is None:  # trained before the guard existed, or with it off
+        warnings = scan(logs)
+    last, h = logs[-1] if logs else {}, summary.get("heldout") or {}
+    return {"name": run.name, "group": run.group, "variant": run.variant,
+            "seed": run.settings.get(SEED_KEY), **{k: v for k, v in run.settings.items()
+                                                   if k != SEED_KEY},
+            "accuracy": h.get("accuracy"), "heldout_ce": h.get("ce"),
+            "accuracy_by_kind": h.get("accuracy_by_kind", {}),
+            "train_ce": last.get("ce"), "objective": last.get("loss"),
+            "mean_p": last.get("mean_p"), "entropy": last.get("entropy"),
+            "collapse_warnings": len(warnings),
+            "first_warning_step": warnings[0]["step"] if warnings else None,
+            "stopped": summary.get("stopped"), "steps": summary.get("steps"),
+            "train_seconds": summary.get("train_seconds"),
+            "curves": {"logs": [{k: r.get(k) for k in ("step", "objective", "loss", "ce",
+                                                        "mean_p", "entropy")} for r in logs],
+                       "heldout": [{k: r.get(k) for k in ("step", "accuracy", "ce")}
+                                   for r in held]}}
+
+
+def _spread(values: list) -> dict:
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return {"n": 0}
+    return {"n": len(vals), "mean": statistics.fmean(vals),
+            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "min": min(vals), "max": max(vals)}
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean / std / range over the seeds of each group, in the order groups first appear."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    table = []
+    for name, rs in groups.items():
+        kinds = sorted({k for r in rs for k in r["accuracy_by_kind"]})
+        table.append({"group": name, "runs": len(rs),
+                      "seeds": [r["seed"] for r in rs],
+                      **{key: _spread([r[key] for r in rs]) for key, _ in METRICS},
+                      "accuracy_by_kind": {k: _spread([r["accuracy_by_kind"].get(k)
+                                                       for r in rs]) for k in kinds},
+                      "runs_with_collapse_warning": sum(r["collapse_warnings"] > 0 for r in rs),
+                      "train_seconds": _spread([r["train_seconds"] for r in rs])})
+    return table
+
+
+def _fmt(s: dict, pct: bool = False) -> str:
+    if not s.get("n"):
+        return "n/a"
+    f = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.4f}" if v < 10 else f"{v:.1f}")
+    if s["n"] == 1:
+        return f(s["mean"])
+    return f"{f(s['mean'])} ± {f(s['std'])} [{f(s['min'])}, {f(s['max'])}]"
+
+
+def markdown(table: list[dict]) -> str:
+    head = ["run (seeds)", "held-out acc. %", "held-out CE", "train CE", "objective",
+            "train mean p", "collapse warned"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in table:
+        lines.append("| " + " | ".join([
+            f"{g['group']} ({len(g['seeds'])})", _fmt(g["accuracy"], pct=True),
+            _fmt(g["heldout_ce"]), _fmt(g["train_ce"]), _fmt(g["objective"]), _fmt(g["mean_p"]),
+            f"{g['runs_with_collapse_warning']}/{g['runs']}"]) + " |")
+    kinds = sorted({k for g in table for k in g["accuracy_by_kind"]})
+    if kinds:
+        lines += ["", "Held-out accuracy by kind (%, mean ± std over seeds):", "",
+                  "| run | " + " | ".join(kinds) + " |", "|" + "---|" * (len(kinds) + 1)]
+        for g in table:
+            lines.append(f"| {g['group']} | " + " | ".join(
+                _fmt(g["accuracy_by_kind"].get(k, {}), pct=True).split(" [")[0]
+                for k in kinds) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('[vldft] matplotlib not installed: no compare.png (pip install "vldft[plot]")')
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    colors = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
+    styles = ["-", "--", ":", "-."]
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    panels = [(axes[0, 0], "heldout", "accuracy", "held-out answer accuracy"),
+              (axes[0, 1], "logs", "ce", "plain CE (training tokens)"),
+              (axes[1, 0], "logs", "loss", "objective (the loss trained)"),
+              (axes[1, 1], "logs", "mean_p", "mean target probability")]
+    for ax, curve, key, title in panels:
+        for r in rows:
+            pts = [(c["step"], c[key]) for c in r["curves"][curve] if c.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), color=colors[r["group"]],
+                        linestyle=styles[seeds.index(r["seed"]) % len(styles)],
+                        marker="o" if curve == "heldout" else None, markersize=3,
+                        label=r["name"])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0, 1].set_yscale("log")
+    axes[1, 0].set_yscale("log")
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def report(study: Study) -> tuple[list[dict], list[dict]]:
+    """Write results.{md,csv,json} and compare.png for every finished run; print the table."""
+    rows = [r for r in (collect(study, run) for run in study.runs) if r is not None]
+    missing = [run.name for run in study.runs if not (run_dir(study, run) / "summary.json")
+               .is_file()]
+    if not rows:
+        raise SystemExit(f"compare: no finished run under {study.out / 'runs'} yet")
+    table = aggregate(rows)
+    study.out.mkdir(parents=True, exist_ok=True)
+    md = markdown(table)
+    (study.out / "results.md").write_text(md + "\n")
+    (study.out / "results.json").write_text(json.dumps({"groups": table, "runs": rows,
+                                                        "missing": missing}, indent=2))
+    flat = [{k: v for k, v in r.items() if k not in ("curves", "accuracy_by_kind")}
+            for r in rows]
+    with open(study.out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
+        writer.writeheader()
+        writer.writerows(flat)
+    png = plot(rows, study.out / "compare.png")
+    print(f"\n[vldft] compare: {len(rows)} of {len(study.runs)} runs finished"
+          + (f" (missing: {', '.join(missing)})" if missing else "") + "\n" + md)
+    print(f"[vldft] wrote {study.out / 'results.md'}, results.csv, results.json"
+          + (f", {png}" if png else ""))
+    return rows, table
+
+
+def _array_index() -> int | None:
+    for env in INDEX_ENV:
+        if os.environ.get(env, "").strip():
+            return int(os.environ[env])
+    return None
+
+
+def cli(argv: list[str] | None = None) -> Study:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m vldft.compare", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Launch lines and the sweep section: see the module docstring "
+               "(python -c 'import vldft.compare; help(vldft.compare)').")
+    parser.add_argument("config", help="training config, optionally with a sweep section")
+    parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
+    parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                        help="grid axes (crossed with each other and with the variants)")
+    parser.add_argument("--variant", nargs="+", action="append", default=[],
+                        metavar=("NAME", "KEY=VALUE"), help="a named set of overrides")
+    parser.add_argument("--out", default=None, help="study directory")
+    parser.add_argument("--index", type=int, default=None,
+                        help="train only run INDEX (default: $SLURM_ARRAY_TASK_ID etc.)")
+    parser.add_argument("--list", action="store_true", help="print the runs and exit")
+    parser.add_argument("--report", action="store_true", help="only tabulate finished runs")
+    parser.add_argument("--force", action="store_true", help="retrain finished runs")
+    args = parser.parse_args(argv)
+    try:
+        study = build_study(args.config, args.overrides, args.grid, args.variant, args.out)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    if args.list:
+        print("index  run  overrides")
+        for i, run in enumerate(study.runs):
+            print(f"{i}  {run.name}  {' '.join(run.overrides)}")
+        return study
+    index = args.index if args.index is not None else _array_index()
+    if not args.report:
+        if index is not None:
+            if not 0 <= index < len(study.runs):
+                raise SystemExit(f"--index {index}: the study has runs 0-{len(study.runs) - 1}")
+            train_run(study, study.runs[index], args.force)
+            return study  # the report comes from a last, separate call
+        for i, run in enumerate(study.runs):
+            print(f"[vldft] compare: run {i + 1}/{len(study.runs)}")
+            train_run(study, run, args.force)
+    if _is_main_process():
+        report(study)
+    return study
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+if __name__ == "__main__":
+    cli()

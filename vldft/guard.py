@@ -1,0 +1,149 @@
+"""Collapse guard: warn when a probability-weighted objective falls while the model gets worse.
+
+DFT weights each token's loss by the token's own detached probability. Without a prior (a random
+model, new knowledge, format tokens the model has never seen) it can drive its own loss towards
+zero by becoming certain about the tokens it already gets right and abandoning the rest: on the
+tiny Qwen2.5-VL of DESIGN.md section 7, DFT from random init at lr 2e-3 on the shape task takes
+the objective from 0.15 to 0.006 within 40 steps while plain CE on the same tokens rises from
+3.2 to 4.1 and held-out accuracy is 0%. The falling loss alone looks like progress.
+
+``CollapseGuard.observe(rec)`` is fed the metrics records of ``vldft.train._log_record`` (one per
+``train.log_every`` steps) and returns a warning message, or None. Over the last ``window``
+records of one non-SFT objective it fires when
+
+1. **objective down, CE up**: plain CE rose from its lowest value in the window by at least
+   ``ce_rise`` (relative) and ``ce_rise_abs`` nats per token, while the objective at the last
+   record is below its value at that CE minimum; or
+2. **entropy collapse**: the mean entropy of the predictions at target positions fell by at
+   least ``entropy_drop`` (relative) over the window and is now below ``entropy_ratio`` x plain
+   CE: the model is far more certain than it is right. A model trained with CE is roughly
+   calibrated (entropy close to CE: 0.07 vs 0.05 nats at the end of the demo's SFT phase, 0.04
+   vs 0.05 after its healthy DFT phase); the collapsing run above reaches 0.06 vs 4.1; or
+3. the objective or CE is not finite.
+
+The thresholds are heuristics measured on the tiny model (a healthy DFT phase moves CE by
+< 8% between records, well under 0.05 nats), not facts about large models; tune them with the
+constructor's keyword arguments. The guard fires once per episode: after a warning it stays
+quiet until ``window`` consecutive records show none of the conditions, or the objective
+changes (e.g. at the end of an SFT warm-up, which also starts a fresh window). SFT records are
+not judged (their objective *is* CE, so condition 1 cannot hold) unless ``judge_sft=True``, a
+control that tests use to show an SFT run that learns passes every condition.
+
+    guard = CollapseGuard(window=5)
+    for rec in records:          # e.g. json lines of metrics.jsonl that have "loss"
+        msg = guard.observe(rec)
+        if msg:
+            print(msg)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+REQUIRED = ("step", "objective", "loss", "ce", "entropy")
+
+
+class CollapseGuard:
+    """Watches metrics records for the DFT collapse (see the module docstring)."""
+
+    def __init__(self, window: int = 5, *, ce_rise: float = 0.10, ce_rise_abs: float = 0.05,
+                 entropy_ratio: float = 0.2, entropy_drop: float = 0.5,
+                 judge_sft: bool = False) -> None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise ValueError(f"train.collapse_window: must be an integer >= 2 (records), "
+                             f"got {window!r}")
+        for key, value, lo, hi in (("ce_rise", ce_rise, 0.0, math.inf),
+                                   ("ce_rise_abs", ce_rise_abs, 0.0, math.inf),
+                                   ("entropy_ratio", entropy_ratio, 0.0, 1.0),
+                                   ("entropy_drop", entropy_drop, 0.0, 1.0)):
+            if not (isinstance(value, (int, float)) and lo <= value <= hi):
+                raise ValueError(f"CollapseGuard {key}: must be a number in [{lo}, {hi}], "
+                                 f"got {value!r}")
+        self.window = window
+        self.ce_rise, self.ce_rise_abs = float(ce_rise), float(ce_rise_abs)
+        self.entropy_ratio, self.entropy_drop = float(entropy_ratio), float(entropy_drop)
+        self.judge_sft = judge_sft
+        self.records: deque[dict] = deque(maxlen=window)
+        self.objective: str | None = None
+        self.fired = False  # a warning was given in the current episode
+        self.quiet = 0  # consecutive records without any condition since the warning
+        self.warnings: list[dict] = []  # {"step", "message"} of every warning given
+
+    def observe(self, rec: dict) -> str | None:
+        """Feed one metrics record; returns a warning message when a collapse is seen."""
+        if not all(k in rec for k in REQUIRED):
+            return None  # a held-out line, a warning line, ...: nothing to judge
+        if rec["objective"] != self.objective:
+            self.objective = rec["objective"]
+            self.records.clear()
+            self.fired, self.quiet = False, 0
+        if rec["objective"] == "sft" and not self.judge_sft:
+            return None
+        self.records.append(rec)
+        found = self._check()
+        if found is None:
+            self.quiet += 1
+            if self.fired and self.quiet >= self.window:
+                self.fired = False
+            return None
+        self.quiet = 0
+        if self.fired:
+            return None
+        self.fired = True
+        message = self._message(found)
+        self.warnings.append({"step": rec["step"], "message": message})
+        return message
+
+    # -- conditions ------------------------------------------------------------------------
+    def _check(self) -> list[str] | None:
+        """What was seen, one clause per condition that holds; None when nothing holds."""
+        recs = list(self.records)
+        last = recs[-1]
+        if not (math.isfinite(last["loss"]) and math.isfinite(last["ce"])):
+            return [f"the objective ({last['loss']}) or plain CE ({last['ce']}) is not finite"]
+        if len(recs) < self.window:
+            return None
+        seen = []
+        i_min = min(range(len(recs)), key=lambda i: recs[i]["ce"])
+        low = recs[i_min]
+        rise = last["ce"] - low["ce"]
+        if (i_min < len(recs) - 1 and last["loss"] < low["loss"]
+                and rise >= self.ce_rise_abs and rise >= self.ce_rise * low["ce"]):
+            seen.append(f"the {last['objective']} objective fell {low['loss']:.4g} -> "
+                        f"{last['loss']:.4g} while plain CE on the same tokens rose "
+                        f"{low['ce']:.4g} -> {last['ce']:.4g} (+{rise / low['ce']:.0%}) "
+                        f"between steps {low['step']} and {last['step']}")
+        first_h, last_h = recs[0]["entropy"], last["entropy"]
+        if (last_h <= (1.0 - self.entropy_drop) * first_h
+                and last_h < self.entropy_ratio * last["ce"]):
+            seen.append(f"the entropy of the predictions at target positions collapsed "
+                        f"{first_h:.4g} -> {last_h:.4g} nats between steps {recs[0]['step']} "
+                        f"and {last['step']}, now {last_h / max(last['ce'], 1e-12):.0%} of plain "
+                        f"CE ({last['ce']:.4g}): the model is far more certain than it is right")
+        return seen or None
+
+    def _message(self, seen: list[str]) -> str:
+        last = self.records[-1]
+        lr = f" (now {last['lr']:.2g})" if isinstance(last.get("lr"), (int, float)) else ""
+        extra = ""
+        if "mean_p" in last and "low_p_frac" in last:
+            extra = (f" Mean target p is {last['mean_p']:.3f} and {last['low_p_frac']:.0%} of "
+                     "target tokens have p < 0.1: tokens the model does not already predict get "
+                     "almost no weight and are being abandoned.")
+        return (f"possible collapse at step {last['step']} ({last['objective']}): "
+                + "; ".join(seen) + "." + extra
+                + " This is the probability-weighted objective collapsing (DESIGN.md section 7),"
+                " not progress; check held-out accuracy. Try: a lower train.lr" + lr
+                + ", loss.min_weight=0.1 (tokens keep a minimum weight), an SFT warm-up first"
+                " (loss.sft_warmup_steps=N; or run `python -m vldft.probe` to see how strong the"
+                " model's prior is), or loss.name=asft (KL anchor to the starting model).")
+
+
+def scan(records: list[dict], window: int = 5, **kwargs) -> list[dict]:
+    """Run a fresh guard over ``records`` (e.g. a finished run's metrics.jsonl lines); returns
+    ``[{"step", "message"}, ...]``, the warnings it would have given."""
+    guard = CollapseGuard(window, **kwargs)
+    for rec in records:
+        guard.observe(rec)
+    return guard.warnings
