@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
-# All GPU checks in one script (no network needed): the objectives benchmark in bf16.
-# Usage on a GPU machine, from the repository root:  bash bench/gpu.sh  (figures under $OUT)
+# GPU benchmarks in one script, no network needed (nothing is downloaded):
+#   bench/gpu_train.py: Qwen2.5-VL-3B architecture with random weights, bf16, sdpa, one 448x448
+#   image per sample, sequence 2k / 4k / 8k: tokens/s, MFU, peak memory for chunked vs naive
+#   DFT, then the longest sequence that trains for each (gradient checkpointing on).
+# Usage on a GPU machine, from the repository root (needs torch + transformers >= 5; vldft is
+# used from this working tree, not installed):
+#   OUT=/some/dir bash bench/gpu.sh          # ~5-8 min on one H100; figures under $OUT
+#   OBJECTIVES=1 bash bench/gpu.sh           # also the loss-head micro-benchmark (+ ~4 min)
 set -euo pipefail
-OUT=${OUT:-bench}
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu_info.txt"
-timeout 480 python bench/objectives_gpu.py --out "$OUT/results_objectives_gpu.json" \
-  | tee "$OUT/objectives_gpu.md"
+OUT=${OUT:-bench/gpu_results}
+mkdir -p "$OUT"
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_info.txt"
+python -c "import torch, transformers; print('torch', torch.__version__, 'cuda', \
+torch.version.cuda, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu_info.txt"
+# gpu_train.json is rewritten after every measurement: a timeout keeps what was measured
+timeout 450 python bench/gpu_train.py --out "$OUT" 2>&1 | tee "$OUT/gpu_train.log" || true
+if [ "${OBJECTIVES:-0}" = 1 ]; then
+  timeout 240 python bench/objectives_gpu.py --shapes 3b --tokens 2048,8192,16384 --reps 3 \
+    --out "$OUT/results_objectives_gpu.json" | tee "$OUT/objectives_gpu.md" || true
+fi

