@@ -7,17 +7,19 @@
 # used from this working tree, not installed):
 #   OUT=/some/dir bash bench/gpu.sh          # ~5-8 min on one H100; figures under $OUT
 #   OBJECTIVES=1 bash bench/gpu.sh           # also the loss-head micro-benchmark (+ ~4 min)
+#   PYTHON=python TRAIN_TIMEOUT=600 bash bench/gpu.sh   # interpreter (default python3), time cap
 set -euo pipefail
 OUT=${OUT:-bench/gpu_results}
 mkdir -p "$OUT"
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+PY=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_info.txt"
-python -c "import torch, transformers; print('torch', torch.__version__, 'cuda', \
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', \
 torch.version.cuda, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu_info.txt"
 # gpu_train.json is rewritten after every measurement: a timeout keeps what was measured
-timeout 450 python bench/gpu_train.py --out "$OUT" 2>&1 | tee "$OUT/gpu_train.log" || true
+timeout "${TRAIN_TIMEOUT:-450}" "$PY" bench/gpu_train.py --out "$OUT" 2>&1 | tee "$OUT/gpu_train.log" || true
 if [ "${OBJECTIVES:-0}" = 1 ]; then
-  timeout 240 python bench/objectives_gpu.py --shapes 3b --tokens 2048,8192,16384 --reps 3 \
+  timeout 240 "$PY" bench/objectives_gpu.py --shapes 3b --tokens 2048,8192,16384 --reps 3 \
     --out "$OUT/results_objectives_gpu.json" | tee "$OUT/objectives_gpu.md" || true
 fi

@@ -134,19 +134,69 @@ def model_flops(model, length: int, n_targets: int, patches: int) -> float:
 
 
 # ----------------------------------------------------------------------------- one step
-def train_step(model, optimizer, batch: dict, spec: ObjectiveSpec, fake_oom: int = 0) -> float:
-    """ObjectiveModule.forward + accumulate_gradients for one micro-batch, then the update."""
+def train_step(model, optimizer, batch: dict, spec: ObjectiveSpec, fake_oom: int = 0,
+               phases: dict | None = None) -> float:
+    """ObjectiveModule.forward + accumulate_gradients for one micro-batch, then the update.
+
+    With ``phases`` (a dict), the device is synchronised after each phase and its seconds are
+    added under "forward" (vision + decoder to the final hidden states), "loss", "backward",
+    "clip" and "optimizer" (step + zero_grad): the profile mode, not the timed runs.
+    """
     if fake_oom and batch["input_ids"].shape[1] > fake_oom:
         raise FakeOOM(f"simulated out of memory above {fake_oom} tokens")
+    dev = batch["input_ids"].device.type
+    t = [time.perf_counter()]
+
+    def mark(name: str) -> None:
+        if phases is not None:
+            _sync(dev)
+            t.append(time.perf_counter())
+            phases[name] = phases.get(name, 0.0) + t[-1] - t[-2]
+
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     hidden = model.model(**inputs, use_cache=False).last_hidden_state
+    mark("forward")
     head = model.get_output_embeddings()
     out = compute_objective(hidden, head.weight, batch["labels"], spec, bias=head.bias)
+    mark("loss")
     (out.loss_sum / max(out.n_tokens, 1)).backward()
+    mark("backward")
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    mark("clip")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    mark("optimizer")
     return float(out.loss_sum.detach()) / max(out.n_tokens, 1)
+
+
+def profile(model, optimizer, method: str, length: int, args, device: str, dtype,
+            out: Path) -> dict:
+    """Seconds per phase (median of --steps, device synchronised between phases) and the
+    top operators of one step by device time (torch.profiler) -> profile_<method>_<L>.txt."""
+    spec = ObjectiveSpec(name="dft", implementation=method)
+    batch = make_batch(model, length, args.image_side, device, dtype)
+    for _ in range(args.warmup):
+        train_step(model, optimizer, batch, spec)
+    runs = []
+    for _ in range(args.steps):
+        ph: dict = {}
+        train_step(model, optimizer, batch, spec, phases=ph)
+        runs.append(ph)
+    phases = {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        train_step(model, optimizer, batch, spec)
+        _sync(device)
+    sort = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
+    (out / f"profile_{method}_{length}.txt").write_text(table)
+    print(table, flush=True)
+    del batch
+    _free(device)
+    return {"method": method, "seq_len": length, "phases_s": phases,
+            "step_s": round(sum(phases.values()), 4)}
 
 
 def _sync(device: str) -> None:
@@ -236,8 +286,12 @@ def longest_fit(model, optimizer, method: str, args, device: str, dtype, start: 
 # ----------------------------------------------------------------------------- main
 def markdown(result: dict) -> str:
     m = result["machine"]
+    a = result["args"]
+    opts = [o for o, on in (("fused AdamW", a.get("fused_adamw")),
+                            ("gradient checkpointing", a.get("gradient_checkpointing"))) if on]
     lines = [f"- {m['date']}; {m['device']}; torch {m['torch']}, transformers "
-             f"{m.get('transformers')}; peak {result['peak_tflops']} TFLOP/s bf16 dense",
+             f"{m.get('transformers')}; peak {result['peak_tflops']} TFLOP/s bf16 dense; "
+             f"{', '.join(opts) or 'default AdamW (foreach), no checkpointing'}",
              f"- command: `{result['command']}` ({result['wall_s']:.0f} s)",
              "", "| method | L | targets | step (ms) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -250,6 +304,13 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['method']} | {r['seq_len']} | {r['targets']} | "
                      f"{r['step_s'] * 1e3:.0f} | {r['tokens_per_s']:.0f} | "
                      f"{r['tflops_per_s']:.1f} | {mfu} | {r.get('peak_mem_gib', '-')} |")
+    if result.get("profile"):
+        names = list(result["profile"][0]["phases_s"])
+        lines += ["", "| phase times (ms, synchronised) | L | " + " | ".join(names) + " | sum |",
+                  "|---|---|" + "---|" * (len(names) + 1)]
+        for p in result["profile"]:
+            lines.append(f"| {p['method']} | {p['seq_len']} | " + " | ".join(
+                f"{p['phases_s'][n] * 1e3:.0f}" for n in names) + f" | {p['step_s'] * 1e3:.0f} |")
     if result["search"]:
         lines += ["", "| method (gradient checkpointing) | longest L that trains | first OOM |",
                   "|---|---|---|"]
@@ -272,6 +333,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--peak-tflops", type=float, default=None, help="default: from the device")
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench")),
                     help="directory for gpu_train.json (default: $OUT, else bench/)")
+    ap.add_argument("--profile", default="",
+                    help="comma-separated lengths: phase timings + operator table per method")
+    ap.add_argument("--fused-adamw", action="store_true",
+                    help="torch.optim.AdamW(fused=True) instead of the default (foreach)")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="timed runs with activation checkpointing (recomputation not counted "
+                         "in the model FLOPs, so MFU stays comparable)")
     ap.add_argument("--dry-run", action="store_true", help="tiny config on the CPU")
     ap.add_argument("--fake-oom-above", type=int, default=0,
                     help="dry run: pretend sequences longer than this run out of memory")
@@ -298,13 +366,15 @@ def main(argv=None) -> dict:
     print(f"[gpu] model {n_params / 1e9:.3f} B parameters, built in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     # bf16 parameters -> bf16 AdamW states (fp32 would need 45 GB more for 3B)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5,
+                                  **({"fused": True} if args.fused_adamw else {}))
     info = machine_info()
     info["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
     cmd = " ".join(["python bench/gpu_train.py", *(sys.argv[1:] if argv is None else argv)])
     result = {"machine": info, "command": cmd, "dry_run": args.dry_run, "args": vars(args),
               "params": n_params, "peak_tflops": args.peak_tflops,
-              "attn_implementation": model.config._attn_implementation, "rows": [], "search": []}
+              "attn_implementation": model.config._attn_implementation, "rows": [], "search": [],
+              "profile": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -312,6 +382,14 @@ def main(argv=None) -> dict:
         result["wall_s"] = round(time.perf_counter() - t0, 1)
         (out / "gpu_train.json").write_text(json.dumps(result, indent=2))
 
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    for length in [int(x) for x in args.profile.split(",") if x]:
+        for method in methods:
+            p = profile(model, optimizer, method, length, args, device, dtype, out)
+            result["profile"].append(p)
+            print(f"[gpu] {json.dumps(p)}", flush=True)
+            save()
     for length in seqs:
         for method in methods:
             r = measure(model, optimizer, method, length, args, device, dtype)
@@ -319,7 +397,8 @@ def main(argv=None) -> dict:
             print(f"[gpu] {json.dumps(r)}", flush=True)
             save()
     if not args.no_search:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
+        if not args.gradient_checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
         for method in methods:
             s = longest_fit(model, optimizer, method, args, device, dtype, max(seqs))
             result["search"].append(s)

@@ -38,3 +38,25 @@ def test_gpu_train_dry_run(tmp_path: Path) -> None:
         assert [p["seq_len"] for p in s["probes"]] == [160, 320, 640, 480]
     assert {s["method"] for s in data["search"]} == {"chunked", "naive"}
     assert "| chunked | 160 |" in res.stdout and "longest L that trains" in res.stdout
+
+
+def test_gpu_train_dry_run_profile_fused_checkpointing(tmp_path: Path) -> None:
+    """The options the H100 runs used: per-phase timings + operator table, fused AdamW,
+    gradient checkpointing in the timed rows."""
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_train.py"), "--dry-run",
+                          "--profile", "160", "--fused-adamw", "--gradient-checkpointing",
+                          "--methods", "chunked", "--no-search", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / "gpu_train.json").read_text())
+    assert data["args"]["fused_adamw"] and data["args"]["gradient_checkpointing"]
+    assert data["search"] == [] and [r["method"] for r in data["rows"]] == ["chunked"]
+    (prof,) = data["profile"]
+    phases = prof["phases_s"]
+    assert list(phases) == ["forward", "loss", "backward", "clip", "optimizer"]
+    assert all(v > 0 for v in phases.values())
+    assert abs(prof["step_s"] - sum(phases.values())) < 1e-3
+    table = (tmp_path / "profile_chunked_160.txt").read_text()
+    assert "aten::mm" in table or "aten::addmm" in table
+    assert "fused AdamW, gradient checkpointing" in res.stdout
+    assert "| chunked | 160 |" in res.stdout and "phase times" in res.stdout

@@ -125,6 +125,8 @@ class TrainConfig:
     projector_lr: float | None = None  # projector / merger lr (default: lr)
     weight_decay: float = 0.0  # AdamW weight decay (never applied to biases and norms)
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    optimizer_impl: Literal["auto", "fused", "foreach"] = "auto"  # AdamW kernels: fused (one
+    # kernel per step, CPU and CUDA); auto = fused except under FSDP / DeepSpeed (foreach)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # lr decay after warmup
     warmup_ratio: float = 0.1  # fraction of steps with linear lr warmup
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)

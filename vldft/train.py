@@ -186,9 +186,15 @@ def accumulate_gradients(module: nn.Module, micro_batches: list[dict],
     return {"n_tokens": n_global, **dict(zip(keys, totals, strict=True))}
 
 
-def build_optimizer(adapter: Adapter, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW with one group per (part, decay): per-part learning rates, no decay on 1-D params."""
+def build_optimizer(adapter: Adapter, cfg: Config, sharded: bool = False) -> torch.optim.Optimizer:
+    """AdamW with one group per (part, decay): per-part learning rates, no decay on 1-D params.
+
+    ``train.optimizer_impl`` picks torch's kernels: ``fused`` (one kernel for all tensors;
+    measured 0.18 -> 0.04 s per step on the CPU benchmark model and 70 -> 29 ms at 3B on an
+    H100, bench/RESULTS.md) or ``foreach``; ``auto`` is fused unless ``sharded`` (FSDP /
+    DeepSpeed, whose sharded parameters vldft has not run with the fused kernel)."""
     t = cfg.train
+    fused = t.optimizer_impl == "fused" or (t.optimizer_impl == "auto" and not sharded)
     lrs = {"language": t.lr, "vision": t.vision_lr or t.lr, "projector": t.projector_lr or t.lr}
     groups = []
     for part, named in adapter.parts().items():
@@ -198,7 +204,8 @@ def build_optimizer(adapter: Adapter, cfg: Config) -> torch.optim.Optimizer:
             if chosen:
                 groups.append({"params": chosen, "lr": lrs[part], "name": f"{part}",
                                "weight_decay": t.weight_decay if decay else 0.0})
-    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.adam_betas))
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.adam_betas),
+                             **({"fused": True} if fused else {"foreach": True}))
 
 
 def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, skips: Counter,
@@ -361,7 +368,8 @@ def main(cfg: Config) -> dict:
         + f"; trainable {n_trainable / 1e6:.2f}M"
         + (f" (LoRA r={cfg.model.lora.r} on {cfg.model.lora.parts})" if cfg.model.lora else "")
         + f"; frozen: {cfg.model.freeze or 'none'}; {len(samples)} training samples; "
-        f"engine {accelerator.distributed_type.value} x {accelerator.num_processes}")
+        f"engine {accelerator.distributed_type.value} x {accelerator.num_processes} on "
+        f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
     if is_main:
         bytes_per = next(adapter.model.parameters()).element_size()
         check_free_space(out_dir, checkpoint_bytes(sum(n_params.values()), n_trainable,
@@ -386,7 +394,8 @@ def main(cfg: Config) -> dict:
     world = accelerator.num_processes
     grad_accum = t.global_batch_size // (t.micro_batch_size * world) if t.global_batch_size \
         else t.grad_accum
-    optimizer = build_optimizer(adapter, cfg)
+    optimizer = build_optimizer(adapter, cfg, sharded=accelerator.distributed_type in (
+        DistributedType.FSDP, DistributedType.DEEPSPEED))
     lm_group = next((i for i, g in enumerate(optimizer.param_groups)
                      if g["name"] == "language"), 0)  # the logged lr
     module = ObjectiveModule(adapter)
