@@ -139,19 +139,20 @@ def train_step(model, optimizer, batch: dict, spec: ObjectiveSpec, fake_oom: int
     """ObjectiveModule.forward + accumulate_gradients for one micro-batch, then the update.
 
     With ``phases`` (a dict), the device is synchronised after each phase and its seconds are
-    added under "forward" (vision + decoder to the final hidden states), "loss", "backward",
+    stored under "forward" (vision + decoder to the final hidden states), "loss", "backward",
     "clip" and "optimizer" (step + zero_grad): the profile mode, not the timed runs.
     """
     if fake_oom and batch["input_ids"].shape[1] > fake_oom:
         raise FakeOOM(f"simulated out of memory above {fake_oom} tokens")
     dev = batch["input_ids"].device.type
-    t = [time.perf_counter()]
+    last = time.perf_counter()
 
     def mark(name: str) -> None:
+        nonlocal last
         if phases is not None:
             _sync(dev)
-            t.append(time.perf_counter())
-            phases[name] = phases.get(name, 0.0) + t[-1] - t[-2]
+            now = time.perf_counter()
+            phases[name], last = now - last, now
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     hidden = model.model(**inputs, use_cache=False).last_hidden_state

@@ -284,11 +284,16 @@ def _mixed_precision(cfg: Config) -> str:
     return mp
 
 
+def _sharded(accelerator: Accelerator) -> bool:
+    """True under FSDP / DeepSpeed: parameters are sharded across ranks."""
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def _model_writer(adapter: Adapter, accelerator: Accelerator, module: nn.Module):
     """A function writing the Hugging Face files of the current weights. Under FSDP /
     DeepSpeed the parameters are sharded: their full state dict is gathered first (a
     collective, so every rank calls this)."""
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if _sharded(accelerator):
         full = accelerator.get_state_dict(module)
         state = {k[len("model."):]: v for k, v in (full or {}).items()
                  if k.startswith("model.")}
@@ -394,8 +399,7 @@ def main(cfg: Config) -> dict:
     world = accelerator.num_processes
     grad_accum = t.global_batch_size // (t.micro_batch_size * world) if t.global_batch_size \
         else t.grad_accum
-    optimizer = build_optimizer(adapter, cfg, sharded=accelerator.distributed_type in (
-        DistributedType.FSDP, DistributedType.DEEPSPEED))
+    optimizer = build_optimizer(adapter, cfg, sharded=_sharded(accelerator))
     lm_group = next((i for i, g in enumerate(optimizer.param_groups)
                      if g["name"] == "language"), 0)  # the logged lr
     module = ObjectiveModule(adapter)
