@@ -2,6 +2,7 @@
 
 import pytest
 
+from vldft.eval import scoring
 from vldft.eval.scoring import extract_answer, is_correct, normalize, score, to_number
 
 CH4 = ["30", "45", "60", "90"]
@@ -39,12 +40,53 @@ CASES = [
     ("Using the tangent ratio we get option C", "C", CH4, "C", True),
     ("\\boxed{B}", "B", CH4, "B", True),
     ("I am not sure.", "A", CH4, None, False),
+    # a final LaTeX fraction / radical wins over "the last number" inside it
+    ("\\frac{1}{2}", "0.5", None, "\\frac{1}{2}", True),
+    ("So the probability is $\\frac{3}{4}$.", "3/4", None, "\\frac{3}{4}", True),
+    ("2\\sqrt{3}", "2\\sqrt{3}", None, "2\\sqrt{3}", True),
+    ("The side is \\sqrt{12}", "2\\sqrt{3}", None, "\\sqrt{12}", True),
+    ("4\\sqrt{3}", "4 \\sqrt { 3 }", None, "4\\sqrt{3}", True),
+    ("x = \\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", None, "\\frac{\\sqrt{3}}{2}", True),
+    ("The radius is \\sqrt{13}", "2\\sqrt{3}", None, "\\sqrt{13}", False),
+    ("Half of \\frac{1}{2} of 10 is 2.5", "2.5", None, "2.5", True),
+    # units glued to the number; exponents are not "the last number"
+    ("Answer: 6 cm", "6cm", None, "6 cm", True),
+    ("Answer: 60°", "60", None, "60°", True),
+    ("The area is 12cm^2.", "12", None, "12", True),
+    ("Answer: 12cm^2", "12 cm", None, "12cm^2", True),
+    ("Answer: 5 units", "5", None, "5 units", True),
+    ("The temperature dropped to -3 degrees.", "-3", None, "-3", True),
+    ("The answer is -3.", "3", None, "-3", False),
+    ("The share is 25%.", "25%", None, "25", True),
+    ("Answer: 25%", "0.25", None, "25%", False),
+    # choice letters in a sentence
+    ("So the correct option is C.", "C", CH4, "C", True),
+    ("So the correct option is C.", "B", CH4, "C", False),
+    ("Therefore, the correct answer is (B)", "B", CH4, "(B)", True),
+    ("Option D is correct", "D", CH4, "D", True),
+    ("the correct option is a right angle", "right angle", None, None, False),
+    # duplicated option text: a prediction equal to the gold option's value is right
+    ("Answer: 52", "B", ["38", "52", "52", "62"], "52", True),
+    ("Answer: 38", "B", ["38", "52", "52", "62"], "38", False),
+    # the gold given as the option text (MathVista): a letter answer names that text
+    ("Answer: C", "5", ["3", "4", "5", "6"], "C", True),
+    ("(C)", "5", ["3", "4", "5", "6"], "C", True),
+    ("(B)", "5", ["3", "4", "5", "6"], "B", False),
+    ("Answer: 5", "5", ["3", "4", "5", "6"], "5", True),
+    ("The correct option is C.", "4", ["3", "4", "5", "6"], "C", False),
 ]
 
 
 @pytest.mark.parametrize(("text", "target", "choices", "extracted", "correct"), CASES)
 def test_table(text, target, choices, extracted, correct):
     assert extract_answer(text, choices) == extracted
+    assert score(text, target, choices) == (extracted, correct)
+
+
+@pytest.mark.parametrize(("text", "target", "choices", "extracted", "correct"), CASES)
+def test_table_without_math_verify(monkeypatch, text, target, choices, extracted, correct):
+    """The rules alone (fractions, radicals, units) score the table without math-verify."""
+    monkeypatch.setattr(scoring, "_math_verify", lambda: None)
     assert score(text, target, choices) == (extracted, correct)
 
 
@@ -62,14 +104,30 @@ def test_normalize(raw, norm):
 
 @pytest.mark.parametrize(("raw", "value"), [
     ("3/4", 0.75), ("\\frac{1}{2}", 0.5), ("-2.5", -2.5), ("1,000", 1000.0), ("12 cm", 12.0),
-    ("3 or 4", None), ("pentagon", None), ("1/0", None)])
+    ("3 or 4", None), ("pentagon", None), ("1/0", None), ("2\\sqrt{3}", pytest.approx(2 * 3**0.5)),
+    ("\\frac{\\sqrt3}{2}", pytest.approx(3 ** 0.5 / 2)), ("-\\sqrt{4}", -2.0), ("6cm", 6.0),
+    ("\\sqrt[3]{8}", pytest.approx(2.0)), ("\\frac{1}{0}", None), ("\\sqrt{x}", None),
+    ("2\\frac{1}{2}", None), ("-", None)])
 def test_to_number(raw, value):
     assert to_number(raw) == value
 
 
 def test_choice_text_counts_only_when_unambiguous():
-    assert is_correct("60", "C", CH4) and not is_correct("60", "C", ["60", "45", "60", "90"])
+    # Duplicated option texts used to make "60" wrong for gold C in ["60", "45", "60", "90"];
+    # that was itself a mis-score: "60" *is* the gold option's value (A and C say the same).
+    assert is_correct("60", "C", CH4) and is_correct("60", "C", ["60", "45", "60", "90"])
     assert is_correct("(c)", "C", CH4) and not is_correct("B", "C", CH4)
+    # ambiguous: the prediction matches options whose values differ from each other
+    assert not is_correct("1.00008", "A", ["1", "1.00016", "2", "3"])
+    assert is_correct("1", "A", ["1", "1.00016", "2", "3"])
+
+
+def test_letter_answer_against_gold_option_text():
+    choices = ["3", "4", "5", "6"]
+    assert is_correct("C", "5", choices) and is_correct("(c)", "5", choices)
+    assert not is_correct("B", "5", choices) and not is_correct("C", "4", choices)
+    assert is_correct("B", "52", ["38", "52", "52", "62"])
+    assert not is_correct("C", "5", None)
 
 
 def test_heldout_uses_the_shared_scorer():

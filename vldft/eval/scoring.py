@@ -5,14 +5,25 @@ in-training held-out accuracy (``vldft.heldout``).
 1. the last ``<answer>...</answer>`` block (reasoning-format outputs; searched further below),
 2. the last ``\\boxed{...}`` (balanced braces),
 3. the last "Answer: X" / "answer is X" (rest of that line or sentence),
-4. with ``choices``: a final choice letter ("(C)", "option C", "C." at a line start, a bare "C"),
-5. the last number in the text.
+4. with ``choices``: a final choice letter ("(C)", "option C", "the correct option is C",
+   "C." at a line start, a bare "C"),
+5. whichever ends later: the last LaTeX fraction / radical expression (``\\frac{1}{2}``,
+   ``2\\sqrt{3}``, ``\\frac{\\sqrt{3}}{2}``) or the last number (not an exponent like ``cm^2``).
 
 ``is_correct(pred, target, choices)`` compares after normalisation (case, markdown, ``$``,
-``\\text{}``, a leading article, "x =" prefixes, degree and length units): choice letters (a
-prediction may also give the choice's text), numbers with a relative tolerance (fractions,
-``\\frac``, thousands separators), plain strings, and finally ``math-verify`` equivalence when that
-package imports (lmms-eval depends on it; see the README for the version caveat).
+``\\text{}``, a leading article, "x =" prefixes, spaces around LaTeX braces, degree signs,
+percent signs and units that follow a number, glued or not: "6cm", "12 cm^2", "5 units"):
+numbers with a relative tolerance (fractions, ``\\frac``, thousands separators, and products of
+numbers, ``\\frac`` and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain strings, and
+finally ``math-verify`` equivalence when that package imports (lmms-eval depends on it; see the
+README for the version caveat). With ``choices``:
+
+- a letter target (geometry3k): a predicted letter must be that letter; a predicted text counts
+  when it matches the gold option and every option it matches has the gold option's value. So
+  "52" is right for gold B in ["38", "52", "52", "62"] (B and C say the same thing), but a
+  prediction matching two options whose values differ is ambiguous and wrong.
+- a text target (MathVista): the prediction may match the text itself, or name a letter whose
+  option text matches it ("(C)" is right for target "5" in ["3", "4", "5", "6"]).
 """
 
 from __future__ import annotations
@@ -26,10 +37,17 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 _ANSWER_IS = re.compile(
     r"(?:final\s+answer|answer)\s*(?:is|:|=)\s*(?:\*\*)?\s*:?\s*([^\n]+)", re.IGNORECASE)
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?")
+_NUMBER = re.compile(r"(?<![\d.^_])(?<!\^\{)[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+                     r"(?:\s*/\s*\d+(?:\.\d+)?)?")
+_BRACES = r"\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"  # up to three levels deep
+_ARG = rf"(?:{_BRACES}|\d)"
+_TERM = rf"\\[dt]?frac\s*{_ARG}\s*{_ARG}|\\sqrt\s*(?:\[[^\]]*\])?\s*{_ARG}"
+_MATH = re.compile(rf"(?:\d+(?:\.\d+)?\s*[-+]\s*|-\s*)?(?:\d+(?:\.\d+)?\s*)?(?:{_TERM})"
+                   rf"(?:\s*(?:{_TERM}))*")
 _UNITS = re.compile(
-    r"(?:\^\s*\{?\\circ\}?|\\circ|°|\bdegrees?\b|\bdeg\b|\bunits?\b|\bcm\b|\bmm\b|\bm\b|"
-    r"\bsq\.?\s*units\b|\\%|%)", re.IGNORECASE)
+    r"\^\s*\{?\\circ\}?|\\circ|°|\\%|%|(?<=[\d}])\s*(?:sq\.?\s*|square\s+)?(?:units?|degrees?|"
+    r"deg|[ckm]?m|meters?|centimeters?|inch(?:es)?|ft|feet)(?:\s*\^\s*\{?[23]\}?|[²³])?(?![a-z])",
+    re.IGNORECASE)
 
 
 def _last_boxed(text: str) -> str | None:
@@ -64,12 +82,14 @@ def _choice_letter(text: str, choices: list[str]) -> str | None:
     stripped = text.strip().strip("*`'\".:()[] ")
     if len(stripped) == 1 and stripped.upper() in valid:
         return stripped.upper()
-    patterns = (rf"\(([{valid}])\)", rf"(?:option|choice)\s*\(?([{valid}])\b",
-                rf"(?m)^\s*\(?([{valid}])[.):]", rf"\b([{valid}])\s*$")
+    # (pattern, whether a lower-case letter counts: "option c" yes, "the answer is a ..." no)
+    patterns = ((rf"\(([{valid}])\)", False), (rf"(?:option|choice)\s*\(?([{valid}])\b", True),
+                (rf"(?:answer|option|choice)\s+is\s*:?\s*\(?([{valid}])\b", False),
+                (rf"(?m)^\s*\(?([{valid}])[.):]", False), (rf"\b([{valid}])\s*$", False))
     found: list[tuple[int, str]] = []
-    for pattern in patterns:
+    for pattern, lower_ok in patterns:
         found += [(m.start(1), m.group(1)) for m in re.finditer(pattern, text, re.IGNORECASE)
-                  if m.group(1).isupper() or pattern.startswith(r"(?:option")]
+                  if m.group(1).isupper() or lower_ok]
     return max(found)[1].upper() if found else None
 
 
@@ -88,8 +108,10 @@ def extract_answer(text: str | None, choices: list[str] | None = None) -> str | 
         letter = _choice_letter(text, choices)
         if letter:
             return letter
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].strip() if numbers else None
+    # the last number, unless it is part of (or before) a final \\frac / \\sqrt expression
+    last = max((m for pattern in (_MATH, _NUMBER) for m in pattern.finditer(text)),
+               key=lambda m: (m.end(), -m.start()), default=None)
+    return last.group().strip() if last else None
 
 
 def normalize(answer: str) -> str:
@@ -100,21 +122,72 @@ def normalize(answer: str) -> str:
     s = s.strip("$*`'\" ").lower()
     if "=" in s and not s.endswith("="):
         s = s.rsplit("=", 1)[1]
+    s = re.sub(r"\s+\\", r"\\", re.sub(r"\s*([{}])\s*", r"\1", s)).replace("\\tfrac", "\\frac")
     s = _UNITS.sub(" ", s)
     s = re.sub(r"^(?:a|an|the)\s+", "", s.strip())
     s = re.sub(r"\s+", " ", s).strip(" .,;:!?*`'\"")
     return s
 
 
+def _group(s: str, i: int) -> tuple[str, int] | None:
+    """The ``{...}`` group (or one digit: ``\\sqrt3``) at ``s[i]`` and the index after it."""
+    if s[i: i + 1].isdigit():
+        return s[i], i + 1
+    if s[i: i + 1] != "{":
+        return None
+    depth = 0
+    for j in range(i, len(s)):
+        depth += {"{": 1, "}": -1}.get(s[j], 0)
+        if depth == 0:
+            return s[i + 1: j], j + 1
+    return None
+
+
+def _latex_value(s: str) -> float | None:
+    """Value of a (space-free) product of a number, ``\\frac{a}{b}`` and ``\\sqrt[n]{a}``, or None
+    (a number before ``\\frac``, "2\\frac{1}{2}", may be a mixed number: left to math-verify)."""
+    if not s.lstrip("-"):
+        return None
+    value, i = (-1.0, 1) if s.startswith("-") else (1.0, 0)
+    number = re.match(r"\d+(?:\.\d+)?", s[i:])
+    if number:
+        value, i = value * float(number.group()), i + number.end()
+        if s.startswith("\\frac", i):
+            return None
+    while i < len(s):
+        command = re.match(r"\\frac|\\sqrt(?:\[(\d+)\])?", s[i:])
+        if not command:
+            return None
+        i, parts = i + command.end(), []
+        for _ in range(2 if command.group().startswith("\\frac") else 1):
+            group = _group(s, i)
+            inner = _value(group[0]) if group else None
+            if inner is None:
+                return None
+            parts.append(inner)
+            i = group[1]
+        if len(parts) == 2:
+            if not parts[1]:
+                return None
+            value *= parts[0] / parts[1]
+        elif parts[0] < 0:
+            return None
+        else:
+            value *= parts[0] ** (1 / float(command.group(1) or 2))
+    return value
+
+
 def to_number(answer: str) -> float | None:
-    """A number from a normalised answer: "1,250", "-2.5", "3/4", "\\frac{3}{4}"; else None."""
-    s = normalize(answer).replace(" ", "")
-    frac = re.fullmatch(r"(-?)\\frac\{?(-?[\d.]+)\}?\{?(-?[\d.]+)\}?", s)
-    if frac:
-        s = f"{frac.group(1)}{frac.group(2)}/{frac.group(3)}"
+    """A number from a normalised answer: "1,250", "-2.5", "3/4", "\\frac{3}{4}", "2\\sqrt{3}",
+    "\\frac{\\sqrt{3}}{2}", "6 cm"; else None."""
+    return _value(normalize(answer).replace(" ", ""))
+
+
+def _value(s: str) -> float | None:
+    """A space-free "1,250" / "-2.5" / "3/4" / LaTeX product as a float, else None."""
     if not re.fullmatch(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|"
                         r"[-+]?\.\d+", s):
-        return None
+        return _latex_value(s)
     s = s.replace(",", "")
     try:
         if "/" in s:
@@ -152,13 +225,23 @@ def is_correct(pred: str | None, target: str, choices: list[str] | None = None,
     if pred is None or not str(pred).strip():
         return False
     target = str(target).strip()
+    letter = _choice_letter(pred, choices) if choices else None
     if choices and len(target) == 1 and target.upper() in LETTERS[: len(choices)]:
-        letter = _choice_letter(pred, choices)
         if letter is not None:
             return letter == target.upper()
-        # the choice's text counts when it names that choice and no other one
-        hits = [i for i, c in enumerate(choices) if is_correct(pred, c)]
-        return hits == [LETTERS.index(target.upper())]
+        # the choice's text counts when it matches the gold option, and every option it
+        # matches has the gold option's value (duplicated option texts are not ambiguous)
+        gold = choices[LETTERS.index(target.upper())]
+        hits = [c for c in choices if is_correct(pred, c)]
+        return gold in hits and all(is_correct(c, gold) for c in hits)
+    if _same(pred, target, rel_tol):
+        return True
+    # a gold given as the option text (MathVista): a letter names its option's text
+    return letter is not None and _same(choices[LETTERS.index(letter)], target, rel_tol)
+
+
+def _same(pred: str, target: str, rel_tol: float) -> bool:
+    """Whether two answers agree as strings, numbers or (with math-verify) math expressions."""
     p, t = normalize(pred), normalize(target)
     if p == t:
         return True
