@@ -10,8 +10,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # the eval extra (lmms-eval, decord) is part of both: `make test` runs the lmms-eval tests offline
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# eval/pins.txt: math-verify + antlr4 versions pip's resolver cannot pick (see that file)
+$(VENV)/.installed: pyproject.toml eval/pins.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,eval]"
+	$(BIN)/pip install --quiet --no-deps -r eval/pins.txt
 	touch $@
 
 demo: $(VENV)/.installed

@@ -14,9 +14,8 @@ from PIL import Image
 pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
 
 from vldft.config import load_config  # noqa: E402
-from vldft.eval.local_tasks import LocalDataError, load_geometry3k  # noqa: E402
 from vldft.eval.report import compare  # noqa: E402
-from vldft.eval.run import SUITES, evaluate, resolve_tasks  # noqa: E402
+from vldft.eval.run import SUITES, EvalSetupError, evaluate, resolve_tasks  # noqa: E402
 from vldft.train import main as train_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +27,7 @@ def _offline(monkeypatch):
     """No hub access: any attempt to download fails the test instead of hanging."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(var, "1")
-    for var in ("VLDFT_EVAL_DATA", "VLDFT_GEO_HELDOUT", "VLDFT_GEOMETRY3K"):
+    for var in ("VLDFT_EVAL_DATA", "VLDFT_GEO_HELDOUT"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -61,54 +60,81 @@ def demo_ckpt(tmp_path_factory):
     return tmp / "run" / "final"
 
 
-def _geometry3k_copy(root: Path, n: int = 3) -> Path:
-    """A local file in the schema of Yang130/geometry3k_4choices_mixed (built here, never
-    downloaded): images, problem, choices, ground_truth (letter)."""
-    (root / "img").mkdir(parents=True)
-    lines = []
-    for i in range(n):
-        Image.new("RGB", (60 + 10 * i, 50), "white").save(root / "img" / f"{i}.png")
-        lines.append(json.dumps({"images": [f"img/{i}.png"],
-                                 "problem": f"Find x. Angle {i}: x + 30 = {60 + i}.",
-                                 "choices": [str(30 + i), "45", "60", "90"],
-                                 "ground_truth": "A"}))
-    path = root / "test.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def test_trained_checkpoint_through_lmms_eval(demo_ckpt, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("VLDFT_GEOMETRY3K", str(_geometry3k_copy(tmp_path / "g3k")))
+USER_TASK = """task: my_geoqa_copy
+class: !function vldft.eval.local_tasks.VldftTask
+dataset_path: parquet
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function vldft.eval.local_tasks.geoqa_doc_to_visual
+doc_to_text: !function vldft.eval.local_tasks.geoqa_doc_to_text
+doc_to_target: !function vldft.eval.local_tasks.geoqa_doc_to_target
+process_results: !function vldft.eval.local_tasks.geoqa_process_results
+generation_kwargs:
+  max_new_tokens: 8
+metric_list:
+  - metric: accuracy
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_every_suite_task_scores_the_checkpoint_offline(demo_ckpt, tmp_path, monkeypatch, capsys):
+    """The whole geo suite (8 benchmarks) + the bundled held-out task + a user's own task
+    (--include-path) through lmms-eval's real evaluator, from local copies in both layouts,
+    offline, with no API key; then the paper-style comparison of two runs."""
+    from bench_docs import write_hub_copy, write_upstream_copy
+
+    from vldft.eval.benchmarks import BENCHMARKS, HEADLINE
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    data = tmp_path / "bench"
+    for i, name in enumerate(BENCHMARKS):
+        (write_hub_copy if i % 2 else write_upstream_copy)(name, data, *(
+            [tmp_path] if i % 2 else []))
+    user = tmp_path / "my_tasks"
+    user.mkdir()
+    (user / "my_geoqa.yaml").write_text(USER_TASK.format(path=data / "geoqa" / "test.parquet"))
     out = tmp_path / "eval"
-    written = evaluate(str(demo_ckpt), ["vldft_geo_heldout", "geometry3k_local"], out,
-                       limit=4, batch_size=2, max_new_tokens=24)
+    written = evaluate(str(demo_ckpt), ["vldft_geo_heldout", "my_geoqa_copy"], out,
+                       suites=["geo"], limit=2, batch_size=2, data_dir=data,
+                       max_new_tokens=8, include_paths=[user])
 
     results = json.loads((out / "results.json").read_text())
-    raw = results["lmms_eval"]["results"]
-    for task in ("vldft_geo_heldout", "geometry3k_local"):
-        assert 0.0 <= raw[task]["accuracy,none"] <= 1.0
-        assert results["lmms_eval"]["n-samples"][task]["effective"] == (4 if "geo_" in task
-                                                                        else 3)
-    assert {r["task"] for r in written["rows"]} == {"vldft_geo_heldout", "geometry3k_local"}
+    tasks = [*SUITES["geo"], "vldft_geo_heldout", "my_geoqa_copy"]
+    assert sorted(results["lmms_eval"]["results"]) == sorted(tasks)
+    for task in tasks:
+        assert results["lmms_eval"]["n-samples"][task]["effective"] == 2
+        metric = HEADLINE.get(task, "accuracy")
+        row = next(r for r in written["rows"] if r["task"] == task and r["metric"] == metric)
+        assert 0.0 <= row["value"] <= 100.0 and row["n"] == 2
+        assert len(_read_jsonl(out / f"samples_{task}.jsonl")) == 2
+    assert results["vldft"]["environment"]["OPENAI_API_KEY"].startswith("placeholder")
+    assert results["vldft"]["data_dir"] == str(data.resolve())
     logs = _read_jsonl(out / "samples_vldft_geo_heldout.jsonl")
-    assert len(logs) == 4 and all({"response", "extracted", "accuracy"} <= r.keys() for r in logs)
     assert [r["target"] for r in logs] == [json.loads(x)["answer"] for x in (
-        ROOT / "data/geo_demo/heldout.jsonl").read_text().splitlines()[:4]]
-    assert len(_read_jsonl(out / "samples_geometry3k_local.jsonl")) == 3
+        ROOT / "data/geo_demo/heldout.jsonl").read_text().splitlines()[:2]]
     assert "| vldft_geo_heldout | accuracy |" in (out / "summary.md").read_text()
+    with pytest.raises(EvalSetupError, match="--overwrite"):
+        evaluate(str(demo_ckpt), ["vldft_geo_heldout"], out)
 
-    # compare: the table to stdout and a file, the chart as PNG; differences vs the first run
+    # compare: benchmarks as columns, an average column, deltas against the first run
     other = tmp_path / "other"
     other.mkdir()
     edited = dict(results, metrics=[dict(r, value=r["value"] + 0.25) for r in results["metrics"]])
     (other / "results.json").write_text(json.dumps(edited))
     table = compare([out, other], tmp_path / "cmp")
+    head = table.splitlines()[0]
+    assert head.startswith("| run | ") and head.endswith(" | avg |") and "geoqa" in head
     assert "(+0.2500)" in table and table in capsys.readouterr().out
     assert (tmp_path / "cmp" / "comparison.md").read_text() == table
+    assert (tmp_path / "cmp" / "comparison.csv").read_text().startswith("run,")
     assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -145,22 +171,6 @@ def test_suite_names_exist_in_installed_lmms_eval():
     known = set(TaskManager("ERROR", include_path=str(TASK_DIR)).all_tasks)
     for names in SUITES.values():
         assert set(names) <= known, set(names) - known
-
-
-def test_local_geometry3k_errors_name_file_line_and_key(tmp_path, monkeypatch):
-    path = _geometry3k_copy(tmp_path)
-    monkeypatch.setenv("VLDFT_GEOMETRY3K", str(path))
-    ds = load_geometry3k()
-    assert len(ds) == 3 and ds[0]["images"][0].size == (60, 50) and ds[0]["ground_truth"] == "A"
-    rows = path.read_text().splitlines()
-    bad = json.loads(rows[1])
-    del bad["choices"]
-    path.write_text("\n".join([rows[0], json.dumps(bad)]) + "\n")
-    with pytest.raises(LocalDataError, match=r"test\.jsonl:2: missing key 'choices'"):
-        load_geometry3k()
-    monkeypatch.setenv("VLDFT_GEOMETRY3K", str(tmp_path / "absent.jsonl"))
-    with pytest.raises(LocalDataError, match="absent.jsonl: file not found"):
-        load_geometry3k()
 
 
 SHAPES = ("circle", "square", "triangle", "pentagon", "hexagon")

@@ -1,69 +1,122 @@
-"""lmms-eval tasks over local files (no hub access): used by the task YAMLs in ``eval/``.
+"""lmms-eval task classes and functions of vldft (imported by lmms-eval; needs the eval extra).
 
-``LocalTask`` is named by ``class:`` in those YAMLs. It is lmms-eval's own message task
-(``ConfigurableMessagesTask``: prompts, generation, metrics and aggregation all stay
-lmms-eval's) with one change: ``download`` builds the test split from local files instead of
-``datasets.load_dataset(hub id)``. Where the files are:
+``VldftTask`` is lmms-eval's own message task (``ConfigurableMessagesTask``: prompts, generation,
+metrics and aggregation all stay lmms-eval's); ``VldftSimpleTask`` the same over
+``ConfigurableTask`` for lmms-eval's "simple" model classes. ``vldft.eval.run`` builds every
+requested task from its YAML config with one of them, so that:
 
-- ``VLDFT_EVAL_DATA`` (``python -m vldft.eval --data-dir DIR`` sets it): a directory holding
-  ``geo_demo/heldout.jsonl`` (vldft's synthetic held-out split, normalised JSONL) and
-  ``geometry3k/test.parquet`` or ``geometry3k/test.jsonl`` (the schema of the hub dataset
-  ``Yang130/geometry3k_4choices_mixed``: ``images``, ``problem``, ``choices``, ``ground_truth``).
-- ``VLDFT_GEO_HELDOUT`` / ``VLDFT_GEOMETRY3K``: a file for one task, overriding the above.
-- Without either, the synthetic task reads the bundled ``data/geo_demo/heldout.jsonl``.
+- a benchmark with a local copy (``--data-dir``) reads its test split from local files
+  (``vldft.eval.benchmarks.load_local``; ``dataset_kwargs: {vldft_local: <benchmark>}``) instead
+  of ``datasets.load_dataset(<hub id>)``: a stock task's prompt, extraction and metrics run
+  unchanged on the same rows;
+- aggregations that divide by the number of correct answers report 0 (with the sample count)
+  instead of crashing on an all-wrong run (lmms-eval's WeMath does).
 
-The tasks need a chat model class (``vldft``, and lmms-eval's ``qwen2_5_vl`` / ``llava_hf``
-resolve to theirs by default).
+The YAMLs in the repository's ``eval/`` folder use ``VldftTask`` directly:
+``vldft_geo_heldout`` (vldft's synthetic held-out split) and ``geoqa`` (GeoQA test, which
+lmms-eval lacks), both scored by vldft's shared rule-based scorer.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import logging
 import os
 from pathlib import Path
 
 import datasets
-from lmms_eval.api.task import ConfigurableMessagesTask
+from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
 from PIL import Image
 
 from vldft.data import load_jsonl
-from vldft.eval.scoring import LETTERS, score
+from vldft.eval.benchmarks import BENCHMARKS, LETTERS, LocalDataError, load_local
+from vldft.eval.scoring import extract_answer, is_correct, score
 
+log = logging.getLogger("vldft.eval")
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
-G3K_COLUMNS = ("images", "problem", "choices", "ground_truth")
+LOCAL_KEY = "vldft_local"  # dataset_kwargs key: read this benchmark from its local copy
 
 
-class LocalDataError(ValueError):
-    """A local evaluation file is missing or malformed; the message names the file / row / key."""
+def guard_aggregation(fn, task: str, metric: str):
+    """``fn`` that reports 0.0 (and logs why) where it would divide by zero."""
+
+    @functools.wraps(fn)
+    def aggregate(items):
+        try:
+            return fn(items)
+        except ZeroDivisionError:
+            log.warning("%s %s: the aggregation divided by zero on %d samples (no correct "
+                        "answer, or none of a kind); reported 0.0", task, metric, len(items))
+            return 0.0
+
+    return aggregate
 
 
-def data_file(env: str, default_rel: str, bundled: Path | None = None) -> Path:
-    """The file a task reads: ``$env``, else ``$VLDFT_EVAL_DATA/default_rel``, else ``bundled``."""
-    if os.environ.get(env):
-        path = Path(os.environ[env])
-    elif os.environ.get("VLDFT_EVAL_DATA"):
-        path = Path(os.environ["VLDFT_EVAL_DATA"]) / default_rel
-    elif bundled is not None:
-        path = bundled
-    else:
-        raise LocalDataError(f"no data for this task: set VLDFT_EVAL_DATA (--data-dir) to a "
-                             f"directory with {default_rel}, or {env} to a file")
-    if path.is_dir():  # a directory: its test split
-        found = [path / f"test.{ext}" for ext in ("parquet", "jsonl") if (path / f"test.{ext}")
-                 .is_file()]
-        if not found:
-            raise LocalDataError(f"{path}: no test.parquet or test.jsonl in this directory")
-        path = found[0]
-    if not path.is_file():
-        raise LocalDataError(f"{path}: file not found (from {env} / VLDFT_EVAL_DATA)")
-    return path
+class _LocalData:
+    """The download step of vldft's tasks: local files where ``dataset_kwargs`` says so."""
+
+    def __init__(self, config: dict | None = None, model_name: str | None = None, **kwargs):
+        config = {k: v for k, v in (config or {}).items() if k != "class"}
+        for m in config.get("metric_list") or []:
+            if callable(m.get("aggregation")):
+                m["aggregation"] = guard_aggregation(m["aggregation"], config.get("task"),
+                                                     m.get("metric"))
+        super().__init__(config=config, model_name=model_name or self.default_model_name,
+                         **kwargs)
+
+    default_model_name: str | None = None
+
+    def download(self, dataset_kwargs=None) -> None:
+        kwargs = dict(dataset_kwargs or {})
+        local = kwargs.pop(LOCAL_KEY, None)
+        if local is None:
+            return super().download(kwargs or None)
+        if local == "geo_heldout":
+            ds = load_geo_heldout(self.config.dataset_path)
+        elif local in BENCHMARKS:
+            ds = load_local(BENCHMARKS[local], self.config.dataset_path)
+        else:
+            raise LocalDataError(f"task {self.config.task}: unknown local dataset {local!r}")
+        split = self.config.test_split
+        if self.config.process_docs is not None:
+            ds = self.config.process_docs(ds)
+        self.dataset = datasets.DatasetDict({split: ds})
+        if getattr(self.config, "process_results_use_image", False):
+            self.dataset_no_image = self.dataset
+            return
+        image_cols = [n for n, f in ds.features.items() if _is_image(f)]
+        self.dataset_no_image = datasets.DatasetDict({split: ds.remove_columns(image_cols)})
+
+
+def _is_image(feature) -> bool:
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, list) and feature:
+        inner = feature[0]
+    return isinstance(feature, datasets.Image) or isinstance(inner, datasets.Image)
+
+
+class VldftTask(_LocalData, ConfigurableMessagesTask):
+    """lmms-eval's chat task with vldft's local data and guarded aggregations."""
+
+
+class VldftSimpleTask(_LocalData, ConfigurableTask):
+    """lmms-eval's simple task with vldft's local data and guarded aggregations."""
 
 
 # -- vldft synthetic geometry (normalised JSONL) --------------------------------------------
-def load_geo_heldout() -> datasets.Dataset:
-    """vldft's held-out JSONL as rows {id, kind, question, image, answer} (one image each)."""
-    path = data_file("VLDFT_GEO_HELDOUT", "geo_demo/heldout.jsonl",
-                     REPO_DATA / "geo_demo/heldout.jsonl")
+def load_geo_heldout(root: str | None = None) -> datasets.Dataset:
+    """vldft's held-out JSONL as rows {id, kind, question, image, answer}: from
+    ``$VLDFT_GEO_HELDOUT``, else ``<root>/geo_demo/heldout.jsonl`` (``--data-dir``), else the
+    bundled ``data/geo_demo/heldout.jsonl``."""
+    if os.environ.get("VLDFT_GEO_HELDOUT"):
+        path = Path(os.environ["VLDFT_GEO_HELDOUT"])
+    elif root and root != "local":
+        path = Path(root) / "geo_demo" / "heldout.jsonl"
+    else:
+        path = REPO_DATA / "geo_demo" / "heldout.jsonl"
+    if not path.is_file():
+        raise LocalDataError(f"{path}: file not found (vldft_geo_heldout reads "
+                             f"<data-dir>/geo_demo/heldout.jsonl)")
     rows = []
     for s in load_jsonl(path):  # raises naming file / line / id on malformed rows
         user = next(m for m in s.messages if m["role"] == "user")
@@ -93,89 +146,29 @@ def geo_process_results(doc: dict, results: list[str]) -> dict:
     return {"accuracy": float(ok)}
 
 
-# -- Geometry3K (schema of Yang130/geometry3k_4choices_mixed) ---------------------------------
-def load_geometry3k() -> datasets.Dataset:
-    """A local copy of geometry3k_4choices_mixed: parquet (``Dataset.to_parquet`` of the hub
-    split) or JSONL whose ``images`` are paths relative to the file."""
-    path = data_file("VLDFT_GEOMETRY3K", "geometry3k")
-    if path.suffix == ".parquet":
-        ds = datasets.Dataset.from_parquet(str(path))
-        rows = None
-    else:
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise LocalDataError(f"{path}:{line_no}: invalid JSON ({e})") from None
-                rows.append(_g3k_row(row, path, line_no))
-        ds = datasets.Dataset.from_list(rows)
-    missing = [c for c in G3K_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise LocalDataError(f"{path}: missing column(s) {missing}; expected {list(G3K_COLUMNS)}")
-    if rows is not None:
-        ds = ds.cast_column("images", datasets.Sequence(datasets.Image()))
-    for i, target in enumerate(ds["ground_truth"]):
-        if str(target).strip().upper() not in LETTERS[:4]:
-            raise LocalDataError(f"{path}: row {i}: ground_truth {target!r} is not a letter A-D")
-    return ds
+# -- GeoQA (columns of the hub port hz2475/geoQA: subject, choices, label, image) ------------
+def geoqa_keep_test(ds: datasets.Dataset) -> datasets.Dataset:
+    """GeoQA's test rows (the hub port keeps every split in one, named by ``original_split``)."""
+    if "original_split" not in ds.column_names:
+        return ds
+    return ds.filter(lambda r: r["original_split"] == "test")
 
 
-def _g3k_row(row: dict, path: Path, line_no: int) -> dict:
-    for key in G3K_COLUMNS:
-        if key not in row:
-            raise LocalDataError(f"{path}:{line_no}: missing key {key!r}")
-    images = row["images"] if isinstance(row["images"], list) else [row["images"]]
-    resolved = []
-    for img in images:
-        p = Path(img) if Path(img).is_absolute() else path.parent / img
-        if not p.is_file():
-            raise LocalDataError(f"{path}:{line_no}: key 'images': file not found: {p}")
-        resolved.append(str(p))
-    if not isinstance(row["choices"], list) or len(row["choices"]) != 4:
-        raise LocalDataError(f"{path}:{line_no}: key 'choices' must be a list of 4 strings")
-    return {**row, "images": resolved, "choices": [str(c) for c in row["choices"]]}
+def geoqa_doc_to_visual(doc: dict) -> list[Image.Image]:
+    return [doc["image"].convert("RGB")]
 
 
-def geometry3k_doc_to_visual(doc: dict) -> list[Image.Image]:
-    return [img.convert("RGB") for img in doc["images"][:1]]
-
-
-def geometry3k_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    """lmms-eval's geometry3k prompt: problem, "A. choice" lines, then the post prompt."""
+def geoqa_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """Problem, then "A. choice" lines, then the post prompt (as lmms-eval's geometry3k)."""
     kw = lmms_eval_specific_kwargs or {}
     options = "\n".join(f"{L}. {c}" for L, c in zip(LETTERS, doc["choices"], strict=False))
-    post = kw.get("post_prompt", "\nAnswer with the option's letter from the given choices "
-                                 "directly.")
-    return f"{doc['problem']}\n{options}{post}"
+    return f"{doc['subject']}\n{options}{kw.get('post_prompt', '')}"
 
 
-def geometry3k_process_results(doc: dict, results: list[str]) -> dict:
-    _, ok = score(results[0] if results else "", doc["ground_truth"], doc["choices"])
-    return {"accuracy": float(ok)}
+def geoqa_doc_to_target(doc: dict) -> str:
+    return LETTERS[int(doc["label"])]
 
 
-LOADERS = {"geometry3k": load_geometry3k, "geo_heldout": load_geo_heldout}
-
-
-class LocalTask(ConfigurableMessagesTask):
-    """lmms-eval's message task whose test split comes from ``LOADERS[dataset_name]``."""
-
-    def __init__(self, config: dict | None = None, **kwargs) -> None:
-        config = {k: v for k, v in (config or {}).items() if k != "class"}
-        if config.get("dataset_name") not in LOADERS:
-            raise LocalDataError(f"task {config.get('task')}: dataset_name must be one of "
-                                 f"{sorted(LOADERS)}, got {config.get('dataset_name')!r}")
-        super().__init__(config=config, **kwargs)
-
-    def download(self, dataset_kwargs=None) -> None:
-        split = self.config.test_split
-        ds = LOADERS[self.config.dataset_name]()
-        self.dataset = datasets.DatasetDict({split: ds})
-        image_cols = [n for n, f in ds.features.items() if isinstance(f, datasets.Image) or (
-            isinstance(f, (datasets.Sequence, list)) and isinstance(
-                getattr(f, "feature", f[0] if isinstance(f, list) else None), datasets.Image))]
-        self.dataset_no_image = datasets.DatasetDict({split: ds.remove_columns(image_cols)})
+def geoqa_process_results(doc: dict, results: list[str]) -> dict:
+    pred = extract_answer(results[0] if results else "", doc["choices"])
+    return {"accuracy": float(is_correct(pred, geoqa_doc_to_target(doc), doc["choices"]))}

@@ -11,12 +11,24 @@ tokenizer / processor) and for real HF ids or paths (Qwen2.5-VL, LLaVA in HF for
 Model args (``--model_args k=v,...``): ``pretrained``, ``family`` (auto: from config.json),
 ``device`` (auto: cuda if available), ``dtype`` (auto: bfloat16 on CUDA, float32 on CPU),
 ``batch_size``, ``min_pixels`` / ``max_pixels`` (default: the checkpoint processor's),
-``max_new_tokens`` (caps every task's budget), ``attn_implementation``. Single process only.
+``max_new_tokens`` (caps every task's budget), ``attn_implementation``.
+
+Many processes: ``torchrun --nproc_per_node N -m vldft.eval ...`` (or ``accelerate launch``).
+lmms-eval deals the documents out round-robin by ``RANK`` / ``WORLD_SIZE``, pads uneven shards
+and gathers every sample on rank 0, which writes the results; each process here only takes its
+own GPU (``cuda:LOCAL_RANK``) and joins the process group (gloo on CPU). The model is replicated,
+not sharded: each process must hold a whole copy.
+
+``VldftLMM.from_adapter`` wraps a model already in memory (the training loop's
+``train.eval_tasks``).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+from accelerate import Accelerator
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
@@ -71,9 +83,15 @@ class VldftLMM(lmms):
             raise ValueError(f"vldft model: unknown model_args {sorted(kwargs)}; known: "
                              "pretrained, family, device, dtype, batch_size, min_pixels, "
                              "max_pixels, max_new_tokens, attn_implementation")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if world > 1 and device == "cuda":  # one GPU per process
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         self._device = torch.device(device)
+        if world > 1:  # joins the process group lmms-eval gathers over (gloo on CPU)
+            self.accelerator = Accelerator(cpu=self._device.type == "cpu")
+            self._rank, self._world_size = self.accelerator.process_index, world
         if dtype == "auto":
             dtype = "bfloat16" if self._device.type == "cuda" else "float32"
         family = detect_family(pretrained) if family == "auto" else family
@@ -85,6 +103,19 @@ class VldftLMM(lmms):
         self.adapter.model.to(self._device).eval()
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens else None
+
+    @classmethod
+    def from_adapter(cls, adapter, batch_size: int = 8,
+                     max_new_tokens: int | None = None) -> VldftLMM:
+        """Wrap a loaded adapter (its model stays where it is; training mode is restored by the
+        caller). Single process: the in-training evaluation runs on rank 0."""
+        self = cls.__new__(cls)
+        lmms.__init__(self)
+        self.adapter = adapter
+        self._device = next(adapter.model.parameters()).device
+        self.batch_size_per_gpu = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens) if max_new_tokens else None
+        return self
 
     @property
     def model(self):
@@ -128,6 +159,8 @@ class VldftLMM(lmms):
         for i, req in enumerate(requests):
             groups.setdefault(repr(sorted(req.args[2].items())), []).append(i)
         pbar = tqdm(total=len(requests), desc="vldft generating", disable=self.rank != 0)
+        was_training = self.model.training
+        self.model.eval()
         for idx in groups.values():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start: start + self.batch_size]
@@ -146,6 +179,7 @@ class VldftLMM(lmms):
                                                   token_counts=TokenCounts(output_tokens=n_out))
                 pbar.update(len(chunk))
         pbar.close()
+        self.model.train(was_training)
         return results
 
     def loglikelihood(self, requests):

@@ -1,58 +1,130 @@
-"""Compare evaluation runs: a task x checkpoint markdown table with differences against the first
-run, written to stdout and ``comparison.md``, and a grouped bar chart ``comparison.png``.
+"""Compare evaluation runs, paper style: one row per run, one column per benchmark (its headline
+metric), an average column, and differences against the first run. Written as ``comparison.md``
+(also printed), ``comparison.csv`` and a grouped bar chart ``comparison.png``.
+
+    python -m vldft.eval compare runs/eval/base runs/eval/sft runs/eval/dft [--out DIR]
+
+A benchmark's headline metric is the one its paper reports (``benchmarks.HEADLINE``; the first
+metric of a task otherwise). Runs scored on different sample counts for the same task (e.g. one
+with ``--limit``) are flagged: their numbers are not comparable.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from vldft.eval.benchmarks import HEADLINE, PERCENT_TASKS
 
-def load_run(run_dir: str | Path) -> tuple[str, dict[str, float]]:
-    """(label, {"task metric": value}) from a run directory written by ``vldft.eval.run``."""
+
+@dataclass
+class Run:
+    """One evaluation run: its label, headline score and sample count per task."""
+
+    label: str
+    scores: dict[str, float]
+    n: dict[str, int | None]
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """The headline metric of each task of a run directory written by ``vldft.eval``."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no results.json (not a `python -m vldft.eval` run)")
     data = json.loads(path.read_text())
     if "metrics" not in data:
         raise ValueError(f"{path}: no 'metrics' key (not written by vldft.eval)")
-    values = {f"{r['task']} {r['metric']}": float(r["value"]) for r in data["metrics"]}
-    return Path(run_dir).resolve().name, values
+    scores: dict[str, float] = {}
+    n: dict[str, int | None] = {}
+    for row in data["metrics"]:
+        task, metric = row["task"], row["metric"]
+        wanted = HEADLINE.get(task)
+        if (wanted is None and task not in scores) or metric == wanted:
+            scores[task] = float(row["value"]) / (100 if task in PERCENT_TASKS else 1)
+            n[task] = row.get("n")
+    return Run(Path(run_dir).resolve().name, scores, n)
 
 
-def comparison_table(runs: list[tuple[str, dict[str, float]]]) -> str:
-    """Markdown: one row per task metric, one column per run; later columns show the
-    difference to the first (``0.4200 (+0.0500)``); ``-`` where a run lacks the metric."""
-    keys = list(dict.fromkeys(k for _, vals in runs for k in vals))
-    head = "| task | " + " | ".join(label for label, _ in runs) + " |"
-    lines = [head, "|---" * (len(runs) + 1) + "|"]
-    base = runs[0][1]
-    for key in keys:
+def _columns(runs: list[Run]) -> list[str]:
+    return list(dict.fromkeys(t for r in runs for t in r.scores))
+
+
+def average(run: Run, columns: list[str]) -> float | None:
+    """Mean over ``columns``; None unless the run has every one of them (a partial average
+    would not be comparable)."""
+    if not columns or any(c not in run.scores for c in columns):
+        return None
+    return sum(run.scores[c] for c in columns) / len(columns)
+
+
+def sample_count_warnings(runs: list[Run]) -> list[str]:
+    """One line per task whose runs were scored on different numbers of samples."""
+    out = []
+    for task in _columns(runs):
+        counts = {r.label: r.n.get(task) for r in runs if task in r.scores}
+        if len(set(counts.values())) > 1:
+            out.append(f"{task}: runs scored different sample counts "
+                       + ", ".join(f"{k} n={v}" for k, v in counts.items())
+                       + " (e.g. --limit): not comparable")
+    return out
+
+
+def comparison_table(runs: list[Run]) -> str:
+    """Markdown: rows = runs, columns = tasks + ``avg``; later rows show ``0.4200 (+0.0500)``,
+    the difference to the first run; ``-`` where a run lacks the task."""
+    cols = _columns(runs)
+    head = "| run | " + " | ".join(cols) + " | avg |"
+    lines = [head, "|---" * (len(cols) + 2) + "|"]
+    base = runs[0]
+    base_values = {**base.scores, "avg": average(base, cols)}
+    for i, run in enumerate(runs):
+        values = {**run.scores, "avg": average(run, cols)}
         cells = []
-        for i, (_, vals) in enumerate(runs):
-            if key not in vals:
+        for c in [*cols, "avg"]:
+            v, b = values.get(c), base_values.get(c)
+            if v is None:
                 cells.append("-")
-            elif i == 0 or key not in base:
-                cells.append(f"{vals[key]:.4f}")
+            elif i == 0 or b is None:
+                cells.append(f"{v:.4f}")
             else:
-                cells.append(f"{vals[key]:.4f} ({vals[key] - base[key]:+.4f})")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+                cells.append(f"{v:.4f} ({v - b:+.4f})")
+        lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
+    warnings = sample_count_warnings(runs)
+    if warnings:
+        lines += ["", *[f"> warning: {w}" for w in warnings]]
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(runs: list[tuple[str, dict[str, float]]], path: Path) -> Path:
-    """Grouped bars: one group per task metric, one bar per run (needs matplotlib)."""
+def write_csv(runs: list[Run], path: Path) -> Path:
+    """``run, <task>..., avg`` then ``<task>_n`` columns; empty cells where a value is missing."""
+    cols = _columns(runs)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["run", *cols, "avg", *[f"{c}_n" for c in cols]])
+        for run in runs:
+            avg = average(run, cols)
+            w.writerow([run.label, *[run.scores.get(c, "") for c in cols],
+                        "" if avg is None else avg, *[run.n.get(c, "") for c in cols]])
+    return path
+
+
+def bar_chart(runs: list[Run], path: Path) -> Path:
+    """Grouped bars: one group per task (and avg), one bar per run (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = list(dict.fromkeys(k for _, vals in runs for k in vals))
+    cols = _columns(runs)
+    keys = [*cols, "avg"]
     width = 0.8 / len(runs)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(keys) * len(runs) ** 0.5 + 2), 3.6))
-    for i, (label, vals) in enumerate(runs):
+    for i, run in enumerate(runs):
+        values = {**run.scores, "avg": average(run, cols) or 0.0}
         xs = [k + (i - (len(runs) - 1) / 2) * width for k in range(len(keys))]
-        ax.bar(xs, [vals.get(k, 0.0) for k in keys], width, label=label)
+        ax.bar(xs, [values.get(k, 0.0) for k in keys], width, label=run.label)
     ax.set_xticks(range(len(keys)), keys, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("score")
     ax.legend(fontsize=8)
@@ -67,11 +139,16 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> st
     if not run_dirs:
         raise ValueError("compare: give at least one run directory")
     runs = [load_run(d) for d in run_dirs]
+    labels = [r.label for r in runs]
+    if len(set(labels)) < len(labels):  # runs/a/final and runs/b/final: label by parent too
+        for run, d in zip(runs, run_dirs, strict=True):
+            run.label = "/".join(Path(d).resolve().parts[-2:])
     table = comparison_table(runs)
     out = Path(out_dir) if out_dir else Path(run_dirs[0]).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(table)
+    write_csv(runs, out / "comparison.csv")
     bar_chart(runs, out / "comparison.png")
     print(table, end="")
-    print(f"[vldft] wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
+    print(f"[vldft] wrote {out / 'comparison.md'}, comparison.csv and comparison.png")
     return table

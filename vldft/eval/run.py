@@ -1,6 +1,11 @@
 """Run lmms-eval's real evaluator (``lmms_eval.evaluator.simple_evaluate``) on a checkpoint and
 write ``results.json``, per-sample logs ``samples_<task>.jsonl`` and ``summary.md`` to one run
 directory (``python -m vldft.eval --help``).
+
+Every requested task is built from its own YAML config (lmms-eval's, or vldft's in ``eval/``)
+with vldft's task class (``vldft.eval.local_tasks``): its test split comes from a local copy when
+``data_dir`` holds one (``vldft.eval.benchmarks``), otherwise from the hub, which is checked
+first so that an unreachable hub fails in seconds, naming the local alternative.
 """
 
 from __future__ import annotations
@@ -8,21 +13,36 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
+import logging
 import os
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
+from vldft.eval.benchmarks import BENCHMARKS, BY_TASK, LocalDataError, find_local
 from vldft.eval.scoring import extract_answer
 
-TASK_DIR = Path(__file__).resolve().parents[2] / "eval"  # the repo's task YAMLs (--include_path)
-# Rule-scored lmms-eval tasks (no API key; names checked against lmms-eval 0.7.3), and the
-# offline tasks of eval/. The reasoning tasks import math-verify: see the README's caveat.
+TASK_DIR = Path(__file__).resolve().parents[2] / "eval"  # vldft's task YAMLs (--include_path)
+# Rule-scored tasks (no judge, no API key; names checked against lmms-eval 0.7.3 by a test).
 SUITES = {
-    "geo": ["geometry3k", "mathvision_testmini", "mathverse_testmini_reasoning",
-            "mathvista_testmini_cot_reasoning", "wemath_testmini_reasoning",
-            "dynamath_reasoning", "logicvista_reasoning"],
-    "local": ["vldft_geo_heldout", "geometry3k_local"],
+    # every benchmark of vldft.eval.benchmarks: MathVerse, MathVision, WeMath, MathVista,
+    # DynaMath, LogicVista, Geometry3K, GeoQA
+    "geo": [b.task for b in BENCHMARKS.values()],
+    # the DFT paper's multimodal benchmarks (MathVerse, MathVision, WeMath) plus geometry
+    "paper": ["mathverse_testmini_reasoning", "mathvision_testmini", "wemath_testmini_reasoning",
+              "geometry3k", "geoqa"],
+    # vldft's synthetic held-out split (bundled; no download)
+    "local": ["vldft_geo_heldout"],
 }
+# lmms-eval's MathVerse / MathVista modules build an OpenAI client at import time, which raises
+# without a key even when no judge is used (openai >= 2); the rule-scored tasks never call it.
+PLACEHOLDER_KEY = "vldft-placeholder-no-judge"
+log = logging.getLogger("vldft.eval")
+
+
+class EvalSetupError(RuntimeError):
+    """The evaluation cannot start (data missing, hub unreachable, bad task); one line, named."""
 
 
 def resolve_tasks(tasks: list[str], suites: list[str], known: set[str]) -> list[str]:
@@ -43,15 +63,141 @@ def resolve_tasks(tasks: list[str], suites: list[str], known: set[str]) -> list[
     return names
 
 
+def prepare_environment() -> dict:
+    """Make the rule-scored tasks importable offline; returns what was set (for results.json)."""
+    notes = {}
+    if not os.environ.get("OPENAI_API_KEY"):
+        os.environ["OPENAI_API_KEY"] = PLACEHOLDER_KEY
+        notes["OPENAI_API_KEY"] = "placeholder (judge-scored tasks need a real key)"
+    try:
+        import latex2sympy2  # noqa: F401
+        import math_verify  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means the pins are not installed
+        raise EvalSetupError(
+            f"math_verify / latex2sympy2 do not import ({type(e).__name__}: {e}); lmms-eval's "
+            f"math tasks need them: pip install --no-deps -r {TASK_DIR / 'pins.txt'}") from None
+    return notes
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used now (offline mode, no route), or None."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as e:
+        return f"{url.hostname} unreachable ({e})"
+    return None
+
+
+def _go_offline() -> None:
+    """No network attempts (and no retries) for the rest of this process."""
+    import datasets
+    import huggingface_hub.constants as hub
+
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    hub.HF_HUB_OFFLINE = True
+    datasets.config.HF_HUB_OFFLINE = True
+
+
+def _check_cached(name: str, config: dict, reason: str) -> None:
+    """A hub task without a local copy, while the hub is unreachable: fine if the dataset is in
+    the datasets cache; otherwise a one-line error naming the local alternative."""
+    import datasets
+
+    try:
+        datasets.load_dataset(config["dataset_path"], config.get("dataset_name"),
+                              split=config["test_split"])
+        return
+    except Exception:  # noqa: BLE001 - not cached (or unreadable): the message below says what to do
+        pass
+    bench = BY_TASK.get(name)
+    if bench is None:
+        hint = "give a task YAML that reads local files with --include-path DIR"
+    else:
+        hint = (f"make a local copy once where the hub is reachable (python -m vldft.eval download "
+                f"--tasks {name} --data-dir DIR), then pass --data-dir DIR")
+    raise EvalSetupError(f"task {name}: its data {config['dataset_path']} is not reachable "
+                         f"({reason}) and not in the datasets cache; {hint}")
+
+
+def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bool,
+                model_name: str | None = None) -> list:
+    """One lmms-eval task config (dict) per name, built with vldft's task class; local copies
+    from ``data_dir`` where it has them (a missing one is an error naming its expected paths)."""
+    from lmms_eval import utils
+
+    from vldft.eval.local_tasks import LOCAL_KEY, VldftSimpleTask, VldftTask
+
+    base = VldftTask if chat else VldftSimpleTask
+    cls = type(base.__name__, (base,), {"default_model_name": model_name})
+    reason = None
+    out: list = []
+    for name in names:
+        entry = manager.task_index[name]
+        if entry["type"] not in ("task", "python_task"):
+            out.append(name)  # a group: lmms-eval builds its members
+            continue
+        config = utils.load_yaml_config(entry["yaml_path"], mode="full")
+        config["class"] = cls
+        bench = BY_TASK.get(name)
+        if name == "vldft_geo_heldout":  # --data-dir's geo_demo/ if it has one, else bundled
+            if data_dir is not None and (Path(data_dir) / "geo_demo/heldout.jsonl").is_file():
+                config["dataset_path"] = str(data_dir)
+        elif bench is not None and data_dir is not None:
+            try:
+                find_local(bench, data_dir)
+            except LocalDataError as e:
+                raise EvalSetupError(str(e)) from None
+            config["dataset_path"] = str(data_dir)
+            config["dataset_kwargs"] = {LOCAL_KEY: bench.name}
+        elif "/" in str(config.get("dataset_path", "")) and not Path(
+                config["dataset_path"]).exists():  # a hub id
+            reason = reason or hub_unreachable() or ""
+            if reason:
+                _go_offline()
+                _check_cached(name, config, reason)
+        out.append(config)
+    return out
+
+
+def vllm_model_args(model: str) -> str:
+    """model_args for lmms-eval's ``vllm`` class that keep training's image policy: the
+    checkpoint's pixel limits as vLLM ``mm_processor_kwargs`` (vLLM applies the checkpoint's own
+    chat template). lmms-eval's vllm class sends images as PNG (lossless), ignores a task's stop
+    strings, and uses max(task budget, its max_new_tokens=4096) new tokens."""
+    size = {}
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = Path(model) / name
+        if path.is_file():
+            cfg = json.loads(path.read_text())
+            cfg = cfg.get("image_processor", cfg)
+            size = {"min_pixels": cfg.get("min_pixels") or (cfg.get("size") or {}).get(
+                "shortest_edge"), "max_pixels": cfg.get("max_pixels") or (
+                cfg.get("size") or {}).get("longest_edge")}
+            break
+    size = {k: int(v) for k, v in size.items() if v}
+    return f"mm_processor_kwargs={json.dumps(size, separators=(',', ':'))}" if size else ""
+
+
 def metric_rows(results: dict) -> list[dict]:
     """One row per (task, metric) of lmms-eval's ``results`` (stderr kept beside its metric)."""
     rows = []
     for task, values in results.get("results", {}).items():
         n = results.get("n-samples", {}).get(task, {}).get("effective")
         for key, value in values.items():
-            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+            if "," not in key or "_stderr" in key or not isinstance(value, (int, float, str)):
                 continue
+            if isinstance(value, str) and value.endswith("%"):  # WeMath reports "61.23%"
+                try:
+                    value = float(value[:-1]) / 100
+                except ValueError:
+                    continue
             metric, filt = key.split(",", 1)
+            if isinstance(value, str):
+                continue
             stderr = values.get(f"{metric}_stderr,{filt}")
             rows.append({"task": task, "metric": metric, "value": float(value), "n": n,
                          "stderr": stderr if isinstance(stderr, (int, float)) else None})
@@ -64,7 +210,7 @@ def write_samples(out: Path, samples: dict) -> list[Path]:
     for task, rows in samples.items():
         path = out / f"samples_{task}.jsonl"
         with path.open("w", encoding="utf-8") as fh:
-            for s in rows:
+            for s in sorted(rows, key=lambda r: r.get("doc_id", 0)):
                 resp = s.get("filtered_resps") or s.get("resps") or [""]
                 while isinstance(resp, list):
                     resp = resp[0] if resp else ""
@@ -84,7 +230,7 @@ def summary_markdown(model: str, rows: list[dict], meta: dict) -> str:
     lines = [f"# Evaluation of `{model}`", "",
              f"lmms-eval {meta['lmms_eval_version']}, model class `{meta['model_class']}`, "
              f"limit {meta['limit']}, batch size {meta['batch_size']}, "
-             f"{meta['wall_s']:.0f} s, {meta['date']}", "",
+             f"{meta['world_size']} process(es), {meta['wall_s']:.0f} s, {meta['date']}", "",
              "| task | metric | value | stderr | n |", "|---|---|---|---|---|"]
     for r in rows:
         err = f"{r['stderr']:.4f}" if r["stderr"] is not None else "-"
@@ -92,51 +238,100 @@ def summary_markdown(model: str, rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(model: str, tasks: list[str], out_dir: str | Path, suites: list[str] = (),
-             limit: int | float | None = None, batch_size: int = 1,
+def default_out(model: str) -> Path:
+    """``runs/eval/<parent>_<name>`` for a checkpoint directory (``runs/a/final`` and
+    ``runs/b/final`` differ), ``runs/eval/<org>__<name>`` for a hub id."""
+    path = Path(model.rstrip("/"))
+    if path.exists():
+        path = path.resolve()
+        return Path("runs/eval") / f"{path.parent.name}_{path.name}"
+    return Path("runs/eval") / model.strip("/").replace("/", "__")
+
+
+def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (),
+             limit: int | float | None = None, batch_size: int = 8,
              data_dir: str | Path | None = None, max_new_tokens: int | None = None,
              model_class: str = "vldft", model_args: str = "", device: str | None = None,
-             verbosity: str = "WARNING") -> dict:
-    """Evaluate ``model`` on ``tasks`` (+ ``suites``) with lmms-eval; returns what was written:
-    {"results": path, "summary": path, "samples": [paths], "rows": metric rows}."""
-    if data_dir is not None:
-        if not Path(data_dir).is_dir():
-            raise FileNotFoundError(f"--data-dir {data_dir}: not a directory")
-        os.environ["VLDFT_EVAL_DATA"] = str(Path(data_dir).resolve())
+             verbosity: str = "WARNING", include_paths: list[str | Path] = (),
+             overwrite: bool = False, label: str | None = None) -> dict:
+    """Evaluate ``model`` (a path / hub id, or an ``lmms`` instance) on ``tasks`` (+ ``suites``)
+    with lmms-eval; returns what was written: {"results", "summary", "samples", "rows"} (empty
+    on the non-zero ranks of a distributed run)."""
+    out = Path(out_dir)
+    if (out / "results.json").exists() and not overwrite:
+        raise EvalSetupError(f"{out / 'results.json'} exists (another evaluation): pass another "
+                             f"--out, or --overwrite to replace it")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise EvalSetupError(f"--data-dir {data_dir}: not a directory")
+    env_notes = prepare_environment()
+    _quiet_loguru(verbosity)
     import lmms_eval
     from lmms_eval import evaluator
+    from lmms_eval.api.model import lmms
+    from lmms_eval.models import get_model
     from lmms_eval.tasks import TaskManager
 
-    manager = TaskManager(verbosity, include_path=str(TASK_DIR), model_name=model_class)
-    names = resolve_tasks(list(tasks), list(suites), set(manager.all_tasks))
-    args = f"pretrained={model}"  # batch_size / device reach the class from simple_evaluate
-    if model_class == "vldft" and max_new_tokens:
-        args += f",max_new_tokens={max_new_tokens}"
-    if model_args:
-        args += f",{model_args}"
+    for p in include_paths:
+        if not Path(p).is_dir():
+            raise EvalSetupError(f"--include-path {p}: not a directory")
+    paths = [str(TASK_DIR), *[str(Path(p).resolve()) for p in include_paths]]
+    manager = TaskManager(verbosity, include_path=paths, model_name=model_class)
+    try:
+        names = resolve_tasks(list(tasks), list(suites), set(manager.all_tasks))
+    except ValueError as e:
+        raise EvalSetupError(str(e)) from None
+    if isinstance(model, lmms):
+        chat, args, model_label = not model.is_simple, "", label or type(model).__name__
+    else:
+        chat = not getattr(get_model(model_class), "is_simple", True)
+        key = "model" if model_class.startswith("vllm") else "pretrained"
+        args = f"{key}={model}"  # batch_size / device reach the class from simple_evaluate
+        if model_class == "vldft" and max_new_tokens:
+            args += f",max_new_tokens={max_new_tokens}"
+        if model_args:
+            args += f",{model_args}"
+        model_label = str(model)
+    configs = build_tasks(names, manager, data_dir, chat, model_class)
     start = time.perf_counter()
     results = evaluator.simple_evaluate(
-        model=model_class, model_args=args, tasks=names, limit=limit, batch_size=batch_size,
-        device=device, log_samples=True, task_manager=manager, verbosity=verbosity)
+        model=model if isinstance(model, lmms) else model_class, model_args=args, tasks=configs,
+        limit=limit, batch_size=batch_size, device=device, log_samples=True,
+        task_manager=manager, verbosity=verbosity,
+        # 1: math-verify's timeout uses signal.alarm, which fails in the worker threads lmms-eval
+        # scores with by default; its reasoning tasks then score every answer 0
+        process_docs_parallel=1)
     wall = time.perf_counter() - start
     if results is None:  # only on non-zero ranks of a distributed run
         return {}
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = results.pop("samples", {})
-    meta = {"model": str(model), "model_class": model_class, "model_args": args,
-            "tasks": names, "limit": limit, "batch_size": batch_size,
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    meta = {"model": model_label, "model_class": model_class, "model_args": args,
+            "tasks": names, "limit": limit, "batch_size": batch_size, "world_size": world,
             "lmms_eval_version": getattr(lmms_eval, "__version__", None) or _version(),
             "wall_s": wall, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "data_dir": os.environ.get("VLDFT_EVAL_DATA")}
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+            "n_samples": {t: len(v) for t, v in samples.items()}, "environment": env_notes}
     rows = metric_rows(results)
     results_path = out / "results.json"
-    results_path.write_text(json.dumps({"vldft": meta, "metrics": rows, "lmms_eval": results},
-                                       indent=2, default=str, ensure_ascii=False))
+    tmp = results_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"vldft": meta, "metrics": rows, "lmms_eval": results},
+                              indent=2, default=str, ensure_ascii=False))
     sample_paths = write_samples(out, samples)
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(str(model), rows, meta))
+    summary.write_text(summary_markdown(model_label, rows, meta))
+    os.replace(tmp, results_path)  # last: a results.json means a complete run
     return {"results": results_path, "summary": summary, "samples": sample_paths, "rows": rows}
+
+
+def _quiet_loguru(level: str) -> None:
+    """lmms-eval logs through loguru at DEBUG by default; keep its console at ``level``."""
+    import sys
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper())
 
 
 def _version() -> str:

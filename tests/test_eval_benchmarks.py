@@ -1,0 +1,231 @@
+"""Every benchmark scores offline, in the kit's own environment: the math packages import, each
+suite task's own lmms-eval functions score hand-made documents in the hub schema, local copies in
+every layout give the task the same documents as the hub route, ``download`` writes them, and an
+unreachable hub fails in seconds naming the local alternative. No network, no API key."""
+
+import json
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+
+pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
+
+from bench_docs import (  # noqa: E402
+    RESPONSES,
+    hub_dataset,
+    write_hub_copy,
+    write_upstream_copy,
+)
+
+from vldft.eval.benchmarks import (  # noqa: E402
+    BENCHMARKS,
+    LocalDataError,
+    download,
+    find_local,
+    load_local,
+)
+from vldft.eval.run import (  # noqa: E402
+    SUITES,
+    TASK_DIR,
+    EvalSetupError,
+    evaluate,
+    prepare_environment,
+)
+
+NAMES = list(BENCHMARKS)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.delenv("VLDFT_GEO_HELDOUT", raising=False)
+
+
+@pytest.fixture(scope="module")
+def manager():
+    prepare_environment()
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager("ERROR", include_path=[str(TASK_DIR)])
+
+
+def _config(manager, task: str) -> dict:
+    from lmms_eval import utils
+
+    return utils.load_yaml_config(manager.task_index[task]["yaml_path"], mode="full")
+
+
+def _headline(config: dict, bench, value) -> float:
+    from lmms_eval.api.registry import get_aggregation
+
+    metric = next(m for m in config["metric_list"] if m["metric"] == bench.headline)
+    agg = metric["aggregation"]
+    return (get_aggregation(agg) if isinstance(agg, str) else agg)([value])
+
+
+def test_math_packages_import_and_parse():
+    """The pins of eval/pins.txt: lmms-eval's reasoning tasks need math_verify, its mathvision
+    task latex2sympy2; both import and parse side by side."""
+    import latex2sympy2
+    from math_verify import parse, verify
+
+    assert verify(parse("$2\\sqrt{3}$"), parse("$\\sqrt{12}$"))
+    assert not verify(parse("$2\\sqrt{3}$"), parse("$\\sqrt{13}$"))
+    assert str(latex2sympy2.latex2sympy("\\frac{1}{2}")) == "1/2"
+
+
+def test_suites_cover_every_benchmark(manager):
+    assert set(SUITES["geo"]) == {b.task for b in BENCHMARKS.values()}
+    assert set(SUITES["paper"]) <= set(SUITES["geo"])
+    for names in SUITES.values():
+        assert set(names) <= set(manager.all_tasks), set(names) - set(manager.all_tasks)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_task_functions_score_a_hub_schema_document(name, manager, tmp_path, monkeypatch):
+    """The task's own process_results + aggregation, on a document as the task reads it: the
+    correct response scores full marks, the wrong one zero. No OPENAI_API_KEY is set."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    prepare_environment()
+    bench = BENCHMARKS[name]
+    write_hub_copy(name, tmp_path / "data", tmp_path)
+    doc = load_local(bench, tmp_path / "data")[0]
+    config = _config(manager, bench.task)
+    right, wrong = RESPONSES[name]
+    full = 100.0 if bench.percent else 1.0
+    assert _headline(config, bench, config["process_results"](doc, [right])[bench.headline]) \
+        == full
+    assert _headline(config, bench, config["process_results"](doc, [wrong])[bench.headline]) \
+        == 0.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_upstream_and_hub_layouts_give_the_task_the_same_documents(name, manager, tmp_path):
+    """The prompt, the image pixels and the target lmms-eval derives from each row are the same
+    whether the copy is the hub split (parquet), a save_to_disk folder or the upstream repo."""
+    bench = BENCHMARKS[name]
+    write_hub_copy(name, tmp_path / "hub", tmp_path)
+    write_upstream_copy(name, tmp_path / "up")
+    saved = tmp_path / "saved" / name / bench.split
+    hub_dataset(name, tmp_path / "img2").save_to_disk(str(saved))
+    assert find_local(bench, tmp_path / "up").name == Path(bench.upstream).name
+    config = _config(manager, bench.task)
+    kwargs = (config.get("lmms_eval_specific_kwargs") or {}).get("default")
+
+    def view(doc):
+        text = config["doc_to_text"](doc, kwargs)
+        pixels = [img.tobytes() for img in config["doc_to_visual"](doc)]
+        target = config["doc_to_target"]
+        target = target(doc) if callable(target) else doc[target]
+        return text, pixels, str(target)
+
+    hub = [view(d) for d in load_local(bench, tmp_path / "hub")]
+    assert len(hub) == 2 and all(v[1] for v in hub)  # every row has an image
+    assert [view(d) for d in load_local(bench, tmp_path / "up")] == hub
+    assert [view(d) for d in load_local(bench, tmp_path / "saved")] == hub
+
+
+def test_missing_and_malformed_local_copies_are_named(tmp_path):
+    bench = BENCHMARKS["mathvision"]
+    with pytest.raises(LocalDataError) as e:
+        find_local(bench, tmp_path)
+    msg = str(e.value)
+    assert "mathvision/testmini.parquet" in msg and "data/testmini.jsonl" in msg
+    assert "\n" not in msg
+    path = write_upstream_copy("mathvision", tmp_path)
+    rows = path.read_text().splitlines()
+    bad = json.loads(rows[1])
+    del bad["options"]
+    path.write_text("\n".join([rows[0], json.dumps(bad)]) + "\n")
+    with pytest.raises(LocalDataError, match=r"testmini\.jsonl:2: missing key\(s\) \['options'\]"):
+        load_local(bench, tmp_path)
+    path.write_text(rows[0].replace("images/4.jpg", "images/absent.jpg") + "\n")
+    with pytest.raises(LocalDataError, match=r"testmini\.jsonl:1: image 'images/absent\.jpg' not "
+                                             r"found"):
+        load_local(bench, tmp_path)
+    (tmp_path / "geoqa" / "test").mkdir(parents=True)
+    with pytest.raises(LocalDataError, match="not a save_to_disk folder"):
+        load_local(BENCHMARKS["geoqa"], tmp_path)
+
+
+def _datasets_repo(root: Path, name: str, tmp: Path) -> Path:
+    """A local datasets repository in the hub's layout (data/<split>-*.parquet and a README
+    that declares the config and split), which ``datasets.load_dataset(path)`` reads as it
+    reads the hub repository."""
+    bench = BENCHMARKS[name]
+    split = bench.hub_split or bench.split
+    ds = hub_dataset(name, tmp / f"img_{name}")
+    if bench.hub_keep:  # the hub port holds every split: add a train row that must be dropped
+        extra = ds.select([0]).map(lambda r: {**r, "original_split": "train", "id": 99})
+        ds = datasets.concatenate_datasets([ds, extra])
+    (root / "data").mkdir(parents=True)
+    ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    config = bench.config or "default"
+    (root / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: {split}\n"
+        f"    path: data/{split}-*\n---\n")
+    return root
+
+
+def test_download_writes_the_local_layout_from_a_datasets_repository(tmp_path, monkeypatch,
+                                                                     manager):
+    """``download`` through the real ``datasets.load_dataset`` (a local repository in the hub
+    layout stands in for the hub); the stock task's own download of that repository and the
+    local copy give lmms-eval the same documents."""
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    names = ["mathverse", "mathvision", "geoqa"]
+    sources = {n: str(_datasets_repo(tmp_path / f"repo_{n}", n, tmp_path)) for n in names}
+    log: list[str] = []
+    written = download(names, tmp_path / "data", sources, log=log.append)
+    assert [p.relative_to(tmp_path / "data").as_posix() for p in written] == [
+        "mathverse/testmini.parquet", "mathvision/testmini.parquet", "geoqa/test.parquet"]
+    assert any("2 rows" in line for line in log)
+    again = download(["geoqa"], tmp_path / "data", sources, log=log.append)
+    assert again == written[2:] and "kept" in log[-1]
+
+    from vldft.eval.local_tasks import LOCAL_KEY, VldftTask
+
+    for name in names:
+        bench = BENCHMARKS[name]
+        config = _config(manager, bench.task)
+        hub_task = VldftTask(config={**config, "dataset_path": sources[name]})
+        local_task = VldftTask(config={**config, "dataset_path": str(tmp_path / "data"),
+                                       "dataset_kwargs": {LOCAL_KEY: name}})
+        hub_docs, local_docs = list(hub_task.test_docs()), list(local_task.test_docs())
+        assert len(hub_docs) == len(local_docs) == 2
+        for a, b in zip(hub_docs, local_docs, strict=True):
+            assert a.keys() == b.keys()
+            for k in a:
+                same = (a[k].tobytes() == b[k].tobytes()) if hasattr(a[k], "tobytes") else \
+                    a[k] == b[k]
+                assert same or isinstance(a[k], list), (name, k)
+
+
+def test_unreachable_hub_fails_in_seconds_naming_the_local_alternative(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(EvalSetupError) as e:
+        evaluate("no-model-is-loaded-before-this-check", ["mathvision_testmini"], tmp_path / "o")
+    took = time.perf_counter() - start
+    msg = str(e.value)
+    assert "MathLLMs/MathVision" in msg and "download" in msg and "--data-dir" in msg, msg
+    assert "\n" not in msg and took < 30, took
+    with pytest.raises(EvalSetupError, match=r"geometry3k/test\.parquet"):
+        evaluate("no-model", ["geometry3k"], tmp_path / "o", data_dir=tmp_path)
+
+
+def test_wemath_all_wrong_reports_zero_instead_of_crashing(manager):
+    """lmms-eval's WeMath aggregation divides by the number of right multi-step answers."""
+    from vldft.eval.local_tasks import guard_aggregation
+
+    config = _config(manager, "wemath_testmini_reasoning")
+    agg = next(m for m in config["metric_list"] if m["metric"] == "wemath_loose")["aggregation"]
+    doc = {"ID": "2steps_1", "split": "testmini", "knowledge concept": "Angles",
+           "question": "q", "option": "A. 1;B. 2", "answer": "B", "key": "2steps_1",
+           "question number": 1, "knowledge concept description": "d"}
+    item = config["process_results"](doc, ["<answer>A</answer>"])["wemath_loose"]
+    with pytest.raises(ZeroDivisionError):
+        agg([item])
+    assert guard_aggregation(agg, "wemath_testmini_reasoning", "wemath_loose")([item]) == 0.0

@@ -1,0 +1,297 @@
+"""The multimodal-math benchmarks vldft scores, and how their local copies are read and made.
+
+Each :class:`Benchmark` names the lmms-eval task a paper reports (rule-scored: no judge, no API
+key), the hub dataset behind it, and the local layouts accepted under ``--data-dir DIR``:
+
+- ``DIR/<name>/<split>.parquet``: the hub split as ``datasets`` writes it
+  (``Dataset.to_parquet``, images embedded). ``python -m vldft.eval download`` writes this.
+- ``DIR/<name>/<split>/``: a ``Dataset.save_to_disk`` folder (or a ``DatasetDict`` with that
+  split).
+- ``DIR/<name>/<upstream file>``: the benchmark's own repository layout (JSON / JSONL with image
+  paths, e.g. ``DIR/mathvision/data/testmini.jsonl`` + ``DIR/mathvision/images/``), converted
+  to the hub's columns so lmms-eval's own prompt and scoring functions read it unchanged.
+
+Pure data code: no lmms-eval import (the task side lives in ``vldft.eval.local_tasks``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+LETTERS = "ABCDEFGHIJ"
+
+
+class LocalDataError(ValueError):
+    """A local benchmark copy is missing or malformed; the message names the file, row or key."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: its lmms-eval task, hub source and local layouts.
+
+    ``convert`` maps one upstream record (with its key or position in ``"_key"``) to a row in
+    the hub's schema whose image columns hold paths; ``images`` names those columns (True: a
+    list of images). ``required`` are the upstream keys that must be present."""
+
+    name: str
+    task: str
+    hub: str
+    split: str
+    headline: str  # the metric a paper reports (compare's column)
+    upstream: str  # the upstream split file, relative to DIR/<name>
+    convert: Callable[[dict], dict]
+    images: dict[str, bool]
+    required: tuple[str, ...]
+    config: str | None = None  # the hub dataset's config name (lmms-eval's dataset_name)
+    hub_split: str | None = None  # the hub split to download, when it differs from ``split``
+    hub_keep: tuple[str, str] | None = None  # (column, value) rows kept from ``hub_split``
+    notes: str = ""
+    percent: bool = False  # the headline metric is reported in percent (0-100)
+    image_roots: tuple[str, ...] = field(default=("", "images", "data", "data/images"))
+
+
+def _same(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "_key"}
+
+
+def _mathvision(row: dict) -> dict:
+    return {**_same(row), "decoded_image": row["image"]}
+
+
+def _mathvista(row: dict) -> dict:
+    return {**_same(row), "pid": str(row.get("pid", row["_key"])), "decoded_image": row["image"]}
+
+
+def _wemath(row: dict) -> dict:
+    return _same(row)
+
+
+def _dynamath(row: dict) -> dict:
+    key = str(row["_key"])
+    return {"id": key, "question_id": key, "question": row["question"],
+            "ground_truth": str(row["answer"]), "decoded_image": row["image"],
+            "answer_type": row.get("answer_type"), "subject": row.get("subject"),
+            "knowledge_level": row.get("level")}
+
+
+def _logicvista(row: dict) -> dict:
+    return {"id": str(row["_key"]), "question": row["question"], "answer": row["answer"],
+            "image": row["imagename"], "skill": row.get("skill"),
+            "capability": row.get("capability")}
+
+
+def _geometry3k(row: dict) -> dict:
+    return {"id": row.get("id", row["_key"]), "problem": row["problem_text"],
+            "choices": [str(c) for c in row["choices"]], "ground_truth": row["answer"],
+            "images": [row["_dir"] + "/img_diagram.png"]}
+
+
+def _geoqa(row: dict) -> dict:
+    return _same(row)
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("mathverse", "mathverse_testmini_reasoning", "CaraJ/MathVerse-lmmseval", "testmini",
+              "acc_score", "testmini.json", _same, {"image": False},
+              ("question", "image", "answer", "question_type", "query_wo", "query_cot",
+               "problem_version"), config="testmini",
+              notes="upstream: AI4Math/MathVerse testmini.json + images/"),
+    Benchmark("mathvision", "mathvision_testmini", "MathLLMs/MathVision", "testmini",
+              "mathvision_standard_eval", "data/testmini.jsonl", _mathvision,
+              {"decoded_image": False}, ("question", "options", "answer", "image"),
+              notes="upstream: github.com/mathllm/MATH-V (data/*.jsonl + images/)",
+              percent=True),
+    Benchmark("wemath", "wemath_testmini_reasoning", "We-Math/We-Math", "testmini", "acc_score",
+              "testmini.json", _wemath, {"image_path": False},
+              ("ID", "question", "option", "answer", "image_path", "key"),
+              notes="upstream: We-Math testmini.json + the extracted testmini.zip"),
+    Benchmark("mathvista", "mathvista_testmini_cot_reasoning", "AI4Math/MathVista", "testmini",
+              "acc_score", "data/testmini.json", _mathvista, {"decoded_image": False},
+              ("question", "image", "choices", "answer", "question_type", "answer_type"),
+              notes="upstream: github.com/lupantech/MathVista (data/testmini.json + images)"),
+    Benchmark("dynamath", "dynamath_reasoning", "kcz358/DynaMath", "test", "dynamath_average",
+              "dataset/dataset.json", _dynamath, {"decoded_image": False},
+              ("question", "answer", "image"),
+              notes="upstream: github.com/DynaMath/DynaMath: the 501 seed questions only (the "
+                    "hub split holds sampled variants, so scores differ)"),
+    Benchmark("logicvista", "logicvista_reasoning", "lscpku/LogicVista", "test", "acc_score",
+              "data/dataset.json", _logicvista, {"image": False},
+              ("imagename", "question", "answer"),
+              notes="upstream: github.com/Yijia-Xiao/LogicVista (data/dataset.json + "
+                    "data/images/)"),
+    Benchmark("geometry3k", "geometry3k", "Yang130/geometry3k_4choices_mixed", "test",
+              "exact_match", "test", _geometry3k, {"images": True},
+              ("problem_text", "choices", "answer"),
+              notes="upstream: InterGPS test/<id>/data.json + img_diagram.png (the hub copy may "
+                    "order the choices differently)"),
+    Benchmark("geoqa", "geoqa", "hz2475/geoQA", "test", "accuracy", "test.jsonl", _geoqa,
+              {"image": False}, ("subject", "choices", "label", "image"), hub_split="train",
+              hub_keep=("original_split", "test"),
+              notes="vldft's own task (lmms-eval has none); the hub port keeps GeoQA's split "
+                    "in original_split; upstream GeoQA ships pickles: export them to JSONL"),
+)}
+
+# headline metric per task (compare's column); tasks not listed use their first metric
+HEADLINE = {b.task: b.headline for b in BENCHMARKS.values()} | {"vldft_geo_heldout": "accuracy"}
+PERCENT_TASKS = {b.task for b in BENCHMARKS.values() if b.percent}  # compare shows fractions
+BY_TASK = {b.task: b for b in BENCHMARKS.values()}
+
+
+# -- reading a local copy ---------------------------------------------------------------------
+def layouts(bench: Benchmark, root: Path) -> list[Path]:
+    """The paths a local copy of ``bench`` may have under ``root`` (= --data-dir), in order."""
+    base = root / bench.name
+    return [base / f"{bench.split}.parquet", base / bench.split, base / bench.upstream]
+
+
+def find_local(bench: Benchmark, root: str | Path) -> Path:
+    """The first layout present under ``root``; a one-line error naming all of them if none."""
+    candidates = layouts(bench, Path(root))
+    for path in candidates:
+        if path.exists():
+            return path
+    raise LocalDataError(
+        f"{bench.name}: no local copy under {Path(root) / bench.name}: expected "
+        f"{candidates[0]} (python -m vldft.eval download), {candidates[1]}/ (save_to_disk) or "
+        f"{candidates[2]} ({bench.notes.split(';')[0]})")
+
+
+def load_local(bench: Benchmark, root: str | Path) -> datasets.Dataset:
+    """The test split of ``bench`` from its local copy under ``root``, in the hub's schema."""
+    path = find_local(bench, root)
+    base = Path(root) / bench.name
+    saved = path.is_dir() and any((path / f).is_file() for f in ("state.json",
+                                                                 "dataset_dict.json"))
+    if path.suffix == ".parquet":
+        ds = datasets.Dataset.from_parquet(str(path))
+    elif saved:
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if bench.split not in ds:
+                raise LocalDataError(f"{path}: saved DatasetDict has splits {list(ds)}, "
+                                     f"not {bench.split!r}")
+            ds = ds[bench.split]
+    elif path.is_dir() and path != base / bench.upstream:
+        raise LocalDataError(f"{path}: not a save_to_disk folder (no state.json or "
+                             f"dataset_dict.json)")
+    else:
+        ds = _from_upstream(bench, path, base)
+    if len(ds) == 0:
+        raise LocalDataError(f"{path}: no rows")
+    return ds
+
+
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) from a JSON list, a JSON object keyed by id, or JSONL; ``where`` names
+    the file and line / key / position for error messages."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append((f"{path}:{n}", {"_key": n - 1, **json.loads(line)}))
+                except json.JSONDecodeError as e:
+                    raise LocalDataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        return out
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LocalDataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+    if isinstance(data, dict):
+        return [(f"{path}[{k!r}]", {"_key": k, **v}) for k, v in data.items()]
+    return [(f"{path}[{i}]", {"_key": i, **v}) for i, v in enumerate(data)]
+
+
+def _intergps_records(folder: Path) -> list[tuple[str, dict]]:
+    out = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+        f = d / "data.json"
+        if not f.is_file():
+            raise LocalDataError(f"{d}: no data.json (InterGPS layout: test/<id>/data.json)")
+        out.append((str(f), {"_key": d.name, "_dir": str(d), **json.loads(f.read_text())}))
+    return out
+
+
+def _resolve(value: str, bench: Benchmark, base: Path, file_dir: Path, where: str) -> str:
+    p = Path(value)
+    if p.is_absolute() and p.is_file():
+        return str(p)
+    tried = [file_dir / value] + [base / r / value for r in bench.image_roots]
+    for candidate in tried:
+        if candidate.is_file():
+            return str(candidate)
+    raise LocalDataError(f"{where}: image {value!r} not found (looked in "
+                         f"{', '.join(sorted({str(c.parent) for c in tried}))})")
+
+
+def _from_upstream(bench: Benchmark, path: Path, base: Path) -> datasets.Dataset:
+    records = _intergps_records(path) if path.is_dir() else _records(path)
+    rows = []
+    for where, rec in records:
+        missing = [k for k in bench.required if k not in rec]
+        if missing:
+            raise LocalDataError(f"{where}: missing key(s) {missing} (the {bench.name} upstream "
+                                 f"layout has {list(bench.required)})")
+        row = bench.convert(rec)
+        for col, is_list in bench.images.items():
+            value = row.get(col)
+            if value in (None, "") or (is_list and not value):
+                raise LocalDataError(f"{where}: no image in {col!r}")
+            values = value if is_list else [value]
+            file_dir = path if path.is_dir() else path.parent
+            resolved = [_resolve(str(v), bench, base, file_dir, where) for v in values]
+            row[col] = resolved if is_list else resolved[0]
+        rows.append(row)
+    ds = datasets.Dataset.from_list(rows)
+    for col, is_list in bench.images.items():
+        ds = ds.cast_column(col, datasets.Sequence(datasets.Image()) if is_list
+                            else datasets.Image())
+    return ds
+
+
+# -- making a local copy ----------------------------------------------------------------------
+def embed_images(ds: datasets.Dataset) -> datasets.Dataset:
+    """Image bytes stored in the table (``to_parquet`` alone keeps paths to the files)."""
+    from datasets.table import embed_table_storage
+
+    return ds.with_format("arrow").map(embed_table_storage, batched=True).with_format(None)
+
+
+def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | None = None,
+             force: bool = False, log: Callable[[str], None] = print) -> list[Path]:
+    """Save each benchmark's test split from the hub (or ``sources[name]``: another dataset id or
+    a local datasets repository) as ``data_dir/<name>/<split>.parquet`` with images embedded.
+    An existing file is kept unless ``force``; files are written whole (tmp + rename)."""
+    written = []
+    for name in names:
+        if name not in BENCHMARKS:
+            raise LocalDataError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+        bench = BENCHMARKS[name]
+        out = Path(data_dir) / name / f"{bench.split}.parquet"
+        if out.exists() and not force:
+            log(f"[vldft] {name}: {out} exists, kept (--force to download again)")
+            written.append(out)
+            continue
+        source = (sources or {}).get(name, bench.hub)
+        split = bench.hub_split or bench.split
+        log(f"[vldft] {name}: loading {source} (config {bench.config}, split {split}) ...")
+        ds = datasets.load_dataset(source, bench.config, split=split)
+        if bench.hub_keep:
+            col, value = bench.hub_keep
+            ds = ds.filter(lambda r, c=col, v=value: r[c] == v)
+            if len(ds) == 0:
+                raise LocalDataError(f"{name}: {source} has no rows with {col} == {value!r}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".parquet.tmp")
+        embed_images(ds).to_parquet(str(tmp))
+        os.replace(tmp, out)
+        log(f"[vldft] {name}: {len(ds)} rows -> {out}")
+        written.append(out)
+    return written
