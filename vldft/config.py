@@ -10,6 +10,7 @@ combinations raise ``ConfigError`` naming the key, before any model or data is l
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import types
 import typing
@@ -138,7 +139,14 @@ class TrainConfig:
     # switch from the SFT warm-up to the objective)
     eval_max_samples: int = 64  # held-out samples scored (0 disables held-out evaluation)
     eval_max_new_tokens: int = 64  # greedy generation length for held-out accuracy
-    eval_batch_size: int = 16  # held-out batch size
+    eval_batch_size: int = 16  # held-out batch size (also train.eval_tasks' batch size)
+    eval_tasks: list[str] = field(default_factory=list)  # lmms-eval task names (or vldft's,
+    # e.g. vldft_geo_heldout) scored on rank 0 every eval_every steps and at the end, into
+    # output_dir/eval/step-<N>/ and metrics.jsonl; [] = off. Needs the eval extra
+    eval_tasks_limit: int = 50  # samples per task in those evaluations (0: all)
+    eval_tasks_max_new_tokens: int = 0  # cap on each task's generation budget (0: the task's)
+    eval_data_dir: str | None = None  # local benchmark copies for eval_tasks (the eval CLI's
+    # --data-dir; made by `python -m vldft.eval download`); null: the hub / datasets cache
     global_batch_size: int | None = None  # samples per optimizer step over all ranks; sets
     # grad_accum = global / (micro_batch_size x world size), which must divide evenly
     resume: str = "auto"  # "auto": continue from the newest complete checkpoint-<step> in
@@ -250,8 +258,10 @@ class Config:
         if t.max_steps and lo.sft_warmup_steps >= t.max_steps:
             raise ConfigError(f"loss.sft_warmup_steps: {lo.sft_warmup_steps} >= train.max_steps "
                               f"({t.max_steps}); loss.name={lo.name} would never be trained")
-        if t.eval_every and not d.heldout_file:
-            raise ConfigError("train.eval_every: set data.heldout_file to evaluate on")
+        if t.eval_every and not d.heldout_file and not t.eval_tasks:
+            raise ConfigError("train.eval_every: set data.heldout_file (or train.eval_tasks) "
+                              "to evaluate on")
+        self._validate_eval_tasks()
         for key in ("weight_decay", "max_grad_norm"):
             if getattr(t, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0")
@@ -285,6 +295,26 @@ class Config:
                               "existing checkpoint directory")
         if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
             raise ConfigError("train.adam_betas: must be two numbers in [0, 1)")
+
+    def _validate_eval_tasks(self) -> None:
+        """``train.eval_tasks`` and its keys. Task names are resolved by lmms-eval when the
+        training loop builds (``vldft.train.check_eval_tasks``), still before any model loads."""
+        t = self.train
+        for key in ("eval_tasks_limit", "eval_tasks_max_new_tokens"):
+            if getattr(t, key) < 0:
+                raise ConfigError(f"train.{key}: must be >= 0")
+        if t.eval_data_dir is not None and not self.resolve(t.eval_data_dir).is_dir():
+            raise ConfigError(f"train.eval_data_dir: {self.resolve(t.eval_data_dir)} is not a "
+                              "directory")
+        if not t.eval_tasks:
+            return
+        if any(not name.strip() for name in t.eval_tasks):
+            raise ConfigError("train.eval_tasks: empty task name")
+        if len(set(t.eval_tasks)) != len(t.eval_tasks):
+            raise ConfigError(f"train.eval_tasks: duplicate task names {t.eval_tasks}")
+        if importlib.util.find_spec("lmms_eval") is None:
+            raise ConfigError("train.eval_tasks: needs lmms-eval, which is not installed; "
+                              'pip install -e ".[eval]" (or set train.eval_tasks=[])')
 
 
 def world_size() -> int:

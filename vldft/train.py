@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -319,9 +320,12 @@ def _register_zero3(module: ObjectiveModule, accelerator: Accelerator) -> None:
 def main(cfg: Config) -> dict:
     """Train per ``cfg``; returns the summary dict (also written to output_dir/summary.json)."""
     t = cfg.train
+    # the other ranks wait for rank 0's train.eval_tasks evaluation: a long collective timeout
+    timeout = [InitProcessGroupKwargs(timeout=datetime.timedelta(hours=6))] if t.eval_tasks \
+        else []
     # without a GPU, accelerate forms a multi-process (gloo) group only when told cpu=True
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg),
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), kwargs_handlers=timeout)
     if accelerator.num_processes != world_size():
         raise SystemExit(f"WORLD_SIZE is {world_size()} but accelerate formed a group of "
                          f"{accelerator.num_processes}; launch with torchrun or accelerate launch")
@@ -336,6 +340,15 @@ def main(cfg: Config) -> dict:
             and cfg.model.lora is None:
         raise SystemExit("loss.name=asft under DeepSpeed ZeRO-3 needs model.lora (the reference "
                          "is then the adapter-disabled model; a full copy cannot be sharded)")
+    if t.eval_tasks and (accelerator.distributed_type == DistributedType.FSDP
+                         or (plugin is not None and plugin.zero_stage == 3)):
+        raise ConfigError("train.eval_tasks: not supported with sharded weights (FSDP / "
+                          "DeepSpeed ZeRO-3); evaluate the saved checkpoints with "
+                          "`python -m vldft.eval` instead, or set train.eval_tasks=[]")
+    if t.eval_tasks:  # unknown tasks / missing data fail before any model loads
+        from vldft.eval.in_training import check_eval_tasks, run_benchmarks
+
+        check_eval_tasks(cfg)
     out_dir = cfg.resolve(t.output_dir)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *a, **k: None)
@@ -413,7 +426,7 @@ def main(cfg: Config) -> dict:
     # state that a checkpoint carries besides model / optimizer / scheduler / RNG
     st = {"step": 0, "pos": {"epoch": 0, "consumed": 0}, "seen": [], "skips": [],
           "truncated": 0, "window": {}, "history": [], "evals": [], "nonfinite_steps": 0,
-          "nonfinite_run": 0, "collapse_warnings": [], "elapsed": 0.0}
+          "nonfinite_run": 0, "collapse_warnings": [], "elapsed": 0.0, "benchmarks": []}
     if resume_from is not None:
         st = read_state(resume_from)
         if st["step"] >= total:
@@ -448,6 +461,8 @@ def main(cfg: Config) -> dict:
         stream = micro_batch_stream(loader, sampler, skips, counts, pos, seen, world)
         window: Counter = Counter(st["window"])
         history, evals = st["history"], st["evals"]
+        benchmarks = st.get("benchmarks", [])  # train.eval_tasks lines (absent: older checkpoints)
+        postfix: dict[str, str] = {}  # the progress bar's: last log line + last benchmarks
         start = time.perf_counter() - st["elapsed"]
         guard = CollapseGuard(window=t.collapse_window) if t.on_collapse != "off" else None
         stopped = None
@@ -477,12 +492,30 @@ def main(cfg: Config) -> dict:
                 tqdm.write(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}"
                            + (f" ({res['n_skipped']} skipped)" if res["n_skipped"] else ""))
 
+        def run_tasks(step: int) -> None:
+            """train.eval_tasks (``run_benchmarks``), logged like the held-out evaluation."""
+            if not t.eval_tasks:
+                return
+            rec = run_benchmarks(adapter, accelerator, cfg, step, out_dir)
+            if rec is None:  # not rank 0
+                return
+            benchmarks.append(rec)
+            write_metrics(rec)
+            window["t0"] += rec["eval_s"]  # the next log line's tokens_per_s: training time only
+            postfix.update({task: f"{v:.3f}" for task, v in rec["benchmarks"].items()})
+            bar.set_postfix(postfix)
+            tqdm.write(f"[vldft] step {step} benchmarks ({rec['eval_s']:.0f} s, "
+                       f"eval/step-{step}): " + ", ".join(
+                           f"{task} {rec['metric'][task]} {v:.4f} (n={rec['n'][task]})"
+                           for task, v in rec["benchmarks"].items()))
+
         def save_checkpoint(step: int) -> Path:
             path = out_dir / f"checkpoint-{step}"
             state = {"step": step, "pos": dict(pos), "seen": sorted(seen),
                      "skips": [[list(k), n] for k, n in skips.items()],
                      "truncated": counts["truncated"], "window": dict(window),
-                     "history": history, "evals": evals, "nonfinite_steps": nonfinite,
+                     "history": history, "evals": evals, "benchmarks": benchmarks,
+                     "nonfinite_steps": nonfinite,
                      "nonfinite_run": bad_run, "collapse_warnings": collapse_msgs,
                      "elapsed": time.perf_counter() - start, "config": config_to_dict(cfg)}
             save(path, accelerator, _model_writer(adapter, accelerator, module), state)
@@ -542,10 +575,11 @@ def main(cfg: Config) -> dict:
                 history.append(rec)
                 write_metrics(rec)
                 extra = {"kl": f"{rec['kl']:.4f}"} if "kl" in rec else {}
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}",
-                                p=f"{rec['mean_p']:.3f}", low_p=f"{rec['low_p_frac']:.3f}",
-                                H=f"{rec['entropy']:.3f}", **extra, lr=f"{rec['lr']:.2e}",
-                                tok_s=f"{rec['tokens_per_s']:.0f}")
+                postfix.update(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}",
+                               p=f"{rec['mean_p']:.3f}", low_p=f"{rec['low_p_frac']:.3f}",
+                               H=f"{rec['entropy']:.3f}", **extra, lr=f"{rec['lr']:.2e}",
+                               tok_s=f"{rec['tokens_per_s']:.0f}")
+                bar.set_postfix(postfix)
                 window = Counter(t0=elapsed)
                 msg = guard.observe(rec) if guard is not None else None
                 if msg:
@@ -565,6 +599,8 @@ def main(cfg: Config) -> dict:
             if step < total and ((t.eval_every and step % t.eval_every == 0)
                                  or step == cfg.loss.sft_warmup_steps):
                 run_heldout(step)
+            if step < total and t.eval_every and step % t.eval_every == 0:
+                run_tasks(step)
             if t.save_every and step % t.save_every == 0 and step < total:
                 save_checkpoint(step)
         bar.close()
@@ -590,10 +626,13 @@ def main(cfg: Config) -> dict:
             _save(_model_writer(adapter, accelerator, module), accelerator, final_dir)
             summary["checkpoint"] = str(final_dir)
             run_heldout(total)
+            run_tasks(total)
         if evals:
             summary["heldout"] = evals[-1]
             summary["heldout_history"] = [{k: e[k] for k in ("step", "ce", "loss", "accuracy")}
                                           for e in evals]
+        if benchmarks:
+            summary["benchmarks"] = benchmarks
         if is_main:
             if history:
                 summary["plots"] = [str(p) for p in write_plots(out_dir, history,
@@ -672,6 +711,10 @@ def _print_summary(summary: dict, history: list[dict]) -> None:
         print(f"[vldft] held-out at step {h['step']} ({summary['heldout']['n']} samples): "
               f"ce {h['ce']:.4f}, {summary['objective']} loss {h['loss']:.4f}, "
               f"answer accuracy {acc}")
+    for b in summary.get("benchmarks", []):
+        print(f"[vldft] benchmarks at step {b['step']}: " + ", ".join(
+            f"{task} {b['metric'][task]} {v:.4f} (n={b['n'][task]})"
+            for task, v in b["benchmarks"].items()))
     if summary.get("heldout", {}).get("accuracy_by_kind"):
         kinds = summary["heldout"]["accuracy_by_kind"]
         print("[vldft] final accuracy by kind: "
@@ -685,10 +728,9 @@ def cli(argv: list[str] | None = None) -> None:
         print(__doc__)
         raise SystemExit(0 if argv else 2)
     try:
-        cfg = load_config(argv[0], argv[1:])
-    except ConfigError as e:
+        main(load_config(argv[0], argv[1:]))
+    except ConfigError as e:  # from loading, or from main's checks before any model loads
         raise SystemExit(f"config error: {e}") from None
-    main(cfg)
 
 
 if __name__ == "__main__":

@@ -80,9 +80,16 @@ def _download(argv: list[str]) -> None:
     if not names:
         p.error("nothing to download: pass --suite, --tasks or --benchmarks")
     sources = dict(s.split("=", 1) for s in args.source)
-    from vldft.eval.benchmarks import download
+    from vldft.eval.benchmarks import LocalDataError, download
 
-    download(list(dict.fromkeys(names)), args.data_dir, sources, force=args.force)
+    try:
+        download(list(dict.fromkeys(names)), args.data_dir, sources, force=args.force)
+    except LocalDataError as e:
+        sys.exit(f"[vldft] error: {e}")
+    except (ConnectionError, OSError) as e:  # datasets' hub errors are ConnectionError / OSError
+        sys.exit(f"[vldft] error: {type(e).__name__}: {str(e).splitlines()[0]} (download needs "
+                 f"the Hugging Face hub: run it where huggingface.co is reachable, or pass "
+                 f"--source BENCH=LOCAL_DATASETS_REPO)")
 
 
 def main(argv: list[str] | None = None) -> None:
