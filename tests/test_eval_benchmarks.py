@@ -229,3 +229,38 @@ def test_wemath_all_wrong_reports_zero_instead_of_crashing(manager):
     with pytest.raises(ZeroDivisionError):
         agg([item])
     assert guard_aggregation(agg, "wemath_testmini_reasoning", "wemath_loose")([item]) == 0.0
+
+
+def test_compare_flags_runs_that_are_not_comparable(tmp_path, capsys):
+    """Different sample counts (--limit) or task versions are flagged under the table; the
+    average column needs every benchmark; MathVision's percentage becomes a fraction."""
+    from vldft.eval.report import compare
+
+    def run(name: str, rows: list[tuple[str, str, float, int]], version: float = 1.0) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        metrics = [{"task": t, "metric": m, "value": v, "n": n, "stderr": None}
+                   for t, m, v, n in rows]
+        tasks = {r[0] for r in rows}
+        d.joinpath("results.json").write_text(json.dumps({
+            "vldft": {"lmms_eval_version": "0.7.3"}, "metrics": metrics,
+            "lmms_eval": {"versions": {t: version for t in tasks}}}))
+        return d
+
+    base = run("base", [("mathvision_testmini", "mathvision_standard_eval", 20.0, 304),
+                        ("geometry3k", "exact_match", 0.5, 601)])
+    full = run("sft", [("mathvision_testmini", "mathvision_standard_eval", 30.0, 304),
+                       ("geometry3k", "exact_match", 0.6, 64)], version=2.0)
+    part = run("dft", [("geometry3k", "exact_match", 0.7, 601)])
+    table = compare([base, full, part], tmp_path / "cmp")
+    lines = table.splitlines()
+    assert lines[0] == "| run | mathvision_testmini | geometry3k | avg |"
+    assert lines[2] == "| base | 0.2000 | 0.5000 | 0.3500 |"
+    assert lines[3] == "| sft | 0.3000 (+0.1000) | 0.6000 (+0.1000) | 0.4500 (+0.1000) |"
+    assert lines[4] == "| dft | - | 0.7000 (+0.2000) | - |"
+    assert "geometry3k: runs scored different sample counts base n=601, sft n=64" in table
+    assert "mathvision_testmini: runs used different versions" in table
+    csv_text = (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()
+    assert csv_text[0] == ("run,mathvision_testmini,geometry3k,avg,mathvision_testmini_n,"
+                           "geometry3k_n")
+    assert capsys.readouterr().out.startswith(table)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vldft.eval.benchmarks import HEADLINE, PERCENT_TASKS
@@ -26,6 +26,7 @@ class Run:
     label: str
     scores: dict[str, float]
     n: dict[str, int | None]
+    versions: dict[str, str] = field(default_factory=dict)  # task version, lmms-eval version
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -44,7 +45,10 @@ def load_run(run_dir: str | Path) -> Run:
         if (wanted is None and task not in scores) or metric == wanted:
             scores[task] = float(row["value"]) / (100 if task in PERCENT_TASKS else 1)
             n[task] = row.get("n")
-    return Run(Path(run_dir).resolve().name, scores, n)
+    lmms = data.get("lmms_eval") or {}
+    versions = {t: f"task {(lmms.get('versions') or {}).get(t)}, lmms-eval "
+                   f"{(data.get('vldft') or {}).get('lmms_eval_version')}" for t in scores}
+    return Run(Path(run_dir).resolve().name, scores, n, versions)
 
 
 def _columns(runs: list[Run]) -> list[str]:
@@ -60,7 +64,8 @@ def average(run: Run, columns: list[str]) -> float | None:
 
 
 def sample_count_warnings(runs: list[Run]) -> list[str]:
-    """One line per task whose runs were scored on different numbers of samples."""
+    """One line per task whose runs were scored on different numbers of samples or with
+    different task / lmms-eval versions: their numbers are not comparable."""
     out = []
     for task in _columns(runs):
         counts = {r.label: r.n.get(task) for r in runs if task in r.scores}
@@ -68,6 +73,10 @@ def sample_count_warnings(runs: list[Run]) -> list[str]:
             out.append(f"{task}: runs scored different sample counts "
                        + ", ".join(f"{k} n={v}" for k, v in counts.items())
                        + " (e.g. --limit): not comparable")
+        versions = {r.label: r.versions.get(task) for r in runs if task in r.scores}
+        if len(set(versions.values())) > 1:
+            out.append(f"{task}: runs used different versions: "
+                       + "; ".join(f"{k} {v}" for k, v in versions.items()))
     return out
 
 
