@@ -264,3 +264,22 @@ def test_compare_flags_runs_that_are_not_comparable(tmp_path, capsys):
     assert csv_text[0] == ("run,mathvision_testmini,geometry3k,avg,mathvision_testmini_n,"
                            "geometry3k_n")
     assert capsys.readouterr().out.startswith(table)
+
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+def test_real_mathverse_website_sample_is_refused_naming_the_missing_keys(tmp_path):
+    """MathVerse's public website sample (a MathVista-like schema without the query_wo /
+    query_cot prompts lmms-eval's task reads) is not the release layout: the error says which
+    keys are missing and where, instead of a crash inside lmms-eval."""
+    src = REALDATA / "mathverse_visualizer_subset"
+    if not src.is_dir():
+        pytest.skip(f"{src} is absent (real public samples live outside the repository)")
+    (tmp_path / "mathverse").mkdir()
+    rows = json.loads((src / "plane_geometry_subset.json").read_text())
+    (tmp_path / "mathverse" / "testmini.json").write_text(json.dumps(rows))
+    with pytest.raises(LocalDataError) as e:
+        load_local(BENCHMARKS["mathverse"], tmp_path)
+    msg = str(e.value)
+    assert "testmini.json[" in msg and "'query_wo'" in msg and "'problem_version'" in msg, msg
