@@ -20,7 +20,8 @@ def _feed(guard, recs):
     return [(r["step"], m) for r in recs if (m := guard.observe(r))]
 
 
-# Shapes of the measured collapse (DESIGN.md section 7; tiny Qwen2.5-VL, DFT from random init,
+# Shapes of the measured collapse (docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu;
+# tiny Qwen2.5-VL, DFT from random init,
 # lr 2e-3): objective rises while p grows from 1/V, then falls to ~0 while CE climbs back.
 COLLAPSE = [(0.035, 5.14, 5.50), (0.102, 3.92, 4.70), (0.148, 3.18, 2.53), (0.084, 3.16, 1.17),
             (0.025, 3.52, 0.31), (0.006, 3.93, 0.10), (0.0056, 4.13, 0.075), (0.0059, 4.45, 0.062),

@@ -9,9 +9,9 @@ import torch
 from accelerate import Accelerator
 
 from vldft.adapters import load_adapter
-from vldft.collate import Collator, SampleError
+from vldft.collate import Collator
 from vldft.config import ModelConfig, load_config
-from vldft.data import load_jsonl
+from vldft.data import DataError, load_jsonl
 from vldft.train import ObjectiveModule, accumulate_gradients, build_optimizer, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,12 +316,13 @@ def test_corrupt_image_is_a_counted_skip_with_on_error_skip(tmp_path):
     overrides = [f"data.train_files=[{data}]", "data.heldout_file=null",
                  f"train.output_dir={out}", "train.max_steps=2", "train.micro_batch_size=4",
                  "train.log_every=1", "loss.sft_warmup_steps=0"]
-    with pytest.raises(SampleError, match="cannot be opened"):
+    with pytest.raises(DataError, match=r"train\.jsonl:4 \(id geo-train-000003\): image "
+                                        r".*corrupt\.png cannot be opened"):
         main(load_config(ROOT / "configs/demo.yaml", overrides))
     summary = main(load_config(ROOT / "configs/demo.yaml", [*overrides, "data.on_error=skip"]))
-    assert summary["skipped"] == {"train/encode_error": 1}
+    assert summary["skipped"] == {} and summary["read_skips"] == {"train/image_corrupt": 1}
     saved = json.loads((out / "data_summary.json").read_text())
-    assert saved["encode_skips"] == {"train/encode_error": 1}
+    assert saved["encode_skips"] == {} and saved["skipped"][0]["image"] == str(bad)
 
 
 def test_gradient_checkpointing_covers_both_towers_and_keeps_the_gradients():

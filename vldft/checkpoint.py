@@ -153,3 +153,182 @@ def truncate_jsonl(path: Path, step: int) -> None:
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+# --- output-directory ownership --------------------------------------------------------------
+#
+# An output directory belongs to one run. ``run.json`` (written before training starts) records
+# the run's *fingerprint*: every config key that defines what is trained, i.e. the whole
+# resolved config minus NOT_FINGERPRINTED below. Resuming (or re-running a finished command)
+# needs the same fingerprint; anything else stops before the model loads, naming the keys.
+
+RUN_FILE = "run.json"
+NOT_FINGERPRINTED = frozenset({
+    # where outputs go and how a run resumes / keeps checkpoints
+    "train.output_dir", "train.resume", "train.overwrite", "train.save_every",
+    "train.keep_checkpoints",
+    # logging, evaluation and guards: observe the run, do not change the updates
+    "train.log_every", "train.hist_every", "train.eval_every", "train.eval_max_samples",
+    "train.eval_max_new_tokens", "train.eval_batch_size", "train.eval_tasks",
+    "train.eval_tasks_limit", "train.eval_tasks_max_new_tokens", "train.eval_data_dir",
+    "train.max_nonfinite_steps", "train.on_collapse", "train.collapse_window",
+    "data.heldout_file",
+    # engine / kernel / memory choices a resume on other hardware may need to change
+    "train.optimizer_impl", "train.mixed_precision", "model.attn_implementation",
+    "model.gradient_checkpointing", "loss.chunk_size", "loss.implementation",
+    "data.num_workers", "data.on_error",
+})
+# the files and directories the training loop writes into output_dir (``train.overwrite`` removes
+# exactly these; anything else in the directory is left alone)
+RUN_FILES = ("run.json", "config.yaml", "data_summary.json", "metrics.jsonl", "histograms.jsonl",
+             "summary.json", "training_curves.png", "prob_histograms.png")
+RUN_DIRS = ("final", "final.tmp")
+CKPT_ANY = re.compile(r"^checkpoint-\d+(\.tmp)?$")
+EVAL_STEP = re.compile(r"^step-\d+$")
+
+
+def fingerprint(config: dict) -> dict:
+    """Dotted key -> value of the settings that define a run (``config_to_dict`` output).
+    Keys a setting makes irrelevant are dropped: ``train.epochs`` when ``train.max_steps`` is
+    set, ``train.grad_accum`` when ``train.global_batch_size`` is."""
+    flat = {}
+    for section, body in config.items():
+        if not isinstance(body, dict):
+            continue
+        for key, value in body.items():
+            full = f"{section}.{key}"
+            if full not in NOT_FINGERPRINTED:
+                flat[full] = value
+    if flat.get("train.max_steps"):
+        flat.pop("train.epochs", None)
+    if flat.get("train.global_batch_size") is not None:
+        flat.pop("train.grad_accum", None)
+    return flat
+
+
+def fingerprint_diff(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every key both fingerprints have and that differs (a key one of
+    them lacks comes from another vldft version and is not compared)."""
+    def short(v) -> str:
+        text = json.dumps(v) if not isinstance(v, float) else repr(v)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return [f"{k}: {short(old[k])} -> {short(new[k])}" for k in sorted(set(old) & set(new))
+            if old[k] != new[k]]
+
+
+def run_artefacts(out_dir: Path) -> list[Path]:
+    """What a vldft run left in ``out_dir`` (checkpoints, final/, metrics, summary, plots,
+    run.json, eval/step-<N>/); empty if none."""
+    if not out_dir.is_dir():
+        return []
+    found = [p for p in sorted(out_dir.iterdir())
+             if (p.name in RUN_FILES and (p.is_file() or p.is_symlink()))
+             or (p.name in RUN_DIRS and (p.is_dir() or p.is_symlink()))
+             or (CKPT_ANY.match(p.name) and (p.is_dir() or p.is_symlink()))]
+    ev = out_dir / "eval"
+    if ev.is_dir() and not ev.is_symlink():
+        found += [p for p in sorted(ev.iterdir()) if EVAL_STEP.match(p.name)]
+    return found
+
+
+def remove_run(out_dir: Path) -> list[Path]:
+    """Delete ``run_artefacts(out_dir)`` (a symlink is unlinked, never followed) and ``eval/``
+    if that leaves it empty. Returns what was removed; other files are kept."""
+    removed = run_artefacts(out_dir)
+    for p in removed:
+        if p.is_symlink() or not p.is_dir():
+            p.unlink()
+        else:
+            shutil.rmtree(p)
+    ev = out_dir / "eval"
+    if ev.is_dir() and not ev.is_symlink() and not any(ev.iterdir()):
+        ev.rmdir()
+    return removed
+
+
+def recorded_fingerprint(out_dir: Path) -> dict | None:
+    """The fingerprint of the run in ``out_dir``: ``run.json``; for directories written before
+    run.json existed, the newest checkpoint's config, else ``config.yaml``; None if unknown."""
+    try:
+        if (out_dir / RUN_FILE).is_file():
+            return json.loads((out_dir / RUN_FILE).read_text())["fingerprint"]
+        found = complete_checkpoints(out_dir, quiet=True)
+        if found and "config" in read_state(found[-1][1]):
+            return fingerprint(read_state(found[-1][1])["config"])
+        if (out_dir / "config.yaml").is_file():
+            import yaml
+
+            return fingerprint(yaml.safe_load((out_dir / "config.yaml").read_text()) or {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def finished_summary(out_dir: Path) -> dict | None:
+    """``summary.json`` of a run that finished (not stopped) with a whole ``final/``; else None."""
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    final = out_dir / "final"
+    if not isinstance(summary, dict) or summary.get("stopped") is not None \
+            or not (final / "config.json").is_file():
+        return None
+    return summary
+
+
+def write_run_file(out_dir: Path, fp: dict) -> None:
+    tmp = out_dir / (RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fp}, indent=1, default=str))
+    tmp.rename(out_dir / RUN_FILE)
+
+
+def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool
+                     ) -> tuple[str, object]:
+    """Decide what a run may do with ``out_dir`` (rank 0 only; the caller broadcasts it).
+
+    Returns one of ``("refuse", message)``, ``("finished", summary)``, ``("resume", None)``
+    (after writing run.json if it was missing), ``("fresh", removed)`` (run.json written; with
+    ``overwrite`` the old run's artefacts were removed first). Nothing is written on refusal.
+    """
+    new = fingerprint(config)
+    used = run_artefacts(out_dir)
+    hint = "set train.overwrite=true to replace it, or choose a new train.output_dir"
+
+    def listing() -> str:
+        names = [p.name for p in used if p.parent == out_dir]
+        return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+    removed: list[Path] = []
+    if all(p.name == RUN_FILE for p in used):  # nothing, or a run that died before training
+        write_run_file(out_dir, new)
+        return "fresh", removed
+    old = recorded_fingerprint(out_dir)
+    summary = finished_summary(out_dir)
+    if not overwrite:
+        if old is None:
+            return "refuse", (f"train.output_dir: {out_dir} holds outputs of a run whose settings "
+                              f"are unknown ({listing()}); {hint}")
+        diff = fingerprint_diff(old, new)
+        if diff:
+            what = "finished run" if summary is not None else "run"
+            return "refuse", (f"train.output_dir: {out_dir} holds a {what} with different "
+                              f"settings ({'; '.join(diff)}); {hint}")
+        if resume == "none":
+            return "refuse", (f"train.resume=none: {out_dir} already holds this run's outputs "
+                              f"({listing()}); set train.overwrite=true to delete them and start "
+                              "over, or choose a new train.output_dir")
+        if summary is not None:
+            return "finished", summary
+        if not (out_dir / RUN_FILE).is_file():
+            write_run_file(out_dir, new)
+        return "resume", None
+    # overwrite: an interrupted run with the same settings still resumes (a preempted job whose
+    # config says overwrite=true must not lose its checkpoints); anything else is replaced
+    if old is not None and not fingerprint_diff(old, new) and resume != "none" and summary is None:
+        if not (out_dir / RUN_FILE).is_file():
+            write_run_file(out_dir, new)
+        return "resume", None
+    removed = remove_run(out_dir)
+    write_run_file(out_dir, new)
+    return "fresh", removed

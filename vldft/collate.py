@@ -20,17 +20,25 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from vldft.adapters.base import Adapter
-from vldft.data import Sample
+from vldft.data import Sample, image_name
 
 IGNORE = -100
 
 
 class SampleError(ValueError):
-    """A sample that cannot be encoded correctly; the message names it."""
+    """A sample that cannot be encoded correctly; the message names it. ``reason``: a code of
+    ``vldft.data.REASONS`` (``encode_error``, ``image_missing``, ``image_corrupt``); ``image``:
+    the image that failed, when one did."""
+
+    def __init__(self, message: str, reason: str = "encode_error",
+                 image: str | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.image = reason, image
 
 
 @dataclass
@@ -47,6 +55,10 @@ class Skipped:
     sample_id: str
     reason: str  # a reason code of vldft/data/validate.py: too_long, image_cut, truncated_empty
     source: str = ""
+    origin: str = ""  # where the sample was read (Sample.origin: "file:line")
+    image: str | None = None  # the image that caused it, when one did
+    message: str = ""
+    fatal: bool = False  # data.on_error=raise: the training loop stops on it (with its location)
 
 
 def _nfc(text: str) -> str:
@@ -105,7 +117,7 @@ class Collator:
         try:
             return self._encode(sample)
         except SampleError as e:
-            raise SampleError(f"sample {sample.id}: {e}") from None
+            raise SampleError(f"sample {sample.id}: {e}", e.reason, e.image) from None
 
     def _encode(self, sample: Sample) -> Encoded | Skipped:
         a = self.adapter
@@ -120,10 +132,15 @@ class Collator:
             raise SampleError(f"{n_placeholders} image placeholders ({a.image_token!r}) in the "
                               f"rendered text but {len(sample.images)} images")
         px = self.pixels.get(sample.source)
-        try:
-            images = [a.load_image(img, px) for img in sample.images]
-        except (OSError, ValueError) as e:  # missing / corrupt / truncated image file
-            raise SampleError(f"image cannot be opened: {e}") from None
+        images = []
+        for img in sample.images:
+            try:
+                images.append(a.load_image(img, px))
+            except Exception as e:  # missing / corrupt / truncated file (OSError, SyntaxError..)
+                missing = isinstance(img, (str, Path)) and not Path(img).is_file()
+                raise SampleError(f"image {image_name(img)} cannot be opened: {e}",
+                                  "image_missing" if missing else "image_corrupt",
+                                  image_name(img)) from None
         try:
             out = a.process(text, images, px)
         except ValueError as e:
@@ -140,17 +157,21 @@ class Collator:
             if self.overlong == "error":
                 raise SampleError(f"{len(full_ids)} tokens > data.max_length={self.max_length}")
             if self.overlong == "skip":
-                return Skipped(sample.id, "too_long", sample.source)
+                return Skipped(sample.id, "too_long", sample.source, sample.origin,
+                               message=f"{len(full_ids)} tokens > data.max_length="
+                               f"{self.max_length}")
             # keep the token after the last image run too (Qwen's <|vision_end|>)
             if len(is_image) and int(is_image.max()) + 1 >= self.max_length:
-                return Skipped(sample.id, "image_cut", sample.source)
+                return Skipped(sample.id, "image_cut", sample.source, sample.origin,
+                               message="truncating to data.max_length would cut an image")
             full_ids, labels_t = full_ids[: self.max_length], labels_t[: self.max_length]
             truncated = True
             for key, value in out.items():  # per-token extras (mm_token_type_ids)
                 if value.dim() == 2 and value.shape[0] == 1:
                     out[key] = value[:, : self.max_length]
             if not (labels_t != IGNORE).any():
-                return Skipped(sample.id, "truncated_empty", sample.source)
+                return Skipped(sample.id, "truncated_empty", sample.source, sample.origin,
+                               message="no trained token left after truncation")
         return Encoded(sample.id, full_ids, labels_t, out, truncated)
 
     def _label(self, tid: int, s: int, e: int, text: str, spans) -> int:
@@ -257,3 +278,62 @@ def show(enc: Encoded, tokenizer, image_token_id: int) -> str:
             out.append(f"[[{text}]]" if kind(k) == "train" else text)
         k = j
     return "".join(out)
+
+
+# -- command line: python -m vldft.collate / vldft-collate --------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Print how CONFIG's first samples are encoded (trained tokens in ``[[...]]``)."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="python -m vldft.collate", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Shows the first --n samples of each source as the training loop encodes them: "
+               "trained tokens inside [[...]], image-token runs as <token>xN, the rest masked. "
+               "A histogram of lengths over more samples: python -m vldft.data inspect.")
+    parser.add_argument("config", help="YAML config (the one you would train with)")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
+                        help="optional overrides of the config's values (as for vldft.train)")
+    parser.add_argument("--n", type=int, default=2, help="samples shown per source (default 2)")
+    parser.add_argument("--source", default=None, help="only the source with this name")
+    args = parser.parse_intermixed_args(argv)
+    if args.n < 1:
+        parser.error("--n must be >= 1")
+    from vldft.progress import quiet_if_logging
+
+    quiet_if_logging()  # a log file: no \r-redrawn progress bars
+
+    from vldft.adapters import load_adapter
+    from vldft.config import ConfigError, load_config
+    from vldft.data import DataError
+    from vldft.data.formats import SkipReport, read_source
+    from vldft.data.validate import source_pixels
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        sources = [s for s in cfg.all_sources() if args.source in (None, s.label)]
+        if not sources:
+            raise ConfigError(f"--source {args.source}: no such source; sources: "
+                              f"{[s.label for s in cfg.all_sources()]}")
+        adapter = load_adapter(cfg.model)
+        d = cfg.data
+        coll = Collator(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
+        for src in sources:
+            for s in read_source(src, Path(cfg.base_dir), d.on_error, SkipReport())[: args.n]:
+                enc = coll.encode(s)
+                if isinstance(enc, Skipped):
+                    print(f"--- {s.source} / {s.id}: skipped ({enc.reason})")
+                    continue
+                n_train = int((enc.labels != IGNORE).sum())
+                print(f"--- {s.source} / {s.id}: {len(enc.input_ids)} tokens, {n_train} trained")
+                print(show(enc, adapter.tokenizer, adapter.image_token_id))
+    except (ConfigError, DataError, SampleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

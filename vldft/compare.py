@@ -386,12 +386,13 @@ def _array_index() -> int | None:
 def cli(argv: list[str] | None = None) -> Study:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
-        prog="python -m vldft.compare", description=__doc__.split("\n")[0],
+        prog="python -m vldft.compare", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Launch lines and the sweep section: see the module docstring "
-               "(python -c 'import vldft.compare; help(vldft.compare)').")
+        epilog="overrides: section.key=value (value read as YAML), as for python -m vldft.train "
+               "(its --help lists the config keys)")
     parser.add_argument("config", help="training config, optionally with a sweep section")
-    parser.add_argument("overrides", nargs="*", help="section.key=value for every run")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
+                        help="optional overrides applied to every run")
     parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
                         help="grid axes (crossed with each other and with the variants)")
     parser.add_argument("--variant", nargs="+", action="append", default=[],
@@ -403,6 +404,9 @@ def cli(argv: list[str] | None = None) -> Study:
     parser.add_argument("--report", action="store_true", help="only tabulate finished runs")
     parser.add_argument("--force", action="store_true", help="retrain finished runs")
     args = parser.parse_args(argv)
+    from vldft.progress import quiet_if_logging
+
+    quiet_if_logging()  # a log file: no \r-redrawn progress bars
     try:
         study = build_study(args.config, args.overrides, args.grid, args.variant, args.out)
     except ConfigError as e:
@@ -431,5 +435,10 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The ``vldft-compare`` command (``cli`` returns the Study, which is not an exit code)."""
+    cli(argv)
+
+
 if __name__ == "__main__":
-    cli()
+    main()

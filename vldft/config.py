@@ -10,6 +10,7 @@ combinations raise ``ConfigError`` naming the key, before any model or data is l
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import os
 import types
@@ -151,6 +152,9 @@ class TrainConfig:
     # grad_accum = global / (micro_batch_size x world size), which must divide evenly
     resume: str = "auto"  # "auto": continue from the newest complete checkpoint-<step> in
     # output_dir if there is one; "none": start fresh; or a checkpoint directory
+    overwrite: bool = False  # let this run replace an output_dir that holds another run (other
+    # settings), a finished run, or any run with resume=none: vldft's own outputs there are
+    # deleted first (other files are kept); an interrupted run with the same settings resumes
     keep_checkpoints: int = 3  # newest resumable checkpoints kept (0: keep all)
     max_nonfinite_steps: int = 10  # abort after this many consecutive non-finite steps
     on_collapse: Literal["warn", "stop", "off"] = "warn"  # collapse guard (probability-
@@ -383,7 +387,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"{full}: unknown key; valid keys: {sorted(names)}")
+            raise ConfigError(f"{full}: unknown key{_did_you_mean(key, names)}; "
+                              f"valid keys: {sorted(names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value or {}, f"{full}.")
@@ -397,6 +402,22 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         raise ConfigError(str(e)) from None
 
 
+def _did_you_mean(key: Any, names: set[str]) -> str:
+    """ " (did you mean 'freeze'?)" for a misspelt key (difflib's closest valid key), or ""."""
+    close = difflib.get_close_matches(str(key), sorted(names), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _yaml_error(where: str, e: yaml.YAMLError) -> ConfigError:
+    """A one-line ConfigError for a YAML syntax error: ``where:line:column: problem``."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    return ConfigError(f"{where}{pos}: invalid YAML: {problem}"
+                       + (f" ({context})" if context else ""))
+
+
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-5")
@@ -407,7 +428,10 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{key}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise _yaml_error(f"override {item!r}: value", e) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -423,11 +447,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:  # file:line:column, not a traceback
+                raise _yaml_error(str(path), e) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         if not path.resolve().is_relative_to(base.resolve()):
             base = path.resolve().parent
+            if base.name == "configs":  # e.g. an installed vldft's bundled configs/demo.yaml
+                base = base.parent
     for item in overrides or []:
         _apply_override(raw, item)
     raw.setdefault("base_dir", str(base))

@@ -1,11 +1,13 @@
 """What DFT users need to see besides the loss: target-probability histograms and curves.
 
-DFT's loss can fall while the model collapses (DESIGN.md section 7), so every run logs plain CE,
-the mean target probability, the fraction of target tokens with p < 0.1 and the entropy next to
-the objective, saves a histogram of target probabilities every ``train.hist_every`` steps
+DFT's loss can fall while the model collapses
+(docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu), so every run logs plain CE, the mean
+target probability, the fraction of target tokens with p < 0.1 and the entropy next to the
+objective, saves a histogram of target probabilities every ``train.hist_every`` steps
 (``histograms.jsonl``; the DFT paper's key figure shows this distribution turning bimodal), and
-at the end draws ``training_curves.png`` and ``prob_histograms.png`` in the output directory
-(needs matplotlib: ``pip install "vldft[plot]"``).
+at the end draws ``training_curves.png`` (objective switch, held-out evaluations and collapse
+warnings marked) and ``prob_histograms.png`` in the output directory (needs matplotlib:
+``pip install "vldft[plot]"``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,98 @@ def prob_histogram(probs: list[torch.Tensor], bins: int = BINS) -> torch.Tensor:
     return torch.histc(p, bins=bins, min=0.0, max=1.0).double()
 
 
-def write_plots(out_dir: Path, history: list[dict], hist_file: Path) -> list[Path]:
-    """Curves of every logged metric and first / middle / last histograms as PNG files."""
+def switch_steps(history: list[dict]) -> list[tuple[int, str, str]]:
+    """``(step, from, to)`` for every change of objective between consecutive records: the
+    switch happens after ``step``, the last step of the earlier objective."""
+    return [(a["step"], a["objective"], b["objective"])
+            for a, b in zip(history, history[1:], strict=False)
+            if a.get("objective") != b.get("objective")]
+
+
+def curve_figure(history: list[dict], switch_step: int | None = None,
+                 evals: list[dict] | None = None, warnings: list[dict] | None = None):
+    """The training-curves figure: one panel per logged metric, each objective's records drawn
+    as its own line (an SFT loss and a DFT loss are different quantities), and on every panel
+    a dashed line at the objective switch (``switch_step``, else any change of objective in
+    ``history``), dotted lines at held-out evaluations (``evals``: ``{"step", "accuracy",
+    "ce"}``) and red lines at collapse warnings (``warnings``: ``{"step", "message"}``); held-out
+    CE is drawn on the plain-CE panel and held-out accuracy gets its own panel. Returns the
+    matplotlib figure (the caller saves and closes it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals, warnings = evals or [], warnings or []
+    keys = [("loss", "objective"), ("ce", "plain CE"), ("mean_p", "mean target p"),
+            ("low_p_frac", "fraction p < 0.1"), ("entropy", "entropy (nats)"), ("kl", "KL to ref")]
+    keys = [(k, t) for k, t in keys if any(k in r for r in history)]
+    accs = [e for e in evals if e.get("accuracy") is not None]
+    n = len(keys) + bool(accs)
+    rows = max(1, -(-n // 3))
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 3.5 * rows), squeeze=False)
+    after = next((r["objective"] for r in history if switch_step and r["step"] > switch_step),
+                 None)
+    if after is not None:  # an explicit switch the run got past
+        prev = next((r["objective"] for r in history if r["step"] <= switch_step), "sft")
+        switches = [(switch_step, prev, after)]
+    else:
+        switches = switch_steps(history)
+    objectives = list(dict.fromkeys(r.get("objective", "?") for r in history))
+    panels = list(axes.flat)
+    for ax, (key, title) in zip(panels, keys, strict=False):
+        if key == "loss":
+            for name in objectives:
+                part = [r for r in history if r.get("objective", "?") == name]
+                ax.plot([r["step"] for r in part], [r.get(key, float("nan")) for r in part],
+                        marker=".", label=f"{name} loss")
+        else:
+            ax.plot([r["step"] for r in history], [r.get(key, float("nan")) for r in history],
+                    label=f"train {title}")
+        if key == "ce" and evals:
+            ax.plot([e["step"] for e in evals], [e.get("ce", float("nan")) for e in evals], "s",
+                    color="tab:green", label="held-out CE")
+        _markers(ax, switches, evals, warnings)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if key in ("loss", "ce"):
+            ax.legend(fontsize=7)
+    if accs:
+        ax = panels[len(keys)]
+        ax.plot([e["step"] for e in accs], [e["accuracy"] for e in accs], "s-",
+                color="tab:green", label="held-out accuracy")
+        _markers(ax, switches, evals, warnings)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("held-out answer accuracy")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    for ax in panels[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def _markers(ax, switches: list[tuple[int, str, str]], evals: list[dict],
+             warnings: list[dict]) -> None:
+    """Vertical lines: objective switches (dashed), held-out evaluations (dotted), collapse
+    warnings (red); each kind labelled once per panel for the legend."""
+    for i, (step, a, b) in enumerate(switches):
+        ax.axvline(step, color="k", linestyle="--", linewidth=1,
+                   label=f"switch {a} -> {b} (step {step})" if i < 3 else None)
+    for i, e in enumerate(evals):
+        ax.axvline(e["step"], color="tab:green", linestyle=":", linewidth=0.8,
+                   label="held-out evaluation" if i == 0 else None)
+    for i, w in enumerate(warnings):
+        ax.axvline(w["step"], color="tab:red", linewidth=1.5,
+                   label="collapse warning" if i == 0 else None)
+
+
+def write_plots(out_dir: Path, history: list[dict], hist_file: Path,
+                switch_step: int | None = None, evals: list[dict] | None = None,
+                warnings: list[dict] | None = None) -> list[Path]:
+    """Curves of every logged metric (:func:`curve_figure`, with the objective switch,
+    held-out evaluations and collapse warnings marked) and first / middle / last histograms as
+    PNG files."""
     try:
         import matplotlib
 
@@ -36,18 +128,7 @@ def write_plots(out_dir: Path, history: list[dict], hist_file: Path) -> list[Pat
     except ImportError:
         print('[vldft] matplotlib not installed: no plots (pip install "vldft[plot]")')
         return []
-    keys = [("loss", "objective"), ("ce", "plain CE"), ("mean_p", "mean target p"),
-            ("low_p_frac", "fraction p < 0.1"), ("entropy", "entropy (nats)"), ("kl", "KL to ref")]
-    keys = [(k, t) for k, t in keys if any(k in r for r in history)]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    steps = [r["step"] for r in history]
-    for ax, (key, title) in zip(axes.flat, keys, strict=False):
-        ax.plot(steps, [r.get(key, float("nan")) for r in history])
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    fig.tight_layout()
+    fig = curve_figure(history, switch_step, evals, warnings)
     paths = [out_dir / "training_curves.png"]
     fig.savefig(paths[0], dpi=80)
     plt.close(fig)

@@ -3,9 +3,10 @@
 DFT weights each token's loss by the token's own detached probability. Without a prior (a random
 model, new knowledge, format tokens the model has never seen) it can drive its own loss towards
 zero by becoming certain about the tokens it already gets right and abandoning the rest: on the
-tiny Qwen2.5-VL of DESIGN.md section 7, DFT from random init at lr 2e-3 on the shape task takes
-the objective from 0.15 to 0.006 within 40 steps while plain CE on the same tokens rises from
-3.2 to 4.1 and held-out accuracy is 0%. The falling loss alone looks like progress.
+tiny Qwen2.5-VL of docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu, DFT from random init
+at lr 2e-3 on the shape task takes the objective from 0.15 to 0.006 within 40 steps while
+plain CE on the same tokens rises from 3.2 to 4.1 and held-out accuracy is 0%.
+The falling loss alone looks like progress.
 
 ``CollapseGuard.observe(rec)`` is fed the metrics records of ``vldft.train._log_record`` (one per
 ``train.log_every`` steps) and returns a warning message, or None. Over the last ``window``
@@ -133,11 +134,66 @@ class CollapseGuard:
                      "almost no weight and are being abandoned.")
         return (f"possible collapse at step {last['step']} ({last['objective']}): "
                 + "; ".join(seen) + "." + extra
-                + " This is the probability-weighted objective collapsing (DESIGN.md section 7),"
+                + " This is the probability-weighted objective collapsing"
+                " (docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu),"
                 " not progress; check held-out accuracy. Try: a lower train.lr" + lr
                 + ", loss.min_weight=0.1 (tokens keep a minimum weight), an SFT warm-up first"
                 " (loss.sft_warmup_steps=N; or run `python -m vldft.probe` to see how strong the"
                 " model's prior is), or loss.name=asft (KL anchor to the starting model).")
+
+
+def review(history: list[dict], evals: list[dict] | None = None,
+           warnings: list[dict] | None = None, *, ce_rise: float = 0.10,
+           ce_rise_abs: float = 0.05, acc_drop: float = 0.10) -> list[dict]:
+    """End-of-run look at the final probability-weighted phase as a whole; returns
+    ``[{"step", "message", "when": "end of run"}, ...]`` for what the windowed guard cannot see.
+
+    ``history``: the run's metrics records; ``evals``: held-out results ``{"step", "accuracy",
+    "ce"}`` (``summary["heldout_history"]``); ``warnings``: the guard's in-run warnings. The
+    final phase is the last run of records with one objective; an SFT phase is not judged.
+
+    1. **CE rose over the phase**: plain CE at the last record is above the phase's lowest CE by
+       at least ``ce_rise`` (relative) and ``ce_rise_abs`` nats while the objective is below
+       its value there: a drift too slow for any ``window`` of records (each step of it under
+       the guard's threshold) still adds up. Skipped when the guard already warned in the phase.
+    2. **held-out accuracy fell**: the last held-out accuracy is ``acc_drop`` or more below the
+       best one from the phase's start (including the evaluation at the switch step).
+    """
+    recs = [r for r in history if all(k in r for k in REQUIRED)]
+    if not recs or recs[-1]["objective"] == "sft":
+        return []
+    name = recs[-1]["objective"]
+    i0 = len(recs) - 1
+    while i0 > 0 and recs[i0 - 1]["objective"] == name:
+        i0 -= 1
+    phase, last = recs[i0:], recs[-1]
+    start = recs[i0 - 1]["step"] if i0 > 0 else 0  # the step the phase starts after
+    found = []
+    low = min(phase, key=lambda r: r["ce"])
+    rise = last["ce"] - low["ce"]
+    warned = any(w["step"] > start for w in warnings or [])
+    if (not warned and low is not last and last["loss"] < low["loss"]
+            and rise >= ce_rise_abs and rise >= ce_rise * low["ce"]):
+        found.append(f"over the whole {name} phase (steps {start + 1}-{last['step']}) the "
+                     f"objective fell {low['loss']:.4g} -> {last['loss']:.4g} while plain CE "
+                     f"rose {low['ce']:.4g} -> {last['ce']:.4g} (+{rise / low['ce']:.0%}) from "
+                     f"step {low['step']}")
+    scored = [e for e in evals or [] if e.get("accuracy") is not None and e["step"] >= start]
+    if len(scored) >= 2:
+        best = max(scored[:-1], key=lambda e: e["accuracy"])
+        end = scored[-1]
+        if end["accuracy"] <= best["accuracy"] - acc_drop:
+            found.append(f"held-out accuracy fell {best['accuracy']:.1%} (step {best['step']}) "
+                         f"-> {end['accuracy']:.1%} (step {end['step']}) during the {name} "
+                         "phase")
+    if not found:
+        return []
+    message = (f"possible collapse (end-of-run review, {name}): " + "; ".join(found) + ". A "
+               "falling probability-weighted loss is not progress here"
+               " (docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu); compare with the SFT"
+               " checkpoint, and try a lower train.lr, loss.min_weight=0.1, a longer SFT warm-up "
+               "(loss.sft_warmup_steps) or loss.name=asft.")
+    return [{"step": last["step"], "message": message, "when": "end of run"}]
 
 
 def scan(records: list[dict], window: int = 5, **kwargs) -> list[dict]:

@@ -5,7 +5,8 @@ plus the generation prompt) and scores the output against the sample's ``answer`
 rule-based scorer the lmms-eval tasks use (``vldft.eval.scoring``: ``Answer: X``, ``\\boxed{}``,
 numbers with tolerance, ...). ``generate_messages`` is the one greedy, left-padded generation
 path, shared with vldft's lmms-eval model class. It exists so the demo shows more than a
-falling loss: DFT's loss can fall while the model collapses (DESIGN.md section 7). Benchmark
+falling loss: DFT's loss can fall while the model collapses
+(docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu). Benchmark
 evaluation lives in the lmms-eval bridge (``python -m vldft.eval``).
 """
 

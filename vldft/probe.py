@@ -10,9 +10,10 @@ pipeline itself (``build_training_set`` + ``Collator``: the same masking, so exa
 training would learn are measured), and reports per source, per token kind (digits / words /
 special / other, end-of-turn separately) and overall: mean target-token probability p, the
 fraction of target tokens with p < 0.1, mean entropy of the prediction, plain CE, greedy top-1
-accuracy, and the end-of-turn token's probability. It prints a recommendation with its reasoning
-(:func:`recommend`; thresholds are heuristics from the sources cited there) and writes
-``probe.json`` and ``probe_probs.png`` (histograms of p; needs matplotlib) to ``--out``
+accuracy, the end-of-turn token's probability, and the same for the answer tokens (each
+sample's final-answer span, located from its ``answer`` field). It prints a recommendation
+with its reasoning (:func:`recommend`; thresholds are heuristics from the sources cited there)
+and writes ``probe.json`` and ``probe_probs.png`` (histograms of p; needs matplotlib) to ``--out``
 (default: ``train.output_dir``).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +38,7 @@ KINDS = ("end_of_turn", "special", "digits", "words", "other")
 # Documented heuristics (see recommend()): mean target p bands and end-of-turn threshold.
 STRONG_P, WEAK_P = 0.7, 0.5
 LOW_EOT_P = 0.5
+ANSWER_LOW_FRAC = 0.2  # answer tokens with p < LOW_P above this: not learned yet
 SOURCES = {
     "bll": "Beyond Log-Likelihood (arXiv 2510.00526): probability-based objectives (-p, DFT's "
            "gradient) beat NLL where the model's mean target probability is high (reported "
@@ -45,9 +48,10 @@ SOURCES = {
            "is the authors' suggested fix",
     "asft": "ASFT (arXiv 2509.23753): DFT's entropy collapse and drift; a KL anchor to the "
             "starting model (loss.name=asft)",
-    "vldft": "vldft DESIGN.md section 7: on a tiny Qwen2.5-VL, DFT from random init (mean p "
-             "~0.004) collapses to one answer while its loss goes to ~0; an SFT warm-up to mean "
-             "p 0.93 and then DFT was harmless, a warm-up to lower p was not",
+    "vldft": "vldft docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu: on a tiny "
+             "Qwen2.5-VL, DFT from random init (mean p ~0.004) collapses to one answer while its "
+             "loss goes to ~0; an SFT warm-up to mean p 0.93 and then DFT was harmless, a "
+             "warm-up to lower p was not",
 }
 
 
@@ -69,6 +73,37 @@ def token_kinds(tokenizer, ids: list[int], eot_id: int) -> dict[int, str]:
             else:
                 kinds[i] = "other"  # punctuation, whitespace, partial bytes
     return kinds
+
+
+def answer_positions(tokenizer, ids: list[int], answer: str | None, eot_id: int) -> list[int]:
+    """Indices into ``ids`` (one sample's target tokens, in order) of its final answer: the
+    tokens that spell the LAST occurrence of ``answer`` (the sample's reference answer, e.g.
+    "36", "C", "circle") in the decoded target, not inside a longer word or number ("6" is not
+    found in "36"). ``[]`` when the sample has no answer or its text does not contain it (e.g.
+    an answer normalised differently from the response). Character offsets come from decoding
+    suffixes, from the end back to the answer only: a few decodes per sample."""
+    answer = (answer or "").strip()
+    end = len(ids)
+    while end and ids[end - 1] == eot_id:
+        end -= 1
+    if not answer or not end:
+        return []
+    edge_l = r"(?<![0-9A-Za-z])" if answer[0].isalnum() else ""
+    edge_r = r"(?![0-9A-Za-z])" if answer[-1].isalnum() else ""
+    text = tokenizer.decode(ids[:end])
+    found = list(re.finditer(edge_l + re.escape(answer) + edge_r, text))
+    if not found:
+        return []
+    a, b = found[-1].span()
+    positions, right = [], len(text)  # token k covers text[left:right]
+    for k in range(end - 1, -1, -1):
+        left = len(text) - len(tokenizer.decode(ids[k:end]))
+        if left < b and right > a:
+            positions.append(k)
+        if left <= a:
+            break
+        right = left
+    return sorted(positions)
 
 
 @torch.no_grad()
@@ -133,6 +168,8 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
     bs = batch_size or cfg.train.eval_batch_size
     cols: dict[str, list[torch.Tensor]] = {"p": [], "entropy": [], "top1": [], "ids": []}
     src_of: list[str] = []
+    is_answer: list[torch.Tensor] = []  # per target token: part of the sample's final answer
+    answers = {"with_answer": 0, "located": 0}
     skipped: dict[str, int] = {}
     for i in tqdm(range(0, len(samples), bs), desc="probe", unit="batch", disable=not show):
         chunk = samples[i: i + bs]
@@ -154,6 +191,15 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
         st = token_stats(adapter, collator([it for _, it in kept]))
         for k in cols:
             cols[k].append(st[k])
+        mask = torch.zeros(len(st["ids"]), dtype=torch.bool)
+        for r, (s, _) in enumerate(kept):
+            where = (st["row"] == r).nonzero().flatten()
+            pos = answer_positions(adapter.tokenizer, st["ids"][where].tolist(), s.answer,
+                                   adapter.eot_token_id)
+            answers["with_answer"] += s.answer is not None
+            answers["located"] += bool(pos)
+            mask[where[pos]] = True
+        is_answer.append(mask)
         src_of += [kept[r][0].source or "data" for r in st["row"].tolist()]
     if not src_of:
         raise SystemExit(f"probe: no sample could be encoded (skipped: {skipped})")
@@ -182,6 +228,10 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
             p[torch.tensor([x == k for x in kinds])], BINS, 0.0, 1.0).tolist()]
             for k in KINDS if k in kinds},
     }
+    ans = torch.cat(is_answer)
+    report["answer_tokens"] = {**summarise(p[ans], ent[ans], top1[ans]),
+                               "n_samples_with_answer": answers["with_answer"],
+                               "n_samples_located": answers["located"]}
     report["recommendation"] = recommend(report)
     report["sources_cited"] = SOURCES
     return report
@@ -202,11 +252,27 @@ def recommend(report: dict) -> dict:
       loss.min_weight=0.1 (the DFT authors' fix). The same for special / format tokens.
     - a source whose mean p is < 0.5 while the mixture's is higher: that source is new to the
       model; DFT will under-train it (sft_mix, min_weight, or SFT for it).
+    - the ANSWER tokens (``answer_tokens``: the final-answer span of each sample, located from
+      its ``answer`` field) weigh more than their count: they decide accuracy, and a response's
+      easy words can lift the mixture's mean far above them. When their mean p is < 0.5
+      (WEAK_P) or more than 20% of them (ANSWER_LOW_FRAC) have p < 0.1, the advice is SFT first
+      (then DFT once a re-probe shows them learned), never plain DFT: DFT weights each answer
+      token by its own small p while the surrounding text gets full weight, and
+      ``loss.min_weight=0.1`` only floors that weight at a tenth of SFT's.
     """
     o = report["overall"]
     mp, low = o["mean_p"], o["low_p_frac"]
     reasons, settings = [], {}
-    if mp >= STRONG_P:
+    ans = report.get("answer_tokens") or {}
+    weak_answers = bool(ans.get("n_tokens")) and (ans["mean_p"] < WEAK_P
+                                                  or ans["low_p_frac"] > ANSWER_LOW_FRAC)
+    if mp >= STRONG_P and weak_answers:
+        objective = "sft"  # decided by the answer tokens below
+        reasons.append(f"mean target p {mp:.3f} >= {STRONG_P}: over all target tokens the "
+                       "model looks like it has a strong prior, the regime where "
+                       "probability-based objectives such as DFT beat SFT [bll]; but the "
+                       "answer tokens, below, are not learned yet.")
+    elif mp >= STRONG_P:
         objective = "dft"
         reasons.append(f"mean target p {mp:.3f} >= {STRONG_P}: the model already has a strong "
                        "prior for these targets, the regime where probability-based objectives "
@@ -229,7 +295,33 @@ def recommend(report: dict) -> dict:
                        "finds no clear winner here [bll]. Compare SFT, DFT and an SFT warm-up "
                        "on your data (python -m vldft.compare), or soften DFT (loss.alpha=0.5 "
                        "or loss.sft_mix=0.3).")
-    if mp >= WEAK_P and low > 0.2:
+    if ans.get("n_tokens"):
+        where = (f"the final-answer span of {ans['n_samples_located']} of "
+                 f"{ans['n_samples_with_answer']} samples with an answer"
+                 if "n_samples_located" in ans else "the final-answer span")
+        numbers = (f"answer tokens ({ans['n_tokens']}; {where}): mean p {ans['mean_p']:.3f}, "
+                   f"{ans['low_p_frac']:.0%} with p < {LOW_P}")
+        if weak_answers and (objective != "sft" or mp >= STRONG_P):
+            objective = "sft"
+            settings = {"loss.name": "sft"}
+            reasons.append(
+                f"{numbers}, against a mean of {mp:.3f} over all target tokens. These are the "
+                "tokens that decide accuracy, and DFT weights each by its own p: the text the "
+                "model already predicts keeps full weight while the answers get a fraction of "
+                "it; vldft's tiny model, switched to DFT before its answers were learned, ended "
+                "worse than with SFT alone [vldft]. "
+                "Not plain DFT: train SFT first (loss.name=sft, or an SFT warm-up "
+                "loss.sft_warmup_steps=N with N large enough that the answer tokens reach mean "
+                f"p >= {STRONG_P} with < {ANSWER_LOW_FRAC:.0%} below {LOW_P}; probe that "
+                "checkpoint again), then DFT. loss.min_weight=0.1 is not enough on its own: it "
+                f"floors the weight at 0.1, so answers at p < {LOW_P} still get a tenth of "
+                "SFT's gradient [dft].")
+        elif weak_answers:
+            reasons.append(f"{numbers}: not learned yet either, one more reason for SFT first.")
+        else:
+            reasons.append(f"{numbers}: the answers themselves are already predicted, so DFT's "
+                           "weighting does not starve them.")
+    if mp >= WEAK_P and low > 0.2 and objective != "sft":
         reasons.append(f"{low:.0%} of target tokens have p < {LOW_P} although the mean is "
                        f"{mp:.3f}: part of the data is new to the model, and DFT under-trains "
                        "exactly those tokens [dft]; consider loss.min_weight=0.1 or "
@@ -263,7 +355,8 @@ def recommend(report: dict) -> dict:
         settings["loss.name"] = "dft"
     return {"objective": objective, "settings": settings, "reasons": reasons,
             "thresholds": {"strong_mean_p": STRONG_P, "weak_mean_p": WEAK_P,
-                           "low_end_of_turn_p": LOW_EOT_P, "low_p": LOW_P},
+                           "low_end_of_turn_p": LOW_EOT_P, "low_p": LOW_P,
+                           "answer_low_p_frac": ANSWER_LOW_FRAC},
             "note": "heuristics, not facts: the bands come from the sources cited; check a "
                     "choice with python -m vldft.compare on a small budget"}
 
@@ -282,6 +375,8 @@ def format_report(report: dict) -> str:
              head, line("overall", report["overall"])]
     lines += [line(f"source {s}", st) for s, st in report["by_source"].items()]
     lines += [line(f"kind {k}", st) for k, st in report["by_kind"].items()]
+    if report.get("answer_tokens", {}).get("n_tokens"):
+        lines.append(line("answer tokens", report["answer_tokens"]))
     if len(report["by_source"]) > 1:
         lines += [line(f"{s}/{k}", st) for s, kinds in report["by_source_kind"].items()
                   for k, st in kinds.items()]
@@ -337,18 +432,25 @@ def write_outputs(report: dict, out_dir: Path) -> list[Path]:
 
 def cli(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m vldft.probe", description=__doc__.split(
-        "\n")[0], epilog="overrides: section.key=value, as for python -m vldft.train")
+    parser = argparse.ArgumentParser(
+        prog="python -m vldft.probe", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="overrides: section.key=value (value read as YAML), as for python -m vldft.train "
+               "(its --help lists the config keys)")
     parser.add_argument("config", help="YAML config (the one you would train with)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
+                        help="optional overrides of the config's values")
     parser.add_argument("--samples", type=int, default=256, help="samples to probe (seeded)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default: train.eval_batch_size")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: train.output_dir)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.samples < 1:
         parser.error("--samples must be >= 1")
+    from vldft.progress import quiet_if_logging
+
+    quiet_if_logging()  # a log file: no \r-redrawn progress bars
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -362,7 +464,7 @@ def cli(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"config error: {e2}") from None
     except OSError as e:
         raise SystemExit(f"config error: {e}") from None
-    report = probe(cfg, args.samples, args.batch_size)
+    report = probe(cfg, args.samples, args.batch_size, show=sys.stderr.isatty())
     print(format_report(report))
     out = args.out if args.out is not None else cfg.resolve(cfg.train.output_dir)
     for path in write_outputs(report, out):
@@ -370,5 +472,10 @@ def cli(argv: list[str] | None = None) -> dict:
     return report
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The ``vldft-probe`` command (``cli`` returns the report, which is not an exit code)."""
+    cli(argv)
+
+
 if __name__ == "__main__":
-    cli()
+    main()

@@ -2,7 +2,9 @@
 
     python -m vldft.train configs/demo.yaml                       # tiny model, CPU, minutes
     python -m vldft.train configs/demo.yaml train.lr=1e-3 loss.name=sft
+    python -m vldft.train configs/demo.yaml --print-config        # resolved config; no training
     torchrun --nproc_per_node 8 -m vldft.train configs/qwen25vl_geo.yaml
+    vldft-train CONFIG [section.key=value ...]                    # the installed command
 
 Per optimizer step: gather ``grad_accum`` micro-batches, count their target tokens on every rank,
 sum the counts over ranks, then backpropagate ``loss_sum / global_count`` for each micro-batch
@@ -37,7 +39,13 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
+from accelerate.utils import (
+    DistributedType,
+    InitProcessGroupKwargs,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -49,7 +57,10 @@ from vldft.checkpoint import (
     check_free_space,
     check_writable,
     checkpoint_bytes,
+    claim_output_dir,
     find_resume,
+    fingerprint,
+    fingerprint_diff,
     prune,
     read_state,
     save,
@@ -57,7 +68,8 @@ from vldft.checkpoint import (
 )
 from vldft.collate import IGNORE, Collator, SampleError, Skipped
 from vldft.config import Config, ConfigError, config_to_dict, load_config, world_size
-from vldft.data import Sample, load_jsonl
+from vldft.data import DataError, Sample, load_jsonl
+from vldft.data.formats import format_entry, skip_entry
 from vldft.data.mix import (
     EpochBatchSampler,
     LengthGroupedSampler,
@@ -66,14 +78,16 @@ from vldft.data.mix import (
     format_table,
 )
 from vldft.diagnostics import prob_histogram, write_plots
-from vldft.guard import CollapseGuard
+from vldft.guard import CollapseGuard, review
 from vldft.heldout import combine, score_part
 from vldft.objectives import STAT_KEYS, ObjectiveSpec, as_spec, compute_objective
 
 
 class EncodedDataset(Dataset):
-    """Samples encoded lazily (in DataLoader workers) by the collator. With
-    ``on_error="skip"`` a sample the collator rejects becomes a counted ``Skipped``."""
+    """Samples encoded lazily (in DataLoader workers) by the collator. A sample the collator
+    rejects becomes a ``Skipped`` naming it (file:line, id, image, reason): counted with
+    ``on_error="skip"``, ``fatal`` with ``raise`` (the loop then stops with a one-line
+    ``DataError``; raising in a worker would bury the location in a traceback)."""
 
     def __init__(self, samples: list[Sample], collator: Collator, on_error: str = "raise"):
         self.samples, self.collator, self.on_error = samples, collator, on_error
@@ -82,12 +96,13 @@ class EncodedDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        s = self.samples[i]
         try:
-            return self.collator.encode(self.samples[i])
-        except SampleError:
-            if self.on_error == "raise":
-                raise
-            return Skipped(self.samples[i].id, "encode_error", self.samples[i].source)
+            return self.collator.encode(s)
+        except SampleError as e:
+            return Skipped(s.id, e.reason, s.source, s.origin, e.image,
+                           str(e).removeprefix(f"sample {s.id}: "),
+                           fatal=self.on_error == "raise")
 
 
 class ObjectiveModule(nn.Module):
@@ -210,11 +225,14 @@ def build_optimizer(adapter: Adapter, cfg: Config, sharded: bool = False) -> tor
 
 
 def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, skips: Counter,
-                       counts: Counter, pos: dict, seen: set[str], world: int):
+                       counts: Counter, pos: dict, seen: set[str], world: int,
+                       entries: list[dict] | None = None):
     """Endless stream of non-empty micro-batches over epochs. ``pos`` ({"epoch", "consumed"})
     is the data position a checkpoint saves: micro-batches this rank has taken from the
     current epoch (trainable or not). Records skipped samples (each once, keyed by (source,
-    reason)); stops with an error if a whole pass over the data yields nothing to train on."""
+    reason), and listed in ``entries`` with file, line, id, image, message); a ``fatal`` skip
+    (data.on_error=raise) stops with a ``DataError`` naming it; stops with an error if a whole
+    pass over the data yields nothing to train on."""
     while True:
         full_pass, yielded = pos["consumed"] == 0, 0
         # every rank takes every world-th batch of the sampler's order, so a rank that has
@@ -223,9 +241,18 @@ def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, skips: Co
         for batch in _guard_workers(loader):
             pos["consumed"] += 1
             for s in batch["skipped"]:
+                if s.fatal:
+                    where = f"{s.origin or s.source} (id {s.sample_id})"
+                    msg = s.message.removeprefix(f"sample {s.sample_id}: ")
+                    raise DataError(f"{where}: {msg} (data.on_error=skip skips such samples)",
+                                    s.reason, where, msg, image=s.image)
                 if s.sample_id not in seen:
                     seen.add(s.sample_id)
                     skips[(s.source, s.reason)] += 1
+                    if entries is not None:
+                        entries.append(skip_entry(s.source, s.origin or s.sample_id, s.reason,
+                                                  s.message or s.reason, s.sample_id, s.image,
+                                                  stage="encode"))
             counts["truncated"] += batch["n_truncated"]
             if "input_ids" in batch:
                 yielded += 1
@@ -352,10 +379,41 @@ def main(cfg: Config) -> dict:
     out_dir = cfg.resolve(t.output_dir)
     is_main = accelerator.is_main_process
     log = print if is_main else (lambda *a, **k: None)
+    # output_dir has one owner (vldft.checkpoint.claim_output_dir): rank 0 decides, before any
+    # model or data is loaded, and every rank acts on its decision (no rank waits alone)
+    decision: list = [None]
     if is_main:
-        check_writable(out_dir)  # before any model or data is loaded
+        try:
+            check_writable(out_dir)
+            decision[0] = claim_output_dir(out_dir, config_to_dict(cfg), t.resume, t.overwrite)
+        except SystemExit as e:
+            decision[0] = ("refuse", str(e))
+    if accelerator.num_processes > 1:
+        decision = broadcast_object_list(decision)
+    action, detail = decision[0]
+    if action == "refuse":
+        raise SystemExit(detail)
+    if action == "finished":
+        log(f"[vldft] {out_dir} already holds this run, finished ({detail.get('steps')} steps, "
+            f"{out_dir / 'final'}); nothing to do (train.overwrite=true retrains it, or choose a "
+            "new train.output_dir)")
+        return detail
+    if action == "fresh" and detail:
+        log(f"[vldft] train.overwrite: removed the previous run's {len(detail)} outputs from "
+            f"{out_dir} ({', '.join(sorted(p.name for p in detail)[:6])}"
+            f"{', ...' if len(detail) > 6 else ''})")
     accelerator.wait_for_everyone()
     resume_from = find_resume(t.resume, out_dir, cfg.resolve)
+    if resume_from is not None and t.resume != "auto":  # a checkpoint named explicitly
+        try:
+            theirs = fingerprint(read_state(resume_from).get("config", {}))
+        except (OSError, ValueError):
+            theirs = {}
+        model_diff = [d for d in fingerprint_diff(theirs, fingerprint(config_to_dict(cfg)))
+                      if d.startswith("model.")]
+        if model_diff:
+            raise SystemExit(f"train.resume: {resume_from} holds a different model "
+                             f"({'; '.join(model_diff)}); it cannot be loaded into this one")
     set_seed(t.seed)
 
     root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
@@ -381,11 +439,14 @@ def main(cfg: Config) -> dict:
     adapter.model.config.use_cache = False
     n_params = {part: sum(p.numel() for _, p in ps) for part, ps in adapter.parts().items()}
     n_trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
+    frozen = (f"all base weights (LoRA adapters train in "
+              f"{[p for p in cfg.model.lora.parts if p not in cfg.model.freeze]})"
+              if cfg.model.lora else cfg.model.freeze or "none")
     log(f"[vldft] {cfg.model.family} ({cfg.model.name_or_path or 'tiny'}): "
         + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items())
         + f"; trainable {n_trainable / 1e6:.2f}M"
         + (f" (LoRA r={cfg.model.lora.r} on {cfg.model.lora.parts})" if cfg.model.lora else "")
-        + f"; frozen: {cfg.model.freeze or 'none'}; {len(samples)} training samples; "
+        + f"; frozen: {frozen}; {len(samples)} training samples; "
         f"engine {accelerator.distributed_type.value} x {accelerator.num_processes} on "
         f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
     if is_main:
@@ -397,7 +458,8 @@ def main(cfg: Config) -> dict:
     log(f"[vldft] data mixture (seed {t.seed}; token counts estimated):\n"
         + format_table(data.table))
     if data.skips.total:
-        log(f"[vldft] skipped while reading:\n{data.skips.summary()}")
+        log(f"[vldft] skipped while reading:\n{data.skips.summary()}\n  (every skipped row "
+            f"with file, line, id, image and reason: {out_dir / 'data_summary.json'})")
 
     collator = Collator(adapter, cfg.data.max_length, cfg.data.overlong, cfg.data.train_on,
                         data.pixels)
@@ -448,7 +510,7 @@ def main(cfg: Config) -> dict:
     if is_main:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         (out_dir / "data_summary.json").write_text(json.dumps(
-            {"sources": data.table, "read_skips": data.skips.to_dict()}, indent=2))
+            _data_summary(data, {}, []), indent=2))
         for name in ("metrics.jsonl", "histograms.jsonl"):
             truncate_jsonl(out_dir / name, st["step"])  # drop lines logged after the checkpoint
         mode = "a" if resume_from is not None else "w"
@@ -456,9 +518,11 @@ def main(cfg: Config) -> dict:
         hist_file = files.enter_context(open(out_dir / "histograms.jsonl", mode))
     try:
         skips = Counter({tuple(k): n for k, n in st["skips"]})
+        skip_entries = list(st.get("skip_entries", []))  # encode-time skips of this rank
         counts = Counter(truncated=st["truncated"])
         seen, pos = set(st["seen"]), st["pos"]
-        stream = micro_batch_stream(loader, sampler, skips, counts, pos, seen, world)
+        stream = micro_batch_stream(loader, sampler, skips, counts, pos, seen, world,
+                                    skip_entries)
         window: Counter = Counter(st["window"])
         history, evals = st["history"], st["evals"]
         benchmarks = st.get("benchmarks", [])  # train.eval_tasks lines (absent: older checkpoints)
@@ -513,6 +577,7 @@ def main(cfg: Config) -> dict:
             path = out_dir / f"checkpoint-{step}"
             state = {"step": step, "pos": dict(pos), "seen": sorted(seen),
                      "skips": [[list(k), n] for k, n in skips.items()],
+                     "skip_entries": skip_entries,
                      "truncated": counts["truncated"], "window": dict(window),
                      "history": history, "evals": evals, "benchmarks": benchmarks,
                      "nonfinite_steps": nonfinite,
@@ -523,7 +588,8 @@ def main(cfg: Config) -> dict:
                 prune(out_dir, t.keep_checkpoints)
             return path
 
-        bar = tqdm(total=total, initial=st["step"], desc="train", disable=not is_main,
+        bar = tqdm(total=total, initial=st["step"], desc="train",
+                   disable=None if is_main else True,  # None: off when stderr is not a TTY
                    dynamic_ncols=True)
         hist_every = t.hist_every or t.log_every
         max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
@@ -568,7 +634,10 @@ def main(cfg: Config) -> dict:
                     hist_file.write(json.dumps({"step": step, "objective": objective,
                                                 "counts": counts_l}) + "\n")
                     hist_file.flush()
-            if step % t.log_every == 0 or step == total:
+            # a record never averages two objectives: the window is also flushed at the last
+            # SFT step of a warm-up, so the next record covers DFT (or ASFT) steps only
+            switch = step == cfg.loss.sft_warmup_steps and cfg.loss.name != "sft"
+            if step % t.log_every == 0 or step == total or switch:
                 elapsed = time.perf_counter() - start
                 rec = _log_record(step, objective, window, elapsed,
                                   scheduler.get_last_lr()[lm_group], grad_norm)
@@ -608,9 +677,17 @@ def main(cfg: Config) -> dict:
         skipped: Counter = Counter()  # encode-time skips of all ranks, "source/reason" -> samples
         for part in (gather_object([dict(skips)]) if world > 1 else [skips]):
             skipped.update({f"{src or 'data'}/{why}": n for (src, why), n in part.items()})
+        # every rank's entries; a sample skipped on two ranks (different epochs) counts once,
+        # so any number of processes agrees with a single-process run
+        all_entries = _dedupe([e for part in (gather_object([skip_entries]) if world > 1
+                                              else [skip_entries]) for e in part])
+        if "skip_entries" in st or not st["skips"]:  # (older checkpoints: counts only)
+            skipped = Counter(f"{e['source'] or 'data'}/{e['reason']}" for e in all_entries)
         summary = {"steps": step, "objective": cfg.loss.name,
                    "sft_warmup_steps": cfg.loss.sft_warmup_steps, "train_samples": len(samples),
                    "skipped": dict(skipped), "truncated": counts["truncated"],
+                   "read_skips": {f"{src}/{why}": n
+                                  for (src, why), n in sorted(data.skips.counts.items())},
                    "nonfinite_steps": nonfinite, "collapse_warnings": collapse_msgs,
                    "stopped": stopped, "resumed_from": str(resume_from) if resume_from else None,
                    "first_log": history[0] if history else None,
@@ -633,16 +710,24 @@ def main(cfg: Config) -> dict:
                                           for e in evals]
         if benchmarks:
             summary["benchmarks"] = benchmarks
+        summary["collapse_guard"] = t.on_collapse
+        if guard is not None:  # the whole final phase: drifts too slow for the guard's window
+            summary["collapse_warnings"] = collapse_msgs + review(
+                history, summary.get("heldout_history"), collapse_msgs)
         if is_main:
             if history:
-                summary["plots"] = [str(p) for p in write_plots(out_dir, history,
-                                                                 out_dir / "histograms.jsonl")]
+                switch_at = cfg.loss.sft_warmup_steps if cfg.loss.name != "sft" else 0
+                summary["plots"] = [str(p) for p in write_plots(
+                    out_dir, history, out_dir / "histograms.jsonl", switch_step=switch_at or None,
+                    evals=summary.get("heldout_history"),
+                    warnings=summary["collapse_warnings"])]
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             (out_dir / "data_summary.json").write_text(json.dumps(
-                {"sources": data.table, "read_skips": data.skips.to_dict(),
-                 "encode_skips": summary["skipped"]}, indent=2))
+                _data_summary(data, summary["skipped"], all_entries), indent=2))
             if history and not stopped:
                 _print_summary(summary, history)
+            if data.skips.entries or all_entries:
+                print(_skip_listing(data.skips.entries + all_entries, out_dir))
         accelerator.wait_for_everyone()
         return summary
     finally:
@@ -695,6 +780,38 @@ def _reasons(skips: dict) -> str:
     return f" ({', '.join(f'{n} {why}' for why, n in skips.items())})" if skips else ""
 
 
+SHOWN_SKIPS = 5  # skipped rows listed on the console (all of them: data_summary.json)
+
+
+def _dedupe(entries: list[dict]) -> list[dict]:
+    """Encode-time skip entries, one per (source, id, reason), in a stable order."""
+    out = {(e["source"], e["id"], e["reason"]): e for e in entries}
+    return sorted(out.values(), key=lambda e: (e["source"], str(e["file"]), e["line"] or 0,
+                                               str(e["id"])))
+
+
+def _data_summary(data, encode_counts: dict, encode_entries: list[dict]) -> dict:
+    """data_summary.json: the mixture table, skip counts (read / encode) and every skipped
+    row (``skipped``: stage, source, reason, file, line, id, image, offset, message)."""
+    read = data.skips.to_dict()
+    return {"sources": data.table,
+            "read_skips": {k: v for k, v in read.items() if k != "entries"},
+            "encode_skips": encode_counts,
+            "skipped": read["entries"] + encode_entries}
+
+
+def _skip_listing(entries: list[dict], out_dir: Path) -> str:
+    """Console lines: skip counts by reason, the first few skipped rows, where the rest are."""
+    by_reason = Counter(f"{e['stage']} {e['reason']}" for e in entries)
+    lines = [f"[vldft] {len(entries)} skipped rows ("
+             + ", ".join(f"{n} {why}" for why, n in sorted(by_reason.items())) + "):"]
+    lines += [f"  {format_entry(e)}" for e in entries[:SHOWN_SKIPS]]
+    more = f"{len(entries) - SHOWN_SKIPS} more; " if len(entries) > SHOWN_SKIPS else ""
+    lines.append(f"  ({more}every skipped row with file, line, id, image and reason: "
+                 f"{out_dir / 'data_summary.json'})")
+    return "\n".join(lines)
+
+
 def _print_summary(summary: dict, history: list[dict]) -> None:
     first, last = summary["first_log"], summary["last_log"]
     print("\n[vldft] loss curve (step: objective loss | plain CE | mean target p):")
@@ -704,7 +821,9 @@ def _print_summary(summary: dict, history: list[dict]) -> None:
               f" | p {rec['mean_p']:.3f}")
     print(f"[vldft] {summary['steps']} steps in {summary['train_seconds']} s; "
           f"ce {first['ce']:.4f} -> {last['ce']:.4f}; "
-          f"skipped {sum(summary['skipped'].values())} samples{_reasons(summary['skipped'])}; "
+          f"skipped {sum(summary.get('read_skips', {}).values())} rows while reading"
+          f"{_reasons(summary.get('read_skips', {}))} and {sum(summary['skipped'].values())} "
+          f"samples while encoding{_reasons(summary['skipped'])}; "
           f"truncated {summary['truncated']}")
     for h in summary.get("heldout_history", []):
         acc = "n/a" if h["accuracy"] is None else f"{h['accuracy']:.1%}"
@@ -719,18 +838,79 @@ def _print_summary(summary: dict, history: list[dict]) -> None:
         kinds = summary["heldout"]["accuracy_by_kind"]
         print("[vldft] final accuracy by kind: "
               + ", ".join(f"{k} {v:.0%}" for k, v in kinds.items()))
+    warned = summary.get("collapse_warnings") or []
+    if warned:
+        print(f"[vldft] {len(warned)} collapse warning(s) (also in summary.json):")
+        for w in warned:
+            print(f"  step {w['step']}" + (f" ({w['when']})" if w.get("when") else "")
+                  + f": {w['message']}")
+    elif summary["objective"] != "sft":
+        print("[vldft] collapse guard: " + ("off (train.on_collapse=off)"
+                                            if summary.get("collapse_guard") == "off"
+                                            else "no warnings"))
     print(f"[vldft] saved Hugging Face checkpoint: {summary['checkpoint']}")
 
 
 def cli(argv: list[str] | None = None) -> None:
+    """``python -m vldft.train CONFIG [section.key=value ...] [--print-config]`` (``--help``)."""
+    import argparse
+    import dataclasses
+    import textwrap
+    import typing
+
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0 if argv else 2)
+
+    def keys(cls: type, prefix: str = "") -> list[str]:
+        """``cls``'s keys; nested sections as ``lora.r``, lists of mappings as ``sources[]``."""
+        out = []
+        for name, tp in typing.get_type_hints(cls).items():
+            inner = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
+            if not inner:
+                out.append(prefix + name)
+            elif typing.get_origin(tp) is list:  # data.sources: a list of mappings
+                out.append(f"{prefix}{name}[] ({', '.join(keys(inner[0]))})")
+            else:
+                out += keys(inner[0], f"{prefix}{name}.")
+        return out
+
+    sections = "\n".join(
+        textwrap.fill(f"{name}: " + ", ".join(keys(tp)), width=96, initial_indent="  ",
+                      subsequent_indent="      ", break_long_words=False)
+        for name, tp in typing.get_type_hints(Config).items() if name != "base_dir")
+    epilog = (
+        "config sections and keys (defaults and meanings: README.md, section \"Config "
+        f"reference\"):\n{sections}\n\n"
+        "overrides: section.key=value, the value read as YAML, applied after the file:\n"
+        "  train.lr=1e-5 loss.name=sft model.freeze=[vision] model.lora.r=8 "
+        "data.heldout_file=null\n\n"
+        "Progress bars are drawn only when stderr is a terminal; a log file gets the periodic "
+        "[vldft] lines.")
+    prog = "vldft-train" if Path(sys.argv[0]).name == "vldft-train" else "python -m vldft.train"
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/demo.yaml")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
+                        help="optional overrides of the config's values (see below)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (file + overrides + defaults) as YAML "
+                             "and exit without loading a model")
+    args = parser.parse_intermixed_args(argv)
+    from vldft.progress import quiet_if_logging
+
+    quiet_if_logging()  # a log file: no \r-redrawn progress bars
     try:
-        main(load_config(argv[0], argv[1:]))
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(f"# {args.config} + overrides {args.overrides}; relative paths resolve "
+                  f"against {cfg.base_dir}")
+            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+            return
+        main(cfg)
     except ConfigError as e:  # from loading, or from main's checks before any model loads
         raise SystemExit(f"config error: {e}") from None
+    except DataError as e:  # a bad row / image with data.on_error=raise: file, line, id
+        raise SystemExit(f"data error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,7 +33,7 @@ ROLES = ("system", "user", "assistant")
 REASONS = {
     "missing_file": "the data file / folder does not exist",
     "bad_source": "the source cannot be read as its (given or detected) format",
-    "bad_json": "the line / file is not valid JSON",
+    "bad_json": "the line / file is not valid JSON (or not valid UTF-8: file, line, byte offset)",
     "bad_row": "the row is not an object of the expected shape (wrong types, missing keys)",
     "missing_column": "a required column / key is missing (closest existing one suggested)",
     "bad_content": "a content part is malformed or unsupported (video, image in an answer)",
@@ -62,16 +63,62 @@ class DataError(ValueError):
     the message without the location."""
 
     def __init__(self, message: str, reason: str = "bad_row", where: str | None = None,
-                 detail: str | None = None) -> None:
+                 detail: str | None = None, image: str | None = None,
+                 offset: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.where = where
         self.detail = detail if detail is not None else message
+        self.image = image  # the image file (or name) that caused it, when one did
+        self.offset = offset  # byte offset in the file of an invalid UTF-8 byte
 
 
-def fail(where: str, reason: str, text: str) -> NoReturn:
+def fail(where: str, reason: str, text: str, image: str | None = None) -> NoReturn:
     """Raise ``DataError("{where}: {text}")`` with a reason code."""
-    raise DataError(f"{where}: {text}", reason=reason, where=where, detail=text)
+    raise DataError(f"{where}: {text}", reason=reason, where=where, detail=text, image=image)
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
+    """(line number, text) of each non-blank line of a text file, decoded line by line, so an
+    invalid UTF-8 byte costs its own line only: that line comes as a ``bad_json`` DataError
+    naming the file, the line and the byte offset of the bad byte in the file."""
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                where, at = f"{path}:{lineno}", start + e.start
+                detail = (f"not UTF-8 text: invalid byte 0x{raw[e.start]:02x} at byte offset "
+                          f"{at} of the file (column {e.start + 1} of the line)")
+                yield lineno, DataError(f"{where}: {detail}", "bad_json", where, detail,
+                                        offset=at)
+                continue
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte order mark
+            if line.strip():
+                yield lineno, line
+
+
+def image_problem(img: Any) -> str | None:
+    """None if the image opens and passes PIL's cheap integrity check (``verify()``: headers
+    and, for PNG, chunk checksums; no pixel decoding), else the reason."""
+    if isinstance(img, Image.Image):  # already in memory (and never the caller's to close)
+        return None
+    try:
+        with open_image(img) as im:
+            im.verify()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def image_name(img: Any) -> str:
+    """A printable name of an image entry (path, or the stored name of encoded bytes)."""
+    if isinstance(img, (str, Path)):
+        return str(img)
+    return getattr(img, "name", "") or repr(img)
 
 
 @dataclass(eq=False)
@@ -178,7 +225,7 @@ def _image(img: Any, image_root: Path, where: str) -> Path | ImageBytes | Image.
         fail(where, "image_missing", f"image {img} is a URL; download it and use a local path")
     path = Path(img) if Path(img).is_absolute() else image_root / img
     if not path.is_file():
-        fail(where, "image_missing", f"image file not found: {path}")
+        fail(where, "image_missing", f"image file not found: {path}", image=str(path))
     return path
 
 
@@ -222,16 +269,15 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[S
         raise DataError(f"data file not found: {path}", "missing_file", str(path))
     root = Path(image_root) if image_root else path.parent
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                fail(where, "bad_json", f"invalid JSON ({e.msg})")
-            samples.append(sample_from_row(row, where, root, f"{path.name}:{lineno}"))
+    for lineno, line in iter_lines(path):
+        if isinstance(line, DataError):
+            raise line
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            fail(where, "bad_json", f"invalid JSON ({e.msg})")
+        samples.append(sample_from_row(row, where, root, f"{path.name}:{lineno}"))
     if not samples:
         raise DataError(f"{path}: no samples", "bad_row", str(path))
     return samples

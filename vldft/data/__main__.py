@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("inspect", "show encoded samples and a token-length histogram")):
         s = sub.add_parser(name, help=text)
         s.add_argument("config", help="YAML config")
-        s.add_argument("overrides", nargs="*", help="section.key=value overrides")
+        s.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
+                       help="optional overrides of the config's values (as for vldft.train)")
     v = sub.choices["validate"]
     v.add_argument("--max-samples", type=int, default=None,
                    help="encode at most N samples per source (default: all)")
@@ -261,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     from vldft.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    from vldft.progress import quiet_if_logging
+
+    quiet_if_logging()  # a log file: no \r-redrawn progress bars
     if args.command == "convert":
         try:
             args.columns_parsed = parse_columns(args.columns)

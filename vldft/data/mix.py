@@ -149,7 +149,8 @@ class LengthGroupedSampler(EpochBatchSampler):
 class TrainingSet:
     samples: list[Sample]  # the mixture, in source order
     lengths: list[int]  # estimated tokens per sample (same order)
-    skips: object  # formats.SkipReport of rows skipped while reading (data.on_error: skip)
+    skips: object  # formats.SkipReport of rows skipped while reading (data.on_error: skip),
+    # corrupt / missing images included (every entry: file, line, id, reason, image)
     table: list[dict]  # per source: name, format, read, used, images, text_only, tokens
     pixels: dict[str, tuple[int | None, int | None]]  # per-source Qwen pixel bounds
 
@@ -162,7 +163,9 @@ def build_training_set(cfg, adapter) -> TrainingSet:
 
     skips = SkipReport()
     sources = cfg.all_sources()
-    per_source = {src.label: read_source(src, Path(cfg.base_dir), cfg.data.on_error, skips)
+    # verify_images: a corrupt image is a row error now (file, line, id, image), not hours in
+    per_source = {src.label: read_source(src, Path(cfg.base_dir), cfg.data.on_error, skips,
+                                         verify_images=True)
                   for src in sources}
     samples = mix(per_source, {s.label: s.weight for s in sources},
                   {s.label: s.max_samples for s in sources}, cfg.train.seed)

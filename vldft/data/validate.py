@@ -12,7 +12,7 @@ reason, each with example locations (file, line or row, id).
 |-----------------|--------------------------------------------------------------------------|
 | missing_file    | the data file / folder does not exist                                    |
 | bad_source      | the source cannot be read as its format (undetectable, no rows, bad split)|
-| bad_json        | a line (JSONL) or the file (JSON) is not valid JSON                       |
+| bad_json        | a line (JSONL) or the file (JSON) is not valid JSON or not valid UTF-8     |
 | bad_row         | a row is not an object of the expected shape (wrong types)               |
 | missing_column  | a required column / key is missing; the closest existing one is named    |
 | bad_content     | a content part is malformed / unsupported (video, image in an answer)    |
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from vldft.config import Config, SourceConfig
-from vldft.data import WARNINGS, DataError, Sample, open_image
+from vldft.data import WARNINGS, DataError, Sample, image_name, open_image
 from vldft.data.formats import SkipReport, read_source
 
 SKIP_REASONS = {  # Collator Skipped.reason (already a code) -> what the report says
@@ -86,14 +86,14 @@ class ValidationReport(SkipReport):
         return out
 
 
-def check_images(sample: Sample) -> str | None:
-    """None if every image opens and decodes, else the first error message."""
+def check_images(sample: Sample) -> tuple[str, str] | None:
+    """None if every image opens and decodes, else (image, message) of the first that fails."""
     for k, img in enumerate(sample.images):
         try:
             im = open_image(img)
             im.load()
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb
-            return f"image {k} ({getattr(img, 'name', img)}) cannot be decoded: {e}"
+            return image_name(img), f"image {k} ({image_name(img)}) cannot be decoded: {e}"
     return None
 
 
@@ -147,8 +147,8 @@ def validate(cfg: Config, adapter: Any = None, max_samples: int | None = None
         label, before = src.label, report.total
         try:
             samples = read_source(src, base, on_error="skip", report=report)
-        except DataError as e:
-            report.add(label, e.where or src.path, e.reason, e.detail)
+        except DataError as e:  # source-level (file missing, unreadable, unknown format)
+            report.add_error(label, e, src.path)
             report.rows[label] = 0
             continue
         report.rows[label] = len(samples) + report.total - before
@@ -159,7 +159,7 @@ def validate(cfg: Config, adapter: Any = None, max_samples: int | None = None
             where = f"{s.origin} (id {s.id})"
             problem = check_images(s)
             if problem:
-                report.add(label, where, "image_corrupt", problem)
+                report.add(label, where, "image_corrupt", problem[1], s.id, problem[0])
                 continue
             if collator is None:
                 continue
@@ -167,5 +167,5 @@ def validate(cfg: Config, adapter: Any = None, max_samples: int | None = None
             if n is not None:
                 lengths.append(n)
             if reason:
-                report.add(label, where, reason, message)
+                report.add(label, where, reason, message, s.id)
     return report

@@ -31,9 +31,10 @@ from PIL import Image
 from vldft.data import load_jsonl
 from vldft.eval.benchmarks import BENCHMARKS, LETTERS, LocalDataError, load_local
 from vldft.eval.scoring import extract_answer, is_correct, score
+from vldft.resources import resource
 
 log = logging.getLogger("vldft.eval")
-REPO_DATA = Path(__file__).resolve().parents[2] / "data"
+REPO_DATA = resource("data")  # the bundled data (installed package or checkout)
 LOCAL_KEY = "vldft_local"  # dataset_kwargs key: read this benchmark from its local copy
 
 

@@ -158,7 +158,8 @@ class VldftLMM(lmms):
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(repr(sorted(req.args[2].items())), []).append(i)
-        pbar = tqdm(total=len(requests), desc="vldft generating", disable=self.rank != 0)
+        pbar = tqdm(total=len(requests), desc="vldft generating",
+                    disable=True if self.rank != 0 else None)  # None: off when not a TTY
         was_training = self.model.training
         self.model.eval()
         for idx in groups.values():

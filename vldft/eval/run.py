@@ -22,8 +22,9 @@ from urllib.parse import urlparse
 
 from vldft.eval.benchmarks import BENCHMARKS, BY_TASK, LocalDataError, find_local
 from vldft.eval.scoring import extract_answer
+from vldft.resources import resource
 
-TASK_DIR = Path(__file__).resolve().parents[2] / "eval"  # vldft's task YAMLs (--include_path)
+TASK_DIR = resource("eval")  # vldft's task YAMLs (--include_path); vldft.resources
 # Rule-scored tasks (no judge, no API key; names checked against lmms-eval 0.7.3 by a test).
 SUITES = {
     # every benchmark of vldft.eval.benchmarks: MathVerse, MathVision, WeMath, MathVista,

@@ -1,0 +1,108 @@
+"""Every command explains itself: --help lists its options (training: the config keys and the
+override syntax), usage lines mark optional overrides as optional, config mistakes are one line
+(closest key, YAML file:line:column), --print-config shows the resolved config without training,
+LoRA runs say what is frozen and a log file gets no progress-bar redraws."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import vldft.train
+from vldft import collate, compare, probe
+from vldft.config import ConfigError, load_config
+from vldft.data import __main__ as data_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs/demo.yaml"
+OPTIONAL = "[section.key=value ...]"
+
+
+def help_of(fn, argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        fn(argv)
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, options", [
+    (vldft.train.cli, ["--print-config", "CONFIG", "section.key=value", "model.lora.r",
+                       "data: sources[] (path, format", "train: output_dir", "loss: name",
+                       "Config reference", "train.lr=1e-5"]),
+    (probe.cli, ["--samples", "--batch-size", "--out", "section.key=value"]),
+    (compare.cli, ["--grid", "--variant", "--index", "--list", "--report", "--force",
+                   "section.key=value"]),
+    (collate.main, ["--n", "--source", "section.key=value", "[[...]]"]),
+    (data_cli.main, ["convert", "validate", "inspect"]),
+])
+def test_help_lists_the_options(fn, options, capsys):
+    text = help_of(fn, ["--help"], capsys)
+    for option in options:
+        assert option in text, option
+
+
+@pytest.mark.parametrize("fn, argv", [
+    (vldft.train.cli, ["--help"]), (probe.cli, ["--help"]), (compare.cli, ["--help"]),
+    (collate.main, ["--help"]), (data_cli.main, ["validate", "--help"]),
+    (data_cli.main, ["inspect", "--help"]),
+])
+def test_usage_marks_overrides_optional(fn, argv, capsys):
+    usage = " ".join(help_of(fn, argv, capsys).split("\n\n")[0].split())
+    assert OPTIONAL in usage, usage
+
+
+def test_train_config_help_prints_help_not_an_override_error(capsys):
+    text = help_of(vldft.train.cli, [str(DEMO), "train.lr=1e-4", "--help"], capsys)
+    assert "--print-config" in text and "config error" not in text
+
+
+def test_print_config_prints_resolved_values_and_does_not_train(monkeypatch, capsys):
+    def no_training(cfg):
+        raise AssertionError("--print-config trained")
+
+    monkeypatch.setattr(vldft.train, "main", no_training)
+    vldft.train.cli([str(DEMO), "--print-config", "train.lr=0.5", "model.freeze=[vision]"])
+    out = capsys.readouterr().out
+    cfg = yaml.safe_load(out)
+    assert cfg["train"]["lr"] == 0.5 and cfg["model"]["freeze"] == ["vision"]
+    assert cfg["loss"]["name"] == "dft"  # from the file
+    assert cfg["train"]["keep_checkpoints"] == 3  # a default
+    assert "relative paths resolve against" in out.splitlines()[0]
+
+
+def test_misspelt_key_suggests_the_closest(capsys):
+    with pytest.raises(ConfigError, match=r"model\.freez: unknown key \(did you mean 'freeze'"):
+        load_config(DEMO, ["model.freez=[vision]"])
+    with pytest.raises(ConfigError, match=r"trian: unknown key \(did you mean 'train'"):
+        load_config(DEMO, ["trian.lr=1"])
+    with pytest.raises(SystemExit, match=r"config error: train\.micro_batch: unknown key "
+                                         r"\(did you mean 'micro_batch_size'"):
+        vldft.train.cli([str(DEMO), "train.micro_batch=2"])
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  tiny: true\n   family: llava\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert str(e.value).startswith(f"{bad}:3:10: invalid YAML: ")
+    assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match=f"config error: {bad}:3:10: "):
+        vldft.train.cli([str(bad)])
+    with pytest.raises(ConfigError, match=r"override 'train.lr=\[1,': value:1:4: invalid YAML"):
+        load_config(DEMO, ["train.lr=[1,"])
+
+
+def test_lora_run_says_base_weights_are_frozen_and_logs_no_bar_redraws(tmp_path, capsys):
+    demo_rows = ROOT / "data/geo_demo/train.jsonl"
+    vldft.train.cli([
+        str(DEMO), "data.train_files=[]", f"data.sources=[{{path: {demo_rows}, max_samples: 8}}]",
+        "data.heldout_file=null", "train.max_steps=2", "loss.sft_warmup_steps=0",
+        "loss.name=sft", "train.micro_batch_size=4", "train.log_every=1",
+        "train.eval_max_samples=0", f"train.output_dir={tmp_path / 'run'}",
+        "model.lora={r: 4, dropout: 0.0, parts: [language]}"])
+    out, err = capsys.readouterr()  # stderr is not a TTY here, as in a log file
+    line = next(x for x in out.splitlines() if "; frozen: " in x)
+    assert "frozen: all base weights (LoRA adapters train in ['language'])" in line, line
+    assert "frozen: none" not in out
+    assert "\r" not in err

@@ -1,0 +1,193 @@
+"""Data errors are per row, always: an invalid UTF-8 byte costs its line (file, line, byte
+offset), never the file; a corrupt image is a row error naming file, line, id and image. Every
+skip is listed in data_summary.json and on the console; ``on_error=raise`` stops with one line
+(no traceback) naming the row."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import vldft.data.formats as formats_mod
+from vldft.config import SourceConfig, load_config
+from vldft.data import DataError, load_jsonl
+from vldft.data.formats import SkipReport, read_source
+from vldft.data.validate import validate
+from vldft.train import _dedupe, cli, main
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "data/geo_demo/train.jsonl"
+BAD_LINE = 501
+
+
+def _rows(n: int) -> list[dict]:
+    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:n]]
+    for r in rows:
+        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
+    return rows
+
+
+def _utf8_file(folder: Path, extra_bad_json: int | None = None) -> tuple[Path, int]:
+    """520 demo rows; line 501 has one invalid byte (0xff) inside its question text; with
+    ``extra_bad_json`` that line is cut (invalid JSON). Returns (path, offset of the byte)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r).encode() for r in _rows(520)]
+    bad = lines[BAD_LINE - 1]
+    k = bad.index(b"What") if b"What" in bad else bad.index(b'"text": "') + 9
+    lines[BAD_LINE - 1] = bad[:k] + b"\xff" + bad[k + 1:]
+    if extra_bad_json:
+        lines[extra_bad_json - 1] = lines[extra_bad_json - 1][:40]
+    data = b"".join(ln + b"\n" for ln in lines)
+    path = folder / "train.jsonl"
+    path.write_bytes(data)
+    offset = data.index(b"\xff")
+    assert data.count(b"\n", 0, offset) + 1 == BAD_LINE
+    return path, offset
+
+
+def _train_overrides(data: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={out}",
+            "train.max_steps=2", "train.micro_batch_size=8", "train.log_every=1",
+            "train.eval_max_samples=0", "loss.sft_warmup_steps=0", *extra]
+
+
+def _validate(data: Path):
+    cfg = load_config(None, ["model.tiny=true", f"data.train_files=[{data}]",
+                             "data.heldout_file=null", f"base_dir={data.parent}"])
+    return validate(cfg, None, max_samples=0)
+
+
+# -- invalid UTF-8 -----------------------------------------------------------------------------
+def test_validate_reports_the_bad_utf8_row_and_keeps_the_other_519(tmp_path):
+    data, offset = _utf8_file(tmp_path / "a")
+    report = _validate(data)
+    assert report.rows == {"train": 520}
+    assert report.counts == {("train", "bad_json"): 1}
+    [entry] = report.entries
+    assert entry["file"] == str(data) and entry["line"] == BAD_LINE
+    assert entry["offset"] == offset and entry["reason"] == "bad_json"
+    assert f"byte offset {offset}" in entry["message"] and "0xff" in entry["message"]
+    assert f"{data}:{BAD_LINE}" in report.summary()
+    samples = read_source(SourceConfig(path=str(data)), tmp_path, "skip", SkipReport())
+    assert len(samples) == 519 and f"train.jsonl:{BAD_LINE}" not in {s.origin for s in samples}
+
+
+def test_validate_still_reports_another_bad_row_in_the_same_file(tmp_path):
+    data, offset = _utf8_file(tmp_path / "b", extra_bad_json=7)
+    report = _validate(data)
+    assert report.rows == {"train": 520}
+    assert sorted((e["line"], e["reason"]) for e in report.entries) == [
+        (7, "bad_json"), (BAD_LINE, "bad_json")]
+    assert "invalid JSON" in report.entries[0]["message"]
+    assert report.entries[1]["offset"] == offset
+    samples = read_source(SourceConfig(path=str(data)), tmp_path, "skip", SkipReport())
+    assert len(samples) == 518
+
+
+def test_train_with_skip_trains_on_the_other_rows_and_lists_the_bad_one(tmp_path, capsys):
+    data, offset = _utf8_file(tmp_path / "c")
+    out = tmp_path / "run"
+    summary = main(load_config(ROOT / "configs/demo.yaml",
+                               _train_overrides(data, out, "data.on_error=skip")))
+    assert summary["steps"] == 2 and summary["train_samples"] == 519
+    assert summary["read_skips"] == {"train/bad_json": 1}
+    saved = json.loads((out / "data_summary.json").read_text())
+    assert saved["sources"][0]["read"] == 519
+    [entry] = saved["skipped"]
+    assert entry == {"stage": "read", "source": "train", "reason": "bad_json",
+                     "file": str(data), "line": BAD_LINE, "id": f"train.jsonl:{BAD_LINE}",
+                     "offset": offset, "message": entry["message"]}
+    console = capsys.readouterr().out
+    assert f"{data}:{BAD_LINE}" in console and "data_summary.json" in console
+
+
+def test_train_with_raise_stops_with_one_line_naming_file_line_and_offset(tmp_path):
+    data, offset = _utf8_file(tmp_path / "d")
+    with pytest.raises(SystemExit) as e:
+        cli([str(ROOT / "configs/demo.yaml"), *_train_overrides(data, tmp_path / "run")])
+    msg = str(e.value.code)
+    assert "\n" not in msg and "Traceback" not in msg
+    assert f"{data}:{BAD_LINE}" in msg and f"byte offset {offset}" in msg
+
+
+def test_heldout_and_json_documents_name_line_and_offset(tmp_path):
+    data, offset = _utf8_file(tmp_path / "e")
+    with pytest.raises(DataError, match=rf"train\.jsonl:{BAD_LINE}: .*byte offset {offset}"):
+        load_jsonl(data)
+    doc = tmp_path / "e" / "rows.json"
+    raw = b'[\n  {"id": "a"},\n  {"id": "b\xff"}\n]\n'
+    doc.write_bytes(raw)
+    at = raw.index(b"\xff")
+    with pytest.raises(DataError, match=rf"rows\.json:3: .*byte offset {at}") as err:
+        list(formats_mod.iter_json(doc))
+    assert err.value.offset == at and err.value.reason == "bad_json"
+
+
+# -- corrupt images ----------------------------------------------------------------------------
+def _corrupt_image_file(folder: Path) -> tuple[Path, Path, str]:
+    """16 demo rows, the 4th pointing at a .png of random bytes. (data, image, id)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = _rows(16)
+    bad = folder / "corrupt.png"
+    bad.write_bytes(random.Random(0).randbytes(3000))
+    rows[3]["images"] = [str(bad)]
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data, bad, rows[3]["id"]
+
+
+def test_corrupt_image_with_skip_is_listed_with_id_file_line_and_image(tmp_path, capsys):
+    data, bad, sid = _corrupt_image_file(tmp_path / "f")
+    out = tmp_path / "run"
+    summary = main(load_config(ROOT / "configs/demo.yaml",
+                               _train_overrides(data, out, "data.on_error=skip")))
+    assert summary["train_samples"] == 15
+    assert summary["read_skips"] == {"train/image_corrupt": 1}
+    [entry] = json.loads((out / "data_summary.json").read_text())["skipped"]
+    assert {k: entry[k] for k in ("stage", "source", "reason", "file", "line", "id", "image")} \
+        == {"stage": "read", "source": "train", "reason": "image_corrupt", "file": str(data),
+            "line": 4, "id": sid, "image": str(bad)}
+    console = capsys.readouterr().out
+    assert f"{data}:4 (id {sid})" in console and str(bad) in console
+    assert "image_corrupt" in console and "data_summary.json" in console
+
+
+def test_corrupt_image_with_raise_stops_before_training(tmp_path):
+    data, bad, sid = _corrupt_image_file(tmp_path / "g")
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        cli([str(ROOT / "configs/demo.yaml"), *_train_overrides(data, out)])
+    msg = str(e.value.code)
+    assert "\n" not in msg and f"{data}:4 (id {sid})" in msg and str(bad) in msg
+    assert not (out / "metrics.jsonl").exists()  # stopped before training started
+
+
+def test_image_failing_only_at_encode_time_is_named_too(tmp_path, monkeypatch, capsys):
+    """An image PIL's verify() passes but that cannot be decoded (simulated by turning the
+    up-front check off): skip lists it (stage encode), raise stops with one line."""
+    monkeypatch.setattr(formats_mod, "image_problem", lambda img: None)
+    data, bad, sid = _corrupt_image_file(tmp_path / "h")
+    out = tmp_path / "run"
+    summary = main(load_config(ROOT / "configs/demo.yaml",
+                               _train_overrides(data, out, "data.on_error=skip")))
+    assert summary["skipped"] == {"train/image_corrupt": 1}
+    [entry] = json.loads((out / "data_summary.json").read_text())["skipped"]
+    assert (entry["stage"], entry["file"], entry["line"], entry["id"], entry["image"]) == \
+        ("encode", str(data), 4, sid, str(bad))
+    assert f"{data}:4 (id {sid})" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli([str(ROOT / "configs/demo.yaml"), *_train_overrides(data, tmp_path / "run2",
+                                                                "train.max_steps=4")])
+    msg = str(e.value.code)
+    assert "\n" not in msg and f"{data}:4 (id {sid})" in msg and str(bad) in msg
+
+
+def test_ranks_agree_on_skip_counts():
+    """Entries gathered from two ranks that both met the same sample count it once."""
+    e = {"stage": "encode", "source": "train", "reason": "image_corrupt", "file": "t.jsonl",
+         "line": 4, "id": "x", "message": "m"}
+    f = dict(e, line=9, id="y")
+    assert _dedupe([e, f, dict(e)]) == [e, f]

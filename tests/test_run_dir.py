@@ -1,0 +1,182 @@
+"""Output directories have one owner: ``run.json`` fingerprints the run; another run, a finished
+run or ``train.resume=none`` there is refused in one line before the model loads
+(``train.overwrite=true`` replaces it), a finished run re-run is a no-op, an interrupted run with
+the same settings resumes."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import vldft.train
+from vldft.checkpoint import fingerprint, remove_run
+from vldft.config import config_to_dict, load_config
+from vldft.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data/geo_demo/train.jsonl"
+STEPS = 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: tiny models on a shared CPU (see tests/test_eval.py)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("data")
+    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:48]]
+    for r in rows:
+        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
+    path = tmp / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config(data: Path, out: Path, *extra: str):
+    return load_config(ROOT / "configs/demo.yaml", [
+        f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={out}",
+        f"train.max_steps={STEPS}", "train.micro_batch_size=8", "train.log_every=2",
+        "loss.sft_warmup_steps=2", "train.eval_max_samples=0", "train.save_every=2",
+        "train.keep_checkpoints=0", "train.lr=2e-3", "loss.name=dft", *extra])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_file) -> Path:
+    """A finished 6-step run with checkpoint-2 and checkpoint-4 kept."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train_main(config(data_file, out))
+    return out
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """A refusal must come before any model loads."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(vldft.train, "load_adapter", refuse)
+
+
+def copy_run(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def snapshot(out: Path) -> dict:
+    return {p.relative_to(out).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("record", ["run.json", "legacy: checkpoint config", "legacy: no ckpt"])
+def test_different_lr_into_a_used_dir_is_refused(finished, data_file, tmp_path, no_model,
+                                                 record):
+    out = copy_run(finished, tmp_path)
+    assert (out / "run.json").is_file()
+    if record != "run.json":  # a directory written before run.json existed
+        (out / "run.json").unlink()
+    if record == "legacy: no ckpt":  # a finished run without checkpoint-*: config.yaml says
+        for p in out.glob("checkpoint-*"):
+            shutil.rmtree(p)
+    before = snapshot(out)
+    with pytest.raises(SystemExit) as e:
+        train_main(config(data_file, out, "train.lr=5e-4", "loss.name=sft"))
+    msg = str(e.value)
+    assert "\n" not in msg and "train.lr: 0.002 -> 0.0005" in msg, msg
+    assert 'loss.name: "dft" -> "sft"' in msg and "train.overwrite=true" in msg, msg
+    assert snapshot(out) == before  # nothing was written
+
+
+def test_finished_run_rerun_is_a_noop(finished, data_file, tmp_path, no_model, capsys):
+    out = copy_run(finished, tmp_path)
+    before = snapshot(out)
+    final_mtime = (out / "final").stat().st_mtime_ns
+    # logging / saving keys are not part of the fingerprint
+    summary = train_main(config(data_file, out, "train.log_every=3", "train.keep_checkpoints=1"))
+    assert "already holds this run, finished" in capsys.readouterr().out
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == STEPS
+    assert snapshot(out) == before and (out / "final").stat().st_mtime_ns == final_mtime
+
+
+def test_resume_none_in_a_used_dir_is_refused_then_overwrite_starts_over(finished, data_file,
+                                                                         tmp_path, monkeypatch):
+    out = copy_run(finished, tmp_path)
+    (out / "notes.txt").write_text("mine")  # a user's file: kept
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    (out / "eval").mkdir()
+    (out / "eval" / "step-2").symlink_to(outside, target_is_directory=True)  # never followed
+    with monkeypatch.context() as m:
+        m.setattr(vldft.train, "load_adapter", lambda *a, **k: pytest.fail("model loaded"))
+        with pytest.raises(SystemExit) as e:
+            train_main(config(data_file, out, "train.resume=none"))
+    msg = str(e.value)
+    assert "\n" not in msg and "train.resume=none" in msg and "train.overwrite=true" in msg
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    summary = train_main(config(data_file, out, "train.resume=none", "train.overwrite=true",
+                                "train.save_every=0"))
+    assert summary["resumed_from"] is None and summary["steps"] == STEPS
+    assert not list(out.glob("checkpoint-*"))  # the old checkpoints are gone
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if "loss" in r] == [2, 4, 6]  # from step 0, once
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (outside / "keep.txt").is_file() and not (out / "eval").exists()
+    assert json.loads((out / "run.json").read_text())["fingerprint"] == fingerprint(
+        config_to_dict(config(data_file, out)))
+
+
+def test_llava_config_into_a_qwen_run_dir_gets_one_line(finished, data_file, tmp_path,
+                                                        no_model):
+    out = copy_run(finished, tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train_main(config(data_file, out, "model.family=llava", "model.min_pixels=null",
+                          "model.max_pixels=null"))
+    msg = str(e.value)
+    assert "\n" not in msg and 'model.family: "qwen2_5_vl" -> "llava"' in msg, msg
+    assert "load_state_dict" not in msg and "train.overwrite=true" in msg
+
+
+def test_interrupted_run_with_the_same_settings_resumes(finished, data_file, tmp_path):
+    out = copy_run(finished, tmp_path)
+    shutil.rmtree(out / "final")  # as a kill -9 after checkpoint-4 leaves it
+    (out / "summary.json").unlink()
+    run_json = (out / "run.json").read_text()
+    summary = train_main(config(data_file, out, "train.log_every=3"))  # not fingerprinted
+    assert summary["resumed_from"] == str(out / "checkpoint-4")
+    assert summary["steps"] == STEPS and (out / "final/config.json").is_file()
+    assert (out / "run.json").read_text() == run_json
+
+
+def test_overwrite_removes_only_the_kits_files(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoint-3").mkdir(parents=True)
+    (out / "checkpoint-9.tmp").mkdir()
+    (out / "final").mkdir()
+    for name in ("metrics.jsonl", "summary.json", "run.json", "training_curves.png",
+                 "my_metrics.jsonl", "checkpoint-notes.txt"):
+        (out / name).write_text("x")
+    (out / "eval" / "step-4").mkdir(parents=True)
+    (out / "eval" / "my_task").mkdir()
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text("keep")
+    os.symlink(target, out / "histograms.jsonl")
+    removed = {p.name for p in remove_run(out)}
+    assert removed == {"checkpoint-3", "checkpoint-9.tmp", "final", "metrics.jsonl",
+                       "summary.json", "run.json", "training_curves.png", "histograms.jsonl",
+                       "step-4"}
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-notes.txt", "eval",
+                                                     "my_metrics.jsonl"]
+    assert [p.name for p in (out / "eval").iterdir()] == ["my_task"]
+    assert target.read_text() == "keep"
