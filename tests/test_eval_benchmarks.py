@@ -283,3 +283,17 @@ def test_real_mathverse_website_sample_is_refused_naming_the_missing_keys(tmp_pa
         load_local(BENCHMARKS["mathverse"], tmp_path)
     msg = str(e.value)
     assert "testmini.json[" in msg and "'query_wo'" in msg and "'problem_version'" in msg, msg
+
+
+def test_default_eval_output_names_cannot_collide(tmp_path, monkeypatch):
+    """runs/a/final and runs/b/final used to both write runs/eval/final."""
+    from vldft.eval.__main__ import _eval_parser
+    from vldft.eval.run import default_out
+
+    for run in ("a", "b"):
+        (tmp_path / "runs" / run / "final").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    a, b = default_out("runs/a/final"), default_out("runs/b/final/")
+    assert a != b and (a.name, b.name) == ("a_final", "b_final")
+    assert default_out("Qwen/Qwen2.5-VL-3B-Instruct").name == "Qwen__Qwen2.5-VL-3B-Instruct"
+    assert _eval_parser().parse_args(["--model", "m"]).batch_size == 8
