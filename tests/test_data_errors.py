@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,144 @@ def test_ranks_agree_on_skip_counts():
          "line": 4, "id": "x", "message": "m"}
     f = dict(e, line=9, id="y")
     assert _dedupe([e, f, dict(e)]) == [e, f]
+
+
+# -- encode-time skips: keys, ranks, resume ----------------------------------------------------
+class _Sampler:
+    def set_position(self, *args) -> None:
+        pass
+
+
+def _stream_skips(batches: list[list], seen: set | None = None,
+                  entries: list[dict] | None = None) -> tuple[Counter, list[dict], set]:
+    """Run ``micro_batch_stream`` over micro-batches whose skipped samples are ``batches``."""
+    from vldft.collate import Skipped
+    from vldft.train import micro_batch_stream
+
+    loader = [{"skipped": [Skipped(*s) for s in b], "n_truncated": 0, "input_ids": 1}
+              for b in batches]
+    skips, entries, seen = Counter(), [] if entries is None else entries, seen or set()
+    stream = micro_batch_stream(loader, _Sampler(), skips, Counter(),
+                                {"epoch": 0, "consumed": 0}, seen, 1, entries)
+    for _ in batches:
+        next(stream)
+    return skips, entries, seen
+
+
+def test_same_id_skipped_in_two_sources_is_counted_and_listed_for_each():
+    """Ids like "1" or "train.jsonl:3" recur across sources: each source's skip counts."""
+    skips, entries, _ = _stream_skips([[("1", "too_long", "srcA", "/d/a.jsonl:1"),
+                                        ("1", "too_long", "srcB", "/d/b.jsonl:1")],
+                                       [("1", "too_long", "srcA", "/d/a.jsonl:1")]])
+    assert skips == Counter({("srcA", "too_long"): 1, ("srcB", "too_long"): 1})
+    assert [(e["source"], e["file"], e["line"]) for e in entries] == [
+        ("srcA", "/d/a.jsonl", 1), ("srcB", "/d/b.jsonl", 1)]
+
+
+def test_checkpoint_holds_the_skips_of_every_rank_and_each_rank_resumes_from_them():
+    """trainer_state.json is written by the main process: it must carry the skips met on
+    rank 1 too, and a rank resuming from it must neither lose nor recount them."""
+    from vldft.train import _merge_skip_state, _seen_keys
+
+    _, e0, s0 = _stream_skips([[("1", "too_long", "srcA", "/d/a.jsonl:1")]])  # rank 0
+    _, e1, s1 = _stream_skips([[("1", "too_long", "srcB", "/d/b.jsonl:1"),  # rank 1
+                                ("7", "image_corrupt", "srcA", "/d/a.jsonl:7")]])
+    # what each rank hands to gather_object (rank 1 met srcA/1 in another epoch too)
+    parts = [(sorted(s0, key=str), e0), (sorted(s1 | {("srcA", "1")}, key=str), e1 + e0)]
+    state = json.loads(json.dumps(_merge_skip_state(parts)))  # as trainer_state.json
+    assert sorted(map(tuple, state["seen"])) == [("srcA", "1"), ("srcA", "7"), ("srcB", "1")]
+    assert [(e["source"], e["id"]) for e in state["skip_entries"]] == [
+        ("srcA", "1"), ("srcA", "7"), ("srcB", "1")]
+    assert sorted((tuple(k), n) for k, n in state["skips"]) == [
+        (("srcA", "image_corrupt"), 1), (("srcA", "too_long"), 1), (("srcB", "too_long"), 1)]
+    # a resumed rank (any of them) meets rank 1's samples again: nothing new is recorded
+    skips, entries, _ = _stream_skips([[("7", "image_corrupt", "srcA", "/d/a.jsonl:7"),
+                                        ("1", "too_long", "srcB", "/d/b.jsonl:1")]],
+                                      _seen_keys(state), list(state["skip_entries"]))
+    assert not skips and _dedupe(entries) == entries == state["skip_entries"]
+
+
+def test_checkpoint_of_an_older_version_with_plain_ids_still_resumes():
+    """Checkpoints that stored ``seen`` as plain ids: an id a saved entry names takes its
+    source; one without an entry (counts-only checkpoints) matches the id in any source."""
+    from vldft.train import _seen_keys
+
+    entry = {"stage": "encode", "source": "srcA", "reason": "too_long", "file": "/d/a.jsonl",
+             "line": 1, "id": "1", "message": "m"}
+    assert _seen_keys({"seen": ["1"], "skip_entries": [entry]}) == {("srcA", "1")}
+    keys = _seen_keys({"seen": ["9"], "skips": [[["srcA", "too_long"], 1]]})
+    assert keys == {"9"}
+    skips, _, _ = _stream_skips([[("9", "too_long", "srcB", "/d/b.jsonl:9")]], keys)
+    assert not skips
+
+
+# -- line endings, byte order marks ------------------------------------------------------------
+def test_lone_cr_line_endings_are_separate_rows_with_exact_offsets(tmp_path):
+    """Old-Mac files (lines ended by a lone CR) read row by row, as in text mode; a bad byte's
+    line and byte offset stay exact, whatever the mix of line endings."""
+    row = b'{"a": 1}'
+    data = row + b"\r" + b'{"a": "\xff"}\r\n' + row + b"\r" + row + b"\n" + row
+    path = tmp_path / "mac.jsonl"
+    path.write_bytes(data)
+    rows = list(formats_mod.iter_json(path))
+    assert [r[1] for r in rows] == [f"mac.jsonl:{n}" for n in range(1, 6)]
+    bad = rows[1][2]
+    assert isinstance(bad, DataError) and bad.offset == data.index(b"\xff")
+    assert f"{path}:2:" in str(bad) and all(r[2] == {"a": 1} for r in rows[2:] + rows[:1])
+    # a .json file that is really such JSONL: the same rows
+    json_path = tmp_path / "mac.json"
+    json_path.write_bytes(data)
+    assert [r[1] for r in formats_mod.iter_json(json_path)] == [
+        f"mac.json:{n}" for n in range(1, 6)]
+    # U+2028 / U+0085 inside a row end no line (text mode never split there either)
+    (tmp_path / "u.jsonl").write_text('{"a": "x\u2028y\x85z"}\n{"a": 1}\n', encoding="utf-8")
+    assert len(list(formats_mod.iter_json(tmp_path / "u.jsonl"))) == 2
+
+
+def test_json_file_that_is_jsonl_with_a_bom_is_read_line_by_line(tmp_path):
+    """A .json file holding JSONL with a byte order mark and one bad byte: the other rows are
+    read (as without the BOM), only the bad line is an error."""
+    data = b"\xef\xbb\xbf" + b'{"a": 1}\n{"a": "\xff"}\n{"a": 2}\n'
+    path = tmp_path / "rows.json"
+    path.write_bytes(data)
+    rows = list(formats_mod.iter_json(path))
+    assert [r[2] for r in rows[::2]] == [{"a": 1}, {"a": 2}]
+    assert isinstance(rows[1][2], DataError) and rows[1][2].offset == data.index(b"\xff")
+    assert f"{path}:2:" in str(rows[1][2])
+
+
+def test_two_rank_checkpoint_lists_the_samples_skipped_on_rank_1(tmp_path):
+    """Two processes (gloo, torchrun), 16 rows of which 4 are over data.max_length, one step of
+    8 rows per rank: checkpoint-1's trainer_state.json (written by rank 0) names all 4 skips,
+    those rank 1 met included (the sampler's seed-0 order puts at least one on rank 1)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    rows = _rows(16)
+    for r in rows[1::4]:
+        r["messages"][-1]["content"][-1]["text"] += " long" * 1500
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(port), "-m", "vldft.train", str(ROOT / "configs/demo.yaml"),
+         *_train_overrides(data, out, "data.overlong=skip", "data.group_by_length=false",
+                           "train.save_every=1", "train.mixed_precision=no")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ids = [r["id"] for r in rows[1::4]]
+    st = json.loads((out / "checkpoint-1/trainer_state.json").read_text())
+    assert st["pos"] == {"epoch": 0, "consumed": 1}  # every row was met in step 1
+    assert sorted(e["id"] for e in st["skip_entries"]) == ids
+    assert sorted(map(tuple, st["seen"])) == [("train", i) for i in ids]
+    assert st["skips"] == [[["train", "too_long"], 4]]
+    assert json.loads((out / "summary.json").read_text())["skipped"] == {"train/too_long": 4}

@@ -180,3 +180,162 @@ def test_overwrite_removes_only_the_kits_files(tmp_path):
                                                      "my_metrics.jsonl"]
     assert [p.name for p in (out / "eval").iterdir()] == ["my_task"]
     assert target.read_text() == "keep"
+
+
+# --- an explicit train.resume inside output_dir is a continuation, never deleted --------------
+
+def interrupted(finished: Path, tmp_path: Path) -> Path:
+    """A copy of the finished run as a kill after checkpoint-4 leaves it."""
+    out = copy_run(finished, tmp_path)
+    shutil.rmtree(out / "final")
+    (out / "summary.json").unlink()
+    return out
+
+
+def test_explicit_resume_with_overwrite_keeps_the_checkpoint_then_continues(
+        finished, data_file, tmp_path, monkeypatch):
+    out = interrupted(finished, tmp_path)
+    ckpt = out / "checkpoint-4"
+    before = snapshot(out)
+    with monkeypatch.context() as m:
+        m.setattr(vldft.train, "load_adapter", lambda *a, **k: pytest.fail("model loaded"))
+        with pytest.raises(SystemExit) as e:  # the refusal names the way to continue
+            train_main(config(data_file, out, "train.lr=1e-3"))
+        assert f"train.resume={ckpt}" in str(e.value), e.value
+        with pytest.raises(SystemExit) as e:  # overwrite would delete what resume names
+            train_main(config(data_file, out, "train.lr=1e-3", f"train.resume={ckpt}",
+                              "train.overwrite=true"))
+    msg = str(e.value)
+    assert "\n" not in msg and "would delete" in msg and str(ckpt) in msg, msg
+    assert snapshot(out) == before  # nothing removed, nothing written
+
+    # without overwrite: a deliberate continuation with a lower lr from checkpoint-4
+    summary = train_main(config(data_file, out, "train.lr=1e-3", f"train.resume={ckpt}"))
+    assert summary["resumed_from"] == str(ckpt) and summary["steps"] == STEPS
+    assert (out / "final/config.json").is_file()
+    run_fp = json.loads((out / "run.json").read_text())["fingerprint"]
+    assert run_fp["train.lr"] == 1e-3  # the run now continues with these settings
+    lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+           if "loss" in r]
+    assert len(lrs) == STEPS // 2  # steps 2, 4 kept, 6 logged once
+
+
+def test_explicit_resume_with_newer_outputs_in_the_dir_is_refused(finished, data_file, tmp_path,
+                                                                  no_model):
+    out = copy_run(finished, tmp_path)
+    before = snapshot(out)
+    for ckpt, newer in (("checkpoint-2", "checkpoint-4"), ("checkpoint-4", "final")):
+        with pytest.raises(SystemExit) as e:
+            train_main(config(data_file, out, "train.lr=1e-3", f"train.resume={out / ckpt}"))
+        msg = str(e.value)
+        assert "\n" not in msg and "newer than" in msg and newer in msg, msg
+    # a different model is refused before anything is touched, overwrite or not
+    with pytest.raises(SystemExit, match="holds a different model"):
+        train_main(config(data_file, out, "model.family=llava", "model.min_pixels=null",
+                          "model.max_pixels=null", f"train.resume={out / 'checkpoint-4'}",
+                          "train.overwrite=true"))
+    assert snapshot(out) == before
+
+
+# --- what counts as "this run": foreign, empty or broken records are unknown ------------------
+
+@pytest.mark.parametrize("content", ["", "optimizer: {lr: 0.1}\ntrainer: {max_epochs: 3}\n",
+                                     "a: [1, 2\n", "- 1\n- 2\n", "model: {family: [unclosed\n",
+                                     "model: 3\n"])
+def test_foreign_empty_or_broken_config_yaml_is_refused(data_file, tmp_path, no_model, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(content)
+    (out / "metrics.jsonl").write_text('{"epoch": 1, "acc": 0.9}\n')  # another tool's
+    before = snapshot(out)
+    with pytest.raises(SystemExit) as e:
+        train_main(config(data_file, out))
+    msg = str(e.value)
+    assert "\n" not in msg and "settings are unknown" in msg and "overwrite" in msg, msg
+    assert snapshot(out) == before and not (out / "run.json").exists()
+
+
+def test_a_failure_while_claiming_refuses_in_one_line(data_file, tmp_path, no_model,
+                                                      monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire\nsecond line")
+    monkeypatch.setattr(vldft.train, "claim_output_dir", boom)
+    with pytest.raises(SystemExit) as e:  # (every rank gets this refusal, none hangs)
+        train_main(config(data_file, tmp_path / "run"))
+    msg = str(e.value)
+    assert msg.startswith("train.output_dir:") and "RuntimeError: disk on fire" in msg, msg
+    assert "\n" not in msg
+
+
+# --- a stop at the last step: rerunning writes final/ ----------------------------------------
+
+def test_stop_at_the_last_step_then_rerun_writes_final(finished, data_file, tmp_path,
+                                                       monkeypatch, capsys):
+    out = interrupted(finished, tmp_path)
+
+    class StopAtEnd:  # a collapse warning at the last log step
+        def __init__(self, *a, **k):
+            pass
+
+        def observe(self, rec):
+            return "forced collapse" if rec["step"] == STEPS else None
+
+    with monkeypatch.context() as m:
+        m.setattr(vldft.train, "CollapseGuard", StopAtEnd)
+        summary = train_main(config(data_file, out, "train.on_collapse=stop"))
+    assert summary["stopped"] == "collapse" and summary["steps"] == STEPS
+    assert (out / f"checkpoint-{STEPS}").is_dir() and not (out / "final").exists()
+    assert "Rerun the same command to write final/" in capsys.readouterr().out
+
+    summary = train_main(config(data_file, out, "train.on_collapse=stop"))  # the same command
+    assert summary["stopped"] is None and summary["steps"] == STEPS
+    assert summary["resumed_from"] == str(out / f"checkpoint-{STEPS}")
+    assert (out / "final/config.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["stopped"] is None
+    assert f"at the last step ({STEPS})" in capsys.readouterr().out
+    # and now it is a finished run: the same command is a no-op
+    assert train_main(config(data_file, out, "train.on_collapse=stop"))["steps"] == STEPS
+    assert "already holds this run, finished" in capsys.readouterr().out
+
+
+# --- where relative paths go ------------------------------------------------------------------
+
+def test_a_users_configs_folder_resolves_against_the_files_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "exp" / "configs"
+    folder.mkdir(parents=True)
+    text = (ROOT / "configs/demo.yaml").read_text().replace("output_dir: runs/demo",
+                                                            "output_dir: runs/a")
+    assert "output_dir: runs/a" in text
+    (folder / "a.yaml").write_text(text)
+    (folder / "data/geo_demo").mkdir(parents=True)  # the config's data, next to it
+    for name in ("train.jsonl", "heldout.jsonl"):
+        (folder / "data/geo_demo" / name).write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(folder / "a.yaml")
+    assert cfg.resolve(cfg.train.output_dir) == folder / "runs/a"  # as before: the file's dir
+    assert cfg.resolve(cfg.data.train_files[0]) == folder / "data/geo_demo/train.jsonl"
+
+
+@pytest.mark.parametrize("copy", ["checkout", "installed"])
+def test_bundled_configs_read_the_bundle_but_write_to_the_cwd(tmp_path, monkeypatch, copy):
+    import vldft.resources
+
+    root = ROOT
+    if copy == "installed":  # an installed wheel's vldft/_bundled/
+        root = tmp_path / "site" / "vldft" / "_bundled"
+        (root / "configs").mkdir(parents=True)
+        shutil.copy(ROOT / "configs/demo.yaml", root / "configs/demo.yaml")
+        (root / "data/geo_demo").mkdir(parents=True)
+        for name in ("train.jsonl", "heldout.jsonl"):
+            (root / "data/geo_demo" / name).write_text("")
+        monkeypatch.setattr(vldft.resources, "BUNDLED", root)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cfg = load_config(root / "configs/demo.yaml")
+    assert cfg.resolve(cfg.data.train_files[0]) == root / "data/geo_demo/train.jsonl"
+    assert cfg.resolve(cfg.train.output_dir) == work / "runs/demo"
+    cfg = load_config(root / "configs/demo.yaml", ["train.output_dir=out/x"])
+    assert cfg.resolve(cfg.train.output_dir) == work / "out/x"

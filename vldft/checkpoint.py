@@ -69,6 +69,26 @@ def find_resume(resume: str, out_dir: Path, resolve: Callable[[str], Path]) -> P
     return path
 
 
+def check_explicit_resume(resume: str, config: dict, resolve: Callable[[str], Path]
+                          ) -> Path | None:
+    """The checkpoint an explicit ``train.resume=<dir>`` names, checked before anything in
+    output_dir is written or removed: it must be a whole checkpoint of the same model (any other
+    setting may differ: a deliberate continuation). None for ``auto`` / ``none``."""
+    if resume in ("auto", "none"):
+        return None
+    path = find_resume(resume, Path("."), resolve)
+    try:
+        theirs = fingerprint(read_state(path).get("config", {}))
+    except (OSError, ValueError, AttributeError):
+        theirs = {}
+    model_diff = [d for d in fingerprint_diff(theirs, fingerprint(config))
+                  if d.startswith("model.")]
+    if model_diff:
+        raise SystemExit(f"train.resume: {path} holds a different model "
+                         f"({'; '.join(model_diff)}); it cannot be loaded into this one")
+    return path
+
+
 def read_state(path: Path) -> dict:
     return json.loads((path / STATE_FILE).read_text())
 
@@ -246,22 +266,44 @@ def remove_run(out_dir: Path) -> list[Path]:
     return removed
 
 
+# keys every vldft version's fingerprint has: a record without them (an empty or another tool's
+# config.yaml, a foreign run.json) is not a vldft run's, so its settings count as unknown
+REQUIRED_KEYS = ("model.family", "train.seed")
+
+
 def recorded_fingerprint(out_dir: Path) -> dict | None:
     """The fingerprint of the run in ``out_dir``: ``run.json``; for directories written before
-    run.json existed, the newest checkpoint's config, else ``config.yaml``; None if unknown."""
+    run.json existed, the newest checkpoint's config, else ``config.yaml``. None if unknown:
+    none of these, unreadable or unparsable (broken JSON / YAML, not a mapping), or a record
+    that lacks ``REQUIRED_KEYS`` (not written by vldft)."""
+    import yaml
+
+    fp = None
     try:
         if (out_dir / RUN_FILE).is_file():
-            return json.loads((out_dir / RUN_FILE).read_text())["fingerprint"]
-        found = complete_checkpoints(out_dir, quiet=True)
-        if found and "config" in read_state(found[-1][1]):
-            return fingerprint(read_state(found[-1][1])["config"])
-        if (out_dir / "config.yaml").is_file():
-            import yaml
-
-            return fingerprint(yaml.safe_load((out_dir / "config.yaml").read_text()) or {})
-    except (OSError, ValueError, KeyError, TypeError):
+            fp = json.loads((out_dir / RUN_FILE).read_text())["fingerprint"]
+        else:
+            found = complete_checkpoints(out_dir, quiet=True)
+            state = read_state(found[-1][1]) if found else {}
+            if isinstance(state, dict) and isinstance(state.get("config"), dict):
+                fp = fingerprint(state["config"])
+            elif (out_dir / "config.yaml").is_file():
+                raw = yaml.safe_load((out_dir / "config.yaml").read_text())
+                fp = fingerprint(raw) if isinstance(raw, dict) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
         return None
-    return None
+    if not isinstance(fp, dict) or not all(k in fp for k in REQUIRED_KEYS):
+        return None
+    return fp
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of the checkpoint at ``path`` (its ``trainer_state.json``; else its name)."""
+    try:
+        return int(read_state(path)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        m = NAME.match(path.name)
+        return int(m.group(1)) if m else None
 
 
 def finished_summary(out_dir: Path) -> dict | None:
@@ -283,13 +325,20 @@ def write_run_file(out_dir: Path, fp: dict) -> None:
     tmp.rename(out_dir / RUN_FILE)
 
 
-def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool
-                     ) -> tuple[str, object]:
+def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool,
+                     resume_path: Path | None = None) -> tuple[str, object]:
     """Decide what a run may do with ``out_dir`` (rank 0 only; the caller broadcasts it).
 
     Returns one of ``("refuse", message)``, ``("finished", summary)``, ``("resume", None)``
     (after writing run.json if it was missing), ``("fresh", removed)`` (run.json written; with
     ``overwrite`` the old run's artefacts were removed first). Nothing is written on refusal.
+
+    ``resume_path`` is the checkpoint an explicit ``train.resume=<dir>`` names (resolved). One
+    inside ``out_dir`` is a deliberate continuation of that run, possibly with other settings
+    (e.g. a lower ``train.lr`` from ``checkpoint-500``): it is allowed without
+    ``train.overwrite`` and run.json takes the new settings; it is never deleted, so
+    ``train.overwrite=true`` with it is refused, and so are outputs newer than it (later
+    checkpoints, ``final/``), which belong to the run being continued differently.
     """
     new = fingerprint(config)
     used = run_artefacts(out_dir)
@@ -300,6 +349,29 @@ def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool
         return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
     removed: list[Path] = []
+    if resume_path is None and resume not in ("auto", "none"):  # (callers that did not resolve)
+        resume_path = Path(resume).expanduser()
+    if resume_path is not None and resume not in ("auto", "none") \
+            and resume_path.resolve().is_relative_to(out_dir.resolve()):
+        if overwrite:
+            return "refuse", (f"train.overwrite=true would delete {resume_path}, the checkpoint "
+                              "train.resume names; drop train.overwrite (an explicit "
+                              "train.resume continues this run, with the new settings), or copy "
+                              "the checkpoint out of train.output_dir first")
+        at = checkpoint_step(resume_path)
+        later = [p.name for s, p in complete_checkpoints(out_dir, quiet=True)
+                 if at is not None and s > at and p.resolve() != resume_path.resolve()]
+        if (out_dir / "final").exists():
+            later.append("final")
+        if later:
+            return "refuse", (f"train.resume: {out_dir} holds outputs newer than {resume_path} "
+                              f"({', '.join(later[:4])}{', ...' if len(later) > 4 else ''}); "
+                              "continuing from it here would mix two runs: choose a new "
+                              f"train.output_dir (train.resume={resume_path} still works from "
+                              "there), or remove them")
+        if recorded_fingerprint(out_dir) != new:
+            write_run_file(out_dir, new)  # this run continues with these settings from now on
+        return "resume", None
     if all(p.name == RUN_FILE for p in used):  # nothing, or a run that died before training
         write_run_file(out_dir, new)
         return "fresh", removed
@@ -312,8 +384,11 @@ def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool
         diff = fingerprint_diff(old, new)
         if diff:
             what = "finished run" if summary is not None else "run"
+            newest = complete_checkpoints(out_dir, quiet=True)[-1:]
+            go_on = (f"; to continue it with these settings, name its checkpoint: "
+                     f"train.resume={newest[0][1]}" if newest and summary is None else "")
             return "refuse", (f"train.output_dir: {out_dir} holds a {what} with different "
-                              f"settings ({'; '.join(diff)}); {hint}")
+                              f"settings ({'; '.join(diff)}); {hint}{go_on}")
         if resume == "none":
             return "refuse", (f"train.resume=none: {out_dir} already holds this run's outputs "
                               f"({listing()}); set train.overwrite=true to delete them and start "

@@ -285,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     """Print how CONFIG's first samples are encoded (trained tokens in ``[[...]]``)."""
     import argparse
     import sys
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(
         prog="python -m vldft.collate", description=__doc__,

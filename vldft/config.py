@@ -437,11 +437,19 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load ``path`` (YAML), apply ``section.key=value`` overrides, validate, return a Config.
 
-    Relative paths in the file are resolved against the directory above ``configs/``-style
-    folders: the directory the command is run from if the file is inside it, else the file's dir.
+    Relative paths (in the file and the overrides) are resolved against the directory the
+    command is run from if the file is inside it, else against the file's own directory. The
+    one exception is vldft's own ``configs/*.yaml`` (the checkout's or an installed package's
+    bundled copy, ``vldft.resources``): their data paths resolve against the bundle (so the
+    installed demo config finds the bundled demo data from any directory), while a relative
+    ``train.output_dir`` resolves against the current directory (training output never goes
+    into site-packages).
     """
+    from vldft import resources
+
     raw: dict[str, Any] = {}
     base = Path.cwd()
+    bundled = False
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -453,12 +461,20 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                 raise _yaml_error(str(path), e) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-        if not path.resolve().is_relative_to(base.resolve()):
-            base = path.resolve().parent
-            if base.name == "configs":  # e.g. an installed vldft's bundled configs/demo.yaml
-                base = base.parent
+        here = path.resolve().parent
+        bundled = any(here == (root / "configs").resolve()
+                      for root in (resources.BUNDLED, resources.CHECKOUT))
+        if bundled:
+            base = here.parent
+        elif not path.resolve().is_relative_to(base.resolve()):
+            base = here
     for item in overrides or []:
         _apply_override(raw, item)
+    if bundled and isinstance(raw.get("train", {}), dict):
+        train = raw.setdefault("train", {})
+        out = train.get("output_dir", TrainConfig.output_dir)
+        if isinstance(out, str) and not Path(out).expanduser().is_absolute():
+            train["output_dir"] = str(Path.cwd() / out)
     raw.setdefault("base_dir", str(base))
     cfg = _build(Config, raw, "")
     cfg.validate()

@@ -54,13 +54,12 @@ from transformers import get_scheduler
 from vldft.adapters import Adapter, load_adapter
 from vldft.adapters.lora import apply_lora
 from vldft.checkpoint import (
+    check_explicit_resume,
     check_free_space,
     check_writable,
     checkpoint_bytes,
     claim_output_dir,
     find_resume,
-    fingerprint,
-    fingerprint_diff,
     prune,
     read_state,
     save,
@@ -225,12 +224,13 @@ def build_optimizer(adapter: Adapter, cfg: Config, sharded: bool = False) -> tor
 
 
 def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, skips: Counter,
-                       counts: Counter, pos: dict, seen: set[str], world: int,
+                       counts: Counter, pos: dict, seen: set, world: int,
                        entries: list[dict] | None = None):
     """Endless stream of non-empty micro-batches over epochs. ``pos`` ({"epoch", "consumed"})
     is the data position a checkpoint saves: micro-batches this rank has taken from the
-    current epoch (trainable or not). Records skipped samples (each once, keyed by (source,
-    reason), and listed in ``entries`` with file, line, id, image, message); a ``fatal`` skip
+    current epoch (trainable or not). Records skipped samples (each once: ``seen`` holds their
+    (source, id); counted by (source, reason) in ``skips`` and listed in ``entries`` with file,
+    line, id, image, message); a ``fatal`` skip
     (data.on_error=raise) stops with a ``DataError`` naming it; stops with an error if a whole
     pass over the data yields nothing to train on."""
     while True:
@@ -246,8 +246,10 @@ def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, skips: Co
                     msg = s.message.removeprefix(f"sample {s.sample_id}: ")
                     raise DataError(f"{where}: {msg} (data.on_error=skip skips such samples)",
                                     s.reason, where, msg, image=s.image)
-                if s.sample_id not in seen:
-                    seen.add(s.sample_id)
+                # keyed by (source, id): ids such as "0" or "train.jsonl:3" recur across
+                # sources (a plain id: from an older checkpoint that stored ids only)
+                if (s.source, s.sample_id) not in seen and s.sample_id not in seen:
+                    seen.add((s.source, s.sample_id))
                     skips[(s.source, s.reason)] += 1
                     if entries is not None:
                         entries.append(skip_entry(s.source, s.origin or s.sample_id, s.reason,
@@ -385,9 +387,15 @@ def main(cfg: Config) -> dict:
     if is_main:
         try:
             check_writable(out_dir)
-            decision[0] = claim_output_dir(out_dir, config_to_dict(cfg), t.resume, t.overwrite)
+            # an explicit train.resume is checked (whole, same model) before anything is removed
+            explicit = check_explicit_resume(t.resume, config_to_dict(cfg), cfg.resolve)
+            decision[0] = claim_output_dir(out_dir, config_to_dict(cfg), t.resume, t.overwrite,
+                                           explicit)
         except SystemExit as e:
             decision[0] = ("refuse", str(e))
+        except Exception as e:  # noqa: BLE001 (any failure refuses on every rank, never a hang)
+            decision[0] = ("refuse", f"train.output_dir: could not check {out_dir} "
+                           f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
     if accelerator.num_processes > 1:
         decision = broadcast_object_list(decision)
     action, detail = decision[0]
@@ -404,16 +412,6 @@ def main(cfg: Config) -> dict:
             f"{', ...' if len(detail) > 6 else ''})")
     accelerator.wait_for_everyone()
     resume_from = find_resume(t.resume, out_dir, cfg.resolve)
-    if resume_from is not None and t.resume != "auto":  # a checkpoint named explicitly
-        try:
-            theirs = fingerprint(read_state(resume_from).get("config", {}))
-        except (OSError, ValueError):
-            theirs = {}
-        model_diff = [d for d in fingerprint_diff(theirs, fingerprint(config_to_dict(cfg)))
-                      if d.startswith("model.")]
-        if model_diff:
-            raise SystemExit(f"train.resume: {resume_from} holds a different model "
-                             f"({'; '.join(model_diff)}); it cannot be loaded into this one")
     set_seed(t.seed)
 
     root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
@@ -491,10 +489,13 @@ def main(cfg: Config) -> dict:
           "nonfinite_run": 0, "collapse_warnings": [], "elapsed": 0.0, "benchmarks": []}
     if resume_from is not None:
         st = read_state(resume_from)
-        if st["step"] >= total:
-            raise SystemExit(f"train.resume: {resume_from} is at step {st['step']}, the run "
-                             f"has {total} steps; nothing left to do (train.resume=none to "
-                             "start over)")
+        if st["step"] > total:
+            raise SystemExit(f"train.resume: {resume_from} is at step {st['step']}, past this "
+                             f"run's {total} steps; resume from an earlier checkpoint, or raise "
+                             "train.max_steps (train.epochs)")
+        if st["step"] == total:  # stopped at the last step: no step to run, final/ is written
+            log(f"[vldft] {resume_from} is at the last step ({total}); writing "
+                f"{out_dir / 'final'} and the summary from it")
         if (cfg.loss.name == "asft" and adapter.lora is None
                 and st["step"] > cfg.loss.sft_warmup_steps):
             accelerator.unwrap_model(module).reference = build_reference(adapter)
@@ -518,9 +519,10 @@ def main(cfg: Config) -> dict:
         hist_file = files.enter_context(open(out_dir / "histograms.jsonl", mode))
     try:
         skips = Counter({tuple(k): n for k, n in st["skips"]})
-        skip_entries = list(st.get("skip_entries", []))  # encode-time skips of this rank
+        # encode-time skips of all ranks up to the checkpoint (each rank then adds its own)
+        skip_entries = list(st.get("skip_entries", []))
         counts = Counter(truncated=st["truncated"])
-        seen, pos = set(st["seen"]), st["pos"]
+        seen, pos = _seen_keys(st), st["pos"]
         stream = micro_batch_stream(loader, sampler, skips, counts, pos, seen, world,
                                     skip_entries)
         window: Counter = Counter(st["window"])
@@ -575,9 +577,10 @@ def main(cfg: Config) -> dict:
 
         def save_checkpoint(step: int) -> Path:
             path = out_dir / f"checkpoint-{step}"
-            state = {"step": step, "pos": dict(pos), "seen": sorted(seen),
-                     "skips": [[list(k), n] for k, n in skips.items()],
-                     "skip_entries": skip_entries,
+            # trainer_state.json is the main process's: it holds every rank's skips
+            own = (sorted(seen, key=str), skip_entries)
+            state = {"step": step, "pos": dict(pos),
+                     **_merge_skip_state(gather_object([own]) if world > 1 else [own]),
                      "truncated": counts["truncated"], "window": dict(window),
                      "history": history, "evals": evals, "benchmarks": benchmarks,
                      "nonfinite_steps": nonfinite,
@@ -697,7 +700,8 @@ def main(cfg: Config) -> dict:
             path = save_checkpoint(step)
             summary["checkpoint"] = str(path)
             log(f"[vldft] stopped at step {step} ({stopped}); resumable checkpoint: {path}. "
-                "Rerun the same command to continue (train.resume=auto).")
+                "Rerun the same command to " + ("write final/ from it" if step >= total
+                                                else "continue") + " (train.resume=auto).")
         else:
             final_dir = out_dir / "final"
             _save(_model_writer(adapter, accelerator, module), accelerator, final_dir)
@@ -788,6 +792,36 @@ def _dedupe(entries: list[dict]) -> list[dict]:
     out = {(e["source"], e["id"], e["reason"]): e for e in entries}
     return sorted(out.values(), key=lambda e: (e["source"], str(e["file"]), e["line"] or 0,
                                                str(e["id"])))
+
+
+def _seen_keys(st: dict) -> set:
+    """The encode-time skips a checkpoint recorded, as the (source, id) keys of
+    ``micro_batch_stream``'s ``seen``. Older checkpoints stored plain ids: one that a saved
+    entry names takes that entry's source; one that none names (checkpoints with counts only)
+    stays a plain id, which matches that id in any source."""
+    sources: dict[str, list] = {}
+    for e in st.get("skip_entries", []):
+        sources.setdefault(e["id"], []).append(e["source"])
+    keys: set = set()
+    for k in st["seen"]:
+        if isinstance(k, (list, tuple)):
+            keys.add(tuple(k))
+        elif k in sources:
+            keys.update((src, k) for src in sources[k])
+        else:
+            keys.add(k)
+    return keys
+
+
+def _merge_skip_state(parts: list[tuple[list, list[dict]]]) -> dict:
+    """The encode-time skip fields of a checkpoint from every rank's (``seen``, entries): their
+    union, deduplicated, with counts by (source, reason) from the entries. Every rank resumes
+    from this union, so a skip met only on rank k > 0 before the checkpoint is not lost."""
+    seen = {tuple(k) if isinstance(k, (list, tuple)) else k for keys, _ in parts for k in keys}
+    entries = _dedupe([e for _, part in parts for e in part])
+    skips = Counter((e["source"], e["reason"]) for e in entries)
+    return {"seen": sorted((list(k) if isinstance(k, tuple) else k for k in seen), key=str),
+            "skips": [[list(k), n] for k, n in skips.items()], "skip_entries": entries}
 
 
 def _data_summary(data, encode_counts: dict, encode_entries: list[dict]) -> dict:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -78,13 +79,37 @@ def fail(where: str, reason: str, text: str, image: str | None = None) -> NoRetu
     raise DataError(f"{where}: {text}", reason=reason, where=where, detail=text, image=image)
 
 
+# a lone CR after which no LF follows: old-Mac line endings (text mode's universal newlines:
+# "\r\n", "\r" and "\n" end a line; U+2028, U+0085 and the like do not)
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+def split_lines(f: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a binary file (each with its line break, so byte offsets add up), ended by
+    ``\r\n``, ``\r`` or ``\n`` as in text mode. Iterating a binary file splits at ``\n`` only;
+    a lone ``\r`` inside such a chunk ends a line too. (No UTF-8 multi-byte sequence holds a
+    CR or LF byte, so splitting the bytes never cuts a character.)"""
+    for chunk in f:
+        if b"\r" not in chunk:
+            yield chunk
+            continue
+        yield from (part for part in _LONE_CR.split(chunk) if part)
+
+
+def line_of(raw: bytes, at: int) -> int:
+    """The 1-based line number of byte offset ``at`` of ``raw`` (any line ending)."""
+    return len(LINE_BREAK.findall(raw, 0, at)) + 1
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
     """(line number, text) of each non-blank line of a text file, decoded line by line, so an
     invalid UTF-8 byte costs its own line only: that line comes as a ``bad_json`` DataError
-    naming the file, the line and the byte offset of the bad byte in the file."""
+    naming the file, the line and the byte offset of the bad byte in the file. Lines end at
+    ``\r\n``, ``\r`` or ``\n`` (as in text mode)."""
     offset = 0
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(split_lines(f), 1):
             start, offset = offset, offset + len(raw)
             try:
                 line = raw.decode("utf-8")

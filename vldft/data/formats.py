@@ -48,6 +48,7 @@ from typing import Any
 from vldft.config import FORMATS as CONFIG_FORMATS
 from vldft.config import SourceConfig
 from vldft.data import (
+    LINE_BREAK,
     ROLES,
     DataError,
     Sample,
@@ -55,6 +56,7 @@ from vldft.data import (
     image_name,
     image_problem,
     iter_lines,
+    line_of,
     sample_from_row,
 )
 from vldft.data.chat import CONVERTERS
@@ -74,7 +76,6 @@ from vldft.data.tables import (
 FORMATS = tuple(f for f in CONFIG_FORMATS if f != "auto")  # one list, in vldft.config
 DETECT_ROWS = 50  # rows looked at by detect_format
 MAX_EXAMPLES = 10  # example locations kept per (source, reason); summary() shows 3
-NEWLINE = b"\n"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow", ".csv", ".png", ".jpg")
 
@@ -284,11 +285,12 @@ def iter_json(path: Path) -> Iterator[Row]:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            first = next((ln for ln in raw.splitlines() if ln.strip()), b"")
-            if not _is_json(first.decode("utf-8", "replace")):
+            first = next((ln for ln in LINE_BREAK.split(raw) if ln.strip()), b"")
+            # (a byte order mark is no part of the first row: JSONL with a BOM is JSONL too)
+            if not _is_json(first.decode("utf-8", "replace").removeprefix("\ufeff")):
                 bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
                 at = e.start + bom
-                where = f"{path}:{raw.count(NEWLINE, 0, at) + 1}"
+                where = f"{path}:{line_of(raw, at)}"
                 detail = f"not UTF-8 text: invalid byte 0x{raw[at]:02x} at byte offset {at}"
                 raise DataError(f"{where}: {detail}", "bad_json", where, detail,
                                 offset=at) from None
@@ -296,7 +298,7 @@ def iter_json(path: Path) -> Iterator[Row]:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
-                first = next((ln for ln in text.splitlines() if ln.strip()), "")
+                first = next((ln for ln in re.split(r"\r\n|\r|\n", text) if ln.strip()), "")
                 if not _is_json(first):
                     raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})", "bad_json",
                                     f"{path}:{e.lineno}", f"invalid JSON ({e.msg})") from None
