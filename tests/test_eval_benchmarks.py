@@ -214,6 +214,23 @@ def test_unreachable_hub_fails_in_seconds_naming_the_local_alternative(tmp_path)
     assert "\n" not in msg and took < 30, took
     with pytest.raises(EvalSetupError, match=r"geometry3k/test\.parquet"):
         evaluate("no-model", ["geometry3k"], tmp_path / "o", data_dir=tmp_path)
+    with pytest.raises(EvalSetupError) as e:  # every missing copy in one message
+        evaluate("no-model", [], tmp_path / "o", suites=["paper"], data_dir=tmp_path)
+    assert str(e.value).startswith("5 benchmark(s) without a local copy") and "geoqa" in str(
+        e.value) and "\n" not in str(e.value)
+
+
+def test_a_wrong_model_path_is_one_line(tmp_path):
+    from vldft.eval.run import check_model
+
+    with pytest.raises(EvalSetupError, match="no such checkpoint directory"):
+        check_model(str(tmp_path / "runs/nope/final"))
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    with pytest.raises(EvalSetupError, match=r"did you mean .*run/final\?"):
+        check_model(str(tmp_path / "run"))
+    check_model("Qwen/Qwen2.5-VL-3B-Instruct")  # a hub id is left to the hub
+    check_model(str(tmp_path / "run" / "final"))
 
 
 def test_wemath_all_wrong_reports_zero_instead_of_crashing(manager):
@@ -258,7 +275,7 @@ def test_compare_flags_runs_that_are_not_comparable(tmp_path, capsys):
     assert lines[2] == "| base | 0.2000 | 0.5000 | 0.3500 |"
     assert lines[3] == "| sft | 0.3000 (+0.1000) | 0.6000 (+0.1000) | 0.4500 (+0.1000) |"
     assert lines[4] == "| dft | - | 0.7000 (+0.2000) | - |"
-    assert "geometry3k: runs scored different sample counts base n=601, sft n=64" in table
+    assert "geometry3k: runs scored different sample counts: base n=601, sft n=64" in table
     assert "mathvision_testmini: runs used different versions" in table
     csv_text = (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()
     assert csv_text[0] == ("run,mathvision_testmini,geometry3k,avg,mathvision_testmini_n,"
@@ -296,4 +313,9 @@ def test_default_eval_output_names_cannot_collide(tmp_path, monkeypatch):
     a, b = default_out("runs/a/final"), default_out("runs/b/final/")
     assert a != b and (a.name, b.name) == ("a_final", "b_final")
     assert default_out("Qwen/Qwen2.5-VL-3B-Instruct").name == "Qwen__Qwen2.5-VL-3B-Instruct"
+    # two evaluations of one checkpoint on different tasks do not collide either
+    assert default_out("runs/a/final", ["vldft_geo_heldout"]).name == "a_final-vldft_geo_heldout"
+    assert default_out("runs/a/final", [], ["paper"]).name == "a_final-paper"
+    long = default_out("runs/a/final", [b.task for b in BENCHMARKS.values()])
+    assert len(long.name) < 70 and long != default_out("runs/a/final", ["geoqa"])
     assert _eval_parser().parse_args(["--model", "m"]).batch_size == 8

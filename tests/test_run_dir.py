@@ -263,7 +263,7 @@ def test_a_failure_while_claiming_refuses_in_one_line(data_file, tmp_path, no_mo
     with pytest.raises(SystemExit) as e:  # (every rank gets this refusal, none hangs)
         train_main(config(data_file, tmp_path / "run"))
     msg = str(e.value)
-    assert msg.startswith("train.output_dir:") and "RuntimeError: disk on fire" in msg, msg
+    assert msg.startswith("[vldft] refused: train.output_dir:") and "disk on fire" in msg, msg
     assert "\n" not in msg
 
 

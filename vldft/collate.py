@@ -26,6 +26,7 @@ import torch
 
 from vldft.adapters.base import Adapter
 from vldft.data import Sample, image_name
+from vldft.progress import prog_name
 
 IGNORE = -100
 
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(
-        prog="python -m vldft.collate", description=__doc__,
+        prog=prog_name("vldft.collate", "vldft-collate"), description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Shows the first --n samples of each source as the training loop encodes them: "
                "trained tokens inside [[...]], image-token runs as <token>xN, the rest masked. "

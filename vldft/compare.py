@@ -66,6 +66,7 @@ import yaml
 
 from vldft.config import ConfigError, load_config
 from vldft.guard import scan
+from vldft.progress import prog_name
 
 SEED_KEY = "train.seed"
 INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "LSB_JOBINDEX")
@@ -386,7 +387,7 @@ def _array_index() -> int | None:
 def cli(argv: list[str] | None = None) -> Study:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
-        prog="python -m vldft.compare", description=__doc__,
+        prog=prog_name("vldft.compare", "vldft-compare"), description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="overrides: section.key=value (value read as YAML), as for python -m vldft.train "
                "(its --help lists the config keys)")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from vldft.collate import IGNORE, Collator, Encoded, SampleError
 from vldft.config import Config, ConfigError, load_config
 from vldft.diagnostics import BINS
+from vldft.progress import prog_name
 
 LOW_P = 0.1  # same threshold as the training diagnostics' low_p_frac
 KINDS = ("end_of_turn", "special", "digits", "words", "other")
@@ -433,7 +434,7 @@ def write_outputs(report: dict, out_dir: Path) -> list[Path]:
 def cli(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
-        prog="python -m vldft.probe", description=__doc__,
+        prog=prog_name("vldft.probe", "vldft-probe"), description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="overrides: section.key=value (value read as YAML), as for python -m vldft.train "
                "(its --help lists the config keys)")

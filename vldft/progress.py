@@ -26,3 +26,11 @@ def quiet_if_logging() -> bool:
     except ImportError:
         pass
     return True
+
+
+def prog_name(module: str, script: str) -> str:
+    """The program name for a command's usage line: the console script's name (``script``,
+    e.g. ``vldft-eval``) when it was started that way, else ``python -m <module>``."""
+    from pathlib import Path
+
+    return script if Path(sys.argv[0]).name == script else f"python -m {module}"

@@ -400,7 +400,7 @@ def main(cfg: Config) -> dict:
         decision = broadcast_object_list(decision)
     action, detail = decision[0]
     if action == "refuse":
-        raise SystemExit(detail)
+        raise SystemExit(f"[vldft] refused: {detail}")
     if action == "finished":
         log(f"[vldft] {out_dir} already holds this run, finished ({detail.get('steps')} steps, "
             f"{out_dir / 'final'}); nothing to do (train.overwrite=true retrains it, or choose a "

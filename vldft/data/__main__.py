@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from vldft.data import DataError, ImageBytes, Sample, open_image
+from vldft.progress import prog_name
 
 ALIASES = {"q": "question", "a": "answer", "s": "solution", "img": "images", "i": "images",
            "m": "messages", "c": "choices"}
@@ -223,7 +224,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from vldft.data.formats import FORMATS
 
-    p = argparse.ArgumentParser(prog="python -m vldft.data", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog_name("vldft.data", "vldft-data"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="convert a source to the normalised JSONL")

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from vldft.eval.benchmarks import BENCHMARKS, BY_TASK
+from vldft.progress import prog_name
 
 EPILOG = ("suites: geo (all eight benchmarks: " + ", ".join(BENCHMARKS) + "), paper (MathVerse, "
           "MathVision, WeMath, Geometry3K, GeoQA), local (vldft's bundled held-out split). "
@@ -22,7 +23,7 @@ EPILOG = ("suites: geo (all eight benchmarks: " + ", ".join(BENCHMARKS) + "), pa
 
 
 def _eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vldft.eval", epilog=EPILOG,
+    p = argparse.ArgumentParser(prog=prog_name("vldft.eval", "vldft-eval"), epilog=EPILOG,
                                 description="Evaluate a checkpoint with lmms-eval.")
     p.add_argument("--model", required=True, help="checkpoint directory or hub id")
     p.add_argument("--tasks", default="", help="comma-separated lmms-eval task names")
@@ -37,7 +38,7 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="samples per task (testing only; a fraction if < 1)")
     p.add_argument("--batch-size", type=int, default=8, help="per process (default 8)")
     p.add_argument("--out", default=None,
-                   help="run directory (default runs/eval/<checkpoint parent>_<name>)")
+                   help="run directory (default runs/eval/<checkpoint parent>_<name>-<tasks>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of an earlier evaluation in --out")
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -49,18 +50,21 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="any lmms-eval model class instead (qwen2_5_vl, llava_hf, ...)")
     p.add_argument("--model-args", default="", help="extra model_args, k=v,k=v")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
-    p.add_argument("--verbosity", default="WARNING")
+    p.add_argument("--verbosity", default="WARNING",
+                   help="lmms-eval's log level (DEBUG, INFO, WARNING, ERROR)")
     return p
 
 
 def _download(argv: list[str]) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m vldft.eval download",
+        prog=prog_name("vldft.eval", "vldft-eval") + " download",
         description="Save benchmarks' test splits from the Hugging Face hub as "
                     "DIR/<benchmark>/<split>.parquet (images embedded), for offline evaluation "
                     "with --data-dir DIR. Run it where the hub is reachable.")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--suite", action="append", default=[], choices=["geo", "paper"])
+    p.add_argument("--data-dir", required=True,
+                   help="where DIR/<benchmark>/<split>.parquet files go")
+    p.add_argument("--suite", action="append", default=[], choices=["geo", "paper"],
+                   help="the benchmarks of a suite (repeatable)")
     p.add_argument("--tasks", default="", help="comma-separated task names (of --suite geo)")
     p.add_argument("--benchmarks", default="",
                    help="comma-separated benchmark names: " + ", ".join(BENCHMARKS))
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
         p = argparse.ArgumentParser(
-            prog="python -m vldft.eval compare",
+            prog=prog_name("vldft.eval", "vldft-eval") + " compare",
             description="Benchmarks as columns, one row per run, an average column and deltas "
                         "against the first run: comparison.md (printed), .csv and .png.")
         p.add_argument("runs", nargs="+", help="run directories; the first is the baseline")
@@ -105,14 +109,23 @@ def main(argv: list[str] | None = None) -> None:
         args = p.parse_args(argv[1:])
         from vldft.eval.report import compare
 
-        compare(args.runs, args.out)
+        try:
+            compare(args.runs, args.out)
+        except (FileNotFoundError, ValueError) as e:
+            sys.exit(f"[vldft] error: {e}")
         return
     if argv[:1] == ["download"]:
         _download(argv[1:])
         return
     args = _eval_parser().parse_args(argv)
     from vldft.eval.benchmarks import LocalDataError
-    from vldft.eval.run import EvalSetupError, default_out, evaluate, vllm_model_args
+    from vldft.eval.run import (
+        EvalSetupError,
+        check_model,
+        default_out,
+        evaluate,
+        vllm_model_args,
+    )
 
     limit = args.limit
     if limit is not None and limit >= 1:
@@ -121,9 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.backend == "vllm":
         model_class = "vllm"
         model_args = ",".join(a for a in (vllm_model_args(args.model), model_args) if a)
-    out = args.out or str(default_out(args.model))
+    tasks = [t for t in args.tasks.split(",") if t]
+    out = args.out or str(default_out(args.model, tasks, args.suite))
     try:
-        written = evaluate(args.model, [t for t in args.tasks.split(",") if t], out, args.suite,
+        check_model(args.model)
+        written = evaluate(args.model, tasks, out, args.suite,
                            limit, args.batch_size, args.data_dir, args.max_new_tokens,
                            model_class, model_args, args.device, args.verbosity,
                            args.include_path, args.overwrite)

@@ -133,8 +133,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("geoqa", "geoqa", "hz2475/geoQA", "test", "accuracy", "test.jsonl", _geoqa,
               {"image": False}, ("subject", "choices", "label", "image"), hub_split="train",
               hub_keep=("original_split", "test"),
-              notes="vldft's own task (lmms-eval has none); the hub port keeps GeoQA's split "
-                    "in original_split; upstream GeoQA ships pickles: export them to JSONL"),
+              notes="upstream: GeoQA's test split exported to JSONL (the official release is "
+                    "pickles); the task is vldft's own, lmms-eval has none; the hub port keeps "
+                    "GeoQA's split in original_split"),
 )}
 
 # headline metric per task (compare's column); tasks not listed use their first metric

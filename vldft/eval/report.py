@@ -70,7 +70,7 @@ def sample_count_warnings(runs: list[Run]) -> list[str]:
     for task in _columns(runs):
         counts = {r.label: r.n.get(task) for r in runs if task in r.scores}
         if len(set(counts.values())) > 1:
-            out.append(f"{task}: runs scored different sample counts "
+            out.append(f"{task}: runs scored different sample counts: "
                        + ", ".join(f"{k} n={v}" for k, v in counts.items())
                        + " (e.g. --limit): not comparable")
         versions = {r.label: r.versions.get(task) for r in runs if task in r.scores}

@@ -10,8 +10,10 @@ first so that an unreachable hub fails in seconds, naming the local alternative.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import difflib
+import io
 import json
 import logging
 import os
@@ -70,13 +72,18 @@ def prepare_environment() -> dict:
     if not os.environ.get("OPENAI_API_KEY"):
         os.environ["OPENAI_API_KEY"] = PLACEHOLDER_KEY
         notes["OPENAI_API_KEY"] = "placeholder (judge-scored tasks need a real key)"
-    try:
-        import latex2sympy2  # noqa: F401
-        import math_verify  # noqa: F401
+    noise = io.StringIO()
+    try:  # latex2sympy2's parser prints an ANTLR version warning at import (harmless: the pins)
+        with contextlib.redirect_stdout(noise):
+            import latex2sympy2  # noqa: F401
+            import math_verify  # noqa: F401
     except Exception as e:  # noqa: BLE001 - any import failure means the pins are not installed
         raise EvalSetupError(
             f"math_verify / latex2sympy2 do not import ({type(e).__name__}: {e}); lmms-eval's "
             f"math tasks need them: pip install --no-deps -r {TASK_DIR / 'pins.txt'}") from None
+    rest = [x for x in noise.getvalue().splitlines() if not x.startswith("ANTLR runtime and")]
+    if rest:
+        print("\n".join(rest))
     return notes
 
 
@@ -136,6 +143,8 @@ def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bo
     cls = type(base.__name__, (base,), {"default_model_name": model_name})
     reason = None
     out: list = []
+    missing: list[str] = []
+    used_data_dir = False
     for name in names:
         entry = manager.task_index[name]
         if entry["type"] not in ("task", "python_task"):
@@ -147,11 +156,14 @@ def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bo
         if name == "vldft_geo_heldout":  # --data-dir's geo_demo/ if it has one, else bundled
             if data_dir is not None and (Path(data_dir) / "geo_demo/heldout.jsonl").is_file():
                 config["dataset_path"] = str(data_dir)
+                used_data_dir = True
         elif bench is not None and data_dir is not None:
             try:
                 find_local(bench, data_dir)
             except LocalDataError as e:
-                raise EvalSetupError(str(e)) from None
+                missing.append(str(e))
+                continue
+            used_data_dir = True
             config["dataset_path"] = str(data_dir)
             config["dataset_kwargs"] = {LOCAL_KEY: bench.name}
         elif "/" in str(config.get("dataset_path", "")) and not Path(
@@ -161,6 +173,12 @@ def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bo
                 _go_offline()
                 _check_cached(name, config, reason)
         out.append(config)
+    if missing:
+        raise EvalSetupError(f"{len(missing)} benchmark(s) without a local copy: "
+                             + " | ".join(missing))
+    if data_dir is not None and not used_data_dir:
+        log.warning("--data-dir %s: none of the tasks read from it", data_dir)
+        print(f"[vldft] warning: --data-dir {data_dir}: none of these tasks read from it")
     return out
 
 
@@ -239,14 +257,39 @@ def summary_markdown(model: str, rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def default_out(model: str) -> Path:
-    """``runs/eval/<parent>_<name>`` for a checkpoint directory (``runs/a/final`` and
-    ``runs/b/final`` differ), ``runs/eval/<org>__<name>`` for a hub id."""
+def default_out(model: str, tasks: list[str] = (), suites: list[str] = ()) -> Path:
+    """``runs/eval/<parent>_<name>-<selection>`` for a checkpoint directory (``runs/a/final``
+    and ``runs/b/final`` differ), ``runs/eval/<org>__<name>-<selection>`` for a hub id; the
+    selection is the suites and tasks (``paper``, ``vldft_geo_heldout``, ...), shortened with a
+    hash when long, so that two evaluations of one checkpoint do not collide either."""
     path = Path(model.rstrip("/"))
     if path.exists():
         path = path.resolve()
-        return Path("runs/eval") / f"{path.parent.name}_{path.name}"
-    return Path("runs/eval") / model.strip("/").replace("/", "__")
+        name = f"{path.parent.name}_{path.name}"
+    else:
+        name = model.strip("/").replace("/", "__")
+    picked = "+".join([*suites, *tasks])
+    if len(picked) > 48:
+        import hashlib
+
+        picked = f"{picked[:36]}-{hashlib.sha1(picked.encode()).hexdigest()[:8]}"
+    return Path("runs/eval") / (f"{name}-{picked}" if picked else name)
+
+
+def check_model(model: str) -> None:
+    """A checkpoint path that does not exist, or a run directory given instead of its
+    ``final/``, is a one-line error (not a hub lookup traceback)."""
+    path = Path(model)
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1 or path.exists()
+    if not looks_local:
+        return  # org/name: a hub id
+    if not path.exists():
+        raise EvalSetupError(f"--model {model}: no such checkpoint directory")
+    if path.is_dir() and not (path / "config.json").is_file():
+        hint = next((f" (did you mean {path / d}?)" for d in ("final",) if
+                     (path / d / "config.json").is_file()), "")
+        raise EvalSetupError(f"--model {model}: no config.json here, not a Hugging Face "
+                             f"checkpoint{hint}")
 
 
 def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (),
