@@ -192,6 +192,7 @@ NOT_FINGERPRINTED = frozenset({
     "train.eval_max_new_tokens", "train.eval_batch_size", "train.eval_tasks",
     "train.eval_tasks_limit", "train.eval_tasks_max_new_tokens", "train.eval_data_dir",
     "train.max_nonfinite_steps", "train.on_collapse", "train.collapse_window",
+    "train.report_to",
     "data.heldout_file",
     # engine / kernel / memory choices a resume on other hardware may need to change
     "train.optimizer_impl", "train.mixed_precision", "model.attn_implementation",
@@ -202,7 +203,7 @@ NOT_FINGERPRINTED = frozenset({
 # exactly these; anything else in the directory is left alone)
 RUN_FILES = ("run.json", "config.yaml", "data_summary.json", "metrics.jsonl", "histograms.jsonl",
              "summary.json", "training_curves.png", "prob_histograms.png")
-RUN_DIRS = ("final", "final.tmp")
+RUN_DIRS = ("final", "final.tmp", "tensorboard")
 CKPT_ANY = re.compile(r"^checkpoint-\d+(\.tmp)?$")
 EVAL_STEP = re.compile(r"^step-\d+$")
 

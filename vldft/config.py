@@ -160,6 +160,8 @@ class TrainConfig:
     on_collapse: Literal["warn", "stop", "off"] = "warn"  # collapse guard (probability-
     # weighted objectives): warn, or save a checkpoint and stop, or no guard
     collapse_window: int = 5  # log records the collapse guard looks back over
+    report_to: Literal["none", "tensorboard"] = "none"  # also write every metrics.jsonl number
+    # as a TensorBoard scalar under output_dir/tensorboard (needs the tensorboard extra)
 
 
 @dataclass
@@ -266,6 +268,7 @@ class Config:
             raise ConfigError("train.eval_every: set data.heldout_file (or train.eval_tasks) "
                               "to evaluate on")
         self._validate_eval_tasks()
+        self._validate_report_to()
         for key in ("weight_decay", "max_grad_norm"):
             if getattr(t, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0")
@@ -299,6 +302,14 @@ class Config:
                               "existing checkpoint directory")
         if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
             raise ConfigError("train.adam_betas: must be two numbers in [0, 1)")
+
+    def _validate_report_to(self) -> None:
+        import importlib.util
+
+        if self.train.report_to == "tensorboard" and importlib.util.find_spec(
+                "tensorboard") is None:
+            raise ConfigError('train.report_to: tensorboard is not installed: pip install -e '
+                              '".[tensorboard]" (or pip install tensorboard)')
 
     def _validate_eval_tasks(self) -> None:
         """``train.eval_tasks`` and its keys. Task names are resolved by lmms-eval when the

@@ -13,6 +13,7 @@ warnings marked) and ``prob_histograms.png`` in the output directory (needs matp
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -153,3 +154,41 @@ def write_plots(out_dir: Path, history: list[dict], hist_file: Path,
         fig.savefig(paths[-1], dpi=80)
         plt.close(fig)
     return paths
+
+
+class TensorBoardWriter:
+    """``train.report_to: tensorboard``: every number of a ``metrics.jsonl`` record becomes a
+    scalar at its step: ``train/<key>`` for the log lines (loss, ce, mean_p, lr, ...),
+    ``heldout/<key>`` and ``benchmarks/<task>`` for evaluations; warnings become text. On
+    resume, events logged after the checkpoint's step are dropped (``purge_step``), as the
+    metrics file's lines are."""
+
+    def __init__(self, log_dir: str | Path, after_step: int = 0) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir), purge_step=after_step + 1 if after_step
+                                    else None)
+
+    def write(self, rec: dict) -> None:
+        step = int(rec.get("step", 0))
+        for key, value in rec.items():
+            if key == "step":
+                continue
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"train/{key}", value, step)
+            elif isinstance(value, dict):
+                for sub, v in value.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                            math.isfinite(v):
+                        self.writer.add_scalar(f"{key}/{sub}", v, step)
+            elif isinstance(value, str):
+                self.writer.add_text(key, value, step)
+        self.writer.flush()
+
+    def __enter__(self) -> TensorBoardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.writer.close()

@@ -508,6 +508,7 @@ def main(cfg: Config) -> dict:
     files = contextlib.ExitStack()  # metrics files are closed even if training fails
     stop = StopRequest()
     files.callback(stop.close)
+    board = None  # train.report_to=tensorboard: rank 0's writer
     if is_main:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         (out_dir / "data_summary.json").write_text(json.dumps(
@@ -517,6 +518,11 @@ def main(cfg: Config) -> dict:
         mode = "a" if resume_from is not None else "w"
         metrics_file = files.enter_context(open(out_dir / "metrics.jsonl", mode))
         hist_file = files.enter_context(open(out_dir / "histograms.jsonl", mode))
+        if t.report_to == "tensorboard":
+            from vldft.diagnostics import TensorBoardWriter
+
+            board = files.enter_context(TensorBoardWriter(out_dir / "tensorboard",
+                                                          after_step=st["step"]))
     try:
         skips = Counter({tuple(k): n for k, n in st["skips"]})
         # encode-time skips of all ranks up to the checkpoint (each rank then adds its own)
@@ -537,6 +543,8 @@ def main(cfg: Config) -> dict:
             if is_main:
                 metrics_file.write(json.dumps(rec) + "\n")
                 metrics_file.flush()
+                if board is not None:
+                    board.write(rec)
 
         def run_heldout(step: int) -> None:
             """Every rank scores its share of the held-out samples; results are gathered."""
