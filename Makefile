@@ -3,21 +3,33 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint
+.PHONY: demo test lint eval-env
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# the eval extra (lmms-eval, decord) is part of both: `make test` runs the lmms-eval tests offline
-# eval/pins.txt: math-verify + antlr4 versions pip's resolver cannot pick (see that file)
-$(VENV)/.installed: pyproject.toml eval/pins.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev,eval]"
+# the demo needs only vldft itself (+ matplotlib for its plots)
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[plot]"
+	touch $@
+
+# evaluation: the eval extra (lmms-eval, ...) plus eval/pins.txt, math-verify + antlr4 versions
+# pip's resolver cannot pick (see that file); `make test` installs it too, to run the eval tests
+$(VENV)/.eval-installed: pyproject.toml eval/pins.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[eval,plot]"
 	$(BIN)/pip install --quiet --no-deps -r eval/pins.txt
 	touch $@
 
-demo: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml eval/pins.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev,eval]"
+	$(BIN)/pip install --quiet --no-deps -r eval/pins.txt
+	touch $@ $(VENV)/.eval-installed $(VENV)/.demo-installed
+
+demo: $(VENV)/.demo-installed
 	$(BIN)/python -m vldft.train configs/demo.yaml
+
+eval-env: $(VENV)/.eval-installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -38,7 +38,7 @@ from vldft.data.mix import (  # noqa: E402
     build_training_set,
     estimate_length,
 )
-from vldft.train import ObjectiveModule, accumulate_gradients, build_optimizer  # noqa: E402
+from vldft.step import ObjectiveModule, accumulate_gradients, build_optimizer  # noqa: E402
 
 
 def _pad_frac(batches, lengths) -> float:

@@ -17,7 +17,7 @@ patches of 14 px -> 1,024 patches -> 256 ``<|image_pad|>`` tokens after the 2 x 
 rest; the response tokens (L - 322) are the targets. Token ids and pixel values are random (the
 cost of a step does not depend on them). Batch size 1, no padding.
 
-One optimizer step = what ``vldft.train.ObjectiveModule.forward`` + ``accumulate_gradients`` do
+One optimizer step = what ``vldft.step.ObjectiveModule.forward`` + ``accumulate_gradients`` do
 for one micro-batch on one process: backbone forward to the final hidden states, then
 ``vldft.objectives.compute_objective`` (DFT; ``implementation`` = ``chunked``: fused lm_head +
 loss in chunks of 1,024 target rows, or ``naive``: full [targets, vocab] logits + log_softmax),

@@ -47,7 +47,7 @@ def split(prof, framework: str, wall: float) -> dict:
 
 
 def profile_vldft(a: dict, batches: list[dict]) -> dict:
-    from vldft.train import accumulate_gradients
+    from vldft.step import accumulate_gradients
 
     _adapter, module, optimizer, accelerator, cfg = tvt.vldft_setup(a["model_dir"], a)
     spec = cfg.loss.spec("dft")

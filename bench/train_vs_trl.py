@@ -225,7 +225,7 @@ def vldft_setup(model_dir: str, a: dict):
 
     from vldft.adapters import load_adapter
     from vldft.config import Config, ModelConfig
-    from vldft.train import ObjectiveModule, build_optimizer
+    from vldft.step import ObjectiveModule, build_optimizer
 
     cfg = Config(model=ModelConfig(family="qwen2_5_vl", name_or_path=model_dir, dtype="float32",
                                    attn_implementation="sdpa"))
@@ -241,7 +241,7 @@ def vldft_setup(model_dir: str, a: dict):
 
 
 def run_vldft(a: dict, batches: list[dict]) -> dict:
-    from vldft.train import accumulate_gradients
+    from vldft.step import accumulate_gradients
 
     adapter, module, optimizer, accelerator, cfg = vldft_setup(a["model_dir"], a)
     spec = cfg.loss.spec("dft")
@@ -326,7 +326,7 @@ def gate(a: dict, data: dict) -> dict:
     from transformers import AutoProcessor
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    from vldft.train import accumulate_gradients
+    from vldft.step import accumulate_gradients
 
     batches = data["batches"][: a["grad_accum"]]
     adapter, module, _opt, accelerator, cfg = vldft_setup(a["model_dir"], a)

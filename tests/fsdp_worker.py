@@ -16,7 +16,7 @@ from vldft.adapters import load_adapter
 from vldft.collate import Collator
 from vldft.config import ModelConfig
 from vldft.data import load_jsonl
-from vldft.train import ObjectiveModule
+from vldft.step import ObjectiveModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

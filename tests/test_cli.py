@@ -28,7 +28,7 @@ def help_of(fn, argv: list[str], capsys) -> str:
 @pytest.mark.parametrize("fn, options", [
     (vldft.train.cli, ["--print-config", "CONFIG", "section.key=value", "model.lora.r",
                        "data: sources[] (path, format", "train: output_dir", "loss: name",
-                       "Config reference", "train.lr=1e-5"]),
+                       "docs/configuration.md", "train.lr=1e-5"]),
     (probe.cli, ["--samples", "--batch-size", "--out", "section.key=value"]),
     (compare.cli, ["--grid", "--variant", "--index", "--list", "--report", "--force",
                    "section.key=value"]),

@@ -143,20 +143,102 @@ def test_eval_every_needs_a_heldout_file():
         load_config(ROOT / "configs/demo.yaml", ["train.eval_every=10", "data.heldout_file=null"])
 
 
-def test_readme_documents_every_config_key():
+CONFIG_DOC = ROOT / "docs" / "configuration.md"
+
+
+def config_sections() -> dict[str, type]:
+    """Every config section, by its dotted name, from ``Config``'s type hints: the top-level
+    dataclasses (``model``, ``data``, ``loss``, ``train``) and the nested ones, whether optional
+    (``model.lora``) or lists (``data.sources``)."""
+    import dataclasses
+    import typing
+
+    out: dict[str, type] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, tp in typing.get_type_hints(cls).items():
+            inner = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
+            if inner:
+                out[prefix + name] = inner[0]
+                walk(inner[0], f"{prefix}{name}.")
+
+    walk(Config, "")
+    return out
+
+
+def documented_keys(text: str) -> dict[str, list[str]]:
+    """Section name -> the keys of its table rows (``| `key` |``), for every heading that is a
+    section name in backticks (``## `model.lora` ``); rows under any other heading, and inside
+    code fences, belong to no section."""
+    import re
+
+    sections: dict[str, list[str]] = {}
+    current, fenced = None, False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        heading = re.match(r"#{1,6}\s+(.*?)\s*$", line)
+        if heading:
+            name = re.fullmatch(r"`([\w.]+)`", heading.group(1))
+            current = name.group(1) if name else None
+            if current is not None:
+                assert current not in sections, f"section {current} appears twice"
+                sections[current] = []
+            continue
+        row = re.match(r"\|\s*`(\w+)`\s*\|", line)
+        if row and current is not None:
+            sections[current].append(row.group(1))
+    return sections
+
+
+def config_doc_problems(text: str) -> list[str]:
+    """What docs/configuration.md gets wrong: a section without its own heading, a key without
+    a row in its section's table, a row naming no field of that section, a key listed twice."""
     import dataclasses
 
-    from vldft.config import (
-        DataConfig,
-        LoraSettings,
-        LossConfig,
-        ModelConfig,
-        SourceConfig,
-        TrainConfig,
-    )
+    expected = config_sections()
+    documented = documented_keys(text)
+    problems = [f"section `{s}` has no heading '## `{s}`'" for s in expected if s not in documented]
+    problems += [f"heading `{s}` is not a config section" for s in documented if s not in expected]
+    for section, cls in expected.items():
+        rows = documented.get(section, [])
+        fields = [f.name for f in dataclasses.fields(cls)]
+        problems += [f"{section}.{k} has no row | `{k}` | in its section's table"
+                     for k in fields if k not in rows]
+        problems += [f"{section}: row `{k}` is not a field of {cls.__name__}"
+                     for k in rows if k not in fields]
+        problems += [f"{section}.{k} has {rows.count(k)} rows" for k in set(rows)
+                     if rows.count(k) > 1]
+    return problems
 
-    readme = (ROOT / "README.md").read_text()
-    for cls in (ModelConfig, DataConfig, LossConfig, TrainConfig, SourceConfig,
-                LoraSettings):
-        for f in dataclasses.fields(cls):
-            assert f"`{f.name}`" in readme, f"{cls.__name__}.{f.name} is not in the README"
+
+def test_config_sections_are_found():
+    found = set(config_sections())
+    assert {"model", "model.lora", "data", "data.sources", "loss", "train"} <= found
+
+
+def test_configuration_doc_has_a_row_for_every_key_in_its_own_section():
+    problems = config_doc_problems(CONFIG_DOC.read_text(encoding="utf-8"))
+    assert not problems, "docs/configuration.md:\n" + "\n".join(problems)
+
+
+def test_config_doc_check_is_exact():
+    """A key named only in prose, or in another section's table, does not count."""
+    good = CONFIG_DOC.read_text(encoding="utf-8")
+    assert not config_doc_problems(good)
+    # the row of model.lora's `r` removed: the word `r` elsewhere does not satisfy the check
+    no_row = good.replace("| `r` | 16 |", "| rank | 16 |")
+    assert "model.lora.r has no row | `r` | in its section's table" in config_doc_problems(no_row)
+    # data.image_root's row removed: data.sources.image_root's row does not stand in for it
+    lines = good.splitlines()
+    data_at = lines.index("## `data`")
+    cut = next(i for i in range(data_at, len(lines)) if lines[i].startswith("| `image_root` |"))
+    moved = "\n".join(lines[:cut] + lines[cut + 1:])
+    assert config_doc_problems(moved) == ["data.image_root has no row | `image_root` | in its "
+                                          "section's table"]
+    # a stale row is reported too
+    stale = good.replace("| `seed` | 0 |", "| `seed` | 0 | x |\n| `sed` | 0 |")
+    assert "train: row `sed` is not a field of TrainConfig" in config_doc_problems(stale)

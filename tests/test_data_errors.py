@@ -17,7 +17,8 @@ from vldft.config import SourceConfig, load_config
 from vldft.data import DataError, load_jsonl
 from vldft.data.formats import SkipReport, read_source
 from vldft.data.validate import validate
-from vldft.train import _dedupe, cli, main
+from vldft.loader import dedupe
+from vldft.train import cli, main
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "data/geo_demo/train.jsonl"
@@ -191,7 +192,7 @@ def test_ranks_agree_on_skip_counts():
     e = {"stage": "encode", "source": "train", "reason": "image_corrupt", "file": "t.jsonl",
          "line": 4, "id": "x", "message": "m"}
     f = dict(e, line=9, id="y")
-    assert _dedupe([e, f, dict(e)]) == [e, f]
+    assert dedupe([e, f, dict(e)]) == [e, f]
 
 
 # -- encode-time skips: keys, ranks, resume ----------------------------------------------------
@@ -204,16 +205,16 @@ def _stream_skips(batches: list[list], seen: set | None = None,
                   entries: list[dict] | None = None) -> tuple[Counter, list[dict], set]:
     """Run ``micro_batch_stream`` over micro-batches whose skipped samples are ``batches``."""
     from vldft.collate import Skipped
-    from vldft.train import micro_batch_stream
+    from vldft.loader import micro_batch_stream
+    from vldft.state import RunState
 
     loader = [{"skipped": [Skipped(*s) for s in b], "n_truncated": 0, "input_ids": 1}
               for b in batches]
-    skips, entries, seen = Counter(), [] if entries is None else entries, seen or set()
-    stream = micro_batch_stream(loader, _Sampler(), skips, Counter(),
-                                {"epoch": 0, "consumed": 0}, seen, 1, entries)
+    state = RunState(seen=seen or set(), skip_entries=[] if entries is None else entries)
+    stream = micro_batch_stream(loader, _Sampler(), state, 1)
     for _ in batches:
         next(stream)
-    return skips, entries, seen
+    return state.skips, state.skip_entries, state.seen
 
 
 def test_same_id_skipped_in_two_sources_is_counted_and_listed_for_each():
@@ -229,14 +230,14 @@ def test_same_id_skipped_in_two_sources_is_counted_and_listed_for_each():
 def test_checkpoint_holds_the_skips_of_every_rank_and_each_rank_resumes_from_them():
     """trainer_state.json is written by the main process: it must carry the skips met on
     rank 1 too, and a rank resuming from it must neither lose nor recount them."""
-    from vldft.train import _merge_skip_state, _seen_keys
+    from vldft.loader import merge_skip_state, seen_keys
 
     _, e0, s0 = _stream_skips([[("1", "too_long", "srcA", "/d/a.jsonl:1")]])  # rank 0
     _, e1, s1 = _stream_skips([[("1", "too_long", "srcB", "/d/b.jsonl:1"),  # rank 1
                                 ("7", "image_corrupt", "srcA", "/d/a.jsonl:7")]])
     # what each rank hands to gather_object (rank 1 met srcA/1 in another epoch too)
     parts = [(sorted(s0, key=str), e0), (sorted(s1 | {("srcA", "1")}, key=str), e1 + e0)]
-    state = json.loads(json.dumps(_merge_skip_state(parts)))  # as trainer_state.json
+    state = json.loads(json.dumps(merge_skip_state(parts)))  # as trainer_state.json
     assert sorted(map(tuple, state["seen"])) == [("srcA", "1"), ("srcA", "7"), ("srcB", "1")]
     assert [(e["source"], e["id"]) for e in state["skip_entries"]] == [
         ("srcA", "1"), ("srcA", "7"), ("srcB", "1")]
@@ -245,19 +246,19 @@ def test_checkpoint_holds_the_skips_of_every_rank_and_each_rank_resumes_from_the
     # a resumed rank (any of them) meets rank 1's samples again: nothing new is recorded
     skips, entries, _ = _stream_skips([[("7", "image_corrupt", "srcA", "/d/a.jsonl:7"),
                                         ("1", "too_long", "srcB", "/d/b.jsonl:1")]],
-                                      _seen_keys(state), list(state["skip_entries"]))
-    assert not skips and _dedupe(entries) == entries == state["skip_entries"]
+                                      seen_keys(state), list(state["skip_entries"]))
+    assert not skips and dedupe(entries) == entries == state["skip_entries"]
 
 
 def test_checkpoint_of_an_older_version_with_plain_ids_still_resumes():
     """Checkpoints that stored ``seen`` as plain ids: an id a saved entry names takes its
     source; one without an entry (counts-only checkpoints) matches the id in any source."""
-    from vldft.train import _seen_keys
+    from vldft.loader import seen_keys
 
     entry = {"stage": "encode", "source": "srcA", "reason": "too_long", "file": "/d/a.jsonl",
              "line": 1, "id": "1", "message": "m"}
-    assert _seen_keys({"seen": ["1"], "skip_entries": [entry]}) == {("srcA", "1")}
-    keys = _seen_keys({"seen": ["9"], "skips": [[["srcA", "too_long"], 1]]})
+    assert seen_keys({"seen": ["1"], "skip_entries": [entry]}) == {("srcA", "1")}
+    keys = seen_keys({"seen": ["9"], "skips": [[["srcA", "too_long"], 1]]})
     assert keys == {"9"}
     skips, _, _ = _stream_skips([[("9", "too_long", "srcB", "/d/b.jsonl:9")]], keys)
     assert not skips

@@ -35,16 +35,17 @@ def test_no_log_record_mixes_objectives_and_plots_get_the_markers(tmp_path, monk
     """log_every=2 does not divide the switch step 3: the record ending at step 4 used to
     average SFT step 3 with DFT step 4 and call it "dft". The plot call receives the switch,
     the held-out evaluations and the collapse warnings."""
+    import vldft.report
     import vldft.train as train
 
     seen = {}
-    real = train.write_plots
+    real = vldft.report.write_plots
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "write_plots", spy)
+    monkeypatch.setattr(vldft.report, "write_plots", spy)
     data = _subset(tmp_path, 16)
     out = tmp_path / "run"
     summary = train.main(load_config(ROOT / "configs/demo.yaml", [
@@ -149,15 +150,15 @@ def test_summary_lists_collapse_warnings(tmp_path, capsys, monkeypatch):
 
 
 def test_printed_summary_says_when_there_are_no_warnings(capsys):
-    from vldft.train import _print_summary
+    from vldft.report import print_summary
 
     rec = {"step": 5, "objective": "dft", "loss": 0.1, "ce": 0.2, "mean_p": 0.9}
     summary = {"first_log": rec, "last_log": rec, "steps": 5, "train_seconds": 1.0,
                "skipped": {}, "truncated": 0, "objective": "dft", "checkpoint": "x",
                "collapse_warnings": []}
-    _print_summary(summary, [rec])
+    print_summary(summary, [rec])
     assert "collapse guard: no warnings" in capsys.readouterr().out
-    _print_summary({**summary, "collapse_warnings": [{"step": 5, "message": "boom",
+    print_summary({**summary, "collapse_warnings": [{"step": 5, "message": "boom",
                                                       "when": "end of run"}]}, [rec])
     assert "step 5 (end of run): boom" in capsys.readouterr().out
 

@@ -12,7 +12,8 @@ from vldft.adapters.lora import apply_lora, lora_targets, merged_state_dict
 from vldft.collate import Collator
 from vldft.config import LoraSettings, ModelConfig, load_config
 from vldft.data import load_jsonl
-from vldft.train import ObjectiveModule, accumulate_gradients, build_optimizer, main
+from vldft.step import ObjectiveModule, accumulate_gradients, build_optimizer
+from vldft.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data/geo_demo/train.jsonl"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import vldft.checkpoint
 import vldft.train
 from vldft.checkpoint import fingerprint, remove_run
 from vldft.config import config_to_dict, load_config
@@ -259,7 +260,7 @@ def test_a_failure_while_claiming_refuses_in_one_line(data_file, tmp_path, no_mo
                                                       monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk on fire\nsecond line")
-    monkeypatch.setattr(vldft.train, "claim_output_dir", boom)
+    monkeypatch.setattr(vldft.checkpoint, "claim_output_dir", boom)
     with pytest.raises(SystemExit) as e:  # (every rank gets this refusal, none hangs)
         train_main(config(data_file, tmp_path / "run"))
     msg = str(e.value)

@@ -12,7 +12,8 @@ from vldft.adapters import load_adapter
 from vldft.collate import Collator
 from vldft.config import ModelConfig, load_config
 from vldft.data import DataError, load_jsonl
-from vldft.train import ObjectiveModule, accumulate_gradients, build_optimizer, main
+from vldft.step import ObjectiveModule, accumulate_gradients, build_optimizer
+from vldft.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data/geo_demo/train.jsonl"
@@ -224,7 +225,7 @@ def test_asft_reference_is_frozen_and_kl_starts_at_zero(tmp_path):
     """At step 1 the reference equals the model, so the KL term is exactly 0."""
     adapter = _tiny()
     from vldft.objectives import ObjectiveSpec
-    from vldft.train import build_reference
+    from vldft.step import build_reference
 
     ref = build_reference(adapter)
     assert all(not p.requires_grad for p in ref.parameters())

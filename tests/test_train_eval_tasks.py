@@ -14,6 +14,7 @@ pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
 
+import vldft.step  # noqa: E402
 import vldft.train as train  # noqa: E402
 from vldft.config import ConfigError, load_config  # noqa: E402
 from vldft.eval.in_training import _evaluating_alone  # noqa: E402
@@ -136,7 +137,7 @@ def test_sharded_weights_are_refused(tmp_path, monkeypatch):
     class FSDPAccelerator(Accelerator):
         distributed_type = property(lambda self: DistributedType.FSDP)
 
-    monkeypatch.setattr(train, "Accelerator", FSDPAccelerator)
+    monkeypatch.setattr(vldft.step, "Accelerator", FSDPAccelerator)
     monkeypatch.setattr(train, "load_adapter", lambda *a: pytest.fail("model was loaded"))
     cfg = _tiny(tmp_path, f"train.eval_tasks=[{TASK}]")
     with pytest.raises(ConfigError, match=r"train\.eval_tasks: .*FSDP"):

@@ -25,6 +25,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list
+
+from vldft.config import Config, config_to_dict
+
 STATE_FILE = "trainer_state.json"
 NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -408,3 +412,53 @@ def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool,
     removed = remove_run(out_dir)
     write_run_file(out_dir, new)
     return "fresh", removed
+
+
+def claim_run_dir(cfg: Config, out_dir: Path, accelerator, log: Callable[..., None]
+                  ) -> tuple[str, object]:
+    """``claim_output_dir`` for a whole run: rank 0 decides, before any model or data is
+    loaded, and every rank acts on its decision (no rank waits alone). A refusal, or any
+    failure while deciding, raises ``SystemExit`` on every rank. Returns ``("finished",
+    summary)`` (nothing to do), ``("resume", None)`` or ``("fresh", removed paths)``, after
+    logging what was found or removed."""
+    t = cfg.train
+    decision: list = [None]
+    if accelerator.is_main_process:
+        try:
+            check_writable(out_dir)
+            # an explicit train.resume is checked (whole, same model) before anything is removed
+            explicit = check_explicit_resume(t.resume, config_to_dict(cfg), cfg.resolve)
+            decision[0] = claim_output_dir(out_dir, config_to_dict(cfg), t.resume, t.overwrite,
+                                           explicit)
+        except SystemExit as e:
+            decision[0] = ("refuse", str(e))
+        except Exception as e:  # noqa: BLE001 (any failure refuses on every rank, never a hang)
+            decision[0] = ("refuse", f"train.output_dir: could not check {out_dir} "
+                           f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
+    if accelerator.num_processes > 1:
+        decision = broadcast_object_list(decision)
+    action, detail = decision[0]
+    if action == "refuse":
+        raise SystemExit(f"[vldft] refused: {detail}")
+    if action == "finished":
+        log(f"[vldft] {out_dir} already holds this run, finished ({detail.get('steps')} steps, "
+            f"{out_dir / 'final'}); nothing to do (train.overwrite=true retrains it, or choose a "
+            "new train.output_dir)")
+    if action == "fresh" and detail:
+        log(f"[vldft] train.overwrite: removed the previous run's {len(detail)} outputs from "
+            f"{out_dir} ({', '.join(sorted(p.name for p in detail)[:6])}"
+            f"{', ...' if len(detail) > 6 else ''})")
+    return action, detail
+
+
+def save_final(write_model: Callable[[Path], None], accelerator, path: Path) -> None:
+    """Hugging Face files only (``final/``), written to ``<path>.tmp`` then renamed."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written save from a crashed run
+        write_model(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    accelerator.wait_for_everyone()

@@ -2,9 +2,9 @@
 
     cfg = load_config("configs/demo.yaml", ["train.lr=1e-5", "loss.name=sft"])
 
-Every field has a comment; the README's config reference documents the same fields (a test
-checks that every field is named there). Unknown keys, values of the wrong type and invalid
-combinations raise ``ConfigError`` naming the key, before any model or data is loaded.
+Every field has a comment; docs/configuration.md documents the same fields (a test checks
+that every field has a row in its section's table). Unknown keys, values of the wrong type
+and invalid combinations raise ``ConfigError`` naming the key, before any model or data is loaded.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ FORMATS = ("auto", "normalized", "llava", "messages", "sharegpt", "hf", "geometr
 @dataclass
 class SourceConfig:
     path: str = ""  # file, folder, parquet / arrow file, saved-to-disk dataset dir, or hub id
-    format: Literal[FORMATS] = "auto"  # row format (README "Data formats"); auto: detect
+    format: Literal[FORMATS] = "auto"  # row format (docs/data.md); auto: detect
     name: str | None = None  # label in reports (default: the path's stem)
     weight: float | None = None  # relative share of the mixture (sampled with repetition)
     max_samples: int | None = None  # keep at most this many (seeded choice)
@@ -490,6 +490,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     cfg = _build(Config, raw, "")
     cfg.validate()
     return cfg
+
+
+def config_keys(cls: type | None = None, prefix: str = "") -> dict[str, list[str]] | list[str]:
+    """Every config key by section (``--help``): ``{"model": ["family", ..., "lora.r", ...]}``;
+    nested sections as ``lora.r``, lists of mappings as ``sources[] (name, ...)``. With
+    ``cls``, that dataclass's keys as a list."""
+    if cls is None:
+        return {name: config_keys(tp) for name, tp in typing.get_type_hints(Config).items()
+                if name != "base_dir"}
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        inner = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
+        if not inner:
+            out.append(prefix + name)
+        elif typing.get_origin(tp) is list:  # data.sources: a list of mappings
+            out.append(f"{prefix}{name}[] ({', '.join(config_keys(inner[0]))})")
+        else:
+            out += config_keys(inner[0], f"{prefix}{name}.")
+    return out
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -8,7 +8,7 @@ at lr 2e-3 on the shape task takes the objective from 0.15 to 0.006 within 40 st
 plain CE on the same tokens rises from 3.2 to 4.1 and held-out accuracy is 0%.
 The falling loss alone looks like progress.
 
-``CollapseGuard.observe(rec)`` is fed the metrics records of ``vldft.train._log_record`` (one per
+``CollapseGuard.observe(rec)`` is fed the metrics records of ``vldft.report.log_record`` (one per
 ``train.log_every`` steps) and returns a warning message, or None. Over the last ``window``
 records of one non-SFT objective it fires when
 

@@ -15,8 +15,8 @@ in-training held-out accuracy (``vldft.heldout``).
 percent signs and units that follow a number, glued or not: "6cm", "12 cm^2", "5 units"):
 numbers with a relative tolerance (fractions, ``\\frac``, thousands separators, and products of
 numbers, ``\\frac`` and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain strings, and
-finally ``math-verify`` equivalence when that package imports (lmms-eval depends on it; see the
-README for the version caveat). With ``choices``:
+finally ``math-verify`` equivalence when that package imports (lmms-eval depends on it;
+eval/pins.txt says which versions import together). With ``choices``:
 
 - a letter target (geometry3k): a predicted letter must be that letter; a predicted text counts
   when it matches the gold option and every option it matches has the gold option's value. So

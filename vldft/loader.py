@@ -1,0 +1,215 @@
+"""Training data as micro-batches: the lazily encoded dataset, the endless resumable stream of
+micro-batches, and the accounting of skipped samples (each counted once, listed with file,
+line, id, image and reason, merged over ranks in checkpoints and the summary).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from accelerate.utils import gather_object
+from torch.utils.data import DataLoader, Dataset
+
+from vldft.collate import Collator, SampleError, Skipped
+from vldft.config import Config
+from vldft.data import DataError, Sample
+from vldft.data.formats import format_entry, skip_entry
+from vldft.data.mix import (
+    EpochBatchSampler,
+    LengthGroupedSampler,
+    RandomBatchSampler,
+    format_table,
+)
+
+if TYPE_CHECKING:
+    from vldft.state import RunState
+
+
+class EncodedDataset(Dataset):
+    """Samples encoded lazily (in DataLoader workers) by the collator. A sample the collator
+    rejects becomes a ``Skipped`` naming it (file:line, id, image, reason): counted with
+    ``on_error="skip"``, ``fatal`` with ``raise`` (the loop then stops with a one-line
+    ``DataError``; raising in a worker would bury the location in a traceback)."""
+
+    def __init__(self, samples: list[Sample], collator: Collator, on_error: str = "raise"):
+        self.samples, self.collator, self.on_error = samples, collator, on_error
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        try:
+            return self.collator.encode(s)
+        except SampleError as e:
+            return Skipped(s.id, e.reason, s.source, s.origin, e.image,
+                           str(e).removeprefix(f"sample {s.id}: "),
+                           fatal=self.on_error == "raise")
+
+
+def build_loader(cfg: Config, data, collator: Collator
+                 ) -> tuple[DataLoader, EpochBatchSampler]:
+    """The training DataLoader over ``data.samples`` (a ``build_training_set`` result) and its
+    batch sampler (length-grouped with ``data.group_by_length``)."""
+    t, samples = cfg.train, data.samples
+    dataset = EncodedDataset(samples, collator, cfg.data.on_error)
+    if cfg.data.group_by_length:
+        sampler = LengthGroupedSampler(data.lengths, [bool(s.images) for s in samples],
+                                       t.micro_batch_size, t.seed)
+    else:
+        sampler = RandomBatchSampler(len(samples), t.micro_batch_size, t.seed)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
+                        num_workers=cfg.data.num_workers)
+    return loader, sampler
+
+
+def describe_data(data, seed: int, summary_file: Path) -> str:
+    """The console's lines about the training set: the mixture table and the rows skipped
+    while reading (all of them listed in ``summary_file``)."""
+    text = (f"[vldft] data mixture (seed {seed}; token counts estimated):\n"
+            + format_table(data.table))
+    if data.skips.total:
+        text += (f"\n[vldft] skipped while reading:\n{data.skips.summary()}\n  (every skipped "
+                 f"row with file, line, id, image and reason: {summary_file})")
+    return text
+
+
+def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, state: RunState,
+                       world: int):
+    """Endless stream of non-empty micro-batches over epochs, recording into ``state``.
+    ``state.pos`` ({"epoch", "consumed"}) is the data position a checkpoint saves: micro-batches
+    this rank has taken from the current epoch (trainable or not). Records skipped samples
+    (each once: ``state.seen`` holds their (source, id); counted by (source, reason) in
+    ``state.skips`` and listed in ``state.skip_entries`` with file, line, id, image, message)
+    and truncations (``state.truncated``); a ``fatal`` skip (data.on_error=raise) stops with a
+    ``DataError`` naming it; stops with an error if a whole pass over the data yields nothing
+    to train on."""
+    pos, seen, skips = state.pos, state.seen, state.skips
+    while True:
+        full_pass, yielded = pos["consumed"] == 0, 0
+        # every rank takes every world-th batch of the sampler's order, so a rank that has
+        # consumed k batches of this epoch resumes after k x world of the sampler's batches
+        sampler.set_position(pos["epoch"], pos["consumed"] * world)
+        for batch in guard_workers(loader):
+            pos["consumed"] += 1
+            for s in batch["skipped"]:
+                if s.fatal:
+                    where = f"{s.origin or s.source} (id {s.sample_id})"
+                    msg = s.message.removeprefix(f"sample {s.sample_id}: ")
+                    raise DataError(f"{where}: {msg} (data.on_error=skip skips such samples)",
+                                    s.reason, where, msg, image=s.image)
+                # keyed by (source, id): ids such as "0" or "train.jsonl:3" recur across
+                # sources (a plain id: from an older checkpoint that stored ids only)
+                if (s.source, s.sample_id) not in seen and s.sample_id not in seen:
+                    seen.add((s.source, s.sample_id))
+                    skips[(s.source, s.reason)] += 1
+                    state.skip_entries.append(skip_entry(
+                        s.source, s.origin or s.sample_id, s.reason, s.message or s.reason,
+                        s.sample_id, s.image, stage="encode"))
+            state.truncated += batch["n_truncated"]
+            if "input_ids" in batch:
+                yielded += 1
+                yield batch
+        if full_pass and not yielded:
+            raise RuntimeError("a whole pass over the training data yielded no trainable "
+                               f"sample; skipped: {dict(skips)}")
+        pos["epoch"], pos["consumed"] = pos["epoch"] + 1, 0
+
+
+def guard_workers(loader: DataLoader):
+    """Iterate ``loader``, turning a dead worker process into an actionable error."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if not any(k in str(e) for k in ("killed by signal", "exited unexpectedly")):
+                raise
+            raise RuntimeError(
+                f"a data-loading worker process died ({e}). Usual causes: out of memory "
+                "(lower data.num_workers or train.micro_batch_size) or a crash while decoding "
+                "an image; rerun with data.num_workers=0 to see the failing sample's error "
+                "in the main process") from e
+        yield batch
+
+
+
+SHOWN_SKIPS = 5  # skipped rows listed on the console (all of them: data_summary.json)
+
+
+def dedupe(entries: list[dict]) -> list[dict]:
+    """Encode-time skip entries, one per (source, id, reason), in a stable order."""
+    out = {(e["source"], e["id"], e["reason"]): e for e in entries}
+    return sorted(out.values(), key=lambda e: (e["source"], str(e["file"]), e["line"] or 0,
+                                               str(e["id"])))
+
+
+def seen_keys(st: dict) -> set:
+    """The encode-time skips a checkpoint (trainer_state.json's dict) recorded, as the
+    (source, id) keys of ``micro_batch_stream``'s ``seen``. Older checkpoints stored plain
+    ids: one that a saved entry names takes that entry's source; one that none names
+    (checkpoints with counts only) stays a plain id, which matches that id in any source."""
+    sources: dict[str, list] = {}
+    for e in st.get("skip_entries", []):
+        sources.setdefault(e["id"], []).append(e["source"])
+    keys: set = set()
+    for k in st["seen"]:
+        if isinstance(k, (list, tuple)):
+            keys.add(tuple(k))
+        elif k in sources:
+            keys.update((src, k) for src in sources[k])
+        else:
+            keys.add(k)
+    return keys
+
+
+def merge_skip_state(parts: list[tuple[list, list[dict]]]) -> dict:
+    """The encode-time skip fields of a checkpoint from every rank's (``seen``, entries): their
+    union, deduplicated, with counts by (source, reason) from the entries. Every rank resumes
+    from this union, so a skip met only on rank k > 0 before the checkpoint is not lost."""
+    seen = {tuple(k) if isinstance(k, (list, tuple)) else k for keys, _ in parts for k in keys}
+    entries = dedupe([e for _, part in parts for e in part])
+    skips = Counter((e["source"], e["reason"]) for e in entries)
+    return {"seen": sorted((list(k) if isinstance(k, tuple) else k for k in seen), key=str),
+            "skips": [[list(k), n] for k, n in skips.items()], "skip_entries": entries}
+
+
+def data_summary(data, encode_counts: dict, encode_entries: list[dict]) -> dict:
+    """data_summary.json: the mixture table, skip counts (read / encode) and every skipped
+    row (``skipped``: stage, source, reason, file, line, id, image, offset, message)."""
+    read = data.skips.to_dict()
+    return {"sources": data.table,
+            "read_skips": {k: v for k, v in read.items() if k != "entries"},
+            "encode_skips": encode_counts,
+            "skipped": read["entries"] + encode_entries}
+
+
+def skip_listing(entries: list[dict], out_dir: Path) -> str:
+    """Console lines: skip counts by reason, the first few skipped rows, where the rest are."""
+    by_reason = Counter(f"{e['stage']} {e['reason']}" for e in entries)
+    lines = [f"[vldft] {len(entries)} skipped rows ("
+             + ", ".join(f"{n} {why}" for why, n in sorted(by_reason.items())) + "):"]
+    lines += [f"  {format_entry(e)}" for e in entries[:SHOWN_SKIPS]]
+    more = f"{len(entries) - SHOWN_SKIPS} more; " if len(entries) > SHOWN_SKIPS else ""
+    lines.append(f"  ({more}every skipped row with file, line, id, image and reason: "
+                 f"{out_dir / 'data_summary.json'})")
+    return "\n".join(lines)
+
+
+def all_ranks_skips(state: RunState, world: int) -> tuple[Counter, list[dict]]:
+    """The encode-time skips of every rank (a collective when ``world > 1``): counts as
+    ``"source/reason" -> samples`` and the deduplicated entries. A sample skipped on two ranks
+    (different epochs) counts once, so any number of processes agrees with a single process;
+    after a resume from an older checkpoint that kept counts only, the counts are summed."""
+    skipped: Counter = Counter()
+    for part in (gather_object([dict(state.skips)]) if world > 1 else [state.skips]):
+        skipped.update({f"{src or 'data'}/{why}": n for (src, why), n in part.items()})
+    entries = dedupe([e for part in (gather_object([state.skip_entries]) if world > 1
+                                     else [state.skip_entries]) for e in part])
+    if not state.counts_only_skips:
+        skipped = Counter(f"{e['source'] or 'data'}/{e['reason']}" for e in entries)
+    return skipped, entries

@@ -1,0 +1,164 @@
+"""The run's state between optimizer steps: what a checkpoint's ``trainer_state.json`` carries
+besides the model, optimizer, lr scheduler and RNG states (those are ``accelerator.save_state``'s),
+and the stop request that SIGTERM / Ctrl-C raise.
+
+``RunState`` is the one definition of those fields: a fresh run starts from ``RunState()``, a
+resumed one from ``RunState.from_dict(read_state(checkpoint))``, and every checkpoint writes
+``to_dict()``. The fields hold their live forms (sets, Counters); ``to_dict`` gives the JSON form.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vldft.checkpoint import read_state
+from vldft.loader import merge_skip_state, seen_keys
+
+
+@dataclass
+class RunState:
+    step: int = 0  # optimizer steps done
+    pos: dict = field(default_factory=lambda: {"epoch": 0, "consumed": 0})  # this rank's data
+    seen: set = field(default_factory=set)  # skipped samples' (source, id): each counted once
+    skips: Counter = field(default_factory=Counter)  # (source, reason) -> skipped samples
+    skip_entries: list[dict] = field(default_factory=list)  # every skipped sample, with file...
+    truncated: int = 0  # samples cut to data.max_length
+    window: Counter = field(default_factory=Counter)  # sums since the last metrics line
+    history: list[dict] = field(default_factory=list)  # the metrics lines
+    evals: list[dict] = field(default_factory=list)  # held-out evaluations
+    benchmarks: list[dict] = field(default_factory=list)  # train.eval_tasks results
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient, in all
+    nonfinite_run: int = 0  # ... in a row, up to now
+    collapse_warnings: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0  # training seconds before this process started (see ``clock``)
+    config: dict = field(default_factory=dict)  # the config the checkpoint was written with
+    # not saved: a checkpoint of an older version kept skip counts but no entries
+    counts_only_skips: bool = field(default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.start_clock()
+
+    def start_clock(self) -> None:
+        """Count training time from now on, on top of ``elapsed``."""
+        self._origin = time.perf_counter() - self.elapsed
+
+    def clock(self) -> float:
+        """Training seconds up to now, this process's and the checkpoint's before it."""
+        return time.perf_counter() - self._origin
+
+    def own_skips(self) -> tuple[list, list[dict]]:
+        """This rank's part of the checkpoint's skip fields (``to_dict``'s ``skip_parts``)."""
+        return sorted(self.seen, key=str), self.skip_entries
+
+    def to_dict(self, skip_parts: list[tuple[list, list[dict]]] | None = None) -> dict:
+        """trainer_state.json's content. ``skip_parts``: every rank's ``own_skips()`` (the
+        checkpoint holds their union); default this rank's only."""
+        return {"step": self.step, "pos": dict(self.pos),
+                **merge_skip_state(skip_parts or [self.own_skips()]),
+                "truncated": self.truncated, "window": dict(self.window),
+                "history": self.history, "evals": self.evals, "benchmarks": self.benchmarks,
+                "nonfinite_steps": self.nonfinite_steps, "nonfinite_run": self.nonfinite_run,
+                "collapse_warnings": self.collapse_warnings, "elapsed": self.clock(),
+                "config": self.config}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunState:
+        """The state a checkpoint saved. Older checkpoints may lack ``skip_entries`` (skips
+        were counts only; ``seen`` plain ids), ``benchmarks`` and ``config``."""
+        return cls(step=d["step"], pos=d["pos"], seen=seen_keys(d),
+                   skips=Counter({tuple(k): n for k, n in d["skips"]}),
+                   skip_entries=list(d.get("skip_entries", [])), truncated=d["truncated"],
+                   window=Counter(d["window"]), history=d["history"], evals=d["evals"],
+                   benchmarks=d.get("benchmarks", []), nonfinite_steps=d["nonfinite_steps"],
+                   nonfinite_run=d["nonfinite_run"], collapse_warnings=d["collapse_warnings"],
+                   elapsed=d["elapsed"], config=d.get("config", {}),
+                   counts_only_skips="skip_entries" not in d and bool(d["skips"]))
+
+    @classmethod
+    def resume(cls, path: Path, total: int, config: dict, final: Path, log) -> RunState:
+        """The state of checkpoint ``path`` for a run of ``total`` steps with ``config`` (logs
+        the config keys that differ from the checkpoint's; refuses a checkpoint past ``total``;
+        one at ``total`` only writes ``final``)."""
+        state = cls.from_dict(read_state(path))
+        if state.step > total:
+            raise SystemExit(f"train.resume: {path} is at step {state.step}, past this "
+                             f"run's {total} steps; resume from an earlier checkpoint, or raise "
+                             "train.max_steps (train.epochs)")
+        if state.step == total:  # stopped at the last step: no step to run, final/ is written
+            log(f"[vldft] {path} is at the last step ({total}); writing "
+                f"{final} and the summary from it")
+        changed = changed_keys(state.config, config)
+        log(f"[vldft] resuming from {path} (step {state.step} of {total})"
+            + (f"; warning: config differs from the checkpoint's in {changed}" if changed
+               else ""))
+        state.config = config  # the next checkpoint's
+        return state
+
+    def count_nonfinite(self, step: int, loss_sum: float, grad_norm: float) -> str:
+        """Record a step skipped for a non-finite loss or gradient; the message to log."""
+        self.nonfinite_steps, self.nonfinite_run = self.nonfinite_steps + 1, self.nonfinite_run + 1
+        return (f"step {step}: non-finite loss ({loss_sum}) or gradient norm ({grad_norm}); "
+                f"step skipped ({self.nonfinite_run} in a row, {self.nonfinite_steps} in all)")
+
+    def too_many_nonfinite(self, limit: int) -> RuntimeError | None:
+        """The error that stops the run once ``limit`` steps in a row were non-finite."""
+        if self.nonfinite_run < limit:
+            return None
+        return RuntimeError(
+            f"{self.nonfinite_run} consecutive steps had a non-finite loss or gradient (train."
+            f"max_nonfinite_steps={limit}); stopping. Try a lower train.lr, train.max_grad_norm "
+            "> 0, or train.mixed_precision=no; the last good checkpoint is unaffected")
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (``train.resume`` ignored)."""
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b, full = old.get(k), new.get(k), f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{full}.")
+        elif a != b and full != "train.resume":
+            keys.append(full)
+    return keys
+
+
+
+class StopRequest:
+    """SIGTERM / SIGINT (Ctrl-C) ask the loop to save a checkpoint and stop after the current
+    step; a second Ctrl-C interrupts at once. Handlers are restored by ``close()``."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\n[vldft] {self.signal} received: saving a checkpoint after this step "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def agreed(self, accelerator) -> str | None:
+        """The stop every rank agrees on after a step (a collective when several ranks run):
+        this rank's signal, ``"signal"`` when only another rank got one, else None."""
+        if self.signal is None and accelerator.num_processes == 1:
+            return None
+        asked = torch.tensor([float(self.signal is not None)], device=accelerator.device)
+        if float(accelerator.reduce(asked, reduction="sum")) > 0:
+            return self.signal or "signal"
+        return None
+
+    def close(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

@@ -1,0 +1,261 @@
+"""One optimizer step and the engine around it: the objective module, target counting, the
+globally normalised gradient accumulation, the optimizer, and the FSDP / DeepSpeed specifics.
+
+Per optimizer step: gather ``grad_accum`` micro-batches, count their target tokens on every rank,
+sum the counts over ranks, then backpropagate ``loss_sum / global_count`` for each micro-batch
+(times the world size, because DDP averages gradients). Batch 8 x accumulation 1 and batch 2 x
+accumulation 4 therefore give the same update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import os
+import warnings
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from torch import nn
+
+from vldft.adapters import Adapter
+from vldft.adapters.lora import apply_lora
+from vldft.collate import IGNORE
+from vldft.config import Config, ConfigError, world_size
+from vldft.objectives import STAT_KEYS, ObjectiveSpec, as_spec, compute_objective
+
+
+class ObjectiveModule(nn.Module):
+    """Backbone + objective in ONE forward, so DDP / FSDP wrap (and gather) both together.
+
+    ``reference`` is the frozen starting model for ASFT's KL anchor: a full copy of the weights
+    (same dtype; no gradients or optimizer state), i.e. +1x the model's parameter memory. The
+    loop sets it when ASFT starts (after any SFT warm-up), so the anchor is the model ASFT
+    starts from, not the pre-warm-up one.
+    """
+
+    def __init__(self, adapter: Adapter, reference: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = adapter.model
+        self.reference = reference
+        self.adapter = adapter
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # the reference never uses dropout
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor], spec: ObjectiveSpec | str):
+        spec = as_spec(spec)
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        hidden = self.adapter.hidden_states(batch)
+        head = self.adapter.output_layer()
+        ref = {}
+        if spec.name == "asft":
+            lora = self.adapter.lora
+            if self.reference is None and lora is None:
+                raise RuntimeError("asft needs a reference model (build_reference)")
+            with torch.no_grad(), (lora.disable_adapter() if lora is not None
+                                   else contextlib.nullcontext()):
+                ref_hidden = self.adapter.hidden_states(
+                    batch, model=None if lora is not None else self.reference)
+            ref_head = self.adapter.output_layer(None if lora is not None else self.reference)
+            ref = {"ref_hidden": ref_hidden, "ref_weight": ref_head.weight,
+                   "ref_bias": ref_head.bias}
+        out = compute_objective(hidden, head.weight, labels, spec, bias=head.bias, **ref)
+        loss_sum = out.loss_sum
+        if "pixel_values" not in batch:  # text-only micro-batch: keep the vision tower in step
+            loss_sum = loss_sum + self.adapter.dummy_vision_loss()
+        return loss_sum, out.stats, out.probs
+
+
+def build_reference(adapter: Adapter) -> nn.Module:
+    """Frozen copy of the model as it is now (ASFT's reference without LoRA; with LoRA the
+    reference is the same model with its adapters disabled, no copy)."""
+    ref = copy.deepcopy(adapter.model)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def model_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def count_targets(batch: dict) -> int:
+    """Target tokens of a micro-batch (labels are shifted inside the objective)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def accumulate_gradients(module: nn.Module, micro_batches: list[dict],
+                         spec: ObjectiveSpec | str, accelerator: Accelerator,
+                         probs: list[torch.Tensor] | None = None) -> dict[str, float]:
+    """Forward + backward over one optimizer step's micro-batches with global normalisation.
+
+    Returns the step's totals (summed over ranks): n_tokens, loss_sum, the STAT_KEYS sums,
+    n_seen (non-padding tokens processed) and n_slots (token slots incl. padding). Target
+    probabilities are appended to ``probs``.
+    """
+    spec = as_spec(spec)
+    local = torch.tensor([sum(count_targets(b) for b in micro_batches)], dtype=torch.float64,
+                         device=accelerator.device)
+    n_global = float(accelerator.reduce(local, reduction="sum").item())
+    scale = accelerator.num_processes / max(n_global, 1.0)
+    totals = torch.zeros(3 + len(STAT_KEYS), dtype=torch.float64, device=accelerator.device)
+    for k, batch in enumerate(micro_batches):
+        inputs = model_inputs(batch, accelerator.device)
+        sync = k == len(micro_batches) - 1
+        ctx = accelerator.no_sync(module) if not sync else contextlib.nullcontext()
+        with ctx:
+            loss_sum, stats, step_probs = module(inputs, spec)
+            accelerator.backward(loss_sum * scale)
+        if probs is not None:
+            probs.append(step_probs)
+        mask = inputs["attention_mask"]
+        totals += torch.stack([loss_sum.detach().double(), mask.sum().double(),
+                               torch.tensor(float(mask.numel()), dtype=torch.float64,
+                                            device=mask.device),
+                               *(stats[key].double() for key in STAT_KEYS)])
+    totals = accelerator.reduce(totals, reduction="sum").tolist()
+    keys = ("loss_sum", "n_seen", "n_slots", *STAT_KEYS)
+    return {"n_tokens": n_global, **dict(zip(keys, totals, strict=True))}
+
+
+def build_optimizer(adapter: Adapter, cfg: Config, sharded: bool = False) -> torch.optim.Optimizer:
+    """AdamW with one group per (part, decay): per-part learning rates, no decay on 1-D params.
+
+    ``train.optimizer_impl`` picks torch's kernels: ``fused`` (one kernel for all tensors;
+    measured 0.18 -> 0.04 s per step on the CPU benchmark model and 70 -> 29 ms at 3B on an
+    H100, bench/RESULTS.md) or ``foreach``; ``auto`` is fused unless ``sharded`` (FSDP /
+    DeepSpeed, whose sharded parameters vldft has not run with the fused kernel)."""
+    t = cfg.train
+    fused = t.optimizer_impl == "fused" or (t.optimizer_impl == "auto" and not sharded)
+    lrs = {"language": t.lr, "vision": t.vision_lr or t.lr, "projector": t.projector_lr or t.lr}
+    groups = []
+    for part, named in adapter.parts().items():
+        params = [p for _, p in named if p.requires_grad]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.dim() >= 2) == decay]
+            if chosen:
+                groups.append({"params": chosen, "lr": lrs[part], "name": f"{part}",
+                               "weight_decay": t.weight_decay if decay else 0.0})
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.adam_betas),
+                             **({"fused": True} if fused else {"foreach": True}))
+
+
+def mixed_precision(cfg: Config) -> str:
+    """``train.mixed_precision``, with ``auto`` resolved: bf16 where the GPU supports it."""
+    mp = cfg.train.mixed_precision
+    if mp == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return mp
+
+
+def sharded(accelerator: Accelerator) -> bool:
+    """True under FSDP / DeepSpeed: parameters are sharded across ranks."""
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def model_writer(adapter: Adapter, accelerator: Accelerator, module: nn.Module):
+    """A function writing the Hugging Face files of the current weights. Under FSDP /
+    DeepSpeed the parameters are sharded: their full state dict is gathered first (a
+    collective, so every rank calls this)."""
+    if sharded(accelerator):
+        full = accelerator.get_state_dict(module)
+        state = {k[len("model."):]: v for k, v in (full or {}).items()
+                 if k.startswith("model.")}
+        return lambda d: adapter.save(d, state_dict=state)
+    return adapter.save
+
+
+def register_zero3(module: ObjectiveModule, accelerator: Accelerator) -> None:
+    """DeepSpeed ZeRO-3 gathers a module's parameters only inside that module's forward; the
+    objective reads lm_head.weight outside lm_head's forward, so register it as an external
+    parameter of the ObjectiveModule (DeepSpeed's API for exactly this)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return
+    import deepspeed
+
+    head = module.adapter.output_layer()
+    for p in (head.weight, head.bias):
+        if p is not None:
+            deepspeed.zero.register_external_parameter(module, p)
+
+
+def build_accelerator(cfg: Config) -> Accelerator:
+    """The accelerate engine for ``cfg``, with the checks that must fail before any model loads:
+    the process group matches WORLD_SIZE, a requested FSDP / DeepSpeed is really running (else a
+    warning), ASFT under ZeRO-3 has LoRA, and train.eval_tasks runs on unsharded weights."""
+    t = cfg.train
+    # the other ranks wait for rank 0's train.eval_tasks evaluation: a long collective timeout
+    timeout = [InitProcessGroupKwargs(timeout=datetime.timedelta(hours=6))] if t.eval_tasks \
+        else []
+    # without a GPU, accelerate forms a multi-process (gloo) group only when told cpu=True
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg),
+                              cpu=not torch.cuda.is_available(), kwargs_handlers=timeout)
+    if accelerator.num_processes != world_size():
+        raise SystemExit(f"WORLD_SIZE is {world_size()} but accelerate formed a group of "
+                         f"{accelerator.num_processes}; launch with torchrun or accelerate launch")
+    for env, engine in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(env, "").lower() == "true" and accelerator.distributed_type != engine:
+            warnings.warn(f"{engine.value} was requested but accelerate runs "
+                          f"{accelerator.distributed_type.value} (FSDP and DeepSpeed need GPUs)",
+                          stacklevel=1)
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3 and cfg.loss.name == "asft" \
+            and cfg.model.lora is None:
+        raise SystemExit("loss.name=asft under DeepSpeed ZeRO-3 needs model.lora (the reference "
+                         "is then the adapter-disabled model; a full copy cannot be sharded)")
+    if t.eval_tasks and (accelerator.distributed_type == DistributedType.FSDP
+                         or (plugin is not None and plugin.zero_stage == 3)):
+        raise ConfigError("train.eval_tasks: not supported with sharded weights (FSDP / "
+                          "DeepSpeed ZeRO-3); evaluate the saved checkpoints with "
+                          "`python -m vldft.eval` instead, or set train.eval_tasks=[]")
+    return accelerator
+
+
+def objective_at(cfg: Config, step: int) -> str:
+    """The objective of optimizer step ``step`` (1-based): SFT during the warm-up."""
+    return "sft" if step <= cfg.loss.sft_warmup_steps else cfg.loss.name
+
+
+def prepare_model(adapter: Adapter, cfg: Config, log) -> None:
+    """Make the loaded model trainable per ``cfg.model``: freeze parts, add LoRA adapters,
+    freeze the vision parameters the model never uses, gradient checkpointing, no KV cache."""
+    adapter.freeze(cfg.model.freeze)
+    if cfg.model.lora is not None:
+        try:
+            apply_lora(adapter, cfg.model.lora, cfg.model.freeze)
+        except ValueError as e:
+            raise SystemExit(f"config error: {e}") from None
+    unused = adapter.freeze_unused()
+    if unused:
+        log(f"[vldft] froze {len(unused)} vision parameters the model never uses "
+            f"(e.g. {unused[0]})")
+    if cfg.model.gradient_checkpointing:
+        adapter.model.gradient_checkpointing_enable({"use_reentrant": False})
+    adapter.model.config.use_cache = False
+
+
+def count_parameters(adapter: Adapter) -> tuple[dict[str, int], int]:
+    """Parameters per part (language, vision, projector) and the trainable ones."""
+    n_params = {part: sum(p.numel() for _, p in ps) for part, ps in adapter.parts().items()}
+    return n_params, sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
+
+
+def describe_model(adapter: Adapter, cfg: Config) -> str:
+    """The console's model line: family, parameters per part, trainable, LoRA, frozen."""
+    n_params, n_trainable = count_parameters(adapter)
+    lora = cfg.model.lora
+    frozen = (f"all base weights (LoRA adapters train in "
+              f"{[p for p in lora.parts if p not in cfg.model.freeze]})"
+              if lora else cfg.model.freeze or "none")
+    return (f"{cfg.model.family} ({cfg.model.name_or_path or 'tiny'}): "
+            + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items())
+            + f"; trainable {n_trainable / 1e6:.2f}M"
+            + (f" (LoRA r={lora.r} on {lora.parts})" if lora else "") + f"; frozen: {frozen}")
