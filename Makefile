@@ -33,7 +33,9 @@ eval-env: $(VENV)/.eval-installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports  # the one-way layers of docs/architecture.md (pyproject.toml)
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports

@@ -4,16 +4,42 @@
 Used by ``bench/train_vs_trl.py`` (CPU, vldft vs TRL) and ``bench/gpu_train.py`` (GPU). Only
 torch / transformers are imported at module level, so the GPU script runs where nothing else is
 installed.
+
+Every script writes to ``runs/bench/`` (gitignored) by default: ``default_out(name)``. Curated
+results are copied by hand into ``bench/results/<date>_<device>/`` and summarised in
+``bench/RESULTS.md``, which no script writes (bench/README.md).
+
+Import paths: the scripts run as ``python bench/<script>.py`` from a working tree where vldft may
+not be installed (the GPU machine), so each script that imports ``vldft`` keeps one
+``sys.path.insert(0, ROOT)``; ``common`` and sibling scripts import without one, since Python puts
+the script's own folder (``bench/``) first on ``sys.path``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "bench"  # default output folder of every script (gitignored)
+
+
+def default_out(name: str) -> str:
+    """Default ``--out`` of a script: ``runs/bench/<name>``."""
+    return str(RUNS / name)
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented JSON to ``path``, creating its folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    return path
 
 # Qwen2/2.5 special tokens in the real order, ids 151643..151664 (vocabulary 151,665)
 QWEN_SPECIALS = [

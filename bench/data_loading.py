@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import random
 import statistics
 import sys
@@ -29,6 +27,8 @@ from accelerate import Accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import default_out, machine_info, write_json  # noqa: E402
 
 from vldft.adapters import load_adapter  # noqa: E402
 from vldft.collate import Collator  # noqa: E402
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs/demo.yaml"))
     ap.add_argument("--batches", type=int, default=40)
-    ap.add_argument("--out", default=str(ROOT / "bench/results_data_loading.json"))
+    ap.add_argument("--out", default=default_out("data_loading.json"))
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     bs = cfg.train.micro_batch_size
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     random_batches = [idx[k:k + bs] for k in range(0, len(idx), bs)]
     grouped = list(LengthGroupedSampler(lengths, has_image, bs, seed=0))
     result = {
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"), "machine": machine_info(),
         "cpus": torch.get_num_threads(), "torch": torch.__version__, "config": args.config,
         "micro_batch_size": bs, "load_collate_samples_per_s": round(load_rate, 1),
         "train_step_samples_per_s": round(step_rate, 1),
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
         "pad_frac_random": round(_pad_frac(random_batches, lengths), 4),
         "pad_frac_grouped": round(_pad_frac(grouped, lengths), 4),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print("| metric | value |\n|---|---|")
     for k, v in result.items():
         print(f"| {k} | {v} |")

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine_info
+from common import default_out, machine_info, write_json
 
 
 def _port() -> int:
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--procs", type=int, default=2)
-    p.add_argument("--out", default="runs/bench/eval_throughput.json")
+    p.add_argument("--out", default=default_out("eval_throughput.json"))
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vldft_eval_bench_"))
     rows = [run(args.model, args.task, args.limit, args.batch_size, k, tmp / f"p{k}",
@@ -77,10 +77,8 @@ def main() -> None:
     speedup = rows[1]["samples_per_s"] / rows[0]["samples_per_s"]
     print(f"speed-up {speedup:.2f}x with {args.procs} processes; per-sample outputs "
           f"{'identical' if same else 'DIFFER'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": machine_info(), "runs": rows,
-                               "speedup": speedup, "identical_outputs": same}, indent=2))
+    out = write_json(args.out, {"args": vars(args), "machine": machine_info(), "runs": rows,
+                                "speedup": speedup, "identical_outputs": same})
     print(f"wrote {out}")
 
 

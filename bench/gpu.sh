@@ -6,10 +6,11 @@
 # Usage on a GPU machine, from the repository root (needs torch + transformers >= 5; vldft is
 # used from this working tree, not installed):
 #   OUT=/some/dir bash bench/gpu.sh          # ~5-8 min on one H100; figures under $OUT
+#   bash bench/gpu.sh                        # figures under runs/bench/gpu/ (gitignored)
 #   OBJECTIVES=1 bash bench/gpu.sh           # also the loss-head micro-benchmark (+ ~4 min)
 #   PYTHON=python TRAIN_TIMEOUT=600 bash bench/gpu.sh   # interpreter (default python3), time cap
 set -euo pipefail
-OUT=${OUT:-bench/gpu_results}
+OUT=${OUT:-runs/bench/gpu}
 mkdir -p "$OUT"
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 PY=${PYTHON:-python3}

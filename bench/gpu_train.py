@@ -55,9 +55,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine_info, qwen25vl_3b_config, qwen25vl_config  # noqa: E402
+from common import (  # noqa: E402
+    default_out,
+    machine_info,
+    qwen25vl_3b_config,
+    qwen25vl_config,
+    write_json,
+)
 
 from vldft.objectives import ObjectiveSpec, compute_objective  # noqa: E402
 
@@ -332,8 +337,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--search-step", type=int, default=4096)
     ap.add_argument("--no-search", action="store_true", help="skip the longest-length search")
     ap.add_argument("--peak-tflops", type=float, default=None, help="default: from the device")
-    ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "bench")),
-                    help="directory for gpu_train.json (default: $OUT, else bench/)")
+    ap.add_argument("--out", default=os.environ.get("OUT", default_out("gpu")),
+                    help="directory for gpu_train.json (default: $OUT, else runs/bench/gpu/)")
     ap.add_argument("--profile", default="",
                     help="comma-separated lengths: phase timings + operator table per method")
     ap.add_argument("--fused-adamw", action="store_true",
@@ -381,7 +386,7 @@ def main(argv=None) -> dict:
 
     def save() -> None:  # after every measurement: a timeout keeps what was measured
         result["wall_s"] = round(time.perf_counter() - t0, 1)
-        (out / "gpu_train.json").write_text(json.dumps(result, indent=2))
+        write_json(out / "gpu_train.json", result)
 
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})

@@ -1,7 +1,7 @@
 """CPU benchmark: chunked DFT (vldft) vs the full-logits DFT of TRL and LLaMA-Factory.
 
     python bench/objectives.py [--shapes 3b,7b] [--tokens 2048,8192,16384] [--reps 3]
-                               [--out bench/results_objectives.json] [--md bench/RESULTS.md]
+                               [--out runs/bench/objectives.json] [--md FILE]
                                [--methods chunked,trl,llamafactory] [--max-gb 18]
                                [--dry-run] [--append]
 
@@ -28,13 +28,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import default_out, machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 151_936
@@ -90,7 +91,6 @@ def loss_llamafactory(hidden, weight, labels):
     return (valid_losses * target_probs).sum() / valid.sum()
 
 
-NOTES = "<!-- notes: kept when the benchmark rewrites this file -->"
 LOSSES = {"chunked": loss_chunked, "trl": loss_trl, "llamafactory": loss_llamafactory}
 
 
@@ -127,24 +127,6 @@ def run_child(method: str, hidden_size: int, vocab: int, n: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cores": os.cpu_count()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
-                            if ln.startswith("Model name")), "unknown")
-    except OSError:
-        info["cpu"] = "unknown"
-    with open("/proc/meminfo") as f:
-        info["ram_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    import torch
-
-    info["torch"] = torch.__version__
-    info["torch_threads"] = torch.get_num_threads()
-    return info
-
-
 def benchmark(shapes: list[str], tokens: list[int], reps: int, vocab: int, max_gb: float,
               methods: tuple[str, ...] = METHODS) -> list[dict]:
     """Reps are interleaved across methods (one fresh child per method and rep), so a change of
@@ -198,7 +180,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# Objective benchmark: chunked DFT vs full-logits DFT (CPU, fp32)", "",
-             f"- machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM; torch "
+             f"- machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; torch "
              f"{m['torch']} ({m['torch_threads']} threads); Python {m['python']}"]
     for run in result["runs"]:
         lines.append(f"- `{run['command']}`, finished {run['date']} (load average before "
@@ -230,9 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tokens", default="2048,8192,16384")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results_objectives.json"))
-    ap.add_argument("--md", default=None, help="markdown report (default bench/RESULTS.md; "
-                    "none with --dry-run)")
+    ap.add_argument("--out", default=default_out("objectives.json"))
+    ap.add_argument("--md", default=None, help="also write the markdown tables to this file "
+                    "(they are always printed; bench/RESULTS.md is curated by hand)")
     ap.add_argument("--max-gb", type=float, default=18.0,
                     help="skip a full-logits run estimated above this many GiB")
     ap.add_argument("--dry-run", action="store_true")
@@ -256,15 +238,14 @@ def main(argv: list[str] | None = None) -> dict:
         done = {(r["shape"], r["tokens"], r["method"]) for r in rows}
         rows = [r for r in old["rows"] if (r["shape"], r["tokens"], r["method"]) not in done] + rows
         runs = old["runs"]
-    result = {"machine": machine(), "dry_run": args.dry_run, "runs": [*runs, run],
+    result = {"machine": machine_info(), "dry_run": args.dry_run, "runs": [*runs, run],
               "rows": rows, "ratios": ratios(rows)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    md = args.md or (None if args.dry_run else str(ROOT / "bench" / "RESULTS.md"))
-    if md:  # hand-written notes below the NOTES marker of an existing report are kept
-        old = Path(md).read_text() if Path(md).exists() else ""
-        notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
-        Path(md).write_text(markdown(result) + "\n" + notes)
+    write_json(args.out, result)
+    report = markdown(result)
+    print(report)
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(report)
     return result
 
 

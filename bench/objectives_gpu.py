@@ -2,7 +2,7 @@
 bf16 inputs, one CUDA device, a few minutes on one H100.
 
     python bench/objectives_gpu.py [--shapes 3b,7b] [--tokens 2048,8192,16384] [--reps 5]
-                                   [--out bench/results_objectives_gpu.json]
+                                   [--out runs/bench/objectives_gpu.json]
     python bench/objectives_gpu.py --dry-run        # tiny shapes on the CPU (what CI runs)
 
 Per (shape, tokens, method): forward + backward time (median of ``--reps`` after one warm-up,
@@ -25,8 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
+from common import default_out, write_json  # noqa: E402
 from objectives import LOSSES, SHAPES, VOCAB  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--shapes", default="3b,7b")
     ap.add_argument("--tokens", default="2048,8192,16384")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", default=str(ROOT / "bench/results_objectives_gpu.json"))
+    ap.add_argument("--out", default=default_out("objectives_gpu.json"))
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     if args.dry_run:
@@ -87,7 +87,7 @@ def main(argv=None) -> list[dict]:
                 print(json.dumps(row), flush=True)
     meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)",
             "torch": torch.__version__, "dtype": str(dtype), "date": time.strftime("%Y-%m-%d")}
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_json(args.out, {"meta": meta, "rows": rows})
     print(f"\n{meta}\n")
     print("| shape | N | method | time (ms) | peak extra (GiB) |\n|---|---|---|---|---|")
     for r in rows:

@@ -13,7 +13,6 @@ forward / backward, clipping), and the top operators. Writes JSON next to ``--ou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,9 +23,9 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 import train_vs_trl as tvt  # noqa: E402
+from common import default_out, write_json  # noqa: E402
 
 HEAD = {"vldft": ("_ChunkedObjective", "_ChunkedObjectiveBackward"),
         "trl": ("ChunkedLogProbFunction", "ChunkedLogProbFunctionBackward")}
@@ -98,7 +97,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--intermediate", type=int, default=0)
     ap.add_argument("--logit-scale", type=float, default=8.0)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results_profile_train_step.json"))
+    ap.add_argument("--out", default=default_out("profile_train_step.json"))
     args = ap.parse_args(argv)
     a = {"micro_bs": 1, "grad_accum": 1, "lr": 1e-5}
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +108,7 @@ def main(argv=None) -> dict:
         batches = torch.load(work / "b.pt", weights_only=False)["batches"]
         res = {"data": info, "vldft": profile_vldft(a, batches), "trl": profile_trl(a, batches)}
     res["machine"] = tvt.machine_info()
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(args.out, res)
     print("| framework | step (s) | loss head (s) | optimizer (s) | rest: backbone fwd/bwd, "
           "clipping (s) |\n|---|---|---|---|---|")
     for fw in ("vldft", "trl"):

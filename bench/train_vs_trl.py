@@ -57,17 +57,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from common import (  # noqa: E402
     IMAGE_PAD,
     VISION_END,
     VISION_START,
     count_params,
+    default_out,
     machine_info,
     pad_batch,
     qwen25vl_config,
     real_qwen_tokenizer,
+    write_json,
 )
 
 DATA = ROOT / "data" / "geo_demo" / "train.jsonl"
@@ -504,7 +505,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--loss-rtol", type=float, default=1e-4)
     ap.add_argument("--grad-rtol", type=float, default=1e-3)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results_train_vs_trl.json"))
+    ap.add_argument("--out", default=default_out("train_vs_trl.json"))
     ap.add_argument("--workdir", default=None, help="keep the model / batches here")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, one run each")
@@ -566,7 +567,7 @@ def main(argv=None) -> dict:
               "ratios": ratios(rows), "slopes": slopes(rows, tokens_per_step),
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
               "wall_s": round(time.perf_counter() - t_start, 1)}
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print("\n" + markdown(result))
     return result
 

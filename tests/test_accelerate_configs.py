@@ -2,13 +2,12 @@
 reader, and their engine sections build accelerate's FSDP / DeepSpeed plugins. (DeepSpeed and
 FSDP themselves need GPUs; tests/test_fsdp.py runs torch's FSDP2 on the CPU.)"""
 
-from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs/accelerate"
 
 

@@ -1,12 +1,11 @@
 """Config loading: every shipped YAML validates; bad keys, types and combinations name the key."""
 
-from pathlib import Path
 
 import pytest
+from conftest import DEMO_CONFIG, ROOT
 
 from vldft.config import Config, ConfigError, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
@@ -32,7 +31,7 @@ def test_headline_recipe_is_the_real_model():
 
 
 def test_overrides_apply_with_types():
-    cfg = load_config(ROOT / "configs/demo.yaml",
+    cfg = load_config(DEMO_CONFIG,
                       ["train.lr=1e-5", "loss.name=sft", "model.freeze=[vision]",
                        "train.vision_lr=3e-6", "data.overlong=skip"])
     assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
@@ -86,7 +85,7 @@ def test_overrides_apply_with_types():
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        load_config(ROOT / "configs/demo.yaml", override if isinstance(override, list)
+        load_config(DEMO_CONFIG, override if isinstance(override, list)
                     else [override])
     assert key in str(err.value)
 
@@ -96,13 +95,13 @@ def test_world_size_must_divide_the_global_batch(monkeypatch):
     against the WORLD_SIZE torchrun / accelerate set."""
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="train.global_batch_size.*16 x 3"):
-        load_config(ROOT / "configs/demo.yaml", ["train.global_batch_size=64"])
-    cfg = load_config(ROOT / "configs/demo.yaml", ["train.global_batch_size=96"])
+        load_config(DEMO_CONFIG, ["train.global_batch_size=64"])
+    cfg = load_config(DEMO_CONFIG, ["train.global_batch_size=96"])
     assert cfg.train.global_batch_size == 96
 
 
 def test_lora_settings_parse_with_defaults():
-    cfg = load_config(ROOT / "configs/demo.yaml", ["model.lora={r: 4, parts: [language, vision]}"])
+    cfg = load_config(DEMO_CONFIG, ["model.lora={r: 4, parts: [language, vision]}"])
     assert cfg.model.lora.r == 4 and cfg.model.lora.parts == ["language", "vision"]
     assert "q_proj" in cfg.model.lora.target_modules and cfg.model.lora.alpha == 32.0
 
@@ -135,12 +134,12 @@ def test_validation_happens_before_any_model_load(monkeypatch):
     from vldft.train import cli
 
     with pytest.raises(SystemExit, match="loss.name"):
-        cli([str(ROOT / "configs/demo.yaml"), "loss.name=nope"])
+        cli([str(DEMO_CONFIG), "loss.name=nope"])
 
 
 def test_eval_every_needs_a_heldout_file():
     with pytest.raises(ConfigError, match="train.eval_every"):
-        load_config(ROOT / "configs/demo.yaml", ["train.eval_every=10", "data.heldout_file=null"])
+        load_config(DEMO_CONFIG, ["train.eval_every=10", "data.heldout_file=null"])
 
 
 CONFIG_DOC = ROOT / "docs" / "configuration.md"

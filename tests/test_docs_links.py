@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXT = (".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".sh", ".cfg")
 CITED = re.compile(r"(?<![\w./-])((?:docs|bench)/[\w.-]+\.md|data/README\.md)(#[\w-]+)?")
 MD_LINK = re.compile(r"\]\(([^)\s#]+\.md)(#[\w-]+)?\)")

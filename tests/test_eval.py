@@ -13,46 +13,22 @@ from PIL import Image
 
 pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
 
-from vldft.config import load_config  # noqa: E402
+from conftest import DEMO_HELDOUT, demo_config, write_tiny_data  # noqa: E402
+
 from vldft.eval.report import compare  # noqa: E402
 from vldft.eval.run import SUITES, EvalSetupError, evaluate, resolve_tasks  # noqa: E402
+from vldft.scoring import score  # noqa: E402
 from vldft.train import main as train_main  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """No hub access: any attempt to download fails the test instead of hanging."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.setenv(var, "1")
-    for var in ("VLDFT_EVAL_DATA", "VLDFT_GEO_HELDOUT"):
-        monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny models gain nothing from more, and on a shared, busy CPU
-    two spinning OpenMP threads made training ~10x slower (measured: 134 s vs 14 s, 25 steps)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("hf_offline", "one_thread")
 
 
 @pytest.fixture(scope="module")
 def demo_ckpt(tmp_path_factory):
     """The demo model (tiny Qwen2.5-VL) trained 8 steps on 48 demo samples, saved by vldft."""
     tmp = tmp_path_factory.mktemp("demo")
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:48]]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    data = tmp / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_config(ROOT / "configs/demo.yaml", [
+    data = write_tiny_data(tmp / "train.jsonl", 48)
+    cfg = demo_config(*[
         f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={tmp / 'run'}",
         "train.max_steps=8", "train.micro_batch_size=8", "train.log_every=4",
         "loss.sft_warmup_steps=4", "train.eval_max_samples=0"])
@@ -62,6 +38,17 @@ def demo_ckpt(tmp_path_factory):
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _rescored_accuracy(out: Path, task: str = "vldft_geo_heldout") -> float:
+    """The task's accuracy recomputed from its logged responses with the shared scorer; each
+    logged sample's extraction and score must agree with it."""
+    logs = _read_jsonl(out / f"samples_{task}.jsonl")
+    assert logs
+    for r in logs:
+        assert (r["extracted"], r["accuracy"]) == (lambda e, ok: (e, float(ok)))(
+            *score(r["response"], r["target"])), r
+    return sum(r["accuracy"] for r in logs) / len(logs)
 
 
 USER_TASK = """task: my_geoqa_copy
@@ -114,12 +101,17 @@ def test_every_suite_task_scores_the_checkpoint_offline(demo_ckpt, tmp_path, mon
         metric = HEADLINE.get(task, "accuracy")
         row = next(r for r in written["rows"] if r["task"] == task and r["metric"] == metric)
         assert 0.0 <= row["value"] <= 100.0 and row["n"] == 2
+        if task in ("vldft_geo_heldout", "my_geoqa_copy"):
+            reported = results["lmms_eval"]["results"][task][f"{metric},none"]
+            assert row["value"] == pytest.approx(reported)
         assert len(_read_jsonl(out / f"samples_{task}.jsonl")) == 2
+    assert results["lmms_eval"]["results"]["vldft_geo_heldout"]["accuracy,none"] == \
+        pytest.approx(_rescored_accuracy(out))
     assert results["vldft"]["environment"]["OPENAI_API_KEY"].startswith("placeholder")
     assert results["vldft"]["data_dir"] == str(data.resolve())
     logs = _read_jsonl(out / "samples_vldft_geo_heldout.jsonl")
-    assert [r["target"] for r in logs] == [json.loads(x)["answer"] for x in (
-        ROOT / "data/geo_demo/heldout.jsonl").read_text().splitlines()[:2]]
+    assert [r["target"] for r in logs] == [json.loads(x)["answer"] for x in
+                                           DEMO_HELDOUT.read_text().splitlines()[:2]]
     assert "| vldft_geo_heldout | accuracy |" in (out / "summary.md").read_text()
     with pytest.raises(EvalSetupError, match="--overwrite"):
         evaluate(str(demo_ckpt), ["vldft_geo_heldout"], out)
@@ -150,7 +142,8 @@ def test_stock_qwen2_5_vl_class_loads_vldft_checkpoint(demo_ckpt, tmp_path):
              model_args="device_map=cpu,min_pixels=12544,max_pixels=12544", device="cpu")
     results = json.loads((out / "results.json").read_text())
     assert results["vldft"]["model_class"] == "qwen2_5_vl"
-    assert 0.0 <= results["lmms_eval"]["results"]["vldft_geo_heldout"]["accuracy,none"] <= 1.0
+    reported = results["lmms_eval"]["results"]["vldft_geo_heldout"]["accuracy,none"]
+    assert reported == pytest.approx(_rescored_accuracy(out))
     assert len(_read_jsonl(out / "samples_vldft_geo_heldout.jsonl")) == 1
 
 
@@ -208,7 +201,7 @@ def test_learning_is_visible_through_generation_extraction_and_scoring(tmp_path)
     data = tmp_path / "data" / "geo_demo"
     train = _code_task(data, "train", 200, seed=1)
     _code_task(data, "heldout", 40, seed=2)
-    cfg = load_config(ROOT / "configs/demo.yaml", [
+    cfg = demo_config(*[
         f"data.train_files=[{train}]", "data.heldout_file=null", "model.min_pixels=3136",
         "model.max_pixels=3136", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=200",
         "train.micro_batch_size=16", "train.log_every=50", "loss.name=sft",
@@ -222,3 +215,4 @@ def test_learning_is_visible_through_generation_extraction_and_scoring(tmp_path)
     assert len(logs) == 40
     print(f"held-out accuracy {acc:.3f} (chance 0.20); e.g. {logs[0]['response']!r}")
     assert acc >= 0.6, logs[:5]
+    assert acc == pytest.approx(_rescored_accuracy(out))

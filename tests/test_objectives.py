@@ -478,8 +478,20 @@ def test_spec_validation_names_field(field: str, value: object) -> None:
 
 
 def test_spec_accepts_valid_values() -> None:
-    ObjectiveSpec("eaft", eaft_topk=0, eaft_alpha=0, alpha=2, min_weight=1, sft_mix=1,
-                  chunk_size=1, implementation="naive")
+    """Boundary values are accepted, kept as given, and give the loss the formulas say: with
+    sft_mix=1 every token weight is 1, so the objective is plain summed cross-entropy."""
+    kw = dict(eaft_topk=0, eaft_alpha=0, alpha=2, min_weight=1, sft_mix=1, chunk_size=1,
+              implementation="naive")
+    spec = ObjectiveSpec("eaft", **kw)
+    assert {k: getattr(spec, k) for k in kw} == kw
+    hidden, weight, bias, labels = _inputs()
+    out = compute_objective(hidden, weight, labels, spec, bias=bias)
+    loop, stats = _loop_reference(hidden, weight, bias, labels, spec)
+    logits = (hidden[:, :-1] @ weight.T + bias).reshape(-1, V)
+    ce = F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+    assert out.loss_sum.item() == pytest.approx(ce.item(), rel=1e-6)
+    assert out.loss_sum.item() == pytest.approx(loop.item(), rel=1e-6)
+    assert out.stats["weight_sum"].item() == pytest.approx(stats["weight_sum"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- memory

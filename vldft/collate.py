@@ -306,10 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_if_logging()  # a log file: no \r-redrawn progress bars
 
     from vldft.adapters import load_adapter
-    from vldft.config import ConfigError, load_config
+    from vldft.config import ConfigError, load_config, source_pixels
     from vldft.data import DataError
     from vldft.data.formats import SkipReport, read_source
-    from vldft.data.validate import source_pixels
 
     try:
         cfg = load_config(args.config, args.overrides)

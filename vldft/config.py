@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -61,6 +62,13 @@ class ModelConfig:
 
 
 FORMATS = ("auto", "normalized", "llava", "messages", "sharegpt", "hf", "geometry3k", "text_math")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow", ".csv", ".png", ".jpg")
+
+
+def is_hub_id(path: str) -> bool:
+    """"owner/name" that is not a missing local file (``data/train.jsonl`` is not a hub id)."""
+    return bool(HUB_ID.match(path)) and Path(path).suffix.lower() not in FILE_SUFFIXES
 
 
 @dataclass
@@ -238,8 +246,6 @@ class Config:
                                   f"({high})")
             if src.prompt_template is not None and "{question}" not in src.prompt_template:
                 raise ConfigError(f"{key}.prompt_template: must contain {{question}}")
-        from vldft.data.formats import is_hub_id
-
         for i, f in enumerate(d.train_files):
             if not self.resolve(f).exists():
                 raise ConfigError(f"data.train_files[{i}]: {self.resolve(f)} does not exist")
@@ -330,6 +336,12 @@ class Config:
         if importlib.util.find_spec("lmms_eval") is None:
             raise ConfigError("train.eval_tasks: needs lmms-eval, which is not installed; "
                               'pip install -e ".[eval]" (or set train.eval_tasks=[])')
+
+
+def source_pixels(cfg: Config) -> dict[str, tuple[int | None, int | None]]:
+    """Per-source Qwen2.5-VL (min_pixels, max_pixels) overrides, as the training loop uses."""
+    return {s.label: (s.min_pixels, s.max_pixels) for s in cfg.all_sources()
+            if s.min_pixels or s.max_pixels}
 
 
 def world_size() -> int:

@@ -2,7 +2,7 @@
 
 Accuracy uses greedy generation from the prompt (every turn before the last assistant turn,
 plus the generation prompt) and scores the output against the sample's ``answer`` field with the
-rule-based scorer the lmms-eval tasks use (``vldft.eval.scoring``: ``Answer: X``, ``\\boxed{}``,
+rule-based scorer the lmms-eval tasks use (``vldft.scoring``: ``Answer: X``, ``\\boxed{}``,
 numbers with tolerance, ...). ``generate_messages`` is the one greedy, left-padded generation
 path, shared with vldft's lmms-eval model class. It exists so the demo shows more than a
 falling loss: DFT's loss can fall while the model collapses
@@ -19,8 +19,8 @@ import torch
 from vldft.adapters.base import Adapter
 from vldft.collate import Collator, Encoded
 from vldft.data import Sample
-from vldft.eval.scoring import score
 from vldft.objectives import ObjectiveSpec, as_spec, compute_objective
+from vldft.scoring import score
 
 
 @torch.no_grad()

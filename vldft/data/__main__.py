@@ -187,8 +187,8 @@ image tokens <span class="image">collapsed</span></p>
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from vldft.collate import Collator, Skipped, show
+    from vldft.config import source_pixels
     from vldft.data.formats import SkipReport, read_source
-    from vldft.data.validate import source_pixels
 
     cfg, adapter = _load(args)
     d = cfg.data

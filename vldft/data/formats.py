@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from vldft.config import FORMATS as CONFIG_FORMATS
-from vldft.config import SourceConfig
+from vldft.config import SourceConfig, is_hub_id
 from vldft.data import (
     LINE_BREAK,
     ROLES,
@@ -76,14 +76,6 @@ from vldft.data.tables import (
 FORMATS = tuple(f for f in CONFIG_FORMATS if f != "auto")  # one list, in vldft.config
 DETECT_ROWS = 50  # rows looked at by detect_format
 MAX_EXAMPLES = 10  # example locations kept per (source, reason); summary() shows 3
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow", ".csv", ".png", ".jpg")
-
-
-def is_hub_id(path: str) -> bool:
-    """"owner/name" that is not a missing local file (``data/train.jsonl`` is not a hub id)."""
-    return bool(HUB_ID.match(path)) and Path(path).suffix.lower() not in FILE_SUFFIXES
-
 
 LOCATION = re.compile(r"^(?P<file>.+?)(?::(?P<line>\d+)| row (?P<row>\d+)| item (?P<item>.+?))?"
                       r"(?: \(id .*\))?$")

@@ -158,8 +158,8 @@ class TrainingSet:
 def build_training_set(cfg, adapter) -> TrainingSet:
     """Read every configured source, mix them, estimate lengths; one row per source in
     ``table`` (what the loop prints at start and writes to data_summary.json)."""
+    from vldft.config import source_pixels
     from vldft.data.formats import SkipReport, read_source
-    from vldft.data.validate import source_pixels
 
     skips = SkipReport()
     sources = cfg.all_sources()

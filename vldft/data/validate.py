@@ -40,7 +40,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vldft.config import Config, SourceConfig
+from vldft.config import Config, SourceConfig, source_pixels
 from vldft.data import WARNINGS, DataError, Sample, image_name, open_image
 from vldft.data.formats import SkipReport, read_source
 
@@ -114,12 +114,6 @@ def _encode_finding(collator: Any, sample: Sample) -> tuple[str | None, str, int
     if enc.truncated:
         return "truncated", f"truncated to data.max_length={collator.max_length}", n
     return None, "", n
-
-
-def source_pixels(cfg: Config) -> dict[str, tuple[int | None, int | None]]:
-    """Per-source Qwen2.5-VL (min_pixels, max_pixels) overrides, as the training loop uses."""
-    return {s.label: (s.min_pixels, s.max_pixels) for s in cfg.all_sources()
-            if s.min_pixels or s.max_pixels}
 
 
 def _sources(cfg: Config) -> list[SourceConfig]:

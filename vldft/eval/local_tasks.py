@@ -30,8 +30,8 @@ from PIL import Image
 
 from vldft.data import load_jsonl
 from vldft.eval.benchmarks import BENCHMARKS, LETTERS, LocalDataError, load_local
-from vldft.eval.scoring import extract_answer, is_correct, score
 from vldft.resources import resource
+from vldft.scoring import extract_answer, is_correct, score
 
 log = logging.getLogger("vldft.eval")
 REPO_DATA = resource("data")  # the bundled data (installed package or checkout)

@@ -23,8 +23,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from vldft.eval.benchmarks import BENCHMARKS, BY_TASK, LocalDataError, find_local
-from vldft.eval.scoring import extract_answer
 from vldft.resources import resource
+from vldft.scoring import extract_answer
 
 TASK_DIR = resource("eval")  # vldft's task YAMLs (--include_path); vldft.resources
 # Rule-scored tasks (no judge, no API key; names checked against lmms-eval 0.7.3 by a test).
