@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_data
 
 import vldft.checkpoint
 import vldft.train
@@ -17,30 +18,15 @@ from vldft.config import config_to_dict, load_config
 from vldft.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny models on a shared CPU (see tests/test_eval.py)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("data")
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:48]]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    path = tmp / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_tiny_data(tmp_path_factory.mktemp("data") / "train.jsonl", 48)
 
 
 def config(data: Path, out: Path, *extra: str):

@@ -13,6 +13,7 @@ pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.
 
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
+from conftest import write_tiny_data  # noqa: E402
 
 import vldft.step  # noqa: E402
 import vldft.train as train  # noqa: E402
@@ -20,7 +21,6 @@ from vldft.config import ConfigError, load_config  # noqa: E402
 from vldft.eval.in_training import _evaluating_alone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
 TASK = "vldft_geo_heldout"
 
 
@@ -33,24 +33,12 @@ def _offline(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more on a shared, busy CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(tmp: Path, *extra: str):
     """configs/demo.yaml cut down to 48 rows, 8 steps of 8 samples, no held-out file."""
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:48]]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    data = tmp / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_tiny_data(tmp / "train.jsonl", 48)
     return load_config(ROOT / "configs/demo.yaml", [
         f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={tmp / 'run'}",
         "train.max_steps=8", "train.micro_batch_size=8", "train.log_every=4",

@@ -24,21 +24,12 @@ from vldft.scoring import score
 
 
 @torch.no_grad()
-def evaluate_heldout(adapter: Adapter, collator: Collator, samples: list[Sample],
-                     batch_size: int = 16, max_new_tokens: int = 64,
-                     objective: ObjectiveSpec | str = "dft") -> dict:
-    """Score ``samples``: {"n", "n_scored_ce", "n_skipped", "ce", "loss", "mean_p", "accuracy",
-    "accuracy_by_kind", "examples"}. (``combine(score_part(...) per rank)`` in a distributed
-    run, where each rank scores its own share.)"""
-    return combine([score_part(adapter, collator, samples, batch_size, max_new_tokens,
-                               objective)])
-
-
-@torch.no_grad()
 def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
                batch_size: int = 16, max_new_tokens: int = 64,
                objective: ObjectiveSpec | str = "dft") -> dict:
-    """Raw sums over ``samples`` (mergeable across ranks with :func:`combine`).
+    """Raw sums over ``samples`` (each rank scores its share; :func:`combine` merges the parts
+    into {"n", "n_scored_ce", "n_skipped", "ce", "loss", "mean_p", "accuracy",
+    "accuracy_by_kind", "examples"}).
 
     For asft the held-out "loss" is its DFT part (the KL anchor needs the reference model)."""
     spec = as_spec(objective)

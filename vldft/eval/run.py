@@ -15,7 +15,6 @@ import datetime
 import difflib
 import io
 import json
-import logging
 import os
 import socket
 import time
@@ -41,7 +40,6 @@ SUITES = {
 # lmms-eval's MathVerse / MathVista modules build an OpenAI client at import time, which raises
 # without a key even when no judge is used (openai >= 2); the rule-scored tasks never call it.
 PLACEHOLDER_KEY = "vldft-placeholder-no-judge"
-log = logging.getLogger("vldft.eval")
 
 
 class EvalSetupError(RuntimeError):
@@ -177,7 +175,6 @@ def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bo
         raise EvalSetupError(f"{len(missing)} benchmark(s) without a local copy: "
                              + " | ".join(missing))
     if data_dir is not None and not used_data_dir:
-        log.warning("--data-dir %s: none of the tasks read from it", data_dir)
         print(f"[vldft] warning: --data-dir {data_dir}: none of these tasks read from it")
     return out
 
