@@ -59,3 +59,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def assert_same_weights(a: Path, b: Path, rtol: float = 1e-5) -> None:
+    """The ``model.safetensors`` of two checkpoint dirs hold the same tensors: each within
+    ``rtol`` relative and ``rtol x`` its largest entry absolute (DDP vs one process)."""
+    import torch
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        scale = float(wa[name].abs().max()) or 1.0
+        assert torch.allclose(wb[name], wa[name], rtol=rtol, atol=rtol * scale), name

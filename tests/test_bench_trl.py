@@ -4,12 +4,12 @@ exercised by ``python bench/train_vs_trl.py --dry-run`` (about a minute, not in 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import common  # noqa: E402
 import train_vs_trl as tvt  # noqa: E402

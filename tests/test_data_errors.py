@@ -11,32 +11,25 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_CONFIG, ROOT, tiny_demo_rows
 
 import vldft.data.formats as formats_mod
 from vldft.config import SourceConfig, load_config
 from vldft.data import DataError, load_jsonl
-from vldft.data.formats import SkipReport, read_source
-from vldft.data.validate import validate
+from vldft.data.formats import read_source
+from vldft.data.skips import SkipReport
+from vldft.datatool import validate
 from vldft.loader import dedupe
 from vldft.train import cli, main
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "data/geo_demo/train.jsonl"
 BAD_LINE = 501
-
-
-def _rows(n: int) -> list[dict]:
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:n]]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    return rows
 
 
 def _utf8_file(folder: Path, extra_bad_json: int | None = None) -> tuple[Path, int]:
     """520 demo rows; line 501 has one invalid byte (0xff) inside its question text; with
     ``extra_bad_json`` that line is cut (invalid JSON). Returns (path, offset of the byte)."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(r).encode() for r in _rows(520)]
+    lines = [json.dumps(r).encode() for r in tiny_demo_rows(520)]
     bad = lines[BAD_LINE - 1]
     k = bad.index(b"What") if b"What" in bad else bad.index(b'"text": "') + 9
     lines[BAD_LINE - 1] = bad[:k] + b"\xff" + bad[k + 1:]
@@ -92,7 +85,7 @@ def test_validate_still_reports_another_bad_row_in_the_same_file(tmp_path):
 def test_train_with_skip_trains_on_the_other_rows_and_lists_the_bad_one(tmp_path, capsys):
     data, offset = _utf8_file(tmp_path / "c")
     out = tmp_path / "run"
-    summary = main(load_config(ROOT / "configs/demo.yaml",
+    summary = main(load_config(DEMO_CONFIG,
                                _train_overrides(data, out, "data.on_error=skip")))
     assert summary["steps"] == 2 and summary["train_samples"] == 519
     assert summary["read_skips"] == {"train/bad_json": 1}
@@ -109,7 +102,7 @@ def test_train_with_skip_trains_on_the_other_rows_and_lists_the_bad_one(tmp_path
 def test_train_with_raise_stops_with_one_line_naming_file_line_and_offset(tmp_path):
     data, offset = _utf8_file(tmp_path / "d")
     with pytest.raises(SystemExit) as e:
-        cli([str(ROOT / "configs/demo.yaml"), *_train_overrides(data, tmp_path / "run")])
+        cli([str(DEMO_CONFIG), *_train_overrides(data, tmp_path / "run")])
     msg = str(e.value.code)
     assert "\n" not in msg and "Traceback" not in msg
     assert f"{data}:{BAD_LINE}" in msg and f"byte offset {offset}" in msg
@@ -132,7 +125,7 @@ def test_heldout_and_json_documents_name_line_and_offset(tmp_path):
 def _corrupt_image_file(folder: Path) -> tuple[Path, Path, str]:
     """16 demo rows, the 4th pointing at a .png of random bytes. (data, image, id)."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = _rows(16)
+    rows = tiny_demo_rows(16)
     bad = folder / "corrupt.png"
     bad.write_bytes(random.Random(0).randbytes(3000))
     rows[3]["images"] = [str(bad)]
@@ -144,7 +137,7 @@ def _corrupt_image_file(folder: Path) -> tuple[Path, Path, str]:
 def test_corrupt_image_with_skip_is_listed_with_id_file_line_and_image(tmp_path, capsys):
     data, bad, sid = _corrupt_image_file(tmp_path / "f")
     out = tmp_path / "run"
-    summary = main(load_config(ROOT / "configs/demo.yaml",
+    summary = main(load_config(DEMO_CONFIG,
                                _train_overrides(data, out, "data.on_error=skip")))
     assert summary["train_samples"] == 15
     assert summary["read_skips"] == {"train/image_corrupt": 1}
@@ -161,7 +154,7 @@ def test_corrupt_image_with_raise_stops_before_training(tmp_path):
     data, bad, sid = _corrupt_image_file(tmp_path / "g")
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
-        cli([str(ROOT / "configs/demo.yaml"), *_train_overrides(data, out)])
+        cli([str(DEMO_CONFIG), *_train_overrides(data, out)])
     msg = str(e.value.code)
     assert "\n" not in msg and f"{data}:4 (id {sid})" in msg and str(bad) in msg
     assert not (out / "metrics.jsonl").exists()  # stopped before training started
@@ -173,7 +166,7 @@ def test_image_failing_only_at_encode_time_is_named_too(tmp_path, monkeypatch, c
     monkeypatch.setattr(formats_mod, "image_problem", lambda img: None)
     data, bad, sid = _corrupt_image_file(tmp_path / "h")
     out = tmp_path / "run"
-    summary = main(load_config(ROOT / "configs/demo.yaml",
+    summary = main(load_config(DEMO_CONFIG,
                                _train_overrides(data, out, "data.on_error=skip")))
     assert summary["skipped"] == {"train/image_corrupt": 1}
     [entry] = json.loads((out / "data_summary.json").read_text())["skipped"]
@@ -181,7 +174,7 @@ def test_image_failing_only_at_encode_time_is_named_too(tmp_path, monkeypatch, c
         ("encode", str(data), 4, sid, str(bad))
     assert f"{data}:4 (id {sid})" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        cli([str(ROOT / "configs/demo.yaml"), *_train_overrides(data, tmp_path / "run2",
+        cli([str(DEMO_CONFIG), *_train_overrides(data, tmp_path / "run2",
                                                                 "train.max_steps=4")])
     msg = str(e.value.code)
     assert "\n" not in msg and f"{data}:4 (id {sid})" in msg and str(bad) in msg
@@ -308,7 +301,7 @@ def test_two_rank_checkpoint_lists_the_samples_skipped_on_rank_1(tmp_path):
     import subprocess
     import sys
 
-    rows = _rows(16)
+    rows = tiny_demo_rows(16)
     for r in rows[1::4]:
         r["messages"][-1]["content"][-1]["text"] += " long" * 1500
     data = tmp_path / "train.jsonl"
@@ -322,7 +315,7 @@ def test_two_rank_checkpoint_lists_the_samples_skipped_on_rank_1(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(port), "-m", "vldft.train", str(ROOT / "configs/demo.yaml"),
+         "--master_port", str(port), "-m", "vldft.train", str(DEMO_CONFIG),
          *_train_overrides(data, out, "data.overlong=skip", "data.group_by_length=false",
                            "train.save_every=1", "train.mixed_precision=no")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -334,3 +327,56 @@ def test_two_rank_checkpoint_lists_the_samples_skipped_on_rank_1(tmp_path):
     assert sorted(map(tuple, st["seen"])) == [("train", i) for i in ids]
     assert st["skips"] == [[["train", "too_long"], 4]]
     assert json.loads((out / "summary.json").read_text())["skipped"] == {"train/too_long": 4}
+
+
+def test_one_jsonl_reader_gives_every_caller_the_same_file_line_errors(tmp_path):
+    """``iter_jsonl`` is the one line-numbered JSONL reader: the training reader
+    (``load_jsonl``), every source format (``formats.iter_json``) and the local benchmark copies
+    (``vldft.eval.benchmarks``) report the same "file:line: ..." for the same broken line."""
+    from vldft.data import iter_jsonl
+    from vldft.eval.benchmarks import LocalDataError, _records
+
+    good = {"id": "a", "messages": [{"role": "user", "content": "q"},
+                                    {"role": "assistant", "content": "a"}]}
+    lines = [json.dumps(good).encode(), b'{"id": "b", "messages": [', b"   ",
+             json.dumps({**good, "id": "d"}).encode()[:-1] + b'\xff"}', json.dumps(good).encode()]
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    got = list(iter_jsonl(path))
+    assert [n for n, _ in got] == [1, 2, 4, 5]  # the blank line 3 is no row
+    assert got[0][1] == got[3][1] == good  # (the reference: json.loads of the line itself)
+    bad_json, bad_utf8 = got[1][1], got[2][1]
+    assert isinstance(bad_json, DataError) and bad_json.reason == "bad_json"
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads(lines[1])
+    assert str(bad_json) == f"{path}:2: invalid JSON ({e.value.msg})"
+    assert isinstance(bad_utf8, DataError) and str(bad_utf8).startswith(
+        f"{path}:4: not UTF-8 text: invalid byte 0xff at byte offset ")
+    assert bad_utf8.offset == sum(len(x) + 1 for x in lines[:3]) + lines[3].index(b"\xff")
+    with pytest.raises(DataError) as e_load:
+        load_jsonl(path)
+    assert str(e_load.value) == str(bad_json)
+    rows = list(formats_mod.iter_json(path))
+    assert [str(r[2]) for r in rows if isinstance(r[2], DataError)] == [str(bad_json),
+                                                                        str(bad_utf8)]
+    with pytest.raises(LocalDataError) as e_bench:
+        _records(path)
+    assert str(e_bench.value) == str(bad_json)
+    path.write_bytes(b"\n".join([lines[0], lines[2], lines[4]]) + b"\n")
+    assert [(where, rec["_key"]) for where, rec in _records(path)] == [
+        (f"{path}:1", 0), (f"{path}:3", 2)]  # "_key": the line's index, as before
+
+
+def test_split_placeholders_matches_a_regex_split():
+    """``<image>`` splitting (string contents of every format): each placeholder an image part,
+    the text between them text parts, empty text dropped; against ``re.split`` as reference."""
+    import re
+
+    from vldft.data import split_placeholders
+
+    for text in ["", "<image>", "a", "<image>a", "a<image>", "<image><image>x", "a<image>b<image>",
+                 "<imag>e <image> <IMAGE>"]:
+        ref = []
+        for i, chunk in enumerate(re.split(r"<image>", text)):
+            ref += [{"type": "image"}] * (i > 0) + [{"type": "text", "text": chunk}] * bool(chunk)
+        assert split_placeholders(text) == ref, text

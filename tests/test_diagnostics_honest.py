@@ -7,23 +7,9 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-
-from vldft.config import load_config
+from conftest import demo_config, write_tiny_data
 
 matplotlib.use("Agg")
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
-
-
-def _subset(tmp_path: Path, n: int, kind: str | None = None) -> Path:
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()]
-    rows = [r for r in rows if kind is None or r["kind"] == kind][:n]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    path = tmp_path / f"{kind or 'mixed'}_{n}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _records(out: Path) -> list[dict]:
@@ -46,13 +32,13 @@ def test_no_log_record_mixes_objectives_and_plots_get_the_markers(tmp_path, monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(vldft.report, "write_plots", spy)
-    data = _subset(tmp_path, 16)
+    data = write_tiny_data(tmp_path / "mixed_16.jsonl", 16)
     out = tmp_path / "run"
-    summary = train.main(load_config(ROOT / "configs/demo.yaml", [
+    summary = train.main(demo_config(
         f"data.train_files=[{data}]", f"data.heldout_file={data}", f"train.output_dir={out}",
         "train.max_steps=7", "loss.name=dft", "loss.sft_warmup_steps=3", "train.log_every=2",
         "train.micro_batch_size=4", "train.eval_max_samples=4", "train.eval_max_new_tokens=4",
-        "train.eval_batch_size=4"]))
+        "train.eval_batch_size=4"))
     lines = [r for r in _records(out) if "loss" in r]
     assert [r["step"] for r in lines] == [2, 3, 4, 6, 7]
     prev = 0
@@ -136,10 +122,11 @@ def test_summary_lists_collapse_warnings(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(train, "CollapseGuard", FiresOnce)
     out = tmp_path / "dft"
-    summary = train.main(load_config(ROOT / "configs/demo.yaml", [
-        f"data.train_files=[{_subset(tmp_path, 8)}]", "data.heldout_file=null",
+    data = write_tiny_data(tmp_path / "mixed_8.jsonl", 8)
+    summary = train.main(demo_config(
+        f"data.train_files=[{data}]", "data.heldout_file=null",
         f"train.output_dir={out}", "train.micro_batch_size=4", "train.log_every=2",
-        "loss.name=dft", "loss.sft_warmup_steps=0", "train.max_steps=4"]))
+        "loss.name=dft", "loss.sft_warmup_steps=0", "train.max_steps=4"))
     printed = capsys.readouterr().out
     assert [w["step"] for w in summary["collapse_warnings"]] == [2]
     saved = json.loads((out / "summary.json").read_text())
@@ -180,7 +167,7 @@ def _report(mean_p=0.85, low=0.1, answer=None):
                                     {"mean_p": 0.6, "low_p_frac": 0.3},
                                     {"mean_p": 0.45, "low_p_frac": 0.1}])
 def test_probe_does_not_recommend_dft_when_answer_tokens_are_unlearned(answer):
-    from vldft.probe import recommend
+    from vldft.probe_report import recommend
 
     assert recommend(_report())["objective"] == "dft", "the same numbers without answers"
     rec = recommend(_report(answer=answer))
@@ -212,12 +199,13 @@ def test_answer_positions_find_the_final_answer_span():
 
 
 def test_probe_reports_answer_tokens_of_the_real_data(tmp_path):
-    from vldft.probe import format_report, probe
+    from vldft.probe import probe
+    from vldft.probe_report import format_report
 
-    data = _subset(tmp_path, 12)
-    report = probe(load_config(ROOT / "configs/demo.yaml", [
+    data = write_tiny_data(tmp_path / "mixed_12.jsonl", 12)
+    report = probe(demo_config(
         f"data.train_files=[{data}]", "data.heldout_file=null",
-        f"train.output_dir={tmp_path / 'out'}"]), n_samples=8, show=False)
+        f"train.output_dir={tmp_path / 'out'}"), n_samples=8, show=False)
     ans = report["answer_tokens"]
     assert ans["n_samples_with_answer"] == ans["n_samples_located"] == 8
     assert 8 <= ans["n_tokens"] < report["overall"]["n_tokens"]

@@ -11,20 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import DEMO_CONFIG, DEMO_DATA, ROOT, assert_same_weights
 
 from vldft.adapters import load_adapter
 from vldft.config import load_config
 from vldft.data.mix import LengthGroupedSampler, build_training_set
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
 STEPS = 8
 
 
 def text_only_file(tmp_path: Path) -> Path:
     rows = []
-    for line in DEMO.read_text().splitlines()[100:108]:
+    for line in DEMO_DATA.read_text().splitlines()[100:108]:
         row = json.loads(line)
         row["messages"][0]["content"] = [p for p in row["messages"][0]["content"]
                                          if p["type"] == "text"]
@@ -37,7 +35,7 @@ def text_only_file(tmp_path: Path) -> Path:
 
 def overrides(tmp_path: Path, out: str, grad_accum: int) -> list[str]:
     return ["data.train_files=[]",
-            f"data.sources=[{{path: {DEMO}, max_samples: 8, name: img}}, "
+            f"data.sources=[{{path: {DEMO_DATA}, max_samples: 8, name: img}}, "
             f"{{path: {text_only_file(tmp_path)}, name: txt}}]",
             "data.group_by_length=true", "data.heldout_file=null", f"train.max_steps={STEPS}",
             "loss.name=dft", "loss.sft_warmup_steps=4", "train.micro_batch_size=2",
@@ -65,7 +63,7 @@ def records(out: Path) -> list[dict]:
 
 
 def test_two_rank_ddp_equals_one_rank_with_the_same_global_batch(tmp_path):
-    cfg_path = str(ROOT / "configs/demo.yaml")
+    cfg_path = str(DEMO_CONFIG)
     # the sampler's order decides which micro-batches share a step: check that some step
     # pairs a text-only micro-batch with an image one across the two ranks
     cfg = load_config(cfg_path, overrides(tmp_path, "probe", 2))
@@ -90,12 +88,7 @@ def test_two_rank_ddp_equals_one_rank_with_the_same_global_batch(tmp_path):
         assert a["target_tokens"] == b["target_tokens"]
         for key in ("loss", "ce", "mean_p"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
-    wa = load_file(tmp_path / "one/final/model.safetensors")
-    wb = load_file(tmp_path / "two/final/model.safetensors")
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        scale = float(wa[name].abs().max()) or 1.0
-        assert torch.allclose(wb[name], wa[name], rtol=1e-5, atol=1e-5 * scale), name
+    assert_same_weights(tmp_path / "one/final", tmp_path / "two/final")
     # and training moved the weights well beyond that tolerance
     from transformers import Qwen2_5_VLForConditionalGeneration
 

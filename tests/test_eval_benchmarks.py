@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+from conftest import ROOT
 
 pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
 
@@ -37,11 +38,7 @@ from vldft.eval.run import (  # noqa: E402
 NAMES = list(BENCHMARKS)
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.setenv(var, "1")
-    monkeypatch.delenv("VLDFT_GEO_HELDOUT", raising=False)
+pytestmark = pytest.mark.usefixtures("hf_offline")
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +280,7 @@ def test_compare_flags_runs_that_are_not_comparable(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(table)
 
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REALDATA = ROOT.parent / "shared" / "realdata"
 
 
 def test_real_mathverse_website_sample_is_refused_naming_the_missing_keys(tmp_path):

@@ -7,17 +7,14 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, demo_config
 
 pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
 
 from vldft.adapters import load_adapter  # noqa: E402
-from vldft.config import load_config  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -37,7 +34,7 @@ def run(cmd: list[str]) -> None:
 
 def test_two_processes_write_the_same_results_as_one(tmp_path):
     # a tiny model with large random weights: its greedy answers differ from prompt to prompt
-    cfg = load_config(ROOT / "configs/demo.yaml", [])
+    cfg = demo_config()
     adapter = load_adapter(cfg.model)
     torch.manual_seed(0)
     with torch.no_grad():

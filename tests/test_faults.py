@@ -6,23 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_DATA, demo_config
 
 import vldft.train as train
 from vldft.adapters import load_adapter
 from vldft.adapters.base import Adapter
-from vldft.checkpoint import STATE_FILE, check_free_space
-from vldft.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
+from vldft.checkpoint import STATE_FILE
+from vldft.run_dir import check_free_space
 
 
 def small(out: Path, *extra: str):
-    return load_config(ROOT / "configs/demo.yaml", [
-        "data.train_files=[]", f"data.sources=[{{path: {DEMO}, max_samples: 16}}]",
+    return demo_config(
+        "data.train_files=[]", f"data.sources=[{{path: {DEMO_DATA}, max_samples: 16}}]",
         "data.heldout_file=null", "train.max_steps=8", "loss.sft_warmup_steps=0",
         "loss.name=sft", "train.micro_batch_size=4", "train.log_every=1",
-        "train.eval_max_samples=0", f"train.output_dir={out}", *extra])
+        "train.eval_max_samples=0", f"train.output_dir={out}", *extra)
 
 
 def poison(monkeypatch, bad_calls: set[int] | None, seen: list):

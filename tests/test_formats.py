@@ -16,7 +16,7 @@ from vldft.collate import Collator, Encoded
 from vldft.config import ModelConfig, SourceConfig
 from vldft.data import DataError, ImageBytes, Sample
 from vldft.data.formats import detect_format, read_source
-from vldft.data.tables import final_answer
+from vldft.scoring import reference_answer
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
@@ -301,9 +301,15 @@ def test_text_math_layouts(tmp_path, collator):
     encode_all(collator, got)
 
 
-def test_final_answer():
-    assert final_answer("so \\boxed{x^{2}} and \\boxed{3}") == "3"
-    assert final_answer("#### 1,000") == "1,000" and final_answer("no answer") is None
+def test_reference_answer_of_worked_solutions():
+    """The reference answer text_math / hf rows get from a solution (vldft.scoring's rule for
+    datasets' own solutions): GSM8K ####, NuminaMath's last box, MetaMathQA's closing line."""
+    assert reference_answer("so \\boxed{x^{2}} and \\boxed{3}") == "3"
+    assert reference_answer("#### 1,000") == "1,000" and reference_answer("no answer") is None
+    assert reference_answer("x = 4, so 2x = 8.\nThe answer is: 8") == "8"
+    assert reference_answer("The answer is: 3.5") == "3.5"
+    assert reference_answer("The final answer is $\\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
+    assert reference_answer("Then \\boxed{7}.\nThe answer is: 7") == "7"
 
 
 def test_system_prompt_from_source(tmp_path):

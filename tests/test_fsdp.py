@@ -7,11 +7,9 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def free_port() -> int:

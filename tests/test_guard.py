@@ -1,14 +1,11 @@
 """Collapse guard: synthetic record sequences, then real tiny-model runs (collapse vs learning)."""
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import demo_config, write_tiny_data
 
 from vldft.guard import CollapseGuard, scan
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
 
 
 def _rec(step, loss, ce, entropy, objective="dft", **extra):
@@ -130,27 +127,17 @@ def test_scan_matches_observe():
 
 
 # -- real training on the tiny model ---------------------------------------------------------
-def _shape_subset(tmp_path, n=160):
-    """The image-only `shape` problems of the bundled set (triangle / square / circle /
-    pentagon / hexagon): the task the collapse was measured on."""
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()]
-    rows = [r for r in rows if r["kind"] == "shape"][:n]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    path = tmp_path / "shape.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _train(tmp_path, name, overrides):
-    from vldft.config import load_config
+    """Train on the image-only `shape` problems of the bundled set (triangle / square / circle /
+    pentagon / hexagon; 160 rows): the task the collapse was measured on."""
     from vldft.train import main
 
     out = tmp_path / name
-    cfg = load_config(ROOT / "configs/demo.yaml", [
-        f"data.train_files=[{_shape_subset(tmp_path)}]", "data.heldout_file=null",
+    shapes = write_tiny_data(tmp_path / "shape.jsonl", 160, kind="shape")
+    cfg = demo_config(
+        f"data.train_files=[{shapes}]", "data.heldout_file=null",
         f"train.output_dir={out}", "train.micro_batch_size=16", "train.lr=2e-3",
-        "train.log_every=5", "train.seed=0", *overrides])
+        "train.log_every=5", "train.seed=0", *overrides)
     summary = main(cfg)
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return summary, [r for r in recs if "loss" in r]

@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _lint_imports() -> str | None:

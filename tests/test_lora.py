@@ -1,22 +1,19 @@
 """LoRA through peft: what trains, the merged checkpoint, ASFT's adapter-disabled reference."""
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import DEMO_DATA, demo_config
 
 from vldft.adapters import load_adapter
 from vldft.adapters.lora import apply_lora, lora_targets, merged_state_dict
 from vldft.collate import Collator
-from vldft.config import LoraSettings, ModelConfig, load_config
+from vldft.config import LoraSettings, ModelConfig
 from vldft.data import load_jsonl
 from vldft.step import ObjectiveModule, accumulate_gradients, build_optimizer
 from vldft.train import main
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
 
 
 def _lora_adapter(parts=("language",), seed=0):
@@ -56,14 +53,14 @@ def test_merged_state_dict_equals_peft_merge_and_unload():
 
 def test_only_lora_parameters_train():
     adapter = _lora_adapter()
-    cfg = load_config(ROOT / "configs/demo.yaml", ["train.lr=1e-2"])
+    cfg = demo_config("train.lr=1e-2")
     opt = build_optimizer(adapter, cfg)
     trained = {id(p) for g in opt.param_groups for p in g["params"]}
     names = {n for n, p in adapter.model.named_parameters() if id(p) in trained}
     assert names and all("lora_" in n for n in names)
     before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
     coll = Collator(adapter, max_length=512)
-    batch = coll([coll.encode(s) for s in load_jsonl(DEMO)[:2]])
+    batch = coll([coll.encode(s) for s in load_jsonl(DEMO_DATA)[:2]])
     accumulate_gradients(ObjectiveModule(adapter), [batch], "dft", Accelerator(cpu=True))
     opt.step()
     for n, p in adapter.model.named_parameters():
@@ -76,10 +73,10 @@ def test_asft_reference_is_the_adapter_disabled_model():
     adapter = _lora_adapter()
     module = ObjectiveModule(adapter)
     coll = Collator(adapter, max_length=512)
-    batch = coll([coll.encode(s) for s in load_jsonl(DEMO)[:2]])
+    batch = coll([coll.encode(s) for s in load_jsonl(DEMO_DATA)[:2]])
     _, stats, _ = module(dict(batch), "asft")
     assert float(stats["kl_sum"]) == pytest.approx(0.0, abs=1e-7)
-    cfg = load_config(ROOT / "configs/demo.yaml", ["train.lr=5e-2"])
+    cfg = demo_config("train.lr=5e-2")
     opt = build_optimizer(adapter, cfg)
     accumulate_gradients(module, [batch], "asft", Accelerator(cpu=True))
     opt.step()
@@ -93,12 +90,12 @@ def test_training_with_lora_saves_adapter_and_merged_checkpoint(tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     out = tmp_path / "run"
-    cfg = load_config(ROOT / "configs/demo.yaml", [
-        "data.train_files=[]", f"data.sources=[{{path: {DEMO}, max_samples: 16}}]",
+    cfg = demo_config(
+        "data.train_files=[]", f"data.sources=[{{path: {DEMO_DATA}, max_samples: 16}}]",
         "data.heldout_file=null", "train.max_steps=4", "loss.sft_warmup_steps=2",
         "loss.name=asft", "train.micro_batch_size=4", "train.log_every=1",
         "train.eval_max_samples=0", "train.lr=1e-2", f"train.output_dir={out}",
-        "model.lora={r: 4, dropout: 0.0, parts: [language, vision]}"])
+        "model.lora={r: 4, dropout: 0.0, parts: [language, vision]}")
     summary = main(cfg)
     assert summary["last_log"]["objective"] == "asft" and summary["last_log"]["kl"] > 0
     merged = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "final").eval()

@@ -1,9 +1,9 @@
 """Source mixing and length-grouped batching."""
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from conftest import DEMO_DATA, demo_config
 
 from vldft.adapters import load_adapter
 from vldft.collate import Collator
@@ -15,8 +15,6 @@ from vldft.data.mix import (
     estimate_length,
     mix,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _turn(role, text):
@@ -95,7 +93,7 @@ def test_epoch_order_depends_only_on_seed_and_epoch_and_skip_resumes_it(make):
 def test_estimated_length_matches_the_encoded_length(family):
     adapter = load_adapter(ModelConfig(family=family, tiny=True))
     coll = Collator(adapter, max_length=1024)
-    for s in load_jsonl(ROOT / "data/geo_demo/train.jsonl")[:5]:
+    for s in load_jsonl(DEMO_DATA)[:5]:
         real = len(coll.encode(s).input_ids)
         est = estimate_length(s, adapter)
         # LLaVA-1.5's template has no end-of-turn token; the collator appends one per answer
@@ -105,14 +103,13 @@ def test_estimated_length_matches_the_encoded_length(family):
 def test_per_source_pixel_bounds_change_the_image_tokens(tmp_path):
     """A source's max_pixels overrides the model's: fewer image tokens for that source only,
     in the collator and in the length estimate alike."""
-    from vldft.config import load_config
     from vldft.data.mix import build_training_set
 
-    demo = ROOT / "data/geo_demo/train.jsonl"
-    cfg = load_config(ROOT / "configs/demo.yaml", [
+    demo = DEMO_DATA
+    cfg = demo_config(
         "data.train_files=[]", "model.min_pixels=3136", "model.max_pixels=12544",
         f"data.sources=[{{path: {demo}, name: big, max_samples: 2}}, "
-        f"{{path: {demo}, name: small, max_samples: 2, max_pixels: 3136}}]"])
+        f"{{path: {demo}, name: small, max_samples: 2, max_pixels: 3136}}]")
     adapter = load_adapter(cfg.model)
     data = build_training_set(cfg, adapter)
     coll = Collator(adapter, 512, pixels=data.pixels)

@@ -38,15 +38,10 @@ SPECS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny; with 2 OpenMP threads on a 2-core machine that another process
-    also uses, every parallel op can stall for a scheduler time slice (0.8 s instead of 6 ms for
-    the memory test), so this module runs single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The tensors here are tiny; with 2 OpenMP threads on a 2-core machine that another process
+# also uses, every parallel op can stall for a scheduler time slice (0.8 s instead of 6 ms for
+# the memory test), so this module runs single-threaded.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(dtype: torch.dtype = torch.float64, seed: int = 0, b: int = B, t: int = T):

@@ -12,10 +12,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from vldft.resources import BUNDLE
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds per subprocess (the whole module takes ~60-90 s on 2 CPU cores)
 SOURCES = ["vldft", "eval", "data", "configs", "pyproject.toml", "setup.py", "MANIFEST.in",
            "README.md"]

@@ -2,37 +2,25 @@
 documented bands, and a vldft-saved checkpoint is probed by path."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_CONFIG, DEMO_DATA, demo_config, write_tiny_data
 
 from vldft.adapters import load_adapter
 from vldft.collate import Collator
-from vldft.config import ModelConfig, load_config
+from vldft.config import ModelConfig
 from vldft.data import load_jsonl
 from vldft.objectives import compute_objective
-from vldft.probe import KINDS, cli, probe, recommend, token_kinds, token_stats
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
-
-
-def _subset(tmp_path, n, name="train", kind=None):
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()]
-    rows = [r for r in rows if kind is None or r["kind"] == kind][:n]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    path = tmp_path / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from vldft.probe import KINDS, cli, probe, token_kinds, token_stats
+from vldft.probe_report import recommend
 
 
 def test_token_stats_match_compute_objective():
     torch.manual_seed(0)
     adapter = load_adapter(ModelConfig(tiny=True, min_pixels=12544, max_pixels=12544))
     coll = Collator(adapter, max_length=512)
-    batch = coll([coll.encode(s) for s in load_jsonl(DEMO)[:4]])
+    batch = coll([coll.encode(s) for s in load_jsonl(DEMO_DATA)[:4]])
     st = token_stats(adapter, batch, chunk=7)  # several chunks
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     labels = inputs.pop("labels")
@@ -94,24 +82,24 @@ def test_probe_random_model_then_trained_checkpoint_by_path(tmp_path, capsys):
     vldft-saved checkpoint, loaded by path, predicts the same data far better."""
     from vldft.train import main
 
-    shapes = _subset(tmp_path, 24, "shapes", kind="shape")
-    others = _subset(tmp_path, 24, "mixed")
+    shapes = write_tiny_data(tmp_path / "shapes.jsonl", 24, kind="shape")
+    others = write_tiny_data(tmp_path / "mixed.jsonl", 24)
     common = [f"data.train_files=[{shapes},{others}]", "data.heldout_file=null",
               f"train.output_dir={tmp_path / 'run'}"]
-    base = probe(load_config(ROOT / "configs/demo.yaml", common), n_samples=20, show=False)
+    base = probe(demo_config(*common), n_samples=20, show=False)
     assert base["n_samples"] == 20 and set(base["by_source"]) == {"shapes", "mixed"}
     o = base["overall"]
     assert o["mean_p"] < 0.02 and o["low_p_frac"] > 0.95
     assert base["recommendation"]["objective"] == "sft"
     assert base["by_kind"]["end_of_turn"]["n_tokens"] == 20
 
-    main(load_config(ROOT / "configs/demo.yaml", [
+    main(demo_config(
         *common, "loss.name=sft", "loss.sft_warmup_steps=0", "train.max_steps=40",
         "train.micro_batch_size=8", "train.lr=3e-3", "train.scheduler=constant",
-        "train.log_every=20"]))
+        "train.log_every=20"))
     ckpt = tmp_path / "run" / "final"
     out = tmp_path / "probe"
-    report = cli(["configs/demo.yaml", *common, "model.tiny=false",
+    report = cli([str(DEMO_CONFIG), *common, "model.tiny=false",
                   f"model.name_or_path={ckpt}", "--samples", "20", "--out", str(out)])
     printed = capsys.readouterr().out
     assert report["model"] == str(ckpt)
@@ -124,8 +112,9 @@ def test_probe_random_model_then_trained_checkpoint_by_path(tmp_path, capsys):
     assert (out / "probe_probs.png").is_file()
 
 
-def test_cli_errors_name_the_problem(tmp_path):
+def test_cli_errors_name_the_problem(capsys):
     with pytest.raises(SystemExit, match="config error: train.nope"):
-        cli(["configs/demo.yaml", "train.nope=1"])
-    with pytest.raises(SystemExit):
-        cli(["configs/demo.yaml", "--samples", "0"])
+        cli([str(DEMO_CONFIG), "train.nope=1"])
+    with pytest.raises(SystemExit) as e:
+        cli([str(DEMO_CONFIG), "--samples", "0"])
+    assert e.value.code == 2 and "--samples must be >= 1" in capsys.readouterr().err

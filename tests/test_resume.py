@@ -11,17 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_CONFIG, DEMO_DATA, ROOT
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
 STEPS, SAVE_EVERY = 30, 5
 
 
 def overrides(out: Path, *extra: str) -> list[str]:
     # 24 samples / micro-batch 4 = 6 batches per epoch: 30 steps cross 4 epoch boundaries;
     # the SFT -> DFT switch at step 10 and dropout-free tiny model; held-out scoring off
-    return ["data.train_files=[]", f"data.sources=[{{path: {DEMO}, max_samples: 24}}]",
+    return ["data.train_files=[]", f"data.sources=[{{path: {DEMO_DATA}, max_samples: 24}}]",
             "data.heldout_file=null", f"train.max_steps={STEPS}", "loss.sft_warmup_steps=10",
             "train.micro_batch_size=4", "train.log_every=5", "train.eval_max_samples=0",
             f"train.save_every={SAVE_EVERY}", "train.keep_checkpoints=2",
@@ -31,7 +30,7 @@ def overrides(out: Path, *extra: str) -> list[str]:
 def launch(out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "vldft.train", str(ROOT / "configs/demo.yaml"),
+    return subprocess.Popen([sys.executable, "-m", "vldft.train", str(DEMO_CONFIG),
                              *overrides(out, *extra)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

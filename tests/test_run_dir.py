@@ -9,15 +9,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_data
+from conftest import DEMO_CONFIG, ROOT, demo_config, write_tiny_data
 
-import vldft.checkpoint
+import vldft.run_dir
 import vldft.train
-from vldft.checkpoint import fingerprint, remove_run
 from vldft.config import config_to_dict, load_config
+from vldft.run_dir import fingerprint, remove_run
 from vldft.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
 
 
@@ -30,11 +29,11 @@ def data_file(tmp_path_factory) -> Path:
 
 
 def config(data: Path, out: Path, *extra: str):
-    return load_config(ROOT / "configs/demo.yaml", [
+    return demo_config(
         f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={out}",
         f"train.max_steps={STEPS}", "train.micro_batch_size=8", "train.log_every=2",
         "loss.sft_warmup_steps=2", "train.eval_max_samples=0", "train.save_every=2",
-        "train.keep_checkpoints=0", "train.lr=2e-3", "loss.name=dft", *extra])
+        "train.keep_checkpoints=0", "train.lr=2e-3", "loss.name=dft", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +245,7 @@ def test_a_failure_while_claiming_refuses_in_one_line(data_file, tmp_path, no_mo
                                                       monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk on fire\nsecond line")
-    monkeypatch.setattr(vldft.checkpoint, "claim_output_dir", boom)
+    monkeypatch.setattr(vldft.run_dir, "claim_output_dir", boom)
     with pytest.raises(SystemExit) as e:  # (every rank gets this refusal, none hangs)
         train_main(config(data_file, tmp_path / "run"))
     msg = str(e.value)
@@ -290,7 +289,7 @@ def test_stop_at_the_last_step_then_rerun_writes_final(finished, data_file, tmp_
 def test_a_users_configs_folder_resolves_against_the_files_dir(tmp_path, monkeypatch):
     folder = tmp_path / "exp" / "configs"
     folder.mkdir(parents=True)
-    text = (ROOT / "configs/demo.yaml").read_text().replace("output_dir: runs/demo",
+    text = DEMO_CONFIG.read_text().replace("output_dir: runs/demo",
                                                             "output_dir: runs/a")
     assert "output_dir: runs/a" in text
     (folder / "a.yaml").write_text(text)
@@ -313,7 +312,7 @@ def test_bundled_configs_read_the_bundle_but_write_to_the_cwd(tmp_path, monkeypa
     if copy == "installed":  # an installed wheel's vldft/_bundled/
         root = tmp_path / "site" / "vldft" / "_bundled"
         (root / "configs").mkdir(parents=True)
-        shutil.copy(ROOT / "configs/demo.yaml", root / "configs/demo.yaml")
+        shutil.copy(DEMO_CONFIG, root / "configs/demo.yaml")
         (root / "data/geo_demo").mkdir(parents=True)
         for name in ("train.jsonl", "heldout.jsonl"):
             (root / "data/geo_demo" / name).write_text("")

@@ -2,9 +2,9 @@
 with TensorBoard's own reader, and a clear error when tensorboard is missing."""
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import demo_config, write_tiny_data
 
 pytest.importorskip("tensorboard", reason="needs the tensorboard extra")
 
@@ -12,25 +12,18 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
     EventAccumulator,
 )
 
-from vldft.config import ConfigError, load_config  # noqa: E402
+from vldft.config import ConfigError  # noqa: E402
 from vldft.train import main  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
 
 
 def test_metrics_are_tensorboard_scalars(tmp_path):
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:16]]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_tiny_data(tmp_path / "train.jsonl", 16)
     out = tmp_path / "run"
-    main(load_config(ROOT / "configs/demo.yaml", [
+    main(demo_config(
         f"data.train_files=[{data}]", f"data.heldout_file={data}", f"train.output_dir={out}",
         "train.max_steps=4", "train.micro_batch_size=4", "train.log_every=2",
         "loss.sft_warmup_steps=2", "train.eval_max_samples=4", "train.eval_max_new_tokens=4",
-        "train.report_to=tensorboard"]))
+        "train.report_to=tensorboard"))
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
@@ -49,4 +42,4 @@ def test_missing_tensorboard_is_a_config_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ConfigError, match=r"train\.report_to: tensorboard is not installed"):
-        load_config(ROOT / "configs/demo.yaml", ["train.report_to=tensorboard"])
+        demo_config("train.report_to=tensorboard")

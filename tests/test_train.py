@@ -2,21 +2,18 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import DEMO_DATA, demo_config, tiny_demo_rows, write_tiny_data
 
 from vldft.adapters import load_adapter
 from vldft.collate import Collator
-from vldft.config import ModelConfig, load_config
+from vldft.config import ModelConfig
 from vldft.data import DataError, load_jsonl
 from vldft.step import ObjectiveModule, accumulate_gradients, build_optimizer
 from vldft.train import main
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data/geo_demo/train.jsonl"
 
 
 def _tiny(family="qwen2_5_vl", seed=0):
@@ -34,8 +31,8 @@ def test_batch4_accum1_equals_batch1_accum4(objective):
     the same gradients as one micro-batch of 4 or four micro-batches of 1 (1e-6 relative)."""
     adapter = _tiny()
     adapter.model.to(torch.float64)
-    samples = load_jsonl(DEMO)[:3]
-    text_only = load_jsonl(ROOT / "data/geo_demo/train.jsonl")[3]
+    samples = load_jsonl(DEMO_DATA)[:3]
+    text_only = load_jsonl(DEMO_DATA)[3]
     text_only.messages[0]["content"] = [p for p in text_only.messages[0]["content"]
                                         if p["type"] == "text"]
     text_only.images = []
@@ -64,7 +61,7 @@ def test_batch4_accum1_equals_batch1_accum4(objective):
 def test_fully_masked_micro_batch_contributes_zero_with_live_graph():
     adapter = _tiny()
     coll = Collator(adapter, max_length=512)
-    batch = coll([coll.encode(load_jsonl(DEMO)[0])])
+    batch = coll([coll.encode(load_jsonl(DEMO_DATA)[0])])
     batch["labels"][:] = -100
     module = ObjectiveModule(adapter)
     loss_sum, _, _ = module(dict(batch), "dft")
@@ -75,9 +72,8 @@ def test_fully_masked_micro_batch_contributes_zero_with_live_graph():
 
 
 def test_freeze_and_per_part_learning_rates():
-    cfg = load_config(ROOT / "configs/demo.yaml",
-                      ["model.freeze=[vision]", "train.projector_lr=5e-4", "train.lr=1e-3",
-                       "train.weight_decay=0.1"])
+    cfg = demo_config("model.freeze=[vision]", "train.projector_lr=5e-4", "train.lr=1e-3",
+                      "train.weight_decay=0.1")
     adapter = load_adapter(cfg.model)
     adapter.freeze(cfg.model.freeze)
     parts = adapter.parts()
@@ -99,7 +95,7 @@ def test_freeze_and_per_part_learning_rates():
     ("auto", False, True), ("auto", True, False), ("fused", True, True),
     ("foreach", False, False)])
 def test_optimizer_impl_choice(impl, sharded, fused):
-    cfg = load_config(ROOT / "configs/demo.yaml", [f"train.optimizer_impl={impl}"])
+    cfg = demo_config(f"train.optimizer_impl={impl}")
     opt = build_optimizer(load_adapter(cfg.model), cfg, sharded=sharded)
     assert bool(opt.defaults["fused"]) is fused
     assert bool(opt.defaults["foreach"]) is not fused
@@ -111,7 +107,7 @@ def test_fused_and_foreach_adamw_take_the_same_steps():
     over = ["train.lr=1e-2", "train.vision_lr=3e-3", "train.weight_decay=0.1"]
     results = []
     for impl in ("fused", "foreach"):
-        cfg = load_config(ROOT / "configs/demo.yaml", [*over, f"train.optimizer_impl={impl}"])
+        cfg = demo_config(*over, f"train.optimizer_impl={impl}")
         torch.manual_seed(0)
         adapter = load_adapter(cfg.model)
         opt = build_optimizer(adapter, cfg)
@@ -129,21 +125,11 @@ def test_fused_and_foreach_adamw_take_the_same_steps():
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
-def _subset(tmp_path, n):
-    src = DEMO.read_text().splitlines()[:n]
-    rows = [json.loads(r) for r in src]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
-    path = tmp_path / "train.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
-
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
 def test_main_trains_saves_and_reloads_with_plain_transformers(tmp_path, family):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    data = _subset(tmp_path, 48)
+    data = write_tiny_data(tmp_path / "train.jsonl", 48)
     out = tmp_path / "run"
     overrides = [f"model.family={family}", f"data.train_files=[{data}]",
                  f"data.heldout_file={data}", f"train.output_dir={out}", "train.max_steps=24",
@@ -152,7 +138,7 @@ def test_main_trains_saves_and_reloads_with_plain_transformers(tmp_path, family)
                  "loss.sft_warmup_steps=12", "train.lr=2e-3"]
     if family == "llava":
         overrides += ["model.min_pixels=null", "model.max_pixels=null"]
-    cfg = load_config(ROOT / "configs/demo.yaml", overrides)
+    cfg = demo_config(*overrides)
     summary = main(cfg)
 
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -195,12 +181,12 @@ def test_main_trains_saves_and_reloads_with_plain_transformers(tmp_path, family)
     ["loss.name=dft", "loss.sft_mix=0.3"], ["loss.name=dft", "loss.implementation=naive"],
 ], ids=lambda x: "+".join(v.split(".", 1)[1] for v in x))
 def test_every_objective_runs_from_the_demo_config(tmp_path, loss):
-    data = _subset(tmp_path, 16)
+    data = write_tiny_data(tmp_path / "train.jsonl", 16)
     out = tmp_path / "run"
-    cfg = load_config(ROOT / "configs/demo.yaml", [
+    cfg = demo_config(
         f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={out}",
         "train.max_steps=4", "train.micro_batch_size=4", "train.log_every=2",
-        "loss.sft_warmup_steps=0", "loss.chunk_size=64", *loss])
+        "loss.sft_warmup_steps=0", "loss.chunk_size=64", *loss)
     main(cfg)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4]
@@ -235,7 +221,7 @@ def test_asft_reference_is_frozen_and_kl_starts_at_zero(tmp_path):
     module.train()
     assert not ref.training
     coll = Collator(adapter, max_length=512)
-    batch = coll([coll.encode(s) for s in load_jsonl(DEMO)[:2]])
+    batch = coll([coll.encode(s) for s in load_jsonl(DEMO_DATA)[:2]])
     _, stats, _ = module(dict(batch), ObjectiveSpec(name="asft"))
     assert float(stats["kl_sum"]) == pytest.approx(0.0, abs=1e-5)
 
@@ -250,7 +236,7 @@ def test_text_only_micro_batch_gives_vision_tower_zero_gradients(family):
 
     coll = Collator(adapter, max_length=512)
     module = ObjectiveModule(adapter)
-    image_batch = coll([coll.encode(load_jsonl(DEMO)[0])])
+    image_batch = coll([coll.encode(load_jsonl(DEMO_DATA)[0])])
     module(dict(image_batch), "dft")[0].backward()
     parts = adapter.parts()
     used = {n for n, p in parts["vision"] + parts["projector"] if p.grad is not None}
@@ -279,8 +265,8 @@ def test_llava_unused_vision_parameters_are_frozen():
     assert unused and all(n.startswith("model.vision_tower.") for n in unused)
     assert any("post_layernorm" in n for n in unused)
     coll = Collator(adapter, max_length=512)
-    loss_sum, _, _ = ObjectiveModule(adapter)(dict(coll([coll.encode(load_jsonl(DEMO)[0])])),
-                                              "dft")
+    batch = coll([coll.encode(load_jsonl(DEMO_DATA)[0])])
+    loss_sum, _, _ = ObjectiveModule(adapter)(dict(batch), "dft")
     loss_sum.backward()
     for name, p in adapter.model.named_parameters():
         assert (p.grad is not None) == p.requires_grad, name
@@ -290,12 +276,12 @@ def test_llava_unused_vision_parameters_are_frozen():
 def test_asft_reference_is_the_model_at_the_switch(tmp_path):
     """With an SFT warm-up, ASFT anchors to the model it starts from: KL is 0 at the first
     ASFT step and positive after one update."""
-    data = _subset(tmp_path, 16)
+    data = write_tiny_data(tmp_path / "train.jsonl", 16)
     out = tmp_path / "run"
-    cfg = load_config(ROOT / "configs/demo.yaml", [
+    cfg = demo_config(
         f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={out}",
         "train.max_steps=4", "train.micro_batch_size=4", "train.log_every=1",
-        "loss.name=asft", "loss.sft_warmup_steps=2", "train.lr=1e-2"])
+        "loss.name=asft", "loss.sft_warmup_steps=2", "train.lr=1e-2")
     main(cfg)
     lines = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text()
                                        .splitlines()) if "loss" in r}
@@ -305,9 +291,7 @@ def test_asft_reference_is_the_model_at_the_switch(tmp_path):
 
 
 def test_corrupt_image_is_a_counted_skip_with_on_error_skip(tmp_path):
-    rows = [json.loads(r) for r in DEMO.read_text().splitlines()[:8]]
-    for r in rows:
-        r["images"] = [str(DEMO.parent / p) for p in r["images"]]
+    rows = tiny_demo_rows(8)
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
     rows[3]["images"] = [str(bad)]
@@ -319,8 +303,8 @@ def test_corrupt_image_is_a_counted_skip_with_on_error_skip(tmp_path):
                  "train.log_every=1", "loss.sft_warmup_steps=0"]
     with pytest.raises(DataError, match=r"train\.jsonl:4 \(id geo-train-000003\): image "
                                         r".*corrupt\.png cannot be opened"):
-        main(load_config(ROOT / "configs/demo.yaml", overrides))
-    summary = main(load_config(ROOT / "configs/demo.yaml", [*overrides, "data.on_error=skip"]))
+        main(demo_config(*overrides))
+    summary = main(demo_config(*overrides, "data.on_error=skip"))
     assert summary["skipped"] == {} and summary["read_skips"] == {"train/image_corrupt": 1}
     saved = json.loads((out / "data_summary.json").read_text())
     assert saved["encode_skips"] == {} and saved["skipped"][0]["image"] == str(bad)
@@ -329,7 +313,7 @@ def test_corrupt_image_is_a_counted_skip_with_on_error_skip(tmp_path):
 def test_gradient_checkpointing_covers_both_towers_and_keeps_the_gradients():
     adapter = _tiny()
     coll = Collator(adapter, max_length=512)
-    batch = coll([coll.encode(s) for s in load_jsonl(DEMO)[:2]])
+    batch = coll([coll.encode(s) for s in load_jsonl(DEMO_DATA)[:2]])
     module = ObjectiveModule(adapter).train()
     accumulate_gradients(module, [batch], "dft", Accelerator(cpu=True))
     plain = _grads(module)

@@ -13,36 +13,26 @@ pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.
 
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
-from conftest import write_tiny_data  # noqa: E402
+from conftest import demo_config, write_tiny_data  # noqa: E402
 
 import vldft.step  # noqa: E402
 import vldft.train as train  # noqa: E402
-from vldft.config import ConfigError, load_config  # noqa: E402
+from vldft.config import ConfigError  # noqa: E402
 from vldft.eval.in_training import _evaluating_alone  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = "vldft_geo_heldout"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """No hub access: any attempt to download fails the test instead of hanging."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.setenv(var, "1")
-    for var in ("VLDFT_EVAL_DATA", "VLDFT_GEO_HELDOUT", "VLDFT_GEOMETRY3K"):
-        monkeypatch.delenv(var, raising=False)
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("hf_offline", "one_thread")
 
 
 def _tiny(tmp: Path, *extra: str):
     """configs/demo.yaml cut down to 48 rows, 8 steps of 8 samples, no held-out file."""
     data = write_tiny_data(tmp / "train.jsonl", 48)
-    return load_config(ROOT / "configs/demo.yaml", [
+    return demo_config(
         f"data.train_files=[{data}]", "data.heldout_file=null", f"train.output_dir={tmp / 'run'}",
         "train.max_steps=8", "train.micro_batch_size=8", "train.log_every=4",
-        "loss.sft_warmup_steps=4", "train.eval_max_samples=0", *extra])
+        "loss.sft_warmup_steps=4", "train.eval_max_samples=0", *extra)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

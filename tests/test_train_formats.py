@@ -4,12 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import demo_config
 from PIL import Image
 
-from vldft.config import load_config
 from vldft.train import main
 
-ROOT = Path(__file__).resolve().parents[1]
 Q = ["What is 2 + 3?", "Find x if x + 1 = 4.", "How many sides has a square?", "Halve 10."]
 A = ["2 + 3 = 5. Answer: 5", "x = 4 - 1 = 3. Answer: 3", "A square has 4 sides. Answer: 4",
      "10 / 2 = 5. Answer: 5"]
@@ -82,10 +81,10 @@ def test_format_mixed_with_text_only_trains(tmp_path, fmt):
     sources = (f"[{{path: {src}, format: {fmt}, name: img}}, "
                f"{{path: {text}, format: text_math, name: text}}]")
     out = tmp_path / "run"
-    cfg = load_config(ROOT / "configs/demo.yaml", [
+    cfg = demo_config(
         f"data.sources={sources}", "data.train_files=[]", "data.heldout_file=null",
         f"train.output_dir={out}", "train.max_steps=3", "train.micro_batch_size=4",
-        "train.log_every=1", "loss.sft_warmup_steps=1", "data.group_by_length=true"])
+        "train.log_every=1", "loss.sft_warmup_steps=1", "data.group_by_length=true")
     summary = main(cfg)
     table = {r["source"]: r for r in
              json.loads((out / "data_summary.json").read_text())["sources"]}

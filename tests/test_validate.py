@@ -16,8 +16,9 @@ import vldft.data.validate as validate_mod
 from vldft.adapters import load_adapter
 from vldft.config import SourceConfig, load_config
 from vldft.data import REASONS, DataError
-from vldft.data.formats import SkipReport, read_source
-from vldft.data.validate import validate
+from vldft.data.formats import read_source
+from vldft.data.skips import SkipReport
+from vldft.datatool import validate
 
 U, A, S = "user", "assistant", "system"
 LONG = "x" * 400  # the tiny tokenizers are byte-level: 400 tokens

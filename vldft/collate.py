@@ -19,6 +19,7 @@ padding) is -100.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class Encoded:
 @dataclass
 class Skipped:
     sample_id: str
-    reason: str  # a reason code of vldft/data/validate.py: too_long, image_cut, truncated_empty
+    reason: str  # a reason code of vldft.data.REASONS: too_long, image_cut, truncated_empty
     source: str = ""
     origin: str = ""  # where the sample was read (Sample.origin: "file:line")
     image: str | None = None  # the image that caused it, when one did
@@ -248,36 +249,47 @@ class Collator:
         keys = dict.fromkeys(k for it in kept for k in it.extras)
         for key in keys:
             values = [it.extras[key] for it in kept if key in it.extras]
-            if values[0].dim() == 2 and values[0].shape[0] == 1 and key != "image_grid_thw":
+            per_token = values[0].dim() == 2 and values[0].shape[0] == 1
+            if per_token and key not in ("image_grid_thw", "image_sizes"):
                 padded = torch.zeros((B, T), dtype=values[0].dtype)  # per-token extra
                 for b, it in enumerate(kept):
                     v = it.extras[key][0]
                     padded[b, : len(v)] = v  # every sample has per-token extras
                 batch[key] = padded
+            elif values[0].dim() == 5:  # [images, tiles, C, H, W] (LLaVA-OneVision anyres):
+                n = max(v.shape[1] for v in values)  # zero-pad the tile axis; the model reads
+                batch[key] = torch.cat([torch.nn.functional.pad(  # each image's own tiles
+                    v, (0, 0, 0, 0, 0, 0, 0, n - v.shape[1])) for v in values], dim=0)
             else:
                 batch[key] = torch.cat(values, dim=0)
         return batch
 
 
-def show(enc: Encoded, tokenizer, image_token_id: int) -> str:
-    """Debug view of one encoded sample: trained tokens inside [[...]], image runs abbreviated."""
+def token_runs(enc: Encoded, image_token_id: int) -> Iterator[tuple[str, list[int]]]:
+    """The sample's tokens as maximal runs ``(kind, ids)`` in order; ``kind`` is ``"train"``
+    (label kept), ``"mask"`` (label -100) or ``"image"`` (image placeholder tokens)."""
     ids, labels = enc.input_ids.tolist(), enc.labels.tolist()
-    def kind(k: int) -> str:
-        if ids[k] == image_token_id:
-            return "image"
-        return "train" if labels[k] != IGNORE else "mask"
-
-    out, k = [], 0
+    kinds = ["image" if t == image_token_id else "train" if lab != IGNORE else "mask"
+             for t, lab in zip(ids, labels, strict=True)]
+    k = 0
     while k < len(ids):
         j = k
-        while j < len(ids) and kind(j) == kind(k):
+        while j < len(ids) and kinds[j] == kinds[k]:
             j += 1
-        text = tokenizer.decode(ids[k:j], skip_special_tokens=False)
-        if kind(k) == "image":
-            out.append(f"{tokenizer.decode([ids[k]])}x{j - k}")
-        else:
-            out.append(f"[[{text}]]" if kind(k) == "train" else text)
+        yield kinds[k], ids[k:j]
         k = j
+
+
+def show(enc: Encoded, tokenizer, image_token_id: int) -> str:
+    """Debug view of one encoded sample: trained tokens inside [[...]], image runs abbreviated
+    to ``<token>xN``, masked tokens as they are."""
+    out = []
+    for kind, ids in token_runs(enc, image_token_id):
+        if kind == "image":
+            out.append(f"{tokenizer.decode(ids[:1])}x{len(ids)}")
+        else:
+            text = tokenizer.decode(ids, skip_special_tokens=False)
+            out.append(f"[[{text}]]" if kind == "train" else text)
     return "".join(out)
 
 
@@ -292,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Shows the first --n samples of each source as the training loop encodes them: "
                "trained tokens inside [[...]], image-token runs as <token>xN, the rest masked. "
-               "A histogram of lengths over more samples: python -m vldft.data inspect.")
+               "A histogram of lengths over more samples: python -m vldft.datatool inspect.")
     parser.add_argument("config", help="YAML config (the one you would train with)")
     parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
                         help="optional overrides of the config's values (as for vldft.train)")
@@ -308,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     from vldft.adapters import load_adapter
     from vldft.config import ConfigError, load_config, source_pixels
     from vldft.data import DataError
-    from vldft.data.formats import SkipReport, read_source
+    from vldft.data.formats import read_source
+    from vldft.data.skips import SkipReport
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from vldft.plotting import pyplot
+
 BINS = 20
 
 
@@ -45,12 +47,8 @@ def curve_figure(history: list[dict], switch_step: int | None = None,
     ``history``), dotted lines at held-out evaluations (``evals``: ``{"step", "accuracy",
     "ce"}``) and red lines at collapse warnings (``warnings``: ``{"step", "message"}``); held-out
     CE is drawn on the plain-CE panel and held-out accuracy gets its own panel. Returns the
-    matplotlib figure (the caller saves and closes it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    matplotlib figure (the caller saves and closes it); ImportError without matplotlib."""
+    plt = pyplot()
     evals, warnings = evals or [], warnings or []
     keys = [("loss", "objective"), ("ce", "plain CE"), ("mean_p", "mean target p"),
             ("low_p_frac", "fraction p < 0.1"), ("entropy", "entropy (nats)"), ("kl", "KL to ref")]
@@ -121,13 +119,8 @@ def write_plots(out_dir: Path, history: list[dict], hist_file: Path,
     """Curves of every logged metric (:func:`curve_figure`, with the objective switch,
     held-out evaluations and collapse warnings marked) and first / middle / last histograms as
     PNG files."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('[vldft] matplotlib not installed: no plots (pip install "vldft[plot]")')
+    plt = pyplot(skip="plots")
+    if plt is None:
         return []
     fig = curve_figure(history, switch_step, evals, warnings)
     paths = [out_dir / "training_curves.png"]

@@ -114,6 +114,15 @@ def extract_answer(text: str | None, choices: list[str] | None = None) -> str | 
     return last.group().strip() if last else None
 
 
+def reference_answer(solution: str) -> str | None:
+    """The final answer of a worked reference solution (a dataset's, not a model's): after the
+    last ``####`` (GSM8K), else the last ``\\boxed{...}`` (NuminaMath), else the last "The
+    answer is: X" (MetaMathQA); None when there is none."""
+    if "####" in solution:
+        return solution.rsplit("####", 1)[1].strip()
+    return _last_boxed(solution) or _answer_phrase(solution)
+
+
 def normalize(answer: str) -> str:
     """Lower-case, unwrap ``$`` / ``\\text{}`` / markdown, drop articles, "x =" and units."""
     s = answer.strip()

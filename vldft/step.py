@@ -24,6 +24,7 @@ from vldft.adapters import Adapter
 from vldft.adapters.lora import apply_lora
 from vldft.collate import IGNORE
 from vldft.config import Config, ConfigError, world_size
+from vldft.device import to_device
 from vldft.objectives import STAT_KEYS, ObjectiveSpec, as_spec, compute_objective
 
 
@@ -68,6 +69,9 @@ class ObjectiveModule(nn.Module):
                    "ref_bias": ref_head.bias}
         out = compute_objective(hidden, head.weight, labels, spec, bias=head.bias, **ref)
         loss_sum = out.loss_sum
+        aux = self.adapter.pop_aux_loss()  # MoE router load balancing (coefficient applied)
+        if aux is not None:  # weighted by target tokens: after the global division it is the
+            loss_sum = loss_sum + aux * out.n_tokens  # token-weighted mean over micro-batches
         if "pixel_values" not in batch:  # text-only micro-batch: keep the vision tower in step
             loss_sum = loss_sum + self.adapter.dummy_vision_loss()
         return loss_sum, out.stats, out.probs
@@ -79,10 +83,6 @@ def build_reference(adapter: Adapter) -> nn.Module:
     ref = copy.deepcopy(adapter.model)
     ref.requires_grad_(False)
     return ref.eval()
-
-
-def model_inputs(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
 def count_targets(batch: dict) -> int:
@@ -106,7 +106,7 @@ def accumulate_gradients(module: nn.Module, micro_batches: list[dict],
     scale = accelerator.num_processes / max(n_global, 1.0)
     totals = torch.zeros(3 + len(STAT_KEYS), dtype=torch.float64, device=accelerator.device)
     for k, batch in enumerate(micro_batches):
-        inputs = model_inputs(batch, accelerator.device)
+        inputs = to_device(batch, accelerator.device)
         sync = k == len(micro_batches) - 1
         ctx = accelerator.no_sync(module) if not sync else contextlib.nullcontext()
         with ctx:
@@ -114,7 +114,9 @@ def accumulate_gradients(module: nn.Module, micro_batches: list[dict],
             accelerator.backward(loss_sum * scale)
         if probs is not None:
             probs.append(step_probs)
-        mask = inputs["attention_mask"]
+        mask = inputs.get("attention_mask")
+        if mask is None:  # a packed micro-batch (vldft.packing): no padding, no mask
+            mask = torch.ones_like(inputs["input_ids"])
         totals += torch.stack([loss_sum.detach().double(), mask.sum().double(),
                                torch.tensor(float(mask.numel()), dtype=torch.float64,
                                             device=mask.device),

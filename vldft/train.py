@@ -31,15 +31,7 @@ from accelerate.utils import gather_object, set_seed
 from transformers import get_scheduler
 
 from vldft.adapters import load_adapter
-from vldft.checkpoint import (
-    check_free_space,
-    checkpoint_bytes,
-    claim_run_dir,
-    find_resume,
-    prune,
-    save,
-    save_final,
-)
+from vldft.checkpoint import find_resume, prune, save, save_final
 from vldft.collate import Collator
 from vldft.config import Config, ConfigError, config_keys, config_to_dict, load_config
 from vldft.data import DataError, load_jsonl
@@ -48,6 +40,7 @@ from vldft.diagnostics import prob_histogram
 from vldft.guard import CollapseGuard
 from vldft.loader import all_ranks_skips, build_loader, describe_data, micro_batch_stream
 from vldft.report import Evaluator, RunLog, finish_summary, run_summary, write_summary
+from vldft.run_dir import check_free_space, checkpoint_bytes, claim_run_dir
 from vldft.state import RunState, StopRequest
 from vldft.step import (
     ObjectiveModule,

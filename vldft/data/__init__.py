@@ -11,9 +11,11 @@ A JSONL row (the kit's normalised format, also what ``data/geo_demo`` holds):
 ``content`` may also be a plain string, where each ``<image>`` marks an image. Image paths are
 relative to ``image_root`` (default: the JSONL file's directory). Rows without images are
 text-only samples. Every problem raises ``DataError`` naming the file, line and row id, with a
-short reason code (``REASONS``) that ``data.on_error=skip`` and ``python -m vldft.data validate``
-count. Other formats (LLaVA, ShareGPT, messages, HF datasets, Geometry3K, text math) are read by
-``vldft.data.formats.read_source``; see its docstring.
+short reason code (``REASONS``) that ``data.on_error=skip`` and
+``python -m vldft.datatool validate`` count. Other formats (LLaVA, ShareGPT, messages, HF
+datasets, Geometry3K, text math) are read by ``vldft.data.formats.read_source``; see its
+docstring. ``iter_jsonl`` is the one line-numbered JSONL reader (also used for benchmark copies
+by ``vldft.eval``), ``split_placeholders`` the one ``<image>`` splitter.
 """
 
 from __future__ import annotations
@@ -126,6 +128,36 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
                 yield lineno, line
 
 
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON value) of each non-blank line of a JSONL file. A line that is
+    not UTF-8 or not JSON comes as a ``bad_json`` DataError instead of a value ("file:line:
+    invalid JSON (...)"), so the caller decides: raise it, or skip and count it."""
+    for lineno, line in iter_lines(path):
+        if isinstance(line, DataError):
+            yield lineno, line
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            where, detail = f"{path}:{lineno}", f"invalid JSON ({e.msg})"
+            yield lineno, DataError(f"{where}: {detail}", "bad_json", where, detail)
+
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def split_placeholders(text: str) -> list[dict[str, Any]]:
+    """A string content as typed parts: each ``<image>`` an image part, the text between them
+    text parts (empty text is dropped). ``"a<image>b"`` -> text a, image, text b."""
+    parts: list[dict[str, Any]] = []
+    for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if i:
+            parts.append({"type": "image"})
+        if chunk:
+            parts.append({"type": "text", "text": chunk})
+    return parts
+
+
 def image_problem(img: Any) -> str | None:
     """None if the image opens and passes PIL's cheap integrity check (``verify()``: headers
     and, for PNG, chunk checksums; no pixel decoding), else the reason."""
@@ -191,13 +223,7 @@ class Sample:
 
 def _parts(content: Any, where: str, what: str = "") -> list[dict[str, Any]]:
     if isinstance(content, str):
-        parts: list[dict[str, Any]] = []
-        for i, chunk in enumerate(content.split("<image>")):
-            if i:
-                parts.append({"type": "image"})
-            if chunk:
-                parts.append({"type": "text", "text": chunk})
-        return parts
+        return split_placeholders(content)
     if not isinstance(content, list):
         fail(where, "bad_content", f"{what}content must be a string or a list of parts")
     for part in content:
@@ -294,15 +320,10 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[S
         raise DataError(f"data file not found: {path}", "missing_file", str(path))
     root = Path(image_root) if image_root else path.parent
     samples = []
-    for lineno, line in iter_lines(path):
-        if isinstance(line, DataError):
-            raise line
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            fail(where, "bad_json", f"invalid JSON ({e.msg})")
-        samples.append(sample_from_row(row, where, root, f"{path.name}:{lineno}"))
+    for lineno, row in iter_jsonl(path):
+        if isinstance(row, DataError):
+            raise row
+        samples.append(sample_from_row(row, f"{path}:{lineno}", root, f"{path.name}:{lineno}"))
     if not samples:
         raise DataError(f"{path}: no samples", "bad_row", str(path))
     return samples

@@ -26,7 +26,7 @@ import difflib
 from collections.abc import Iterator
 from typing import Any
 
-from vldft.data import ImageBytes, fail
+from vldft.data import ImageBytes, fail, split_placeholders
 
 ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
                 "system": "system"}
@@ -72,11 +72,8 @@ def _pieces(content: Any, where: str, what: str = "") -> Iterator[tuple[str, Any
     if content is None:
         return
     if isinstance(content, str):
-        for i, chunk in enumerate(content.split("<image>")):
-            if i:
-                yield "image", None
-            if chunk:
-                yield "text", chunk
+        for part in split_placeholders(content):
+            yield ("text", part["text"]) if part["type"] == "text" else ("image", None)
         return
     if not isinstance(content, list):
         fail(where, "bad_content", f"{what}content must be a string or a list of parts, got "

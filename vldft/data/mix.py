@@ -149,7 +149,7 @@ class LengthGroupedSampler(EpochBatchSampler):
 class TrainingSet:
     samples: list[Sample]  # the mixture, in source order
     lengths: list[int]  # estimated tokens per sample (same order)
-    skips: object  # formats.SkipReport of rows skipped while reading (data.on_error: skip),
+    skips: object  # skips.SkipReport of rows skipped while reading (data.on_error: skip),
     # corrupt / missing images included (every entry: file, line, id, reason, image)
     table: list[dict]  # per source: name, format, read, used, images, text_only, tokens
     pixels: dict[str, tuple[int | None, int | None]]  # per-source Qwen pixel bounds
@@ -159,7 +159,8 @@ def build_training_set(cfg, adapter) -> TrainingSet:
     """Read every configured source, mix them, estimate lengths; one row per source in
     ``table`` (what the loop prints at start and writes to data_summary.json)."""
     from vldft.config import source_pixels
-    from vldft.data.formats import SkipReport, read_source
+    from vldft.data.formats import read_source
+    from vldft.data.skips import SkipReport
 
     skips = SkipReport()
     sources = cfg.all_sources()

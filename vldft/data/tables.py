@@ -37,18 +37,16 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import re
-import socket
 import string
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from vldft.data import DataError, fail
+from vldft.config import hub_unreachable
+from vldft.data import DataError, fail, split_placeholders
 from vldft.data.chat import image_ref, require, suggest, turns_to_messages
+from vldft.scoring import reference_answer
 
 FIELDS = ("question", "answer", "solution", "images", "messages", "choices", "id")
 DEFAULTS = {"question": ("problem", "question", "query", "prompt"), "answer": ("answer",),
@@ -58,24 +56,6 @@ TEXT_MATH_LAYOUTS = (("problem", "solution"), ("query", "response"), ("question"
 TEMPLATE_KEYS = ("question", "choices")
 
 Row = tuple[str, str, Any]  # (where, default id, raw row or a DataError to report)
-
-
-def final_answer(text: str) -> str | None:
-    """The final answer of a worked solution: after ``####``, ``The answer is:``, last boxed."""
-    if "####" in text:
-        return text.rsplit("####", 1)[1].strip()
-    m = re.search(r"The answer is:?\s*(.+?)\s*\.?\s*$", text)
-    if m:
-        return m.group(1)
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth < 0:
-            return text[i:j]
-    return None
 
 
 def check_columns(columns: dict[str, str], where: str) -> None:
@@ -164,16 +144,11 @@ def qa_row(raw: Any, cols: dict[str, str] | None, columns: dict[str, str], fmt: 
             fail(where, "bad_row", f"column {cols[key]!r} ({key}) is not text: {value!r}")
     if solution is not None:
         text = str(solution)
-        ref = str(answer) if answer is not None else final_answer(text)
+        ref = str(answer) if answer is not None else reference_answer(text)
     else:
         text = "" if answer is None else str(answer)
-        ref = final_answer(text) if "####" in text else (text or None)
-    user: list[dict] = []
-    for i, chunk in enumerate(question.split("<image>")):
-        if i:
-            user.append({"type": "image"})
-        if chunk:
-            user.append({"type": "text", "text": chunk})
+        ref = reference_answer(text) if "####" in text else (text or None)
+    user = split_placeholders(question)
     if images is None:
         images = []
     elif not isinstance(images, list):
@@ -284,26 +259,11 @@ def _offline():
         hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    import huggingface_hub.constants as hub
-
-    if hub.HF_HUB_OFFLINE:
-        return False
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
-        return True  # cannot probe through a proxy; let the hub client try
-    url = urlparse(hub.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_hub(name: str, split: str) -> Any:
     """``datasets.load_dataset(name, split=split)``; offline: from the cache only, fast."""
     import datasets
 
-    online = _hub_reachable()
+    online = hub_unreachable() is None
     try:
         if online:
             return datasets.load_dataset(name, split=split)

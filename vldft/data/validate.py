@@ -1,12 +1,13 @@
-"""Check every training source of a config before training: ``validate(cfg, adapter)``.
+"""Check every training source of a config before training: ``check_sources(cfg)``.
 
-    python -m vldft.data validate configs/demo.yaml [key=value ...] [--max-samples N]
+    python -m vldft.datatool validate configs/demo.yaml [key=value ...] [--max-samples N]
 
 Each source (``cfg.all_sources()``, plus ``data.heldout_file``) is read with
 ``on_error="skip"``, so every bad row is found, not only the first; the rows that survive are
-then opened image by image, and (with an adapter) encoded by the training ``Collator`` with the
-config's ``data.max_length`` / ``overlong`` / ``train_on``. Findings are counted per source and
-reason, each with example locations (file, line or row, id).
+then opened image by image and, when an ``encode`` check is given, encoded for training
+(``vldft.datatool.validate`` passes the training ``Collator`` with the config's
+``data.max_length`` / ``overlong`` / ``train_on``; the collator sits above this data layer).
+Findings are counted per source and reason, each with example locations (file, line or row, id).
 
 | reason          | meaning                                                                  |
 |-----------------|--------------------------------------------------------------------------|
@@ -37,18 +38,14 @@ reason, each with example locations (file, line or row, id).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vldft.config import Config, SourceConfig, source_pixels
+from vldft.config import Config, SourceConfig
 from vldft.data import WARNINGS, DataError, Sample, image_name, open_image
-from vldft.data.formats import SkipReport, read_source
-
-SKIP_REASONS = {  # Collator Skipped.reason (already a code) -> what the report says
-    "too_long": "longer than data.max_length",
-    "image_cut": "truncation would cut an image block",
-    "truncated_empty": "no trained tokens left after truncation",
-}
+from vldft.data.formats import read_source
+from vldft.data.skips import SkipReport
 
 
 class ValidationReport(SkipReport):
@@ -97,25 +94,6 @@ def check_images(sample: Sample) -> tuple[str, str] | None:
     return None
 
 
-def _encode_finding(collator: Any, sample: Sample) -> tuple[str | None, str, int | None]:
-    """(reason or None, message, token count) of encoding one sample for training."""
-    from vldft.collate import SampleError, Skipped
-
-    try:
-        enc = collator.encode(sample)
-    except SampleError as e:
-        reason = "too_long" if "> data.max_length" in str(e) else "encode_error"
-        return reason, str(e), None
-    except Exception as e:  # a processor / image failure is a finding too, not a crash
-        return "encode_error", f"sample {sample.id}: {type(e).__name__}: {e}", None
-    if isinstance(enc, Skipped):
-        return enc.reason, SKIP_REASONS.get(enc.reason, enc.reason), None
-    n = len(enc.input_ids)
-    if enc.truncated:
-        return "truncated", f"truncated to data.max_length={collator.max_length}", n
-    return None, "", n
-
-
 def _sources(cfg: Config) -> list[SourceConfig]:
     sources = cfg.all_sources()
     if cfg.data.heldout_file:
@@ -125,16 +103,14 @@ def _sources(cfg: Config) -> list[SourceConfig]:
     return sources
 
 
-def validate(cfg: Config, adapter: Any = None, max_samples: int | None = None
-             ) -> ValidationReport:
-    """Check all sources of ``cfg``; with ``adapter``, also encode up to ``max_samples`` samples
-    per source exactly as training would (None: all)."""
-    collator = None
-    if adapter is not None:
-        from vldft.collate import Collator
+# (reason or None, message, token count) of encoding one sample for training
+EncodeCheck = Callable[[Sample], tuple[str | None, str, int | None]]
 
-        d = cfg.data
-        collator = Collator(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
+
+def check_sources(cfg: Config, max_samples: int | None = None,
+                  encode: EncodeCheck | None = None) -> ValidationReport:
+    """Check all sources of ``cfg``: read every row, open every image of up to ``max_samples``
+    samples per source (None: all) and, with ``encode``, encode those samples too."""
     report = ValidationReport()
     base = Path(cfg.base_dir)
     for src in _sources(cfg):
@@ -155,9 +131,9 @@ def validate(cfg: Config, adapter: Any = None, max_samples: int | None = None
             if problem:
                 report.add(label, where, "image_corrupt", problem[1], s.id, problem[0])
                 continue
-            if collator is None:
+            if encode is None:
                 continue
-            reason, message, n = _encode_finding(collator, s)
+            reason, message, n = encode(s)
             if n is not None:
                 lengths.append(n)
             if reason:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import datasets
 
+from vldft.data import DataError, iter_jsonl
+
 LETTERS = "ABCDEFGHIJ"
 
 
@@ -191,16 +193,14 @@ def load_local(bench: Benchmark, root: str | Path) -> datasets.Dataset:
 def _records(path: Path) -> list[tuple[str, dict]]:
     """(where, record) from a JSON list, a JSON object keyed by id, or JSONL; ``where`` names
     the file and line / key / position for error messages."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append((f"{path}:{n}", {"_key": n - 1, **json.loads(line)}))
-                except json.JSONDecodeError as e:
-                    raise LocalDataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        for n, record in iter_jsonl(path):
+            if isinstance(record, DataError):  # "file:line: invalid JSON (...)" / not UTF-8
+                raise LocalDataError(str(record)) from None
+            out.append((f"{path}:{n}", {"_key": n - 1, **record}))
         return out
+    text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -35,11 +35,12 @@ from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 from transformers import AutoConfig
 
-from vldft.adapters import load_adapter
+from vldft.adapters import MODEL_TYPES, load_adapter
 from vldft.config import ModelConfig
+from vldft.device import model_device
 from vldft.heldout import generate_messages
 
-FAMILIES = {"qwen2_5_vl": "qwen2_5_vl", "llava": "llava"}  # config.json model_type -> family
+FAMILIES = MODEL_TYPES  # config.json model_type -> family (every adapter's model_types)
 
 
 def detect_family(pretrained: str) -> str:
@@ -116,7 +117,7 @@ class VldftLMM(lmms):
         self = cls.__new__(cls)
         lmms.__init__(self)
         self.adapter = adapter
-        self._device = next(adapter.model.parameters()).device
+        self._device = model_device(adapter.model)
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens else None
         return self

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vldft.eval.benchmarks import HEADLINE, PERCENT_TASKS
+from vldft.plotting import pyplot
 
 
 @dataclass
@@ -121,11 +122,7 @@ def write_csv(runs: list[Run], path: Path) -> Path:
 
 def bar_chart(runs: list[Run], path: Path) -> Path:
     """Grouped bars: one group per task (and avg), one bar per run (needs matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cols = _columns(runs)
     keys = [*cols, "avg"]
     width = 0.8 / len(runs)

@@ -16,11 +16,10 @@ import difflib
 import io
 import json
 import os
-import socket
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
+from vldft.config import hub_unreachable
 from vldft.eval.benchmarks import BENCHMARKS, BY_TASK, LocalDataError, find_local
 from vldft.resources import resource
 from vldft.scoring import extract_answer
@@ -83,19 +82,6 @@ def prepare_environment() -> dict:
     if rest:
         print("\n".join(rest))
     return notes
-
-
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the Hugging Face hub cannot be used now (offline mode, no route), or None."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").lower() in ("1", "true", "yes", "on"):
-            return f"{var} is set"
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError as e:
-        return f"{url.hostname} unreachable ({e})"
-    return None
 
 
 def _go_offline() -> None:

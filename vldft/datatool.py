@@ -1,20 +1,24 @@
 """Data tools: convert a source to the normalised JSONL, validate a config's data, inspect it.
 
-    python -m vldft.data convert --format llava llava.json out/train.jsonl --image-root imgs/
-    python -m vldft.data convert --format hf geo.parquet out/geo.jsonl --columns q=problem,a=answer
-    python -m vldft.data validate configs/demo.yaml [key=value ...] [--max-samples N]
-    python -m vldft.data inspect configs/demo.yaml [key=value ...] --n 3 [--html out.html]
+    python -m vldft.datatool convert --format llava llava.json out/train.jsonl --image-root imgs/
+    python -m vldft.datatool convert --format hf geo.parquet geo.jsonl --columns q=problem,a=answer
+    python -m vldft.datatool validate configs/demo.yaml [key=value ...] [--max-samples N]
+    python -m vldft.datatool inspect configs/demo.yaml [key=value ...] --n 3 [--html out.html]
+    vldft-data ...                                   (the same, as the installed console script)
 
 ``convert`` writes image paths relative to the output's folder (absolute when outside it) and
 writes images stored as bytes / PIL as PNG files into ``<OUT stem>_images/``. ``validate``
 exits with 1 when any problem is found and writes ``validation.json`` to ``train.output_dir``.
 ``inspect`` shows samples with their trained tokens in ``[[...]]`` and a token-length histogram.
+This module sits above the collator and the adapters (``validate`` and ``inspect`` encode
+samples as training does), so it is not inside the bottom ``vldft.data`` layer.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import html
 import io
 import json
@@ -22,7 +26,14 @@ import os
 import sys
 from pathlib import Path
 
+from vldft.adapters import load_adapter
+from vldft.adapters.base import Adapter
+from vldft.collate import IGNORE, Collator, Encoded, SampleError, Skipped, show, token_runs
+from vldft.config import Config, ConfigError, SourceConfig, load_config, source_pixels
 from vldft.data import DataError, ImageBytes, Sample, open_image
+from vldft.data.formats import FORMATS, read_source
+from vldft.data.skips import SkipReport
+from vldft.data.validate import ValidationReport, check_sources
 from vldft.progress import prog_name
 
 ALIASES = {"q": "question", "a": "answer", "s": "solution", "img": "images", "i": "images",
@@ -70,9 +81,6 @@ def sample_to_row(s: Sample, out_dir: Path, base: Path, index: int) -> dict:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from vldft.config import SourceConfig
-    from vldft.data.formats import SkipReport, read_source
-
     src = SourceConfig(path=args.src, format=args.format, image_root=args.image_root,
                        columns=args.columns_parsed, prompt_template=args.prompt_template,
                        system=args.system, split=args.split)
@@ -92,17 +100,49 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # -- validate ----------------------------------------------------------------------------------
-def _load(args: argparse.Namespace):
-    from vldft.adapters import load_adapter
-    from vldft.config import load_config
-
+def _load(args: argparse.Namespace) -> tuple[Config, Adapter]:
     cfg = load_config(args.config, args.overrides)
     return cfg, load_adapter(cfg.model)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from vldft.data.validate import validate
+def validate(cfg: Config, adapter: Adapter | None = None, max_samples: int | None = None
+             ) -> ValidationReport:
+    """Check all sources of ``cfg`` (``vldft.data.validate.check_sources``); with ``adapter``,
+    also encode up to ``max_samples`` samples per source exactly as training would (None:
+    all): lengths, truncation and template / tokenizer mismatches become findings."""
+    encode = None
+    if adapter is not None:
+        d = cfg.data
+        collator = Collator(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
+        encode = functools.partial(encode_finding, collator)
+    return check_sources(cfg, max_samples, encode)
 
+
+SKIP_REASONS = {  # Collator Skipped.reason (already a code) -> what the report says
+    "too_long": "longer than data.max_length",
+    "image_cut": "truncation would cut an image block",
+    "truncated_empty": "no trained tokens left after truncation",
+}
+
+
+def encode_finding(collator: Collator, sample: Sample) -> tuple[str | None, str, int | None]:
+    """(reason or None, message, token count) of encoding one sample for training."""
+    try:
+        enc = collator.encode(sample)
+    except SampleError as e:
+        reason = "too_long" if "> data.max_length" in str(e) else "encode_error"
+        return reason, str(e), None
+    except Exception as e:  # a processor / image failure is a finding too, not a crash
+        return "encode_error", f"sample {sample.id}: {type(e).__name__}: {e}", None
+    if isinstance(enc, Skipped):
+        return enc.reason, SKIP_REASONS.get(enc.reason, enc.reason), None
+    n = len(enc.input_ids)
+    if enc.truncated:
+        return "truncated", f"truncated to data.max_length={collator.max_length}", n
+    return None, "", n
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
     cfg, adapter = _load(args)
     report = validate(cfg, None if args.no_encode else adapter, args.max_samples)
     print(report.summary())
@@ -129,9 +169,7 @@ def histogram(values: list[int], bins: int = 10, width: int = 40) -> str:
                      for i, c in enumerate(counts) if lo + i * step <= hi)
 
 
-def token_counts(enc, image_token_id: int) -> dict[str, int]:
-    from vldft.collate import IGNORE
-
+def token_counts(enc: Encoded, image_token_id: int) -> dict[str, int]:
     ids, labels = enc.input_ids, enc.labels
     image = int((ids == image_token_id).sum())
     response = int((labels != IGNORE).sum())
@@ -139,25 +177,9 @@ def token_counts(enc, image_token_id: int) -> dict[str, int]:
             "image": image}
 
 
-def _runs(enc, image_token_id: int):
-    """(kind, ids) runs: kind in train / mask / image."""
-    from vldft.collate import IGNORE
-
-    ids, labels = enc.input_ids.tolist(), enc.labels.tolist()
-    kinds = ["image" if t == image_token_id else "train" if lab != IGNORE else "mask"
-             for t, lab in zip(ids, labels, strict=True)]
-    k = 0
-    while k < len(ids):
-        j = k
-        while j < len(ids) and kinds[j] == kinds[k]:
-            j += 1
-        yield kinds[k], ids[k:j]
-        k = j
-
-
-def html_sample(s: Sample, enc, adapter) -> str:
+def html_sample(s: Sample, enc: Encoded, adapter: Adapter) -> str:
     tok, out = adapter.tokenizer, []
-    for kind, ids in _runs(enc, adapter.image_token_id):
+    for kind, ids in token_runs(enc, adapter.image_token_id):
         if kind == "image":
             text = f"{tok.decode(ids[:1])}\u00d7{len(ids)}"
         else:
@@ -186,10 +208,6 @@ image tokens <span class="image">collapsed</span></p>
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from vldft.collate import Collator, Skipped, show
-    from vldft.config import source_pixels
-    from vldft.data.formats import SkipReport, read_source
-
     cfg, adapter = _load(args)
     d = cfg.data
     coll = Collator(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
@@ -222,9 +240,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from vldft.data.formats import FORMATS
-
-    p = argparse.ArgumentParser(prog=prog_name("vldft.data", "vldft-data"), description=__doc__,
+    p = argparse.ArgumentParser(prog=prog_name("vldft.datatool", "vldft-data"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="convert a source to the normalised JSONL")
@@ -260,8 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vldft.config import ConfigError
-
     args = build_parser().parse_args(argv)
     from vldft.progress import quiet_if_logging
 

@@ -1,0 +1,192 @@
+"""Typed run configuration: dataclasses loaded from YAML plus ``key=value`` overrides.
+
+    cfg = load_config("configs/demo.yaml", ["train.lr=1e-5", "loss.name=sft"])
+
+The package: ``sections.py`` (the ``model`` / ``data`` / ``loss`` / ``train`` dataclasses, each
+validating its own keys), ``parse.py`` (YAML and overrides into those dataclasses, type checks),
+``paths.py`` (relative paths, hub ids, hub reachability) and, here, ``Config`` (the sections plus
+the checks that span them) and ``load_config``. Every field has a comment; docs/configuration.md
+documents the same fields (a test checks that every field has a row in its section's table).
+Unknown keys, values of the wrong type and invalid combinations raise ``ConfigError`` naming
+the key, before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vldft.config.parse import apply_override, build, yaml_error
+from vldft.config.paths import (
+    FILE_SUFFIXES,
+    HUB_ID,
+    hub_source,
+    hub_unreachable,
+    is_hub_id,
+    resolve_path,
+)
+from vldft.config.sections import (
+    FORMATS,
+    LORA_TARGETS,
+    PARTS,
+    PIXEL_FAMILIES,
+    ConfigError,
+    DataConfig,
+    LoraSettings,
+    LossConfig,
+    ModelConfig,
+    SourceConfig,
+    TrainConfig,
+    world_size,
+)
+
+__all__ = [
+    "FILE_SUFFIXES", "FORMATS", "HUB_ID", "LORA_TARGETS", "PARTS", "Config", "ConfigError",
+    "DataConfig", "LoraSettings", "LossConfig", "ModelConfig", "SourceConfig", "TrainConfig",
+    "config_keys", "config_to_dict", "hub_source", "hub_unreachable", "is_hub_id", "load_config",
+    "resolve_path", "source_pixels", "world_size",
+]
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    base_dir: str = "."  # directory that relative paths are resolved against (set by load_config)
+
+    def all_sources(self) -> list[SourceConfig]:
+        """``data.sources`` plus one normalised-format source per ``data.train_files`` entry."""
+        return self.data.all_sources()
+
+    def resolve(self, path: str) -> Path:
+        """``path`` relative to ``base_dir`` (the config file's directory, see load_config)."""
+        return resolve_path(path, self.base_dir)
+
+    def validate(self) -> None:
+        """Each section's own checks, then the ones that span sections or look at the disk."""
+        m, d, lo, t = self.model, self.data, self.loss, self.train
+        m.validate()
+        d.validate()
+        lo.validate()
+        t.validate()
+        for i, src in enumerate(d.sources):  # per-source image bounds against the model's
+            key = f"data.sources[{i}]"
+            if (src.min_pixels or src.max_pixels) and m.family not in PIXEL_FAMILIES:
+                raise ConfigError(f"{key}.min_pixels/max_pixels: not supported for {m.family}")
+            low, high = src.min_pixels or m.min_pixels, src.max_pixels or m.max_pixels
+            if low and high and low > high:
+                raise ConfigError(f"{key}.min_pixels: larger than the max_pixels in effect "
+                                  f"({high})")
+        self._validate_paths()
+        if t.max_steps and lo.sft_warmup_steps >= t.max_steps:
+            raise ConfigError(f"loss.sft_warmup_steps: {lo.sft_warmup_steps} >= train.max_steps "
+                              f"({t.max_steps}); loss.name={lo.name} would never be trained")
+        if t.eval_every and not d.heldout_file and not t.eval_tasks:
+            raise ConfigError("train.eval_every: set data.heldout_file (or train.eval_tasks) "
+                              "to evaluate on")
+
+    def _validate_paths(self) -> None:
+        """Every configured input path exists (relative to ``base_dir``), or is a hub id where a
+        hub id is allowed."""
+        d, t = self.data, self.train
+        for i, f in enumerate(d.train_files):
+            if not self.resolve(f).exists():
+                raise ConfigError(f"data.train_files[{i}]: {self.resolve(f)} does not exist")
+        for i, src in enumerate(d.sources):
+            if not (self.resolve(src.path).exists()
+                    or hub_source(src.path, src.format, self.base_dir)):
+                raise ConfigError(f"data.sources[{i}].path: {self.resolve(src.path)} does not "
+                                  "exist (and is not a hub id owner/name)")
+        if d.heldout_file and not self.resolve(d.heldout_file).is_file():
+            raise ConfigError(f"data.heldout_file: {self.resolve(d.heldout_file)} does not exist")
+        if t.eval_data_dir is not None and not self.resolve(t.eval_data_dir).is_dir():
+            raise ConfigError(f"train.eval_data_dir: {self.resolve(t.eval_data_dir)} is not a "
+                              "directory")
+        if t.resume not in ("auto", "none") and not self.resolve(t.resume).is_dir():
+            raise ConfigError(f"train.resume: {t.resume!r} is neither auto, none nor an "
+                              "existing checkpoint directory")
+
+
+def source_pixels(cfg: Config) -> dict[str, tuple[int | None, int | None]]:
+    """Per-source Qwen2.5-VL (min_pixels, max_pixels) overrides, as the training loop uses."""
+    return {s.label: (s.min_pixels, s.max_pixels) for s in cfg.all_sources()
+            if s.min_pixels or s.max_pixels}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (YAML), apply ``section.key=value`` overrides, validate, return a Config.
+
+    Relative paths (in the file and the overrides) are resolved against the directory the
+    command is run from if the file is inside it, else against the file's own directory. The
+    one exception is vldft's own ``configs/*.yaml`` (the checkout's or an installed package's
+    bundled copy, ``vldft.resources``): their data paths resolve against the bundle (so the
+    installed demo config finds the bundled demo data from any directory), while a relative
+    ``train.output_dir`` resolves against the current directory (training output never goes
+    into site-packages).
+    """
+    from vldft import resources
+
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    bundled = False
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:  # file:line:column, not a traceback
+                raise yaml_error(str(path), e) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        here = path.resolve().parent
+        bundled = any(here == (root / "configs").resolve()
+                      for root in (resources.BUNDLED, resources.CHECKOUT))
+        if bundled:
+            base = here.parent
+        elif not path.resolve().is_relative_to(base.resolve()):
+            base = here
+    for item in overrides or []:
+        apply_override(raw, item)
+    if bundled and isinstance(raw.get("train", {}), dict):
+        train = raw.setdefault("train", {})
+        out = train.get("output_dir", TrainConfig.output_dir)
+        if isinstance(out, str) and not Path(out).expanduser().is_absolute():
+            train["output_dir"] = str(Path.cwd() / out)
+    raw.setdefault("base_dir", str(base))
+    cfg = build(Config, raw, "")
+    cfg.validate()
+    return cfg
+
+
+def config_keys(cls: type | None = None, prefix: str = "") -> dict[str, list[str]] | list[str]:
+    """Every config key by section (``--help``): ``{"model": ["family", ..., "lora.r", ...]}``;
+    nested sections as ``lora.r``, lists of mappings as ``sources[] (name, ...)``. With
+    ``cls``, that dataclass's keys as a list."""
+    if cls is None:
+        return {name: config_keys(tp) for name, tp in typing.get_type_hints(Config).items()
+                if name != "base_dir"}
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        inner = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
+        if not inner:
+            out.append(prefix + name)
+        elif typing.get_origin(tp) is list:  # data.sources: a list of mappings
+            out.append(f"{prefix}{name}[] ({', '.join(config_keys(inner[0]))})")
+        else:
+            out += config_keys(inner[0], f"{prefix}{name}.")
+    return out
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d.pop("base_dir")
+    return d
