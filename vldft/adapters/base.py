@@ -1,10 +1,32 @@
-"""The small interface every model family implements.
+"""The small interface every model family implements (the adapter contract).
 
 An adapter owns a Hugging Face model + processor pair and answers the questions the collator,
-the objective and the training loop ask of a family: how a conversation is rendered, which token
-stands for an image, which string ends an assistant turn, how to get final hidden states, and
-which parameters form the vision tower, the projector and the language model. Adding a family
-(Qwen2-VL, LLaVA-OneVision, ...) is one file that subclasses ``Adapter`` and fills these in.
+the objective and the training loop ask of a family. The whole contract:
+
+- **load or tiny-build**: ``vldft.adapters.load_adapter(model_cfg)`` picks the class by
+  ``model.family`` (``FAMILIES``; a checkpoint's family comes from its ``config.json``
+  ``model_type``, ``family_of_checkpoint``), loads ``model_class`` + ``AutoProcessor`` or builds
+  the family's tiny model (``TINY_BUILDERS``);
+- **processor with pixel limits**: ``load_image`` / ``process`` / ``image_token_count`` apply the
+  family's image policy (per-source ``(min_pixels, max_pixels)`` where
+  ``supports_pixel_bounds``);
+- **chat template**: ``render`` (the checkpoint's own template, with ``template_kwargs``);
+  ``end_of_turn`` is the string that ends an answer (trained);
+- **parts**: ``vision_prefixes`` / ``projector_prefixes`` split parameters into vision /
+  projector / language for freezing and per-part learning rates (``parts``, ``freeze``);
+- **image tokens**: ``image_token`` / ``image_token_id``, the placeholder the processor expands;
+- **dummy vision pass**: ``dummy_image_inputs`` feeds ``dummy_vision_loss`` for text-only
+  micro-batches (every rank runs the vision path, every trained vision parameter gets a zero);
+- **forward**: ``hidden_states`` (final hidden states, no lm_head) and ``output_layer``;
+  ``pop_aux_loss`` hands the step any auxiliary loss of the last training forward (MoE routers);
+- **positions**: ``position_ids`` (the family's RoPE positions of a batch, per sample; None
+  where the model's default 1-D positions apply) and ``packed_positions`` (one sample's
+  positions for a packed row, ``vldft.packing``);
+- **saving**: ``save`` (Hugging Face format, loadable without vldft).
+
+Adding a family is one file that subclasses ``Adapter`` and fills in the class attributes and
+the hooks, one tiny builder, and a row in ``FAMILIES`` / ``TINY_BUILDERS``; the conformance suite
+(``tests/test_conformance.py``) then holds it to the same tests as every other family.
 """
 
 from __future__ import annotations
@@ -34,13 +56,20 @@ class Adapter:
     """Base class; subclasses set the class attributes and implement the three hooks below."""
 
     family: str = ""
+    model_types: tuple[str, ...] = ()  # config.json model_type values of this family
+    model_class: str = ""  # transformers class that loads a checkpoint of this family
+    supports_pixel_bounds: bool = False  # model.min_pixels / max_pixels are honoured
+    template_kwargs: dict = {}  # extra chat-template variables (Qwen3.5: enable_thinking)
     image_token: str = ""  # placeholder string the chat template emits for one image
     end_of_turn: str = ""  # string that ends an assistant turn (trained, so the model stops)
     vision_prefixes: tuple[str, ...] = ()  # parameter-name prefixes of the vision tower
     projector_prefixes: tuple[str, ...] = ()  # ... of the projector / merger
 
-    def __init__(self, model: nn.Module, processor: Any) -> None:
+    def __init__(self, model: nn.Module, processor: Any, min_pixels: int | None = None,
+                 max_pixels: int | None = None) -> None:
+        # min_pixels / max_pixels: only families with supports_pixel_bounds read them
         self.model = model
+        self._aux_loss: torch.Tensor | None = None
         self.lora = None  # the peft PeftModel when model.lora is set (vldft.adapters.lora)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -96,15 +125,33 @@ class Adapter:
                   for k, v in self.dummy_image_inputs().items()}
         out = model.model.get_image_features(**inputs)
         # pooler_output holds the projected image features: exactly what an image batch uses
-        # (other fields, e.g. the tower's last layer, may be unused by design)
+        # (other fields, e.g. the tower's last layer, may be unused by design); Qwen3-VL's
+        # DeepStack features are used too (added into the first LLM layers)
         feats = out.pooler_output if getattr(out, "pooler_output", None) is not None else out
-        return sum(t.float().sum() for t in _tensors(feats)) * 0.0
+        tensors = _tensors(feats) + _tensors(getattr(out, "deepstack_features", None))
+        return sum(t.float().sum() for t in tensors) * 0.0
+
+    def pop_aux_loss(self) -> torch.Tensor | None:
+        """The auxiliary loss of the last training forward (MoE router load balancing, already
+        scaled by its coefficient), once; None for dense families."""
+        aux, self._aux_loss = self._aux_loss, None
+        return aux
+
+    def position_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Position ids of a padded batch as the model computes them (Qwen: mRoPE ``[3, B, T]``),
+        per sample; None for families whose model uses plain 1-D positions."""
+        return None
+
+    def packed_positions(self, enc) -> torch.Tensor:
+        """Positions of ONE encoded sample (``collate.Encoded``) for a packed row
+        (``vldft.packing``): ``[1, n]`` = 0..n-1 for 1-D RoPE models."""
+        return torch.arange(len(enc.input_ids)).unsqueeze(0)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """Render a conversation with the checkpoint's own chat template (text, no tokens)."""
         return self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+            **self.template_kwargs)
 
     def process(self, text: str, images: list[Image.Image],
                 pixels: tuple[int | None, int | None] | None = None) -> dict[str, torch.Tensor]:

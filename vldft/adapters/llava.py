@@ -15,11 +15,13 @@ from vldft.adapters.base import Adapter
 
 class LlavaAdapter(Adapter):
     family = "llava"
+    model_types = ("llava",)
+    model_class = "LlavaForConditionalGeneration"
     image_token = "<image>"
     vision_prefixes = ("model.vision_tower.",)
     projector_prefixes = ("model.multi_modal_projector.",)
 
-    def __init__(self, model, processor) -> None:
+    def __init__(self, model, processor, min_pixels=None, max_pixels=None) -> None:
         self.end_of_turn = processor.tokenizer.eos_token
         self.image_token = getattr(processor, "image_token", "<image>")
         super().__init__(model, processor)

@@ -1,0 +1,500 @@
+"""The adapter conformance suite: every model family (``vldft.adapters.FAMILIES``) is held to
+the same tests. A new family is done when it passes all of them.
+
+Per family, on its tiny local model (a few hundred thousand parameters, 2-64 image tokens):
+the tiny build and the shipped config; masking with the real vocabulary (trained spans equal
+the answers tokenized alone; nothing from the prompt, the image pads or the template);
+image-token expansion equals the vision features; a text-only micro-batch gives exact-zero
+(not None) gradients to every vision / projector parameter an image batch trains; batch 4 x
+accumulation 1 equals batch 2 x accumulation 2; positions, and packed rows equal their samples
+alone; SFT learns a 3-way filled-shape question well above chance; the checkpoint reloads with
+plain ``AutoModelForImageTextToText`` / ``AutoProcessor`` and generates the same tokens;
+lmms-eval's stock class for the family loads it; vldft's own lmms-eval class answers from it.
+The README's table of families is checked against the suite's list.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from conftest import ROOT
+from PIL import Image, ImageDraw
+
+from vldft.adapters import FAMILIES, MODEL_TYPES, family_of_checkpoint, load_adapter
+from vldft.adapters.base import _tensors
+from vldft.adapters.vocab import FAMILY_VOCAB, real_qwen_tokenizer
+from vldft.collate import IGNORE, Collator, SampleError
+from vldft.config import ModelConfig
+from vldft.data import Sample
+from vldft.step import ObjectiveModule, accumulate_gradients
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAMILY_NAMES = sorted(FAMILIES)
+SHAPES = ("circle", "square", "triangle")
+# released ids of the image placeholder and the end-of-turn token, per family (real vocabulary)
+REAL_IDS = {"qwen2_vl": (151655, 151645), "qwen2_5_vl": (151655, 151645),
+            "qwen3_vl": (151655, 151645), "qwen3_vl_moe": (151655, 151645),
+            "qwen3_5": (248056, 248046), "llava_onevision": (151646, 151645)}
+# lmms-eval's stock class for each family (LLaVA-OneVision in HF format: llava_hf; its own
+# `llava_onevision` class needs the LLaVA-NeXT repository's code, not HF checkpoints)
+STOCK_CLASS = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl",
+               "qwen3_vl_moe": "qwen3_vl", "qwen3_5": "qwen3_5", "llava": "llava_hf",
+               "llava_onevision": "llava_hf"}
+# optimizer steps of the shape SFT (default 40). Measured held-out first-token accuracy at 40
+# steps (2026-11-30): llava 77%, llava_onevision 100%, qwen2_vl 100%, qwen3_5 97%, qwen3_vl
+# 100%, qwen3_vl_moe 100%; qwen2_5_vl (128 wide, window attention) 67% at 40, 100% at 60
+SFT_STEPS = {"qwen2_5_vl": 60}
+
+
+# -- data ----------------------------------------------------------------------------------
+def shape_image(kind: str, rng: random.Random, side: int = 64) -> Image.Image:
+    """A white filled circle / square / triangle on black, jittered by a few pixels."""
+    im = Image.new("RGB", (side, side))
+    draw = ImageDraw.Draw(im)
+    r, cx, cy = side // 2 - 10, side // 2 + rng.randint(-4, 4), side // 2 + rng.randint(-4, 4)
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill="white")
+    elif kind == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill="white")
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill="white")
+    return im
+
+
+def user(text: str, n_images: int = 1) -> dict:
+    return {"role": "user",
+            "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def shape_sample(i: int, kind: str, rng: random.Random, answer: bool = True) -> Sample:
+    msgs = [user("Shape?")] + ([assistant(kind)] if answer else [])
+    return Sample(f"shape-{i}", msgs, [shape_image(kind, rng)], answer=kind)
+
+
+def text_sample(i: int) -> Sample:
+    return Sample(f"text-{i}", [user(f"What is {i} + 1?", 0), assistant(f"{i + 1}")], [])
+
+
+def batch_of(collator: Collator, samples: list[Sample]) -> dict:
+    batch = collator([collator.encode(s) for s in samples])
+    batch.pop("skipped")
+    batch.pop("n_truncated")
+    return batch
+
+
+# -- shared builds -----------------------------------------------------------------------------
+_ADAPTERS: dict[str, object] = {}
+_TOKENIZERS: dict[str, object] = {}
+
+
+def tiny(family: str):
+    """The family's tiny adapter, built once per module (seeded); tests that train make their
+    own (``fresh``)."""
+    if family not in _ADAPTERS:
+        _ADAPTERS[family] = fresh(family)
+    return _ADAPTERS[family]
+
+
+def fresh(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return load_adapter(ModelConfig(family=family, tiny=True))
+
+
+def with_real_vocabulary(adapter):
+    """The same adapter class and image processor around the family's real tokenizer (the
+    collator never runs the model)."""
+    kind = FAMILY_VOCAB[adapter.family]
+    if kind not in _TOKENIZERS:  # ~2 s each; processors never modify their tokenizer
+        _TOKENIZERS[kind] = real_qwen_tokenizer(kind)
+    tok = _TOKENIZERS[kind]
+    p = adapter.processor
+    kwargs = {"image_processor": p.image_processor, "tokenizer": tok,
+              "chat_template": p.chat_template}
+    if getattr(p, "video_processor", None) is not None:
+        kwargs["video_processor"] = p.video_processor
+    if adapter.family == "llava_onevision":
+        kwargs.update(num_image_tokens=p.num_image_tokens, image_token="<image>",
+                      video_token="<video>",
+                      vision_feature_select_strategy=p.vision_feature_select_strategy)
+    return type(adapter)(adapter.model, type(p)(**kwargs))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """family -> (adapter after SFT on the shape task, checkpoint dir, held-out samples)."""
+    out: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in out:
+            out[family] = _train_shapes(family, tmp_path_factory.mktemp(family))
+        return out[family]
+
+    return get
+
+
+def _train_shapes(family: str, tmp: Path):
+    """SFT from random init on 96 filled-shape images, 12 per micro-batch, AdamW 4e-3; saved.
+    The MoE checkpoint's folder name carries "A1B": lmms-eval's qwen3_vl class picks its MoE
+    model class from that pattern in the path."""
+    adapter, rng = fresh(family), random.Random(0)
+    collator = Collator(adapter, 512)
+    train = [collator.encode(shape_sample(i, SHAPES[i % 3], rng)) for i in range(96)]
+    heldout = [shape_sample(1000 + i, SHAPES[i % 3], rng, answer=False) for i in range(30)]
+    module = ObjectiveModule(adapter)
+    opt = torch.optim.AdamW(adapter.model.parameters(), lr=4e-3)
+    for step in range(SFT_STEPS.get(family, 40)):
+        batch = collator([train[(step * 12 + j) % len(train)] for j in range(12)])
+        batch.pop("skipped")
+        batch.pop("n_truncated")
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        loss_sum, _, _ = module(batch, "sft")
+        (loss_sum / n).backward()
+        opt.step()
+        opt.zero_grad()
+    adapter.model.eval()
+    ckpt = tmp / (f"{family}-A1B" if family == "qwen3_vl_moe" else family)
+    adapter.save(ckpt)
+    return adapter, ckpt, heldout
+
+
+def first_token_accuracy(adapter, samples: list[Sample]) -> float:
+    """Share of samples whose answer's first token scores highest among the three answers'
+    first tokens, at the position the answer starts in the training rendering (what follows
+    the generation prompt differs by family: LLaVA-1.5's "ASSISTANT:" is followed by a space)."""
+    first = [adapter.tokenizer.encode(k, add_special_tokens=False)[0] for k in SHAPES]
+    assert len(set(first)) == 3
+    collator, correct = Collator(adapter, 512), 0
+    with torch.no_grad():
+        for s in samples:
+            probe = Sample(s.id, [*s.messages, assistant(SHAPES[0])], s.images)
+            batch = batch_of(collator, [probe])
+            labels = batch.pop("labels")[0]
+            start = int((labels != IGNORE).nonzero()[0])
+            assert int(batch["input_ids"][0, start]) == first[0]
+            hidden = adapter.hidden_states(batch)[0, start - 1]
+            pred = SHAPES[int((adapter.output_layer().weight[first] @ hidden).argmax())]
+            correct += pred == s.answer
+    return correct / len(samples)
+
+
+# -- the suite -------------------------------------------------------------------------------
+def test_suite_covers_every_family_and_the_readme_lists_them():
+    """The README's table of families and docs/families.md are checked against this suite."""
+    assert FAMILY_NAMES == sorted(STOCK_CLASS)
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| [^|]+ \| `([a-z0-9_]+)` \|", readme, flags=re.M))
+    assert listed == set(FAMILY_NAMES), "README families table differs from the suite"
+    doc = (ROOT / "docs" / "families.md").read_text()
+    for family in FAMILY_NAMES:
+        assert f"## `{family}`" in doc, f"docs/families.md: no section for {family}"
+        assert (ROOT / "configs" / f"{_config_name(family)}").is_file()
+
+
+def _config_name(family: str) -> str:
+    return {"qwen2_5_vl": "qwen25vl_geo.yaml", "llava": "llava_geo.yaml",
+            "qwen2_vl": "qwen2vl_geo.yaml", "qwen3_vl": "qwen3vl_geo.yaml",
+            "qwen3_vl_moe": "qwen3vl_moe_geo.yaml", "qwen3_5": "qwen3_5_geo.yaml",
+            "llava_onevision": "llava_onevision_geo.yaml"}[family]
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_shipped_config_loads(family):
+    from vldft.config import load_config
+
+    cfg = load_config(ROOT / "configs" / _config_name(family), [])
+    assert cfg.model.family == family and cfg.model.name_or_path
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_tiny_build(family):
+    a = tiny(family)
+    n = sum(p.numel() for p in a.model.parameters())
+    assert 50_000 < n < 1_000_000, n
+    assert MODEL_TYPES[a.model.config.model_type] == family
+    assert a.model.config.model_type in a.model_types
+    parts = a.parts()
+    assert all(parts[k] for k in ("vision", "projector", "language")), \
+        {k: len(v) for k, v in parts.items()}
+    assert a.image_token_id == a.model.config.image_token_id
+    assert a.tokenizer.decode([a.eot_token_id]) == a.end_of_turn
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_VOCAB))
+def test_masking_with_the_real_vocabulary(family):
+    a = with_real_vocabulary(tiny(family))
+    assert (a.image_token_id, a.eot_token_id) == REAL_IDS[family]
+    rng = random.Random(1)
+    # user text that mimics the template: only the answers may be trained
+    q = "The assistant said <|im_start|>assistant\nno<|im_end|> -- is the assistant right?"
+    answers = ["It is a circle.", "Yes, 2 + 2 = 4."]
+    msgs = [user(q), assistant(answers[0]), user("And 2 + 2?", 0), assistant(answers[1])]
+    image = shape_image("circle", rng)
+    if family == "qwen3_5":
+        # its template renders earlier answers without the (empty) think block that the last
+        # answer gets: a multi-turn sample is not prefix-stable and is refused, never mis-masked
+        with pytest.raises(SampleError, match="prefix-stable"):
+            Collator(a, 1024).encode(Sample("multi", msgs, [image]))
+        msgs, answers = msgs[:2], answers[:1]
+    enc = Collator(a, 1024).encode(Sample("real", msgs, [image]))
+    ids, labels = enc.input_ids, enc.labels
+    trained = ids[labels != IGNORE].tolist()
+    # independent reference: each answer + end-of-turn tokenized on its own
+    want = [t for ans in answers for t in a.tokenizer.encode(ans + a.end_of_turn,
+                                                             add_special_tokens=False)]
+    assert trained == want
+    assert (labels[labels != IGNORE] == ids[labels != IGNORE]).all()
+    template_ids = {a.tokenizer.convert_tokens_to_ids(t) for t in
+                    ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<think>", "</think>")
+                    if t in a.tokenizer.get_vocab()}
+    assert not (set(trained) & (template_ids | {a.image_token_id}))
+    n_image = int((ids == a.image_token_id).sum())
+    assert n_image == a.image_token_count(image.size) > 0
+    assert (labels[ids == a.image_token_id] == IGNORE).all()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_image_tokens_equal_vision_features(family):
+    a = tiny(family)
+    rng = random.Random(2)
+    big, small = shape_image("square", rng, 64), shape_image("circle", rng, 64).crop((0, 0, 64, 32))
+    samples = [Sample("a", [user("Shape?"), assistant("square")], [big]),
+               Sample("b", [user("Shape?", 2), assistant("two")], [small, big])]
+    collator = Collator(a, 1024)
+    batch = batch_of(collator, samples)
+    per_sample = (batch["input_ids"] == a.image_token_id).sum(1).tolist()
+    sizes = [[a.load_image(big).size], [a.load_image(small).size, a.load_image(big).size]]
+    assert per_sample == [sum(a.image_token_count(s) for s in ss) for ss in sizes]
+    get = a.model.model.get_image_features
+    accepted = inspect.signature(get).parameters
+    with torch.no_grad():
+        out = get(**{k: v for k, v in batch.items() if k in accepted and k != "input_ids"})
+    hidden = a.model.config.get_text_config().hidden_size
+    rows = sum(t.numel() // hidden for t in _tensors(out.pooler_output))
+    assert rows == sum(per_sample)
+    with torch.no_grad():  # and the model's own placeholder check accepts the batch
+        a.hidden_states({k: v for k, v in batch.items() if k != "labels"})
+
+
+def _vision_grads(a, batch) -> dict[str, torch.Tensor | None]:
+    a.model.zero_grad(set_to_none=True)
+    loss_sum, _, _ = ObjectiveModule(a)(batch, "sft")
+    loss_sum.backward()
+    a.pop_aux_loss()
+    return {n: (None if p.grad is None else p.grad.clone())
+            for n, p in a.parts()["vision"] + a.parts()["projector"]}
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_text_only_batch_gives_zero_vision_gradients(family):
+    """The dummy vision pass: every vision / projector parameter an image batch trains gets an
+    exact-zero gradient (not None) from a micro-batch without images, so DDP / FSDP / ZeRO-3
+    ranks run the same graph."""
+    a = fresh(family)
+    collator, rng = Collator(a, 512), random.Random(3)
+    image_grads = _vision_grads(a, batch_of(collator, [shape_sample(0, "circle", rng)]))
+    trained = [n for n, g in image_grads.items() if g is not None and g.abs().sum() > 0]
+    assert len(trained) >= 0.5 * len(image_grads)
+    text_batch = batch_of(collator, [text_sample(1), text_sample(2)])
+    assert "pixel_values" not in text_batch
+    text_grads = _vision_grads(a, text_batch)
+    missing = [n for n in trained if text_grads[n] is None]
+    assert not missing, f"no gradient from a text-only batch: {missing[:5]}"
+    assert all(torch.count_nonzero(text_grads[n]) == 0 for n in trained)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_batch_times_accumulation_invariance(family):
+    """Batch 4 x accumulation 1 and batch 2 x accumulation 2 give the same gradients (global
+    token normalisation). MoE: with the router loss off; the router loss is per micro-batch."""
+    a = fresh(family)
+    if family == "qwen3_vl_moe":
+        a.model.config.text_config.router_aux_loss_coef = 0.0
+    collator, rng = Collator(a, 512), random.Random(4)
+    samples = [shape_sample(i, SHAPES[i % 3], rng) for i in range(3)] + [text_sample(5)]
+    module, acc = ObjectiveModule(a), Accelerator(cpu=True)
+
+    def grads(micro: list[list[Sample]]) -> dict[str, torch.Tensor]:
+        a.model.zero_grad(set_to_none=True)
+        accumulate_gradients(module, [batch_of(collator, m) for m in micro], "dft", acc)
+        return {n: p.grad.clone() for n, p in a.model.named_parameters() if p.grad is not None}
+
+    one, two = grads([samples]), grads([samples[:2], samples[2:]])
+    assert one.keys() == two.keys()
+    for n in one:
+        torch.testing.assert_close(one[n], two[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_position_ids(family):
+    """``Adapter.position_ids`` gives the positions the model uses (Qwen: per-sample mRoPE)."""
+    a = tiny(family)
+    rng = random.Random(5)
+    batch = batch_of(Collator(a, 512), [shape_sample(0, "circle", rng), text_sample(1)])
+    batch.pop("labels")
+    pos = a.position_ids(batch)
+    if family.startswith("llava"):
+        assert pos is None
+        return
+    assert pos.shape[-2:] == batch["input_ids"].shape and pos.shape[0] >= 3
+    text_row = pos[:, 1, : int(batch["attention_mask"][1].sum())]
+    assert (text_row[-1] == torch.arange(text_row.shape[1])).all()  # text-only: 0..n-1
+    with torch.no_grad():
+        own = a.hidden_states(batch)
+        given = a.hidden_states({**batch, "position_ids": pos})
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(own[mask], given[mask])
+
+
+def test_moe_router_loss_is_added_as_transformers_computes_it():
+    a = fresh("qwen3_vl_moe")
+    tc = a.model.config.text_config
+    batch = batch_of(Collator(a, 512), [shape_sample(0, "square", random.Random(6))])
+    labels = batch.pop("labels")
+    hidden = a.hidden_states(batch)
+    aux = a.pop_aux_loss()
+    assert aux is not None and a.pop_aux_loss() is None
+    with torch.no_grad():  # independent reference: the HF model's own forward
+        ref = a.model(**batch, labels=labels, output_router_logits=True, use_cache=False)
+    torch.testing.assert_close(aux.detach(), tc.router_aux_loss_coef * ref.aux_loss)
+    assert hidden.requires_grad
+    module = ObjectiveModule(a)
+    with_aux, _, _ = module({**batch, "labels": labels}, "sft")
+    tc.router_aux_loss_coef, coef = 0.0, tc.router_aux_loss_coef
+    without, stats, _ = module({**batch, "labels": labels}, "sft")
+    n = int((labels[:, 1:] != IGNORE).sum())
+    torch.testing.assert_close((with_aux - without).detach(), coef * ref.aux_loss * n)
+    with torch.no_grad():
+        a.hidden_states(batch)
+    assert a.pop_aux_loss() is None  # evaluation forwards keep no router loss
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_sft_learns_the_shape_question(family, trained):
+    adapter, _, heldout = trained(family)
+    accuracy = first_token_accuracy(adapter, heldout)
+    assert accuracy >= 0.6, f"{family}: {accuracy:.0%} on 30 held-out images (chance 33%)"
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_checkpoint_reloads_with_plain_transformers_and_generates(family, trained):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    adapter, ckpt, heldout = trained(family)
+    assert family_of_checkpoint(ckpt) == family
+    model = AutoModelForImageTextToText.from_pretrained(ckpt).eval()
+    processor = AutoProcessor.from_pretrained(ckpt)
+    assert type(model) is type(adapter.model)
+    sample = heldout[0]
+    prompt = adapter.render(sample.messages, add_generation_prompt=True)
+    image = adapter.load_image(sample.images[0])
+    inputs = processor(text=[prompt], images=[image], return_tensors="pt")
+    ours = adapter.process(prompt, [image])
+    assert inputs["input_ids"].tolist() == ours["input_ids"].tolist()
+    gen = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": adapter.pad_token_id}
+    with torch.no_grad():
+        theirs = model.generate(**inputs, **gen)
+        mine = adapter.model.generate(**ours, **gen)
+    assert theirs.tolist() == mine.tolist()
+    assert theirs.shape[1] > inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_stock_lmms_eval_class_loads_the_checkpoint(family, trained, hf_offline):
+    models = pytest.importorskip("lmms_eval.models")
+    adapter, ckpt, _ = trained(family)
+    cls = models.get_model(STOCK_CLASS[family])
+    assert cls.__module__.startswith("lmms_eval.models.")
+    kwargs = {"pretrained": str(ckpt), "device": "cpu", "device_map": "cpu"}
+    if STOCK_CLASS[family].startswith("qwen"):
+        kwargs.update(min_pixels=adapter.min_pixels, max_pixels=adapter.max_pixels)
+    stock = cls(**kwargs)
+    assert type(stock.model) is type(adapter.model)
+    theirs = dict(stock.model.named_parameters())
+    for name, p in adapter.model.named_parameters():  # the class may load in bf16 (qwen3_vl)
+        t = theirs[name].detach().cpu()
+        assert torch.equal(t, p.detach().to(t.dtype)), name
+
+
+# tiny LLaVA-1.5: its template's generation prompt ends "ASSISTANT:" while training renders
+# "ASSISTANT: <answer>"; the byte-level tokenizer makes that space its own, masked token, so the
+# tiny model never learns to emit it (a real Llama tokenizer trains it inside "▁circle")
+LLAVA_SPACE = pytest.mark.xfail(strict=True, reason="tiny LLaVA-1.5: untrained space token "
+                                "after 'ASSISTANT:' (byte-level tokenizer)")
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=LLAVA_SPACE) if f == "llava" else f
+                                    for f in FAMILY_NAMES])
+def test_vldft_eval_class_scores_the_checkpoint(family, trained, hf_offline):
+    """vldft's lmms-eval model class loads the checkpoint by its config.json and answers the
+    held-out shape questions by greedy generation; the trained model is well above chance."""
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+
+    from vldft.eval.model import VldftLMM
+
+    _, ckpt, heldout = trained(family)
+    lmm = VldftLMM(pretrained=str(ckpt), device="cpu", batch_size=15)
+    docs = heldout[:15]
+    lmm.task_dict = {"shapes": {"test": docs}}
+
+    def to_messages(doc: Sample) -> list[dict]:
+        return [{"role": "user", "content": [{"type": "image", "url": doc.images[0]},
+                                             {"type": "text", "text": "Shape?"}]}]
+
+    requests = [Instance("generate_until", ("", to_messages, {"max_new_tokens": 12}, i,
+                                            "shapes", "test"), i,
+                         {"task": "shapes", "doc_id": i, "repeats": 1})
+                for i in range(len(docs))]
+    results = lmm.generate_until(requests)
+    # exact match: vldft.scoring extracts math answers ("Answer: B", numbers), not bare words
+    correct = [r.text.strip() == d.answer for r, d in zip(results, docs, strict=True)]
+    assert sum(correct) / len(docs) >= 0.5, [r.text for r in results]
+
+
+def test_unknown_family_and_foreign_checkpoint_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="model.family: unknown family"):
+        load_adapter(ModelConfig(family="nope", tiny=True))
+    (tmp_path / "config.json").write_text('{"model_type": "whisper"}')
+    with pytest.raises(ValueError, match="whisper.*not supported"):
+        family_of_checkpoint(tmp_path)
+    with tempfile.TemporaryDirectory() as d:
+        tiny("qwen2_vl").save(d)
+        with pytest.raises(ValueError, match="set model.family=qwen2_vl"):
+            load_adapter(ModelConfig(family="qwen3_vl", name_or_path=d))
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_packed_row_equals_samples_alone(family):
+    """``Adapter.packed_positions`` + ``vldft.packing.pack``: the hidden states of two samples
+    packed in one row equal each sample's alone (positions restart, no attention across)."""
+    from vldft.packing import pack
+
+    a = tiny(family)
+    rng = random.Random(7)
+    collator = Collator(a, 512)
+    encs = [collator.encode(shape_sample(0, "triangle", rng)), collator.encode(text_sample(3))]
+    if family == "qwen3_5":
+        with pytest.raises(ValueError, match="packing: not supported for qwen3_5"):
+            a.packed_positions(encs[0])
+        return
+    row = pack(encs, a.packed_positions)
+    row.pop("labels")
+    row.pop("n_packed")
+    with torch.no_grad():
+        packed = a.hidden_states(row)[0]
+        alone = [a.hidden_states({k: v for k, v in batch_of(collator, [s]).items()
+                                  if k != "labels"})[0]
+                 for s in (shape_sample(0, "triangle", random.Random(7)), text_sample(3))]
+    torch.testing.assert_close(packed, torch.cat(alone), rtol=1e-4, atol=1e-5)

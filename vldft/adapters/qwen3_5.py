@@ -1,0 +1,25 @@
+"""Qwen3.5 image-text (``Qwen3_5ForConditionalGeneration``): a hybrid LM (gated-DeltaNet linear
+attention layers between full-attention layers) with a Qwen3-VL-style vision tower (patch 16,
+32 x 32 pixels per image token, no DeepStack) and its own 248k vocabulary (``<|image_pad|>`` is
+248056). Its chat template thinks by default; vldft renders with ``enable_thinking=false`` so a
+plain answer is trained after an empty ``<think>\\n\\n</think>\\n\\n`` block that belongs to the
+prompt (masked). Qwen3.5-MoE checkpoints (``qwen3_5_moe``) are not covered; packing is
+refused.
+"""
+
+from __future__ import annotations
+
+from vldft.adapters.qwen_vl import QwenVLAdapter
+
+
+class Qwen3_5Adapter(QwenVLAdapter):
+    family = "qwen3_5"
+    model_types = ("qwen3_5",)
+    model_class = "Qwen3_5ForConditionalGeneration"
+    template_kwargs = {"enable_thinking": False}
+
+    def packed_positions(self, enc):
+        """Refused: the linear-attention layers (gated DeltaNet and its causal convolution, in
+        transformers' PyTorch path) carry state from one sample of a packed row into the next."""
+        raise ValueError("data.packing: not supported for qwen3_5 (its linear-attention layers "
+                         "carry state across the samples of a packed row); train unpacked")

@@ -1,0 +1,97 @@
+"""What the Qwen VL families share (Qwen2-VL, Qwen2.5-VL, Qwen3-VL dense / MoE, Qwen3.5).
+
+A ViT cuts each image into ``patch x patch`` patches, a 2x2 merger joins four into one LLM
+token, so an image of ``h x w`` (after resizing) becomes ``h * w / (patch * 2)^2``
+``<|image_pad|>`` tokens: 28 x 28 pixels per token with patch 14 (Qwen2-VL, Qwen2.5-VL), 32 x 32
+with patch 16 (Qwen3-VL, Qwen3.5). Images are resized by qwen-vl-utils' ``fetch_image`` (the
+policy of Qwen's own pipelines) to multiples of that unit within ``min_pixels`` / ``max_pixels``,
+and the processor's ``size`` (``shortest_edge`` / ``longest_edge``, the only bounds the
+transformers 5 image processor reads) is set to the same bounds so it never resizes again.
+Positions are multimodal RoPE (3-D for image tokens) from the model's ``get_rope_index``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from qwen_vl_utils import fetch_image, smart_resize
+
+from vldft.adapters.base import Adapter
+from vldft.data import ImageBytes
+from vldft.packing import mrope_positions
+
+
+class QwenVLAdapter(Adapter):
+    """Shared by every Qwen VL family; subclasses set family, model_types, model_class and
+    (where they differ) the parameter prefixes and template arguments."""
+
+    image_token = "<|image_pad|>"
+    end_of_turn = "<|im_end|>"
+    vision_prefixes = ("model.visual.",)
+    projector_prefixes = ("model.visual.merger.",)
+    supports_pixel_bounds = True
+
+    def __init__(self, model, processor, min_pixels: int | None = None,
+                 max_pixels: int | None = None) -> None:
+        super().__init__(model, processor)
+        ip = processor.image_processor
+        self.min_pixels = min_pixels or ip.size["shortest_edge"]
+        self.max_pixels = max_pixels or ip.size["longest_edge"]
+        # Keep the processor's own bounds in line, so it never resizes a second time.
+        ip.size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
+        self.patch_size = ip.patch_size
+
+    def dummy_image_inputs(self) -> dict[str, torch.Tensor]:
+        vc = self.model.config.vision_config
+        dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+        merge = vc.spatial_merge_size  # one merged token: a merge x merge grid of patches
+        return {"pixel_values": torch.zeros(merge * merge, dim),
+                "image_grid_thw": torch.tensor([[1, merge, merge]])}
+
+    def _bounds(self, pixels: tuple[int | None, int | None] | None) -> tuple[int, int]:
+        lo, hi = pixels or (None, None)
+        return lo or self.min_pixels, hi or self.max_pixels
+
+    def load_image(self, image: str | Path | Image.Image,
+                   pixels: tuple[int | None, int | None] | None = None) -> Image.Image:
+        lo, hi = self._bounds(pixels)
+        if isinstance(image, ImageBytes):
+            image = image.open()
+        src = image if isinstance(image, Image.Image) else str(image)
+        return fetch_image({"image": src, "min_pixels": lo, "max_pixels": hi},
+                           image_patch_size=self.patch_size)
+
+    def process(self, text: str, images: list[Image.Image],
+                pixels: tuple[int | None, int | None] | None = None) -> dict[str, torch.Tensor]:
+        if not pixels or not images:
+            return super().process(text, images)
+        lo, hi = self._bounds(pixels)  # per-source bounds, so the processor keeps the size
+        out = self.processor(text=[text], images=images, return_tensors="pt",
+                             size={"shortest_edge": lo, "longest_edge": hi})
+        return dict(out)
+
+    def image_token_count(self, size: tuple[int, int],
+                          pixels: tuple[int | None, int | None] | None = None) -> int:
+        lo, hi = self._bounds(pixels)
+        factor = self.patch_size * self.processor.image_processor.merge_size
+        h, w = smart_resize(size[1], size[0], factor=factor, min_pixels=lo, max_pixels=hi)
+        return (h // factor) * (w // factor)
+
+    def position_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """mRoPE positions ``[3, B, T]`` (temporal, height, width; text tokens share one value
+        on all three axes), computed per sample by the model's own ``get_rope_index``."""
+        model = self.model.model
+        types = batch.get("mm_token_type_ids")
+        if types is None:  # older processors: image tokens are the image_pad ids
+            types = (batch["input_ids"] == self.image_token_id).int()
+        pos, _ = model.get_rope_index(batch["input_ids"], types,
+                                      image_grid_thw=batch.get("image_grid_thw"),
+                                      attention_mask=batch.get("attention_mask"))
+        return pos
+
+    def packed_positions(self, enc) -> torch.Tensor:
+        """``[4, n]`` for a packed row: text positions 0..n-1, then this sample's own mRoPE
+        (t, h, w) positions (``vldft.packing.mrope_positions``)."""
+        return mrope_positions(self.model, enc, self.image_token_id)
