@@ -5,6 +5,7 @@ line, id, image and reason, merged over ranks in checkpoints and the summary).
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,16 +13,17 @@ from typing import TYPE_CHECKING
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
-from vldft.collate import Collator, SampleError, Skipped
-from vldft.config import Config
+from vldft.collate import Collator, Encoded, SampleError, Skipped
+from vldft.config import Config, ConfigError, world_size
 from vldft.data import DataError, Sample
-from vldft.data.formats import format_entry, skip_entry
 from vldft.data.mix import (
     EpochBatchSampler,
     LengthGroupedSampler,
     RandomBatchSampler,
     format_table,
 )
+from vldft.data.skips import format_entry, skip_entry
+from vldft.packing import PACK_WINDOW, choose_attention, first_fit_decreasing, pack, positions_for
 
 if TYPE_CHECKING:
     from vldft.state import RunState
@@ -49,12 +51,85 @@ class EncodedDataset(Dataset):
                            fatal=self.on_error == "raise")
 
 
+class PackingSampler(EpochBatchSampler):
+    """Micro-batches as packing bins (``data.packing``; ``vldft.packing``): a seeded shuffle of
+    the epoch, cut into windows of ``window`` samples, each packed first-fit-decreasing by
+    estimated length (capped at ``max_length``, as the collator caps samples) into bins of
+    ``pack_tokens``; the fullest bins are halved until the count is a multiple of
+    ``multiple_of``; the bins are shuffled. ``batch_size`` is None: accelerate's marker for
+    micro-batches of dynamic size."""
+
+    def __init__(self, lengths: list[int], pack_tokens: int, max_length: int, seed: int = 0,
+                 window: int = PACK_WINDOW, multiple_of: int = 1) -> None:
+        super().__init__(None, seed)
+        self.lengths = [min(n, max_length) for n in lengths]
+        self.pack_tokens, self.window, self.multiple_of = pack_tokens, window, multiple_of
+        self._len: int | None = None
+
+    def __len__(self) -> int:  # bins of epoch 0 (another epoch's count differs by a few)
+        if self._len is None:
+            epoch, self.epoch = self.epoch, 0
+            self._len = len(self.batches())
+            self.epoch = epoch
+        return self._len
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        bins = []
+        for start in range(0, len(order), self.window):
+            bins += first_fit_decreasing(order[start:start + self.window], self.lengths,
+                                         self.pack_tokens)
+        # a whole number of optimizer steps per epoch (multiple_of = processes x grad_accum):
+        # no rank then repeats a bin to fill the last round (accelerate's even_batches), and
+        # N processes x accumulation A see the same steps as one process x N A
+        while len(bins) % self.multiple_of and any(len(b) > 1 for b in bins):
+            k = max(range(len(bins)), key=lambda j: (len(bins[j]) > 1,
+                                                      sum(self.lengths[i] for i in bins[j])))
+            bins[k:k + 1] = [bins[k][::2], bins[k][1::2]]  # the fullest bin, in two
+        rng.shuffle(bins)
+        return bins
+
+
+class PackCollator:
+    """``collate_fn`` of a packed DataLoader: a bin's encoded samples as one packed row
+    (``vldft.packing.pack``), its skipped samples listed as ``Collator.__call__`` lists them.
+    A row can exceed ``pack_tokens`` by the error of the length estimates the bins were made
+    from (a few tokens a sample at most, e.g. an appended end-of-turn)."""
+
+    def __init__(self, collator: Collator, pack_tokens: int) -> None:
+        self.collator, self.pack_tokens = collator, pack_tokens
+        self.positions = positions_for(collator.adapter)
+
+    def __call__(self, items: list[Encoded | Skipped]) -> dict:
+        kept = [it for it in items if isinstance(it, Encoded)]
+        batch: dict = {"skipped": [it for it in items if isinstance(it, Skipped)],
+                       "n_truncated": sum(it.truncated for it in kept)}
+        if kept:
+            batch.update(pack(kept, self.positions))
+        return batch
+
+
 def build_loader(cfg: Config, data, collator: Collator
                  ) -> tuple[DataLoader, EpochBatchSampler]:
     """The training DataLoader over ``data.samples`` (a ``build_training_set`` result) and its
-    batch sampler (length-grouped with ``data.group_by_length``)."""
+    batch sampler (length-grouped with ``data.group_by_length``). With ``data.packing``:
+    packing bins of ``data.pack_tokens`` tokens, one packed row per micro-batch
+    (``vldft.packing``), and the varlen attention in place of ``sdpa``."""
     t, samples = cfg.train, data.samples
     dataset = EncodedDataset(samples, collator, cfg.data.on_error)
+    if cfg.data.packing:
+        sampler = PackingSampler(data.lengths, cfg.data.pack_tokens, cfg.data.max_length,
+                                 t.seed, multiple_of=world_size() * t.grad_accum)
+        choose_attention(collator.adapter.model, cfg.model.attn_implementation)
+        try:
+            collate = PackCollator(collator, cfg.data.pack_tokens)
+        except ValueError as e:  # a model family without per-sample positions
+            raise ConfigError(str(e)) from None
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                            num_workers=cfg.data.num_workers)
+        return loader, sampler
     if cfg.data.group_by_length:
         sampler = LengthGroupedSampler(data.lengths, [bool(s.images) for s in samples],
                                        t.micro_batch_size, t.seed)

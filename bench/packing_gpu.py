@@ -1,0 +1,291 @@
+"""GPU: packed vs padded micro-batches on the Qwen2.5-VL-3B architecture (random weights, bf16):
+tokens/s, useful (target) tokens/s, MFU, peak memory and CUDA kernels per step.
+
+    bash bench/gpu.sh                                    # runs this among the GPU set
+    python bench/packing_gpu.py [--pack-tokens 8192,16384,32768] [--padded-batch 4]
+                                [--steps 3] [--warmup 1] [--out DIR]
+    python bench/packing_gpu.py --dry-run                # tiny model on the CPU (same code)
+
+Samples (seeded, nothing downloaded): a Geometry3K-like length mix with random token ids:
+prompt 30-200 tokens, answer 50-1,500 tokens (log-uniform), 80 % with one image of 224-672 px a
+side (64-576 image tokens after the 2 x 2 merger), 20 % text-only. Targets: the answers.
+
+Configurations, each timed on its own micro-batches of the same sample stream:
+- ``packed_<N>``: ``vldft.packing`` rows of up to N tokens (first-fit-decreasing bins, per-sample
+  mRoPE positions, no attention mask) with the attention vldft picks on CUDA
+  (``vldft.attention``: flash-attn's varlen kernel if installed, else torch's ``varlen_attn``),
+  for the language model and the vision tower alike;
+- ``padded_b<B>``: B samples per micro-batch, right-padded (as vldft's collator pads), ``sdpa``.
+If a configuration runs out of memory, it is retried once with gradient checkpointing (the row
+says so; recomputation is not counted in the model FLOPs).
+
+One step = ``vldft.step.accumulate_gradients`` for one micro-batch (forward, chunked DFT,
+backward), gradient clipping, fused AdamW. Model FLOPs per step, as bench/gpu_train.py counts
+them but per sample: ``6 N_text n`` + ``6 layers n^2 d`` (attention within each sample) +
+``6 N_vision patches`` + ``6 V H targets``, summed over the real (not padding) tokens. Kernels
+per step: CUDA kernel events of one profiled step (torch.profiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common import default_out, machine_info, write_json  # noqa: E402
+from gpu_train import PEAK_TFLOPS, build_model, train_step  # noqa: E402
+
+from vldft.attention import kernel_name  # noqa: E402
+from vldft.objectives import ObjectiveSpec  # noqa: E402
+from vldft.packing import (  # noqa: E402  (torch-only modules: no other vldft dependency)
+    IGNORE,
+    choose_attention,
+    first_fit_decreasing,
+    mrope_positions,
+    pack,
+)
+
+SPEC = ObjectiveSpec(name="dft", implementation="chunked")
+
+
+class Sample(types.SimpleNamespace):
+    """What vldft.collate.Encoded holds: input_ids [T], labels [T], extras (pixel_values,
+    image_grid_thw, mm_token_type_ids [1, T])."""
+
+
+def pad(samples: list, pad_id: int) -> dict:
+    """Right-padded micro-batch with an attention mask (as vldft.collate.Collator pads)."""
+    T, B = max(len(s.input_ids) for s in samples), len(samples)
+    batch = {"input_ids": torch.full((B, T), pad_id), "labels": torch.full((B, T), IGNORE),
+             "attention_mask": torch.zeros(B, T, dtype=torch.long),
+             "mm_token_type_ids": torch.zeros(B, T, dtype=torch.long)}
+    for b, s in enumerate(samples):
+        n = len(s.input_ids)
+        batch["input_ids"][b, :n], batch["labels"][b, :n] = s.input_ids, s.labels
+        batch["attention_mask"][b, :n] = 1
+        batch["mm_token_type_ids"][b, :n] = s.extras["mm_token_type_ids"][0]
+    imgs = [s for s in samples if "pixel_values" in s.extras]
+    if imgs:
+        batch["pixel_values"] = torch.cat([s.extras["pixel_values"] for s in imgs])
+        batch["image_grid_thw"] = torch.cat([s.extras["image_grid_thw"] for s in imgs])
+    return batch
+
+def make_samples(model, n: int, seed: int, sides: tuple[int, int], dry_run: bool
+                 ) -> list[Sample]:
+    cfg, vc = model.config, model.config.vision_config
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+    unit = vc.patch_size * vc.spatial_merge_size  # 28 px per image token side
+    lo_ans, hi_ans = (10, 60) if dry_run else (50, 1500)
+    out = []
+    for i in range(n):
+        prompt = rng.randint(5, 30) if dry_run else rng.randint(30, 200)
+        answer = int(math.exp(rng.uniform(math.log(lo_ans), math.log(hi_ans))))
+        image = rng.random() >= 0.2
+        h = w = 0
+        if image:
+            h = rng.randrange(sides[0], sides[1] + 1, unit) // unit * vc.spatial_merge_size
+            w = rng.randrange(sides[0], sides[1] + 1, unit) // unit * vc.spatial_merge_size
+        n_img = h * w // vc.spatial_merge_size**2
+        length = prompt + (n_img + 2 if image else 0) + answer
+        ids = torch.randint(0, cfg.text_config.pad_token_id, (length,), generator=g)
+        mm = torch.zeros(1, length, dtype=torch.long)
+        extras: dict = {}
+        if image:
+            ids[3], ids[4 + n_img] = cfg.vision_start_token_id, cfg.vision_end_token_id
+            ids[4:4 + n_img] = cfg.image_token_id
+            mm[0, 4:4 + n_img] = 1
+            extras = {"pixel_values": torch.randn(h * w, patch_dim, generator=g),
+                      "image_grid_thw": torch.tensor([[1, h, w]])}
+        extras["mm_token_type_ids"] = mm
+        labels = ids.clone()
+        labels[: length - answer] = IGNORE
+        out.append(Sample(sample_id=f"s{i}", input_ids=ids, labels=labels, extras=extras))
+    return out
+
+
+def flops(model, batch: dict, seq_lens: list[int]) -> float:
+    tc = model.config.text_config
+    lm = model.model.language_model
+    n_text = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    n_vision = sum(p.numel() for p in model.model.visual.parameters())
+    d = tc.num_attention_heads * (tc.hidden_size // tc.num_attention_heads)
+    patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
+    targets = int((batch["labels"][:, 1:] != IGNORE).sum())
+    return (6.0 * n_text * sum(seq_lens) + 6.0 * tc.num_hidden_layers * d * sum(
+        n * n for n in seq_lens) + 6.0 * n_vision * patches
+        + 6.0 * tc.vocab_size * tc.hidden_size * targets)
+
+
+def step(model, optimizer, batch: dict) -> None:
+    """vldft's step for one micro-batch (bench/gpu_train.py: ObjectiveModule.forward +
+    accumulate_gradients without accelerate), fused AdamW."""
+    train_step(model, optimizer, batch, SPEC)
+
+
+def kernels_per_step(model, optimizer, batch, device: str) -> dict:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        step(model, optimizer, batch)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    attn = [e for e in events if any(k in e.name for k in (
+        "flash", "varlen", "scaled_dot_product", "efficient_attention", "cudnn_attention"))
+        and e.device_type == torch.autograd.DeviceType.CPU]
+    return {"cuda_kernels": len(kernels), "attention_ops_cpu_side": len(attn)}
+
+
+def run_config(name: str, batches: list[dict], lens: list[list[int]], model, optimizer, args,
+               device: str) -> dict:
+    row: dict = {"config": name, "micro_batches": len(batches),
+                 "attn_implementation": model.config._attn_implementation}
+    for ckpt in (False, True):
+        if ckpt:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        try:
+            times = []
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            for k, batch in enumerate(batches[: args.warmup + args.steps]):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                step(model, optimizer, batch)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                if k >= args.warmup:
+                    times.append((time.perf_counter() - t0, k))
+            break
+        except torch.OutOfMemoryError as e:
+            optimizer.zero_grad(set_to_none=True)
+            row["oom_without_checkpointing"] = str(e).split("\n")[0][:160]
+            if ckpt:
+                row["error"] = "out of memory"
+                model.gradient_checkpointing_disable()
+                return row
+            torch.cuda.empty_cache()
+    timed = [k for _, k in times]
+    secs = sum(t for t, _ in times)
+    tokens = sum(sum(lens[k]) for k in timed)
+    slots = sum(batches[k]["input_ids"].numel() for k in timed)
+    targets = sum(int((batches[k]["labels"][:, 1:] != IGNORE).sum()) for k in timed)
+    f = sum(flops(model, batches[k], lens[k]) for k in timed)
+    row.update(gradient_checkpointing=ckpt, timed_steps=len(times),
+               median_step_s=round(statistics.median(t for t, _ in times), 4),
+               tokens_per_s=round(tokens / secs, 1), useful_tokens_per_s=round(targets / secs, 1),
+               padding_fraction=round(1 - tokens / slots, 4),
+               samples_per_step=round(sum(len(lens[k]) for k in timed) / len(timed), 2),
+               tflops_per_s=round(f / secs / 1e12, 2),
+               mfu=round(f / secs / 1e12 / args.peak_tflops, 4) if args.peak_tflops else None)
+    if device == "cuda":
+        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    row.update(kernels_per_step(model, optimizer, batches[timed[0]], device))
+    if ckpt:
+        model.gradient_checkpointing_disable()
+    return row
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pack-tokens", default="8192,16384,32768")
+    ap.add_argument("--padded-batch", default="4", help="samples per padded micro-batch(es)")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=400)
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--out", default=os.environ.get("OUT", default_out("gpu")))
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.dry_run:
+        device, dtype = "cpu", torch.float32
+        args.pack_tokens, args.samples, args.steps, args.warmup = "512", 24, 1, 0
+        args.peak_tflops = args.peak_tflops or 1.0
+        sides = (56, 112)
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --dry-run, or on a GPU machine")
+        device, dtype, sides = "cuda", torch.bfloat16, (224, 672)
+        name = torch.cuda.get_device_name()
+        key = next((k for k in PEAK_TFLOPS if k in name), None)
+        args.peak_tflops = args.peak_tflops or (PEAK_TFLOPS[key] if key else None)
+    model = build_model(args.dry_run, device, dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5,
+                                  **({"fused": True} if device == "cuda" else {}))
+    enc = make_samples(model, args.samples, 0, sides, args.dry_run)
+    image_token_id = model.config.image_token_id
+    pad_id = model.config.text_config.pad_token_id
+
+    def to_dev(b: dict) -> dict:
+        return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
+                for k, v in b.items() if isinstance(v, torch.Tensor)}
+
+    result = {"machine": machine_info(), "command": "python bench/packing_gpu.py " + " ".join(
+        sys.argv[1:] if argv is None else argv), "args": vars(args), "dry_run": args.dry_run,
+        "params": sum(p.numel() for p in model.parameters()), "rows": []}
+    result["machine"]["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    need = args.warmup + args.steps
+    for b in [int(x) for x in args.padded_batch.split(",") if x]:
+        model.config._attn_implementation = "sdpa"
+        order = list(range(len(enc)))
+        random.Random(1).shuffle(order)
+        groups = [order[k:k + b] for k in range(0, need * b, b)]
+        batches = [to_dev(pad([enc[i] for i in g], pad_id)) for g in groups]
+        lens = [[len(enc[i].input_ids) for i in g] for g in groups]
+        row = run_config(f"padded_b{b}", batches, lens, model, optimizer, args, device)
+        result["rows"].append(row)
+        print(f"[packing_gpu] {row}", flush=True)
+        write_json(out / "packing_gpu.json", result)
+        del batches
+    for n in [int(x) for x in args.pack_tokens.split(",") if x]:
+        model.config._attn_implementation = "sdpa"
+        used = choose_attention(model, "sdpa")
+        lengths = [len(e.input_ids) for e in enc]  # first-fit-decreasing, as vldft.loader's
+        bins = first_fit_decreasing(list(range(len(enc))), lengths, n)  # sampler per window
+        bins = sorted(bins, key=lambda b: -sum(lengths[i] for i in b))[:need]  # the fullest
+        positions = lambda e: mrope_positions(model, e, image_token_id)  # noqa: E731
+        batches = [to_dev(pack([enc[i] for i in g], positions)) for g in bins]
+        lens = [[len(enc[i].input_ids) for i in g] for g in bins]
+        row = run_config(f"packed_{n}", batches, lens, model, optimizer, args, device)
+        row.update(attention=used, varlen_kernel=kernel_name(device, dtype))
+        result["rows"].append(row)
+        print(f"[packing_gpu] {row}", flush=True)
+        write_json(out / "packing_gpu.json", result)
+        del batches
+    model.config._attn_implementation = "sdpa"
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    write_json(out / "packing_gpu.json", result)
+    print("| config | ckpt | step (ms) | tokens/s | useful tokens/s | padding | MFU | peak GiB "
+          "| CUDA kernels / step |\n|---|---|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        if "error" in r:
+            print(f"| {r['config']} | out of memory |  |  |  |  |  |  |  |")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        print(f"| {r['config']} | {r['gradient_checkpointing']} | {r['median_step_s'] * 1e3:.0f} "
+              f"| {r['tokens_per_s']:.0f} | {r['useful_tokens_per_s']:.0f} "
+              f"| {r['padding_fraction']:.0%} | {mfu} | {r.get('peak_mem_gib', '-')} "
+              f"| {r['cuda_kernels']} |")
+    return result
+
+
+if __name__ == "__main__":
+    main()
