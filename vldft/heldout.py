@@ -19,6 +19,7 @@ import torch
 from vldft.adapters.base import Adapter
 from vldft.collate import Collator, Encoded
 from vldft.data import Sample
+from vldft.device import model_device, to_device
 from vldft.objectives import ObjectiveSpec, as_spec, compute_objective
 from vldft.scoring import score
 
@@ -38,7 +39,7 @@ def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
     model = adapter.model
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     part = {"n": len(samples), "n_skipped": 0, "loss_sum": 0.0, "ce_sum": 0.0, "p_sum": 0.0,
             "n_tokens": 0, "n_scored_ce": 0, "correct": 0, "scored": 0, "per_kind": {},
             "examples": []}
@@ -50,7 +51,7 @@ def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
         if not kept:
             continue
         batch = collator(kept)
-        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        inputs = to_device(batch, device)
         labels = inputs.pop("labels")
         head = adapter.output_layer()
         out = compute_objective(adapter.hidden_states(inputs), head.weight, labels, spec,
@@ -117,7 +118,7 @@ def generate_messages(adapter: Adapter, convs: list[tuple[list[dict], list]],
     ``images`` (paths or PIL images, one per image part) go through ``adapter.load_image``, the
     training-time policy (Qwen: ``min_pixels`` / ``max_pixels``; never re-encoded). The batch is
     left-padded; decoding is greedy unless ``gen_kwargs`` say otherwise (``do_sample``, ...)."""
-    device = device or next(adapter.model.parameters()).device
+    device = device or model_device(adapter.model)
     prompts, images = [], []
     for messages, imgs in convs:
         prompts.append(adapter.render(messages, add_generation_prompt=True))
@@ -129,10 +130,89 @@ def generate_messages(adapter: Adapter, convs: list[tuple[list[dict], list]],
                                    return_tensors="pt")
     finally:
         tok.padding_side = side
-    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs = to_device(inputs, device)
     gen = {"do_sample": False, **gen_kwargs}
     out = adapter.model.generate(**inputs, max_new_tokens=max_new_tokens,
                                  eos_token_id=adapter.eot_token_id,
                                  pad_token_id=adapter.pad_token_id, **gen)
     new = out[:, inputs["input_ids"].shape[1]:]
     return tok.batch_decode(new, skip_special_tokens=True)
+
+
+# -- image controls: does the model read the picture? ----------------------------------------
+CONTROLS = ("blank", "shuffled")
+
+
+def control_samples(samples: list[Sample], control: str, seed: int = 0) -> list[Sample]:
+    """``samples`` with their images replaced, to measure what the answers owe to the picture.
+
+    ``blank``: each image becomes a white one of the same size. ``shuffled``: each sample gets
+    another sample's images (a seeded cyclic shift of a shuffled order: no sample keeps its
+    own). Kinds answerable only from the image should fall to chance under both."""
+    if control == "blank":
+        from PIL import Image
+
+        from vldft.data import open_image
+
+        return [dataclasses.replace(s, images=[Image.new("RGB", open_image(im).size, "white")
+                                               for im in s.images]) for s in samples]
+    if control == "shuffled":
+        import random
+
+        order = list(range(len(samples)))
+        random.Random(seed).shuffle(order)
+        donor = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+        return [dataclasses.replace(s, images=list(samples[donor[i]].images))
+                for i, s in enumerate(samples)]
+    raise ValueError(f"unknown image control {control!r}; choose from {CONTROLS}")
+
+
+def accuracy_line(label: str, result: dict) -> str:
+    """One console line: overall answer accuracy and per kind, from :func:`combine`'s result."""
+    kinds = ", ".join(f"{k} {v:.0%}" for k, v in result["accuracy_by_kind"].items())
+    return f"[vldft] {label}: accuracy {result['accuracy']:.1%} ({kinds})"
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    """CLI: score a checkpoint on a held-out JSONL with its images and under image controls."""
+    import argparse
+
+    from vldft.adapters import family_of_checkpoint, load_adapter
+    from vldft.config import ModelConfig
+    from vldft.data import load_jsonl
+
+    p = argparse.ArgumentParser(
+        prog="python -m vldft.heldout",
+        description="Held-out answer accuracy of a checkpoint with the real images and with "
+                    "blank / shuffled images (does the model read the picture?).")
+    p.add_argument("checkpoint", help="a saved checkpoint directory (e.g. runs/demo/final)")
+    p.add_argument("heldout", help="held-out JSONL in vldft's normalised format")
+    p.add_argument("--controls", default="blank,shuffled",
+                   help=f"comma-separated controls to run, of {', '.join(CONTROLS)}")
+    p.add_argument("--max-samples", type=int, default=0, help="score the first N rows (0: all)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled control")
+    args = p.parse_args(argv)
+    controls = [c.strip() for c in args.controls.split(",") if c.strip()]
+    for c in controls:
+        if c not in CONTROLS:
+            p.error(f"--controls: unknown control {c!r}; choose from {', '.join(CONTROLS)}")
+    adapter = load_adapter(ModelConfig(family=family_of_checkpoint(args.checkpoint),
+                                       name_or_path=args.checkpoint, dtype="float32"))
+    samples = load_jsonl(args.heldout)
+    samples = samples[:args.max_samples] if args.max_samples else samples
+    collator = Collator(adapter)
+    results = {}
+    for name in ["images", *controls]:
+        part = samples if name == "images" else control_samples(samples, name, args.seed)
+        results[name] = combine([score_part(adapter, collator, part, args.batch_size,
+                                            args.max_new_tokens, "sft")])
+        label = (f"held-out ({len(samples)} samples), real images" if name == "images"
+                 else f"control, {name} images")
+        print(accuracy_line(label, results[name]), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
