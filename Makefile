@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint eval-env
+.PHONY: demo test test-slow lint eval-env
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports  # the one-way layers of docs/architecture.md (pyproject.toml)
 	$(BIN)/python -m pytest -q
+
+# end-to-end checks whose parts the default run covers (e.g. 2-process DDP with packing, ~70 s)
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -16,6 +16,7 @@ from vldft.data.mix import build_training_set
 from vldft.loader import PackingSampler
 
 
+@pytest.mark.slow  # the even-epoch rule is checked in test_packing.py; this runs 2 processes
 def test_two_rank_ddp_equals_one_rank_with_packing(tmp_path):
     cfg = load_config(str(DEMO_CONFIG), overrides(tmp_path, "probe", 2))
     data = build_training_set(cfg, load_adapter(cfg.model))
