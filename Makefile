@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml eval/pins.txt | $(BIN)/python
 	touch $@ $(VENV)/.eval-installed $(VENV)/.demo-installed
 
 # train, then score the held-out set again with blank and with shuffled images: the image-only
-# kinds fall to chance there, which shows that the model reads the picture
+# kinds fall to chance there if the model reads the picture (equal figures: it does not)
 demo: $(VENV)/.demo-installed
 	$(BIN)/python -m vldft.train configs/demo.yaml
 	$(BIN)/python -m vldft.heldout runs/demo/final data/geo_demo/heldout.jsonl --controls blank,shuffled
