@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_DATA, ROOT
 from PIL import Image
 
 from vldft.data.synth import (
@@ -24,8 +25,7 @@ from vldft.data.synth import (
 )
 from vldft.scoring import extract_answer
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "data" / "geo_demo"
+BUNDLED = DEMO_DATA.parent
 DOC_ARGS = ["--n-train", "800", "--n-heldout", "160", "--seed", "0", "--size", "112"]
 DOC_COMMAND = "python -m vldft.data.synth --out data/geo_demo " + " ".join(DOC_ARGS)
 
@@ -202,7 +202,7 @@ def test_answers_match_pixels_or_question(sample_set: tuple[Path, list[dict]]) -
 
 
 def test_bundled_set_matches_documented_command(tmp_path: Path) -> None:
-    assert DOC_COMMAND in (REPO / "data" / "README.md").read_text(encoding="utf-8")
+    assert DOC_COMMAND in (ROOT / "data" / "README.md").read_text(encoding="utf-8")
     main(["--out", str(tmp_path), *DOC_ARGS])
     for split, n in (("train", 800), ("heldout", 160)):
         fresh, bundled = tmp_path / f"{split}.jsonl", BUNDLED / f"{split}.jsonl"
