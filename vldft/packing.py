@@ -34,6 +34,7 @@ Per-sample positions come from the adapter (``Adapter.packed_positions(encoded) 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -70,6 +71,13 @@ def first_fit_decreasing(indices: list[int], lengths: list[int], capacity: int
 
 
 # -- per-sample positions ---------------------------------------------------------------------
+@functools.cache
+def _takes_token_types(cls: type) -> bool:
+    """Whether ``cls.get_rope_index`` takes ``mm_token_type_ids`` (transformers >= 5.2x; the
+    GPU image may have an older one). Once per class, not once per sample."""
+    return "mm_token_type_ids" in inspect.signature(cls.get_rope_index).parameters
+
+
 def mrope_positions(model, enc: Encoded, image_token_id: int) -> torch.Tensor:
     """``[4, n]`` for one sample of a packed row: text positions 0..n-1, then the model's own
     mRoPE (t, h, w) positions of this sample alone (``model.model.get_rope_index`` with only its
@@ -77,7 +85,7 @@ def mrope_positions(model, enc: Encoded, image_token_id: int) -> torch.Tensor:
     ids = enc.input_ids.unsqueeze(0)
     inner = model.model
     kwargs = {"image_grid_thw": enc.extras.get("image_grid_thw")}
-    if "mm_token_type_ids" in inspect.signature(inner.get_rope_index).parameters:
+    if _takes_token_types(type(inner)):
         mm = enc.extras.get("mm_token_type_ids")  # transformers >= 5.2x takes the token types
         kwargs["mm_token_type_ids"] = ((ids == image_token_id).int() if mm is None
                                        else mm.reshape(1, -1))

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vldft.collate import IGNORE, Collator, Encoded, SampleError
-from vldft.config import Config, ConfigError, load_config
+from vldft.config import Config, ConfigError
 from vldft.device import model_device, to_device
 from vldft.diagnostics import BINS
 from vldft.objectives import LOW_P
@@ -239,15 +239,10 @@ def cli(argv: list[str] | None = None) -> dict:
     if args.samples < 1:
         parser.error("--samples must be >= 1")
     quiet_if_logging()  # a log file: no \r-redrawn progress bars
-    try:
-        cfg = load_config(args.config, args.overrides)
+    try:  # a study config (python -m vldft.compare) works too: its sweep section is ignored
+        cfg = load_base_config(args.config, args.overrides)
     except ConfigError as e:
-        if "sweep: unknown key" not in str(e):
-            raise SystemExit(f"config error: {e}") from None
-        try:  # a study config (python -m vldft.compare): its sweep section is ignored
-            cfg = load_base_config(args.config, args.overrides)
-        except ConfigError as e2:
-            raise SystemExit(f"config error: {e2}") from None
+        raise SystemExit(f"config error: {e}") from None
     except OSError as e:
         raise SystemExit(f"config error: {e}") from None
     report = probe(cfg, args.samples, args.batch_size, show=sys.stderr.isatty())

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from vldft.config import ConfigError, load_config
+from vldft.config import ConfigError, load_config, read_config_file
 
 SEED_KEY = "train.seed"
 
@@ -73,25 +73,17 @@ def _flatten(raw: dict) -> list[str]:
 def split_sweep(path: Path) -> tuple[list[str], dict]:
     """A config file as ``key=value`` overrides for ``load_config(None, ...)`` (with its
     ``base_dir`` rule), and its ``sweep`` section ({} if none)."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    raw, base_dir, _ = read_config_file(path)
     sweep = raw.pop("sweep", None) or {}
     if not isinstance(sweep, dict) or set(sweep) - {"out", "grid", "variants"}:
         raise ConfigError(f"{path}: sweep: a mapping with keys out, grid, variants; got "
                           f"{sorted(sweep) if isinstance(sweep, dict) else sweep!r}")
-    base_dir = Path.cwd()
-    if not path.resolve().is_relative_to(base_dir.resolve()):
-        base_dir = path.resolve().parent  # the rule of vldft.config.load_config
     return [*_flatten(raw), f"base_dir={json.dumps(str(base_dir))}"], sweep
 
 
 def load_base_config(path: str | Path, overrides: list[str] = ()):
     """``load_config`` for a file that may carry a ``sweep`` section (ignored)."""
-    base, _ = split_sweep(Path(path))
-    return load_config(None, [*base, *overrides])
+    return load_config(path, list(overrides), sweep_ok=True)
 
 
 def build_study(config: str | Path, overrides: list[str] = (), grid: list[str] = (),

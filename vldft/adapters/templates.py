@@ -8,13 +8,11 @@ tokenizer_config.json) and reproduced in public repositories; the sources read a
 
 from __future__ import annotations
 
-from vldft.adapters.tiny import LLAVA_1_5_TEMPLATE, QWEN2_5_VL_TEMPLATE
+from vldft.adapters.tiny import QWEN2_5_VL_TEMPLATE
 
 # Qwen/Qwen2-VL-*-Instruct: the same template as Qwen2.5-VL (default system prompt "You are a
 # helpful assistant." when the conversation has none).
 QWEN2_VL = QWEN2_5_VL_TEMPLATE
-QWEN2_5_VL = QWEN2_5_VL_TEMPLATE
-LLAVA_1_5 = LLAVA_1_5_TEMPLATE
 
 # Qwen/Qwen3-VL-*-Instruct chat_template.json (non-thinking): no default system prompt, tool
 # calls as <tool_call> JSON. The -Thinking checkpoints ship a different template (the generation

@@ -32,9 +32,13 @@ from transformers import (
 
 from vldft.adapters import templates
 from vldft.adapters.tiny import _set_generation_ids, byte_tokenizer
-from vldft.adapters.vocab import QWEN2_SPECIALS, QWEN3_5_SPECIALS, QWEN3_SPECIALS
+from vldft.adapters.vocab import (
+    LLAVA_ONEVISION_SPECIALS,
+    QWEN2_SPECIALS,
+    QWEN3_5_SPECIALS,
+    QWEN3_SPECIALS,
+)
 
-LLAVA_OV_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096)
 
@@ -146,9 +150,9 @@ def tiny_qwen3_5(min_pixels: int | None = None, max_pixels: int | None = None):
 def tiny_llava_onevision(image_size: int = 28):
     """LLaVA-OneVision: SigLIP tower + 2-layer MLP projector + Qwen2 LM; anyres tiling (a base
     view plus tiles from ``image_grid_pinpoints``, unpadded, a newline embedding per row)."""
-    tok = byte_tokenizer(LLAVA_OV_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>",
+    tok = byte_tokenizer(LLAVA_ONEVISION_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>",
                          template=templates.LLAVA_ONEVISION)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in LLAVA_OV_SPECIALS}
+    ids = {t: tok.convert_tokens_to_ids(t) for t in LLAVA_ONEVISION_SPECIALS}
     pinpoints = [[image_size, image_size], [image_size, 2 * image_size],
                  [2 * image_size, image_size]]
     image_processor = LlavaOnevisionImageProcessor(
@@ -170,9 +174,7 @@ def tiny_llava_onevision(image_size: int = 28):
         vision_feature_layer=-1, vision_feature_select_strategy="full",
         image_grid_pinpoints=pinpoints, tie_word_embeddings=True,
     )
-    model = LlavaOnevisionForConditionalGeneration(config)
-    _set_generation_ids(model, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
-    return model, processor
+    return _finish(LlavaOnevisionForConditionalGeneration(config), processor, ids)
 
 
 def _finish(model, processor, ids: dict):

@@ -49,7 +49,7 @@ __all__ = [
     "FILE_SUFFIXES", "FORMATS", "HUB_ID", "LORA_TARGETS", "PARTS", "Config", "ConfigError",
     "DataConfig", "LoraSettings", "LossConfig", "ModelConfig", "SourceConfig", "TrainConfig",
     "config_keys", "config_to_dict", "hub_source", "hub_unreachable", "is_hub_id", "load_config",
-    "resolve_path", "source_pixels", "world_size",
+    "read_config_file", "resolve_path", "source_pixels", "world_size",
 ]
 
 
@@ -120,7 +120,32 @@ def source_pixels(cfg: Config) -> dict[str, tuple[int | None, int | None]]:
             if s.min_pixels or s.max_pixels}
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+def read_config_file(path: Path) -> tuple[dict[str, Any], Path, bool]:
+    """A config file's top-level mapping, the directory its relative paths resolve against
+    (see :func:`load_config`), and whether it is one of vldft's own (bundled) configs."""
+    from vldft import resources
+
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:  # file:line:column, not a traceback
+            raise yaml_error(str(path), e) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    here, base = path.resolve().parent, Path.cwd()
+    bundled = any(here == (root / "configs").resolve()
+                  for root in (resources.BUNDLED, resources.CHECKOUT))
+    if bundled:
+        base = here.parent
+    elif not path.resolve().is_relative_to(base.resolve()):
+        base = here
+    return raw, base, bundled
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                sweep_ok: bool = False) -> Config:
     """Load ``path`` (YAML), apply ``section.key=value`` overrides, validate, return a Config.
 
     Relative paths (in the file and the overrides) are resolved against the directory the
@@ -129,31 +154,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     bundled copy, ``vldft.resources``): their data paths resolve against the bundle (so the
     installed demo config finds the bundled demo data from any directory), while a relative
     ``train.output_dir`` resolves against the current directory (training output never goes
-    into site-packages).
+    into site-packages). ``sweep_ok``: a study file's ``sweep`` section (``vldft.study``) is
+    ignored instead of refused.
     """
-    from vldft import resources
-
     raw: dict[str, Any] = {}
     base = Path.cwd()
     bundled = False
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            try:
-                raw = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:  # file:line:column, not a traceback
-                raise yaml_error(str(path), e) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        here = path.resolve().parent
-        bundled = any(here == (root / "configs").resolve()
-                      for root in (resources.BUNDLED, resources.CHECKOUT))
-        if bundled:
-            base = here.parent
-        elif not path.resolve().is_relative_to(base.resolve()):
-            base = here
+        raw, base, bundled = read_config_file(Path(path))
+        if sweep_ok:
+            raw.pop("sweep", None)
     for item in overrides or []:
         apply_override(raw, item)
     if bundled and isinstance(raw.get("train", {}), dict):

@@ -40,16 +40,14 @@ from vldft.config import ModelConfig
 from vldft.device import model_device
 from vldft.heldout import generate_messages
 
-FAMILIES = MODEL_TYPES  # config.json model_type -> family (every adapter's model_types)
-
 
 def detect_family(pretrained: str) -> str:
     """vldft family of a checkpoint from its config.json ``model_type``."""
     model_type = AutoConfig.from_pretrained(pretrained).model_type
-    if model_type not in FAMILIES:
+    if model_type not in MODEL_TYPES:
         raise ValueError(f"{pretrained}: model_type {model_type!r} is not supported by vldft "
-                         f"(supported: {sorted(FAMILIES)})")
-    return FAMILIES[model_type]
+                         f"(supported: {sorted(MODEL_TYPES)})")
+    return MODEL_TYPES[model_type]
 
 
 def to_vldft_messages(chat: ChatMessages) -> tuple[list[dict], list]:
