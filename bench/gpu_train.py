@@ -1,7 +1,7 @@
 """GPU training-step benchmark: Qwen2.5-VL-3B architecture, chunked DFT vs naive full-logits DFT.
 
     bash bench/gpu.sh                                   # on the GPU machine (results under $OUT)
-    python bench/gpu_train.py [--seq-lens 2048,4096,8192] [--methods chunked,naive]
+    python bench/gpu_train.py [--seq-lens 2048,4096,8192] [--methods chunked,chunked_rb128,naive]
                               [--steps 3] [--warmup 1] [--search-max 131072] [--no-search]
                               [--out DIR]
     python bench/gpu_train.py --dry-run                 # tiny config on the CPU, seconds (CI)
@@ -64,7 +64,24 @@ from common import (  # noqa: E402
     write_json,
 )
 
+import vldft.objectives as vobj  # noqa: E402
 from vldft.objectives import ObjectiveSpec, compute_objective  # noqa: E402
+
+METHODS = ("chunked", "chunked_rb128", "chunked_c2048", "chunked_c4096", "naive")
+
+
+def spec_of(method: str) -> ObjectiveSpec:
+    """The DFT spec of ``method``: ``chunked`` (the default chunk, one block per chunk on CUDA),
+    ``chunked_rb128`` (128-row blocks on CUDA: the setting before 2026-11-30),
+    ``chunked_c2048`` / ``chunked_c4096`` (chunks of 2,048 / 4,096 target rows) or ``naive``.
+    Sets the module's CUDA row block, so call it before each measurement."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {','.join(METHODS)}")
+    vobj.CUDA_ROW_BLOCK = 128 if method == "chunked_rb128" else 0
+    if method == "naive":
+        return ObjectiveSpec(name="dft", implementation="naive")
+    chunk = int(method[len("chunked_c"):]) if method.startswith("chunked_c") else 1024
+    return ObjectiveSpec(name="dft", implementation="chunked", chunk_size=chunk)
 
 PROMPT_BEFORE, PROMPT_AFTER = 8, 56  # text tokens before / after the image block
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "H800": 989.0}
@@ -179,7 +196,7 @@ def profile(model, optimizer, method: str, length: int, args, device: str, dtype
             out: Path) -> dict:
     """Seconds per phase (median of --steps, device synchronised between phases) and the
     top operators of one step by device time (torch.profiler) -> profile_<method>_<L>.txt."""
-    spec = ObjectiveSpec(name="dft", implementation=method)
+    spec = spec_of(method)
     batch = make_batch(model, length, args.image_side, device, dtype)
     for _ in range(args.warmup):
         train_step(model, optimizer, batch, spec)
@@ -218,7 +235,7 @@ def _free(device: str) -> None:
 
 def measure(model, optimizer, method: str, length: int, args, device: str, dtype) -> dict:
     """Median step time and peak memory of ``method`` at ``length``; OOM reported as such."""
-    spec = ObjectiveSpec(name="dft", implementation=method)
+    spec = spec_of(method)
     batch = make_batch(model, length, args.image_side, device, dtype)
     n_targets = int((batch["labels"][:, 1:] != -100).sum())
     patches = int(batch["image_grid_thw"].prod())
@@ -329,7 +346,7 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seq-lens", default="2048,4096,8192")
-    ap.add_argument("--methods", default="chunked,naive")
+    ap.add_argument("--methods", default="chunked,naive", help="of: " + ",".join(METHODS))
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--image-side", type=int, default=448)
@@ -367,6 +384,9 @@ def main(argv=None) -> dict:
             args.peak_tflops = PEAK_TFLOPS[key] if key else None
     seqs = [int(s) for s in args.seq_lens.split(",")]
     methods = args.methods.split(",")
+    for m in methods:
+        spec_of(m)  # unknown names fail before the model is built
+    vobj.CUDA_ROW_BLOCK = 0
     model = build_model(args.dry_run, device, dtype)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[gpu] model {n_params / 1e9:.3f} B parameters, built in "

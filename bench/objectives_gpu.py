@@ -2,6 +2,7 @@
 bf16 inputs, one CUDA device, a few minutes on one H100.
 
     python bench/objectives_gpu.py [--shapes 3b,7b] [--tokens 2048,8192,16384] [--reps 5]
+                                   [--methods chunked,chunked_rb128,chunked_c4096,naive,trl,...]
                                    [--out runs/bench/objectives_gpu.json]
     python bench/objectives_gpu.py --dry-run        # tiny shapes on the CPU (what CI runs)
 
@@ -29,6 +30,29 @@ sys.path.insert(0, str(ROOT))
 from common import default_out, write_json  # noqa: E402
 from objectives import LOSSES, SHAPES, VOCAB  # noqa: E402
 
+import vldft.objectives as vobj  # noqa: E402
+
+
+def _vldft(implementation: str, cuda_row_block: int = 0, chunk_size: int = 1024):
+    """vldft's compute_objective with the given implementation / CUDA row block / chunk."""
+    def loss(hidden, weight, labels):
+        vobj.CUDA_ROW_BLOCK = cuda_row_block
+        spec = vobj.ObjectiveSpec(name="dft", implementation=implementation, chunk_size=chunk_size)
+        try:
+            out = vobj.compute_objective(hidden, weight, labels, spec)
+        finally:
+            vobj.CUDA_ROW_BLOCK = 0
+        return out.loss_sum / max(out.n_tokens, 1)
+    return loss
+
+
+# chunked: the default (whole-chunk blocks on CUDA); chunked_rb128: 128-row blocks (the CPU
+# setting, and the CUDA one before 2026-11-30); chunked_c4096: 4,096-row chunks; naive: vldft's
+# full-logits reference; trl / llamafactory: their full-logits DFT (bench/objectives.py)
+GPU_LOSSES = {"chunked": _vldft("chunked"), "chunked_rb128": _vldft("chunked", 128),
+              "chunked_c4096": _vldft("chunked", 0, 4096), "naive": _vldft("naive"),
+              "trl": LOSSES["trl"], "llamafactory": LOSSES["llamafactory"]}
+
 
 def measure(method: str, hidden_size: int, vocab: int, n: int, reps: int, device: str,
             dtype: torch.dtype) -> dict:
@@ -48,7 +72,7 @@ def measure(method: str, hidden_size: int, vocab: int, n: int, reps: int, device
                 torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated() if cuda else 0
             t0 = time.perf_counter()
-            out = LOSSES[method](hidden, weight, labels)
+            out = GPU_LOSSES[method](hidden, weight, labels)
             out.backward()
             if cuda:
                 torch.cuda.synchronize()
@@ -67,9 +91,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--shapes", default="3b,7b")
     ap.add_argument("--tokens", default="2048,8192,16384")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--methods", default=",".join(GPU_LOSSES), help="of: " + ",".join(GPU_LOSSES))
     ap.add_argument("--out", default=default_out("objectives_gpu.json"))
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.methods.split(",")) - set(GPU_LOSSES))
+    if unknown:
+        ap.error(f"unknown --methods {unknown}; choose from {','.join(GPU_LOSSES)}")
     if args.dry_run:
         device, dtype, vocab, shapes, tokens, reps = "cpu", torch.float32, 512, ["tiny"], [64], 1
     else:
@@ -80,7 +108,7 @@ def main(argv=None) -> list[dict]:
     rows = []
     for shape in shapes:
         for n in tokens:
-            for method in LOSSES:
+            for method in args.methods.split(","):
                 row = {"shape": shape, "tokens": n, "method": method,
                        **measure(method, SHAPES[shape], vocab, n, reps, device, dtype)}
                 rows.append(row)

@@ -3,7 +3,8 @@ tokens/s, useful (target) tokens/s, MFU, peak memory and CUDA kernels per step.
 
     bash bench/gpu.sh                                    # runs this among the GPU set
     python bench/packing_gpu.py [--pack-tokens 8192,16384,32768] [--padded-batch 4]
-                                [--steps 3] [--warmup 1] [--out DIR]
+                                [--padded-attention sdpa,varlen] [--steps 3] [--warmup 1]
+                                [--out DIR]
     python bench/packing_gpu.py --dry-run                # tiny model on the CPU (same code)
 
 Samples (seeded, nothing downloaded): a Geometry3K-like length mix with random token ids:
@@ -15,7 +16,9 @@ Configurations, each timed on its own micro-batches of the same sample stream:
   mRoPE positions, no attention mask) with the attention vldft picks on CUDA
   (``vldft.attention``: flash-attn's varlen kernel if installed, else torch's ``varlen_attn``),
   for the language model and the vision tower alike;
-- ``padded_b<B>``: B samples per micro-batch, right-padded (as vldft's collator pads), ``sdpa``.
+- ``padded_b<B>``: B samples per micro-batch, right-padded (as vldft's collator pads), ``sdpa``;
+  ``padded_b<B>_varlen``: the same batches with vldft's varlen function (each row's valid tokens
+  from the 2-D mask; the vision tower one call per layer instead of window by window).
 If a configuration runs out of memory, it is retried once with gradient checkpointing (the row
 says so; recomputation is not counted in the model FLOPs).
 
@@ -46,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from common import default_out, machine_info, write_json  # noqa: E402
 from gpu_train import PEAK_TFLOPS, build_model, train_step  # noqa: E402
 
-from vldft.attention import kernel_name  # noqa: E402
+from vldft.attention import kernel_name, use_varlen  # noqa: E402
 from vldft.objectives import ObjectiveSpec  # noqa: E402
 from vldft.packing import (  # noqa: E402  (torch-only modules: no other vldft dependency)
     IGNORE,
@@ -201,6 +204,18 @@ def run_config(name: str, batches: list[dict], lens: list[list[int]], model, opt
     return row
 
 
+def _guarded(fn, name: str, *args) -> dict:
+    """``fn(name, *args)``; any other failure than out-of-memory (a kernel that refuses a shape,
+    say) is recorded in the row and the next configuration still runs."""
+    try:
+        return fn(name, *args)
+    except Exception as e:  # noqa: BLE001 - reported in the results, not swallowed
+        import traceback
+
+        traceback.print_exc()
+        return {"config": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pack-tokens", default="8192,16384,32768")
@@ -208,6 +223,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--samples", type=int, default=400)
+    ap.add_argument("--padded-attention", default="sdpa,varlen",
+                    help="attention of the padded batches: sdpa (transformers' default, the "
+                         "vision tower window by window) and / or varlen (vldft.attention)")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--out", default=os.environ.get("OUT", default_out("gpu")))
     ap.add_argument("--dry-run", action="store_true")
@@ -243,14 +261,20 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     need = args.warmup + args.steps
-    for b in [int(x) for x in args.padded_batch.split(",") if x]:
+    attns = args.padded_attention.split(",")
+    if set(attns) - {"sdpa", "varlen"}:
+        ap.error(f"--padded-attention: sdpa and / or varlen, not {args.padded_attention}")
+    for b, attn in [(int(x), a) for x in args.padded_batch.split(",") if x for a in attns]:
         model.config._attn_implementation = "sdpa"
+        if attn == "varlen":  # the padded batch's 2-D mask gives each row's valid tokens
+            use_varlen(model)
         order = list(range(len(enc)))
         random.Random(1).shuffle(order)
         groups = [order[k:k + b] for k in range(0, need * b, b)]
         batches = [to_dev(pad([enc[i] for i in g], pad_id)) for g in groups]
         lens = [[len(enc[i].input_ids) for i in g] for g in groups]
-        row = run_config(f"padded_b{b}", batches, lens, model, optimizer, args, device)
+        name = f"padded_b{b}" + ("_varlen" if attn == "varlen" else "")
+        row = _guarded(run_config, name, batches, lens, model, optimizer, args, device)
         result["rows"].append(row)
         print(f"[packing_gpu] {row}", flush=True)
         write_json(out / "packing_gpu.json", result)
@@ -264,7 +288,7 @@ def main(argv=None) -> dict:
         positions = lambda e: mrope_positions(model, e, image_token_id)  # noqa: E731
         batches = [to_dev(pack([enc[i] for i in g], positions)) for g in bins]
         lens = [[len(enc[i].input_ids) for i in g] for g in bins]
-        row = run_config(f"packed_{n}", batches, lens, model, optimizer, args, device)
+        row = _guarded(run_config, f"packed_{n}", batches, lens, model, optimizer, args, device)
         row.update(attention=used, varlen_kernel=kernel_name(device, dtype))
         result["rows"].append(row)
         print(f"[packing_gpu] {row}", flush=True)
@@ -277,7 +301,7 @@ def main(argv=None) -> dict:
           "| CUDA kernels / step |\n|---|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         if "error" in r:
-            print(f"| {r['config']} | out of memory |  |  |  |  |  |  |  |")
+            print(f"| {r['config']} | {r['error']} |  |  |  |  |  |  |  |")
             continue
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         print(f"| {r['config']} | {r['gradient_checkpointing']} | {r['median_step_s'] * 1e3:.0f} "

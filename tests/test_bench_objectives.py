@@ -42,6 +42,7 @@ def test_gpu_bench_dry_run(tmp_path):
                           "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert {r["method"] for r in rows} == {"chunked", "trl", "llamafactory"}
+    assert {r["method"] for r in rows} == {"chunked", "chunked_rb128", "chunked_c4096", "naive",
+                                           "trl", "llamafactory"}
     losses = [r["loss"] for r in rows]
     assert max(losses) - min(losses) < 1e-5 * max(abs(x) for x in losses)

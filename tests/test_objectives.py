@@ -624,3 +624,12 @@ def test_non_contiguous_hidden_of_another_dtype() -> None:
         assert grads[impl][0].dtype == torch.float32
     for a, b in zip(grads["chunked"], grads["naive"], strict=True):
         assert _rel(a, b) <= 1e-6
+
+
+def test_row_block_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU: 128-row blocks (bounded scratch); CUDA: the whole chunk in one block (fewer kernel
+    launches; bench/RESULTS.md), unless ``CUDA_ROW_BLOCK`` says otherwise."""
+    assert objectives.row_block(torch.device("cpu"), 1024) == objectives.ROW_BLOCK == 128
+    assert objectives.row_block(torch.device("cuda"), 1024) == 1024
+    monkeypatch.setattr(objectives, "CUDA_ROW_BLOCK", 128)
+    assert objectives.row_block(torch.device("cuda"), 1024) == 128

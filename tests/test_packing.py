@@ -26,6 +26,7 @@ from vldft.attention import (
 )
 from vldft.collate import IGNORE, Collator, Encoded
 from vldft.config import ConfigError, ModelConfig
+from vldft.config.sections import FAMILY_NAMES
 from vldft.loader import PackCollator, PackingSampler
 from vldft.packing import (
     choose_attention,
@@ -423,3 +424,28 @@ def test_config_pack_tokens_must_hold_a_sample():
     with pytest.raises(ConfigError, match=r"data.max_length \(512\) > data.pack_tokens \(256\)"):
         demo_config("data.packing=true", "data.pack_tokens=256")
     assert demo_config("data.pack_tokens=256").data.packing is False  # unused when off
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_attn_implementation_varlen_on_padded_batches(family, tmp_path):
+    """model.attn_implementation=varlen: a right-padded micro-batch of mixed samples through
+    the varlen function equals sdpa on every valid token (every family); the saved checkpoint
+    names a transformers implementation, not vldft's."""
+    torch.manual_seed(0)
+    adapter = load_adapter(ModelConfig(family=family, tiny=True, attn_implementation="varlen"))
+    assert adapter.model.config._attn_implementation == VARLEN
+    assert adapter.model.config.get_text_config()._attn_implementation == VARLEN
+    coll = Collator(adapter, max_length=1024)
+    samples = [s for s in _samples() if family != "qwen3_5" or s.id != "multi"]  # (1 turn only)
+    batch = coll([coll.encode(s) for s in samples])
+    valid = batch["attention_mask"].bool()
+    assert not valid.all()  # padded
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+    with torch.no_grad():
+        h_varlen = adapter.hidden_states(inputs)
+        adapter.model.config._attn_implementation = "sdpa"
+        h_sdpa = adapter.hidden_states(inputs)
+    assert torch.allclose(h_varlen[valid], h_sdpa[valid], atol=1e-5)
+    adapter.model.config._attn_implementation = VARLEN
+    adapter.model.save_pretrained(tmp_path)
+    assert "vldft" not in (tmp_path / "config.json").read_text()

@@ -21,19 +21,20 @@ the training loop divides by the global target count of the optimizer step.
 
 Chunked algorithm (default). Inside one ``torch.autograd.Function`` forward, per chunk of
 ``chunk_size`` target rows (gathered from hidden by index: no [N, H] copy): ``z = h_c @ W.T + b``
-in the input dtype, upcast to fp32 ([C, V]); in blocks of ROW_BLOCK rows with one reused
-scratch: log-sum-exp, log p, p, the full-vocabulary entropy ``lse - sum(softmax * z)``, the EAFT
-top-k entropy, w, and for asft ``log q`` (log_softmax of ``ref_h_c @ ref_W.T``, upcast to fp32
-the same way) and ``KL = sum_v q_v (log q_v - log p_v)``. Since w is detached, the gradient
-w.r.t. the logits is closed form, ``dL/dz = w * (softmax - onehot) [+ kl_lambda * (softmax -
-q)]``; it overwrites z, then grad_hidden[rows_c] = dz @ W (index_copy_ into a zeros buffer shaped
-like hidden), grad_W += dz.T @ h_c and grad_b += dz.sum(0) are computed DURING the forward.
+in the input dtype, upcast to fp32 ([C, V]); in blocks of rows (``row_block``: 128 on the CPU, the
+whole chunk on CUDA) with one reused scratch: log-sum-exp, log p, p, the full-vocabulary entropy
+``lse - sum(softmax * z)``, the EAFT top-k entropy, w, and for asft ``log q`` (log_softmax of
+``ref_h_c @ ref_W.T``, upcast to fp32 the same way) and ``KL = sum_v q_v (log q_v - log p_v)``.
+Since w is detached, the gradient w.r.t. the logits is closed form, ``dL/dz = w * (softmax -
+onehot) [+ kl_lambda * (softmax - q)]``; it overwrites z, then grad_hidden[rows_c] = dz @ W
+(index_copy_ into a zeros buffer shaped like hidden), grad_W += dz.T @ h_c and grad_b += dz.sum(0)
+are computed DURING the forward.
 Backward only scales the stored gradients by grad_output (in place: one backward per graph).
 Only inputs with ``needs_input_grad`` get gradients; under no_grad none.
 
 Memory: grad_hidden and grad_W (the sizes of hidden and W; autograd needs them anyway) plus ONE
 [chunk_size, V] fp32 logits / dz buffer (plus its bf16 copy for bf16 inputs, and the reference
-logits for asft) and a [ROW_BLOCK, V] scratch. Full-logits implementations hold 3-4 [N, V]
+logits for asft) and a [block, V] scratch. Full-logits implementations hold 3-4 [N, V]
 tensors (8k tokens x 151,936 x fp32 = 5 GB each; bench/RESULTS.md).
 
 Accumulation dtype: fp32 inputs -> fp32 throughout (fp64 -> fp64). bf16 / fp16 inputs: matmuls
@@ -66,7 +67,19 @@ OBJECTIVES = ("sft", "dft", "asft", "chord", "eaft")
 IMPLEMENTATIONS = ("chunked", "naive")
 STAT_KEYS = ("ce_sum", "p_sum", "entropy_sum", "low_p_count", "kl_sum", "weight_sum")
 LOW_P = 0.1  # threshold of the "low_p_count" statistic
-ROW_BLOCK = 128  # rows of a chunk the per-token math handles at once (bounds its scratch)
+ROW_BLOCK = 128  # CPU: rows of a chunk the per-token math handles at once (bounds its scratch)
+# CUDA: rows per block (0 = the whole chunk in one block). On a GPU each block is a dozen small
+# kernel launches: on an H200 the 3B loss head took 17.2 / 31.9 / 61.1 ms at 2k / 4k / 8k
+# targets with whole-chunk blocks against 20.4 / 39.1 / 73.4 ms with 128-row blocks, for 0.5 GiB
+# more (one [chunk_size, V] fp32 scratch instead of a [128, V] one; bench/RESULTS.md).
+CUDA_ROW_BLOCK = 0
+
+
+def row_block(device: torch.device, chunk: int) -> int:
+    """Rows per block of the per-token math for a chunk of ``chunk`` rows on ``device``."""
+    if device.type == "cuda":
+        return CUDA_ROW_BLOCK or chunk
+    return ROW_BLOCK
 
 
 @dataclass(frozen=True)
@@ -241,15 +254,16 @@ def _chunked_pass(hidden: Tensor, rows: Tensor, y: Tensor, weight: Tensor, bias:
     loss = torch.zeros((), dtype=torch.float64, device=dev)
     stats = torch.zeros(len(STAT_KEYS), dtype=torch.float64, device=dev)
     p_out = torch.empty(n, dtype=torch.float32, device=dev)
-    buf = torch.empty(min(ROW_BLOCK, n, chunk), vocab, dtype=cdt, device=dev)
+    block = row_block(dev, chunk)
+    buf = torch.empty(min(block, n, chunk), vocab, dtype=cdt, device=dev)
     for s in range(0, n, chunk):
         r_c, y_c = rows[s:s + chunk], y[s:s + chunk]
         h_c = hs.index_select(0, r_c).to(weight.dtype)  # [C, H]
         z = F.linear(h_c, weight, bias).to(cdt)  # [C, V]; becomes dL/dz
         ref_z = None if ref is None else F.linear(
             ref[0].index_select(0, r_c).to(ref[1].dtype), ref[1], ref[2]).to(cdt)
-        for r in range(0, len(z), ROW_BLOCK):
-            blk = slice(r, r + ROW_BLOCK)
+        for r in range(0, len(z), block):
+            blk = slice(r, r + block)
             loss_b, stats_b, logp = _block_math(
                 z[blk], y_c[blk], spec, None if ref_z is None else ref_z[blk], any(need),
                 buf[:len(y_c[blk])])

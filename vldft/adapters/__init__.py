@@ -74,9 +74,11 @@ def load_adapter(cfg: ModelConfig) -> Adapter:
         raise ValueError(f"model.family: unknown family {cfg.family!r}; choose from "
                          f"{sorted(FAMILIES)}")
     adapter_cls = FAMILIES[cfg.family]
+    varlen = cfg.attn_implementation == "varlen"  # loaded as sdpa, then switched
+    attn = "sdpa" if varlen else cfg.attn_implementation
     if cfg.tiny:
         model, processor = build_tiny(cfg.family, cfg.min_pixels, cfg.max_pixels)
-        model.config._attn_implementation = cfg.attn_implementation
+        model.config._attn_implementation = attn
         if cfg.dtype in _DTYPES:
             model.to(_DTYPES[cfg.dtype])
     else:
@@ -92,7 +94,11 @@ def load_adapter(cfg: ModelConfig) -> Adapter:
         cls = getattr(transformers, adapter_cls.model_class)
         dtype = _DTYPES.get(cfg.dtype, "auto")
         model = cls.from_pretrained(
-            cfg.name_or_path, dtype=dtype, attn_implementation=cfg.attn_implementation
+            cfg.name_or_path, dtype=dtype, attn_implementation=attn
         )
         processor = AutoProcessor.from_pretrained(cfg.name_or_path)
+    if varlen:
+        from vldft.attention import use_varlen
+
+        use_varlen(model)
     return adapter_cls(model, processor, cfg.min_pixels, cfg.max_pixels)

@@ -75,7 +75,9 @@ class ModelConfig:
     name_or_path: str | None = None  # hub id or local dir of an HF checkpoint
     tiny: bool = False  # build a tiny random model locally instead (demo / tests; no download)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # weights dtype on load
-    attn_implementation: str = "sdpa"  # "sdpa", "eager" or "flash_attention_2" (flash extra)
+    # "sdpa", "eager", "flash_attention_2" (flash extra) or "varlen" (vldft.attention's varlen
+    # function also for padded batches: on CUDA one kernel call per layer; packing uses it anyway)
+    attn_implementation: str = "sdpa"
     min_pixels: int | None = None  # Qwen families: lower bound on image area after resizing
     max_pixels: int | None = None  # Qwen families: upper bound on image area (limits tokens)
     freeze: list[str] = field(default_factory=list)  # parts to freeze: vision, projector, language
