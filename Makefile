@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint eval-env
+.PHONY: demo prior test test-slow lint eval-env
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,19 @@ $(VENV)/.installed: pyproject.toml eval/pins.txt | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/python -m vldft.train configs/demo.yaml
 	$(BIN)/python -m vldft.heldout runs/demo/final data/geo_demo/heldout.jsonl --controls blank,shuffled
+
+# rebuild the shipped prior (priors/tiny-qwen25vl-geo, what configs/demo.yaml fine-tunes):
+# generate its pre-training data, train configs/prior.yaml from scratch (SFT, 6,000 steps: about
+# 25 minutes on 2 CPU cores), score it with and without its images, copy it over the shipped one
+PRIOR_KINDS := name_shape,describe_shape,count_dots,describe_dots,colour
+prior: $(VENV)/.demo-installed
+	$(BIN)/python -m vldft.data.synth --out runs/prior_data --kinds $(PRIOR_KINDS) \
+	  --n-train 20000 --n-heldout 300 --seed 1
+	$(BIN)/python -m vldft.train configs/prior.yaml train.overwrite=true
+	$(BIN)/python -m vldft.heldout runs/prior/final runs/prior_data/heldout.jsonl \
+	  --controls blank --max-new-tokens 48
+	cp runs/prior/final/*.json runs/prior/final/*.jinja runs/prior/final/model.safetensors \
+	  priors/tiny-qwen25vl-geo/
 
 eval-env: $(VENV)/.eval-installed
 

@@ -1,5 +1,5 @@
 """Packaging hook (everything else is in pyproject.toml): copy the files vldft's commands read
-(``vldft.resources.BUNDLE``: eval/ task YAMLs + pins.txt, data/geo_demo, configs/) into the
+(``vldft.resources.BUNDLE``: eval/ task YAMLs + pins.txt, data/geo_demo, configs/, priors/) into the
 built package as ``vldft/_bundled/``, so that a wheel install has them. ``MANIFEST.in`` puts
 the same files into the sdist, so a wheel built from the sdist has them too."""
 

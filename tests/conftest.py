@@ -12,16 +12,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = ROOT / "configs/demo.yaml"
+DEMO_CONFIG = ROOT / "configs/demo.yaml"  # fine-tunes the shipped prior (priors/)
+TINY_CONFIG = ROOT / "tests/tiny_demo.yaml"  # a tiny random model on the demo data
 DEMO_DATA = ROOT / "data/geo_demo/train.jsonl"
 DEMO_HELDOUT = ROOT / "data/geo_demo/heldout.jsonl"
 
 
 def demo_config(*overrides: str):
-    """``configs/demo.yaml`` loaded with dotted ``key=value`` overrides."""
+    """``tests/tiny_demo.yaml`` (a tiny random model on the demo data) loaded with dotted
+    ``key=value`` overrides."""
     from vldft.config import load_config
 
-    return load_config(DEMO_CONFIG, list(overrides))
+    return load_config(TINY_CONFIG, list(overrides))
 
 
 def tiny_demo_rows(n: int, kind: str | None = None) -> list[dict]:

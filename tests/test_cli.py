@@ -6,7 +6,7 @@ LoRA runs say what is frozen and a log file gets no progress-bar redraws."""
 
 import pytest
 import yaml
-from conftest import DEMO_CONFIG, DEMO_DATA
+from conftest import DEMO_DATA, TINY_CONFIG
 
 import vldft.train
 from vldft import collate, compare, probe
@@ -50,7 +50,7 @@ def test_usage_marks_overrides_optional(fn, argv, capsys):
 
 
 def test_train_config_help_prints_help_not_an_override_error(capsys):
-    text = help_of(vldft.train.cli, [str(DEMO_CONFIG), "train.lr=1e-4", "--help"], capsys)
+    text = help_of(vldft.train.cli, [str(TINY_CONFIG), "train.lr=1e-4", "--help"], capsys)
     assert "--print-config" in text and "config error" not in text
 
 
@@ -59,7 +59,7 @@ def test_print_config_prints_resolved_values_and_does_not_train(monkeypatch, cap
         raise AssertionError("--print-config trained")
 
     monkeypatch.setattr(vldft.train, "main", no_training)
-    vldft.train.cli([str(DEMO_CONFIG), "--print-config", "train.lr=0.5", "model.freeze=[vision]"])
+    vldft.train.cli([str(TINY_CONFIG), "--print-config", "train.lr=0.5", "model.freeze=[vision]"])
     out = capsys.readouterr().out
     cfg = yaml.safe_load(out)
     assert cfg["train"]["lr"] == 0.5 and cfg["model"]["freeze"] == ["vision"]
@@ -70,12 +70,12 @@ def test_print_config_prints_resolved_values_and_does_not_train(monkeypatch, cap
 
 def test_misspelt_key_suggests_the_closest(capsys):
     with pytest.raises(ConfigError, match=r"model\.freez: unknown key \(did you mean 'freeze'"):
-        load_config(DEMO_CONFIG, ["model.freez=[vision]"])
+        load_config(TINY_CONFIG, ["model.freez=[vision]"])
     with pytest.raises(ConfigError, match=r"trian: unknown key \(did you mean 'train'"):
-        load_config(DEMO_CONFIG, ["trian.lr=1"])
+        load_config(TINY_CONFIG, ["trian.lr=1"])
     with pytest.raises(SystemExit, match=r"config error: train\.micro_batch: unknown key "
                                          r"\(did you mean 'micro_batch_size'"):
-        vldft.train.cli([str(DEMO_CONFIG), "train.micro_batch=2"])
+        vldft.train.cli([str(TINY_CONFIG), "train.micro_batch=2"])
 
 
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
@@ -88,13 +88,13 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
     with pytest.raises(SystemExit, match=f"config error: {bad}:3:10: "):
         vldft.train.cli([str(bad)])
     with pytest.raises(ConfigError, match=r"override 'train.lr=\[1,': value:1:4: invalid YAML"):
-        load_config(DEMO_CONFIG, ["train.lr=[1,"])
+        load_config(TINY_CONFIG, ["train.lr=[1,"])
 
 
 def test_lora_run_says_base_weights_are_frozen_and_logs_no_bar_redraws(tmp_path, capsys):
     demo_rows = DEMO_DATA
     vldft.train.cli([
-        str(DEMO_CONFIG), "data.train_files=[]",
+        str(TINY_CONFIG), "data.train_files=[]",
         f"data.sources=[{{path: {demo_rows}, max_samples: 8}}]",
         "data.heldout_file=null", "train.max_steps=2", "loss.sft_warmup_steps=0",
         "loss.name=sft", "train.micro_batch_size=4", "train.log_every=1",

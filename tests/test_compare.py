@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 import yaml
-from conftest import DEMO_CONFIG, ROOT, write_tiny_data
+from conftest import ROOT, TINY_CONFIG, write_tiny_data
 
 from vldft.compare import aggregate, cli, markdown
 from vldft.config import ConfigError
@@ -14,7 +14,7 @@ from vldft.study import build_study, load_base_config
 
 def _study_yaml(tmp_path, sweep=None, **train):
     data = write_tiny_data(tmp_path / "train.jsonl", 16)
-    cfg = yaml.safe_load(DEMO_CONFIG.read_text())
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
     cfg["data"].update(train_files=[str(data)], heldout_file=str(data))
     cfg["loss"]["sft_warmup_steps"] = 0
     cfg["train"].update(output_dir=str(tmp_path / "out"), max_steps=6, micro_batch_size=4,
@@ -130,15 +130,17 @@ def test_tiny_study_end_to_end_resume_and_array_index(tmp_path, monkeypatch):
 
 
 def test_shipped_study_config_and_its_command_line():
-    """configs/study_geo.yaml is a plain training config; its header's compare command gives
-    the 4 variants x 2 seeds, and a study config with a sweep section loads without it."""
+    """configs/study_geo.yaml: its sweep section gives the 5 objectives x 3 seeds from the
+    shipped prior, scored on the study split; its header's command is the sweep alone, and the
+    file loads as a training config without the sweep section."""
     path = ROOT / "configs/study_geo.yaml"
     header = " ".join(line.lstrip("# ").rstrip("\\ ") for line in path.read_text().splitlines()
                       if line.startswith("#"))
     cmd = header.split("python -m vldft.compare ", 1)[1].split(" (add", 1)[0].split()
-    assert cmd[0] == "configs/study_geo.yaml"
-    study = cli([str(path), *cmd[1:], "--list"])
-    assert [r.group for r in study.runs][::2] == ["sft", "dft", "sft_then_dft", "sft_then_asft"]
-    assert {r.settings["train.seed"] for r in study.runs} == {0, 1}
+    assert cmd == ["configs/study_geo.yaml"]
+    study = cli([str(path), "--list"])
+    assert [r.group for r in study.runs][::3] == ["sft", "dft", "dft_minw", "asft", "chord"]
+    assert {r.settings["train.seed"] for r in study.runs} == {0, 1, 2}
     cfg = load_base_config(path, ["train.lr=1e-3"])
-    assert cfg.train.lr == 1e-3 and cfg.data.heldout_file.endswith("heldout.jsonl")
+    assert cfg.train.lr == 1e-3 and cfg.data.heldout_file.endswith("study.jsonl")
+    assert cfg.model.name_or_path.endswith("tiny-qwen25vl-geo") and not cfg.model.tiny

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CONFIG, ROOT, tiny_demo_rows
+from conftest import ROOT, TINY_CONFIG, tiny_demo_rows
 
 import vldft.data.formats as formats_mod
 from vldft.config import SourceConfig, load_config
@@ -85,7 +85,7 @@ def test_validate_still_reports_another_bad_row_in_the_same_file(tmp_path):
 def test_train_with_skip_trains_on_the_other_rows_and_lists_the_bad_one(tmp_path, capsys):
     data, offset = _utf8_file(tmp_path / "c")
     out = tmp_path / "run"
-    summary = main(load_config(DEMO_CONFIG,
+    summary = main(load_config(TINY_CONFIG,
                                _train_overrides(data, out, "data.on_error=skip")))
     assert summary["steps"] == 2 and summary["train_samples"] == 519
     assert summary["read_skips"] == {"train/bad_json": 1}
@@ -102,7 +102,7 @@ def test_train_with_skip_trains_on_the_other_rows_and_lists_the_bad_one(tmp_path
 def test_train_with_raise_stops_with_one_line_naming_file_line_and_offset(tmp_path):
     data, offset = _utf8_file(tmp_path / "d")
     with pytest.raises(SystemExit) as e:
-        cli([str(DEMO_CONFIG), *_train_overrides(data, tmp_path / "run")])
+        cli([str(TINY_CONFIG), *_train_overrides(data, tmp_path / "run")])
     msg = str(e.value.code)
     assert "\n" not in msg and "Traceback" not in msg
     assert f"{data}:{BAD_LINE}" in msg and f"byte offset {offset}" in msg
@@ -137,7 +137,7 @@ def _corrupt_image_file(folder: Path) -> tuple[Path, Path, str]:
 def test_corrupt_image_with_skip_is_listed_with_id_file_line_and_image(tmp_path, capsys):
     data, bad, sid = _corrupt_image_file(tmp_path / "f")
     out = tmp_path / "run"
-    summary = main(load_config(DEMO_CONFIG,
+    summary = main(load_config(TINY_CONFIG,
                                _train_overrides(data, out, "data.on_error=skip")))
     assert summary["train_samples"] == 15
     assert summary["read_skips"] == {"train/image_corrupt": 1}
@@ -154,7 +154,7 @@ def test_corrupt_image_with_raise_stops_before_training(tmp_path):
     data, bad, sid = _corrupt_image_file(tmp_path / "g")
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
-        cli([str(DEMO_CONFIG), *_train_overrides(data, out)])
+        cli([str(TINY_CONFIG), *_train_overrides(data, out)])
     msg = str(e.value.code)
     assert "\n" not in msg and f"{data}:4 (id {sid})" in msg and str(bad) in msg
     assert not (out / "metrics.jsonl").exists()  # stopped before training started
@@ -166,7 +166,7 @@ def test_image_failing_only_at_encode_time_is_named_too(tmp_path, monkeypatch, c
     monkeypatch.setattr(formats_mod, "image_problem", lambda img: None)
     data, bad, sid = _corrupt_image_file(tmp_path / "h")
     out = tmp_path / "run"
-    summary = main(load_config(DEMO_CONFIG,
+    summary = main(load_config(TINY_CONFIG,
                                _train_overrides(data, out, "data.on_error=skip")))
     assert summary["skipped"] == {"train/image_corrupt": 1}
     [entry] = json.loads((out / "data_summary.json").read_text())["skipped"]
@@ -174,7 +174,7 @@ def test_image_failing_only_at_encode_time_is_named_too(tmp_path, monkeypatch, c
         ("encode", str(data), 4, sid, str(bad))
     assert f"{data}:4 (id {sid})" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        cli([str(DEMO_CONFIG), *_train_overrides(data, tmp_path / "run2",
+        cli([str(TINY_CONFIG), *_train_overrides(data, tmp_path / "run2",
                                                                 "train.max_steps=4")])
     msg = str(e.value.code)
     assert "\n" not in msg and f"{data}:4 (id {sid})" in msg and str(bad) in msg
@@ -315,7 +315,7 @@ def test_two_rank_checkpoint_lists_the_samples_skipped_on_rank_1(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(port), "-m", "vldft.train", str(DEMO_CONFIG),
+         "--master_port", str(port), "-m", "vldft.train", str(TINY_CONFIG),
          *_train_overrides(data, out, "data.overlong=skip", "data.group_by_length=false",
                            "train.save_every=1", "train.mixed_precision=no")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -74,6 +74,10 @@ CASES = [
     ("(B)", "5", ["3", "4", "5", "6"], "B", False),
     ("Answer: 5", "5", ["3", "4", "5", "6"], "5", True),
     ("The correct option is C.", "4", ["3", "4", "5", "6"], "C", False),
+    # a one-word reply is its own answer (the shipped prior's pre-training format)
+    ("triangle", "triangle", None, "triangle", True),
+    (" Red.\n", "red", None, "Red", True),
+    ("no idea", "3", None, None, False),
 ]
 
 

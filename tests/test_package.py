@@ -17,8 +17,8 @@ from conftest import ROOT
 from vldft.resources import BUNDLE
 
 TIMEOUT = 300  # seconds per subprocess (the whole module takes ~60-90 s on 2 CPU cores)
-SOURCES = ["vldft", "eval", "data", "configs", "pyproject.toml", "setup.py", "MANIFEST.in",
-           "README.md"]
+SOURCES = ["vldft", "eval", "data", "configs", "priors", "pyproject.toml", "setup.py",
+           "MANIFEST.in", "README.md"]
 
 
 def bundled_files() -> set[str]:
@@ -27,7 +27,9 @@ def bundled_files() -> set[str]:
              for p in (ROOT / top).glob(pat) if p.is_file()}
     assert {"eval/vldft_geo_heldout.yaml", "eval/geoqa.yaml", "eval/pins.txt",
             "configs/demo.yaml", "data/geo_demo/train.jsonl",
-            "data/geo_demo/heldout.jsonl"} <= files
+            "data/geo_demo/heldout.jsonl", "data/geo_demo/study.jsonl",
+            "priors/tiny-qwen25vl-geo/model.safetensors",
+            "priors/tiny-qwen25vl-geo/config.json"} <= files
     return files
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, DEMO_DATA, demo_config, write_tiny_data
+from conftest import DEMO_DATA, TINY_CONFIG, demo_config, write_tiny_data
 
 from vldft.adapters import load_adapter
 from vldft.collate import Collator
@@ -99,7 +99,7 @@ def test_probe_random_model_then_trained_checkpoint_by_path(tmp_path, capsys):
         "train.log_every=20"))
     ckpt = tmp_path / "run" / "final"
     out = tmp_path / "probe"
-    report = cli([str(DEMO_CONFIG), *common, "model.tiny=false",
+    report = cli([str(TINY_CONFIG), *common, "model.tiny=false",
                   f"model.name_or_path={ckpt}", "--samples", "20", "--out", str(out)])
     printed = capsys.readouterr().out
     assert report["model"] == str(ckpt)
@@ -114,7 +114,7 @@ def test_probe_random_model_then_trained_checkpoint_by_path(tmp_path, capsys):
 
 def test_cli_errors_name_the_problem(capsys):
     with pytest.raises(SystemExit, match="config error: train.nope"):
-        cli([str(DEMO_CONFIG), "train.nope=1"])
+        cli([str(TINY_CONFIG), "train.nope=1"])
     with pytest.raises(SystemExit) as e:
-        cli([str(DEMO_CONFIG), "--samples", "0"])
+        cli([str(TINY_CONFIG), "--samples", "0"])
     assert e.value.code == 2 and "--samples must be >= 1" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CONFIG, ROOT, demo_config, write_tiny_data
+from conftest import ROOT, TINY_CONFIG, demo_config, write_tiny_data
 
 import vldft.run_dir
 import vldft.train
@@ -289,7 +289,7 @@ def test_stop_at_the_last_step_then_rerun_writes_final(finished, data_file, tmp_
 def test_a_users_configs_folder_resolves_against_the_files_dir(tmp_path, monkeypatch):
     folder = tmp_path / "exp" / "configs"
     folder.mkdir(parents=True)
-    text = DEMO_CONFIG.read_text().replace("output_dir: runs/demo",
+    text = TINY_CONFIG.read_text().replace("output_dir: runs/demo",
                                                             "output_dir: runs/a")
     assert "output_dir: runs/a" in text
     (folder / "a.yaml").write_text(text)
@@ -312,7 +312,7 @@ def test_bundled_configs_read_the_bundle_but_write_to_the_cwd(tmp_path, monkeypa
     if copy == "installed":  # an installed wheel's vldft/_bundled/
         root = tmp_path / "site" / "vldft" / "_bundled"
         (root / "configs").mkdir(parents=True)
-        shutil.copy(DEMO_CONFIG, root / "configs/demo.yaml")
+        shutil.copy(TINY_CONFIG, root / "configs/demo.yaml")
         (root / "data/geo_demo").mkdir(parents=True)
         for name in ("train.jsonl", "heldout.jsonl"):
             (root / "data/geo_demo" / name).write_text("")

@@ -15,10 +15,13 @@ from conftest import DEMO_DATA, ROOT
 from PIL import Image
 
 from vldft.data.synth import (
+    COLOURS,
     IMAGE_KINDS,
     KINDS,
     MAX_DOTS,
+    PRIOR_KINDS,
     SHAPES,
+    STUDY_KINDS,
     generate_sample,
     main,
     write_split,
@@ -26,7 +29,8 @@ from vldft.data.synth import (
 from vldft.scoring import extract_answer
 
 BUNDLED = DEMO_DATA.parent
-DOC_ARGS = ["--n-train", "800", "--n-heldout", "160", "--seed", "0", "--size", "112"]
+DOC_ARGS = ["--n-train", "800", "--n-heldout", "160", "--n-study", "200", "--seed", "0",
+            "--size", "112"]
 DOC_COMMAND = "python -m vldft.data.synth --out data/geo_demo " + " ".join(DOC_ARGS)
 
 
@@ -119,18 +123,22 @@ def test_row_schema(sample_set: tuple[Path, list[dict]]) -> None:
         assert row["images"] == [f"images/train_{i:06d}.png"]
         assert (out / row["images"][0]).is_file()
         text = _answer_text(row)
+        if row["kind"] in PRIOR_KINDS:  # pre-training kinds: pieces of the demo's answers
+            assert text.endswith(".") if row["kind"].startswith("describe") else (
+                text.endswith(f"Answer: {row['answer']}"))
+            continue
         assert text.endswith(f"Answer: {row['answer']}")
         assert len(text) < 120 and text.isascii() and _question(row).isascii()
         body = text.rsplit("Answer:", 1)[0].strip()
         assert body.endswith(".") and 1 <= body.count(". ") + 1 <= 3  # 1-3 short sentences
-        assert re.fullmatch(r"\d+|[a-z]+", row["answer"])
+        assert re.fullmatch(r"\d+|[a-z]+", row["answer"])  # (the image-only and story kinds)
 
 
 def test_kinds_images_and_balance(sample_set: tuple[Path, list[dict]]) -> None:
     out, rows = sample_set
     counts = Counter(row["kind"] for row in rows)
     assert set(counts) == set(KINDS)
-    assert all(15 <= counts[k] <= 50 for k in KINDS)  # uniform over 6 kinds: ~33 each
+    assert all(4 <= counts[k] <= 30 for k in KINDS)  # uniform over 14 kinds: ~14 each
     for row in rows[:60]:
         with Image.open(out / row["images"][0]) as im:
             assert im.format == "PNG" and im.mode == "RGB" and im.size == (112, 112)
@@ -176,6 +184,37 @@ def _expected(row: dict, root: Path) -> str:
     if kind == "count":
         assert q == "How many dots are in the diagram?"
         return str(len([n for n in _dark_components(root / row["images"][0]) if n > 30]))
+    if kind in ("count_more", "count_rephrased"):
+        assert q in ("How many dots are in the diagram?", "How many dots do you see?")
+        n = len([n for n in _dark_components(root / row["images"][0]) if n > 30])
+        assert (n > MAX_DOTS) == (kind == "count_more")
+        return str(n)
+    if kind == "shape_rephrased":
+        assert q == "Which shape is drawn here?" and row["answer"] in SHAPES
+        assert len([n for n in _dark_components(root / row["images"][0]) if n > 30]) == 1
+        return row["answer"]
+    if kind == "name_shape":
+        assert q == "Name the shape." and row["answer"] in SHAPES
+        assert len([n for n in _dark_components(root / row["images"][0]) if n > 30]) == 1
+        return row["answer"]
+    if kind == "describe_shape":  # no final answer: the sentence is checked against the pixels
+        assert q == "Describe the figure." and row["answer"] is None
+        assert re.fullmatch(r"The figure (?:has [34] corners|is round, with no corners)\.",
+                            _answer_text(row))
+        assert len([n for n in _dark_components(root / row["images"][0]) if n > 30]) == 1
+        return None
+    if kind == "describe_dots":
+        assert q == "Describe the dots."
+        assert _answer_text(row).startswith(f"I count {row['answer']} dot")
+        return str(len([n for n in _dark_components(root / row["images"][0]) if n > 30]))
+    if kind == "count_dots":
+        assert q == "Count the dots."
+        return str(len([n for n in _dark_components(root / row["images"][0]) if n > 30]))
+    if kind == "colour":
+        assert q == "What colour is the figure?"
+        with Image.open(root / row["images"][0]) as im:
+            ink = Counter(c for c in im.convert("RGB").getdata() if c != (255, 255, 255))
+        return next(name for name, rgb in COLOURS.items() if rgb == ink.most_common(1)[0][0])
     if kind == "triangle_angle":
         a, b = map(int, re.search(r"two angles are (\d+) deg and (\d+) deg", q).groups())
         assert a >= 20 and b >= 20 and 180 - a - b >= 20
@@ -198,13 +237,14 @@ def test_answers_match_pixels_or_question(sample_set: tuple[Path, list[dict]]) -
     out, rows = sample_set
     for row in rows:
         assert row["answer"] == _expected(row, out), row
-        assert extract_answer(_answer_text(row)) == row["answer"]  # the kit's scorer reads it
+        if row["answer"] is not None:
+            assert extract_answer(_answer_text(row)) == row["answer"]  # the kit's scorer reads it
 
 
 def test_bundled_set_matches_documented_command(tmp_path: Path) -> None:
     assert DOC_COMMAND in (ROOT / "data" / "README.md").read_text(encoding="utf-8")
     main(["--out", str(tmp_path), *DOC_ARGS])
-    for split, n in (("train", 800), ("heldout", 160)):
+    for split, n in (("train", 800), ("heldout", 160), ("study", 200)):
         fresh, bundled = tmp_path / f"{split}.jsonl", BUNDLED / f"{split}.jsonl"
         assert fresh.read_bytes() == bundled.read_bytes()
         rows = _rows(bundled)
@@ -212,9 +252,12 @@ def test_bundled_set_matches_documented_command(tmp_path: Path) -> None:
         for row in rows[:: max(1, n // 16)]:
             rel = row["images"][0]
             assert _pixels(tmp_path / rel) == _pixels(BUNDLED / rel)
-    assert len(list((BUNDLED / "images").glob("*.png"))) == 960
+    assert len(list((BUNDLED / "images").glob("*.png"))) == 1160
     assert {r["kind"] for r in _rows(BUNDLED / "train.jsonl")} == set(IMAGE_KINDS)
+    assert {r["kind"] for r in _rows(BUNDLED / "study.jsonl")} == set(STUDY_KINDS)
+    assert max(int(r["answer"]) for r in _rows(BUNDLED / "study.jsonl")
+               if r["kind"] == "count_more") > MAX_DOTS
     # the splits come from different seeds: no held-out diagram is a training diagram
     train_px = {_pixels(BUNDLED / r["images"][0]) for r in _rows(BUNDLED / "train.jsonl")}
     assert not any(_pixels(BUNDLED / r["images"][0]) in train_px
-                   for r in _rows(BUNDLED / "heldout.jsonl"))
+                   for split in ("heldout", "study") for r in _rows(BUNDLED / f"{split}.jsonl"))

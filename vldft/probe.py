@@ -1,7 +1,7 @@
 """Prior-strength probe: how well does the starting model already predict the training targets?
 
-    python -m vldft.probe configs/demo.yaml                          # the tiny random model
-    python -m vldft.probe configs/demo.yaml model.tiny=false model.name_or_path=runs/demo/final
+    python -m vldft.probe configs/demo.yaml                          # the shipped prior
+    python -m vldft.probe configs/demo.yaml model.name_or_path=runs/demo/final
     python -m vldft.probe configs/qwen25vl_geo.yaml --samples 512 --out runs/probe_geo
 
 Runs the model of CONFIG (no training) teacher-forced over a seeded sample (``--samples``,

@@ -1,5 +1,6 @@
 """Files vldft's commands read besides its code: the lmms-eval task YAMLs and ``pins.txt``
-(``eval/``), the bundled demo data (``data/geo_demo``) and the configs (``configs/``).
+(``eval/``), the bundled demo data (``data/geo_demo``), the configs (``configs/``) and the
+shipped prior checkpoint the demo fine-tunes (``priors/``).
 
 In the repository they stay where they are (``eval/``, ``data/``, ``configs/`` next to
 ``vldft/``). A wheel or sdist install carries a copy inside the package, ``vldft/_bundled/``
@@ -23,6 +24,7 @@ BUNDLE = {
     "eval": ["*.yaml", "*.txt"],
     "data": ["README.md", "geo_demo/*.jsonl", "geo_demo/images/*.png"],
     "configs": ["*.yaml", "accelerate/*.yaml"],
+    "priors": ["*/*.json", "*/*.safetensors", "*/*.jinja", "*/README.md"],
 }
 
 

@@ -93,6 +93,9 @@ def _choice_letter(text: str, choices: list[str]) -> str | None:
     return max(found)[1].upper() if found else None
 
 
+_ONE_WORD = re.compile(r"\s*([A-Za-z]+)\.?\s*")
+
+
 def extract_answer(text: str | None, choices: list[str] | None = None) -> str | None:
     """The final answer in a model output (raw, not normalised), or None if there is none."""
     if not text:
@@ -108,6 +111,9 @@ def extract_answer(text: str | None, choices: list[str] | None = None) -> str | 
         letter = _choice_letter(text, choices)
         if letter:
             return letter
+    word = _ONE_WORD.fullmatch(text)
+    if word:  # a one-word reply ("triangle") is its own answer
+        return word.group(1)
     # the last number, unless it is part of (or before) a final \\frac / \\sqrt expression
     last = max((m for pattern in (_MATH, _NUMBER) for m in pattern.finditer(text)),
                key=lambda m: (m.end(), -m.start()), default=None)

@@ -1,6 +1,6 @@
 """Fine-tune a vision-language model with DFT (or SFT): one readable loop on accelerate.
 
-    python -m vldft.train configs/demo.yaml                       # tiny model, CPU, minutes
+    python -m vldft.train configs/demo.yaml                       # shipped prior, CPU, minutes
     python -m vldft.train configs/demo.yaml train.lr=1e-3 loss.name=sft
     python -m vldft.train configs/demo.yaml --print-config        # resolved config; no training
     torchrun --nproc_per_node 8 -m vldft.train configs/qwen25vl_geo.yaml

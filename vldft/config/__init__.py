@@ -95,7 +95,11 @@ class Config:
     def _validate_paths(self) -> None:
         """Every configured input path exists (relative to ``base_dir``), or is a hub id where a
         hub id is allowed."""
-        d, t = self.data, self.train
+        d, t, m = self.data, self.train, self.model
+        if m.name_or_path and not (self.resolve(m.name_or_path).exists()
+                                   or is_hub_id(m.name_or_path)):
+            raise ConfigError(f"model.name_or_path: {self.resolve(m.name_or_path)} does not "
+                              "exist (and is not a hub id owner/name)")
         for i, f in enumerate(d.train_files):
             if not self.resolve(f).exists():
                 raise ConfigError(f"data.train_files[{i}]: {self.resolve(f)} does not exist")
@@ -148,8 +152,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
                 sweep_ok: bool = False) -> Config:
     """Load ``path`` (YAML), apply ``section.key=value`` overrides, validate, return a Config.
 
-    Relative paths (in the file and the overrides) are resolved against the directory the
-    command is run from if the file is inside it, else against the file's own directory. The
+    Relative paths (in the file and the overrides; ``model.name_or_path`` when that local
+    directory exists) are resolved against the directory the command is run from if the file
+    is inside it, else against the file's own directory. The
     one exception is vldft's own ``configs/*.yaml`` (the checkout's or an installed package's
     bundled copy, ``vldft.resources``): their data paths resolve against the bundle (so the
     installed demo config finds the bundled demo data from any directory), while a relative
@@ -173,6 +178,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
             train["output_dir"] = str(Path.cwd() / out)
     raw.setdefault("base_dir", str(base))
     cfg = build(Config, raw, "")
+    name = cfg.model.name_or_path
+    if name and cfg.resolve(name).exists():  # a local checkpoint, e.g. the bundled prior
+        cfg.model.name_or_path = str(cfg.resolve(name))
     cfg.validate()
     return cfg
 

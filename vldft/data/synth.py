@@ -2,7 +2,8 @@
 
 Regenerate the bundled demo set (from the repository root) with::
 
-    python -m vldft.data.synth --out data/geo_demo --n-train 800 --n-heldout 160 --seed 0 --size 112
+    python -m vldft.data.synth --out data/geo_demo --n-train 800 --n-heldout 160 --n-study 200 \
+        --seed 0 --size 112
 
 Kinds are drawn uniformly from ``--kinds``. The default, and the bundled set, are the two kinds
 whose answer is in the picture only (the question text is the same for every sample):
@@ -31,12 +32,20 @@ from PIL import Image, ImageDraw, ImageFont
 IMAGE_KINDS = ("shape", "count")  # the answer is in the picture only: the bundled demo set
 TEXT_KINDS = ("triangle_angle", "right_triangle", "parallel_lines", "circle")  # the question
 # text carries every number; the arithmetic is out of reach of the tiny demo model
-KINDS = IMAGE_KINDS + TEXT_KINDS
+# pre-training of the shipped prior (configs/prior.yaml)
+PRIOR_KINDS = ("name_shape", "describe_shape", "count_dots", "describe_dots", "colour")
+# the study's held-out split: the demo's kinds plus out-of-distribution ones (docs/study_geo.md)
+OOD_KINDS = ("count_more", "shape_rephrased", "count_rephrased")
+STUDY_KINDS = IMAGE_KINDS + OOD_KINDS
+KINDS = IMAGE_KINDS + TEXT_KINDS + PRIOR_KINDS + OOD_KINDS
 WHITE, LABEL_COLOR = (255, 255, 255), (0, 0, 0)
 INKS = ((0, 0, 0), (40, 40, 40), (20, 30, 110), (100, 20, 20), (10, 80, 30))
 SHAPE_SIDES = {"triangle": 3, "square": 4, "circle": 0}
 SHAPES = tuple(SHAPE_SIDES)
 MAX_DOTS = 4
+PRIOR_MAX_DOTS = 6
+COLOURS = {"red": (210, 30, 30), "green": (20, 150, 40), "blue": (30, 60, 210),
+           "black": (0, 0, 0)}
 _BASE_TRIPLES = ((3, 4, 5), (5, 12, 13), (8, 15, 17), (7, 24, 25), (20, 21, 29), (9, 40, 41))
 TRIPLES = tuple((a * k, b * k, c * k) for a, b, c in _BASE_TRIPLES for k in range(1, 11)
                 if c * k <= 50)
@@ -47,7 +56,8 @@ PARALLEL_RULES = {
 }
 
 Point = tuple[float, float]
-Problem = tuple[str, str, str]  # (question, answer_text, final_answer)
+Problem = tuple[str, str, str | None]  # (question, answer_text, final_answer or None)
+Builder = Callable[[random.Random, "_Canvas"], Problem]
 
 
 class GeoSample(NamedTuple):
@@ -57,7 +67,7 @@ class GeoSample(NamedTuple):
     kind: str
     question: str
     answer_text: str
-    final_answer: str
+    final_answer: str | None  # None: nothing to score (describe_shape)
 
 
 def _add(p: Point, q: Point, k: float = 1.0) -> Point:
@@ -147,10 +157,8 @@ class _Canvas:
         self.label(_add(anchor, direction, _support(text, direction) + gap), text)
 
 
-def _shape(rng: random.Random, c: _Canvas) -> Problem:
-    """One filled triangle, square or circle. Filled, not outlined: a 3 px outline leaves the
-    tiny demo model's 14 px patches almost all background, and it never learns to see it."""
-    name = rng.choice(SHAPES)
+def _filled_shape(rng: random.Random, c: _Canvas, name: str) -> None:
+    """One filled triangle, square or circle of a random size, place and turn."""
     radius = rng.uniform(0.22, 0.4) * c.size
     centre = (rng.uniform(radius + 4, c.size - radius - 4),
               rng.uniform(radius + 4, c.size - radius - 4))
@@ -160,23 +168,83 @@ def _shape(rng: random.Random, c: _Canvas) -> Problem:
         n, phase = SHAPE_SIDES[name], rng.uniform(0, 360)
         c.draw.polygon([_add(centre, _rotate((radius, 0), phase + 360 * k / n))
                         for k in range(n)], fill=c.ink)
-    reason = "is round, with no corners" if name == "circle" else f"has {SHAPE_SIDES[name]} corners"
-    return "What shape is shown in the diagram?", f"The figure {reason}. Answer: {name}", name
 
 
-def _count(rng: random.Random, c: _Canvas) -> Problem:
-    """1-4 filled dots of one size, apart from each other and from the border."""
-    n = rng.randint(1, MAX_DOTS)
+def _dots(rng: random.Random, c: _Canvas, n: int) -> None:
+    """``n`` filled dots of one size, apart from each other and from the border."""
     radius, centres = 0.08 * c.size, []
-    while len(centres) < n:  # rejection sampling; 4 dots of this size always fit
+    while len(centres) < n:  # rejection sampling; up to 6 dots of this size always fit
         lo, hi = radius + 3, c.size - radius - 3
         p = (rng.uniform(lo, hi), rng.uniform(lo, hi))
         if all(math.dist(p, q) > 2 * radius + 4 for q in centres):
             centres.append(p)
     for p in centres:
         c.draw.ellipse(_box(p, radius), fill=c.ink)
-    noun = "dot" if n == 1 else "dots"
-    return "How many dots are in the diagram?", f"I count {n} {noun}. Answer: {n}", str(n)
+
+
+def _shape_sentence(name: str) -> str:
+    reason = "is round, with no corners" if name == "circle" else f"has {SHAPE_SIDES[name]} corners"
+    return f"The figure {reason}."
+
+
+def _dots_sentence(n: int) -> str:
+    return f"I count {n} {'dot' if n == 1 else 'dots'}."
+
+
+def _shape_kind(question: str, answer: Callable[[str], tuple[str, str | None]]) -> Builder:
+    """A kind drawing one filled shape: ``answer(name)`` gives (answer text, final answer)."""
+    def build(rng: random.Random, c: _Canvas) -> Problem:
+        name = rng.choice(SHAPES)
+        _filled_shape(rng, c, name)
+        return (question, *answer(name))
+    return build
+
+
+def _dots_kind(question: str, lo: int, hi: int,
+               answer: Callable[[int], tuple[str, str | None]]) -> Builder:
+    """A kind drawing ``lo``-``hi`` dots: ``answer(n)`` gives (answer text, final answer)."""
+    def build(rng: random.Random, c: _Canvas) -> Problem:
+        n = rng.randint(lo, hi)
+        _dots(rng, c, n)
+        return (question, *answer(n))
+    return build
+
+
+def _worked_shape(name: str) -> tuple[str, str]:
+    return f"{_shape_sentence(name)} Answer: {name}", name
+
+
+def _worked_count(n: int) -> tuple[str, str]:
+    return f"{_dots_sentence(n)} Answer: {n}", str(n)
+
+
+# The demo's kinds. Shapes are filled, not outlined: a 3 px outline leaves the tiny demo model's
+# 14 px patches almost all background, and it never learns to see it.
+_shape = _shape_kind("What shape is shown in the diagram?", _worked_shape)
+_count = _dots_kind("How many dots are in the diagram?", 1, MAX_DOTS, _worked_count)
+# Out-of-distribution kinds of the study's held-out split (study.jsonl): the demo's answer
+# format, with counts beyond its training range, or question phrasings it never trains on.
+_count_more = _dots_kind("How many dots are in the diagram?", MAX_DOTS + 1, PRIOR_MAX_DOTS,
+                         _worked_count)
+_shape_rephrased = _shape_kind("Which shape is drawn here?", _worked_shape)
+_count_rephrased = _dots_kind("How many dots do you see?", 1, MAX_DOTS, _worked_count)
+# Pre-training kinds (the shipped prior's recipe, configs/prior.yaml). Each teaches a piece of
+# what the demo's answers combine - "Answer: <shape>" / "Answer: <count>" (counts to
+# PRIOR_MAX_DOTS, beyond the demo's 4), the describing sentences, and the "sentence + Answer: X"
+# format for colours only - under question phrasings the demo does not use. describe_shape has
+# no final answer to score (its sentence names no shape): held-out CE only.
+_name_shape = _shape_kind("Name the shape.", lambda name: (f"Answer: {name}", name))
+_describe_shape = _shape_kind("Describe the figure.", lambda name: (_shape_sentence(name), None))
+_count_dots = _dots_kind("Count the dots.", 1, PRIOR_MAX_DOTS, lambda n: (f"Answer: {n}", str(n)))
+_describe_dots = _dots_kind("Describe the dots.", 1, PRIOR_MAX_DOTS,
+                            lambda n: (_dots_sentence(n), str(n)))
+
+
+def _colour(rng: random.Random, c: _Canvas) -> Problem:
+    name = rng.choice(tuple(COLOURS))
+    c.ink = COLOURS[name]
+    _filled_shape(rng, c, rng.choice(SHAPES))
+    return "What colour is the figure?", f"The figure is {name}. Answer: {name}", name
 
 
 def _triangle_angle(rng: random.Random, c: _Canvas) -> Problem:
@@ -280,9 +348,12 @@ def _circle(rng: random.Random, c: _Canvas) -> Problem:
     return question, f"d = 2r = 2 * {r} = {2 * r}. Answer: {2 * r}", str(2 * r)
 
 
-BUILDERS: dict[str, Callable[[random.Random, _Canvas], Problem]] = {
+BUILDERS: dict[str, Builder] = {
     "shape": _shape, "count": _count, "triangle_angle": _triangle_angle,
     "right_triangle": _right_triangle, "parallel_lines": _parallel_lines, "circle": _circle,
+    "name_shape": _name_shape, "describe_shape": _describe_shape, "count_dots": _count_dots,
+    "describe_dots": _describe_dots, "colour": _colour, "count_more": _count_more,
+    "shape_rephrased": _shape_rephrased, "count_rephrased": _count_rephrased,
 }
 
 
@@ -348,7 +419,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/geo_demo"), help="output directory")
     parser.add_argument("--n-train", type=int, default=800)
     parser.add_argument("--n-heldout", type=int, default=160)
-    parser.add_argument("--seed", type=int, default=0, help="train uses 2*seed, heldout 2*seed+1")
+    parser.add_argument("--n-study", type=int, default=0,
+                        help="also write study.jsonl: the demo's kinds plus out-of-distribution "
+                             f"ones ({', '.join(OOD_KINDS)}), seed 2*seed+2")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="train uses 2*seed, heldout 2*seed+1, study 2*seed+2")
     parser.add_argument("--size", type=int, default=112, help="image side in pixels (>= 64)")
     parser.add_argument("--kinds", default=",".join(IMAGE_KINDS),
                         help=f"comma-separated kinds, drawn uniformly (of {', '.join(KINDS)})")
@@ -361,6 +436,10 @@ def main(argv: list[str] | None = None) -> None:
     for offset, (split, n) in enumerate((("train", args.n_train), ("heldout", args.n_heldout))):
         path = write_split(args.out, split, n, 2 * args.seed + offset, args.size, kinds)
         print(f"wrote {n} {split} samples to {path}")
+    if args.n_study:
+        path = write_split(args.out, "study", args.n_study, 2 * args.seed + 2, args.size,
+                           STUDY_KINDS)
+        print(f"wrote {args.n_study} study samples to {path}")
 
 
 if __name__ == "__main__":
