@@ -18,7 +18,9 @@
 #   bash bench/gpu.sh                        # figures under runs/bench/gpu/ (gitignored)
 #   SEARCH=1 bash bench/gpu.sh               # also gpu_train's longest-sequence search (+ ~4 min)
 #   PYTHON=python TRAIN_TIMEOUT=200 PACKING_TIMEOUT=270 bash bench/gpu.sh   # interpreter, caps
-# TRL's SFTTrainer(loss_type="dft") reference row: not scripted here (see bench/RESULTS.md).
+#   TRL=1 bash bench/gpu.sh                  # also bench/trl_gpu.py: TRL's SFTTrainer(loss_type=
+#                                            # "dft") on the same model and batches (needs trl +
+#                                            # datasets, e.g. carried wheels; + ~2 min)
 set -uo pipefail
 OUT=${OUT:-runs/bench/gpu}
 mkdir -p "$OUT"
@@ -40,4 +42,7 @@ timeout "${TRAIN_TIMEOUT:-120}" "$PY" bench/gpu_train.py --fused-adamw $SEARCH_A
   --methods chunked,chunked_rb128,naive --out "$OUT" 2>&1 | tee "$OUT/gpu_train.log"
 timeout "${PACKING_TIMEOUT:-200}" "$PY" bench/packing_gpu.py --out "$OUT" 2>&1 \
   | tee "$OUT/packing_gpu.log"
+if [ "${TRL:-0}" = 1 ]; then
+  timeout "${TRL_TIMEOUT:-240}" "$PY" bench/trl_gpu.py --out "$OUT" 2>&1 | tee "$OUT/trl_gpu.log"
+fi
 echo "gpu.sh done; files under $OUT"

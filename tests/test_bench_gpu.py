@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 
@@ -60,3 +61,15 @@ def test_gpu_train_dry_run_profile_fused_checkpointing(tmp_path: Path) -> None:
     assert "aten::mm" in table or "aten::addmm" in table
     assert "fused AdamW, gradient checkpointing" in res.stdout
     assert "| chunked | 160 |" in res.stdout and "phase times" in res.stdout
+
+
+def test_trl_gpu_reference_dry_run(tmp_path):
+    """bench/trl_gpu.py's CPU dry run: vldft's step and TRL's SFTTrainer(loss_type="dft") on the
+    same tiny model and batch (needs trl: the bench extra)."""
+    pytest.importorskip("trl")
+    res = subprocess.run([sys.executable, str(ROOT / "bench/trl_gpu.py"), "--dry-run",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads((tmp_path / "trl_gpu.json").read_text())["rows"]
+    assert [r["framework"] for r in rows] == ["vldft", "trl"]
+    assert all(r["step_s"] > 0 for r in rows)
