@@ -41,7 +41,7 @@ prior: $(VENV)/.demo-installed
 	  --n-train 20000 --n-heldout 300 --seed 1
 	$(BIN)/python -m vldft.train configs/prior.yaml train.overwrite=true
 	$(BIN)/python -m vldft.heldout runs/prior/final runs/prior_data/heldout.jsonl \
-	  --controls blank --max-new-tokens 48
+	  --controls blank,shuffled --max-new-tokens 48
 	cp runs/prior/final/*.json runs/prior/final/*.jinja runs/prior/final/model.safetensors \
 	  priors/tiny-qwen25vl-geo/
 

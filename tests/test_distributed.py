@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, DEMO_DATA, ROOT, assert_same_weights
+from conftest import DEMO_DATA, ROOT, TINY_CONFIG, assert_same_weights
 
 from vldft.adapters import load_adapter
 from vldft.config import load_config
@@ -63,7 +63,7 @@ def records(out: Path) -> list[dict]:
 
 
 def test_two_rank_ddp_equals_one_rank_with_the_same_global_batch(tmp_path):
-    cfg_path = str(DEMO_CONFIG)
+    cfg_path = str(TINY_CONFIG)
     # the sampler's order decides which micro-batches share a step: check that some step
     # pairs a text-only micro-batch with an image one across the two ranks
     cfg = load_config(cfg_path, overrides(tmp_path, "probe", 2))

@@ -7,7 +7,7 @@ machines' reduction orders). Two training runs: about a minute of CPU."""
 import sys
 
 import pytest
-from conftest import DEMO_CONFIG, assert_same_weights
+from conftest import TINY_CONFIG, assert_same_weights
 from test_distributed import STEPS, free_port, overrides, records, run
 
 from vldft.adapters import load_adapter
@@ -18,7 +18,7 @@ from vldft.loader import PackingSampler
 
 @pytest.mark.slow  # the even-epoch rule is checked in test_packing.py; this runs 2 processes
 def test_two_rank_ddp_equals_one_rank_with_packing(tmp_path):
-    cfg = load_config(str(DEMO_CONFIG), overrides(tmp_path, "probe", 2))
+    cfg = load_config(str(TINY_CONFIG), overrides(tmp_path, "probe", 2))
     data = build_training_set(cfg, load_adapter(cfg.model))
     # a pack size whose plain first-fit-decreasing bin count is odd: without the fix-up, an
     # epoch would end in the middle of a step (and rank 1 would repeat a bin)
@@ -31,10 +31,10 @@ def test_two_rank_ddp_equals_one_rank_with_packing(tmp_path):
     packed = ["data.packing=true", f"data.pack_tokens={pack_tokens}",
               "data.group_by_length=false"]
 
-    run([sys.executable, "-m", "vldft.train", str(DEMO_CONFIG),
+    run([sys.executable, "-m", "vldft.train", str(TINY_CONFIG),
          *overrides(tmp_path, "one", 2), *packed])
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(free_port()), "-m", "vldft.train", str(DEMO_CONFIG),
+         "--master_port", str(free_port()), "-m", "vldft.train", str(TINY_CONFIG),
          *overrides(tmp_path, "two", 1), *packed])
 
     one, two = records(tmp_path / "one"), records(tmp_path / "two")

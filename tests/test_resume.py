@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, DEMO_DATA, ROOT
+from conftest import DEMO_DATA, ROOT, TINY_CONFIG
 from safetensors.torch import load_file
 
 STEPS, SAVE_EVERY = 30, 5
@@ -30,7 +30,7 @@ def overrides(out: Path, *extra: str) -> list[str]:
 def launch(out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "vldft.train", str(DEMO_CONFIG),
+    return subprocess.Popen([sys.executable, "-m", "vldft.train", str(TINY_CONFIG),
                              *overrides(out, *extra)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
