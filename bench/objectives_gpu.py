@@ -28,18 +28,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import default_out, write_json  # noqa: E402
+from gpu_train import spec_of  # noqa: E402
 from objectives import LOSSES, SHAPES, VOCAB  # noqa: E402
 
 import vldft.objectives as vobj  # noqa: E402
 
 
-def _vldft(implementation: str, cuda_row_block: int = 0, chunk_size: int = 1024):
-    """vldft's compute_objective with the given implementation / CUDA row block / chunk."""
+def _vldft(method: str):
+    """vldft's compute_objective for one of gpu_train's methods (``spec_of``: the spec, and the
+    CUDA row block set for it), the row block put back to the default afterwards."""
     def loss(hidden, weight, labels):
-        vobj.CUDA_ROW_BLOCK = cuda_row_block
-        spec = vobj.ObjectiveSpec(name="dft", implementation=implementation, chunk_size=chunk_size)
         try:
-            out = vobj.compute_objective(hidden, weight, labels, spec)
+            out = vobj.compute_objective(hidden, weight, labels, spec_of(method))
         finally:
             vobj.CUDA_ROW_BLOCK = 0
         return out.loss_sum / max(out.n_tokens, 1)
@@ -49,8 +49,7 @@ def _vldft(implementation: str, cuda_row_block: int = 0, chunk_size: int = 1024)
 # chunked: the default (whole-chunk blocks on CUDA); chunked_rb128: 128-row blocks (the CPU
 # setting, and the CUDA one before 2026-11-30); chunked_c4096: 4,096-row chunks; naive: vldft's
 # full-logits reference; trl / llamafactory: their full-logits DFT (bench/objectives.py)
-GPU_LOSSES = {"chunked": _vldft("chunked"), "chunked_rb128": _vldft("chunked", 128),
-              "chunked_c4096": _vldft("chunked", 0, 4096), "naive": _vldft("naive"),
+GPU_LOSSES = {**{m: _vldft(m) for m in ("chunked", "chunked_rb128", "chunked_c4096", "naive")},
               "trl": LOSSES["trl"], "llamafactory": LOSSES["llamafactory"]}
 
 

@@ -7,7 +7,7 @@ device as ``bench/gpu_train.py``, side by side with vldft's step in one process.
 Needs ``trl`` and ``datasets`` (the ``bench`` extra; on the lent GPU machine: carried wheels). The
 model is gpu_train's Qwen2.5-VL-3B architecture with random weights in bf16 (weights, gradients and
 AdamW states, no autocast), batch 1, one 448 x 448 image and a response filling the rest of L
-tokens (``gpu_train.make_batch``). Per L: first vldft (``gpu_train.train_step``: chunked DFT, fused
+tokens (``gpu_train.make_batch``). Per L: first vldft (``gpu_train.measure``: chunked DFT, fused
 AdamW, clipping 1.0), then a TRL ``SFTTrainer`` on the same model object (each side has its own
 optimizer; that the weights moved does not change a step's cost), serving that very batch each step
 through its data collator, ``bf16=False`` (the weights are bf16 already), fused AdamW, clipping
@@ -34,29 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import default_out, machine_info, write_json  # noqa: E402
-from gpu_train import PEAK_TFLOPS, build_model, make_batch, model_flops, spec_of, train_step  # noqa: E402,I001
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def run_vldft(model, batch: dict, args, device: str) -> dict:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5,
-                                  **({"fused": True} if device == "cuda" else {}))
-    spec, times = spec_of("chunked"), []
-    for k in range(args.warmup + args.steps):
-        if k == args.warmup and device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        _sync(device)
-        t0 = time.perf_counter()
-        train_step(model, optimizer, batch, spec)
-        _sync(device)
-        if k >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    del optimizer
-    return {"step_s": statistics.median(times)}
+from gpu_train import PEAK_TFLOPS, _sync, build_model, make_batch, model_flops  # noqa: E402
+from gpu_train import measure as measure_vldft  # noqa: E402
 
 
 def run_trl(model, batch: dict, args, device: str, out_dir: Path) -> dict:
@@ -106,13 +85,14 @@ def _tokenizer():
                           template=QWEN2_5_VL_TEMPLATE)
 
 
-def measure(name: str, fn, model, length: int, args, device: str, dtype, **kw) -> dict:
+def measure_trl(model, length: int, args, device: str, dtype, out_dir: Path) -> dict:
+    """TRL's row at ``length`` (the vldft row is gpu_train's ``measure``)."""
     batch = make_batch(model, length, args.image_side, device, dtype)
     n_targets = int((batch["labels"][:, 1:] != -100).sum())
     patches = int(batch["image_grid_thw"].prod())
-    row = {"framework": name, "seq_len": length, "targets": n_targets}
+    row = {"framework": "trl", "seq_len": length, "targets": n_targets}
     try:
-        row.update(fn(model, batch, args, device, **kw))
+        row.update(run_trl(model, batch, args, device, out_dir))
     except torch.OutOfMemoryError as e:
         row.update(error="out of memory", detail=str(e).split("\n")[0][:200])
     model.zero_grad(set_to_none=True)
@@ -156,12 +136,14 @@ def main(argv=None) -> dict:
     result = {"machine": machine_info(), "trl": trl.__version__, "dry_run": args.dry_run,
               "command": "python bench/trl_gpu.py " + " ".join(sys.argv[1:] if argv is None
                                                                else argv), "rows": []}
+    args.fake_oom_above = 0  # (gpu_train's dry-run switch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5,
+                                  **({"fused": True} if device == "cuda" else {}))
     with tempfile.TemporaryDirectory() as tmp:
         for length in seqs:
-            for name in ("vldft", "trl"):
-                fn = run_vldft if name == "vldft" else run_trl
-                kw = {} if name == "vldft" else {"out_dir": Path(tmp)}
-                row = measure(name, fn, model, length, args, device, dtype, **kw)
+            vldft_row = measure_vldft(model, optimizer, "chunked", length, args, device, dtype)
+            for row in ({"framework": "vldft", **vldft_row},
+                        measure_trl(model, length, args, device, dtype, Path(tmp))):
                 result["rows"].append(row)
                 print(f"[trl_gpu] {json.dumps(row)}", flush=True)
                 write_json(out / "trl_gpu.json", result)
