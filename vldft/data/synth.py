@@ -5,8 +5,9 @@ Regenerate the bundled demo set (from the repository root) with::
     python -m vldft.data.synth --out data/geo_demo --n-train 800 --n-heldout 160 --n-study 200 \
         --seed 0 --size 112
 
-Kinds are drawn uniformly from ``--kinds``. The default, and the bundled set, are the two kinds
-whose answer is in the picture only (the question text is the same for every sample):
+Kinds are drawn uniformly from ``--kinds`` (a kind listed twice is drawn twice as often). The
+default, and the bundled set, are the two kinds whose answer is in the picture only (the
+question text is the same for every sample):
 ``shape`` (one filled triangle, square or circle) and ``count`` (1-4 filled dots). The
 geometry-story kinds ``triangle_angle``, ``right_triangle``, ``parallel_lines`` and ``circle``
 (``--kinds triangle_angle,right_triangle,...``) state every number in the question, so they
@@ -426,7 +427,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="train uses 2*seed, heldout 2*seed+1, study 2*seed+2")
     parser.add_argument("--size", type=int, default=112, help="image side in pixels (>= 64)")
     parser.add_argument("--kinds", default=",".join(IMAGE_KINDS),
-                        help=f"comma-separated kinds, drawn uniformly (of {', '.join(KINDS)})")
+                        help=f"comma-separated kinds, drawn uniformly; list a kind twice to draw "
+                             f"it twice as often (of {', '.join(KINDS)})")
     args = parser.parse_args(argv)
     if args.size < 64:
         parser.error("--size must be at least 64")
