@@ -63,6 +63,8 @@ def test_recommendation_bands(mean_p, objective):
     assert rec["objective"] == objective
     assert "[bll]" in rec["reasons"][0] and f"{mean_p:.3f}" in rec["reasons"][0]
     assert rec["thresholds"]["strong_mean_p"] == 0.7
+    # a weak prior: SFT first, or DFT kept with its weights floored (what the demo does)
+    assert ("loss.min_weight=0.1" in rec["reasons"][0]) == (objective == "sft")
 
 
 def test_low_end_of_turn_and_weak_sources_get_min_weight_advice():
