@@ -41,6 +41,21 @@ def write_json(path: str | Path, obj) -> Path:
     path.write_text(json.dumps(obj, indent=2) + "\n")
     return path
 
+def markdown_table(headers: list[str], rows: list[dict], cells) -> str:
+    """``rows`` as a Markdown table: ``cells(row)`` gives the row's cells as strings (fewer than
+    ``headers`` are padded with empty cells, e.g. a failed row's name and its error)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        values = list(cells(row))
+        lines.append("| " + " | ".join(values + [""] * (len(headers) - len(values))) + " |")
+    return "\n".join(lines)
+
+
+def fmt_mfu(row: dict) -> str:
+    """A result row's MFU as a percentage, or "-" where the peak FLOP/s is unknown."""
+    return f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
+
+
 # Qwen2/2.5 special-token ids (the list and its order: vldft/adapters/vocab.py QWEN2_SPECIALS)
 QWEN_VOCAB = 151_936  # rows of Qwen2.5-VL's embedding / lm_head (the tokenizer has 151,665)
 ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645

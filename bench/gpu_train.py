@@ -58,7 +58,9 @@ sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402
     default_out,
+    fmt_mfu,
     machine_info,
+    markdown_table,
     qwen25vl_3b_config,
     qwen25vl_config,
     write_json,
@@ -316,17 +318,14 @@ def markdown(result: dict) -> str:
              f"{m.get('transformers')}; peak {result['peak_tflops']} TFLOP/s bf16 dense; "
              f"{', '.join(opts) or 'default AdamW (foreach), no checkpointing'}",
              f"- command: `{result['command']}` ({result['wall_s']:.0f} s)",
-             "", "| method | L | targets | step (ms) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['method']} | {r['seq_len']} | {r['targets']} | out of memory "
-                         "| - | - | - | - |")
-            continue
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
-        lines.append(f"| {r['method']} | {r['seq_len']} | {r['targets']} | "
-                     f"{r['step_s'] * 1e3:.0f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['tflops_per_s']:.1f} | {mfu} | {r.get('peak_mem_gib', '-')} |")
+             "", markdown_table(
+                 ["method", "L", "targets", "step (ms)", "tokens/s", "TFLOP/s", "MFU",
+                  "peak mem (GiB)"], result["rows"],
+                 lambda r: [r["method"], str(r["seq_len"]), str(r["targets"]),
+                            *(["out of memory", "-", "-", "-", "-"] if "error" in r else [
+                                f"{r['step_s'] * 1e3:.0f}", f"{r['tokens_per_s']:.0f}",
+                                f"{r['tflops_per_s']:.1f}", fmt_mfu(r),
+                                str(r.get("peak_mem_gib", "-"))])])]
     if result.get("profile"):
         names = list(result["profile"][0]["phases_s"])
         lines += ["", "| phase times (ms, synchronised) | L | " + " | ".join(names) + " | sum |",

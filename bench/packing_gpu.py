@@ -46,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import default_out, machine_info, write_json  # noqa: E402
+from common import default_out, fmt_mfu, machine_info, markdown_table, write_json  # noqa: E402
 from gpu_train import PEAK_TFLOPS, build_model, train_step  # noqa: E402
 
 from vldft.attention import kernel_name, use_varlen  # noqa: E402
@@ -297,17 +297,14 @@ def main(argv=None) -> dict:
     model.config._attn_implementation = "sdpa"
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     write_json(out / "packing_gpu.json", result)
-    print("| config | ckpt | step (ms) | tokens/s | useful tokens/s | padding | MFU | peak GiB "
-          "| CUDA kernels / step |\n|---|---|---|---|---|---|---|---|---|")
-    for r in result["rows"]:
-        if "error" in r:
-            print(f"| {r['config']} | {r['error']} |  |  |  |  |  |  |  |")
-            continue
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
-        print(f"| {r['config']} | {r['gradient_checkpointing']} | {r['median_step_s'] * 1e3:.0f} "
-              f"| {r['tokens_per_s']:.0f} | {r['useful_tokens_per_s']:.0f} "
-              f"| {r['padding_fraction']:.0%} | {mfu} | {r.get('peak_mem_gib', '-')} "
-              f"| {r['cuda_kernels']} |")
+    print(markdown_table(
+        ["config", "ckpt", "step (ms)", "tokens/s", "useful tokens/s", "padding", "MFU",
+         "peak GiB", "CUDA kernels / step"], result["rows"],
+        lambda r: [r["config"], r["error"]] if "error" in r else [
+            r["config"], str(r["gradient_checkpointing"]), f"{r['median_step_s'] * 1e3:.0f}",
+            f"{r['tokens_per_s']:.0f}", f"{r['useful_tokens_per_s']:.0f}",
+            f"{r['padding_fraction']:.0%}", fmt_mfu(r), str(r.get("peak_mem_gib", "-")),
+            str(r["cuda_kernels"])]))
     return result
 
 

@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import default_out, machine_info, write_json  # noqa: E402
+from common import default_out, fmt_mfu, machine_info, markdown_table, write_json  # noqa: E402
 from gpu_train import PEAK_TFLOPS, _sync, build_model, make_batch, model_flops  # noqa: E402
 from gpu_train import measure as measure_vldft  # noqa: E402
 
@@ -147,14 +147,11 @@ def main(argv=None) -> dict:
                 result["rows"].append(row)
                 print(f"[trl_gpu] {json.dumps(row)}", flush=True)
                 write_json(out / "trl_gpu.json", result)
-    print("| framework | L | step (ms) | tokens/s | MFU | peak GiB |\n|---|---|---|---|---|---|")
-    for r in result["rows"]:
-        if "error" in r:
-            print(f"| {r['framework']} | {r['seq_len']} | {r['error']} | | | |")
-            continue
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
-        print(f"| {r['framework']} | {r['seq_len']} | {r['step_s'] * 1e3:.0f} | "
-              f"{r['tokens_per_s']:.0f} | {mfu} | {r.get('peak_mem_gib', '-')} |")
+    print(markdown_table(
+        ["framework", "L", "step (ms)", "tokens/s", "MFU", "peak GiB"], result["rows"],
+        lambda r: [r["framework"], str(r["seq_len"]), r["error"]] if "error" in r else [
+            r["framework"], str(r["seq_len"]), f"{r['step_s'] * 1e3:.0f}",
+            f"{r['tokens_per_s']:.0f}", fmt_mfu(r), str(r.get("peak_mem_gib", "-"))]))
     return result
 
 
