@@ -161,3 +161,18 @@ def test_help_runs_as_module():
     res = subprocess.run([sys.executable, "-m", "vldft.datatool", "convert", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "--columns" in res.stdout and "--image-root" in res.stdout
+
+
+def test_validate_no_encode_checks_files_without_the_model(tmp_path, capsys):
+    """--no-encode is the file-only check: it must run where the checkpoint is not at hand."""
+    cfg_path = _config(tmp_path, [GOOD, TEXT])
+    cfg = yaml.safe_load(cfg_path.read_text())
+    (tmp_path / "empty-checkpoint").mkdir()  # the path exists, holds no model
+    cfg["model"] = {"family": "qwen2_5_vl", "name_or_path": str(tmp_path / "empty-checkpoint")}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert main(["validate", str(cfg_path), "--no-encode"]) == 0
+    assert "validation: OK" in capsys.readouterr().out
+    # encoding needs the checkpoint: a clear error naming the key and the path, no traceback
+    assert main(["validate", str(cfg_path)]) == 2
+    err = capsys.readouterr().err
+    assert "model.name_or_path: cannot load" in err and "empty-checkpoint" in err

@@ -112,7 +112,7 @@ def test_per_source_pixel_bounds_change_the_image_tokens(tmp_path):
         f"{{path: {demo}, name: small, max_samples: 2, max_pixels: 3136}}]")
     adapter = load_adapter(cfg.model)
     data = build_training_set(cfg, adapter)
-    coll = Collator(adapter, 512, pixels=data.pixels)
+    coll = Collator.from_config(adapter, cfg)  # the pixel bounds training encodes with
     counts = {}
     for s, est in zip(data.samples, data.lengths, strict=True):
         enc = coll.encode(s)

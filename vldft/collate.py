@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from vldft.adapters.base import Adapter
+from vldft.config import Config, source_pixels
 from vldft.data import Sample, image_name
 from vldft.progress import prog_name
 
@@ -84,6 +85,13 @@ class Collator:
         self.max_length = max_length
         self.overlong = overlong
         self.train_on = train_on
+
+    @classmethod
+    def from_config(cls, adapter: Adapter, cfg: Config) -> Collator:
+        """The collator training builds from ``cfg``: ``data.max_length``, ``data.overlong``,
+        ``data.train_on`` and each source's pixel bounds (``config.source_pixels``)."""
+        d = cfg.data
+        return cls(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
 
     # -- step 1: character spans -------------------------------------------------------------
     def render_with_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int, str]]]:
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_if_logging()  # a log file: no \r-redrawn progress bars
 
     from vldft.adapters import load_adapter
-    from vldft.config import ConfigError, load_config, source_pixels
+    from vldft.config import ConfigError, load_config
     from vldft.data import DataError
     from vldft.data.formats import read_source
     from vldft.data.skips import SkipReport
@@ -330,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--source {args.source}: no such source; sources: "
                               f"{[s.label for s in cfg.all_sources()]}")
         adapter = load_adapter(cfg.model)
-        d = cfg.data
-        coll = Collator(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
+        coll = Collator.from_config(adapter, cfg)
         for src in sources:
-            for s in read_source(src, Path(cfg.base_dir), d.on_error, SkipReport())[: args.n]:
+            rows = read_source(src, Path(cfg.base_dir), cfg.data.on_error, SkipReport())
+            for s in rows[: args.n]:
                 enc = coll.encode(s)
                 if isinstance(enc, Skipped):
                     print(f"--- {s.source} / {s.id}: skipped ({enc.reason})")

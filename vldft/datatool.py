@@ -29,7 +29,7 @@ from pathlib import Path
 from vldft.adapters import load_adapter
 from vldft.adapters.base import Adapter
 from vldft.collate import IGNORE, Collator, Encoded, SampleError, Skipped, show, token_runs
-from vldft.config import Config, ConfigError, SourceConfig, load_config, source_pixels
+from vldft.config import Config, ConfigError, SourceConfig, load_config
 from vldft.data import DataError, ImageBytes, Sample, open_image
 from vldft.data.formats import FORMATS, read_source
 from vldft.data.skips import SkipReport
@@ -112,8 +112,7 @@ def validate(cfg: Config, adapter: Adapter | None = None, max_samples: int | Non
     all): lengths, truncation and template / tokenizer mismatches become findings."""
     encode = None
     if adapter is not None:
-        d = cfg.data
-        collator = Collator(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
+        collator = Collator.from_config(adapter, cfg)
         encode = functools.partial(encode_finding, collator)
     return check_sources(cfg, max_samples, encode)
 
@@ -143,8 +142,11 @@ def encode_finding(collator: Collator, sample: Sample) -> tuple[str | None, str,
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    cfg, adapter = _load(args)
-    report = validate(cfg, None if args.no_encode else adapter, args.max_samples)
+    if args.no_encode:  # file checks only: no tokenizer, no model to load
+        cfg, adapter = load_config(args.config, args.overrides), None
+    else:
+        cfg, adapter = _load(args)
+    report = validate(cfg, adapter, args.max_samples)
     print(report.summary())
     out = cfg.resolve(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,8 +211,7 @@ image tokens <span class="image">collapsed</span></p>
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     cfg, adapter = _load(args)
-    d = cfg.data
-    coll = Collator(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
+    d, coll = cfg.data, Collator.from_config(adapter, cfg)
     report = SkipReport()
     lengths, pages = [], []
     for src in cfg.all_sources():

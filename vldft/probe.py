@@ -146,8 +146,7 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
     rng = random.Random(cfg.train.seed)
     chosen = sorted(rng.sample(range(len(data.samples)), min(n_samples, len(data.samples))))
     samples = [data.samples[i] for i in chosen]
-    collator = Collator(adapter, cfg.data.max_length, cfg.data.overlong, cfg.data.train_on,
-                        data.pixels)
+    collator = Collator.from_config(adapter, cfg)
     bs = batch_size or cfg.train.eval_batch_size
     cols: dict[str, list[torch.Tensor]] = {"p": [], "entropy": [], "top1": [], "ids": []}
     src_of: list[str] = []

@@ -95,8 +95,7 @@ def main(cfg: Config) -> dict:
                                                    bytes_per, resumable=t.save_every > 0),
                          "one checkpoint")
     log(describe_data(data, t.seed, out_dir / "data_summary.json"))
-    collator = Collator(adapter, cfg.data.max_length, cfg.data.overlong, cfg.data.train_on,
-                        data.pixels)
+    collator = Collator.from_config(adapter, cfg)
     loader, sampler = build_loader(cfg, data, collator)
     grad_accum = t.global_batch_size // (t.micro_batch_size * world) if t.global_batch_size \
         else t.grad_accum

@@ -18,7 +18,7 @@ from vldft.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from vldft.adapters.qwen2_vl import Qwen2VLAdapter
 from vldft.adapters.qwen3_5 import Qwen3_5Adapter
 from vldft.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
-from vldft.config import ModelConfig
+from vldft.config import ConfigError, ModelConfig
 
 __all__ = ["FAMILIES", "Adapter", "LlavaAdapter", "LlavaOnevisionAdapter", "Qwen2VLAdapter",
            "Qwen2_5_VLAdapter", "Qwen3VLAdapter", "Qwen3VLMoeAdapter", "Qwen3_5Adapter",
@@ -87,16 +87,21 @@ def load_adapter(cfg: ModelConfig) -> Adapter:
 
         local = Path(cfg.name_or_path) / "config.json"
         if local.is_file():  # a local checkpoint says which family it is
-            found = family_of_checkpoint(cfg.name_or_path)
+            try:
+                found = family_of_checkpoint(cfg.name_or_path)
+            except ValueError as e:
+                raise ConfigError(f"model.name_or_path: {e}") from None
             if found != cfg.family:
-                raise ValueError(f"model.family: {cfg.family!r} but {local} is a {found!r} "
-                                 f"checkpoint; set model.family={found}")
+                raise ConfigError(f"model.family: {cfg.family!r} but {local} is a {found!r} "
+                                  f"checkpoint; set model.family={found}")
         cls = getattr(transformers, adapter_cls.model_class)
         dtype = _DTYPES.get(cfg.dtype, "auto")
-        model = cls.from_pretrained(
-            cfg.name_or_path, dtype=dtype, attn_implementation=attn
-        )
-        processor = AutoProcessor.from_pretrained(cfg.name_or_path)
+        try:  # a directory without weights, a hub id not cached offline, a broken download
+            model = cls.from_pretrained(cfg.name_or_path, dtype=dtype, attn_implementation=attn)
+            processor = AutoProcessor.from_pretrained(cfg.name_or_path)
+        except OSError as e:
+            raise ConfigError(f"model.name_or_path: cannot load {cfg.name_or_path}: "
+                              f"{str(e).splitlines()[0]}") from None
     if varlen:
         from vldft.attention import use_varlen
 

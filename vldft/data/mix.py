@@ -152,7 +152,6 @@ class TrainingSet:
     skips: object  # skips.SkipReport of rows skipped while reading (data.on_error: skip),
     # corrupt / missing images included (every entry: file, line, id, reason, image)
     table: list[dict]  # per source: name, format, read, used, images, text_only, tokens
-    pixels: dict[str, tuple[int | None, int | None]]  # per-source Qwen pixel bounds
 
 
 def build_training_set(cfg, adapter) -> TrainingSet:
@@ -181,7 +180,7 @@ def build_training_set(cfg, adapter) -> TrainingSet:
                       "images": sum(bool(s.images) for s, _ in used),
                       "text_only": sum(not s.images for s, _ in used),
                       "tokens": sum(n for _, n in used)})
-    return TrainingSet(samples, lengths, skips, table, pixels)
+    return TrainingSet(samples, lengths, skips, table)
 
 
 def format_table(table: list[dict]) -> str:
