@@ -73,7 +73,8 @@ def test_aggregate_mean_std_range_over_seeds():
     def row(group, seed, acc, ce):
         return {"group": group, "seed": seed, "accuracy": acc, "heldout_ce": ce,
                 "train_ce": ce, "objective": ce and ce / 2, "mean_p": 0.5,
-                "collapse_warnings": seed, "train_seconds": 1.0, "accuracy_by_kind": {"shape": acc}}
+                "collapse_warnings": seed, "train_seconds": 1.0, "accuracy_by_kind": {"shape": acc},
+                "accuracy_strict": acc / 2, "accuracy_strict_by_kind": {"shape": acc / 2}}
 
     rows = [row("sft", 0, 0.5, 1.0), row("sft", 1, 0.7, 2.0), row("sft", 2, 0.9, 3.0),
             row("dft", 0, 0.25, None)]
@@ -84,8 +85,14 @@ def test_aggregate_mean_std_range_over_seeds():
     assert (sft["accuracy"]["min"], sft["accuracy"]["max"]) == (0.5, 0.9)
     assert sft["runs_with_collapse_warning"] == 2 and dft["heldout_ce"] == {"n": 0}
     md = markdown(table)
-    assert "| sft (3) | 70.0 ± 20.0 [50.0, 90.0] |" in md
-    assert "| dft (1) | 25.0 | n/a |" in md
+    assert "| sft (3) | 70.0 ± 20.0 [50.0, 90.0] | 35.0 ± 10.0 [25.0, 45.0] |" in md
+    assert "| dft (1) | 25.0 | 12.5 | n/a |" in md
+    lenient, strict = md.split("Held-out accuracy by kind")[1:]
+    assert "| sft | 70.0 ± 20.0 |" in lenient and "| sft | 35.0 ± 10.0 |" in strict
+    # runs scored before strict scoring existed: n/a there, no empty table
+    old = [{k: v for k, v in r.items() if "strict" not in k} for r in rows]
+    md_old = markdown(aggregate(old))
+    assert "stated answers only (%" not in md_old and "| dft (1) | 25.0 | n/a | n/a |" in md_old
 
 
 def test_tiny_study_end_to_end_resume_and_array_index(tmp_path, monkeypatch):
@@ -101,6 +108,7 @@ def test_tiny_study_end_to_end_resume_and_array_index(tmp_path, monkeypatch):
         assert [h["step"] for h in run["curves"]["heldout"]] == [3, 6]
         assert [c["step"] for c in run["curves"]["logs"]] == [2, 4, 6]
         assert run["accuracy"] is not None and run["heldout_ce"] > 0
+        assert 0 <= run["accuracy_strict"] <= run["accuracy"]
     # the same seed gives the same run; different seeds differ
     by = {r["name"]: r for r in res["runs"]}
     assert by["sft_seed0"]["train_ce"] != by["sft_seed1"]["train_ce"]

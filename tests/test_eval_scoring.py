@@ -150,3 +150,46 @@ def test_heldout_uses_the_shared_scorer():
     import vldft.heldout as heldout
 
     assert heldout.score is score
+
+
+# (model output, target, strict extraction): strict counts only a stated final answer
+STRICT = [
+    ("The figure has 4 corners. Answer: square", "square", "square"),
+    ("so the area is \\boxed{12}", "12", "12"),
+    ("<answer>60</answer>", "60", "60"),
+    ("The answer is 2.50.", "2.5", "2.50"),
+    ("The figure has 4 cor: 3 Ane", "3", None),  # broken text ending in the right number
+    ("There are 3 dots.", "3", None),
+    ("triangle", "triangle", None),
+    ("", "4", None),
+]
+
+
+@pytest.mark.parametrize("text, target, extracted", STRICT)
+def test_strict_needs_a_stated_answer(text, target, extracted):
+    assert extract_answer(text, strict=True) == extracted
+    pred, ok = score(text, target, strict=True)
+    assert pred == extracted and ok == (extracted is not None)
+    assert score(text, target)[1] == (text != "")  # the lenient default still finds them
+
+
+def test_strict_keeps_the_comparison():
+    assert score("Answer: 12 cm", "12", strict=True) == ("12 cm", True)
+    assert score("Answer: 5", "6", strict=True) == ("5", False)
+    assert score("Answer: (C)", "5", ["3", "4", "5", "6"], strict=True)[1]
+
+
+def test_heldout_combines_lenient_and_strict_counts_over_ranks():
+    """Two ranks' raw counts merge into one accuracy of each kind, lenient and strict."""
+    from vldft.heldout import combine
+
+    def part(correct, strict, per_kind):
+        return {"n": 4, "n_skipped": 0, "n_scored_ce": 4, "loss_sum": 1.0, "ce_sum": 1.0,
+                "p_sum": 2.0, "n_tokens": 4, "correct": correct, "correct_strict": strict,
+                "scored": 4, "per_kind": per_kind, "examples": []}
+
+    res = combine([part(3, 1, {"count": [2, 2, 1], "shape": [1, 2, 0]}),
+                   part(2, 2, {"count": [2, 4, 2]})])
+    assert res["accuracy"] == 5 / 8 and res["accuracy_strict"] == 3 / 8
+    assert res["accuracy_by_kind"] == {"count": 4 / 6, "shape": 1 / 2}
+    assert res["accuracy_strict_by_kind"] == {"count": 3 / 6, "shape": 0.0}

@@ -55,10 +55,16 @@ def test_prior_reads_its_pictures(fresh_rows, hf_offline, one_thread):
     blank = combine([score_part(adapter, collator, control_samples(samples, "blank"), 60, 48,
                                 "sft")])
     by_kind, blank_kind = real["accuracy_by_kind"], blank["accuracy_by_kind"]
+    # strict scoring counts only a stated "Answer: X": the kinds taught that format keep their
+    # accuracy, describe_dots ("I count 4 dots.") has none to state
+    strict = real["accuracy_strict_by_kind"]
     for kind, floor in FLOORS.items():
         assert by_kind[kind] >= floor, (kind, by_kind)
+        if kind != "describe_dots":
+            assert strict[kind] >= floor, (kind, strict)
         # without the picture: no better than always giving one answer (chance + noise)
         assert blank_kind[kind] <= CHANCE[kind] + 0.25, (kind, blank_kind)
+    assert strict["describe_dots"] == 0.0
     assert "describe_shape" not in by_kind  # nothing to score there (CE only)
 
 

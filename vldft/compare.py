@@ -26,7 +26,8 @@ variants are given and the grid only varies ``train.seed``), plus each variant c
 grid axes it does not set itself; named ``<variant>_<key><value>...`` (``loss.name`` by its
 value); each trains with :func:`vldft.train.main` into
 ``<out>/runs/<name>`` and is scored on ``data.heldout_file`` (required) by the loop's held-out
-scorer (``vldft.heldout``: teacher-forced CE and greedy answer accuracy) every
+scorer (``vldft.heldout``: teacher-forced CE and greedy answer accuracy, lenient and counting
+only stated answers) every
 ``train.eval_every`` steps and at the end, on the final weights (what ``final/`` holds). A run
 whose ``summary.json`` exists is not trained again (``--force`` retrains it).
 
@@ -66,9 +67,14 @@ from vldft.progress import prog_name, quiet_if_logging
 from vldft.study import SEED_KEY, Run, Study, build_study, run_dir
 
 INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "LSB_JOBINDEX")
-METRICS = [("accuracy", "held-out accuracy"), ("heldout_ce", "held-out CE"),
+METRICS = [("accuracy", "held-out accuracy"),
+           ("accuracy_strict", "held-out accuracy, stated answers only"),
+           ("heldout_ce", "held-out CE"),
            ("train_ce", "train CE (last log)"), ("objective", "objective (last log)"),
            ("mean_p", "train mean p (last log)")]
+# per-kind tables: lenient scoring, and only replies that state their answer ("Answer: X")
+BY_KIND = {"accuracy_by_kind": "Held-out accuracy by kind",
+           "accuracy_strict_by_kind": "Held-out accuracy by kind, stated answers only"}
 
 
 def train_run(study: Study, run: Run, force: bool = False) -> dict:
@@ -105,6 +111,8 @@ def collect(study: Study, run: Run) -> dict | None:
                                                    if k != SEED_KEY},
             "accuracy": h.get("accuracy"), "heldout_ce": h.get("ce"),
             "accuracy_by_kind": h.get("accuracy_by_kind", {}),
+            "accuracy_strict": h.get("accuracy_strict"),
+            "accuracy_strict_by_kind": h.get("accuracy_strict_by_kind", {}),
             "train_ce": last.get("ce"), "objective": last.get("loss"),
             "mean_p": last.get("mean_p"), "entropy": last.get("entropy"),
             "collapse_warnings": len(warnings),
@@ -136,9 +144,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
         kinds = sorted({k for r in rs for k in r["accuracy_by_kind"]})
         table.append({"group": name, "runs": len(rs),
                       "seeds": [r["seed"] for r in rs],
-                      **{key: _spread([r[key] for r in rs]) for key, _ in METRICS},
-                      "accuracy_by_kind": {k: _spread([r["accuracy_by_kind"].get(k)
-                                                       for r in rs]) for k in kinds},
+                      **{key: _spread([r.get(key) for r in rs]) for key, _ in METRICS},
+                      **{by: {k: _spread([r.get(by, {}).get(k) for r in rs]) for k in kinds}
+                         for by in BY_KIND},
                       "runs_with_collapse_warning": sum(r["collapse_warnings"] > 0 for r in rs),
                       "train_seconds": _spread([r["train_seconds"] for r in rs])})
     return table
@@ -154,22 +162,24 @@ def _fmt(s: dict, pct: bool = False) -> str:
 
 
 def markdown(table: list[dict]) -> str:
-    head = ["run (seeds)", "held-out acc. %", "held-out CE", "train CE", "objective",
-            "train mean p", "collapse warned"]
+    head = ["run (seeds)", "held-out acc. %", "stated answers only %", "held-out CE",
+            "train CE", "objective", "train mean p", "collapse warned"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in table:
         lines.append("| " + " | ".join([
             f"{g['group']} ({len(g['seeds'])})", _fmt(g["accuracy"], pct=True),
-            _fmt(g["heldout_ce"]), _fmt(g["train_ce"]), _fmt(g["objective"]), _fmt(g["mean_p"]),
+            _fmt(g["accuracy_strict"], pct=True), _fmt(g["heldout_ce"]), _fmt(g["train_ce"]),
+            _fmt(g["objective"]), _fmt(g["mean_p"]),
             f"{g['runs_with_collapse_warning']}/{g['runs']}"]) + " |")
-    kinds = sorted({k for g in table for k in g["accuracy_by_kind"]})
-    if kinds:
-        lines += ["", "Held-out accuracy by kind (%, mean ± std over seeds):", "",
+    for by, title in BY_KIND.items():
+        kinds = sorted({k for g in table for k in g[by] if g[by][k].get("n")})
+        if not kinds:
+            continue
+        lines += ["", f"{title} (%, mean ± std over seeds):", "",
                   "| run | " + " | ".join(kinds) + " |", "|" + "---|" * (len(kinds) + 1)]
         for g in table:
             lines.append(f"| {g['group']} | " + " | ".join(
-                _fmt(g["accuracy_by_kind"].get(k, {}), pct=True).split(" [")[0]
-                for k in kinds) + " |")
+                _fmt(g[by].get(k, {}), pct=True).split(" [")[0] for k in kinds) + " |")
     return "\n".join(lines)
 
 
@@ -218,8 +228,7 @@ def report(study: Study) -> tuple[list[dict], list[dict]]:
     (study.out / "results.md").write_text(md + "\n")
     (study.out / "results.json").write_text(json.dumps({"groups": table, "runs": rows,
                                                         "missing": missing}, indent=2))
-    flat = [{k: v for k, v in r.items() if k not in ("curves", "accuracy_by_kind")}
-            for r in rows]
+    flat = [{k: v for k, v in r.items() if k != "curves" and k not in BY_KIND} for r in rows]
     with open(study.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
         writer.writeheader()

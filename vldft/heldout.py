@@ -30,7 +30,10 @@ def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
                objective: ObjectiveSpec | str = "dft") -> dict:
     """Raw sums over ``samples`` (each rank scores its share; :func:`combine` merges the parts
     into {"n", "n_scored_ce", "n_skipped", "ce", "loss", "mean_p", "accuracy",
-    "accuracy_by_kind", "examples"}).
+    "accuracy_by_kind", "accuracy_strict", "accuracy_strict_by_kind", "examples"}).
+    ``accuracy_strict`` counts a reply only when it states its answer (``Answer: X``,
+    ``\\boxed{}``: ``vldft.scoring``'s strict mode); broken text that happens to end in the
+    right number is right under ``accuracy``, wrong under ``accuracy_strict``.
 
     For asft the held-out "loss" is its DFT part (the KL anchor needs the reference model)."""
     spec = as_spec(objective)
@@ -41,7 +44,8 @@ def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
     model.eval()
     device = model_device(model)
     part = {"n": len(samples), "n_skipped": 0, "loss_sum": 0.0, "ce_sum": 0.0, "p_sum": 0.0,
-            "n_tokens": 0, "n_scored_ce": 0, "correct": 0, "scored": 0, "per_kind": {},
+            "n_tokens": 0, "n_scored_ce": 0, "correct": 0, "correct_strict": 0, "scored": 0,
+            "per_kind": {},
             "examples": []}
     for i in range(0, len(samples), batch_size):
         items = [collator.encode(s) for s in samples[i: i + batch_size]]
@@ -67,10 +71,12 @@ def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
         outputs = generate(adapter, chunk, max_new_tokens, device)
         for s, text in zip(chunk, outputs, strict=True):
             _, ok = score(text, s.answer)
+            _, ok_strict = score(text, s.answer, strict=True)
             part["correct"] += ok
+            part["correct_strict"] += ok_strict
             part["scored"] += 1
-            hits = part["per_kind"].setdefault(s.kind or "all", [0, 0])
-            hits[0], hits[1] = hits[0] + ok, hits[1] + 1
+            hits = part["per_kind"].setdefault(s.kind or "all", [0, 0, 0])  # right, n, strict
+            hits[0], hits[1], hits[2] = hits[0] + ok, hits[1] + 1, hits[2] + ok_strict
             if len(part["examples"]) < 5:
                 part["examples"].append({"id": s.id, "output": text, "answer": s.answer,
                                          "correct": ok})
@@ -82,19 +88,20 @@ def combine(parts: list[dict]) -> dict:
     """Merge :func:`score_part` results (one per rank) into averages."""
     tot = {k: sum(p[k] for p in parts) for k in ("n", "n_skipped", "n_scored_ce", "loss_sum",
                                                   "ce_sum", "p_sum", "n_tokens", "correct",
-                                                  "scored")}
+                                                  "correct_strict", "scored")}
     n_tok = max(tot["n_tokens"], 1)
     kinds: dict[str, list[int]] = {}
     for p in parts:
-        for k, (c, n) in p["per_kind"].items():
-            kinds.setdefault(k, [0, 0])
-            kinds[k][0] += c
-            kinds[k][1] += n
+        for k, counts in p["per_kind"].items():
+            kinds[k] = [a + b for a, b in zip(kinds.get(k, [0, 0, 0]), counts, strict=True)]
     return {"n": tot["n"], "n_scored_ce": tot["n_scored_ce"], "n_skipped": tot["n_skipped"],
             "loss": tot["loss_sum"] / n_tok, "ce": tot["ce_sum"] / n_tok,
             "mean_p": tot["p_sum"] / n_tok,
             "accuracy": tot["correct"] / tot["scored"] if tot["scored"] else None,
-            "accuracy_by_kind": {k: c / n for k, (c, n) in sorted(kinds.items())},
+            "accuracy_by_kind": {k: c / n for k, (c, n, _) in sorted(kinds.items())},
+            "accuracy_strict": (tot["correct_strict"] / tot["scored"] if tot["scored"]
+                                else None),
+            "accuracy_strict_by_kind": {k: c / n for k, (_, n, c) in sorted(kinds.items())},
             "examples": [e for p in parts for e in p["examples"]][:5]}
 
 

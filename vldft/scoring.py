@@ -10,6 +10,10 @@ in-training held-out accuracy (``vldft.heldout``).
 5. whichever ends later: the last LaTeX fraction / radical expression (``\\frac{1}{2}``,
    ``2\\sqrt{3}``, ``\\frac{\\sqrt{3}}{2}``) or the last number (not an exponent like ``cm^2``).
 
+``extract_answer(text, choices, strict=True)`` stops after step 3: only a stated answer
+counts. ``vldft.heldout`` reports both; a model whose replies break into noise that happens to end
+in the right number scores under the lenient steps 4-5 but not under strict.
+
 ``is_correct(pred, target, choices)`` compares after normalisation (case, markdown, ``$``,
 ``\\text{}``, a leading article, "x =" prefixes, spaces around LaTeX braces, degree signs,
 percent signs and units that follow a number, glued or not: "6cm", "12 cm^2", "5 units"):
@@ -96,17 +100,24 @@ def _choice_letter(text: str, choices: list[str]) -> str | None:
 _ONE_WORD = re.compile(r"\s*([A-Za-z]+)\.?\s*")
 
 
-def extract_answer(text: str | None, choices: list[str] | None = None) -> str | None:
-    """The final answer in a model output (raw, not normalised), or None if there is none."""
+def extract_answer(text: str | None, choices: list[str] | None = None,
+                   strict: bool = False) -> str | None:
+    """The final answer in a model output (raw, not normalised), or None if there is none.
+    ``strict``: only an answer the output states (steps 1-3: ``<answer>``, ``\\boxed{}``,
+    "Answer: X"); a bare letter, word or trailing number does not count."""
     if not text:
         return None
     tags = _ANSWER_TAG.findall(text)
     if tags and tags[-1].strip():
         text = tags[-1]
+        if strict:  # the tag states the answer
+            return _last_boxed(text) or _answer_phrase(text) or text.strip()
     text = _THINK.sub(" ", text)
     for found in (_last_boxed(text), _answer_phrase(text)):
         if found:
             return found
+    if strict:
+        return None
     if choices:
         letter = _choice_letter(text, choices)
         if letter:
@@ -266,8 +277,9 @@ def _same(pred: str, target: str, rel_tol: float) -> bool:
     return _equivalent(pred, target)
 
 
-def score(text: str | None, target: str, choices: list[str] | None = None) -> tuple[str | None,
-                                                                                      bool]:
-    """``(extracted answer, correct)`` for one model output."""
-    pred = extract_answer(text, choices)
+def score(text: str | None, target: str, choices: list[str] | None = None,
+          strict: bool = False) -> tuple[str | None, bool]:
+    """``(extracted answer, correct)`` for one model output (``strict``: see
+    :func:`extract_answer`)."""
+    pred = extract_answer(text, choices, strict)
     return pred, is_correct(pred, target, choices)
