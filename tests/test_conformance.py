@@ -202,6 +202,17 @@ def test_suite_covers_every_family_and_the_readme_lists_them():
         assert (ROOT / "configs" / f"{_config_name(family)}").is_file()
 
 
+def test_config_and_adapters_agree_on_families_and_pixel_bounds():
+    """The config layer validates model.family and min/max_pixels without importing the
+    adapters (it sits below them), so it keeps its own lists: they must be the adapters'."""
+    from vldft.config.sections import FAMILY_NAMES as CONFIG_FAMILIES
+    from vldft.config.sections import PIXEL_FAMILIES
+
+    assert sorted(CONFIG_FAMILIES) == FAMILY_NAMES
+    assert sorted(PIXEL_FAMILIES) == sorted(f for f, cls in FAMILIES.items()
+                                            if cls.supports_pixel_bounds)
+
+
 def _config_name(family: str) -> str:
     return {"qwen2_5_vl": "qwen25vl_geo.yaml", "llava": "llava_geo.yaml",
             "qwen2_vl": "qwen2vl_geo.yaml", "qwen3_vl": "qwen3vl_geo.yaml",
