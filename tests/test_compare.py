@@ -59,6 +59,8 @@ def test_invalid_runs_fail_before_training_naming_the_key(tmp_path):
         build_study(path, grid=["train.lr=-1"])
     with pytest.raises(ConfigError, match="train.nope: unknown key"):
         build_study(path, grid=["train.nope=1,2"])
+    with pytest.raises(ConfigError, match=r"--grid 'train.lr=\[1': value"):  # not YAML
+        build_study(path, grid=["train.lr=[1"])
     with pytest.raises(ConfigError, match="loss.sft_warmup_steps"):
         build_study(path, variants=[["w", "loss.sft_warmup_steps=6"]])
     with pytest.raises(ConfigError, match="data.heldout_file"):

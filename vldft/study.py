@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vldft.config import ConfigError, load_config, read_config_file
+from vldft.config.parse import parse_value
 
 SEED_KEY = "train.seed"
 
@@ -53,10 +52,6 @@ def _name(variant: str, settings: dict) -> str:
     parts = [] if variant == "base" and settings else [variant]
     parts += [str(v) if k == "loss.name" else f"{_short(k)}{v}" for k, v in settings.items()]
     return "_".join(parts)
-
-
-def _value(text: str) -> Any:
-    return yaml.safe_load(text) if text.strip() else None
 
 
 def _flatten(raw: dict) -> list[str]:
@@ -103,7 +98,8 @@ def build_study(config: str | Path, overrides: list[str] = (), grid: list[str] =
         key, sep, text = item.partition("=")
         if not sep or not text:
             raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,...")
-        axes[key.strip()] = [_value(v) for v in text.split(",")]
+        where = f"--grid {item!r}: value"
+        axes[key.strip()] = [parse_value(v, where) for v in text.split(",")]
     if SEED_KEY in axes:  # replicates last: names read <config>_seed<k>
         axes[SEED_KEY] = axes.pop(SEED_KEY)
     named: dict[str, list[str]] = {}

@@ -114,7 +114,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{key}: {part} is not a section")
+    node[parts[-1]] = parse_value(text, f"override {item!r}: value")
+
+
+def parse_value(text: str, where: str) -> Any:
+    """A command-line value read as YAML (``1e-5``, ``[a, b]``, ``null``; empty: None)."""
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        return yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as e:
-        raise yaml_error(f"override {item!r}: value", e) from None
+        raise yaml_error(where, e) from None
