@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     adapter = load_adapter(cfg.model)
     data = build_training_set(cfg, adapter)
-    coll = Collator(adapter, cfg.data.max_length, cfg.data.overlong, cfg.data.train_on)
+    coll = Collator.from_config(adapter, cfg)
     samples = data.samples
 
     # 1. load + encode + collate

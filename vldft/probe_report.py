@@ -90,7 +90,7 @@ def recommend(report: dict) -> dict:
                        f"{STRONG_P} when DFT starts) and then DFT; probe the warmed-up "
                        "checkpoint again to check. To keep DFT from the start, floor its "
                        "weights (loss.min_weight=0.1): from vldft's shipped prior (mean p ~0.36, "
-                       "answer tokens ~0.18) that reached 92% held-out where plain DFT stayed "
+                       "answer tokens ~0.18) that reached 94% held-out where plain DFT stayed "
                        "below 1% [vldft-demo].")
     else:
         objective = "compare"
