@@ -60,7 +60,6 @@ def test_overrides_apply_with_types():
     ("model.freeze=[vision, projector, language]", "model.freeze"),
     ("model.freeze=[encoder]", "model.freeze"),
     ("train.warmup_ratio=1.0", "train.warmup_ratio"),
-    ("model.name_or_path=Qwen/Qwen2.5-VL-3B-Instruct", "model"),
     ("train.micro_batch_size=0", "train.micro_batch_size"),
     ("data.train_files=[]", "data.train_files"),
     ("model.min_pixels=100000", "model.min_pixels"),
@@ -269,7 +268,8 @@ def test_each_section_validates_its_own_keys():
     LossConfig().validate()
     DataConfig(train_files=["x.jsonl"]).validate()  # existence is a path check, not the section's
     cases = [
-        (ModelConfig(), "model: set exactly one of model.tiny=true or model.name_or_path"),
+        (ModelConfig(), "model: set model.name_or_path (a hub id or a checkpoint folder) or "
+         "model.tiny=true"),
         (ModelConfig(tiny=True, freeze=["language"], lora=LoraSettings(parts=["language"])),
          "model.lora.parts: every LoRA part is also in model.freeze"),
         (DataConfig(), "data.sources: at least one source"),

@@ -131,8 +131,8 @@ def build_loader(cfg: Config, data, collator: Collator
                             num_workers=cfg.data.num_workers)
         return loader, sampler
     if cfg.data.group_by_length:
-        sampler = LengthGroupedSampler(data.lengths, [bool(s.images) for s in samples],
-                                       t.micro_batch_size, t.seed)
+        sampler = LengthGroupedSampler(data.lengths, data.has_image, t.micro_batch_size,
+                                       t.seed)
     else:
         sampler = RandomBatchSampler(len(samples), t.micro_batch_size, t.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
@@ -145,6 +145,13 @@ def describe_data(data, seed: int, summary_file: Path) -> str:
     while reading (all of them listed in ``summary_file``)."""
     text = (f"[vldft] data mixture (seed {seed}; token counts estimated):\n"
             + format_table(data.table))
+    dec = getattr(data, "decontamination", None)
+    if dec is not None:
+        per = ", ".join(f"{n} {b}" for b, n in dec["by_benchmark"].items())
+        text += (f"\n[vldft] decontamination: {dec['dropped']} training rows matched test rows "
+                 f"of {len(dec['benchmarks'])} benchmarks ({dec['test_rows']} test rows in "
+                 f"{dec['benchmark_dir']}) and were dropped: {per}; every one with its test id "
+                 f"and reason: {summary_file}")
     if data.skips.total:
         text += (f"\n[vldft] skipped while reading:\n{data.skips.summary()}\n  (every skipped "
                  f"row with file, line, id, image and reason: {summary_file})")
@@ -257,10 +264,13 @@ def data_summary(data, encode_counts: dict, encode_entries: list[dict]) -> dict:
     """data_summary.json: the mixture table, skip counts (read / encode) and every skipped
     row (``skipped``: stage, source, reason, file, line, id, image, offset, message)."""
     read = data.skips.to_dict()
-    return {"sources": data.table,
-            "read_skips": {k: v for k, v in read.items() if k != "entries"},
-            "encode_skips": encode_counts,
-            "skipped": read["entries"] + encode_entries}
+    out = {"sources": data.table,
+           "read_skips": {k: v for k, v in read.items() if k != "entries"},
+           "encode_skips": encode_counts,
+           "skipped": read["entries"] + encode_entries}
+    if getattr(data, "decontamination", None) is not None:
+        out["decontamination"] = data.decontamination
+    return out
 
 
 def skip_listing(entries: list[dict], out_dir: Path) -> str:

@@ -23,7 +23,7 @@ CHECKOUT = PACKAGE_DIR.parent  # a source checkout (editable install, PYTHONPATH
 BUNDLE = {
     "eval": ["*.yaml", "*.txt"],
     "data": ["README.md", "geo_demo/*.jsonl", "geo_demo/images/*.png"],
-    "configs": ["*.yaml", "accelerate/*.yaml"],
+    "configs": ["*.yaml", "accelerate/*.yaml", "recipes/*.yaml"],
     "priors": ["*/*.json", "*/*.safetensors", "*/*.jinja", "*/README.md"],
 }
 

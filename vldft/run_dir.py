@@ -1,9 +1,11 @@
 """The run directory (``train.output_dir``): which run it belongs to, and what a new run may do
 with it, decided before any model or data is loaded.
 
-- Pre-flight: the directory is writable and has room for one checkpoint (:func:`check_writable`,
-  :func:`check_free_space`, :func:`checkpoint_bytes`); an explicit ``train.resume=<dir>`` is a
-  whole checkpoint of the same model (:func:`check_explicit_resume`).
+- Pre-flight: the directory is writable and has room for what the run writes at its fullest:
+  the kept checkpoints, the one being written beside them, and ``final/``
+  (:func:`check_writable`, :func:`check_disk_space`, :func:`disk_needed`,
+  :func:`checkpoint_bytes`); an explicit ``train.resume=<dir>`` is a whole checkpoint of the
+  same model (:func:`check_explicit_resume`).
 - Ownership: ``run.json`` records the run's *fingerprint* (the settings that define what is
   trained, :func:`fingerprint`); :func:`claim_output_dir` decides fresh / resume / finished /
   refuse from it, and :func:`claim_run_dir` makes every rank act on rank 0's decision.
@@ -45,12 +47,13 @@ def check_writable(out_dir: Path) -> None:
 
 
 def check_free_space(out_dir: Path, n_bytes: int, what: str) -> None:
-    """Fail before training when the disk cannot hold ``n_bytes`` (one checkpoint's estimate)."""
+    """Fail before training when the disk cannot hold ``n_bytes`` more (``what`` says of
+    what)."""
     free = shutil.disk_usage(out_dir).free
     if free < n_bytes:
         raise SystemExit(f"train.output_dir: {out_dir} has {free / 2**30:.2f} GiB free but "
-                         f"{what} needs about {n_bytes / 2**30:.2f} GiB; free space or choose "
-                         "another output_dir")
+                         f"{what} needs about {n_bytes / 2**30:.2f} GiB; free space, lower "
+                         "train.keep_checkpoints, or choose another output_dir")
 
 
 def checkpoint_bytes(n_params: int, n_trainable: int, bytes_per_param: int, resumable: bool
@@ -61,6 +64,45 @@ def checkpoint_bytes(n_params: int, n_trainable: int, bytes_per_param: int, resu
     if resumable:
         total += n_params * bytes_per_param + n_trainable * 8
     return total
+
+
+def disk_needed(checkpoint: int, final: int, keep: int, saves: int, present: list[int] = ()
+                ) -> tuple[int, str]:
+    """(bytes, what) the run adds to ``output_dir`` at its fullest.
+
+    ``saves`` periodic checkpoints of ``checkpoint`` bytes, the newest ``keep`` kept (0: all):
+    each save writes a whole checkpoint beside the kept ones before the oldest is pruned, and
+    the end writes ``final/`` (``final`` bytes) beside the kept ones, so the peak is
+    max(min(saves, kept + 1) x checkpoint, kept x checkpoint + final). ``present``: the sizes
+    of the whole checkpoints already there, oldest first (a resumed run): on the disk already,
+    they count as kept ones."""
+    kept = saves if keep == 0 else min(keep, saves)
+    peak = max(min(saves, kept + 1) * checkpoint, kept * checkpoint + final)
+    on_disk = sum(list(present)[-kept:]) if kept and present else 0  # the newest kept
+    gib = 2**30
+    what = (f"the run ({kept} kept checkpoint(s)"
+            + (" + the one being written beside them" if saves > kept else "")
+            + f", {checkpoint / gib:.2f} GiB each, and final/, {final / gib:.2f} GiB"
+            + (f"; {on_disk / gib:.2f} GiB of them already there)" if on_disk else ")")
+            if saves else f"final/ ({final / gib:.2f} GiB)")
+    return max(peak - on_disk, final), what
+
+
+def check_disk_space(out_dir: Path, n_params: int, n_trainable: int, bytes_per_param: int,
+                     train, total_steps: int) -> None:
+    """Fail before training when ``out_dir``'s disk cannot hold what the run will write at its
+    fullest (:func:`disk_needed`); ``train``: the ``train`` config section."""
+    saves = (total_steps - 1) // train.save_every if train.save_every else 0
+    present = [dir_bytes(p) for _, p in complete_checkpoints(out_dir, quiet=True)]
+    n_bytes, what = disk_needed(checkpoint_bytes(n_params, n_trainable, bytes_per_param, True),
+                                checkpoint_bytes(n_params, n_trainable, bytes_per_param, False),
+                                train.keep_checkpoints, saves, present)
+    check_free_space(out_dir, n_bytes, what)
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def check_explicit_resume(resume: str, config: dict, resolve: Callable[[str], Path]
@@ -106,6 +148,8 @@ NOT_FINGERPRINTED = frozenset({
     "train.optimizer_impl", "train.mixed_precision", "model.attn_implementation",
     "model.gradient_checkpointing", "loss.chunk_size", "loss.implementation",
     "data.num_workers", "data.on_error",
+    # where downloaded sources live (the same data moved elsewhere is the same run)
+    "data.data_dir", "data.cache",
 })
 # the files and directories the training loop writes into output_dir (``train.overwrite`` removes
 # exactly these; anything else in the directory is left alone)
@@ -126,6 +170,11 @@ def fingerprint(config: dict) -> dict:
             continue
         for key, value in body.items():
             full = f"{section}.{key}"
+            if full == "data.sources" and isinstance(value, list):
+                # unset per-source keys are left out, so a key added in a later vldft version
+                # (hub, subset, ...) does not make an interrupted run's sources differ
+                value = [{k: v for k, v in src.items() if v not in (None, [], {})}
+                         if isinstance(src, dict) else src for src in value]
             if full not in NOT_FINGERPRINTED:
                 flat[full] = value
     if flat.get("train.max_steps"):

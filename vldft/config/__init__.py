@@ -14,6 +14,7 @@ the key, before any model or data is loaded.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,13 @@ from vldft.config.sections import (
     world_size,
 )
 
+DEFAULT_DATA_DIR = "~/.cache/vldft/data"  # data.data_dir when neither it nor $VLDFT_DATA_DIR is set
+
 __all__ = [
     "FILE_SUFFIXES", "FORMATS", "HUB_ID", "LORA_TARGETS", "PARTS", "Config", "ConfigError",
     "DataConfig", "LoraSettings", "LossConfig", "ModelConfig", "SourceConfig", "TrainConfig",
     "config_keys", "config_to_dict", "hub_source", "hub_unreachable", "is_hub_id", "load_config",
-    "read_config_file", "resolve_path", "source_pixels", "world_size",
+    "present", "read_config_file", "resolve_path", "source_pixels", "world_size",
 ]
 
 
@@ -60,14 +63,68 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     base_dir: str = "."  # directory that relative paths are resolved against (set by load_config)
+    config_file: str = ""  # the YAML file it was loaded from (set by load_config; messages)
 
     def all_sources(self) -> list[SourceConfig]:
-        """``data.sources`` plus one normalised-format source per ``data.train_files`` entry."""
-        return self.data.all_sources()
+        """``data.sources`` plus one normalised-format source per ``data.train_files`` entry;
+        a ``hub`` source's ``path`` is its local copy (``local_source``)."""
+        return [self.local_source(s) for s in self.data.all_sources()]
+
+    def missing_sources(self) -> str | None:
+        """None when every ``hub`` source has a local copy, else one line naming each missing
+        source, the paths looked for and the download command (train checks this before any
+        model loads)."""
+        missing = []
+        for src in self.data.sources:
+            paths = self.source_paths(src)
+            if src.hub is not None and not any(present(p) for p in paths):
+                what = f"{src.hub}" + (f", subset {src.subset}" if src.subset else "")
+                missing.append(f"source {src.name!r} ({what}): looked for "
+                               + ", ".join(str(p) for p in paths))
+        if not missing:
+            return None
+        cmd = f"vldft-data download {self.config_file or 'CONFIG'} --data-dir DIR"
+        return (f"data not downloaded: {'; '.join(missing)}. Fetch it where the hub is "
+                f"reachable with `{cmd}`, then run with data.data_dir=DIR")
 
     def resolve(self, path: str) -> Path:
         """``path`` relative to ``base_dir`` (the config file's directory, see load_config)."""
         return resolve_path(path, self.base_dir)
+
+    def data_root(self) -> Path:
+        """Where sources with a ``hub`` key live: ``data.data_dir``, else ``$VLDFT_DATA_DIR``,
+        else ``~/.cache/vldft/data``."""
+        d = self.data.data_dir or os.environ.get("VLDFT_DATA_DIR") or DEFAULT_DATA_DIR
+        return resolve_path(d, Path.cwd() if not self.data.data_dir else self.base_dir)
+
+    def benchmark_root(self) -> Path:
+        """Local benchmark copies (``data.decontaminate``): ``train.eval_data_dir``, else the
+        data root."""
+        t = self.train
+        return self.resolve(t.eval_data_dir) if t.eval_data_dir else self.data_root()
+
+    def source_paths(self, src: SourceConfig) -> list[Path]:
+        """Where a source's data is looked for, in order: its ``path``; for a ``hub`` source,
+        ``<data root>/<name>/<path>``, or without ``path`` ``<split>.parquet``, ``<split>/``
+        (save_to_disk) and the folder itself (parquet files in it)."""
+        if src.hub is None:
+            return [self.resolve(src.path)]
+        base = self.data_root() / str(src.name)
+        if src.path:
+            return [base / src.path]
+        return [base / f"{src.split}.parquet", base / src.split, base]
+
+    def local_source(self, src: SourceConfig) -> SourceConfig:
+        """``src`` with ``path`` set to where its data is (the first of ``source_paths`` that
+        exists; the first one if none does, so that reading it names that path)."""
+        if src.hub is None:
+            return src
+        paths = self.source_paths(src)
+        found = next((p for p in paths if present(p)), paths[0])
+        image_root = src.image_root
+        if image_root is not None and not Path(image_root).expanduser().is_absolute():
+            image_root = str(self.data_root() / str(src.name) / image_root)
+        return dataclasses.replace(src, path=str(found), image_root=image_root)
 
     def validate(self) -> None:
         """Each section's own checks, then the ones that span sections or look at the disk."""
@@ -96,7 +153,7 @@ class Config:
         """Every configured input path exists (relative to ``base_dir``), or is a hub id where a
         hub id is allowed."""
         d, t, m = self.data, self.train, self.model
-        if m.name_or_path and not (self.resolve(m.name_or_path).exists()
+        if m.name_or_path and not m.tiny and not (self.resolve(m.name_or_path).exists()
                                    or is_hub_id(m.name_or_path)):
             raise ConfigError(f"model.name_or_path: {self.resolve(m.name_or_path)} does not "
                               "exist (and is not a hub id owner/name)")
@@ -104,6 +161,8 @@ class Config:
             if not self.resolve(f).exists():
                 raise ConfigError(f"data.train_files[{i}]: {self.resolve(f)} does not exist")
         for i, src in enumerate(d.sources):
+            if src.hub is not None:  # downloaded: checked by missing_sources() before training
+                continue
             if not (self.resolve(src.path).exists()
                     or hub_source(src.path, src.format, self.base_dir)):
                 raise ConfigError(f"data.sources[{i}].path: {self.resolve(src.path)} does not "
@@ -138,6 +197,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], Path, bool]:
             raise yaml_error(str(path), e) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    raw = _with_include(raw, path, [path.resolve()])
     here, base = path.resolve().parent, Path.cwd()
     bundled = any(here == (root / "configs").resolve()
                   for root in (resources.BUNDLED, resources.CHECKOUT))
@@ -146,6 +206,40 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], Path, bool]:
     elif not path.resolve().is_relative_to(base.resolve()):
         base = here
     return raw, base, bundled
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[str, Any]:
+    """A file's top-level ``include: FILE`` (relative to the file): that file's sections with
+    this file's on top (e.g. the real recipes share ``configs/data/geo_math.yaml``)."""
+    name = raw.pop("include", None)
+    if name is None:
+        return raw
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}: include: expected a file name, got {name!r}")
+    inc = (path.resolve().parent / name).resolve()
+    if inc in chain:
+        raise ConfigError(f"{path}: include: {name} includes itself (via {chain})")
+    if not inc.is_file():
+        raise ConfigError(f"{path}: include: {inc} not found")
+    with open(inc) as f:
+        try:
+            base = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise yaml_error(str(inc), e) from None
+    if not isinstance(base, dict):
+        raise ConfigError(f"{inc}: top level must be a mapping")
+    return _merge(_with_include(base, inc, [*chain, inc]), raw)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
@@ -171,12 +265,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
             raw.pop("sweep", None)
     for item in overrides or []:
         apply_override(raw, item)
-    if bundled and isinstance(raw.get("train", {}), dict):
-        train = raw.setdefault("train", {})
-        out = train.get("output_dir", TrainConfig.output_dir)
-        if isinstance(out, str) and not Path(out).expanduser().is_absolute():
-            train["output_dir"] = str(Path.cwd() / out)
+    if bundled:  # the run's own folders (output, downloads) never go into site-packages
+        for section, key, default in (("train", "output_dir", TrainConfig.output_dir),
+                                      ("data", "data_dir", None), ("train", "eval_data_dir", None)):
+            part = raw.setdefault(section, {})
+            if not isinstance(part, dict):
+                continue
+            value = part.get(key, default)
+            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                part[key] = str(Path.cwd() / value)
     raw.setdefault("base_dir", str(base))
+    if path is not None:
+        raw.setdefault("config_file", str(path))
     cfg = build(Config, raw, "")
     name = cfg.model.name_or_path
     if name and cfg.resolve(name).exists():  # a local checkpoint, e.g. the bundled prior
@@ -191,7 +291,7 @@ def config_keys(cls: type | None = None, prefix: str = "") -> dict[str, list[str
     ``cls``, that dataclass's keys as a list."""
     if cls is None:
         return {name: config_keys(tp) for name, tp in typing.get_type_hints(Config).items()
-                if name != "base_dir"}
+                if name not in ("base_dir", "config_file")}
     out = []
     for name, tp in typing.get_type_hints(cls).items():
         inner = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
@@ -207,4 +307,14 @@ def config_keys(cls: type | None = None, prefix: str = "") -> dict[str, list[str
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     d.pop("base_dir")
+    d.pop("config_file")
     return d
+
+
+def present(path: Path) -> bool:
+    """Whether a downloaded source's candidate path holds data: a file, or a folder with a
+    parquet file or a ``save_to_disk`` dataset in it (an empty folder is a failed download)."""
+    if path.is_file():
+        return True
+    return path.is_dir() and (any((path / m).is_file() for m in (
+        "state.json", "dataset_dict.json")) or next(path.rglob("*.parquet"), None) is not None)

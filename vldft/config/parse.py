@@ -104,17 +104,40 @@ def yaml_error(where: str, e: yaml.YAMLError) -> ConfigError:
                        + (f" ({context})" if context else ""))
 
 
+def _key_parts(key: str) -> list[str | int]:
+    """``data.sources[0].subset`` (or ``data.sources.0.subset``) -> ["data", "sources", 0,
+    "subset"]."""
+    out: list[str | int] = []
+    for part in key.strip().split("."):
+        name, *indices = part.replace("]", "").split("[")
+        for piece in ([name] if name else []) + indices:
+            out.append(int(piece) if piece.isdigit() else piece)
+    return out
+
+
 def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set one ``section.key=value``; a list element is addressed by its index, e.g.
+    ``data.sources[0].subset=geo3k`` or ``data.sources[1]={path: x.jsonl}``."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-5")
     key, text = item.split("=", 1)
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {part} is not a section")
-    node[parts[-1]] = parse_value(text, f"override {item!r}: value")
+    parts = _key_parts(key)
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(part, int):
+            if not isinstance(node, list) or not -len(node) <= part < len(node):
+                size = len(node) if isinstance(node, list) else 0
+                raise ConfigError(f"{key}: index {part} is out of range (the list has {size} "
+                                  "entries)")
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{key}: {parts[i - 1]} is not a section")
+        if last:
+            node[part] = parse_value(text, f"override {item!r}: value")
+        elif isinstance(part, int):
+            node = node[part]
+        else:
+            node = node.setdefault(part, [] if isinstance(parts[i + 1], int) else {})
 
 
 def parse_value(text: str, where: str) -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vldft.objectives import ObjectiveSpec
+from vldft.objective_spec import ObjectiveSpec
 
 PARTS = ("vision", "projector", "language")
 
@@ -73,7 +73,8 @@ FAMILY_NAMES = (*PIXEL_FAMILIES, "llava", "llava_onevision")
 class ModelConfig:
     family: Literal[FAMILY_NAMES] = "qwen2_5_vl"  # model family (adapter; docs/families.md)
     name_or_path: str | None = None  # hub id or local dir of an HF checkpoint
-    tiny: bool = False  # build a tiny random model locally instead (demo / tests; no download)
+    tiny: bool = False  # build a tiny random model of `family` locally instead (demo / tests;
+    # no download); name_or_path is then ignored, so model.tiny=true tries any shipped config
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # weights dtype on load
     # "sdpa", "eager", "flash_attention_2" (flash extra) or "varlen" (vldft.attention's varlen
     # function also for padded batches: on CUDA one kernel call per layer; packing uses it anyway)
@@ -86,8 +87,9 @@ class ModelConfig:
     lora: LoraSettings | None = None  # train LoRA adapters (peft) instead of full weights
 
     def validate(self) -> None:
-        if self.tiny == (self.name_or_path is not None):
-            raise ConfigError("model: set exactly one of model.tiny=true or model.name_or_path")
+        if not self.tiny and self.name_or_path is None:
+            raise ConfigError("model: set model.name_or_path (a hub id or a checkpoint folder) "
+                              "or model.tiny=true")
         for part in self.freeze:
             if part not in PARTS:
                 raise ConfigError(f"model.freeze: unknown part {part!r}; choose from {PARTS}")
@@ -126,6 +128,15 @@ class SourceConfig:
     # geometry3k): question, answer, solution, images, messages, id, choices
     min_pixels: int | None = None  # Qwen2.5-VL per-source override of model.min_pixels
     max_pixels: int | None = None  # Qwen2.5-VL per-source override of model.max_pixels
+    allow_outside_root: bool | None = None  # may an image path resolve (after .. / symlinks)
+    # outside image_root? null: no for a source with `hub` (downloaded data), yes otherwise
+    hub: str | None = None  # Hugging Face dataset id that `vldft-data download` fetches this
+    # source from; its local copy is data.data_dir/<name>/ and `path` is relative to that folder
+    # (default: <split>.parquet, <split>/ or the folder itself; docs/data.md)
+    subset: str | None = None  # the hub dataset's config name, e.g. "geo170k(qa)"
+    hub_files: list[str] = field(default_factory=list)  # files of the hub dataset repository
+    # fetched as they are (upstream layout; .zip / .tar / .tar.gz archives extracted); empty:
+    # the split's rows are saved as <split>.parquet with the images embedded
 
     @property
     def label(self) -> str:
@@ -133,8 +144,17 @@ class SourceConfig:
 
     def validate(self, key: str) -> None:
         """``key``: where this source sits, e.g. ``data.sources[0]`` (errors name it)."""
-        if not self.path:
+        if self.hub is not None:
+            if not self.name:
+                raise ConfigError(f"{key}.name: required with {key}.hub (the folder "
+                                  "data.data_dir/<name>/ holds the download)")
+            if Path(self.path).is_absolute() or ".." in Path(self.path).parts:
+                raise ConfigError(f"{key}.path: with {key}.hub, a path inside "
+                                  f"data.data_dir/{self.name}/ (got {self.path!r})")
+        elif not self.path:
             raise ConfigError(f"{key}.path: required")
+        if (self.subset or self.hub_files) and self.hub is None:
+            raise ConfigError(f"{key}.subset/hub_files: only with {key}.hub")
         if self.weight is not None and not self.weight > 0:
             raise ConfigError(f"{key}.weight: must be > 0")
         if self.max_samples is not None and self.max_samples < 1:
@@ -162,6 +182,22 @@ class DataConfig:
     # (vldft.packing: per-sample positions, no attention across samples; micro_batch_size and
     # group_by_length are then unused)
     pack_tokens: int = 4096  # tokens per packed micro-batch; data.max_length must not exceed it
+    data_dir: str | None = None  # where sources with a `hub` key live, one folder per source
+    # name (`vldft-data download CONFIG --data-dir DIR` fills it); null: $VLDFT_DATA_DIR, else
+    # ~/.cache/vldft/data
+    decontaminate: bool | str | list[str] = "off"  # drop training rows that match a
+    # benchmark's test rows (same or near-same image, or a specific question): "off", a suite
+    # ("paper", "geo") or a list of benchmarks / lmms-eval tasks; reads their local copies
+    # (`vldft.eval --data-dir` layout) from train.eval_data_dir, else from the data dir
+
+    cache: bool = True  # keep the read, checked (and decontaminated), length-estimated
+    # training set on disk, keyed by the sources' files and the settings (vldft.data.cache;
+    # $VLDFT_CACHE_DIR, else ~/.cache/vldft/sets): rank 0 builds it, the other ranks and every
+    # restart map it. false: every rank reads every source on every start
+
+    def __post_init__(self) -> None:
+        if self.decontaminate is False:  # YAML 1.1 reads a bare `off` as false
+            self.decontaminate = "off"
 
     def all_sources(self) -> list[SourceConfig]:
         """``sources`` plus one normalised-format source per ``train_files`` entry."""
@@ -184,6 +220,11 @@ class DataConfig:
             raise ConfigError("data.num_workers: must be >= 0")
         if self.pack_tokens < 16:
             raise ConfigError("data.pack_tokens: must be at least 16")
+        dec = self.decontaminate
+        bad = dec is True or (not dec if isinstance(dec, list) else not str(dec).strip())
+        if bad:
+            raise ConfigError('data.decontaminate: "off", a suite name or a non-empty list of '
+                              "benchmarks / tasks")
         if self.packing and self.max_length > self.pack_tokens:
             raise ConfigError(f"data.max_length ({self.max_length}) > data.pack_tokens "
                               f"({self.pack_tokens}): with data.packing a sample must fit in "
@@ -194,7 +235,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class LossConfig(ObjectiveSpec):
     """The objective's fields (name, min_weight, alpha, kl_lambda, eaft_topk, eaft_alpha,
-    sft_mix, chunk_size, implementation: defined once, in ``vldft.objectives.ObjectiveSpec``,
+    sft_mix, chunk_size, implementation: defined once, in ``vldft.objective_spec.ObjectiveSpec``,
     which checks them when built) plus the schedule of objectives."""
 
     sft_warmup_steps: int = 0  # optimizer steps of plain SFT before switching to `name`
@@ -243,8 +284,10 @@ class TrainConfig:
     # output_dir/eval/step-<N>/ and metrics.jsonl; [] = off. Needs the eval extra
     eval_tasks_limit: int = 50  # samples per task in those evaluations (0: all)
     eval_tasks_max_new_tokens: int = 0  # cap on each task's generation budget (0: the task's)
-    eval_data_dir: str | None = None  # local benchmark copies for eval_tasks (the eval CLI's
-    # --data-dir; made by `python -m vldft.eval download`); null: the hub / datasets cache
+    eval_data_dir: str | None = None  # local benchmark copies for eval_tasks and
+    # data.decontaminate (the eval CLI's --data-dir; made by `python -m vldft.eval download` or
+    # `vldft-data download`); null: the data dir (data.data_dir) when it holds them, else the
+    # hub / datasets cache
     global_batch_size: int | None = None  # samples per optimizer step over all ranks; sets
     # grad_accum = global / (micro_batch_size x world size), which must divide evenly
     resume: str = "auto"  # "auto": continue from the newest complete checkpoint-<step> in

@@ -9,9 +9,10 @@ A JSONL row (the kit's normalised format, also what ``data/geo_demo`` holds):
      "answer": "70"}
 
 ``content`` may also be a plain string, where each ``<image>`` marks an image. Image paths are
-relative to ``image_root`` (default: the JSONL file's directory). Rows without images are
-text-only samples. Every problem raises ``DataError`` naming the file, line and row id, with a
-short reason code (``REASONS``) that ``data.on_error=skip`` and
+relative to ``image_root`` (default: the JSONL file's directory) or absolute; a source may
+require them to stay inside that root (``allow_outside_root``, off for hub sources). Rows
+without images are text-only samples. Every problem raises ``DataError`` naming the file, line
+and row id, with a short reason code (``REASONS``) that ``data.on_error=skip`` and
 ``python -m vldft.datatool validate`` count. Other formats (LLaVA, ShareGPT, messages, HF
 datasets, Geometry3K, text math) are read by ``vldft.data.formats.read_source``; see its
 docstring. ``iter_jsonl`` is the one line-numbered JSONL reader (also used for benchmark copies
@@ -48,6 +49,8 @@ REASONS = {
     "ends_with_user": "the conversation ends with a user turn (never answered)",
     "image_count": "the number of image placeholders differs from the number of images",
     "image_missing": "an image file does not exist (or is a URL, which is never downloaded)",
+    "image_outside_root": "an image path resolves (after `..` and symlinks) outside the source's "
+                          "image root, and allow_outside_root is off (the default for hub sources)",
     "image_corrupt": "an image cannot be opened and decoded",
     "bad_answer": "the reference answer is invalid (e.g. a Geometry3K letter outside the choices)",
     "too_long": "longer than data.max_length and data.overlong is skip / error",
@@ -267,7 +270,8 @@ def check_structure(messages: list[dict[str, Any]], where: str) -> None:
             fail(where, "empty_turn", f"message {i}: the {msg['role']} turn is empty")
 
 
-def _image(img: Any, image_root: Path, where: str) -> Path | ImageBytes | Image.Image:
+def _image(img: Any, image_root: Path, where: str, allow_outside_root: bool = True
+           ) -> Path | ImageBytes | Image.Image:
     if isinstance(img, (ImageBytes, Image.Image)):
         return img
     if not isinstance(img, (str, Path)) or not str(img):
@@ -275,18 +279,26 @@ def _image(img: Any, image_root: Path, where: str) -> Path | ImageBytes | Image.
     if str(img).startswith(("http://", "https://")):
         fail(where, "image_missing", f"image {img} is a URL; download it and use a local path")
     path = Path(img) if Path(img).is_absolute() else image_root / img
+    if not allow_outside_root:  # checked first: a path out of the root is never opened
+        resolved, root = path.resolve(), image_root.resolve()
+        if not resolved.is_relative_to(root):
+            fail(where, "image_outside_root", f"image {img} resolves to {resolved}, outside the "
+                 f"image root {root} (allow_outside_root is off for this source)",
+                 image=str(img))
     if not path.is_file():
         fail(where, "image_missing", f"image file not found: {path}", image=str(path))
     return path
 
 
 def sample_from_row(row: dict[str, Any], where: str, image_root: Path,
-                    default_id: str | None = None) -> Sample:
+                    default_id: str | None = None, allow_outside_root: bool = True) -> Sample:
     """Normalise one row (already parsed JSON) and check it; ``where`` names it in errors.
 
     Checks: roles, turn order (optional system first, then user/assistant alternating, ending
     with an assistant turn), empty turns, placeholder count == image count, image files exist.
-    Images may be paths (relative to ``image_root``), ``ImageBytes`` or PIL images."""
+    Images may be paths (relative to ``image_root``, or absolute), ``ImageBytes`` or PIL images.
+    ``allow_outside_root=False``: a path that resolves (after ``..`` and symlinks) outside
+    ``image_root`` is an ``image_outside_root`` error, and that file is never opened."""
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
         fail(where, "bad_row", "expected an object with a 'messages' list")
     sid = str(row["id"]) if row.get("id") is not None else (default_id or where)
@@ -307,7 +319,7 @@ def sample_from_row(row: dict[str, Any], where: str, image_root: Path,
     n_parts = sum(p["type"] == "image" for m in messages for p in m["content"])
     if n_parts != len(images):
         fail(where, "image_count", f"{n_parts} image placeholders but {len(images)} images")
-    resolved = [_image(img, image_root, where) for img in images]
+    resolved = [_image(img, image_root, where, allow_outside_root) for img in images]
     answer, kind = row.get("answer"), row.get("kind")
     return Sample(sid, messages, resolved, None if answer is None else str(answer),
                   None if kind is None else str(kind), origin=origin)

@@ -5,7 +5,9 @@ Each converter takes one parsed row and its location and returns
 ``{"type": "image"}`` / ``{"type": "text", "text": ...}``, or raises ``DataError``.
 
 - ``llava``: ``{"id", "image": str | [str] (optional), "conversations": [{"from", "value"}]}``,
-  ``from`` in human / gpt / system, ``<image>`` placeholders in ``value``.
+  ``from`` in human / gpt / system, ``<image>`` placeholders in ``value`` (one image and no
+  placeholder: the image goes before the first turn's text). Also read from parquet / arrow
+  tables with those columns (LLaVA-OneVision-Data: ``image`` an embedded HF Image).
 - ``sharegpt`` (LLaMA-Factory): ``conversations`` with ``from`` / ``value`` or ``messages`` with
   ``role`` / ``content``; ``images`` list; optional ``system`` column. Tool turns
   (observation / function_call) are not supported (``unknown_role``).
@@ -149,7 +151,15 @@ def normalized_row(raw: Any, where: str) -> dict:
 def llava_row(raw: Any, where: str) -> dict:
     raw = _row(raw, where)
     turns = require(raw, "conversations", where, "llava")
-    messages, images = turns_to_messages(turns, "from", "value", raw.get("image"), where, "llava")
+    image = raw.get("image")
+    if image not in (None, "", []) and isinstance(turns, list) and turns and not any(
+            isinstance(t, dict) and isinstance(t.get("value"), str) and "<image>" in t["value"]
+            for t in turns) and isinstance(turns[0], dict) and isinstance(
+            turns[0].get("value"), str) and not isinstance(image, list):
+        # one image and no placeholder: it goes before the first turn's text, as LLaVA's own
+        # preprocessing puts it (LLaVA-OneVision-Data has such rows)
+        turns = [{**turns[0], "value": "<image>\n" + turns[0]["value"]}, *turns[1:]]
+    messages, images = turns_to_messages(turns, "from", "value", image, where, "llava")
     return {"messages": messages, "images": images, **_extra(raw)}
 
 

@@ -27,8 +27,11 @@ Formats and how ``format: auto`` (``detect_format``) recognises them:
 
 Row formats are in ``vldft.data.chat``, tables (hf, text_math, geometry3k) in
 ``vldft.data.tables``. Relative ``path`` / ``image_root`` resolve against ``base_dir``; image
-paths default to the data file's directory. Every sample gets ``source`` (the source label),
-``origin`` (file:line / file row N) and an id (the row's ``id``, else ``<file>:<line>``).
+paths default to the data file's directory. A source with a ``hub`` key (downloaded data), or
+with ``allow_outside_root: false``, may not name an image that resolves outside its image root
+(``image_outside_root``: ``../../etc/passwd`` is a bad row, never opened). Every sample gets
+``source`` (the source label), ``origin`` (file:line / file row N) and an id (the row's ``id``,
+else ``<file>:<line>``).
 
 Errors: a source-level problem (file missing, undetectable format, a mapped column that does
 not exist) always raises ``DataError``. A row-level problem raises with ``on_error="raise"``
@@ -120,7 +123,14 @@ def detect_format(path: Path) -> str:
                 (d / "data.json").is_file() for s in _subdirs(path) for d in _subdirs(s)):
             return "geometry3k"
         marks = ("dataset_info.json", "state.json", "dataset_dict.json")
-        if any((path / m).is_file() for m in marks) or next(path.rglob("*.parquet"), None):
+        first = next(path.rglob("*.parquet"), None)
+        if first is not None and not any((path / m).is_file() for m in marks):
+            try:
+                return table_format(_table_columns(first))
+            except (OSError, ValueError) as e:  # pyarrow errors subclass these
+                raise DataError(f"{first}: cannot read as a table: {e}", "bad_source",
+                                str(first)) from None
+        if any((path / m).is_file() for m in marks):
             return "hf"
         raise DataError(f"{path}: cannot tell the format of this folder (no geometry3k problem "
                         "folders, no save_to_disk dataset, no parquet files)", "bad_source",
@@ -132,9 +142,7 @@ def detect_format(path: Path) -> str:
         except (OSError, ValueError) as e:  # pyarrow errors subclass these
             raise DataError(f"{path}: cannot read as a table: {e}", "bad_source",
                             str(path)) from None
-        if {"images", "image"} & set(cols):
-            return "hf"
-        return "text_math" if any(set(lay) <= set(cols) for lay in TEXT_MATH_LAYOUTS) else "hf"
+        return table_format(cols)
     if suffix in (".json", ".jsonl"):
         head = list(itertools.islice(iter_json(path), DETECT_ROWS))
         if not head:
@@ -144,6 +152,21 @@ def detect_format(path: Path) -> str:
         return detect_row_format(head[0][2], suffix, head[0][0], [r for _, _, r in head[1:]])
     raise DataError(f"{path}: cannot tell the format from the extension {suffix!r}; set the "
                     f"source's format to one of {FORMATS}", "bad_source", str(path))
+
+
+def table_format(cols: list[str]) -> str:
+    """The format of a table (parquet / arrow) from its column names: ``conversations``
+    (LLaVA-OneVision-Data: id, image, conversations) is ``llava``; question / answer columns
+    with an image column ``hf``; without one ``text_math`` when a text-math layout fits."""
+    if "conversations" in cols:
+        return "llava" if "image" in cols or not {"images", "system"} & set(cols) else "sharegpt"
+    if {"images", "image"} & set(cols):
+        return "hf"
+    return "text_math" if any(set(lay) <= set(cols) for lay in TEXT_MATH_LAYOUTS) else "hf"
+
+
+def _is_table(path: Path) -> bool:
+    return path.is_dir() or path.suffix.lower() in (".parquet", ".arrow")
 
 
 def _subdirs(path: Path) -> list[Path]:
@@ -216,8 +239,18 @@ def _reader(fmt: str, path: Path, src: SourceConfig, hub: bool
             ) -> tuple[Iterator[Row], Callable[[Any, str], dict]]:
     """Rows of the source and the function that normalises one of them."""
     if fmt in CONVERTERS:
+        if not hub and _is_table(path) and fmt != "normalized":  # e.g. LLaVA-OneVision parquet
+            try:
+                _, rows = open_table(path, src.path, src.split, hub)
+            except (OSError, ValueError) as e:  # pyarrow errors subclass these
+                if isinstance(e, DataError):
+                    raise
+                raise DataError(f"{path}: cannot read as a table: {e}", "bad_source",
+                                str(path)) from None
+            return rows, CONVERTERS[fmt]
         if path.is_dir():
-            raise DataError(f"{path}: {fmt} format needs a JSON / JSONL file", "bad_source")
+            raise DataError(f"{path}: {fmt} format needs a JSON / JSONL file (or a parquet / "
+                            "arrow table)", "bad_source")
         return iter_json(path), CONVERTERS[fmt]
     check_columns(src.columns, str(path))
     check_template(src.prompt_template, str(path))
@@ -281,6 +314,8 @@ def read_source(src: SourceConfig, base_dir: Path, on_error: str = "raise",
                         "bad_source")
     image_root = (resolve_path(src.image_root, base_dir) if src.image_root
                   else Path(base_dir) if hub else path if path.is_dir() else path.parent)
+    allow_outside = (src.allow_outside_root if src.allow_outside_root is not None
+                     else src.hub is None)  # downloaded data stays inside its root
     rows, convert = _reader(fmt, path, src, hub)
     samples: list[Sample] = []
     n_skipped = 0
@@ -293,7 +328,8 @@ def read_source(src: SourceConfig, base_dir: Path, on_error: str = "raise",
             row = convert(raw, loc)
             row["id"] = sid
             _add_system(row, src.system)
-            sample = sample_from_row(row, where, image_root)
+            sample = sample_from_row(row, where, image_root,
+                                     allow_outside_root=allow_outside)
         except DataError as e:
             if on_error == "raise":
                 raise

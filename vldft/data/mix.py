@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,44 +148,112 @@ class LengthGroupedSampler(EpochBatchSampler):
 
 @dataclass
 class TrainingSet:
-    samples: list[Sample]  # the mixture, in source order
+    samples: Sequence[Sample]  # the mixture, in source order: a list, or (from the start-up
+    # cache, vldft.data.cache) a sequence that builds each Sample from a memory-mapped table
     lengths: list[int]  # estimated tokens per sample (same order)
     skips: object  # skips.SkipReport of rows skipped while reading (data.on_error: skip),
     # corrupt / missing images included (every entry: file, line, id, reason, image)
     table: list[dict]  # per source: name, format, read, used, images, text_only, tokens
+    # (and decontaminated, when data.decontaminate is on)
+    decontamination: dict | None = None  # data.decontaminate's report: benchmarks, test rows,
+    # drops per benchmark and reason, and every dropped row (source, id, origin, benchmark,
+    # test_id, reason); None when off
+    has_image: list[bool] | None = None  # per sample: has images (same order; filled from
+    # ``samples`` when not given)
+
+    def __post_init__(self) -> None:
+        if self.has_image is None:
+            self.has_image = [bool(s.images) for s in self.samples]
 
 
-def build_training_set(cfg, adapter) -> TrainingSet:
-    """Read every configured source, mix them, estimate lengths; one row per source in
-    ``table`` (what the loop prints at start and writes to data_summary.json)."""
-    from vldft.config import source_pixels
+def read_sources(cfg) -> tuple[dict[str, list[Sample]], object]:
+    """Every configured source's samples, by label in config order, and the ``SkipReport`` of
+    the rows skipped while reading (images verified: a corrupt image is a row error now, with
+    file, line, id and image, not hours into training)."""
     from vldft.data.formats import read_source
     from vldft.data.skips import SkipReport
 
     skips = SkipReport()
-    sources = cfg.all_sources()
-    # verify_images: a corrupt image is a row error now (file, line, id, image), not hours in
     per_source = {src.label: read_source(src, Path(cfg.base_dir), cfg.data.on_error, skips,
                                          verify_images=True)
-                  for src in sources}
+                  for src in cfg.all_sources()}
+    return per_source, skips
+
+
+def build_training_set(cfg, adapter) -> TrainingSet:
+    """Read every configured source, mix them, estimate lengths; one row per source in
+    ``table`` (what the loop prints at start and writes to data_summary.json). Training goes
+    through ``vldft.data.cache.training_set``, which keeps this result on disk."""
+    from vldft.config import source_pixels
+
+    sources = cfg.all_sources()
+    per_source, skips = read_sources(cfg)
+    n_read = {label: len(v) for label, v in per_source.items()}
+    decontamination = remove_benchmark_rows(cfg, per_source)
     samples = mix(per_source, {s.label: s.weight for s in sources},
                   {s.label: s.max_samples for s in sources}, cfg.train.seed)
     pixels = source_pixels(cfg)
     lengths = [estimate_length(s, adapter, pixels.get(s.source))
                for s in tqdm(samples, desc="lengths", disable=len(samples) < 2000)]
+    has_image = [bool(s.images) for s in samples]
+    table = source_table(sources, n_read, [s.source for s in samples], has_image, lengths,
+                         decontamination)
+    return TrainingSet(samples, lengths, skips, table, decontamination, has_image)
+
+
+def source_table(sources, n_read: dict[str, int], source_of: Iterable[str],
+                 has_image: Iterable[bool], lengths: Iterable[int],
+                 decontamination: dict | None) -> list[dict]:
+    """``TrainingSet.table``: per source, rows read, used in the mixture (with and without
+    images) and their estimated tokens (one pass over the mixture)."""
+    used: Counter = Counter()
+    images: Counter = Counter()
+    tokens: Counter = Counter()
+    for label, img, n in zip(source_of, has_image, lengths, strict=True):
+        used[label] += 1
+        images[label] += bool(img)
+        tokens[label] += int(n)
     table = []
     for src in sources:
-        used = [(s, n) for s, n in zip(samples, lengths, strict=True) if s.source == src.label]
-        table.append({"source": src.label, "format": src.format,
-                      "read": len(per_source[src.label]), "used": len(used),
-                      "images": sum(bool(s.images) for s, _ in used),
-                      "text_only": sum(not s.images for s, _ in used),
-                      "tokens": sum(n for _, n in used)})
-    return TrainingSet(samples, lengths, skips, table)
+        label = src.label
+        row = {"source": label, "format": src.format, "read": n_read[label],
+               "used": used[label], "images": images[label],
+               "text_only": used[label] - images[label], "tokens": tokens[label]}
+        if decontamination is not None:
+            row["decontaminated"] = decontamination["by_source"].get(label, 0)
+        table.append(row)
+    return table
+
+
+def remove_benchmark_rows(cfg, per_source: dict[str, list[Sample]]) -> dict | None:
+    """``data.decontaminate``: drop, in place, every sample of ``per_source`` that matches a
+    test row of the named benchmarks' local copies (``vldft.data.decontam``); the report (None
+    when off). Runs before mixing, so source weights apply to what is left."""
+    if cfg.data.decontaminate == "off":
+        return None
+    from vldft.data.decontam import BenchmarkIndex, benchmarks_for, decontaminate
+
+    names = benchmarks_for(cfg.data.decontaminate)
+    if not names:
+        return None
+    root = cfg.benchmark_root()
+    index = BenchmarkIndex.from_local(names, root)
+    entries: list[dict] = []
+    for label, samples in per_source.items():
+        kept, dropped = decontaminate(samples, index)
+        per_source[label] = kept
+        entries += dropped
+    by_bench = Counter(e["benchmark"] for e in entries)
+    return {"benchmarks": names, "benchmark_dir": str(root), "test_rows": len(index),
+            "dropped": len(entries), "by_benchmark": {n: by_bench.get(n, 0) for n in names},
+            "by_reason": dict(Counter(e["reason"] for e in entries)),
+            "by_source": dict(Counter(e["source"] for e in entries)), "entries": entries}
 
 
 def format_table(table: list[dict]) -> str:
     cols = ["source", "format", "read", "used", "images", "text_only", "tokens"]
+    if table and "decontaminated" in table[0]:
+        cols.insert(3, "decontaminated")
     rows = [cols] + [[str(r[c]) for c in cols] for r in table]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     return "\n".join("  " + "  ".join(v.rjust(w) if i > 1 else v.ljust(w)

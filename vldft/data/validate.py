@@ -25,6 +25,7 @@ Findings are counted per source and reason, each with example locations (file, l
 | ends_with_user  | the conversation ends with an unanswered user turn                       |
 | image_count     | number of image placeholders != number of images                         |
 | image_missing   | an image file does not exist (or is a URL)                               |
+| image_outside_root | an image path resolves outside the image root (allow_outside_root off) |
 | image_corrupt   | an image cannot be opened and fully decoded                              |
 | bad_answer      | invalid reference answer (a Geometry3K letter outside the choices)       |
 | too_long        | over data.max_length with data.overlong skip / error                     |
@@ -84,13 +85,21 @@ class ValidationReport(SkipReport):
 
 
 def check_images(sample: Sample) -> tuple[str, str] | None:
-    """None if every image opens and decodes, else (image, message) of the first that fails."""
-    for k, img in enumerate(sample.images):
-        try:
-            im = open_image(img)
-            im.load()
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb
-            return image_name(img), f"image {k} ({image_name(img)}) cannot be decoded: {e}"
+    """None if every image opens and decodes, else (image, message) of the first that fails.
+    A truncated file fails even where a library (lmms-eval's task module does, at import) has
+    set PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES``, which would fill the missing pixels grey."""
+    from PIL import ImageFile
+
+    lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        for k, img in enumerate(sample.images):
+            try:
+                im = open_image(img)
+                im.load()
+            except Exception as e:  # PIL: OSError, SyntaxError, ValueError, DecompressionBomb
+                return image_name(img), f"image {k} ({image_name(img)}) cannot be decoded: {e}"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     return None
 
 

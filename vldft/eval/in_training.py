@@ -19,6 +19,26 @@ from vldft.adapters.base import Adapter
 from vldft.config import Config, ConfigError
 
 
+def eval_data_dir(cfg: Config) -> Path | None:
+    """Where ``train.eval_tasks`` read their benchmarks: ``train.eval_data_dir``; when that is
+    null, the data dir (``data.data_dir``, where ``vldft-data download`` puts the copies the
+    config needs) if it holds a copy of every benchmark behind the tasks, else None (the hub /
+    the datasets cache)."""
+    from vldft.data.benchmarks import BY_TASK, LocalDataError, find_local
+
+    t = cfg.train
+    if t.eval_data_dir:
+        return cfg.resolve(t.eval_data_dir)
+    benches = [BY_TASK[name] for name in t.eval_tasks if name in BY_TASK]
+    root = cfg.data_root()
+    try:
+        for bench in benches:
+            find_local(bench, root)
+    except LocalDataError:
+        return None
+    return root if benches else None
+
+
 def check_eval_tasks(cfg: Config) -> None:
     """Resolve ``train.eval_tasks`` with lmms-eval before any model loads: an unknown task, a
     missing local copy (``train.eval_data_dir``) or unreachable, uncached hub data fails here,
@@ -39,7 +59,7 @@ def check_eval_tasks(cfg: Config) -> None:
 
     logger.remove()  # lmms-eval logs at DEBUG by default
     logger.add(sys.stderr, level="WARNING")
-    data_dir = cfg.resolve(t.eval_data_dir) if t.eval_data_dir else None
+    data_dir = eval_data_dir(cfg)
     try:
         prepare_environment()
         manager = TaskManager("WARNING", include_path=[str(TASK_DIR)], model_name="vldft")
@@ -84,7 +104,7 @@ def run_benchmarks(adapter: Adapter, accelerator: Accelerator, cfg: Config, step
     rec, error = None, None
     if accelerator.is_main_process:
         try:
-            from vldft.eval.benchmarks import HEADLINE
+            from vldft.data.benchmarks import HEADLINE
             from vldft.eval.model import VldftLMM
             from vldft.eval.run import evaluate
 
@@ -95,8 +115,8 @@ def run_benchmarks(adapter: Adapter, accelerator: Accelerator, cfg: Config, step
             with _evaluating_alone(accelerator):
                 written = evaluate(lm, t.eval_tasks, out_dir / "eval" / f"step-{step}",
                                    limit=t.eval_tasks_limit or None, batch_size=t.eval_batch_size,
-                                   data_dir=cfg.resolve(t.eval_data_dir) if t.eval_data_dir
-                                   else None, overwrite=True, label=f"{out_dir.name} step {step}")
+                                   data_dir=eval_data_dir(cfg), overwrite=True,
+                                   label=f"{out_dir.name} step {step}")
             rec = {"step": step, "benchmarks": {}, "metric": {}, "n": {},
                    "eval_s": round(time.perf_counter() - start, 1)}
             for row in written["rows"]:  # the headline metric, else a task's first one

@@ -6,7 +6,7 @@ metrics and aggregation all stay lmms-eval's); ``VldftSimpleTask`` the same over
 requested task from its YAML config with one of them, so that:
 
 - a benchmark with a local copy (``--data-dir``) reads its test split from local files
-  (``vldft.eval.benchmarks.load_local``; ``dataset_kwargs: {vldft_local: <benchmark>}``) instead
+  (``vldft.data.benchmarks.load_local``; ``dataset_kwargs: {vldft_local: <benchmark>}``) instead
   of ``datasets.load_dataset(<hub id>)``: a stock task's prompt, extraction and metrics run
   unchanged on the same rows;
 - aggregations that divide by the number of correct answers report 0 (with the sample count)
@@ -29,7 +29,7 @@ from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
 from PIL import Image
 
 from vldft.data import load_jsonl
-from vldft.eval.benchmarks import BENCHMARKS, LETTERS, LocalDataError, load_local
+from vldft.data.benchmarks import BENCHMARKS, LETTERS, LocalDataError, load_local
 from vldft.resources import resource
 from vldft.scoring import extract_answer, is_correct, score
 

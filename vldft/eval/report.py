@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vldft.eval.benchmarks import HEADLINE, PERCENT_TASKS
+from vldft.data.benchmarks import HEADLINE, PERCENT_TASKS
 from vldft.plotting import pyplot
 
 

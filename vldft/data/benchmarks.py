@@ -7,9 +7,12 @@ key), the hub dataset behind it, and the local layouts accepted under ``--data-d
   (``Dataset.to_parquet``, images embedded). ``python -m vldft.eval download`` writes this.
 - ``DIR/<name>/<split>/``: a ``Dataset.save_to_disk`` folder (or a ``DatasetDict`` with that
   split).
-- ``DIR/<name>/<upstream file>``: the benchmark's own repository layout (JSON / JSONL with image
-  paths, e.g. ``DIR/mathvision/data/testmini.jsonl`` + ``DIR/mathvision/images/``), converted
-  to the hub's columns so lmms-eval's own prompt and scoring functions read it unchanged.
+- ``DIR/<name>/<upstream file>``: the benchmark's own files as published (JSON / JSONL with image
+  paths), e.g. a clone of its GitHub repository at ``DIR/<name>`` (``DIR/wemath/data/testmini.json``
+  + ``DIR/wemath/data/2steps/image/``) or its hub repository's raw files; each benchmark lists
+  the layouts it accepts (``upstream`` + ``clones``, see :func:`upstream_layouts`). They are
+  converted to the hub's columns so lmms-eval's own prompt and scoring functions read them
+  unchanged.
 
 Pure data code: no lmms-eval import (the task side lives in ``vldft.eval.local_tasks``).
 """
@@ -21,10 +24,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from vldft.data import DataError, iter_jsonl
+
+if TYPE_CHECKING:  # imported where used: `vldft-eval --help` and the CLIs load without it
+    import datasets
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -39,7 +44,9 @@ class Benchmark:
 
     ``convert`` maps one upstream record (with its key or position in ``"_key"``) to a row in
     the hub's schema whose image columns hold paths; ``images`` names those columns (True: a
-    list of images). ``required`` are the upstream keys that must be present."""
+    list of images). ``required`` are the upstream keys that must be present. ``upstream`` is
+    the first upstream layout (``notes`` starts with where it comes from, up to the first
+    ``;``), ``clones`` the others as (path under ``DIR/<name>``, where it comes from)."""
 
     name: str
     task: str
@@ -56,6 +63,9 @@ class Benchmark:
     notes: str = ""
     percent: bool = False  # the headline metric is reported in percent (0-100)
     image_roots: tuple[str, ...] = field(default=("", "images", "data", "data/images"))
+    question: str = "question"  # the column with the question text (``data.decontaminate``)
+    id_column: str | None = None  # the column with the test row's id (None: the row number)
+    clones: tuple[tuple[str, str], ...] = ()  # more upstream layouts: (path, where it is from)
 
 
 def _same(row: dict) -> dict:
@@ -83,62 +93,89 @@ def _dynamath(row: dict) -> dict:
 
 
 def _logicvista(row: dict) -> dict:
+    # the repository's dataset.json names it broad_capability (its data/README.md: capability)
     return {"id": str(row["_key"]), "question": row["question"], "answer": row["answer"],
             "image": row["imagename"], "skill": row.get("skill"),
-            "capability": row.get("capability")}
+            "capability": row.get("capability", row.get("broad_capability"))}
 
 
 def _geometry3k(row: dict) -> dict:
     return {"id": row.get("id", row["_key"]), "problem": row["problem_text"],
             "choices": [str(c) for c in row["choices"]], "ground_truth": row["answer"],
-            "images": [row["_dir"] + "/img_diagram.png"]}
+            "images": [f"{row['_key']}/img_diagram.png"]}  # relative to the test/ folder
 
 
 def _geoqa(row: dict) -> dict:
     return _same(row)
 
 
+# Where each benchmark's own files come from (read from the repositories, docs/evaluation.md):
+# the GitHub repositories of MATH-V, We-Math, DynaMath and LogicVista hold the test split with its
+# images; MathVerse's and MathVista's hold the annotations (the images are the hub's images.zip);
+# InterGPS's (Geometry3K) holds test.zip; GeoQA's holds no data.
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("mathverse", "mathverse_testmini_reasoning", "CaraJ/MathVerse-lmmseval", "testmini",
               "acc_score", "testmini.json", _same, {"image": False},
               ("question", "image", "answer", "question_type", "query_wo", "query_cot",
-               "problem_version"), config="testmini",
-              notes="upstream: AI4Math/MathVerse testmini.json + images/"),
+               "problem_version"), config="testmini", id_column="sample_index",
+              notes="hub repository AI4Math/MathVerse: testmini.json + images.zip extracted "
+                    "(images/images_version_*/); github.com/ZrrSkywalker/MathVerse holds "
+                    "data/testmini.json but not the images",
+              clones=(("data/testmini.json", "clone of github.com/ZrrSkywalker/MathVerse + the "
+                                             "hub's images.zip extracted in data/"),)),
     Benchmark("mathvision", "mathvision_testmini", "MathLLMs/MathVision", "testmini",
               "mathvision_standard_eval", "data/testmini.jsonl", _mathvision,
               {"decoded_image": False}, ("question", "options", "answer", "image"),
-              notes="upstream: github.com/mathllm/MATH-V (data/*.jsonl + images/)",
-              percent=True),
+              notes="clone of github.com/mathllm/MATH-V (data/testmini.jsonl + images/)",
+              percent=True, id_column="id"),
     Benchmark("wemath", "wemath_testmini_reasoning", "We-Math/We-Math", "testmini", "acc_score",
               "testmini.json", _wemath, {"image_path": False},
               ("ID", "question", "option", "answer", "image_path", "key"),
-              notes="upstream: We-Math testmini.json + the extracted testmini.zip"),
+              notes="hub repository We-Math/We-Math: testmini.json + testmini.zip extracted",
+              id_column="ID",
+              clones=(("data/testmini.json", "clone of github.com/We-Math/We-Math: "
+                                             "data/testmini.json + data/2steps|3steps/image/"),)),
     Benchmark("mathvista", "mathvista_testmini_cot_reasoning", "AI4Math/MathVista", "testmini",
               "acc_score", "data/testmini.json", _mathvista, {"decoded_image": False},
               ("question", "image", "choices", "answer", "question_type", "answer_type"),
-              notes="upstream: github.com/lupantech/MathVista (data/testmini.json + images)"),
+              notes="clone of github.com/lupantech/MathVista + the hub's images.zip extracted in "
+                    "data/ (data/images/<pid>.jpg); the repository holds the annotations, not "
+                    "the images", id_column="pid"),
     Benchmark("dynamath", "dynamath_reasoning", "kcz358/DynaMath", "test", "dynamath_average",
               "dataset/dataset.json", _dynamath, {"decoded_image": False},
               ("question", "answer", "image"),
-              notes="upstream: github.com/DynaMath/DynaMath: the 501 seed questions only (the "
-                    "hub split holds sampled variants, so scores differ)"),
+              notes="clone of github.com/DynaMath/DynaMath (dataset/dataset.json + "
+                    "dataset/image/); the 501 seed questions only (the hub split holds sampled "
+                    "variants, so scores differ)", id_column="id"),
     Benchmark("logicvista", "logicvista_reasoning", "lscpku/LogicVista", "test", "acc_score",
               "data/dataset.json", _logicvista, {"image": False},
               ("imagename", "question", "answer"),
-              notes="upstream: github.com/Yijia-Xiao/LogicVista (data/dataset.json + "
-                    "data/images/)"),
+              notes="clone of github.com/Yijia-Xiao/LogicVista (data/dataset.json + "
+                    "data/images/)", id_column="id"),
     Benchmark("geometry3k", "geometry3k", "Yang130/geometry3k_4choices_mixed", "test",
               "exact_match", "test", _geometry3k, {"images": True},
               ("problem_text", "choices", "answer"),
-              notes="upstream: InterGPS test/<id>/data.json + img_diagram.png (the hub copy may "
-                    "order the choices differently)"),
+              notes="InterGPS's test folder, test/<id>/data.json + img_diagram.png (its "
+                    "data/geometry3k/test.zip extracted); the hub copy may order the choices "
+                    "differently", question="problem", id_column="id",
+              clones=(("data/geometry3k/test", "clone of github.com/lupantech/InterGPS after "
+                                               "`. data/unzip_data.sh`"),)),
     Benchmark("geoqa", "geoqa", "hz2475/geoQA", "test", "accuracy", "test.jsonl", _geoqa,
               {"image": False}, ("subject", "choices", "label", "image"), hub_split="train",
               hub_keep=("original_split", "test"),
-              notes="upstream: GeoQA's test split exported to JSONL (the official release is "
-                    "pickles); the task is vldft's own, lmms-eval has none; the hub port keeps "
-                    "GeoQA's split in original_split"),
+              notes="GeoQA's test split exported to JSONL by hand (github.com/chen-judge/GeoQA "
+                    "holds no data: its data.zip of pickles is on Google Drive); the task is "
+                    "vldft's own, lmms-eval has none; the hub port keeps GeoQA's split in "
+                    "original_split", question="subject"),
 )}
+
+# benchmark suites by benchmark name (``vldft.eval``'s --suite adds its bundled "local" suite;
+# ``data.decontaminate`` takes these names too)
+SUITES = {
+    "geo": list(BENCHMARKS),  # all eight
+    # the DFT paper's multimodal benchmarks (MathVerse, MathVision, WeMath) plus geometry
+    "paper": ["mathverse", "mathvision", "wemath", "geometry3k", "geoqa"],
+}
 
 # headline metric per task (compare's column); tasks not listed use their first metric
 HEADLINE = {b.task: b.headline for b in BENCHMARKS.values()} | {"vldft_geo_heldout": "accuracy"}
@@ -147,10 +184,17 @@ BY_TASK = {b.task: b for b in BENCHMARKS.values()}
 
 
 # -- reading a local copy ---------------------------------------------------------------------
+def upstream_layouts(bench: Benchmark) -> list[tuple[str, str]]:
+    """(path under ``DIR/<name>``, where those files come from) of each upstream layout."""
+    return [(bench.upstream, bench.notes.split(";")[0]), *bench.clones]
+
+
 def layouts(bench: Benchmark, root: Path) -> list[Path]:
-    """The paths a local copy of ``bench`` may have under ``root`` (= --data-dir), in order."""
+    """The paths a local copy of ``bench`` may have under ``root`` (= --data-dir), in order: the
+    hub split as parquet, a ``save_to_disk`` folder, then each upstream layout."""
     base = root / bench.name
-    return [base / f"{bench.split}.parquet", base / bench.split, base / bench.upstream]
+    return [base / f"{bench.split}.parquet", base / bench.split,
+            *[base / path for path, _ in upstream_layouts(bench)]]
 
 
 def find_local(bench: Benchmark, root: str | Path) -> Path:
@@ -159,18 +203,26 @@ def find_local(bench: Benchmark, root: str | Path) -> Path:
     for path in candidates:
         if path.exists():
             return path
+    upstream = [f"{candidates[2 + i]} ({what})" for i, (_, what) in
+                enumerate(upstream_layouts(bench))]
+    archives = [str(p.with_suffix(".zip")) for p in candidates[2:]
+                if p.with_suffix(".zip").is_file()]
+    hint = f"; found {', '.join(archives)}: extract it there" if archives else ""
     raise LocalDataError(
-        f"{bench.name}: no local copy under {Path(root) / bench.name}: expected "
-        f"{candidates[0]} (python -m vldft.eval download), {candidates[1]}/ (save_to_disk) or "
-        f"{candidates[2]} ({bench.notes.split(';')[0]})")
+        f"{bench.name}: no local copy under {Path(root) / bench.name}: looked for "
+        f"{candidates[0]} (python -m vldft.eval download), {candidates[1]}/ (save_to_disk), "
+        f"{', '.join(upstream)}{hint}")
 
 
 def load_local(bench: Benchmark, root: str | Path) -> datasets.Dataset:
     """The test split of ``bench`` from its local copy under ``root``, in the hub's schema."""
+    import datasets
+
     path = find_local(bench, root)
     base = Path(root) / bench.name
     saved = path.is_dir() and any((path / f).is_file() for f in ("state.json",
                                                                  "dataset_dict.json"))
+    upstream = {base / p for p, _ in upstream_layouts(bench)}
     if path.suffix == ".parquet":
         ds = datasets.Dataset.from_parquet(str(path))
     elif saved:
@@ -180,7 +232,7 @@ def load_local(bench: Benchmark, root: str | Path) -> datasets.Dataset:
                 raise LocalDataError(f"{path}: saved DatasetDict has splits {list(ds)}, "
                                      f"not {bench.split!r}")
             ds = ds[bench.split]
-    elif path.is_dir() and path != base / bench.upstream:
+    elif path.is_dir() and path not in upstream:
         raise LocalDataError(f"{path}: not a save_to_disk folder (no state.json or "
                              f"dataset_dict.json)")
     else:
@@ -188,6 +240,13 @@ def load_local(bench: Benchmark, root: str | Path) -> datasets.Dataset:
     if len(ds) == 0:
         raise LocalDataError(f"{path}: no rows")
     return ds
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LocalDataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
 
 
 def _records(path: Path) -> list[tuple[str, dict]]:
@@ -200,11 +259,7 @@ def _records(path: Path) -> list[tuple[str, dict]]:
                 raise LocalDataError(str(record)) from None
             out.append((f"{path}:{n}", {"_key": n - 1, **record}))
         return out
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LocalDataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+    data = _json(path)
     if isinstance(data, dict):
         return [(f"{path}[{k!r}]", {"_key": k, **v}) for k, v in data.items()]
     return [(f"{path}[{i}]", {"_key": i, **v}) for i, v in enumerate(data)]
@@ -216,7 +271,7 @@ def _intergps_records(folder: Path) -> list[tuple[str, dict]]:
         f = d / "data.json"
         if not f.is_file():
             raise LocalDataError(f"{d}: no data.json (InterGPS layout: test/<id>/data.json)")
-        out.append((str(f), {"_key": d.name, "_dir": str(d), **json.loads(f.read_text())}))
+        out.append((str(f), {"_key": d.name, **_json(f)}))
     return out
 
 
@@ -228,11 +283,15 @@ def _resolve(value: str, bench: Benchmark, base: Path, file_dir: Path, where: st
     for candidate in tried:
         if candidate.is_file():
             return str(candidate)
+    archives = sorted({str(z) for d in (file_dir, base) for z in d.glob("*.zip")})
+    hint = f"; not yet extracted? {', '.join(archives)}" if archives else ""
     raise LocalDataError(f"{where}: image {value!r} not found (looked in "
-                         f"{', '.join(sorted({str(c.parent) for c in tried}))})")
+                         f"{', '.join(sorted({str(c.parent) for c in tried}))}){hint}")
 
 
 def _from_upstream(bench: Benchmark, path: Path, base: Path) -> datasets.Dataset:
+    import datasets
+
     records = _intergps_records(path) if path.is_dir() else _records(path)
     rows = []
     for where, rec in records:
@@ -270,6 +329,8 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
     """Save each benchmark's test split from the hub (or ``sources[name]``: another dataset id or
     a local datasets repository) as ``data_dir/<name>/<split>.parquet`` with images embedded.
     An existing file is kept unless ``force``; files are written whole (tmp + rename)."""
+    import datasets
+
     written = []
     for name in names:
         if name not in BENCHMARKS:

@@ -1,0 +1,216 @@
+"""Download once, train offline: fetch what a config's sources need into the data dir.
+
+    vldft-data download configs/qwen25vl_geo.yaml --data-dir /data/vldft     # where the hub is
+    python -m vldft.train configs/qwen25vl_geo.yaml data.data_dir=/data/vldft # offline, later
+
+A source with a ``hub`` key (``data.sources[i].hub``) is fetched into ``DIR/<name>/``:
+
+- without ``hub_files``: the ``split`` of the dataset (``subset`` = its config name) is loaded
+  with ``datasets.load_dataset`` and written as ``DIR/<name>/<split>.parquet`` with the images
+  embedded (the layout evaluation's local copies use);
+- with ``hub_files``: those files of the dataset repository, as they are (the upstream layout,
+  e.g. a JSON of rows with image paths plus an image archive); ``.zip`` / ``.tar`` / ``.tar.gz``
+  archives are extracted into ``DIR/<name>/`` and then deleted, leaving a marker
+  ``.<archive>.extracted`` so that a rerun skips them.
+
+Benchmark copies needed by ``data.decontaminate`` and ``train.eval_tasks`` go to the benchmark
+root (``train.eval_data_dir``, else ``DIR``) through ``vldft.data.benchmarks.download``.
+Everything already present is kept (``force`` fetches again); every file is written whole (a
+temporary name, then a rename), so an interrupted download leaves nothing that looks complete.
+``sources`` maps a source or benchmark name to a local folder that stands in for its hub
+repository (a mirror, or the tests' fixtures): rows are loaded from it with ``load_dataset``,
+files copied from it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from vldft.config import Config, SourceConfig
+from vldft.data import DataError
+from vldft.data.benchmarks import BY_TASK
+from vldft.data.benchmarks import download as download_benchmarks
+from vldft.data.decontam import benchmarks_for
+
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz")
+Log = Callable[[str], None]
+
+
+def needed_benchmarks(cfg: Config) -> list[str]:
+    """Benchmarks whose local copies the run reads: ``data.decontaminate``'s and those behind
+    ``train.eval_tasks`` (tasks without a benchmark, e.g. vldft_geo_heldout, need none)."""
+    names = benchmarks_for(cfg.data.decontaminate)
+    names += [BY_TASK[t].name for t in cfg.train.eval_tasks if t in BY_TASK]
+    return list(dict.fromkeys(names))
+
+
+def _is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVES)
+
+
+def _inside(root: Path, member: str) -> bool:
+    target = (root / member).resolve()
+    return target == root.resolve() or target.is_relative_to(root.resolve())
+
+
+def extract(archive: Path, dest: Path, log: Log = print) -> int:
+    """Unpack ``archive`` into ``dest`` with a progress bar; a member whose path would leave
+    ``dest`` (absolute, ``..``, a link) stops it with an error naming the member. Returns the
+    number of files written."""
+    n = 0
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as z:
+            members = z.infolist()
+            for m in members:
+                if not _inside(dest, m.filename):
+                    raise DataError(f"{archive}: member {m.filename!r} would be written outside "
+                                    f"{dest}; not extracted", "bad_source", str(archive))
+            for m in tqdm(members, desc=f"extract {archive.name}", unit="file"):
+                z.extract(m, dest)
+                n += not m.is_dir()
+    else:
+        with tarfile.open(archive) as t:
+            members = t.getmembers()
+            for m in members:
+                if not _inside(dest, m.name) or m.issym() or m.islnk() or m.isdev():
+                    raise DataError(f"{archive}: member {m.name!r} is a link, a device or "
+                                    f"would be written outside {dest}; not extracted",
+                                    "bad_source", str(archive))
+            for m in tqdm(members, desc=f"extract {archive.name}", unit="file"):
+                t.extract(m, dest, filter="data")
+                n += m.isfile()
+    log(f"[vldft]   extracted {n} files from {archive.name} into {dest}")
+    return n
+
+
+def _fetch_file(repo: str, filename: str, dest: Path, local: Path | None) -> Path:
+    """One file of a dataset repository into ``dest/filename`` (whole or not at all)."""
+    target = dest / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    if local is not None:
+        src = local / filename
+        if not src.is_file():
+            raise DataError(f"{local}: no file {filename} (standing in for {repo})",
+                            "missing_file", str(src))
+        shutil.copyfile(src, tmp)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        got = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset",
+                              local_dir=str(dest / ".hub"))
+        shutil.move(got, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def download_source(src: SourceConfig, root: Path, local: Path | None = None,
+                    force: bool = False, log: Log = print) -> Path:
+    """Fetch one ``hub`` source into ``root/<name>/`` (see the module docstring); returns the
+    folder. ``local``: a folder standing in for the hub repository."""
+    assert src.hub is not None and src.name
+    dest = root / src.name
+    dest.mkdir(parents=True, exist_ok=True)
+    what = f"{src.hub}" + (f" (subset {src.subset})" if src.subset else "")
+    if not src.hub_files:
+        out = dest / f"{src.split}.parquet"
+        if out.exists() and not force:
+            log(f"[vldft] {src.name}: {out} exists, kept (--force to download again)")
+            return dest
+        import datasets
+
+        from vldft.data.benchmarks import embed_images
+
+        log(f"[vldft] {src.name}: loading {what}, split {src.split} "
+            f"{'from ' + str(local) if local else 'from the hub'} ...")
+        ds = datasets.load_dataset(str(local) if local else src.hub, src.subset, split=src.split)
+        tmp = out.with_name(out.name + ".part")
+        embed_images(ds).to_parquet(str(tmp))
+        os.replace(tmp, out)
+        log(f"[vldft] {src.name}: {len(ds)} rows -> {out}")
+        return dest
+    for filename in src.hub_files:
+        marker = dest / f".{Path(filename).name}.extracted"
+        target = dest / filename
+        if not force and (marker.exists() or (target.exists() and not _is_archive(filename))):
+            log(f"[vldft] {src.name}: {filename} present, kept (--force to download again)")
+            continue
+        log(f"[vldft] {src.name}: fetching {filename} from {local or what} ...")
+        path = _fetch_file(src.hub, filename, dest, local)
+        if _is_archive(filename):
+            extract(path, dest, log)
+            marker.write_text(f"{filename} extracted from {local or src.hub}\n")
+            path.unlink()
+    shutil.rmtree(dest / ".hub", ignore_errors=True)
+    return dest
+
+
+def download(cfg: Config, sources: dict[str, str] | None = None, force: bool = False,
+             log: Log = print) -> dict[str, list[Path]]:
+    """Fetch every ``hub`` source of ``cfg`` into its data root and the benchmark copies it
+    reads (``needed_benchmarks``) into its benchmark root. ``sources``: name -> local folder
+    standing in for that source's / benchmark's hub repository."""
+    sources = sources or {}
+    known = {s.name for s in cfg.data.sources if s.hub} | set(needed_benchmarks(cfg))
+    unknown = sorted(set(sources) - known)
+    if unknown:
+        raise ValueError(f"--source: {unknown} is not a downloadable source or benchmark of "
+                         f"this config; those are {sorted(known)}")
+    root = cfg.data_root()
+    done: dict[str, list[Path]] = {"sources": [], "benchmarks": []}
+    hub_sources = [s for s in cfg.data.sources if s.hub is not None]
+    if not hub_sources:
+        log("[vldft] no source of this config has a `hub` key: nothing to fetch for training")
+    for src in hub_sources:
+        local = Path(sources[src.name]) if src.name in sources else None
+        done["sources"].append(download_source(src, root, local, force, log))
+    names = needed_benchmarks(cfg)
+    if names:
+        bench_root = cfg.benchmark_root()
+        log(f"[vldft] benchmark copies for decontamination / evaluation: {', '.join(names)} "
+            f"-> {bench_root}")
+        done["benchmarks"] = download_benchmarks(
+            names, bench_root, {k: v for k, v in sources.items() if k in names}, force, log)
+    missing = cfg.missing_sources()
+    if missing:  # e.g. `path` names a file the repository does not have
+        raise DataError(f"after the download: {missing}", "missing_file")
+    return done
+
+
+
+
+def require_data(cfg: Config) -> None:
+    """Before any model loads: every ``hub`` source has its local copy, and the benchmark
+    copies ``data.decontaminate`` reads are present; else one ``ConfigError`` line naming what
+    is missing, where it was looked for and the command that fetches it."""
+    from vldft.config import ConfigError
+    from vldft.data.benchmarks import BENCHMARKS, LocalDataError, find_local
+
+    missing = cfg.missing_sources()
+    if missing:
+        raise ConfigError(missing)
+    try:
+        names = benchmarks_for(cfg.data.decontaminate)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    root = cfg.benchmark_root()
+    absent = []
+    for name in names:
+        try:
+            find_local(BENCHMARKS[name], root)
+        except LocalDataError:
+            absent.append(name)
+    if absent:
+        raise ConfigError(
+            f"data.decontaminate={cfg.data.decontaminate}: no local copy of {', '.join(absent)} "
+            f"under {root} (train.eval_data_dir, else the data dir); fetch them with "
+            f"`vldft-data download {cfg.config_file or 'CONFIG'} --data-dir DIR` or "
+            f"`python -m vldft.eval download --benchmarks {','.join(absent)} --data-dir {root}`,"
+            " or train without decontamination: data.decontaminate=off")

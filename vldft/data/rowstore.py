@@ -1,0 +1,145 @@
+"""Samples in one Arrow file, memory-mapped: the rows the start-up cache keeps
+(``vldft.data.cache``).
+
+    write_rows(path, ((source_code, sample), ...))   # once, on a cache miss
+    store = RowStore(path)                           # every start: maps the file, reads nothing
+    store.sample(j, labels)                          # row j as the Sample it was written from
+    SampleTable(store, index, labels)[i]             # a lazy Sequence[Sample] in mixture order
+
+A row holds its source (an index into the cache's source labels), whether it has images, the
+rest of the Sample as JSON (id, messages, answer, kind, origin, each image as a path or as the
+name of encoded bytes) and the encoded bytes of its ``ImageBytes`` (parquet / HF sources: a
+copy of the source's image column). JSON is written ASCII-only, so any Python string (lone
+surrogates from odd file names included) comes back exactly. A PIL image in memory cannot be
+stored (``Unstorable``); no source reader produces one.
+
+A restart maps the file and builds a ``Sample`` only when one is asked for: a rank holds no
+per-row Python objects, and the ranks of a machine share the file's pages.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from vldft.data import ImageBytes, Sample
+
+SCHEMA = pa.schema([("source", pa.int32()), ("has_image", pa.bool_()), ("row", pa.string()),
+                    ("blobs", pa.list_(pa.large_binary()))])
+BATCH_ROWS = 8192  # rows per record batch
+BATCH_BYTES = 256 << 20  # ... or fewer, once their image bytes pass this
+
+
+class Unstorable(ValueError):
+    """A sample holds something the store cannot keep (an in-memory PIL image)."""
+
+
+def encode(sample: Sample) -> tuple[str, list[bytes]]:
+    """A sample as its JSON row and the bytes of its encoded images (in order)."""
+    images, blobs = [], []
+    for img in sample.images:
+        if isinstance(img, Path):
+            images.append(["path", str(img)])
+        elif isinstance(img, ImageBytes):
+            images.append(["bytes", img.name])
+            blobs.append(bytes(img.data))
+        else:
+            raise Unstorable(f"sample {sample.id} ({sample.origin}) holds a "
+                             f"{type(img).__name__} image, which the cache cannot store")
+    row = {"id": sample.id, "messages": sample.messages, "images": images,
+           "answer": sample.answer, "kind": sample.kind, "origin": sample.origin}
+    return json.dumps(row), blobs
+
+
+def decode(row: str, blobs: list[bytes], source: str) -> Sample:
+    d = json.loads(row)
+    data = iter(blobs)
+    images = [Path(v) if how == "path" else ImageBytes(next(data), v) for how, v in d["images"]]
+    return Sample(d["id"], d["messages"], images, d["answer"], d["kind"], source, d["origin"])
+
+
+def write_rows(path: Path, rows: Iterable[tuple[int, Sample]]) -> int:
+    """Write (source code, sample) rows to the Arrow IPC file ``path``; the number written."""
+    n = 0
+    cols: tuple[list, list, list, list] = ([], [], [], [])
+    size = 0
+
+    def flush(writer) -> None:
+        nonlocal size
+        if cols[0]:
+            writer.write_batch(pa.record_batch([pa.array(c, t) for c, t in
+                                                zip(cols, SCHEMA.types, strict=True)],
+                                               schema=SCHEMA))
+        for c in cols:
+            c.clear()
+        size = 0
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+        for code, sample in rows:
+            row, blobs = encode(sample)
+            for col, value in zip(cols, (code, bool(sample.images), row, blobs), strict=True):
+                col.append(value)
+            size += len(row) + sum(len(b) for b in blobs)
+            n += 1
+            if len(cols[0]) >= BATCH_ROWS or size >= BATCH_BYTES:
+                flush(writer)
+        flush(writer)
+    return n
+
+
+class RowStore:
+    """The rows of an Arrow file written by ``write_rows``, memory-mapped (nothing is read
+    until a row or a column is asked for). Raises ``ValueError`` / ``OSError`` if the file is
+    not such a file (truncated, another schema)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        if not reader.schema.equals(SCHEMA):
+            raise ValueError(f"{path}: unexpected columns {reader.schema.names}")
+        self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        self._starts = [0]
+        for b in self._batches:
+            self._starts.append(self._starts[-1] + b.num_rows)
+        self.n_rows = self._starts[-1]
+
+    def column(self, name: str) -> np.ndarray:
+        """One small column (``source`` or ``has_image``) of every row, as a numpy array."""
+        parts = [b.column(name).to_numpy(zero_copy_only=False) for b in self._batches]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+    def sample(self, j: int, labels: Sequence[str]) -> Sample:
+        """Row ``j`` as a Sample (``labels``: source code -> label)."""
+        if not 0 <= j < self.n_rows:
+            raise IndexError(j)
+        b = bisect.bisect_right(self._starts, j) - 1
+        batch, k = self._batches[b], j - self._starts[b]
+        return decode(batch.column(2)[k].as_py(), batch.column(3)[k].as_py(),
+                      labels[batch.column(0)[k].as_py()])
+
+
+class SampleTable(Sequence):
+    """``Sequence[Sample]``: row ``index[i]`` of a ``RowStore`` for item ``i``, built on access.
+    Pickles as its file's path and the index (DataLoader workers map the file again)."""
+
+    def __init__(self, store: RowStore, index: np.ndarray, labels: Sequence[str]) -> None:
+        self.store, self.index, self.labels = store, index, list(labels)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return SampleTable(self.store, self.index[i], self.labels)
+        return self.store.sample(int(self.index[i]), self.labels)
+
+    def __getstate__(self) -> dict:
+        return {"path": str(self.store.path), "index": self.index, "labels": self.labels}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(RowStore(Path(state["path"])), state["index"], state["labels"])
