@@ -1,6 +1,9 @@
-"""Hand-made documents for every benchmark of ``vldft.eval.benchmarks``, written here (never
-downloaded), in two layouts: the hub schema that lmms-eval's task functions read, and the
-benchmark's upstream repository layout (JSON / JSONL with image paths).
+"""Hand-made documents for every benchmark of ``vldft.data.benchmarks``, written here (never
+downloaded), in three layouts: the hub schema that lmms-eval's task functions read, the
+benchmark's upstream files (JSON / JSONL with image paths; the hub repository's raw files where
+there are some), and a clone of the benchmark's GitHub repository exactly as ``git clone`` lays
+it out (``write_clone_copy``; paths, file names and record keys as in the repositories read for
+docs/evaluation.md, plus sibling files a reader must not pick up instead).
 
 Each benchmark has two rows with a correct and a wrong model response for the first; the
 schemas follow the hub datasets' cards and the upstream files (see docs/evaluation.md).
@@ -15,7 +18,7 @@ from pathlib import Path
 import datasets
 from PIL import Image, ImageDraw
 
-from vldft.eval.benchmarks import BENCHMARKS, embed_images
+from vldft.data.benchmarks import BENCHMARKS, embed_images
 
 META = {"split": "testmini", "source": "GeoQA", "subject": "Plane Geometry", "subfield": "Angle"}
 VISTA_META = {"category": "math-targeted-vqa", "context": "geometry diagram",
@@ -185,6 +188,87 @@ def write_upstream_copy(name: str, root: Path) -> Path:
         path = base / "test.jsonl"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
+    raise KeyError(name)
+
+
+# benchmarks whose GitHub repository holds the test split (GeoQA's holds no data): name -> repo
+CLONES = {"mathverse": "ZrrSkywalker/MathVerse", "mathvision": "mathllm/MATH-V",
+          "wemath": "We-Math/We-Math", "mathvista": "lupantech/MathVista",
+          "dynamath": "DynaMath/DynaMath", "logicvista": "Yijia-Xiao/LogicVista",
+          "geometry3k": "lupantech/InterGPS"}
+
+
+def write_clone_copy(name: str, root: Path) -> Path:
+    """The same rows as a clone of the benchmark's GitHub repository at ``root/<name>`` (with the
+    hub's images.zip extracted where the repository's README says, for MathVerse and MathVista,
+    and InterGPS's test.zip extracted by its ``data/unzip_data.sh``); returns the file read."""
+    if name not in CLONES:
+        raise KeyError(f"{name}: its repository holds no data (no clone layout)")
+    path = _write_clone(name, root / name)
+    shutil.rmtree(root / name / "_src", ignore_errors=True)  # the images' first place
+    return path
+
+
+def _write_clone(name: str, base: Path) -> Path:
+    rows = hub_rows(name, base / "_src")
+    if name == "mathverse":  # data/testmini.json; images.zip extracted in data/ -> data/images/
+        out = []
+        for i, r in enumerate(rows):
+            rel = f"images_version_{'1-4' if i == 0 else '5'}/image_{i + 1}.png"
+            Path(r["image"]).rename(_mk(base / "data" / "images" / rel))
+            out.append({k: v for k, v in r.items() if k != "question_for_eval"} | {"image": rel})
+        text_only = [dict(out[0], problem_version="Text Only", image="", question="decoy")]
+        _dump(base / "data/testmini_text_only.json", text_only)
+        _mk(base / "evaluation/utils.py").write_text("")
+        return _dump(base / "data/testmini.json", out)
+    if name in ("mathvision", "dynamath"):  # the repository is the upstream layout itself
+        path = write_upstream_copy(name, base.parent)
+        if name == "mathvision":  # data/test.jsonl: the full test split, not testmini
+            (base / "data/test.jsonl").write_text(json.dumps({"id": "1", "question": "decoy",
+                                                              "options": [], "answer": "0",
+                                                              "image": "images/1.jpg"}) + "\n")
+        return path
+    if name == "wemath":  # data/testmini.json; data/2steps/image/, data/3steps/image/
+        out = []
+        for r in rows:
+            rel = f"2steps/image/{r['question number']}-1.png"
+            Path(r["image_path"]).rename(_mk(base / "data" / rel))
+            out.append(r | {"image_path": rel})
+        _image(base / "data/3steps/image/1-1.png", 0)
+        _dump(base / "data/knowledge_structure_nodes.json", [{"id": 1, "name": "decoy"}])
+        return _dump(base / "data/testmini.json", out)
+    if name == "mathvista":  # data/testmini.json keyed by pid; images.zip extracted in data/
+        out = {}
+        for r in rows:
+            shutil.copy(r["decoded_image"], _mk(base / "data" / r["image"]))
+            out[r["pid"]] = {k: v for k, v in r.items() if k not in ("decoded_image", "query")}
+        _dump(base / "data/query.json", {r["pid"]: r["query"] for r in rows})
+        _dump(base / "data/annot_testmini.json", {"1": {"decoy": True}})
+        return _dump(base / "data/testmini.json", out)
+    if name == "logicvista":  # data/dataset.json keyed by id, data/images/<imagename>
+        out = {}
+        for r in rows:
+            Path(r["image"]).rename(_mk(base / "data/images" / f"{r['id']}.png"))
+            out[r["id"]] = {"imagename": f"{r['id']}.png", "question": r["question"],
+                            "answer": r["answer"], "reasoning": "", "skill": r["skill"],
+                            "broad_capability": r["capability"],
+                            "specific_capability": ["sequence pattern"],
+                            "imagesource": "aptitudetests", "sourcelink": "", "liscenced": True}
+        _mk(base / "data/README.md").write_text("# LogicVista Dataset\n")
+        return _dump(base / "data/dataset.json", out)
+    if name == "geometry3k":  # InterGPS: data/geometry3k/*.zip, test.zip extracted next to it
+        data = base / "data" / "geometry3k"
+        for r in rows:
+            d = data / "test" / str(r["id"])
+            Path(r["images"][0]).rename(_mk(d / "img_diagram.png"))
+            _dump(d / "data.json", {"id": r["id"], "problem_text": r["problem"],
+                                    "choices": r["choices"], "answer": r["ground_truth"],
+                                    "precise_value": [30.0, 45.0, 60.0, 90.0],
+                                    "compact_text": r["problem"], "comment": ""})
+        shutil.make_archive(str(data / "test"), "zip", data, "test")
+        (base / "data/unzip_data.sh").write_text(
+            "unzip -d data/geometry3k data/geometry3k/test.zip\n")
+        return data / "test"
     raise KeyError(name)
 
 

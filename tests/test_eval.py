@@ -78,7 +78,7 @@ def test_every_suite_task_scores_the_checkpoint_offline(demo_ckpt, tmp_path, mon
     offline, with no API key; then the paper-style comparison of two runs."""
     from bench_docs import write_hub_copy, write_upstream_copy
 
-    from vldft.eval.benchmarks import BENCHMARKS, HEADLINE
+    from vldft.data.benchmarks import BENCHMARKS, HEADLINE
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     data = tmp_path / "bench"

@@ -4,6 +4,7 @@ every layout give the task the same documents as the hub route, ``download`` wri
 unreachable hub fails in seconds naming the local alternative. No network, no API key."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -14,13 +15,15 @@ from conftest import ROOT
 pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
 
 from bench_docs import (  # noqa: E402
+    CLONES,
     RESPONSES,
     hub_dataset,
+    write_clone_copy,
     write_hub_copy,
     write_upstream_copy,
 )
 
-from vldft.eval.benchmarks import (  # noqa: E402
+from vldft.data.benchmarks import (  # noqa: E402
     BENCHMARKS,
     LocalDataError,
     download,
@@ -123,6 +126,42 @@ def test_upstream_and_hub_layouts_give_the_task_the_same_documents(name, manager
     assert len(hub) == 2 and all(v[1] for v in hub)  # every row has an image
     assert [view(d) for d in load_local(bench, tmp_path / "up")] == hub
     assert [view(d) for d in load_local(bench, tmp_path / "saved")] == hub
+    if name in CLONES:  # a clone of the benchmark's GitHub repository
+        write_clone_copy(name, tmp_path / "clone")
+        assert [view(d) for d in load_local(bench, tmp_path / "clone")] == hub
+
+
+ANSWER = {"mathverse": "answer", "mathvision": "answer", "wemath": "answer",
+          "mathvista": "answer", "dynamath": "ground_truth", "logicvista": "answer",
+          "geometry3k": "ground_truth"}
+
+
+@pytest.mark.parametrize("name", list(CLONES))
+def test_a_clone_of_the_repository_reads_row_by_row_as_the_hub_copy(name, tmp_path,
+                                                                    monkeypatch):
+    """``git clone`` of the benchmark's repository into DIR/<name> (e.g. We-Math's
+    data/testmini.json + data/2steps/image/) is found and read as the hub split: same ids,
+    questions, answers and every other shared column, images decoded to the same pixels. The
+    data dir is given relative to the working directory."""
+    bench = BENCHMARKS[name]
+    write_hub_copy(name, tmp_path / "hub", tmp_path)
+    path = write_clone_copy(name, tmp_path / "clone")
+    monkeypatch.chdir(tmp_path)
+    assert find_local(bench, "clone") == Path("clone") / path.relative_to(tmp_path / "clone")
+    hub, clone = load_local(bench, "hub"), load_local(bench, Path("clone"))
+    shared = set(hub.column_names) & set(clone.column_names)
+    assert {bench.question, ANSWER[name], *bench.images, bench.id_column} <= shared
+    assert len(hub) == len(clone) == 2
+    def pixels(value, is_list: bool) -> list[bytes]:
+        return [img.convert("RGB").tobytes() for img in (value if is_list else [value])]
+
+    for a, b in zip(hub, clone, strict=True):
+        for col in sorted(shared):
+            if col in bench.images:
+                is_list = bench.images[col]
+                assert pixels(a[col], is_list) == pixels(b[col], is_list), (name, col)
+            else:
+                assert a[col] == b[col], (name, col)
 
 
 def test_missing_and_malformed_local_copies_are_named(tmp_path):
@@ -146,6 +185,32 @@ def test_missing_and_malformed_local_copies_are_named(tmp_path):
     (tmp_path / "geoqa" / "test").mkdir(parents=True)
     with pytest.raises(LocalDataError, match="not a save_to_disk folder"):
         load_local(BENCHMARKS["geoqa"], tmp_path)
+
+
+def test_a_missing_copy_names_every_path_looked_for_and_unextracted_archives(tmp_path):
+    with pytest.raises(LocalDataError) as e:
+        find_local(BENCHMARKS["wemath"], tmp_path)
+    msg = str(e.value)
+    for path in ("wemath/testmini.parquet", "wemath/testmini/", "wemath/testmini.json",
+                 "wemath/data/testmini.json", "github.com/We-Math/We-Math"):
+        assert path in msg, msg
+    assert "\n" not in msg
+    # a clone of InterGPS whose test.zip was not extracted: the archive is named
+    write_clone_copy("geometry3k", tmp_path)
+    data = tmp_path / "geometry3k/data/geometry3k"
+    shutil.rmtree(data / "test")
+    with pytest.raises(LocalDataError) as e:
+        find_local(BENCHMARKS["geometry3k"], tmp_path)
+    msg = str(e.value)
+    assert "geometry3k/test.parquet" in msg and "geometry3k/data/geometry3k/test (" in msg
+    assert f"found {data / 'test.zip'}: extract it" in msg, msg
+    # We-Math's hub repository (testmini.json + testmini.zip) with the zip not extracted
+    write_upstream_copy("wemath", tmp_path)
+    shutil.rmtree(tmp_path / "wemath/2steps")
+    (tmp_path / "wemath/testmini.zip").write_bytes(b"PK")
+    with pytest.raises(LocalDataError, match=r"testmini\.json\[0\]: image '2steps/image/1-1\.png' "
+                                             r"not found .*not yet extracted\? .*testmini\.zip"):
+        load_local(BENCHMARKS["wemath"], tmp_path)
 
 
 def _datasets_repo(root: Path, name: str, tmp: Path) -> Path:

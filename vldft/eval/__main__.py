@@ -6,25 +6,40 @@
     python -m vldft.eval --model CKPT --suite paper --data-dir DIR --backend vllm  # GPUs
     python -m vldft.eval download --suite geo --data-dir DIR    # once, where the hub is reachable
     python -m vldft.eval compare runs/eval/base runs/eval/sft runs/eval/dft [--out DIR]
+    python -m vldft.eval model-args CKPT --model-class qwen2_5_vl   # for lmms-eval's own CLI
+
+Arguments are checked before lmms-eval (and torch) load, each problem in one line: no tasks, a
+checkpoint folder that is not one, a hub id that is unknown or unreachable without a cached
+copy, a missing --data-dir / --include-path, bad numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import NoReturn
 
-from vldft.eval.benchmarks import BENCHMARKS, BY_TASK
+from vldft.config import hub_unreachable, is_hub_id
+from vldft.data.benchmarks import BENCHMARKS, BY_TASK
 from vldft.progress import prog_name
 
 EPILOG = ("suites: geo (all eight benchmarks: " + ", ".join(BENCHMARKS) + "), paper (MathVerse, "
           "MathVision, WeMath, Geometry3K, GeoQA), local (vldft's bundled held-out split). "
           "Other commands: `python -m vldft.eval download --help`, `python -m vldft.eval compare "
-          "--help`.")
+          "--help`, `python -m vldft.eval model-args --help`.")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): what was wrong, and where --help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog_name("vldft.eval", "vldft-eval"), epilog=EPILOG,
-                                description="Evaluate a checkpoint with lmms-eval.")
+    p = Parser(prog=prog_name("vldft.eval", "vldft-eval"), epilog=EPILOG,
+               description="Evaluate a checkpoint with lmms-eval.")
     p.add_argument("--model", required=True, help="checkpoint directory or hub id")
     p.add_argument("--tasks", default="", help="comma-separated lmms-eval task names")
     p.add_argument("--suite", action="append", default=[], choices=["geo", "paper", "local"],
@@ -56,7 +71,7 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 
 def _download(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog_name("vldft.eval", "vldft-eval") + " download",
         description="Save benchmarks' test splits from the Hugging Face hub as "
                     "DIR/<benchmark>/<split>.parquet (images embedded), for offline evaluation "
@@ -84,7 +99,7 @@ def _download(argv: list[str]) -> None:
     if not names:
         p.error("nothing to download: pass --suite, --tasks or --benchmarks")
     sources = dict(s.split("=", 1) for s in args.source)
-    from vldft.eval.benchmarks import LocalDataError, download
+    from vldft.data.benchmarks import LocalDataError, download
 
     try:
         download(list(dict.fromkeys(names)), args.data_dir, sources, force=args.force)
@@ -96,10 +111,31 @@ def _download(argv: list[str]) -> None:
                  f"--source BENCH=LOCAL_DATASETS_REPO)")
 
 
+def _model_args(argv: list[str]) -> None:
+    """Print the --model_args that give a stock lmms-eval class the checkpoint's image policy
+    (for `python -m lmms_eval --model CLASS` run by hand; vldft.eval passes them itself)."""
+    p = Parser(prog=prog_name("vldft.eval", "vldft-eval") + " model-args",
+               description="The --model_args a stock lmms-eval class needs to score CKPT with "
+                           "training's image policy (pixel limits; device_map=cpu on a CPU), "
+                           "for `python -m lmms_eval --model CLASS --model_args ...`.")
+    p.add_argument("model", help="checkpoint directory (or a cached hub id)")
+    p.add_argument("--model-class", required=True, help="the lmms-eval class, e.g. qwen2_5_vl")
+    p.add_argument("--device", default=None, help="cpu adds device_map=cpu (default: cpu "
+                   "when no CUDA device is present)")
+    args = p.parse_args(argv)
+    from vldft.eval.run import EvalSetupError, stock_model_args
+
+    try:
+        extra = stock_model_args(args.model, args.model_class, args.device)
+    except EvalSetupError as e:
+        sys.exit(f"[vldft] error: {e}")
+    print(",".join(a for a in (f"pretrained={args.model}", extra) if a))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
-        p = argparse.ArgumentParser(
+        p = Parser(
             prog=prog_name("vldft.eval", "vldft-eval") + " compare",
             description="Benchmarks as columns, one row per run, an average column and deltas "
                         "against the first run: comparison.md (printed), .csv and .png.")
@@ -117,27 +153,28 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["download"]:
         _download(argv[1:])
         return
+    if argv[:1] == ["model-args"]:
+        _model_args(argv[1:])
+        return
     args = _eval_parser().parse_args(argv)
-    from vldft.eval.benchmarks import LocalDataError
-    from vldft.eval.run import (
-        EvalSetupError,
-        check_model,
-        default_out,
-        evaluate,
-        vllm_model_args,
-    )
+    from vldft.data.benchmarks import LocalDataError
+    from vldft.eval.run import EvalSetupError, default_out
+
+    try:
+        tasks = check_arguments(args)
+    except EvalSetupError as e:
+        sys.exit(f"[vldft] error: {e}")
+    from vldft.eval.run import evaluate, vllm_model_args  # lmms-eval loads inside evaluate
 
     limit = args.limit
     if limit is not None and limit >= 1:
         limit = int(limit)
     model_class, model_args = args.model_class or "vldft", args.model_args
-    if args.backend == "vllm":
-        model_class = "vllm"
-        model_args = ",".join(a for a in (vllm_model_args(args.model), model_args) if a)
-    tasks = [t for t in args.tasks.split(",") if t]
     out = args.out or str(default_out(args.model, tasks, args.suite))
     try:
-        check_model(args.model)
+        if args.backend == "vllm":
+            model_class = "vllm"
+            model_args = ",".join(a for a in (vllm_model_args(args.model), model_args) if a)
         written = evaluate(args.model, tasks, out, args.suite,
                            limit, args.batch_size, args.data_dir, args.max_new_tokens,
                            model_class, model_args, args.device, args.verbosity,
@@ -148,6 +185,66 @@ def main(argv: list[str] | None = None) -> None:
         print(written["summary"].read_text(), end="")
         print(f"[vldft] wrote {written['results']}, {written['summary']} and "
               f"{len(written['samples'])} per-sample log(s) in {out}")
+
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """The task names given; every check that needs neither lmms-eval nor torch, in one line
+    each (``EvalSetupError``). Unknown task names are lmms-eval's to find (it knows them)."""
+    from vldft.eval.run import EvalSetupError, check_model
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks and not args.suite:
+        raise EvalSetupError("no tasks: pass --tasks NAME[,NAME...] and/or --suite "
+                             "geo|paper|local")
+    for flag, value, low in (("--limit", args.limit, 0), ("--batch-size", args.batch_size, 1),
+                             ("--max-new-tokens", args.max_new_tokens, 1)):
+        if value is not None and not (value > low if flag == "--limit" else value >= low):
+            raise EvalSetupError(f"{flag} {value}: must be {'> 0' if low == 0 else '>= 1'}")
+    for flag, folders in (("--data-dir", [args.data_dir] if args.data_dir else []),
+                          ("--include-path", args.include_path)):
+        for folder in folders:
+            if not Path(folder).is_dir():
+                raise EvalSetupError(f"{flag} {folder}: not a directory")
+    check_model(args.model)  # a local path: exists, and is a checkpoint
+    check_hub_model(args.model)
+    return tasks
+
+
+def check_hub_model(model: str) -> None:
+    """A hub id (``org/name``, no such local path) must be loadable: when the hub cannot be
+    reached, from the local Hugging Face cache; when it can, it must exist there. Either
+    failure is one line (``EvalSetupError``) instead of transformers' traceback."""
+    from vldft.eval.run import EvalSetupError
+
+    if Path(model).exists() or not is_hub_id(model):
+        return
+    reason = hub_unreachable(timeout=1.5)
+    if reason is not None:
+        import huggingface_hub.constants as hub
+
+        snapshots = Path(hub.HF_HUB_CACHE) / f"models--{model.replace('/', '--')}" / "snapshots"
+        if any(snapshots.glob("*/config.json")):
+            return  # transformers reads the cached copy
+        raise EvalSetupError(
+            f"--model {model}: no such local folder, and the hub cannot be reached ({reason}) "
+            f"with no cached copy in {hub.HF_HUB_CACHE}; pass a checkpoint folder, or download "
+            f"it where the hub is reachable (huggingface-cli download {model} --local-dir DIR) "
+            "and pass --model DIR")
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        model_info(model, timeout=10)
+    except GatedRepoError:
+        raise EvalSetupError(f"--model {model}: a gated model; accept its terms on "
+                             f"https://huggingface.co/{model} and log in (huggingface-cli "
+                             "login)") from None
+    except RepositoryNotFoundError:
+        raise EvalSetupError(f"--model {model}: no such model on the hub (or a private one: "
+                             "log in with huggingface-cli login), and no such local "
+                             "folder") from None
+    except Exception:  # noqa: BLE001 - anything else (a slow hub): loading will say it
+        return
 
 
 if __name__ == "__main__":

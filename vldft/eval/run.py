@@ -4,7 +4,7 @@ directory (``python -m vldft.eval --help``).
 
 Every requested task is built from its own YAML config (lmms-eval's, or vldft's in ``eval/``)
 with vldft's task class (``vldft.eval.local_tasks``): its test split comes from a local copy when
-``data_dir`` holds one (``vldft.eval.benchmarks``), otherwise from the hub, which is checked
+``data_dir`` holds one (``vldft.data.benchmarks``), otherwise from the hub, which is checked
 first so that an unreachable hub fails in seconds, naming the local alternative.
 """
 
@@ -20,19 +20,25 @@ import time
 from pathlib import Path
 
 from vldft.config import hub_unreachable
-from vldft.eval.benchmarks import BENCHMARKS, BY_TASK, LocalDataError, find_local
+from vldft.data.benchmarks import BENCHMARKS, BY_TASK, LocalDataError, find_local
+from vldft.data.benchmarks import SUITES as BENCHMARK_SUITES
+from vldft.eval.resume import (
+    Interrupted,
+    ResponseStore,
+    make_resumable,
+    run_fingerprint,
+    sigterm_interrupts,
+)
 from vldft.resources import resource
 from vldft.scoring import extract_answer
 
 TASK_DIR = resource("eval")  # vldft's task YAMLs (--include_path); vldft.resources
 # Rule-scored tasks (no judge, no API key; names checked against lmms-eval 0.7.3 by a test).
 SUITES = {
-    # every benchmark of vldft.eval.benchmarks: MathVerse, MathVision, WeMath, MathVista,
-    # DynaMath, LogicVista, Geometry3K, GeoQA
-    "geo": [b.task for b in BENCHMARKS.values()],
-    # the DFT paper's multimodal benchmarks (MathVerse, MathVision, WeMath) plus geometry
-    "paper": ["mathverse_testmini_reasoning", "mathvision_testmini", "wemath_testmini_reasoning",
-              "geometry3k", "geoqa"],
+    # "geo": every benchmark of vldft.data.benchmarks (MathVerse, MathVision, WeMath, MathVista,
+    # DynaMath, LogicVista, Geometry3K, GeoQA); "paper": the DFT paper's multimodal benchmarks
+    # (MathVerse, MathVision, WeMath) plus geometry
+    **{name: [BENCHMARKS[b].task for b in names] for name, names in BENCHMARK_SUITES.items()},
     # vldft's synthetic held-out split (bundled; no download)
     "local": ["vldft_geo_heldout"],
 }
@@ -55,11 +61,13 @@ def resolve_tasks(tasks: list[str], suites: list[str], known: set[str]) -> list[
     names = list(dict.fromkeys(names))
     if not names:
         raise ValueError("no tasks: pass --tasks and/or --suite")
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3)
-            raise ValueError(f"task {name!r} is not known to lmms-eval (with --include_path "
-                             f"{TASK_DIR}); closest: {close}")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        hints = "; ".join(f"{name!r}: closest {difflib.get_close_matches(name, known, n=3)}"
+                          for name in unknown)
+        what = f"task {unknown[0]!r} is" if len(unknown) == 1 else \
+            f"tasks {', '.join(map(repr, unknown))} are"
+        raise ValueError(f"{what} not known to lmms-eval (nor in vldft's {TASK_DIR}); {hints}")
     return names
 
 
@@ -165,23 +173,76 @@ def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bo
     return out
 
 
-def vllm_model_args(model: str) -> str:
-    """model_args for lmms-eval's ``vllm`` class that keep training's image policy: the
-    checkpoint's pixel limits as vLLM ``mm_processor_kwargs`` (vLLM applies the checkpoint's own
-    chat template). lmms-eval's vllm class sends images as PNG (lossless), ignores a task's stop
-    strings, and uses max(task budget, its max_new_tokens=4096) new tokens."""
-    size = {}
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        path = Path(model) / name
+def image_policy(model: str) -> dict[str, int] | None:
+    """The checkpoint's saved pixel limits ``{"min_pixels", "max_pixels"}`` (Qwen families:
+    what training resized images to), ``{}`` for a processor without them (LLaVA), None when
+    no processor config can be read (a hub id that is not cached)."""
+    files = [Path(model) / n for n in ("processor_config.json", "preprocessor_config.json")]
+    if not Path(model).is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            files = [Path(f) for n in ("processor_config.json", "preprocessor_config.json")
+                     if isinstance(f := try_to_load_from_cache(model, n), str)]
+        except Exception:  # noqa: BLE001 - no cache, a malformed id: no policy known
+            files = []
+    for path in files:
         if path.is_file():
             cfg = json.loads(path.read_text())
             cfg = cfg.get("image_processor", cfg)
             size = {"min_pixels": cfg.get("min_pixels") or (cfg.get("size") or {}).get(
                 "shortest_edge"), "max_pixels": cfg.get("max_pixels") or (
                 cfg.get("size") or {}).get("longest_edge")}
-            break
-    size = {k: int(v) for k, v in size.items() if v}
+            return {k: int(v) for k, v in size.items() if v}
+    return None
+
+
+def vllm_model_args(model: str) -> str:
+    """model_args for lmms-eval's ``vllm`` class that keep training's image policy: the
+    checkpoint's pixel limits as vLLM ``mm_processor_kwargs`` (vLLM applies the checkpoint's own
+    chat template). lmms-eval's vllm class sends images as PNG (lossless), ignores a task's stop
+    strings, and uses max(task budget, its max_new_tokens=4096) new tokens."""
+    size = image_policy(model) or {}
     return f"mm_processor_kwargs={json.dumps(size, separators=(',', ':'))}" if size else ""
+
+
+# lmms-eval's stock classes for vldft's families and how each takes the checkpoint's image
+# policy: the Qwen classes as min_pixels / max_pixels arguments (their own defaults, e.g.
+# min_pixels=256*28*28, would re-size every image); llava_hf has no pixel bounds to give
+PIXEL_ARGS_CLASSES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
+PLAIN_CLASSES = ("llava_hf",)
+DEVICE_MAP_CLASSES = (*PIXEL_ARGS_CLASSES, "llava_hf")  # default device_map="auto" (CUDA)
+
+
+def stock_model_args(model: str, model_class: str, device: str | None, given: str = "") -> str:
+    """model_args that give a stock lmms-eval class (``--model-class``) the checkpoint's image
+    policy and, on a CPU, ``device_map=cpu`` (their default ``auto`` moves inputs to CUDA);
+    arguments in ``given`` win. A class vldft cannot hand the policy to is refused in one line
+    (``EvalSetupError``)."""
+    if model_class == "vldft" or model_class.startswith("vllm"):
+        return ""
+    if model_class not in (*PIXEL_ARGS_CLASSES, *PLAIN_CLASSES):
+        raise EvalSetupError(
+            f"--model-class {model_class}: vldft does not know how to give this class the "
+            f"checkpoint's image policy (pixel limits) and chat template, so its scores could "
+            f"silently differ from training's; use the default vldft class, or one of "
+            f"{', '.join((*PIXEL_ARGS_CLASSES, *PLAIN_CLASSES))}")
+    keys = {a.split("=", 1)[0].strip() for a in given.split(",") if "=" in a}
+    args = []
+    if model_class in PIXEL_ARGS_CLASSES and not {"min_pixels", "max_pixels"} <= keys:
+        policy = image_policy(model)
+        if policy is None:
+            raise EvalSetupError(
+                f"--model-class {model_class}: cannot read the image policy of {model} (no "
+                f"processor config here or in the hub cache), and the class's own pixel "
+                f"defaults differ from training's; pass --model-args min_pixels=N,max_pixels=M")
+        args += [f"{k}={v}" for k, v in policy.items() if k not in keys]
+    import torch
+
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    if cpu and model_class in DEVICE_MAP_CLASSES and "device_map" not in keys:
+        args.append("device_map=cpu")
+    return ",".join(args)
 
 
 def metric_rows(results: dict) -> list[dict]:
@@ -230,7 +291,8 @@ def write_samples(out: Path, samples: dict) -> list[Path]:
 
 def summary_markdown(model: str, rows: list[dict], meta: dict) -> str:
     lines = [f"# Evaluation of `{model}`", "",
-             f"lmms-eval {meta['lmms_eval_version']}, model class `{meta['model_class']}`, "
+             f"lmms-eval {meta['lmms_eval_version']}, model class `{meta['model_class']}`"
+             + (f" (`{meta['model_args']}`)" if meta.get("model_args") else "") + ", "
              f"limit {meta['limit']}, batch size {meta['batch_size']}, "
              f"{meta['world_size']} process(es), {meta['wall_s']:.0f} s, {meta['date']}", "",
              "| task | metric | value | stderr | n |", "|---|---|---|---|---|"]
@@ -307,26 +369,45 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
         names = resolve_tasks(list(tasks), list(suites), set(manager.all_tasks))
     except ValueError as e:
         raise EvalSetupError(str(e)) from None
-    if isinstance(model, lmms):
-        chat, args, model_label = not model.is_simple, "", label or type(model).__name__
+    store = None
+    if isinstance(model, lmms):  # in memory (train.eval_tasks): not fingerprinted, not resumed
+        lm, args, model_label = model, "", label or type(model).__name__
     else:
-        chat = not getattr(get_model(model_class), "is_simple", True)
         key = "model" if model_class.startswith("vllm") else "pretrained"
-        args = f"{key}={model}"  # batch_size / device reach the class from simple_evaluate
+        args = f"{key}={model}"
         if model_class == "vldft" and max_new_tokens:
             args += f",max_new_tokens={max_new_tokens}"
-        if model_args:
-            args += f",{model_args}"
+        extra = stock_model_args(str(model), model_class, device, model_args)
+        args = ",".join(a for a in (args, extra, model_args) if a)
         model_label = str(model)
-    configs = build_tasks(names, manager, data_dir, chat, model_class)
+    chat = not (model.is_simple if isinstance(model, lmms)
+                else getattr(get_model(model_class), "is_simple", True))
+    configs = build_tasks(names, manager, data_dir, chat, model_class)  # data first, then model
+    if not isinstance(model, lmms):
+        lm = get_model(model_class).create_from_arg_string(
+            args, {"batch_size": batch_size, "max_batch_size": None, "device": device})
+        store = ResponseStore(out / "responses", int(os.environ.get("RANK", "0")))
+        if store.found and int(os.environ.get("RANK", "0")) == 0:
+            print(f"[vldft] resuming: {store.found} responses kept in {store.root} from an "
+                  "interrupted run; only the missing ones are generated")
+        make_resumable(lm, store, run_fingerprint(str(model), model_class, args, batch_size),
+                       block=max(1, int(batch_size)))
     start = time.perf_counter()
-    results = evaluator.simple_evaluate(
-        model=model if isinstance(model, lmms) else model_class, model_args=args, tasks=configs,
-        limit=limit, batch_size=batch_size, device=device, log_samples=True,
-        task_manager=manager, verbosity=verbosity,
-        # 1: math-verify's timeout uses signal.alarm, which fails in the worker threads lmms-eval
-        # scores with by default; its reasoning tasks then score every answer 0
-        process_docs_parallel=1)
+    try:
+        with sigterm_interrupts() if store is not None else contextlib.nullcontext():
+            results = evaluator.simple_evaluate(
+                model=lm, model_args=args, tasks=configs, limit=limit, batch_size=batch_size,
+                device=device, log_samples=True, task_manager=manager, verbosity=verbosity,
+                # 1: math-verify's timeout uses signal.alarm, which fails in the worker threads
+                # lmms-eval scores with by default; its reasoning tasks then score every answer 0
+                process_docs_parallel=1)
+    except (KeyboardInterrupt, Interrupted) as e:
+        if store is None:
+            raise
+        why = "SIGTERM" if isinstance(e, Interrupted) else "Ctrl-C"
+        raise SystemExit(f"[vldft] interrupted ({why}): {len(store.kept)} responses are kept in "
+                         f"{store.root}; rerun the same command to continue (only the missing "
+                         "ones are generated)") from None
     wall = time.perf_counter() - start
     if results is None:  # only on non-zero ranks of a distributed run
         return {}
@@ -334,6 +415,7 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
     samples = results.pop("samples", {})
     world = int(os.environ.get("WORLD_SIZE", "1"))
     meta = {"model": model_label, "model_class": model_class, "model_args": args,
+            "resumed_responses": store.found if store is not None else 0,
             "tasks": names, "limit": limit, "batch_size": batch_size, "world_size": world,
             "lmms_eval_version": getattr(lmms_eval, "__version__", None) or _version(),
             "wall_s": wall, "date": datetime.datetime.now().isoformat(timespec="seconds"),

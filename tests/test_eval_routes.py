@@ -1,0 +1,172 @@
+"""Every evaluation route gives the same responses, and an interrupted evaluation resumes.
+
+One trained tiny checkpoint (the shipped prior, trained by vldft's loop) answers the
+bundled held-out questions through: vldft's lmms-eval class, lmms-eval's stock `qwen2_5_vl`
+class (as `vldft.eval --model-class qwen2_5_vl --device cpu` runs it: the checkpoint's pixel
+limits handed over, nothing else), plain transformers `generate` and transformers' pipeline.
+The stock class loads bfloat16 weights whatever it is told, so every route runs in bfloat16 here
+(`--model-args dtype=bfloat16` for vldft's class); the responses must be identical, text for
+text. Then an evaluation is killed mid-run (SIGTERM, kill -9) and rerun: only the missing
+responses are generated and the outputs equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, free_port
+
+pytest.importorskip("lmms_eval")
+pytestmark = pytest.mark.usefixtures("hf_offline", "one_thread")
+
+N = 8  # held-out questions per route
+MAX_NEW = 96  # vldft_geo_heldout's generation budget
+
+
+@pytest.fixture(scope="module")
+def ckpt() -> Path:
+    """A trained tiny checkpoint as vldft saves it: the shipped prior (``make prior``). Its
+    answers to the held-out questions are varied and often broken text, which makes any
+    difference between the routes show."""
+    return ROOT / "priors" / "tiny-qwen25vl-geo"
+
+
+def docs() -> list[dict]:
+    from vldft.eval.local_tasks import load_geo_heldout
+
+    return [load_geo_heldout()[i] for i in range(N)]
+
+
+def responses(written: dict) -> list[str]:
+    rows = [json.loads(line) for line in Path(written["samples"][0]).read_text().splitlines()]
+    return [r["response"] for r in sorted(rows, key=lambda r: r["doc_id"])]
+
+
+def plain_messages(doc: dict) -> list[dict]:
+    from vldft.eval.local_tasks import geo_doc_to_text
+
+    return [{"role": "user", "content": [{"type": "image", "image": doc["image"].convert("RGB")},
+                                         {"type": "text", "text": geo_doc_to_text(doc)}]}]
+
+
+def test_every_route_gives_the_same_responses(ckpt, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+    from vldft.eval.run import evaluate
+
+    ours = responses(evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "vldft", limit=N,
+                              batch_size=1, device="cpu", model_args="dtype=bfloat16"))
+    stock_run = evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "stock", limit=N,
+                         batch_size=1, device="cpu", model_class="qwen2_5_vl")
+    stock = responses(stock_run)
+    meta = json.loads(Path(stock_run["results"]).read_text())["vldft"]
+    assert "min_pixels=12544" in meta["model_args"] and "device_map=cpu" in meta["model_args"]
+
+    model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.bfloat16).eval()
+    processor = AutoProcessor.from_pretrained(ckpt)
+    plain = []
+    for doc in docs():
+        msgs = plain_messages(doc)
+        inputs = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
+        plain.append(processor.decode(out[0, inputs["input_ids"].shape[1]:],
+                                      skip_special_tokens=True))
+    pipe = pipeline("image-text-to-text", model=str(ckpt), dtype=torch.bfloat16, device="cpu")
+    piped = [pipe(text=plain_messages(doc), max_new_tokens=MAX_NEW, do_sample=False,
+                  return_full_text=False)[0]["generated_text"] for doc in docs()]
+
+    assert ours == stock == plain == piped, list(zip(ours, stock, plain, piped, strict=True))
+    assert len(set(ours)) > 1  # not one constant answer: a real comparison
+
+
+def test_a_class_without_the_image_policy_is_refused(ckpt):
+    from vldft.eval.run import EvalSetupError, stock_model_args
+
+    with pytest.raises(EvalSetupError, match="image policy"):
+        stock_model_args(str(ckpt), "internvl2", "cpu")
+    assert stock_model_args(str(ckpt), "qwen2_5_vl", "cpu", "min_pixels=1,max_pixels=2") \
+        == "device_map=cpu"
+
+
+# batch size 1: a response never depends on its batch-mates, so 1 and 2 processes (which deal
+# the documents out differently) must give the same responses too
+LIMIT = 12
+EVAL_CMD = [sys.executable, "-m", "vldft.eval", "--tasks", "vldft_geo_heldout", "--limit",
+            str(LIMIT), "--batch-size", "1", "--device", "cpu"]
+
+
+def torchrun() -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", str(free_port()), "-m", "vldft.eval", *EVAL_CMD[3:]]
+
+
+def _run(cmd: list[str], ckpt: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*cmd, "--model", str(ckpt), "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def _kept(out: Path) -> int:
+    files = out / "responses"
+    return sum(len(f.read_text().splitlines()) for f in files.glob("rank*.jsonl")) \
+        if files.is_dir() else 0
+
+
+@pytest.fixture(scope="module")
+def whole(ckpt, tmp_path_factory) -> Path:
+    """An uninterrupted evaluation (one process)."""
+    out = tmp_path_factory.mktemp("whole")
+    proc = _run(EVAL_CMD, ckpt, out)
+    assert proc.wait() == 0, proc.communicate()
+    return out
+
+
+@pytest.mark.parametrize("how", ["SIGTERM, 1 process", "kill -9, 2 processes"])
+def test_killed_evaluation_resumes_to_the_uninterrupted_result(ckpt, whole, tmp_path, how):
+    cmd = torchrun() if "2 processes" in how else EVAL_CMD
+    cut = tmp_path / "cut"
+    proc = _run(cmd, ckpt, cut)
+    deadline = time.time() + 300
+    while _kept(cut) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, f"ended before it could be interrupted: {proc.communicate()}"
+    if how.startswith("SIGTERM"):
+        proc.send_signal(signal.SIGTERM)
+    else:  # the launcher and both workers (they run in sessions of their own), no handler
+        subprocess.run(["pkill", "-9", "-f", "--", f"--out {cut}"], check=False)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not (cut / "results.json").exists()
+    if how.startswith("SIGTERM"):
+        last = err.strip().splitlines()[-1]
+        assert "interrupted (SIGTERM)" in last and "rerun the same command" in last, err
+    kept = _kept(cut)
+    assert 0 < kept < LIMIT
+    rerun = _run(torchrun() if "2 processes" in how else EVAL_CMD, ckpt, cut)  # a fresh port
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert f"resuming: {kept} responses kept" in out + err
+    assert _kept(cut) == LIMIT  # only the missing ones were generated
+    name = "samples_vldft_geo_heldout.jsonl"
+    assert (cut / name).read_text() == (whole / name).read_text()
+    a = json.loads((whole / "results.json").read_text())
+    b = json.loads((cut / "results.json").read_text())
+    assert a["metrics"] == b["metrics"]
+    assert a["lmms_eval"]["results"] == b["lmms_eval"]["results"]
+
+
+def test_model_args_prints_what_lmms_evals_own_cli_needs(ckpt):
+    out = subprocess.run([sys.executable, "-m", "vldft.eval", "model-args", str(ckpt),
+                          "--model-class", "qwen2_5_vl", "--device", "cpu"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+    assert out == f"pretrained={ckpt},min_pixels=12544,max_pixels=12544,device_map=cpu"

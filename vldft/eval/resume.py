@@ -1,0 +1,168 @@
+"""Resumable evaluation: every generated response is kept on disk as soon as its batch is done,
+so an interrupted evaluation (Ctrl-C, SIGTERM, kill -9, a pre-empted cluster job) continues
+where it stopped when the same command runs again.
+
+How: the model's ``generate_until`` is wrapped (``make_resumable``). Each process cuts its
+requests, in lmms-eval's order, into blocks of ``batch_size`` and runs the model on one block at
+a time; after each block, its responses are appended to ``<out>/responses/rank<r>.jsonl`` (one
+line per request, flushed and fsync'ed). A request's key hashes the fingerprint of the run (the
+checkpoint's files, the model class and its arguments, the batch size) with the task, document
+id, request index, prompt and generation settings. On a rerun a block whose every key is stored
+is not generated again; any other block is generated whole. A block is always the same requests
+in the same batch, whether the run was interrupted or not, so a resumed run gives the
+responses, and therefore the scores, of an uninterrupted one (batched generation is not
+bit-identical across batch compositions; equal blocks make it so).
+
+Many processes: lmms-eval deals documents out by rank; each rank writes its own file and reads
+every rank's file, so a rerun with the same process count resumes every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+SAMPLE_BYTES = 4 << 20  # bytes hashed at each end of a weight file
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's size and its first and last ``SAMPLE_BYTES`` (weights can be GBs; a
+    fine-tuned checkpoint differs in both)."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(SAMPLE_BYTES))
+        if path.stat().st_size > 2 * SAMPLE_BYTES:
+            f.seek(-SAMPLE_BYTES, os.SEEK_END)
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def checkpoint_fingerprint(model: str) -> str:
+    """What identifies a checkpoint: for a local folder, its config, processor and weight
+    files (digests); for a hub id, the id itself."""
+    path = Path(model)
+    if not path.is_dir():
+        return f"hub:{model}"
+    parts = []
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.suffix in (".json", ".jinja")):
+            parts.append(f"{f.name}:{_file_digest(f)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def run_fingerprint(model: str, model_class: str, model_args: str, batch_size: int) -> str:
+    return hashlib.sha256(json.dumps([checkpoint_fingerprint(model), model_class, model_args,
+                                      int(batch_size)]).encode()).hexdigest()[:16]
+
+
+def _settings(req) -> tuple[str, dict]:
+    """(prompt text, generation kwargs) of an lmms-eval request (simple or chat arguments)."""
+    args = req.args
+    gen = next((a for a in args if isinstance(a, dict)), {})
+    return str(args[0]), gen
+
+
+def request_key(fingerprint: str, req) -> str:
+    ctx, gen = _settings(req)
+    return hashlib.sha256(json.dumps(
+        [fingerprint, req.task_name, req.doc_id, req.idx, ctx, gen], sort_keys=True,
+        default=str).encode()).hexdigest()
+
+
+class ResponseStore:
+    """``<root>/rank<r>.jsonl`` files of ``{"key", "task", "doc_id", "response"}`` lines."""
+
+    def __init__(self, root: Path, rank: int) -> None:
+        self.root, self.rank = Path(root), rank
+        self.kept: dict[str, Any] = {}
+        for f in sorted(self.root.glob("rank*.jsonl")):
+            with open(f, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by kill -9: that block reruns
+                        continue
+                    self.kept[rec["key"]] = rec["response"]
+        self.found = len(self.kept)
+        self.written = 0
+
+    def append(self, records: list[dict]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"rank{self.rank}.jsonl", "a", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                self.kept[rec["key"]] = rec["response"]
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.written += len(records)
+
+
+def _as_text(resp: Any) -> Any:
+    """A storable response: lmms-eval's GenerationResult (text + token counts) or a string."""
+    if hasattr(resp, "text"):
+        return {"text": resp.text, "output_tokens": getattr(
+            getattr(resp, "token_counts", None), "output_tokens", None)}
+    return resp
+
+
+def _from_text(stored: Any) -> Any:
+    if isinstance(stored, dict) and "text" in stored:
+        from lmms_eval.api.instance import GenerationResult, TokenCounts
+
+        return GenerationResult(text=stored["text"], token_counts=TokenCounts(
+            output_tokens=stored.get("output_tokens")))
+    return stored
+
+
+def make_resumable(lm, store: ResponseStore, fingerprint: str, block: int) -> None:
+    """Replace ``lm.generate_until`` by the block-wise, stored version (module docstring)."""
+    generate: Callable = lm.generate_until
+
+    def generate_until(requests: list) -> list:
+        out: list = [None] * len(requests)
+        keys = [request_key(fingerprint, r) for r in requests]
+        for start in range(0, len(requests), block):
+            idx = list(range(start, min(start + block, len(requests))))
+            if all(keys[i] in store.kept for i in idx):
+                for i in idx:
+                    out[i] = _from_text(store.kept[keys[i]])
+                continue
+            resps = generate([requests[i] for i in idx])
+            store.append([{"key": keys[i], "task": requests[i].task_name,
+                           "doc_id": requests[i].doc_id, "response": _as_text(r)}
+                          for i, r in zip(idx, resps, strict=True)])
+            for i, r in zip(idx, resps, strict=True):
+                out[i] = r
+        return out
+
+    lm.generate_until = generate_until
+
+
+class Interrupted(Exception):
+    """SIGTERM during an evaluation (raised in the main thread, like Ctrl-C's
+    KeyboardInterrupt)."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``Interrupted`` in the main thread for the duration (so the caller can
+    say what was kept), then the previous handler is restored."""
+    def handler(signum, frame):
+        raise Interrupted("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
