@@ -18,6 +18,34 @@ DEMO_DATA = ROOT / "data/geo_demo/train.jsonl"
 DEMO_HELDOUT = ROOT / "data/geo_demo/heldout.jsonl"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory):
+    """The training-set cache (``vldft.data.cache``) and the default data dir of every test
+    (and of the subprocesses they start) go to this session's temporary folder, never to the
+    user's ``~/.cache/vldft``."""
+    import os
+
+    root = tmp_path_factory.mktemp("vldft_cache")
+    saved = {k: os.environ.get(k) for k in ("VLDFT_CACHE_DIR", "VLDFT_DATA_DIR")}
+    os.environ["VLDFT_CACHE_DIR"] = str(root / "sets")
+    os.environ["VLDFT_DATA_DIR"] = str(root / "data")
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for torchrun's --master_port in tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def demo_config(*overrides: str):
     """``tests/tiny_demo.yaml`` (a tiny random model on the demo data) loaded with dotted
     ``key=value`` overrides."""

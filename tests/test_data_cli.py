@@ -44,11 +44,15 @@ def _llava(tmp_path: Path) -> Path:
 def test_convert_round_trip_paths(tmp_path, capsys):
     src = _llava(tmp_path)
     out = tmp_path / "out" / "train.jsonl"
-    assert main(["convert", "--format", "llava", str(src), str(out),
-                 "--image-root", str(tmp_path / "imgs")]) == 0
+    args = ["convert", "--format", "llava", str(src), str(out),
+            "--image-root", str(tmp_path / "imgs")]
+    assert main(args) == 1  # a row was dropped and --on-error skip was not given
+    assert main([*args, "--on-error", "skip"]) == 0  # dropping it accepted
     printed = capsys.readouterr().out
     assert "wrote 2 samples (1 images, 1 text-only)" in printed
     assert "image_missing" in printed and "(id bad)" in printed
+    skipped = json.loads((out.parent / "train.skipped.json").read_text())
+    assert [(e["id"], e["reason"]) for e in skipped["entries"]] == [("bad", "image_missing")]
     original = read_source(SourceConfig(path=str(src), format="llava",
                                         image_root=str(tmp_path / "imgs")), tmp_path,
                            on_error="skip", report=SkipReport())

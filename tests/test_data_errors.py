@@ -332,9 +332,9 @@ def test_two_rank_checkpoint_lists_the_samples_skipped_on_rank_1(tmp_path):
 def test_one_jsonl_reader_gives_every_caller_the_same_file_line_errors(tmp_path):
     """``iter_jsonl`` is the one line-numbered JSONL reader: the training reader
     (``load_jsonl``), every source format (``formats.iter_json``) and the local benchmark copies
-    (``vldft.eval.benchmarks``) report the same "file:line: ..." for the same broken line."""
+    (``vldft.data.benchmarks``) report the same "file:line: ..." for the same broken line."""
     from vldft.data import iter_jsonl
-    from vldft.eval.benchmarks import LocalDataError, _records
+    from vldft.data.benchmarks import LocalDataError, _records
 
     good = {"id": "a", "messages": [{"role": "user", "content": "q"},
                                     {"role": "assistant", "content": "a"}]}

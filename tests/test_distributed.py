@@ -4,14 +4,13 @@ steps where one rank's micro-batch is text-only and the other's has images."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_DATA, ROOT, TINY_CONFIG, assert_same_weights
+from conftest import DEMO_DATA, ROOT, TINY_CONFIG, assert_same_weights, free_port
 
 from vldft.adapters import load_adapter
 from vldft.config import load_config
@@ -41,12 +40,6 @@ def overrides(tmp_path: Path, out: str, grad_accum: int) -> list[str]:
             "loss.name=dft", "loss.sft_warmup_steps=4", "train.micro_batch_size=2",
             f"train.grad_accum={grad_accum}", "train.log_every=1", "train.eval_max_samples=0",
             "train.mixed_precision=no", f"train.output_dir={tmp_path / out}"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd: list[str]) -> None:

@@ -4,18 +4,11 @@ loss and gradients when the output layer is sharded across 2 ranks as unsharded 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import ROOT, free_port
 
 
 @pytest.mark.parametrize("objective", ["dft", "sft"])

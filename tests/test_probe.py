@@ -120,3 +120,50 @@ def test_cli_errors_name_the_problem(capsys):
     with pytest.raises(SystemExit) as e:
         cli([str(TINY_CONFIG), "--samples", "0"])
     assert e.value.code == 2 and "--samples must be >= 1" in capsys.readouterr().err
+
+
+def _weak_report(loss: dict | None, mean_p: float = 0.36) -> dict:
+    """The shipped prior on the demo's rows (docs/design.md: mean p 0.36, answers 0.18)."""
+    report = _report(mean_p, low=0.59)
+    report["answer_tokens"] = {"n_tokens": 64, "mean_p": 0.18, "low_p_frac": 0.79,
+                               "n_samples_with_answer": 64, "n_samples_located": 64}
+    if loss is not None:
+        report["loss"] = {"name": "dft", "min_weight": 0.0, "sft_mix": 0.0,
+                          "sft_warmup_steps": 0, **loss}
+    return report
+
+
+@pytest.mark.parametrize("loss, objective, says", [
+    (None, "sft", None),  # no config given: the bands alone
+    ({"min_weight": 0.1}, "dft", "floored at 0.1 (loss.min_weight), as vldft's demo does"),
+    ({"sft_mix": 0.3}, "dft", "floored at 0.3 (loss.sft_mix)"),
+    ({"min_weight": 0.0}, "sft", "plain dft (loss.min_weight=0): this advice differs"),
+    ({"min_weight": 0.05}, "sft", "below the 0.1 that learned the demo's answers"),
+    ({"min_weight": 0.1, "sft_warmup_steps": 200}, "sft", "starts with 200 SFT steps"),
+    ({"name": "sft"}, "sft", "your config trains SFT"),
+])
+def test_advice_reads_the_probed_configs_loss(loss, objective, says):
+    rec = recommend(_weak_report(loss))
+    assert rec["objective"] == objective
+    if says:
+        assert says in rec["reasons"][-1], rec["reasons"][-1]
+    if objective == "dft":  # the config's own floor, kept
+        key = "loss.sft_mix" if "sft_mix" in loss else "loss.min_weight"
+        assert rec["settings"] == {"loss.name": "dft", key: loss.get("sft_mix", 0.1)}
+    # from no prior at all, a floor is untested: SFT first
+    none = recommend(_weak_report({"min_weight": 0.1}, mean_p=0.004))
+    assert none["objective"] == "sft" and "has none" in none["reasons"][-1]
+
+
+def test_advice_for_the_shipped_demo_is_what_the_demo_trains(tmp_path, capsys):
+    """configs/demo.yaml fine-tunes a weak prior with DFT floored at 0.1 (94% held-out): the
+    probe of that config advises it, not SFT."""
+    from vldft.resources import resource
+
+    report = cli([str(resource("configs/demo.yaml")), "--samples", "8", "--out",
+                  str(tmp_path)])
+    assert report["loss"]["min_weight"] == 0.1 and report["overall"]["mean_p"] < 0.5
+    rec = report["recommendation"]
+    assert rec["objective"] == "dft"
+    assert rec["settings"] == {"loss.name": "dft", "loss.min_weight": 0.1}
+    assert "recommendation: dft  (loss.name=dft loss.min_weight=0.1)" in capsys.readouterr().out

@@ -11,13 +11,16 @@ A checkpoint is a directory ``checkpoint-<step>/``:
 
 Everything is written to ``checkpoint-<step>.tmp/`` and renamed when complete, so a directory
 without ``.tmp`` is always whole. A crash mid-save leaves a ``.tmp`` that resuming ignores (with
-a warning) and the next save removes. On a multi-node run ``output_dir`` must be on a
-filesystem every node sees (each rank writes its own RNG state). Who may write into
-``output_dir`` at all (run.json, resume or refuse) is ``vldft.run_dir``'s question.
+a warning) and the next save removes; a save that fails (disk full) removes it at once and
+raises ``CheckpointSaveError``: one line naming the checkpoint kept. On a multi-node run
+``output_dir`` must be on a filesystem every node sees (each rank writes its own RNG state).
+Who may write into ``output_dir`` at all (run.json, resume or refuse) is ``vldft.run_dir``'s
+question.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -27,6 +30,58 @@ from pathlib import Path
 
 STATE_FILE = "trainer_state.json"
 NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainingAborted(RuntimeError):
+    """The run stopped on a fault it cannot train through (a failed save, too many non-finite
+    steps); the message is one line that says what was kept and what to do. ``vldft-train``
+    prints it without a traceback and exits 1."""
+
+
+class CheckpointSaveError(TrainingAborted):
+    """A checkpoint (or ``final/``) could not be written; its partial files were removed."""
+
+
+def kept_note(out_dir: Path) -> str:
+    """"kept: checkpoint-500 (intact)" for the newest whole checkpoint in ``out_dir``, or
+    "no checkpoint was kept"."""
+    found = complete_checkpoints(out_dir, quiet=True)
+    return f"kept: {found[-1][1].name} (intact)" if found else "no checkpoint was kept"
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# what the writers that do not raise OSError say: safetensors (SafetensorError: "IoError(Os {
+# code: 28, kind: StorageFull ...})"), torch.save (RuntimeError: "... file write failed")
+_DISK_FULL_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """"disk full" / "could not write" when ``e`` (or what caused it) is a failed write, else
+    None (a bug, which keeps its traceback)."""
+    chain, seen = [], e
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(x, OSError) and x.errno in _DISK_FULL for x in chain) or any(
+            t in str(x) for x in chain for t in _DISK_FULL_TEXT):
+        return "disk full"
+    if any(isinstance(x, OSError) or "write failed" in str(x) for x in chain):
+        return "could not write"
+    return None
+
+
+def _save_failed(e: BaseException, what: str, out_dir: Path) -> CheckpointSaveError | None:
+    """The one-line error of a failed save of ``what`` (partial files already removed)."""
+    kind = _write_failure(e)
+    if kind is None:
+        return None
+    detail = " ".join(str(e).split())[:200] or type(e).__name__
+    todo = ("free space on that disk (or lower train.keep_checkpoints), then rerun the same "
+            "command to resume" if kind == "disk full" else
+            "fix that, then rerun the same command to resume")
+    head = f"disk full while writing {what}" if kind == "disk full" else f"could not write {what}"
+    return CheckpointSaveError(f"{head} in {out_dir} ({detail}); partial files removed; "
+                               f"{kept_note(out_dir)}; {todo}")
 
 
 def warn(msg: str) -> None:
@@ -94,9 +149,10 @@ def save(path: Path, accelerator, write_model: Callable[[Path], None], trainer_s
          ) -> None:
     """Write a whole checkpoint to ``path`` atomically (all ranks call this).
 
-    ``write_model(dir)`` writes the Hugging Face files (main process only). On an OSError (disk
-    full, permissions) the temporary directory is removed, earlier checkpoints are untouched,
-    and the error says so.
+    ``write_model(dir)`` writes the Hugging Face files (main process only). When a write fails
+    (disk full, permissions; an ``OSError``, or the safetensors / torch writers' own errors for
+    it) the temporary directory is removed, earlier checkpoints are untouched, and
+    ``CheckpointSaveError`` says so in one line, naming the checkpoint that was kept.
     """
     tmp = path.with_name(path.name + ".tmp")
     accelerator.wait_for_everyone()
@@ -109,14 +165,13 @@ def save(path: Path, accelerator, write_model: Callable[[Path], None], trainer_s
         if accelerator.is_main_process:
             write_model(tmp)
             (tmp / STATE_FILE).write_text(json.dumps(trainer_state))
-    except OSError as e:
+    except Exception as e:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        earlier = [str(p) for _, p in complete_checkpoints(path.parent, quiet=True)]
-        raise RuntimeError(
-            f"could not write checkpoint {path}: {e}. The partial files were removed; "
-            + (f"the previous checkpoint {earlier[-1]} is intact (resume with "
-               "train.resume=auto)" if earlier else "no earlier checkpoint exists")) from e
+        error = _save_failed(e, path.name, path.parent)
+        if error is None:
+            raise
+        raise error from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if path.exists():
@@ -140,7 +195,14 @@ def save_final(write_model: Callable[[Path], None], accelerator, path: Path) -> 
     if accelerator.is_main_process:
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written save from a crashed run
-        write_model(tmp)
+        try:
+            write_model(tmp)
+        except Exception as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = _save_failed(e, f"{path.name}/", path.parent)
+            if error is None:
+                raise
+            raise error from e
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

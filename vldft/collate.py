@@ -22,13 +22,16 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from vldft.adapters.base import Adapter
 from vldft.config import Config, source_pixels
 from vldft.data import Sample, image_name
 from vldft.progress import prog_name
+
+if TYPE_CHECKING:  # torch is imported where tensors are made (an adapter has loaded it by then),
+    import torch  # so this module, `vldft-collate --help` and `vldft-data` load without it
+
+    from vldft.adapters.base import Adapter
 
 IGNORE = -100
 
@@ -158,6 +161,8 @@ class Collator:
         full_ids = out.pop("input_ids")[0]
         out.pop("attention_mask", None)
         labels = self._expand(ids, token_labels, full_ids.tolist())
+        import torch
+
         labels_t = torch.tensor(labels, dtype=torch.long)
         self._verify(full_ids, labels_t, spans)
 
@@ -245,6 +250,8 @@ class Collator:
         batch: dict = {"skipped": skipped, "n_truncated": sum(it.truncated for it in kept)}
         if not kept:
             return batch
+        import torch
+
         T = max(len(it.input_ids) for it in kept)
         B = len(kept)
         input_ids = torch.full((B, T), self.adapter.pad_token_id, dtype=torch.long)

@@ -1,17 +1,28 @@
-"""Data tools: convert a source to the normalised JSONL, validate a config's data, inspect it.
+"""Data tools: convert a source to the normalised JSONL, download a config's data, validate a
+config's data (or one data file), inspect it.
 
     python -m vldft.datatool convert --format llava llava.json out/train.jsonl --image-root imgs/
     python -m vldft.datatool convert --format hf geo.parquet geo.jsonl --columns q=problem,a=answer
+    python -m vldft.datatool download configs/qwen25vl_geo.yaml --data-dir /data/vldft
     python -m vldft.datatool validate configs/demo.yaml [key=value ...] [--max-samples N]
+    python -m vldft.datatool validate data/geo_demo/train.jsonl [--format F] [--image-root DIR]
     python -m vldft.datatool inspect configs/demo.yaml [key=value ...] --n 3 [--html out.html]
     vldft-data ...                                   (the same, as the installed console script)
 
-``convert`` writes image paths relative to the output's folder (absolute when outside it) and
-writes images stored as bytes / PIL as PNG files into ``<OUT stem>_images/``. ``validate``
-exits with 1 when any problem is found and writes ``validation.json`` to ``train.output_dir``.
-``inspect`` shows samples with their trained tokens in ``[[...]]`` and a token-length histogram.
+``convert`` opens and fully decodes every image it writes a row for, writes image paths relative
+to the output's folder (absolute when outside it) and images stored as bytes / PIL as PNG files
+into ``<OUT stem>_images/``. Bad rows (and undecodable images) are dropped and listed in
+``<OUT stem>.skipped.json``; the command then exits 1 unless ``--on-error skip`` was given.
+``validate`` exits with 1 when any problem is found; with a config it encodes the samples as
+training does and writes ``validation.json`` to ``train.output_dir``; with a data file (JSON /
+JSONL / parquet / arrow / folder) it checks its rows and images only, as training reads such a
+file (a local source). ``convert`` refuses image paths that resolve outside the image root
+unless ``--allow-outside-root`` (its input is usually someone else's data). ``inspect`` shows
+samples with their trained tokens in ``[[...]]`` and a token-length histogram.
+
 This module sits above the collator and the adapters (``validate`` and ``inspect`` encode
-samples as training does), so it is not inside the bottom ``vldft.data`` layer.
+samples as training does), so it is not inside the bottom ``vldft.data`` layer; it imports them
+(and torch) only when a command needs them, so ``--help`` and argument errors are immediate.
 """
 
 from __future__ import annotations
@@ -25,17 +36,20 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vldft.adapters import load_adapter
-from vldft.adapters.base import Adapter
-from vldft.collate import IGNORE, Collator, Encoded, SampleError, Skipped, show, token_runs
-from vldft.config import Config, ConfigError, SourceConfig, load_config
+from vldft.config import Config, ConfigError, DataConfig, SourceConfig, load_config
 from vldft.data import DataError, ImageBytes, Sample, open_image
 from vldft.data.formats import FORMATS, read_source
 from vldft.data.skips import SkipReport
-from vldft.data.validate import ValidationReport, check_sources
+from vldft.data.validate import ValidationReport, check_images, check_sources
 from vldft.progress import prog_name
 
+if TYPE_CHECKING:
+    from vldft.adapters.base import Adapter
+    from vldft.collate import Collator, Encoded
+
+CONFIG_SUFFIXES = (".yaml", ".yml")
 ALIASES = {"q": "question", "a": "answer", "s": "solution", "img": "images", "i": "images",
            "m": "messages", "c": "choices"}
 
@@ -83,9 +97,12 @@ def sample_to_row(s: Sample, out_dir: Path, base: Path, index: int) -> dict:
 def cmd_convert(args: argparse.Namespace) -> int:
     src = SourceConfig(path=args.src, format=args.format, image_root=args.image_root,
                        columns=args.columns_parsed, prompt_template=args.prompt_template,
-                       system=args.system, split=args.split)
+                       system=args.system, split=args.split,
+                       allow_outside_root=args.allow_outside_root)
+    on_error = args.on_error or "skip"  # not given: find every bad row, then fail if any
     report = SkipReport()
-    samples = read_source(src, Path.cwd(), on_error=args.on_error, report=report)
+    samples = read_source(src, Path.cwd(), on_error=on_error, report=report)
+    samples = [s for s in samples if decodes(s, src.label, on_error, report)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base, img_dir = out.parent.resolve(), out.parent / f"{out.stem}_images"
@@ -95,13 +112,57 @@ def cmd_convert(args: argparse.Namespace) -> int:
     n_img = sum(len(s.images) for s in samples)
     print(f"wrote {len(samples)} samples ({n_img} images, "
           f"{sum(not s.images for s in samples)} text-only) to {out}")
-    print(report.summary())
+    skipped = out.with_name(f"{out.stem}.skipped.json")
+    if not report.total:
+        skipped.unlink(missing_ok=True)  # an earlier run's list would no longer be true
+        return 0 if samples else 1
+    skipped.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    print(report.summary("dropped"))
+    print(f"every dropped row (file, line, id, reason): {skipped}")
+    print(outside_root_hint(report), end="")
+    if args.on_error != "skip":
+        print(f"error: {report.total} rows dropped, so {out} is incomplete; fix them, or pass "
+              "--on-error skip to accept dropping them (exit 0)", file=sys.stderr)
+        return 1
     return 0 if samples else 1
 
 
+def decodes(sample: Sample, label: str, on_error: str, report: SkipReport) -> bool:
+    """Whether every image of ``sample`` opens and decodes fully (``Image.load()``: truncated
+    files fail here); if not, a ``image_corrupt`` DataError (``on_error="raise"``) or a skip."""
+    problem = check_images(sample)
+    if problem is None:
+        return True
+    where = f"{sample.origin} (id {sample.id})"
+    e = DataError(f"{where}: {problem[1]}", "image_corrupt", where, problem[1], image=problem[0])
+    if on_error == "raise":
+        raise e
+    report.add_error(label, e, where, sample.id)
+    return False
+
+
+def outside_root_hint(report: SkipReport) -> str:
+    """A line for reports with ``image_outside_root`` rows (convert's override)."""
+    if not report.count(reason="image_outside_root"):
+        return ""
+    return ("convert refuses image paths outside the image root (--image-root, default the "
+            "input's folder); pass --allow-outside-root if these paths are intended\n")
+
+
 # -- validate ----------------------------------------------------------------------------------
-def _load(args: argparse.Namespace) -> tuple[Config, Adapter]:
+def _config(args: argparse.Namespace) -> Config:
+    """The config, with its downloaded sources present (else one line naming them)."""
     cfg = load_config(args.config, args.overrides)
+    missing = cfg.missing_sources()
+    if missing:
+        raise ConfigError(missing)
+    return cfg
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, Adapter]:
+    from vldft.adapters import load_adapter
+
+    cfg = _config(args)
     return cfg, load_adapter(cfg.model)
 
 
@@ -112,6 +173,8 @@ def validate(cfg: Config, adapter: Adapter | None = None, max_samples: int | Non
     all): lengths, truncation and template / tokenizer mismatches become findings."""
     encode = None
     if adapter is not None:
+        from vldft.collate import Collator
+
         collator = Collator.from_config(adapter, cfg)
         encode = functools.partial(encode_finding, collator)
     return check_sources(cfg, max_samples, encode)
@@ -126,6 +189,8 @@ SKIP_REASONS = {  # Collator Skipped.reason (already a code) -> what the report 
 
 def encode_finding(collator: Collator, sample: Sample) -> tuple[str | None, str, int | None]:
     """(reason or None, message, token count) of encoding one sample for training."""
+    from vldft.collate import SampleError, Skipped
+
     try:
         enc = collator.encode(sample)
     except SampleError as e:
@@ -141,18 +206,75 @@ def encode_finding(collator: Collator, sample: Sample) -> tuple[str | None, str,
     return None, "", n
 
 
+def is_config(path: str) -> bool:
+    """A YAML config (by its suffix); anything else ``validate`` reads as a data source."""
+    return Path(path).suffix.lower() in CONFIG_SUFFIXES
+
+
+def data_file_config(args: argparse.Namespace) -> Config:
+    """A config holding only the data file of ``validate FILE`` as its one source."""
+    if args.overrides:
+        raise ConfigError(f"validate {args.config}: key=value overrides need a YAML config; "
+                          "for a data file use --format / --image-root")
+    src = SourceConfig(path=args.config, format=args.format or "auto",
+                       image_root=args.image_root)  # as training reads a local file
+    src.validate("validate FILE")
+    return Config(data=DataConfig(sources=[src]), base_dir=str(Path.cwd()))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    if args.no_encode:  # file checks only: no tokenizer, no model to load
-        cfg, adapter = load_config(args.config, args.overrides), None
+    file_mode = not is_config(args.config)
+    if not file_mode:
+        given = [f"--{k.replace('_', '-')}" for k in ("format", "image_root")
+                 if getattr(args, k)]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only for a data file; a config sets these "
+                              "per source (data.sources[i].format / image_root)")
+    if file_mode:  # rows and images; no model, so no tokenizer / length checks
+        cfg, adapter = data_file_config(args), None
+    elif args.no_encode:  # file checks only: no tokenizer, no model to load
+        cfg, adapter = _config(args), None
     else:
         cfg, adapter = _load(args)
     report = validate(cfg, adapter, args.max_samples)
     print(report.summary())
-    out = cfg.resolve(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "validation.json").write_text(json.dumps(report.to_dict(), indent=2))
-    print(f"wrote {out / 'validation.json'}")
+    path = Path(args.report) if args.report else (
+        None if file_mode else cfg.resolve(cfg.train.output_dir) / "validation.json")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"wrote {path}")
     return 0 if report.ok else 1
+
+
+# -- download ----------------------------------------------------------------------------------
+def cmd_download(args: argparse.Namespace) -> int:
+    from vldft.data.download import download
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={json.dumps(str(Path(args.data_dir).resolve()))}")
+    cfg = load_config(args.config, overrides)
+    sources = {}
+    for item in args.source:
+        if "=" not in item:
+            raise ConfigError(f"--source {item!r}: expected NAME=LOCAL_FOLDER")
+        name, folder = item.split("=", 1)
+        sources[name] = folder
+    try:
+        done = download(cfg, sources, force=args.force)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    except (ConnectionError, OSError) as e:  # the hub clients raise these (and subclasses)
+        print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(download needs the Hugging Face hub: run it where huggingface.co is reachable, "
+              "or pass --source NAME=LOCAL_FOLDER)", file=sys.stderr)
+        return 2
+    print(f"[vldft] {len(done['sources'])} source(s) in {cfg.data_root()}, "
+          f"{len(done['benchmarks'])} benchmark copy(ies) in {cfg.benchmark_root()}")
+    print(f"[vldft] train offline with: python -m vldft.train {args.config} "
+          f"data.data_dir={cfg.data_root()}")
+    return 0
 
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -172,6 +294,8 @@ def histogram(values: list[int], bins: int = 10, width: int = 40) -> str:
 
 
 def token_counts(enc: Encoded, image_token_id: int) -> dict[str, int]:
+    from vldft.collate import IGNORE
+
     ids, labels = enc.input_ids, enc.labels
     image = int((ids == image_token_id).sum())
     response = int((labels != IGNORE).sum())
@@ -180,6 +304,8 @@ def token_counts(enc: Encoded, image_token_id: int) -> dict[str, int]:
 
 
 def html_sample(s: Sample, enc: Encoded, adapter: Adapter) -> str:
+    from vldft.collate import token_runs
+
     tok, out = adapter.tokenizer, []
     for kind, ids in token_runs(enc, adapter.image_token_id):
         if kind == "image":
@@ -210,6 +336,11 @@ image tokens <span class="image">collapsed</span></p>
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from vldft.collate import Collator, Skipped, show
+
+    if not is_config(args.config):
+        raise ConfigError(f"inspect {args.config}: takes a YAML config (its model's tokenizer "
+                          "encodes the samples); to check a data file alone: validate FILE")
     cfg, adapter = _load(args)
     d, coll = cfg.data, Collator.from_config(adapter, cfg)
     report = SkipReport()
@@ -256,18 +387,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompt-template", help="user prompt, e.g. '{question}\\nAnswer with A-D.'")
     c.add_argument("--system", help="system prompt added to every sample")
     c.add_argument("--split", default="train", help="split of an HF dataset (default train)")
-    c.add_argument("--on-error", default="skip", choices=("skip", "raise"),
-                   help="bad rows: skip and report (default) or stop at the first")
-    for name, text in (("validate", "check every source of a config (exit 1 on problems)"),
-                       ("inspect", "show encoded samples and a token-length histogram")):
+    c.add_argument("--on-error", default=None, choices=("skip", "raise"),
+                   help="bad rows (and images that do not decode): by default every one is "
+                   "dropped, listed in <OUT stem>.skipped.json, and the command exits 1; skip: "
+                   "the same, accepted (exit 0); raise: stop at the first")
+    c.add_argument("--allow-outside-root", action="store_true",
+                   help="accept image paths that resolve (after .. and symlinks) outside the "
+                   "image root (default: such a row is dropped as image_outside_root)")
+    for name, text, what in (
+            ("validate", "check every source of a config, or one data file (exit 1 on "
+             "problems)", "YAML config (.yaml / .yml), or a data file / folder / parquet: its "
+             "rows and images are checked (no model: as --no-encode)"),
+            ("inspect", "show encoded samples and a token-length histogram", "YAML config")):
         s = sub.add_parser(name, help=text)
-        s.add_argument("config", help="YAML config")
+        s.add_argument("config", metavar="CONFIG" if name == "inspect" else "CONFIG_OR_FILE",
+                       help=what)
         s.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
                        help="optional overrides of the config's values (as for vldft.train)")
+    d = sub.add_parser("download", help="fetch a config's hub sources and the benchmark "
+                       "copies it needs into a data dir (run where the hub is reachable)")
+    d.add_argument("config", help="YAML config")
+    d.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
+                   help="optional overrides of the config's values (as for vldft.train)")
+    d.add_argument("--data-dir", help="where the sources go (data.data_dir; default: the "
+                   "config's, else $VLDFT_DATA_DIR, else ~/.cache/vldft/data)")
+    d.add_argument("--source", action="append", default=[], metavar="NAME=LOCAL_FOLDER",
+                   help="read a source or benchmark from a local folder standing in for its "
+                   "hub repository (repeatable)")
+    d.add_argument("--force", action="store_true", help="fetch again over existing copies")
     v = sub.choices["validate"]
     v.add_argument("--max-samples", type=int, default=None,
-                   help="encode at most N samples per source (default: all)")
+                   help="check images of / encode at most N samples per source (default: all)")
     v.add_argument("--no-encode", action="store_true", help="skip the tokenizer / length checks")
+    v.add_argument("--format", default=None, choices=("auto", *FORMATS),
+                   help="a data file's format (default: detect)")
+    v.add_argument("--image-root", help="a data file's image folder (default: its folder)")
+    v.add_argument("--report", help="also write the findings as JSON here (default: "
+                   "train.output_dir/validation.json for a config, none for a data file)")
     i = sub.choices["inspect"]
     i.add_argument("--n", type=int, default=3, help="samples shown per source (default 3)")
     i.add_argument("--max-samples", type=int, default=500,
@@ -288,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     try:
-        return {"convert": cmd_convert, "validate": cmd_validate,
-                "inspect": cmd_inspect}[args.command](args)
+        return {"convert": cmd_convert, "validate": cmd_validate, "inspect": cmd_inspect,
+                "download": cmd_download}[args.command](args)
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,18 +24,16 @@ import random
 import re
 import sys
 from pathlib import Path
-
-import torch
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from vldft.collate import IGNORE, Collator, Encoded, SampleError
 from vldft.config import Config, ConfigError
-from vldft.device import model_device, to_device
-from vldft.diagnostics import BINS
-from vldft.objectives import LOW_P
 from vldft.probe_report import SOURCES, format_report, recommend, write_outputs
 from vldft.progress import prog_name, quiet_if_logging
 from vldft.study import load_base_config
+
+if TYPE_CHECKING:  # torch is imported by the functions that measure (not for --help)
+    import torch
 
 KINDS = ("end_of_turn", "special", "digits", "words", "other")
 
@@ -91,12 +89,22 @@ def answer_positions(tokenizer, ids: list[int], answer: str | None, eot_id: int)
     return sorted(positions)
 
 
-@torch.no_grad()
 def token_stats(adapter, batch: dict, chunk: int = 256) -> dict[str, torch.Tensor]:
     """Per target token of a collated batch (labels shifted as in training): ``p`` (target
     probability), ``entropy`` (nats, full vocabulary), ``top1`` (argmax == target), ``ids``
     (target ids) and ``row`` (sample index in the batch); 1-D tensors of length N. Logits are
-    formed ``chunk`` rows at a time in fp32, never for the whole batch."""
+    formed ``chunk`` rows at a time in fp32, never for the whole batch (no gradients)."""
+    import torch
+
+    with torch.no_grad():
+        return _token_stats(adapter, batch, chunk)
+
+
+def _token_stats(adapter, batch: dict, chunk: int) -> dict[str, torch.Tensor]:
+    import torch
+
+    from vldft.device import model_device, to_device
+
     inputs = to_device(batch, model_device(adapter.model))
     labels = inputs.pop("labels")  # [B, T]
     hidden = adapter.hidden_states(inputs)  # [B, T, H]
@@ -120,6 +128,8 @@ def token_stats(adapter, batch: dict, chunk: int = 256) -> dict[str, torch.Tenso
 
 def summarise(p: torch.Tensor, entropy: torch.Tensor, top1: torch.Tensor) -> dict:
     """Statistics of one group of target tokens."""
+    from vldft.objectives import LOW_P
+
     n = len(p)
     if n == 0:
         return {"n_tokens": 0}
@@ -134,8 +144,12 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
     """Measure the starting model on a seeded sample of the training data; returns the report
     (``overall``, ``by_source``, ``by_kind``, ``by_source_kind``, ``histogram``,
     ``recommendation``, ...)."""
+    import torch
+    from tqdm.auto import tqdm
+
     from vldft.adapters import load_adapter
     from vldft.data.mix import build_training_set
+    from vldft.diagnostics import BINS
 
     adapter = load_adapter(cfg.model)
     adapter.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
@@ -195,7 +209,8 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
 
     sources = list(dict.fromkeys(src_of))
     report = {
-        "model": cfg.model.name_or_path or f"tiny {cfg.model.family} (random init)",
+        "model": (f"tiny {cfg.model.family} (random init)" if cfg.model.tiny
+                  else cfg.model.name_or_path),
         "family": cfg.model.family, "n_samples": len(samples), "seed": cfg.train.seed,
         "skipped": skipped, "overall": summarise(p, ent, top1),
         "by_source": {s: group([x == s for x in src_of]) for s in sources},
@@ -214,6 +229,9 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
     report["answer_tokens"] = {**summarise(p[ans], ent[ans], top1[ans]),
                                "n_samples_with_answer": answers["with_answer"],
                                "n_samples_located": answers["located"]}
+    lo = cfg.loss  # the advice is read against the config's own objective
+    report["loss"] = {"name": lo.name, "min_weight": lo.min_weight, "sft_mix": lo.sft_mix,
+                      "sft_warmup_steps": lo.sft_warmup_steps}
     report["recommendation"] = recommend(report)
     report["sources_cited"] = SOURCES
     return report

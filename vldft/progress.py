@@ -4,27 +4,35 @@ first; vldft's own bars use tqdm's documented ``disable=None`` ("disable on non-
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def quiet_if_logging() -> bool:
     """When stderr is not a terminal, turn off the progress bars of transformers /
-    huggingface_hub (``transformers.utils.logging.disable_progress_bar``) and of datasets
-    (``datasets.disable_progress_bars``). Returns whether it did; a terminal keeps them."""
+    huggingface_hub and of datasets. Returns whether it did; a terminal keeps them.
+
+    The libraries are not imported for this (that costs seconds, and a command's argument
+    errors answer before they load): the environment variables they read at import are set
+    (``HF_HUB_DISABLE_PROGRESS_BARS``, which transformers follows too, and
+    ``HF_DATASETS_DISABLE_PROGRESS_BARS``; a value already set is kept), and a library already
+    imported is told directly."""
     if sys.stderr.isatty():
         return False
-    try:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # also huggingface_hub's
-    except ImportError:
-        pass
-    try:
+    elif "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "datasets" in sys.modules:
         import datasets
 
         datasets.disable_progress_bars()
-    except ImportError:
-        pass
     return True
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from vldft.checkpoint import read_state
+from vldft.checkpoint import TrainingAborted, complete_checkpoints, read_state
 from vldft.loader import merge_skip_state, seen_keys
 
 
@@ -108,14 +108,25 @@ class RunState:
         return (f"step {step}: non-finite loss ({loss_sum}) or gradient norm ({grad_norm}); "
                 f"step skipped ({self.nonfinite_run} in a row, {self.nonfinite_steps} in all)")
 
-    def too_many_nonfinite(self, limit: int) -> RuntimeError | None:
-        """The error that stops the run once ``limit`` steps in a row were non-finite."""
+    def too_many_nonfinite(self, limit: int, out_dir: Path | None = None
+                           ) -> NonFiniteError | None:
+        """The error that stops the run once ``limit`` steps in a row were non-finite: one line
+        naming the newest whole checkpoint in ``out_dir`` (skipped steps change no weight, so
+        it is good) and how to continue from it."""
         if self.nonfinite_run < limit:
             return None
-        return RuntimeError(
-            f"{self.nonfinite_run} consecutive steps had a non-finite loss or gradient (train."
-            f"max_nonfinite_steps={limit}); stopping. Try a lower train.lr, train.max_grad_norm "
-            "> 0, or train.mixed_precision=no; the last good checkpoint is unaffected")
+        found = complete_checkpoints(out_dir, quiet=True) if out_dir is not None else []
+        fixes = "a lower train.lr, train.max_grad_norm > 0, or train.mixed_precision=no"
+        then = (f"kept: {found[-1][1].name} (last good checkpoint); continue from it with "
+                f"train.resume={found[-1][1]} and {fixes}" if found else
+                f"no checkpoint was kept; rerun with {fixes}")
+        return NonFiniteError(
+            f"stopped at step {self.step}: {self.nonfinite_run} consecutive steps had a "
+            f"non-finite loss or gradient (train.max_nonfinite_steps={limit}); {then}")
+
+
+class NonFiniteError(TrainingAborted):
+    """``train.max_nonfinite_steps`` non-finite steps in a row (see ``too_many_nonfinite``)."""
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

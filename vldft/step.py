@@ -257,7 +257,7 @@ def describe_model(adapter: Adapter, cfg: Config) -> str:
     frozen = (f"all base weights (LoRA adapters train in "
               f"{[p for p in lora.parts if p not in cfg.model.freeze]})"
               if lora else cfg.model.freeze or "none")
-    return (f"{cfg.model.family} ({cfg.model.name_or_path or 'tiny'}): "
+    return (f"{cfg.model.family} ({'tiny' if cfg.model.tiny else cfg.model.name_or_path}): "
             + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items())
             + f"; trainable {n_trainable / 1e6:.2f}M"
             + (f" (LoRA r={lora.r} on {lora.parts})" if lora else "") + f"; frozen: {frozen}")

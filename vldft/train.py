@@ -16,7 +16,10 @@ format), ``summary.json``, ``training_curves.png`` and ``prob_histograms.png``.
 
 Faults: SIGTERM / Ctrl-C save a checkpoint and exit cleanly; a step whose loss or gradient is
 not finite is skipped (no update), counted and logged, and ``train.max_nonfinite_steps`` in a
-row abort the run; an unwritable or too-full ``output_dir`` fails before training starts.
+row abort the run; an unwritable ``output_dir``, or one without room for the kept checkpoints,
+the one being written and ``final/``, fails before training starts; a save that fails (disk
+full) removes its partial files. The command ends those aborts in one line naming the
+checkpoint that was kept (``vldft.checkpoint.TrainingAborted``).
 """
 
 from __future__ import annotations
@@ -25,43 +28,77 @@ import math
 import sys
 from pathlib import Path
 
-import torch
 import yaml
-from accelerate.utils import gather_object, set_seed
-from transformers import get_scheduler
 
-from vldft.adapters import load_adapter
-from vldft.checkpoint import find_resume, prune, save, save_final
-from vldft.collate import Collator
+from vldft.checkpoint import TrainingAborted, find_resume, prune, save, save_final
 from vldft.config import Config, ConfigError, config_keys, config_to_dict, load_config
 from vldft.data import DataError, load_jsonl
-from vldft.data.mix import build_training_set
-from vldft.diagnostics import prob_histogram
 from vldft.guard import CollapseGuard
-from vldft.loader import all_ranks_skips, build_loader, describe_data, micro_batch_stream
-from vldft.report import Evaluator, RunLog, finish_summary, run_summary, write_summary
-from vldft.run_dir import check_free_space, checkpoint_bytes, claim_run_dir
-from vldft.state import RunState, StopRequest
-from vldft.step import (
-    ObjectiveModule,
-    accumulate_gradients,
-    build_accelerator,
-    build_optimizer,
-    build_reference,
-    count_parameters,
-    describe_model,
-    model_writer,
-    objective_at,
-    prepare_model,
-    register_zero3,
-    sharded,
-)
+
+# The recipe's heavy imports (torch, transformers, accelerate and every module that imports
+# them) happen on main()'s first call, not at import, so that `vldft-train --help`,
+# --print-config and config errors answer before torch loads (tests/test_cli_speed.py). They are
+# module globals all the same: `vldft.train.load_adapter` is what main calls (tests replace it).
+_recipe_imported = False
+
+
+def _import_recipe() -> None:
+    """Bind the heavy names main() uses as module globals (once; a name a test has replaced
+    since is not rebound, because the first access to it ran this already)."""
+    global _recipe_imported, torch, gather_object, set_seed, get_scheduler, load_adapter
+    global Collator, training_set, require_data, prob_histogram, all_ranks_skips, build_loader
+    global describe_data, micro_batch_stream, Evaluator, RunLog, finish_summary, run_summary
+    global write_summary, check_disk_space, claim_run_dir, RunState, StopRequest
+    global ObjectiveModule, accumulate_gradients, build_accelerator
+    global build_optimizer, build_reference, count_parameters, describe_model, model_writer
+    global objective_at, prepare_model, register_zero3, sharded
+    if _recipe_imported:
+        return
+    import torch
+    from accelerate.utils import gather_object, set_seed
+    from transformers import get_scheduler
+
+    from vldft.adapters import load_adapter
+    from vldft.collate import Collator
+    from vldft.data.cache import training_set
+    from vldft.data.download import require_data
+    from vldft.diagnostics import prob_histogram
+    from vldft.loader import all_ranks_skips, build_loader, describe_data, micro_batch_stream
+    from vldft.report import Evaluator, RunLog, finish_summary, run_summary, write_summary
+    from vldft.run_dir import check_disk_space, claim_run_dir
+    from vldft.state import RunState, StopRequest
+    from vldft.step import (
+        ObjectiveModule,
+        accumulate_gradients,
+        build_accelerator,
+        build_optimizer,
+        build_reference,
+        count_parameters,
+        describe_model,
+        model_writer,
+        objective_at,
+        prepare_model,
+        register_zero3,
+        sharded,
+    )
+    _recipe_imported = True
+
+
+def __getattr__(name: str):
+    """``vldft.train.<heavy name>`` (e.g. a test's monkeypatch of ``load_adapter``) imports
+    the recipe first (PEP 562: called only for names not yet bound)."""
+    if name.startswith("__") or _recipe_imported:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _import_recipe()
+    return getattr(sys.modules[__name__], name)
 
 
 def main(cfg: Config) -> dict:
     """Train per ``cfg``; returns the summary dict (also written to output_dir/summary.json)."""
+    _import_recipe()
     t = cfg.train
     accelerator = build_accelerator(cfg)
+    require_data(cfg)  # downloaded sources and benchmark copies: one line if absent
     if t.eval_tasks:  # unknown tasks / missing data fail before any model loads
         from vldft.eval.in_training import check_eval_tasks
 
@@ -80,7 +117,7 @@ def main(cfg: Config) -> dict:
     root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
     heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file), root) if cfg.data.heldout_file else []
     adapter = load_adapter(cfg.model)
-    data = build_training_set(cfg, adapter)
+    data = training_set(cfg, adapter, log)  # rank 0 builds once, cached on disk
     if not data.samples:
         raise SystemExit("no training samples: every row was skipped or the sources are empty"
                          + (f"\n{data.skips.summary()}" if data.skips.total else ""))
@@ -88,12 +125,6 @@ def main(cfg: Config) -> dict:
     log(f"[vldft] {describe_model(adapter, cfg)}; {len(data.samples)} training samples; "
         f"engine {accelerator.distributed_type.value} x {world} on "
         f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
-    if is_main:
-        n_params, n_trainable = count_parameters(adapter)
-        bytes_per = next(adapter.model.parameters()).element_size()
-        check_free_space(out_dir, checkpoint_bytes(sum(n_params.values()), n_trainable,
-                                                   bytes_per, resumable=t.save_every > 0),
-                         "one checkpoint")
     log(describe_data(data, t.seed, out_dir / "data_summary.json"))
     collator = Collator.from_config(adapter, cfg)
     loader, sampler = build_loader(cfg, data, collator)
@@ -108,6 +139,10 @@ def main(cfg: Config) -> dict:
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total),
                               num_training_steps=total)
     accelerator.register_for_checkpointing(scheduler)
+    if is_main:  # room for the kept checkpoints, the one being written and final/
+        n_params, n_trainable = count_parameters(adapter)
+        bytes_per = next(adapter.model.parameters()).element_size()
+        check_disk_space(out_dir, sum(n_params.values()), n_trainable, bytes_per, t, total)
 
     if resume_from is None:
         state = RunState(config=config_to_dict(cfg))
@@ -150,7 +185,7 @@ def main(cfg: Config) -> dict:
                 msg = state.count_nonfinite(step, totals["loss_sum"], grad_norm)
                 out.metrics({"step": step, "nonfinite": msg})
                 log(f"[vldft] warning: {msg}", file=sys.stderr)
-                if (error := state.too_many_nonfinite(t.max_nonfinite_steps)) is not None:
+                if (error := state.too_many_nonfinite(t.max_nonfinite_steps, out_dir)):
                     raise error
                 probs = None
             scheduler.step()
@@ -262,6 +297,8 @@ def cli(argv: list[str] | None = None) -> None:
         raise SystemExit(f"config error: {e}") from None
     except DataError as e:  # a bad row / image with data.on_error=raise: file, line, id
         raise SystemExit(f"data error: {e}") from None
+    except TrainingAborted as e:  # disk full at a save, non-finite steps: what was kept
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
