@@ -292,6 +292,9 @@ def cli(argv: list[str] | None = None) -> None:
                   f"against {cfg.base_dir}")
             print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
             return
+        from vldft.data.download import require_data
+
+        require_data(cfg)  # missing downloads: one line in a second, before torch loads
         main(cfg)
     except ConfigError as e:  # from loading, or from main's checks before any model loads
         raise SystemExit(f"config error: {e}") from None
