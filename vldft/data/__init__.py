@@ -25,6 +25,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -161,13 +162,27 @@ def split_placeholders(text: str) -> list[dict[str, Any]]:
     return parts
 
 
+@contextmanager
+def strict_images() -> Iterator[None]:
+    """PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` off for the duration: a truncated file is an
+    error, and the same error in every process, even where a library (lmms-eval's task module,
+    at import) has turned the flag on for everyone."""
+    from PIL import ImageFile
+
+    lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+
+
 def image_problem(img: Any) -> str | None:
     """None if the image opens and passes PIL's cheap integrity check (``verify()``: headers
     and, for PNG, chunk checksums; no pixel decoding), else the reason."""
     if isinstance(img, Image.Image):  # already in memory (and never the caller's to close)
         return None
     try:
-        with open_image(img) as im:
+        with strict_images(), open_image(img) as im:
             im.verify()
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb
         return f"{type(e).__name__}: {e}"

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from vldft.config import Config, SourceConfig
-from vldft.data import WARNINGS, DataError, Sample, image_name, open_image
+from vldft.data import WARNINGS, DataError, Sample, image_name, open_image, strict_images
 from vldft.data.formats import read_source
 from vldft.data.skips import SkipReport
 
@@ -85,21 +85,15 @@ class ValidationReport(SkipReport):
 
 
 def check_images(sample: Sample) -> tuple[str, str] | None:
-    """None if every image opens and decodes, else (image, message) of the first that fails.
-    A truncated file fails even where a library (lmms-eval's task module does, at import) has
-    set PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES``, which would fill the missing pixels grey."""
-    from PIL import ImageFile
-
-    lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-    try:
+    """None if every image opens and decodes, else (image, message) of the first that fails
+    (truncated files fail too: ``strict_images``)."""
+    with strict_images():
         for k, img in enumerate(sample.images):
             try:
                 im = open_image(img)
                 im.load()
             except Exception as e:  # PIL: OSError, SyntaxError, ValueError, DecompressionBomb
                 return image_name(img), f"image {k} ({image_name(img)}) cannot be decoded: {e}"
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     return None
 
 
