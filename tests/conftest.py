@@ -37,6 +37,26 @@ def private_caches(tmp_path_factory):
             os.environ[key] = value
 
 
+# what a source distribution holds (setup.py / MANIFEST.in): copied for packaging tests
+PACKAGE_SOURCES = ["vldft", "eval", "data", "configs", "priors", "pyproject.toml", "setup.py",
+                   "MANIFEST.in", "README.md"]
+
+
+def copy_sources(dst: Path) -> Path:
+    """The package's sources (``PACKAGE_SOURCES``) copied to ``dst``, without caches, egg-info
+    or a bundled copy: a clean tree to build an sdist or a wheel from. Returns ``dst``."""
+    import shutil
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "_bundled")
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in PACKAGE_SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, dst / name, ignore=ignore)
+        else:
+            shutil.copy2(ROOT / name, dst / name)
+    return dst
+
+
 def free_port() -> int:
     """A TCP port free on this machine now (for torchrun's --master_port in tests)."""
     import socket

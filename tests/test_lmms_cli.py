@@ -10,21 +10,18 @@ most of it lmms-eval's import and task index); the shipped prior is the checkpoi
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, copy_sources
 
 pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
 
 from vldft.eval.plugin import register_tasks, task_dir  # noqa: E402
 
 PRIOR = "priors/tiny-qwen25vl-geo"
-SOURCES = ["vldft", "eval", "data", "configs", "priors", "pyproject.toml", "setup.py",
-           "MANIFEST.in", "README.md"]
 TIMEOUT = 420
 
 
@@ -42,13 +39,7 @@ def _env(site: Path | None) -> dict[str, str]:
 def _wheel_site(tmp: Path) -> Path:
     """vldft built as a wheel from a copy of the sources (no network, no build isolation) and
     installed with ``pip install --no-deps --target``: a non-checkout copy."""
-    src = tmp / "src"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "_bundled")
-    for name in SOURCES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, src / name, ignore=ignore)
-        else:
-            shutil.copy2(ROOT / name, src / name)
+    src = copy_sources(tmp / "src")
     build = "from setuptools import build_meta as b; import sys; print(b.build_wheel(sys.argv[1]))"
     done = subprocess.run([sys.executable, "-c", build, str(tmp / "dist")], cwd=src, text=True,
                           capture_output=True, env=_env(None), timeout=TIMEOUT)

@@ -4,7 +4,6 @@ the installed copy, imported from outside the checkout, evaluates the bundled ta
 ``--help``. Builds with the running interpreter's setuptools (no network, no build isolation)."""
 
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -12,13 +11,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, copy_sources
 
 from vldft.resources import BUNDLE
 
 TIMEOUT = 300  # seconds per subprocess (the whole module takes ~60-90 s on 2 CPU cores)
-SOURCES = ["vldft", "eval", "data", "configs", "priors", "pyproject.toml", "setup.py",
-           "MANIFEST.in", "README.md"]
 
 
 def bundled_files() -> set[str]:
@@ -56,14 +53,7 @@ def built(tmp_path_factory):
     """sdist from a clean copy of the sources, the wheel from the unpacked sdist, installed
     with ``pip install --no-deps --target``."""
     tmp = tmp_path_factory.mktemp("pkg")
-    src = tmp / "src"
-    src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "_bundled")
-    for name in SOURCES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, src / name, ignore=ignore)
-        else:
-            shutil.copy2(ROOT / name, src / name)
+    src = copy_sources(tmp / "src")
     dist = tmp / "dist"
     build = "from setuptools import build_meta as b; import sys; print(b.build_{}(sys.argv[1]))"
     sdist = dist / run([sys.executable, "-c", build.format("sdist"), str(dist)], src
