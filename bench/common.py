@@ -41,6 +41,112 @@ def write_json(path: str | Path, obj) -> Path:
     path.write_text(json.dumps(obj, indent=2) + "\n")
     return path
 
+
+# ----------------------------------------------------------------------------- timing, MFU
+# Dense bf16 peak FLOP/s of the GPUs the GPU scripts ran on, matched by substring of
+# ``torch.cuda.get_device_name()`` in this order (an H100 PCIe is not an SXM H100)
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "H800": 989.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak TFLOP/s of a device by name (``PEAK_TFLOPS``), None if unknown (then no
+    MFU is reported)."""
+    key = next((k for k in PEAK_TFLOPS if k in device_name), None)
+    return PEAK_TFLOPS[key] if key else None
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def free(device) -> None:
+    """Drop unreferenced tensors and hand cached CUDA blocks back (between configurations)."""
+    import gc
+
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def timed(fn, device) -> float:
+    """Seconds of ``fn()``, the device synchronised before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def kernels_per_call(fn, device) -> dict:
+    """CUDA kernels launched by one ``fn()`` (torch.profiler device events; 0 on the CPU) and the
+    attention operator calls made on the CPU side (flash / varlen / SDPA kernels)."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    attn = [e for e in events if any(k in e.name for k in (
+        "flash", "varlen", "scaled_dot_product", "efficient_attention", "cudnn_attention"))
+        and e.device_type == torch.autograd.DeviceType.CPU]
+    return {"cuda_kernels": len(kernels), "attention_ops_cpu_side": len(attn)}
+
+
+def qwen_flop_terms(model, seq_lens: list[int], patches: int, targets: int,
+                    vision_factor: float = 6.0, projector_factor: float = 6.0) -> dict:
+    """Model FLOPs of one training pass over a Qwen2.5-VL micro-batch, by term: ``seq_lens``
+    the real (non-padding) length of each sample (attention within each sample), ``patches``
+    the vision patches of its images, ``targets`` its target tokens.
+
+    text_linear ``6 N_text sum(n)`` (decoder without the embedding); text_attention
+    ``6 layers d sum(n^2)`` (causal scores and values, d = heads x head_dim: half of PaLM's
+    ``12 L T^2 d``); vision_linear ``f N_blocks patches`` (patch embedding and blocks; their
+    attention, < 0.1 %, is left out); projector_linear ``f N_merger patches / merge^2`` (the
+    merger runs on merged tokens); lm_head_targets ``6 V H targets`` (all the chunked objective
+    computes). f = 6 for a trained part (forward + two backward products), 2 for a frozen part
+    with nothing trained before it (forward only: ``model.freeze: [vision]``). Recomputation
+    by gradient checkpointing is not counted, so MFU stays comparable with and without it."""
+    tc = model.config.text_config
+    vc = model.config.vision_config
+    lm = model.model.language_model
+    n_text = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    visual = model.model.visual
+    n_merger = sum(p.numel() for p in visual.merger.parameters())
+    n_vision = sum(p.numel() for p in visual.parameters()) - n_merger
+    d = tc.num_attention_heads * (tc.hidden_size // tc.num_attention_heads)
+    terms = {"text_linear": 6.0 * n_text * sum(seq_lens),
+             "text_attention": 6.0 * tc.num_hidden_layers * d * sum(n * n for n in seq_lens),
+             "vision_linear": vision_factor * n_vision * patches,
+             "projector_linear": projector_factor * n_merger * patches
+             / vc.spatial_merge_size**2,
+             "lm_head_targets": 6.0 * tc.vocab_size * tc.hidden_size * targets}
+    return {**terms, "total": sum(terms.values()), "n_text": n_text, "n_vision": n_vision,
+            "n_merger": n_merger}
+
+
+def mfu(flops: float, seconds: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: ``flops`` done in ``seconds`` against ``peak`` TFLOP/s."""
+    return round(flops / seconds / 1e12 / peak, 4) if peak and seconds > 0 else None
+
+
+def run_header(script: str, argv: list[str] | None, device: str, **extra) -> dict:
+    """The head of a results JSON: machine facts (with the device's name), the command as run,
+    and ``extra`` (args, dry_run, ...)."""
+    import sys
+
+    info = machine_info()
+    info["device"] = (torch.cuda.get_device_name() if device.startswith("cuda")
+                      else extra.pop("cpu_label", "cpu"))
+    args = sys.argv[1:] if argv is None else argv
+    return {"machine": info, "command": " ".join([f"python bench/{script}", *args]), **extra}
+
+
+# ----------------------------------------------------------------------------- tables
 def markdown_table(headers: list[str], rows: list[dict], cells) -> str:
     """``rows`` as a Markdown table: ``cells(row)`` gives the row's cells as strings (fewer than
     ``headers`` are padded with empty cells, e.g. a failed row's name and its error)."""

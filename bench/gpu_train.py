@@ -30,19 +30,20 @@ weights, gradients, optimizer states and activations). Then, with gradient check
 doubling from the largest ``--seq-lens`` up to ``--search-max``, then bisection to
 ``--search-step`` tokens; out-of-memory is caught.
 
-MFU = model FLOPs per step / step time / peak. Model FLOPs per step (fwd + bwd = 3 x fwd):
-``6 * N_text * L`` (N_text: decoder parameters without the embedding) ``+ 6 * L_layers * L^2 * d``
-(causal attention scores and values, d = heads x head_dim = 2048: half of PaLM's 12 L T^2 d)
-``+ 6 * N_vision * patches`` (vision tower and merger linear layers; its attention, < 0.1 %, is
-left out) ``+ 6 * V * H * n_targets`` (lm_head over the target rows, all the objective needs).
+MFU = model FLOPs per step / step time / peak, both from ``common`` (``qwen_flop_terms``,
+``PEAK_TFLOPS``): ``6 * N_text * L`` (N_text: decoder parameters without the embedding)
+``+ 6 * L_layers * L^2 * d`` (causal attention scores and values, d = heads x head_dim = 2048:
+half of PaLM's 12 L T^2 d) ``+ 6 * N_vision * patches`` (patch embedding and blocks; their
+attention, < 0.1 %, is left out) ``+ 6 * N_merger * patches / 4`` (the merger, on merged
+tokens) ``+ 6 * V * H * n_targets`` (lm_head over the target rows, all the objective needs).
 Gradient-checkpointing recomputation is not counted. Peak: 989 TFLOP/s dense bf16 for an H100
-SXM / H200 (756 for an H100 PCIe), chosen from the device name.
+SXM / H200 (756 for an H100 PCIe), chosen from the device name. (Runs before 2026-12-07 counted
+the merger per patch, 4x its share: under 1 % of a step's FLOPs.)
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import inspect
 import json
 import os
@@ -59,10 +60,14 @@ sys.path.insert(0, str(ROOT))
 from common import (  # noqa: E402
     default_out,
     fmt_mfu,
-    machine_info,
+    free,
     markdown_table,
+    peak_tflops,
     qwen25vl_3b_config,
     qwen25vl_config,
+    qwen_flop_terms,
+    run_header,
+    sync,
     write_json,
 )
 
@@ -86,7 +91,6 @@ def spec_of(method: str) -> ObjectiveSpec:
     return ObjectiveSpec(name="dft", implementation="chunked", chunk_size=chunk)
 
 PROMPT_BEFORE, PROMPT_AFTER = 8, 56  # text tokens before / after the image block
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "H800": 989.0}
 
 
 class FakeOOM(torch.OutOfMemoryError):
@@ -139,22 +143,13 @@ def make_batch(model, length: int, image_side: int, device: str, dtype: torch.dt
 
 
 def flop_terms(model, length: int, n_targets: int, patches: int) -> dict[str, float]:
-    """Model FLOPs of one training step (forward + backward), by term (module docstring)."""
-    tc = model.config.text_config
-    lm = model.model.language_model
-    n_text = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
-    n_vision = sum(p.numel() for p in model.model.visual.parameters())
-    d_attn = tc.num_attention_heads * (tc.hidden_size // tc.num_attention_heads)
-    return {"text_linear": 6.0 * n_text * length,
-            "text_attention": 6.0 * tc.num_hidden_layers * length**2 * d_attn,
-            "vision_linear": 6.0 * n_vision * patches,
-            "lm_head_targets": 6.0 * tc.vocab_size * tc.hidden_size * n_targets,
-            "n_text": n_text, "n_vision": n_vision}
+    """Model FLOPs of one training step (forward + backward), by term: ``common.qwen_flop_terms``
+    for one sample of ``length`` tokens, everything trained."""
+    return qwen_flop_terms(model, [length], patches, n_targets)
 
 
 def model_flops(model, length: int, n_targets: int, patches: int) -> float:
-    t = flop_terms(model, length, n_targets, patches)
-    return t["text_linear"] + t["text_attention"] + t["vision_linear"] + t["lm_head_targets"]
+    return flop_terms(model, length, n_targets, patches)["total"]
 
 
 # ----------------------------------------------------------------------------- one step
@@ -174,7 +169,7 @@ def train_step(model, optimizer, batch: dict, spec: ObjectiveSpec, fake_oom: int
     def mark(name: str) -> None:
         nonlocal last
         if phases is not None:
-            _sync(dev)
+            sync(dev)
             now = time.perf_counter()
             phases[name], last = now - last, now
 
@@ -213,26 +208,15 @@ def profile(model, optimizer, method: str, length: int, args, device: str, dtype
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         train_step(model, optimizer, batch, spec)
-        _sync(device)
+        sync(device)
     sort = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
     (out / f"profile_{method}_{length}.txt").write_text(table)
     print(table, flush=True)
     del batch
-    _free(device)
+    free(device)
     return {"method": method, "seq_len": length, "phases_s": phases,
             "step_s": round(sum(phases.values()), 4)}
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _free(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 def measure(model, optimizer, method: str, length: int, args, device: str, dtype) -> dict:
@@ -247,10 +231,10 @@ def measure(model, optimizer, method: str, length: int, args, device: str, dtype
         for k in range(args.warmup + args.steps):
             if k == args.warmup and device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             row["loss"] = train_step(model, optimizer, batch, spec, args.fake_oom_above)
-            _sync(device)
+            sync(device)
             if k >= args.warmup:
                 times.append(time.perf_counter() - t0)
     except torch.OutOfMemoryError as e:
@@ -258,7 +242,7 @@ def measure(model, optimizer, method: str, length: int, args, device: str, dtype
     if oom is not None:  # outside the except block: its traceback no longer pins tensors
         optimizer.zero_grad(set_to_none=True)
         del batch
-        _free(device)
+        free(device)
         return {**row, "error": "out of memory", "detail": oom}
     step = statistics.median(times)
     flops = model_flops(model, length, n_targets, patches)
@@ -269,7 +253,7 @@ def measure(model, optimizer, method: str, length: int, args, device: str, dtype
     if device.startswith("cuda"):
         row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del batch
-    _free(device)
+    free(device)
     return row
 
 
@@ -379,8 +363,7 @@ def main(argv=None) -> dict:
         device, dtype = "cuda", torch.bfloat16
         name = torch.cuda.get_device_name()
         if args.peak_tflops is None:
-            key = next((k for k in PEAK_TFLOPS if k in name), None)
-            args.peak_tflops = PEAK_TFLOPS[key] if key else None
+            args.peak_tflops = peak_tflops(name)
     seqs = [int(s) for s in args.seq_lens.split(",")]
     methods = args.methods.split(",")
     for m in methods:
@@ -393,10 +376,8 @@ def main(argv=None) -> dict:
     # bf16 parameters -> bf16 AdamW states (fp32 would need 45 GB more for 3B)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5,
                                   **({"fused": True} if args.fused_adamw else {}))
-    info = machine_info()
-    info["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
-    cmd = " ".join(["python bench/gpu_train.py", *(sys.argv[1:] if argv is None else argv)])
-    result = {"machine": info, "command": cmd, "dry_run": args.dry_run, "args": vars(args),
+    result = {**run_header("gpu_train.py", argv, device, cpu_label="cpu (dry run)"),
+              "dry_run": args.dry_run, "args": vars(args),
               "params": n_params, "peak_tflops": args.peak_tflops,
               "attn_implementation": model.config._attn_implementation, "rows": [], "search": [],
               "profile": []}

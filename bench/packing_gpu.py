@@ -16,6 +16,9 @@ Configurations, each timed on its own micro-batches of the same sample stream:
   mRoPE positions, no attention mask) with the attention vldft picks on CUDA
   (``vldft.attention``: flash-attn's varlen kernel if installed, else torch's ``varlen_attn``),
   for the language model and the vision tower alike;
+  The bins are taken in a shuffled (training) order; ``--fullest-bins`` takes the fullest,
+  as the 2026-11-30 runs did. Every timed micro-batch is run once untimed first (its shapes
+  warmed up); ``--first-seen`` skips that, as those runs did;
 - ``padded_b<B>``: B samples per micro-batch, right-padded (as vldft's collator pads), ``sdpa``;
   ``padded_b<B>_varlen``: the same batches with vldft's varlen function (each row's valid tokens
   from the 2-D mask; the vision tower one call per layer instead of window by window).
@@ -46,8 +49,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import default_out, fmt_mfu, machine_info, markdown_table, write_json  # noqa: E402
-from gpu_train import PEAK_TFLOPS, build_model, train_step  # noqa: E402
+from common import (  # noqa: E402
+    default_out,
+    fmt_mfu,
+    kernels_per_call,
+    markdown_table,
+    peak_tflops,
+    qwen_flop_terms,
+    run_header,
+    sync,
+    write_json,
+)
+from gpu_train import build_model, train_step  # noqa: E402
 
 from vldft.attention import kernel_name, use_varlen  # noqa: E402
 from vldft.objectives import ObjectiveSpec  # noqa: E402
@@ -120,16 +133,10 @@ def make_samples(model, n: int, seed: int, sides: tuple[int, int], dry_run: bool
 
 
 def flops(model, batch: dict, seq_lens: list[int]) -> float:
-    tc = model.config.text_config
-    lm = model.model.language_model
-    n_text = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
-    n_vision = sum(p.numel() for p in model.model.visual.parameters())
-    d = tc.num_attention_heads * (tc.hidden_size // tc.num_attention_heads)
+    """Model FLOPs of one micro-batch (``common.qwen_flop_terms``, attention per sample)."""
     patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
     targets = int((batch["labels"][:, 1:] != IGNORE).sum())
-    return (6.0 * n_text * sum(seq_lens) + 6.0 * tc.num_hidden_layers * d * sum(
-        n * n for n in seq_lens) + 6.0 * n_vision * patches
-        + 6.0 * tc.vocab_size * tc.hidden_size * targets)
+    return qwen_flop_terms(model, seq_lens, patches, targets)["total"]
 
 
 def step(model, optimizer, batch: dict) -> None:
@@ -139,19 +146,7 @@ def step(model, optimizer, batch: dict) -> None:
 
 
 def kernels_per_step(model, optimizer, batch, device: str) -> dict:
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if device == "cuda":
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        step(model, optimizer, batch)
-        if device == "cuda":
-            torch.cuda.synchronize()
-    events = prof.events()
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-    attn = [e for e in events if any(k in e.name for k in (
-        "flash", "varlen", "scaled_dot_product", "efficient_attention", "cudnn_attention"))
-        and e.device_type == torch.autograd.DeviceType.CPU]
-    return {"cuda_kernels": len(kernels), "attention_ops_cpu_side": len(attn)}
+    return kernels_per_call(lambda: step(model, optimizer, batch), device)
 
 
 def run_config(name: str, batches: list[dict], lens: list[list[int]], model, optimizer, args,
@@ -165,13 +160,14 @@ def run_config(name: str, batches: list[dict], lens: list[list[int]], model, opt
             times = []
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
+            if not args.first_seen:  # warm-up: every timed micro-batch's shape once
+                for batch in batches[args.warmup: args.warmup + args.steps]:
+                    step(model, optimizer, batch)
             for k, batch in enumerate(batches[: args.warmup + args.steps]):
-                if device == "cuda":
-                    torch.cuda.synchronize()
+                sync(device)
                 t0 = time.perf_counter()
                 step(model, optimizer, batch)
-                if device == "cuda":
-                    torch.cuda.synchronize()
+                sync(device)
                 if k >= args.warmup:
                     times.append((time.perf_counter() - t0, k))
             break
@@ -226,6 +222,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--padded-attention", default="sdpa,varlen",
                     help="attention of the padded batches: sdpa (transformers' default, the "
                          "vision tower window by window) and / or varlen (vldft.attention)")
+    ap.add_argument("--fullest-bins", action="store_true",
+                    help="time the fullest packed bins (as the 2026-11-30 runs did) instead of "
+                         "bins in a training order")
+    ap.add_argument("--first-seen", action="store_true",
+                    help="no warm-up pass over the timed micro-batches: each timed step may be "
+                         "the first of its shape (as the 2026-11-30 runs did)")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--out", default=os.environ.get("OUT", default_out("gpu")))
     ap.add_argument("--dry-run", action="store_true")
@@ -241,8 +243,7 @@ def main(argv=None) -> dict:
             raise SystemExit("no CUDA device: run with --dry-run, or on a GPU machine")
         device, dtype, sides = "cuda", torch.bfloat16, (224, 672)
         name = torch.cuda.get_device_name()
-        key = next((k for k in PEAK_TFLOPS if k in name), None)
-        args.peak_tflops = args.peak_tflops or (PEAK_TFLOPS[key] if key else None)
+        args.peak_tflops = args.peak_tflops or peak_tflops(name)
     model = build_model(args.dry_run, device, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5,
                                   **({"fused": True} if device == "cuda" else {}))
@@ -254,10 +255,9 @@ def main(argv=None) -> dict:
         return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
                 for k, v in b.items() if isinstance(v, torch.Tensor)}
 
-    result = {"machine": machine_info(), "command": "python bench/packing_gpu.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "args": vars(args), "dry_run": args.dry_run,
-        "params": sum(p.numel() for p in model.parameters()), "rows": []}
-    result["machine"]["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    result = {**run_header("packing_gpu.py", argv, device), "args": vars(args),
+              "dry_run": args.dry_run, "params": sum(p.numel() for p in model.parameters()),
+              "rows": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     need = args.warmup + args.steps
@@ -284,7 +284,11 @@ def main(argv=None) -> dict:
         used = choose_attention(model, "sdpa")
         lengths = [len(e.input_ids) for e in enc]  # first-fit-decreasing, as vldft.loader's
         bins = first_fit_decreasing(list(range(len(enc))), lengths, n)  # sampler per window
-        bins = sorted(bins, key=lambda b: -sum(lengths[i] for i in b))[:need]  # the fullest
+        if args.fullest_bins:  # the 2026-11-30 runs: the fullest bins (74 % targets)
+            bins = sorted(bins, key=lambda b: -sum(lengths[i] for i in b))
+        else:  # in a training order (vldft.loader.PackingSampler shuffles its bins)
+            random.Random(2).shuffle(bins)
+        bins = bins[:need]
         positions = lambda e: mrope_positions(model, e, image_token_id)  # noqa: E731
         batches = [to_dev(pack([enc[i] for i in g], positions)) for g in bins]
         lens = [[len(enc[i].input_ids) for i in g] for g in bins]

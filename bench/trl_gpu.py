@@ -33,8 +33,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import default_out, fmt_mfu, machine_info, markdown_table, write_json  # noqa: E402
-from gpu_train import PEAK_TFLOPS, _sync, build_model, make_batch, model_flops  # noqa: E402
+from common import (  # noqa: E402
+    default_out,
+    fmt_mfu,
+    machine_info,
+    markdown_table,
+    peak_tflops,
+    sync,
+    write_json,
+)
+from gpu_train import build_model, make_batch, model_flops  # noqa: E402
 from gpu_train import measure as measure_vldft  # noqa: E402
 
 
@@ -49,11 +57,11 @@ def run_trl(model, batch: dict, args, device: str, out_dir: Path) -> dict:
         def on_step_begin(self, a, state, control, **kw):
             if state.global_step == args.warmup and device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            _sync(device)
+            sync(device)
             self.t0 = time.perf_counter()
 
         def on_step_end(self, a, state, control, **kw):
-            _sync(device)
+            sync(device)
             if state.global_step > args.warmup:  # global_step counts the finished steps
                 times.append(time.perf_counter() - self.t0)
 
@@ -126,8 +134,7 @@ def main(argv=None) -> dict:
             raise SystemExit("no CUDA device: run with --dry-run, or on a GPU machine")
         device, dtype = "cuda", torch.bfloat16
         seqs = [int(s) for s in args.seq_lens.split(",")]
-        key = next((k for k in PEAK_TFLOPS if k in torch.cuda.get_device_name()), None)
-        args.peak_tflops = args.peak_tflops or (PEAK_TFLOPS[key] if key else None)
+        args.peak_tflops = args.peak_tflops or peak_tflops(torch.cuda.get_device_name())
     model = build_model(args.dry_run, device, dtype)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,14 +24,17 @@ def test_gpu_train_dry_run(tmp_path: Path) -> None:
         assert "error" not in r, r
         assert r["seq_len"] == 160 and r["targets"] == 160 - (8 + 1 + 4 + 1 + 56)  # response tokens
         assert r["step_s"] > 0 and r["tokens_per_s"] > 0 and 0 < r["mfu"] and r["loss"] > 0
-        # FLOPs: 6 N T + causal attention + vision linear layers + lm_head over the targets
+        # FLOPs (common.qwen_flop_terms): 6 N T + causal attention + vision blocks per patch +
+        # merger per merged token + lm_head over the targets
         t = r["flop_terms"]
         assert t["text_linear"] == 6 * t["n_text"] * 160
         assert t["text_attention"] == 6 * 2 * 160**2 * 64  # 2 layers, 2 heads x 32
         assert t["vision_linear"] == 6 * t["n_vision"] * 16  # 56 px: 4 x 4 patches
+        assert t["projector_linear"] == 6 * t["n_merger"] * 16 / 4  # 2 x 2 merge
         assert t["lm_head_targets"] == 6 * 4096 * 64 * r["targets"]
-        assert r["model_flop_per_step"] == sum(
-            t[k] for k in ("text_linear", "text_attention", "vision_linear", "lm_head_targets"))
+        assert r["model_flop_per_step"] == t["total"] == sum(
+            t[k] for k in ("text_linear", "text_attention", "vision_linear", "projector_linear",
+                           "lm_head_targets"))
     # the longest-length search with simulated out-of-memory above 500 tokens: doubling
     # 160 -> 320 -> 640 (OOM), then bisection to the 160-token grid: 480
     for s in data["search"]:
