@@ -1,7 +1,8 @@
 """Worker for test_fsdp.py (run under torchrun, 2 CPU processes, gloo): FSDP2 ``fully_shard``
 over each decoder and vision block and the ObjectiveModule root, then compare the gradients
 of vldft's chunked objective on each rank's half of a batch with those of an unsharded copy
-on the whole batch. Prints one JSON line from rank 0."""
+on the whole batch, for each objective named on the command line (one launch for all: torchrun's
+start-up is most of the cost). Prints one JSON line per objective from rank 0."""
 
 import copy
 import json
@@ -21,10 +22,9 @@ from vldft.step import ObjectiveModule
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(objective: str) -> None:
-    dist.init_process_group("gloo")
+def check(objective: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # a fresh model per objective: fully_shard changes it in place
     adapter = load_adapter(ModelConfig(tiny=True, min_pixels=12544, max_pixels=12544))
     coll = Collator(adapter, 512)
     samples = load_jsonl(ROOT / "data/geo_demo/train.jsonl")[:4]
@@ -51,12 +51,19 @@ def main(objective: str) -> None:
         ref = expected[name]
         worst = max(worst, float((got - ref).abs().max() / (ref.abs().max() + 1e-12)))
     if rank == 0:
-        print(json.dumps({"loss_sharded": float(total), "loss_whole": float(loss),
+        print(json.dumps({"objective": objective,
+                          "loss_sharded": float(total), "loss_whole": float(loss),
                           "worst_rel_grad_diff": worst, "sharded_params": sharded,
                           "head_is_dtensor": type(adapter.output_layer().weight).__name__
                           == "DTensor"}), flush=True)
+
+
+def main(objectives: list[str]) -> None:
+    dist.init_process_group("gloo")
+    for objective in objectives:
+        check(objective)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

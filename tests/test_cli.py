@@ -16,6 +16,9 @@ from vldft.config import ConfigError, load_config
 OPTIONAL = "[section.key=value ...]"
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
+
 def help_of(fn, argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as e:
         fn(argv)

@@ -11,6 +11,8 @@ from vldft.compare import aggregate, cli, markdown
 from vldft.config import ConfigError
 from vldft.study import build_study, load_base_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
 
 def _study_yaml(tmp_path, sweep=None, **train):
     data = write_tiny_data(tmp_path / "train.jsonl", 16)

@@ -25,6 +25,9 @@ from vldft.train import cli, main
 BAD_LINE = 501
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
+
 def _utf8_file(folder: Path, extra_bad_json: int | None = None) -> tuple[Path, int]:
     """520 demo rows; line 501 has one invalid byte (0xff) inside its question text; with
     ``extra_bad_json`` that line is cut (invalid JSON). Returns (path, offset of the byte)."""

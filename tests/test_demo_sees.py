@@ -1,6 +1,7 @@
 """The tiny demo model reads the picture: trained through the kit's own loop (``train.main``)
 on a question whose answer is in the image only, it is far above chance on held-out images,
-and back at chance when the images are blank or belong to other samples.
+and back at chance when the images are blank or belong to other samples; lmms-eval's evaluator
+scores the saved checkpoint as the run did.
 
 What made the difference (measured, docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu): the
 demo's shapes used to be 3 px outlines. Nearly every 14 px patch was plain background, training
@@ -30,8 +31,10 @@ def trained(tmp_path_factory):
     from vldft.train import main
 
     tmp = tmp_path_factory.mktemp("sees")
-    train = write_split(tmp / "data", "train", 640, seed=0, size=64, kinds=("shape",))
-    heldout = write_split(tmp / "data", "heldout", 60, seed=1, size=64, kinds=("shape",))
+    # <data>/geo_demo/heldout.jsonl: what lmms-eval's vldft_geo_heldout reads with --data-dir
+    data = tmp / "data" / "geo_demo"
+    train = write_split(data, "train", 640, seed=0, size=64, kinds=("shape",))
+    heldout = write_split(data, "heldout", 60, seed=1, size=64, kinds=("shape",))
     pixels = 56 * 56
     summary = main(demo_config(
         f"data.train_files=[{train}]", f"data.heldout_file={heldout}",
@@ -58,6 +61,34 @@ def test_without_the_right_image_it_falls_to_chance(trained, capsys):
         assert acc <= CHANCE + 0.15 and acc <= results["images"]["accuracy"] - 0.2, (control, acc)
     printed = capsys.readouterr().out
     assert "control, blank images: accuracy" in printed and "shuffled images" in printed
+
+
+def test_lmms_eval_scores_the_saved_checkpoint_as_the_run_did(trained, tmp_path, hf_offline):
+    """Learning is visible through lmms-eval's evaluator too (vldft's model class, the
+    ``vldft_geo_heldout`` task on the same 60 held-out rows): its generation, answer extraction
+    and scoring give the run's own held-out accuracy, far above chance, and every logged sample
+    rescores the same with the shared scorer."""
+    pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
+    import json
+
+    from vldft.eval.run import evaluate
+    from vldft.scoring import score
+
+    summary, heldout = trained
+    out = tmp_path / "eval"
+    evaluate(summary["checkpoint"], ["vldft_geo_heldout"], out,
+             data_dir=heldout.parent.parent, batch_size=20, max_new_tokens=64)
+    acc = json.loads((out / "results.json").read_text())["metrics"][0]["value"]
+    logs = [json.loads(x) for x in (out / "samples_vldft_geo_heldout.jsonl").read_text()
+            .splitlines()]
+    assert len(logs) == 60
+    for r in logs:
+        extracted, ok = score(r["response"], r["target"])
+        assert (r["extracted"], r["accuracy"]) == (extracted, float(ok)), r
+    assert acc == pytest.approx(sum(r["accuracy"] for r in logs) / len(logs))
+    print(f"lmms-eval held-out accuracy {acc:.3f}, the run's {summary['heldout']['accuracy']:.3f}")
+    assert acc >= 0.6, logs[:5]  # chance: 1/3
+    assert acc == pytest.approx(summary["heldout"]["accuracy"]), logs[:5]
 
 
 def test_control_samples_replace_every_image():

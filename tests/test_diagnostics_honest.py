@@ -10,6 +10,7 @@ import pytest
 from conftest import demo_config, write_tiny_data
 
 matplotlib.use("Agg")
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
 
 
 def _records(out: Path) -> list[dict]:

@@ -194,6 +194,9 @@ def _code_task(root: Path, split: str, n: int, seed: int) -> Path:
     return path
 
 
+# covered by test_demo_sees.py::test_lmms_eval_scores_the_saved_checkpoint_as_the_run_did (its
+# already trained checkpoint, an image-only question, through lmms-eval): 200 steps here
+@pytest.mark.slow
 def test_learning_is_visible_through_generation_extraction_and_scoring(tmp_path):
     """SFT on the easy code task for 200 steps (~1 min on a CPU core), then lmms-eval accuracy on
     40 unseen held-out rows must be far above chance (20%). Measured: CE 0.012 by step 100,

@@ -14,6 +14,7 @@ from conftest import ROOT, demo_config, free_port
 pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
 
 from vldft.adapters import load_adapter  # noqa: E402
+from vldft.eval.run import evaluate  # noqa: E402
 
 
 def run(cmd: list[str]) -> None:
@@ -25,6 +26,7 @@ def run(cmd: list[str]) -> None:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
+@pytest.mark.usefixtures("hf_offline", "one_thread")
 def test_two_processes_write_the_same_results_as_one(tmp_path):
     # a tiny model with large random weights: its greedy answers differ from prompt to prompt
     cfg = demo_config()
@@ -38,7 +40,10 @@ def test_two_processes_write_the_same_results_as_one(tmp_path):
     adapter.save(ckpt)
     args = ["--model", str(ckpt), "--tasks", "vldft_geo_heldout", "--limit", "11",
             "--batch-size", "1", "--max-new-tokens", "6"]
-    run([sys.executable, "-m", "vldft.eval", *args, "--out", str(tmp_path / "one")])
+    # one process: what `python -m vldft.eval` runs, here in this process (one thread, as the
+    # workers have), which saves a start-up of lmms-eval
+    evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "one", limit=11, batch_size=1,
+             max_new_tokens=6)
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--master_port", str(free_port()), "-m", "vldft.eval", *args,
          "--out", str(tmp_path / "two")])

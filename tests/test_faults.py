@@ -14,6 +14,8 @@ from vldft.adapters.base import Adapter
 from vldft.checkpoint import STATE_FILE
 from vldft.run_dir import check_free_space
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
 
 def small(out: Path, *extra: str):
     return demo_config(

@@ -7,6 +7,8 @@ from conftest import demo_config, write_tiny_data
 
 from vldft.guard import CollapseGuard, scan
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
 
 def _rec(step, loss, ce, entropy, objective="dft", **extra):
     return {"step": step, "objective": objective, "loss": loss, "ce": ce, "entropy": entropy,

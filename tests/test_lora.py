@@ -15,6 +15,8 @@ from vldft.data import load_jsonl
 from vldft.step import ObjectiveModule, accumulate_gradients, build_optimizer
 from vldft.train import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
 
 def _lora_adapter(parts=("language",), seed=0):
     torch.manual_seed(seed)

@@ -93,12 +93,16 @@ def test_installed_copy_evaluates_the_bundled_task_and_has_help(built):
     pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
     site, work = built["site"], built["work"]
     # the installed copy is the one imported, and its resources are its own
+    # and so is lmms-eval's entry point and the task folder it adds (tests/test_lmms_cli.py runs
+    # lmms-eval's own command line through them)
     out = run([sys.executable, "-c",
-               "import vldft; from vldft.resources import resource; from vldft.eval.run "
-               "import TASK_DIR; print(vldft.__file__); print(TASK_DIR); "
-               "print(resource('configs/demo.yaml'))"], work, site)
-    module, task_dir, demo = out.strip().splitlines()
-    for path in (module, task_dir, demo):
+               "import vldft, importlib.metadata as m; from vldft.resources import resource; "
+               "from vldft.eval.run import TASK_DIR; from vldft.eval.plugin import task_dir; "
+               "print(vldft.__file__); print(TASK_DIR); print(resource('configs/demo.yaml')); "
+               "print(task_dir()); print([e.dist.locate_file('') for e in m.entry_points("
+               "group='lmms_eval.models') if e.name == 'vldft'][0])"], work, site)
+    module, task_dir, demo, plugin_dir, entry_point = out.strip().splitlines()
+    for path in (module, task_dir, demo, plugin_dir, entry_point):
         assert Path(path).resolve().is_relative_to(site.resolve()), out
     assert (Path(task_dir) / "vldft_geo_heldout.yaml").is_file()
     # a tiny checkpoint from the installed demo config (its data paths resolve in the package)

@@ -15,6 +15,8 @@ from vldft.objectives import compute_objective
 from vldft.probe import KINDS, cli, probe, token_kinds, token_stats
 from vldft.probe_report import recommend
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
 
 def test_token_stats_match_compute_objective():
     torch.manual_seed(0)

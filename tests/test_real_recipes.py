@@ -38,6 +38,9 @@ REAL = ["qwen25vl_geo", "qwen2vl_geo", "qwen3vl_geo", "qwen3vl_moe_geo", "qwen3_
 OV_SUBSETS = ["geo170k(qa)", "GeoQA+(MathV360K)", "Geometry3K(MathV360K)", "mavis_math_metagen"]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
+
 def diagram(seed: int, size=(160, 120)) -> bytes:
     """A line diagram unlike the benchmark copies' triangles (PNG bytes)."""
     rng = random.Random(seed)

@@ -15,6 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 from vldft.config import ConfigError  # noqa: E402
 from vldft.train import main  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
 
 def test_metrics_are_tensorboard_scalars(tmp_path):
     data = write_tiny_data(tmp_path / "train.jsonl", 16)

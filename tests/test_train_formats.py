@@ -14,6 +14,9 @@ A = ["2 + 3 = 5. Answer: 5", "x = 4 - 1 = 3. Answer: 3", "A square has 4 sides. 
      "10 / 2 = 5. Answer: 5"]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
+
+
 def _png(path: Path, i: int) -> str:
     Image.new("RGB", (56 + 8 * i, 56), (40 * i, 90, 200)).save(path)
     return path.name
