@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo prior test test-slow lint eval-env
+.PHONY: demo video-demo prior test test-slow lint eval-env
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,13 @@ $(VENV)/.installed: pyproject.toml eval/pins.txt | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/python -m vldft.train configs/demo.yaml
 	$(BIN)/python -m vldft.heldout runs/demo/final data/geo_demo/heldout.jsonl --controls blank,shuffled
+
+# does a model use time? generate clips whose answer needs several frames, train a tiny model
+# from random init (~1-2 minutes), score it as is and with one frozen frame / shuffled frames
+video-demo: $(VENV)/.demo-installed
+	$(BIN)/python -m vldft.data.synth_video runs/video_data --train 640 --heldout 80 --seed 0
+	$(BIN)/python -m vldft.train configs/video_demo.yaml
+	$(BIN)/python -m vldft.heldout runs/video_demo/final runs/video_data/heldout.jsonl --controls frozen_frame,shuffled_frames
 
 # rebuild the shipped prior (priors/tiny-qwen25vl-geo, what configs/demo.yaml fine-tunes):
 # generate its pre-training data, train configs/prior.yaml from scratch (stage 1: SFT, 6,000

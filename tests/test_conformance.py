@@ -10,6 +10,10 @@ accumulation 1 equals batch 2 x accumulation 2; positions, and packed rows equal
 alone; SFT learns a 3-way filled-shape question well above chance; the checkpoint reloads with
 plain ``AutoModelForImageTextToText`` / ``AutoProcessor`` and generates the same tokens;
 lmms-eval's stock class for the family loads it; vldft's own lmms-eval class answers from it.
+Families that take video (4 small frames): the whole expansion of a clip is masked (Qwen3-VL's
+per-frame ``<t seconds>`` and vision start / end too), its pads equal the rows of the model's
+video features, mRoPE positions are the model's own, a packed row with a video gives the loss
+and gradients of its samples alone; a family without video refuses a video sample.
 The README's table of families is checked against the suite's list.
 """
 
@@ -31,8 +35,9 @@ from vldft.adapters import FAMILIES, MODEL_TYPES, family_of_checkpoint, load_ada
 from vldft.adapters.base import _tensors
 from vldft.adapters.vocab import FAMILY_VOCAB, real_qwen_tokenizer
 from vldft.collate import IGNORE, Collator, SampleError
-from vldft.config import ModelConfig
+from vldft.config import ModelConfig, VideoSettings
 from vldft.data import Sample
+from vldft.data.video import Video
 from vldft.step import ObjectiveModule, accumulate_gradients
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,10 +93,10 @@ def text_sample(i: int) -> Sample:
 
 
 def batch_of(collator: Collator, samples: list[Sample]) -> dict:
+    """The model inputs of a padded batch (the collator's counts and skips dropped)."""
     batch = collator([collator.encode(s) for s in samples])
-    batch.pop("skipped")
-    batch.pop("n_truncated")
-    return batch
+    assert not batch["skipped"]
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
 # -- shared builds -----------------------------------------------------------------------------
@@ -156,8 +161,7 @@ def _train_shapes(family: str, tmp: Path):
     opt = torch.optim.AdamW(adapter.model.parameters(), lr=4e-3)
     for step in range(SFT_STEPS.get(family, 40)):
         batch = collator([train[(step * 12 + j) % len(train)] for j in range(12)])
-        batch.pop("skipped")
-        batch.pop("n_truncated")
+        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         n = int((batch["labels"][:, 1:] != IGNORE).sum())
         loss_sum, _, _ = module(batch, "sft")
         (loss_sum / n).backward()
@@ -509,3 +513,195 @@ def test_packed_row_equals_samples_alone(family):
                                   if k != "labels"})[0]
                  for s in (shape_sample(0, "triangle", random.Random(7)), text_sample(3))]
     torch.testing.assert_close(packed, torch.cat(alone), rtol=1e-4, atol=1e-5)
+
+
+# -- video ---------------------------------------------------------------------------------------
+VIDEO_FAMILIES = [f for f in FAMILY_NAMES if FAMILIES[f].video_token]
+# released id of the video placeholder, per family (real vocabulary)
+REAL_VIDEO_IDS = {"qwen2_vl": 151656, "qwen2_5_vl": 151656, "qwen3_vl": 151656,
+                  "qwen3_vl_moe": 151656, "qwen3_5": 248057, "llava_onevision": 151647}
+# 4 frames of 64 x 64 px: one or two temporal patches of 2 x 2 merged tokens (Qwen), 4 pooled
+# frames at the tower's size (LLaVA-OneVision)
+VIDEO = VideoSettings(fps=2.0, max_frames=4, min_frames=2, min_pixels=28 * 28,
+                      max_pixels=64 * 64)
+
+
+def clip(rng: random.Random, n: int = 4) -> Video:
+    """``n`` frames (in memory) of a white square moving right."""
+    frames = []
+    for i in range(n):
+        im = Image.new("RGB", (64, 64))
+        x = 4 + 10 * i + rng.randint(0, 3)
+        ImageDraw.Draw(im).rectangle([x, 20, x + 14, 40], fill="white")
+        frames.append(im)
+    return Video(frames=frames, name="moving-square")
+
+
+def video_sample(i: int, rng: random.Random, question: str = "Which way does it move?",
+                 answer: str = "To the right.") -> Sample:
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]},
+            assistant(answer)]
+    return Sample(f"video-{i}", msgs, [], videos=[clip(rng)])
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_video_masking_with_the_real_vocabulary(family):
+    """Every token of a video's expansion (pads; Qwen3-VL / 3.5: the per-frame ``<t seconds>``
+    text and vision start / end) is masked, the ids are the processor's own, and the trained
+    tokens are the answer tokenized alone."""
+    a = with_real_vocabulary(tiny(family))
+    assert a.video_token_id == REAL_VIDEO_IDS[family]
+    q = "The assistant said <|im_start|>assistant\nno<|im_end|> -- which way?"
+    answer = "Right, then it stops."
+    sample = video_sample(0, random.Random(11), q, answer)
+    enc = Collator(a, 2048, video=VIDEO).encode(sample)
+    ids, labels = enc.input_ids, enc.labels
+    trained = ids[labels != IGNORE].tolist()
+    assert trained == a.tokenizer.encode(answer + a.end_of_turn, add_special_tokens=False)
+    # trained tokens are one run at the end (before the template's closing newline, if any):
+    # the whole prompt, the video's expansion included, is masked
+    first = int((labels != IGNORE).nonzero()[0])
+    assert (labels[:first] == IGNORE).all() and first + len(trained) >= len(ids) - 1
+    # the ids are exactly what the processor makes of the rendered text and decoded frames
+    decoded = a.load_video(sample.videos[0], VIDEO)
+    text = a.render(sample.messages)
+    direct = a.processor(text=[text], return_tensors="pt", **a.video_kwargs([decoded]))
+    assert ids.tolist() == direct["input_ids"][0].tolist()
+    n_pad = int((ids == a.video_token_id).sum())
+    assert n_pad > 0 and n_pad == sum(a.video_token_counts(direct))
+    if family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):  # per temporal patch: <t seconds>,
+        t = int(enc.extras["video_grid_thw"][0, 0])  # vision start and end, all masked
+        prompt = a.tokenizer.decode(ids[:first])
+        assert len(re.findall(r"<\d+(?:\.\d+)? seconds>", prompt)) == t > 0
+        vs = a.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        assert int((ids[:first] == vs).sum()) == t
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_video_tokens_equal_video_features(family):
+    """Video pads in ``input_ids`` == rows of the model's own video features (merged / pooled),
+    per video, in a batch with an image sample and a text-only one; the forward accepts it."""
+    a = tiny(family)
+    rng = random.Random(12)
+    samples = [video_sample(0, rng), shape_sample(1, "circle", rng), text_sample(2),
+               video_sample(3, rng)]
+    batch = batch_of(Collator(a, 1024, video=VIDEO), samples)
+    per_sample = (batch["input_ids"] == a.video_token_id).sum(1).tolist()
+    assert per_sample[1] == per_sample[2] == 0 and per_sample[0] > 0
+    get = a.model.model.get_video_features
+    accepted = inspect.signature(get).parameters
+    with torch.no_grad():
+        out = get(**{k: v for k, v in batch.items() if k in accepted and k != "input_ids"})
+    hidden = a.model.config.get_text_config().hidden_size
+    feats = _tensors(out.pooler_output)
+    rows = sum(t.numel() // hidden for t in feats)
+    assert rows == per_sample[0] + per_sample[3]
+    if len(feats) == 2:  # one tensor per video: each matches its own sample
+        assert [t.numel() // hidden for t in feats] == [per_sample[0], per_sample[3]]
+    with torch.no_grad():  # the model's own placeholder check accepts the batch
+        a.hidden_states({k: v for k, v in batch.items() if k != "labels"})
+
+
+def _token_types(a, ids: torch.Tensor) -> torch.Tensor:
+    return (ids == a.image_token_id).int() + 2 * (ids == a.video_token_id).int()
+
+
+@pytest.mark.parametrize("family", [f for f in VIDEO_FAMILIES if f.startswith("qwen")])
+def test_video_mrope_positions(family):
+    """``position_ids`` of a padded batch with a video equal the model's own ``get_rope_index``
+    on that batch, each row equals its sample alone, the forward computes the same, and each
+    video's pads hold one temporal position per temporal patch and its grid's rows / columns."""
+    from vldft.packing import rope_media_kwargs
+
+    a = tiny(family)
+    rng = random.Random(13)
+    samples = [text_sample(1), video_sample(0, rng), shape_sample(2, "square", rng)]
+    coll = Collator(a, 1024, video=VIDEO)
+    batch = batch_of(coll, samples)
+    batch.pop("labels")
+    pos = a.position_ids(batch)
+    inner = a.model.model
+    ref, _ = inner.get_rope_index(batch["input_ids"], _token_types(a, batch["input_ids"]),
+                                  attention_mask=batch["attention_mask"],
+                                  **rope_media_kwargs(type(inner), batch))
+    mask = batch["attention_mask"].bool()
+    assert torch.equal(pos[:, mask], ref[:, mask])
+    for b, s in enumerate(samples):  # padding and neighbours change nothing
+        alone = batch_of(coll, [s])
+        alone.pop("labels")
+        n = int(mask[b].sum())
+        assert torch.equal(pos[:, b, :n], a.position_ids(alone)[:, 0])
+    ids = batch["input_ids"][1]
+    grid = batch["video_grid_thw"][0].tolist()
+    merge = a.processor.video_processor.merge_size
+    vid = pos[:, 1, ids == a.video_token_id]
+    rows, cols = grid[1] // merge, grid[2] // merge
+    assert vid.shape[1] == grid[0] * rows * cols
+    times = []
+    for patch in vid.split(rows * cols, dim=1):  # each temporal patch (Qwen3: its own block)
+        assert len(set(patch[0].tolist())) == 1  # one temporal position, a rows x cols grid
+        assert patch[1].max() - patch[1].min() == rows - 1
+        assert patch[2].max() - patch[2].min() == cols - 1
+        times.append(int(patch[0, 0]))
+    assert times == sorted(set(times)) and len(times) == grid[0] > 1
+    with torch.no_grad():
+        own = a.hidden_states(batch)
+        given = a.hidden_states({**batch, "position_ids": pos})
+    torch.testing.assert_close(own[mask], given[mask])
+
+
+def _loss_and_grads(a, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    a.model.zero_grad(set_to_none=True)
+    loss_sum, _, _ = ObjectiveModule(a)(batch, "sft")
+    loss_sum.backward()
+    a.pop_aux_loss()
+    return loss_sum.detach(), {n: p.grad.clone() for n, p in a.model.named_parameters()
+                               if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_packed_video_row_equals_samples_alone(family):
+    """A packed row of a video, a text-only and an image sample: the same loss and the same
+    gradients (every parameter) as the three samples alone. Qwen3.5: packing is refused."""
+    from vldft.packing import pack
+
+    a = fresh(family)
+    if family == "qwen3_vl_moe":  # the router loss is per forward (as for accumulation)
+        a.model.config.text_config.router_aux_loss_coef = 0.0
+    rng = random.Random(14)
+    coll = Collator(a, 1024, video=VIDEO)
+    samples = [video_sample(0, rng), text_sample(1), shape_sample(2, "triangle", rng)]
+    encs = [coll.encode(s) for s in samples]
+    if family == "qwen3_5":
+        with pytest.raises(ValueError, match="packing: not supported for qwen3_5"):
+            pack(encs, a.packed_positions)
+        return
+    row = {k: v for k, v in pack(encs, a.packed_positions).items()
+           if isinstance(v, torch.Tensor)}
+    assert "pixel_values_videos" in row and "attention_mask" not in row
+    loss, grads = _loss_and_grads(a, row)
+    alone_loss, alone_grads = torch.zeros(()), {}
+    for enc in encs:
+        l_, g = _loss_and_grads(a, {k: v for k, v in coll([enc]).items()
+                                    if isinstance(v, torch.Tensor)})
+        alone_loss += l_
+        for n, t in g.items():
+            alone_grads[n] = alone_grads.get(n, 0) + t
+    torch.testing.assert_close(loss, alone_loss, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == alone_grads.keys()
+    for n in grads:  # relative to each tensor's scale (a floor for analytically-zero ones:
+        scale = float(alone_grads[n].abs().max())  # attention key biases)
+        torch.testing.assert_close(grads[n], alone_grads[n], rtol=1e-4,
+                                   atol=1e-5 * scale + 1e-7, msg=n)
+
+
+def test_families_without_video_refuse_a_video_sample():
+    no_video = [f for f in FAMILY_NAMES if f not in VIDEO_FAMILIES]
+    assert no_video == ["llava"]
+    for family in no_video:
+        a = tiny(family)
+        sample = video_sample(0, random.Random(15))
+        with pytest.raises(SampleError, match=f"family '{family}' does not take video"):
+            Collator(a, 512, video=VIDEO).encode(sample)
+        with pytest.raises(ValueError, match="does not take video"):
+            a.load_video(sample.videos[0], VIDEO)

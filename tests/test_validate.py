@@ -54,7 +54,16 @@ MATRIX = [
     ("tool", {"messages": chat((U, "Hi"), ("tool", "{}"), (A, "Hey"))}, "unknown_role", None),
     ("empty_user", {"messages": chat((U, ""), (A, "Hey"))}, "empty_turn", None),
     ("video", {"messages": chat((U, [{"type": "video", "video": "v.mp4"}]), (A, "Hey"))},
-     "bad_content", None),
+     "video_missing", None),
+    ("video_count", {"messages": chat((U, "<video>Which way?"), (A, "Left"))}, "video_count",
+     None),
+    ("answer_image", {"images": ["ok.png"], "messages": chat(
+        (U, "Hi"), (A, [{"type": "image"}, {"type": "text", "text": "x"}]))}, "bad_content", None),
+    ("corrupt_video", {"videos": ["corrupt.mp4"], "messages": chat((U, "<video>Which way?"),
+                                                                   (A, "Left"))},
+     None, "video_corrupt"),
+    ("long_video", {"videos": ["frames"], "messages": chat((U, "<video>Which way?"), (A, "Left"))},
+     None, "video_shortened"),
     ("typo_key", {"mesages": chat((U, "Hi"), (A, "Hey"))}, "missing_column", None),
     (None, '{"id": "broken", "messages": [', "bad_json", None),
     (None, "[1, 2]", "bad_row", None),
@@ -74,6 +83,10 @@ def matrix(tmp_path_factory):
     root = tmp_path_factory.mktemp("matrix")
     Image.new("RGB", (32, 32), (200, 0, 0)).save(root / "ok.png")
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    (root / "frames").mkdir()  # 16 frames: at the default video pixels, over MAX_LENGTH
+    for i in range(16):
+        Image.new("RGB", (32, 32), (0, 10 * i, 0)).save(root / "frames" / f"{i}.png")
     lines = []
     for sid, row, _, _ in MATRIX:
         lines.append(row if isinstance(row, str) else json.dumps({"id": sid, **row}))
@@ -104,8 +117,8 @@ def _where(root: Path, lineno: int, sid: str | None) -> str:
 def expected(root: Path, with_adapter: bool) -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = {}
     for lineno, (sid, _, read_reason, deep_reason) in enumerate(MATRIX, 1):
-        reason = read_reason or (deep_reason if with_adapter or deep_reason == "image_corrupt"
-                                 else None)
+        reason = read_reason or (deep_reason if with_adapter or deep_reason in (
+            "image_corrupt", "video_corrupt") else None)
         if reason:
             where = _where(root, lineno, sid if reason != "bad_json" else None)
             if sid is None and reason == "bad_row":
@@ -151,7 +164,7 @@ def test_overlong_skip_turns_truncation_findings_into_too_long(matrix, adapter):
 
 def test_warning_only_report_is_ok(matrix, adapter, tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
-    rows = [MATRIX[0], MATRIX[16]]  # good + truncated (a warning)
+    rows = [m for m in MATRIX if m[0] in ("good1", "long_answer")]  # good + truncated (a warning)
     (tmp_path / "w.jsonl").write_text("".join(json.dumps({"id": s, **r}) + "\n"
                                               for s, r, _, _ in rows))
     cfg = load_config(None, ["model.tiny=true", "data.train_files=[w.jsonl]",
@@ -170,6 +183,7 @@ def test_skip_keeps_exactly_the_good_rows(matrix):
     assert all(s.source == "bad" for s in samples)
     exp = {k: len(v) for k, v in expected(matrix, False).items() if k[0] == "bad"}
     exp.pop(("bad", "image_corrupt"))
+    exp.pop(("bad", "video_corrupt"))
     assert report.counts == exp
     assert report.total == len(MATRIX) - len(keep)
 
@@ -184,7 +198,8 @@ def test_raise_stops_at_the_first_bad_row(matrix):
 
 
 def test_raise_on_bad_role_names_the_key(matrix, tmp_path):
-    (tmp_path / "r.jsonl").write_text(json.dumps({"id": "r1", **MATRIX[10][1]}) + "\n")
+    row = next(r for sid, r, _, _ in MATRIX if sid == "tool")
+    (tmp_path / "r.jsonl").write_text(json.dumps({"id": "r1", **row}) + "\n")
     with pytest.raises(DataError, match=r"r\.jsonl:1 \(id r1\): message 1 has unknown role "
                                         r"'tool'"):
         read_source(SourceConfig(path="r.jsonl", format="normalized"), tmp_path)

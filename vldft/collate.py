@@ -8,9 +8,12 @@ How labels are made (``Collator.encode``):
    none, as LLaVA-1.5's). Spans come from these offsets, never from searching for "assistant".
 2. Tokenize the text with offsets; a token is trained iff its characters lie in a trained span
    (a token may also start with whitespace just before a span: SentencePiece's "▁The").
-3. Run the processor on the same text + images: it expands each image placeholder into N tokens.
-   Each placeholder's label is repeated over its N tokens (always -100) and every other token
-   must match one-to-one, else the sample is rejected with an error naming it.
+3. Run the processor on the same text + images + videos: it expands each image placeholder into
+   N tokens, each video's template tokens (``Adapter.video_region``) into its frames (Qwen3-VL:
+   per-frame timestamps, vision start / end and pad tokens). Every token of an expansion gets
+   -100 and every other token must match one-to-one, else the sample is rejected with an error
+   naming it. A sample over ``data.max_length`` with videos is first shortened by frames
+   (decoded again with fewer frames: never cut inside a frame), then truncated as any other.
 4. Verify by decoding: the trained tokens of each span decode to exactly its expected text.
 Everything else (system prompt, user turns, role headers, image and vision start/end tokens,
 padding) is -100.
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vldft.config import Config, source_pixels
+from vldft.config import Config, VideoSettings, source_pixels
 from vldft.data import Sample, image_name
 from vldft.progress import prog_name
 
@@ -34,6 +37,9 @@ if TYPE_CHECKING:  # torch is imported where tensors are made (an adapter has lo
     from vldft.adapters.base import Adapter
 
 IGNORE = -100
+# held-out controls on the frames of every video (vldft.heldout --controls): one frame shown for
+# the whole clip, or the frames in a seeded random order; a model that uses time falls to chance
+VIDEO_CONTROLS = ("frozen_frame", "shuffled_frames")
 
 
 class SampleError(ValueError):
@@ -54,6 +60,7 @@ class Encoded:
     labels: torch.Tensor  # [T] long, IGNORE where not trained
     extras: dict[str, torch.Tensor]  # processor outputs besides ids/mask (pixel_values, ...)
     truncated: bool = False
+    shortened: bool = False  # its videos were sampled with fewer frames to fit max_length
 
 
 @dataclass
@@ -82,19 +89,25 @@ class Collator:
 
     def __init__(self, adapter: Adapter, max_length: int = 2048, overlong: str = "truncate",
                  train_on: str = "all",
-                 pixels: dict[str, tuple[int | None, int | None]] | None = None) -> None:
+                 pixels: dict[str, tuple[int | None, int | None]] | None = None,
+                 video: VideoSettings | None = None, video_control: str | None = None) -> None:
         self.adapter = adapter
         self.pixels = pixels or {}  # per-source (min_pixels, max_pixels) overrides
         self.max_length = max_length
         self.overlong = overlong
         self.train_on = train_on
+        self.video = video or VideoSettings()  # data.video: how clips become frames
+        if video_control not in (None, *VIDEO_CONTROLS):
+            raise ValueError(f"video_control must be one of {VIDEO_CONTROLS}, got "
+                             f"{video_control!r}")
+        self.video_control = video_control  # a held-out control (vldft.heldout): frames changed
 
     @classmethod
     def from_config(cls, adapter: Adapter, cfg: Config) -> Collator:
         """The collator training builds from ``cfg``: ``data.max_length``, ``data.overlong``,
         ``data.train_on`` and each source's pixel bounds (``config.source_pixels``)."""
         d = cfg.data
-        return cls(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg))
+        return cls(adapter, d.max_length, d.overlong, d.train_on, source_pixels(cfg), d.video)
 
     # -- step 1: character spans -------------------------------------------------------------
     def render_with_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int, str]]]:
@@ -144,6 +157,13 @@ class Collator:
         if n_placeholders != len(sample.images):
             raise SampleError(f"{n_placeholders} image placeholders ({a.image_token!r}) in the "
                               f"rendered text but {len(sample.images)} images")
+        if sample.videos and not a.video_token:
+            raise SampleError(f"model family {a.family!r} does not take video ({len(sample.videos)}"
+                              " videos in the sample)")
+        if sample.videos and ids.count(a.video_token_id) != len(sample.videos):
+            raise SampleError(f"{ids.count(a.video_token_id)} video placeholders "
+                              f"({a.video_token!r}) in the rendered text but "
+                              f"{len(sample.videos)} videos")
         px = self.pixels.get(sample.source)
         images = []
         for img in sample.images:
@@ -154,13 +174,29 @@ class Collator:
                 raise SampleError(f"image {image_name(img)} cannot be opened: {e}",
                                   "image_missing" if missing else "image_corrupt",
                                   image_name(img)) from None
-        try:
-            out = a.process(text, images, px)
-        except ValueError as e:
-            raise SampleError(f"processor rejected the sample: {e}") from None
+        frames_cap, shortened = None, False
+        while True:
+            videos = [self.load_video(v, sample.id, frames_cap) for v in sample.videos]
+            try:
+                out = (a.process(text, images, px, videos=videos) if videos
+                       else a.process(text, images, px))
+            except ValueError as e:
+                raise SampleError(f"processor rejected the sample: {e}") from None
+            n = out["input_ids"].shape[1]
+            if n <= self.max_length or not videos or a.video_frames_fixed:
+                break
+            frames = max(v.frames.shape[0] for v in videos)
+            video_tokens = sum(a.video_token_counts(out))
+            # frames to keep so that the video tokens shrink by the excess (never below 2)
+            keep = int(frames * (1 - (n - self.max_length) / max(video_tokens, 1)))
+            keep = min(keep - keep % 2, frames - 2)
+            if keep < 2:
+                break  # even 2 frames do not fit: truncation / skip below decides
+            frames_cap, shortened = keep, True
         full_ids = out.pop("input_ids")[0]
         out.pop("attention_mask", None)
-        labels = self._expand(ids, token_labels, full_ids.tolist())
+        labels = self._expand(ids, token_labels, full_ids.tolist(),
+                              a.video_token_counts({"input_ids": full_ids[None], **out}))
         import torch
 
         labels_t = torch.tensor(labels, dtype=torch.long)
@@ -169,6 +205,8 @@ class Collator:
         truncated = False
         if len(full_ids) > self.max_length:
             is_image = (full_ids == a.image_token_id).nonzero()
+            if sample.videos:  # a video is never cut: after the shortening, what is left over
+                is_image = torch.cat([is_image, (full_ids == a.video_token_id).nonzero()])
             if self.overlong == "error":
                 raise SampleError(f"{len(full_ids)} tokens > data.max_length={self.max_length}")
             if self.overlong == "skip":
@@ -187,7 +225,30 @@ class Collator:
             if not (labels_t != IGNORE).any():
                 return Skipped(sample.id, "truncated_empty", sample.source, sample.origin,
                                message="no trained token left after truncation")
-        return Encoded(sample.id, full_ids, labels_t, out, truncated)
+        return Encoded(sample.id, full_ids, labels_t, out, truncated, shortened)
+
+    def load_video(self, video, sample_id: str, max_frames: int | None = None):
+        """Decode one video (``data.video``), then apply the held-out control, if any."""
+        try:
+            dec = self.adapter.load_video(video, self.video, max_frames)
+        except Exception as e:  # decord / PIL errors: a corrupt or unreadable clip
+            missing = video.file is not None and not Path(video.file).exists()
+            raise SampleError(f"video {video.name} cannot be decoded: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                              "video_missing" if missing else "video_corrupt",
+                              video.name) from None
+        if self.video_control == "frozen_frame":  # the middle frame, shown for the whole clip
+            mid = dec.frames.shape[0] // 2
+            dec.frames = dec.frames[mid:mid + 1].expand_as(dec.frames).clone()
+        elif self.video_control == "shuffled_frames":
+            import random
+
+            import torch
+
+            order = list(range(dec.frames.shape[0]))
+            random.Random(f"shuffled_frames:{sample_id}").shuffle(order)
+            dec.frames = dec.frames[torch.tensor(order)]
+        return dec
 
     def _label(self, tid: int, s: int, e: int, text: str, spans) -> int:
         for start, end, _ in spans:
@@ -201,10 +262,18 @@ class Collator:
                 raise SampleError(f"token {text[s:e]!r} straddles the end of a response")
         return IGNORE
 
-    def _expand(self, ids: list[int], labels: list[int], full: list[int]) -> list[int]:
-        """Map labels of the unexpanded tokens onto the processor's expanded sequence."""
-        img, out, j = self.adapter.image_token_id, [], 0
-        for k, (tid, lab) in enumerate(zip(ids, labels, strict=True)):
+    def _expand(self, ids: list[int], labels: list[int], full: list[int],
+                video_counts: list[int] | None = None) -> list[int]:
+        """Map labels of the unexpanded tokens onto the processor's expanded sequence: every
+        token of an image / video expansion gets -100, every other token must match."""
+        a = self.adapter
+        img, vid, out, j = a.image_token_id, a.video_token_id, [], 0
+        region = [a.tokenizer.convert_tokens_to_ids(t) for t in a.video_region] or [vid]
+        lead = region.index(vid) if vid in region else 0
+        counts = list(video_counts or [])
+        k = 0
+        while k < len(ids):
+            tid, lab = ids[k], labels[k]
             if tid == img:
                 if k + 1 < len(ids) and ids[k + 1] == img:
                     raise SampleError("two adjacent image placeholders cannot be told apart")
@@ -214,11 +283,28 @@ class Collator:
                 if run == 0:
                     raise SampleError("processor did not expand an image placeholder")
                 out.extend([IGNORE] * run)
+                k += 1
+                continue
+            if vid is not None and ids[k:k + len(region)] == region and counts:
+                # one video: its template tokens became frames (Qwen3-VL: "<t seconds>" text,
+                # vision start / end per frame); consume pad tokens up to this video's count,
+                # then the region's tokens after the pad (each matched in order)
+                want, seen, start = counts.pop(0), 0, j
+                while j < len(full) and seen < want:
+                    seen += full[j] == vid
+                    j += 1
+                tail = region[lead + 1:]
+                if seen != want or full[j:j + len(tail)] != tail:
+                    raise SampleError("processor did not expand a video placeholder")
+                j += len(tail)
+                out.extend([IGNORE] * (j - start))
+                k += len(region)
                 continue
             if j >= len(full) or full[j] != tid:
                 raise SampleError("processor tokenization differs from the tokenizer's")
             out.append(lab)
             j += 1
+            k += 1
         if j != len(full):
             raise SampleError("processor output has extra tokens")
         return out
@@ -247,10 +333,13 @@ class Collator:
         """Right-pad to the longest sample; concatenate image tensors along dim 0."""
         kept = [it for it in items if isinstance(it, Encoded)]
         skipped = [it for it in items if isinstance(it, Skipped)]
-        batch: dict = {"skipped": skipped, "n_truncated": sum(it.truncated for it in kept)}
+        batch: dict = {"skipped": skipped, "n_truncated": sum(it.truncated for it in kept),
+                       "n_shortened": sum(it.shortened for it in kept)}
         if not kept:
             return batch
         import torch
+
+        from vldft.packing import PER_MEDIA_KEYS, cat_media
 
         T = max(len(it.input_ids) for it in kept)
         B = len(kept)
@@ -265,27 +354,24 @@ class Collator:
         for key in keys:
             values = [it.extras[key] for it in kept if key in it.extras]
             per_token = values[0].dim() == 2 and values[0].shape[0] == 1
-            if per_token and key not in ("image_grid_thw", "image_sizes"):
+            if per_token and key not in PER_MEDIA_KEYS:
                 padded = torch.zeros((B, T), dtype=values[0].dtype)  # per-token extra
                 for b, it in enumerate(kept):
                     v = it.extras[key][0]
                     padded[b, : len(v)] = v  # every sample has per-token extras
                 batch[key] = padded
-            elif values[0].dim() == 5:  # [images, tiles, C, H, W] (LLaVA-OneVision anyres):
-                n = max(v.shape[1] for v in values)  # zero-pad the tile axis; the model reads
-                batch[key] = torch.cat([torch.nn.functional.pad(  # each image's own tiles
-                    v, (0, 0, 0, 0, 0, 0, 0, n - v.shape[1])) for v in values], dim=0)
-            else:
-                batch[key] = torch.cat(values, dim=0)
+            else:  # per image / video: in order (LLaVA-OneVision tiles zero-padded)
+                batch[key] = cat_media(key, values)
         return batch
 
 
-def token_runs(enc: Encoded, image_token_id: int) -> Iterator[tuple[str, list[int]]]:
+def token_runs(enc: Encoded, image_token_id: int, video_token_id: int | None = None
+               ) -> Iterator[tuple[str, list[int]]]:
     """The sample's tokens as maximal runs ``(kind, ids)`` in order; ``kind`` is ``"train"``
-    (label kept), ``"mask"`` (label -100) or ``"image"`` (image placeholder tokens)."""
+    (label kept), ``"mask"`` (label -100), ``"image"`` or ``"video"`` (placeholder tokens)."""
     ids, labels = enc.input_ids.tolist(), enc.labels.tolist()
-    kinds = ["image" if t == image_token_id else "train" if lab != IGNORE else "mask"
-             for t, lab in zip(ids, labels, strict=True)]
+    kinds = ["image" if t == image_token_id else "video" if t == video_token_id
+             else "train" if lab != IGNORE else "mask" for t, lab in zip(ids, labels, strict=True)]
     k = 0
     while k < len(ids):
         j = k
@@ -295,12 +381,12 @@ def token_runs(enc: Encoded, image_token_id: int) -> Iterator[tuple[str, list[in
         k = j
 
 
-def show(enc: Encoded, tokenizer, image_token_id: int) -> str:
-    """Debug view of one encoded sample: trained tokens inside [[...]], image runs abbreviated
-    to ``<token>xN``, masked tokens as they are."""
+def show(enc: Encoded, tokenizer, image_token_id: int, video_token_id: int | None = None) -> str:
+    """Debug view of one encoded sample: trained tokens inside [[...]], image / video runs
+    abbreviated to ``<token>xN``, masked tokens as they are."""
     out = []
-    for kind, ids in token_runs(enc, image_token_id):
-        if kind == "image":
+    for kind, ids in token_runs(enc, image_token_id, video_token_id):
+        if kind in ("image", "video"):
             out.append(f"{tokenizer.decode(ids[:1])}x{len(ids)}")
         else:
             text = tokenizer.decode(ids, skip_special_tokens=False)
@@ -355,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 n_train = int((enc.labels != IGNORE).sum())
                 print(f"--- {s.source} / {s.id}: {len(enc.input_ids)} tokens, {n_train} trained")
-                print(show(enc, adapter.tokenizer, adapter.image_token_id))
+                print(show(enc, adapter.tokenizer, adapter.image_token_id,
+                           adapter.video_token_id))
     except (ConfigError, DataError, SampleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

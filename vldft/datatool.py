@@ -203,6 +203,9 @@ def encode_finding(collator: Collator, sample: Sample) -> tuple[str | None, str,
     n = len(enc.input_ids)
     if enc.truncated:
         return "truncated", f"truncated to data.max_length={collator.max_length}", n
+    if enc.shortened:
+        return "video_shortened", (f"videos sampled with fewer frames to fit data.max_length="
+                                   f"{collator.max_length}"), n
     return None, "", n
 
 
@@ -307,8 +310,8 @@ def html_sample(s: Sample, enc: Encoded, adapter: Adapter) -> str:
     from vldft.collate import token_runs
 
     tok, out = adapter.tokenizer, []
-    for kind, ids in token_runs(enc, adapter.image_token_id):
-        if kind == "image":
+    for kind, ids in token_runs(enc, adapter.image_token_id, adapter.video_token_id):
+        if kind in ("image", "video"):
             text = f"{tok.decode(ids[:1])}\u00d7{len(ids)}"
         else:
             text = tok.decode(ids, skip_special_tokens=False)
@@ -357,7 +360,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             if i < args.n:
                 print(f"--- {s.source} / {s.id} ({s.origin}): "
                       f"{token_counts(enc, adapter.image_token_id)}")
-                print(show(enc, adapter.tokenizer, adapter.image_token_id))
+                print(show(enc, adapter.tokenizer, adapter.image_token_id,
+                           adapter.video_token_id))
                 if args.html:
                     pages.append(html_sample(s, enc, adapter))
     print(f"\ntoken lengths of {len(lengths)} samples (data.max_length {d.max_length}):")

@@ -17,7 +17,7 @@ import dataclasses
 import torch
 
 from vldft.adapters.base import Adapter
-from vldft.collate import Collator, Encoded
+from vldft.collate import VIDEO_CONTROLS, Collator, Encoded
 from vldft.data import Sample
 from vldft.device import model_device, to_device
 from vldft.objectives import ObjectiveSpec, as_spec, compute_objective
@@ -68,7 +68,7 @@ def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
     scored = [s for s in samples if s.answer is not None]
     for i in range(0, len(scored), batch_size):
         chunk = scored[i: i + batch_size]
-        outputs = generate(adapter, chunk, max_new_tokens, device)
+        outputs = generate(adapter, chunk, max_new_tokens, device, collator)
         for s, text in zip(chunk, outputs, strict=True):
             _, ok = score(text, s.answer)
             _, ok_strict = score(text, s.answer, strict=True)
@@ -106,35 +106,45 @@ def combine(parts: list[dict]) -> dict:
 
 
 def generate(adapter: Adapter, samples: list[Sample], max_new_tokens: int,
-             device: torch.device) -> list[str]:
-    """Greedy completions of each sample's last assistant turn (batched, left padding)."""
+             device: torch.device, collator: Collator | None = None) -> list[str]:
+    """Greedy completions of each sample's last assistant turn (batched, left padding). Videos
+    are decoded by ``collator`` (its ``data.video`` settings and video control, as in
+    training); samples with videos need one."""
     convs = []
     for s in samples:
         last = max(i for i, m in enumerate(s.messages) if m["role"] == "assistant")
-        n_img = sum(p["type"] == "image" for m in s.messages[:last] for p in m["content"])
-        convs.append((s.messages[:last], list(s.images[:n_img])))
+        before = [p["type"] for m in s.messages[:last] for p in m["content"]]
+        n_vid = before.count("video")
+        if n_vid and collator is None:
+            raise ValueError(f"sample {s.id}: generating for a video needs the collator")
+        videos = [collator.load_video(v, s.id) for v in s.videos[:n_vid]] if n_vid else []
+        convs.append((s.messages[:last], list(s.images[:before.count("image")]), videos))
     return generate_messages(adapter, convs, max_new_tokens, device)
 
 
-def generate_messages(adapter: Adapter, convs: list[tuple[list[dict], list]],
+def generate_messages(adapter: Adapter, convs: list[tuple],
                       max_new_tokens: int, device: torch.device | None = None,
                       **gen_kwargs) -> list[str]:
-    """Complete each ``(messages, images)`` conversation after the generation prompt.
+    """Complete each ``(messages, images)`` or ``(messages, images, videos)`` conversation
+    after the generation prompt.
 
-    ``messages`` use vldft's parts (``{"type": "image"}`` / ``{"type": "text", "text"}``);
-    ``images`` (paths or PIL images, one per image part) go through ``adapter.load_image``, the
-    training-time policy (Qwen: ``min_pixels`` / ``max_pixels``; never re-encoded). The batch is
-    left-padded; decoding is greedy unless ``gen_kwargs`` say otherwise (``do_sample``, ...)."""
+    ``messages`` use vldft's parts (``{"type": "image"}`` / ``{"type": "video"}`` /
+    ``{"type": "text", "text"}``); ``images`` (paths or PIL images, one per image part) go
+    through ``adapter.load_image``, the training-time policy (Qwen: ``min_pixels`` /
+    ``max_pixels``; never re-encoded); ``videos`` are decoded clips (``Collator.load_video``).
+    The batch is left-padded; decoding is greedy unless ``gen_kwargs`` say otherwise
+    (``do_sample``, ...)."""
     device = device or model_device(adapter.model)
-    prompts, images = [], []
-    for messages, imgs in convs:
+    prompts, images, videos = [], [], []
+    for messages, imgs, *vids in convs:
         prompts.append(adapter.render(messages, add_generation_prompt=True))
         images += [adapter.load_image(img) for img in imgs]
+        videos += vids[0] if vids else []
     tok = adapter.tokenizer
     side, tok.padding_side = tok.padding_side, "left"
     try:
         inputs = adapter.processor(text=prompts, images=images or None, padding=True,
-                                   return_tensors="pt")
+                                   return_tensors="pt", **adapter.video_kwargs(videos))
     finally:
         tok.padding_side = side
     inputs = to_device(inputs, device)
@@ -146,8 +156,9 @@ def generate_messages(adapter: Adapter, convs: list[tuple[list[dict], list]],
     return tok.batch_decode(new, skip_special_tokens=True)
 
 
-# -- image controls: does the model read the picture? ----------------------------------------
-CONTROLS = ("blank", "shuffled")
+# -- controls: does the model read the picture / use time? -----------------------------------
+CONTROLS = ("blank", "shuffled")  # images: replaced in the samples (control_samples)
+ALL_CONTROLS = CONTROLS + VIDEO_CONTROLS  # videos: the collator changes the decoded frames
 
 
 def control_samples(samples: list[Sample], control: str, seed: int = 0) -> list[Sample]:
@@ -181,42 +192,68 @@ def accuracy_line(label: str, result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    """CLI: score a checkpoint on a held-out JSONL with its images and under image controls."""
+    """CLI: score a checkpoint on a held-out JSONL as is and under image / video controls.
+    Returns ``{"images" | "videos": result, control: result, ...}`` (:func:`combine`'s results;
+    "videos" names the unchanged run of a set with videos and no images)."""
     import argparse
 
     from vldft.adapters import family_of_checkpoint, load_adapter
-    from vldft.config import ModelConfig
+    from vldft.config import ModelConfig, saved_video_settings
     from vldft.data import load_jsonl
 
     p = argparse.ArgumentParser(
         prog="python -m vldft.heldout",
-        description="Held-out answer accuracy of a checkpoint with the real images and with "
-                    "blank / shuffled images (does the model read the picture?).")
+        description="Held-out answer accuracy of a checkpoint with the real images / videos and "
+                    "under controls. Images: blank (white) or shuffled (another sample's) images; "
+                    "a model that reads the picture falls to chance on picture-only questions. "
+                    "Videos: frozen_frame (the middle frame for the whole clip) or "
+                    "shuffled_frames (the frames in a random order); a model that uses time "
+                    "falls to chance on questions whose answer is in the order of the frames "
+                    "(python -m vldft.data.synth_video).")
     p.add_argument("checkpoint", help="a saved checkpoint directory (e.g. runs/demo/final)")
     p.add_argument("heldout", help="held-out JSONL in vldft's normalised format")
-    p.add_argument("--controls", default="blank,shuffled",
-                   help=f"comma-separated controls to run, of {', '.join(CONTROLS)}")
+    p.add_argument("--controls", default=None,
+                   help=f"comma-separated controls to run, of {', '.join(ALL_CONTROLS)}, or "
+                        "'none' (default: blank,shuffled for a set with images, "
+                        "frozen_frame,shuffled_frames for one with videos only)")
+    p.add_argument("--config", default=None,
+                   help="training YAML whose data.video settings decode the clips (default: "
+                        "config.yaml of the checkpoint's run directory, when there)")
     p.add_argument("--max-samples", type=int, default=0, help="score the first N rows (0: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled control")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the shuffled control (shuffled_frames: seeded by sample id)")
     args = p.parse_args(argv)
-    controls = [c.strip() for c in args.controls.split(",") if c.strip()]
-    for c in controls:
-        if c not in CONTROLS:
-            p.error(f"--controls: unknown control {c!r}; choose from {', '.join(CONTROLS)}")
-    adapter = load_adapter(ModelConfig(family=family_of_checkpoint(args.checkpoint),
-                                       name_or_path=args.checkpoint, dtype="float32"))
+    try:
+        video = saved_video_settings(args.checkpoint, args.config)
+    except (OSError, ValueError) as e:  # a missing file / bad data.video (ConfigError)
+        p.error(f"--config: {e}")
     samples = load_jsonl(args.heldout)
     samples = samples[:args.max_samples] if args.max_samples else samples
-    collator = Collator(adapter)
+    media = "images" if any(s.images for s in samples) or not any(s.videos for s in samples) \
+        else "videos"  # what the unchanged run is called (and the default controls)
+    wanted = args.controls or ("blank,shuffled" if media == "images"
+                               else "frozen_frame,shuffled_frames")
+    controls = [c.strip() for c in wanted.split(",") if c.strip() not in ("", "none")]
+    for c in controls:
+        if c not in ALL_CONTROLS:
+            p.error(f"--controls: unknown control {c!r}; choose from {', '.join(ALL_CONTROLS)}")
+        has = any(s.images for s in samples) if c in CONTROLS else any(s.videos for s in samples)
+        if not has:
+            p.error(f"--controls {c}: {args.heldout} has no "
+                    f"{'images' if c in CONTROLS else 'videos'} to change")
+    adapter = load_adapter(ModelConfig(family=family_of_checkpoint(args.checkpoint),
+                                       name_or_path=args.checkpoint, dtype="float32"))
     results = {}
-    for name in ["images", *controls]:
-        part = samples if name == "images" else control_samples(samples, name, args.seed)
+    for name in [media, *controls]:
+        part = control_samples(samples, name, args.seed) if name in CONTROLS else samples
+        collator = Collator(adapter, video=video,
+                            video_control=name if name in VIDEO_CONTROLS else None)
         results[name] = combine([score_part(adapter, collator, part, args.batch_size,
                                             args.max_new_tokens, "sft")])
-        label = (f"held-out ({len(samples)} samples), real images" if name == "images"
-                 else f"control, {name} images")
+        label = (f"held-out ({len(samples)} samples), real {media}" if name == media
+                 else f"control, {name}" + (" images" if name in CONTROLS else ""))
         print(accuracy_line(label, results[name]), flush=True)
     return results
 

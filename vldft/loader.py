@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
+from vldft.attention import SEGMENTS, VARLEN, segments_of
 from vldft.collate import Collator, Encoded, SampleError, Skipped
 from vldft.config import Config, ConfigError, world_size
 from vldft.data import DataError, Sample
@@ -23,7 +24,14 @@ from vldft.data.mix import (
     format_table,
 )
 from vldft.data.skips import format_entry, skip_entry
-from vldft.packing import PACK_WINDOW, choose_attention, first_fit_decreasing, pack, positions_for
+from vldft.packing import (
+    PACK_WINDOW,
+    choose_attention,
+    first_fit_decreasing,
+    pack,
+    packed_segments,
+    positions_for,
+)
 
 if TYPE_CHECKING:
     from vldft.state import RunState
@@ -96,18 +104,37 @@ class PackCollator:
     """``collate_fn`` of a packed DataLoader: a bin's encoded samples as one packed row
     (``vldft.packing.pack``), its skipped samples listed as ``Collator.__call__`` lists them.
     A row can exceed ``pack_tokens`` by the error of the length estimates the bins were made
-    from (a few tokens a sample at most, e.g. an appended end-of-turn)."""
+    from (a few tokens a sample at most, e.g. an appended end-of-turn). ``segments``: add the
+    row's varlen ``Segments`` (``model.precompute_segments``), computed here on the CPU."""
 
-    def __init__(self, collator: Collator, pack_tokens: int) -> None:
-        self.collator, self.pack_tokens = collator, pack_tokens
+    def __init__(self, collator: Collator, pack_tokens: int, segments: bool = False) -> None:
+        self.collator, self.pack_tokens, self.segments = collator, pack_tokens, segments
         self.positions = positions_for(collator.adapter)
 
     def __call__(self, items: list[Encoded | Skipped]) -> dict:
         kept = [it for it in items if isinstance(it, Encoded)]
         batch: dict = {"skipped": [it for it in items if isinstance(it, Skipped)],
-                       "n_truncated": sum(it.truncated for it in kept)}
+                       "n_truncated": sum(it.truncated for it in kept),
+                       "n_shortened": sum(it.shortened for it in kept)}
         if kept:
             batch.update(pack(kept, self.positions))
+            if self.segments:
+                batch[SEGMENTS] = packed_segments(batch)
+        return batch
+
+
+class SegmentCollator:
+    """``collate_fn`` of padded micro-batches with ``model.precompute_segments``: the
+    collator's batch plus its varlen ``Segments`` from the ``[B, L]`` padding mask (CPU)."""
+
+    def __init__(self, collator: Collator) -> None:
+        self.collator = collator
+
+    def __call__(self, items: list[Encoded | Skipped]) -> dict:
+        batch = self.collator(items)
+        if "input_ids" in batch:
+            mask = batch.get("attention_mask")
+            batch[SEGMENTS] = segments_of(tuple(batch["input_ids"].shape), valid=mask)
         return batch
 
 
@@ -124,7 +151,7 @@ def build_loader(cfg: Config, data, collator: Collator
                                  t.seed, multiple_of=world_size() * t.grad_accum)
         choose_attention(collator.adapter.model, cfg.model.attn_implementation)
         try:
-            collate = PackCollator(collator, cfg.data.pack_tokens)
+            collate = PackCollator(collator, cfg.data.pack_tokens, uses_segments(cfg, collator))
         except ValueError as e:  # a model family without per-sample positions
             raise ConfigError(str(e)) from None
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
@@ -135,9 +162,17 @@ def build_loader(cfg: Config, data, collator: Collator
                                        t.seed)
     else:
         sampler = RandomBatchSampler(len(samples), t.micro_batch_size, t.seed)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
-                        num_workers=cfg.data.num_workers)
+    loader = DataLoader(dataset, batch_sampler=sampler,
+                        collate_fn=SegmentCollator(collator) if uses_segments(cfg, collator)
+                        else collator, num_workers=cfg.data.num_workers)
     return loader, sampler
+
+
+def uses_segments(cfg: Config, collator: Collator) -> bool:
+    """Whether micro-batches carry precomputed varlen ``Segments``: ``model.precompute_segments``
+    and the model runs vldft's varlen attention (the only function that reads them)."""
+    return (cfg.model.precompute_segments
+            and collator.adapter.model.config._attn_implementation == VARLEN)
 
 
 def describe_data(data, seed: int, summary_file: Path) -> str:
@@ -191,6 +226,7 @@ def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, state: Ru
                         s.source, s.origin or s.sample_id, s.reason, s.message or s.reason,
                         s.sample_id, s.image, stage="encode"))
             state.truncated += batch["n_truncated"]
+            state.video_shortened += batch.get("n_shortened", 0)
             if "input_ids" in batch:
                 yielded += 1
                 yield batch

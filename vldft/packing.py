@@ -78,17 +78,37 @@ def _takes_token_types(cls: type) -> bool:
     return "mm_token_type_ids" in inspect.signature(cls.get_rope_index).parameters
 
 
-def mrope_positions(model, enc: Encoded, image_token_id: int) -> torch.Tensor:
+# extras with one row per image / video (not per token), and the video ones
+PER_MEDIA_KEYS = ("image_grid_thw", "image_sizes", "video_grid_thw", "second_per_grid_ts")
+
+
+@functools.cache
+def _rope_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.get_rope_index).parameters)
+
+
+def rope_media_kwargs(cls: type, batch: dict) -> dict:
+    """The grids (and Qwen2.5-VL's ``second_per_grid_ts``: seconds per temporal patch) of a
+    batch that ``cls.get_rope_index`` takes."""
+    keys = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+    return {k: batch.get(k) for k in keys if k in _rope_params(cls)}
+
+
+def mrope_positions(model, enc: Encoded, image_token_id: int,
+                    video_token_id: int | None = None) -> torch.Tensor:
     """``[4, n]`` for one sample of a packed row: text positions 0..n-1, then the model's own
     mRoPE (t, h, w) positions of this sample alone (``model.model.get_rope_index`` with only its
-    image grids). transformers reads a 4-row ``position_ids`` as packed."""
+    image / video grids). transformers reads a 4-row ``position_ids`` as packed."""
     ids = enc.input_ids.unsqueeze(0)
     inner = model.model
-    kwargs = {"image_grid_thw": enc.extras.get("image_grid_thw")}
+    kwargs = rope_media_kwargs(type(inner), enc.extras)
     if _takes_token_types(type(inner)):
         mm = enc.extras.get("mm_token_type_ids")  # transformers >= 5.2x takes the token types
-        kwargs["mm_token_type_ids"] = ((ids == image_token_id).int() if mm is None
-                                       else mm.reshape(1, -1))
+        if mm is None:
+            mm = (ids == image_token_id).int()
+            if video_token_id is not None:
+                mm = mm + 2 * (ids == video_token_id).int()
+        kwargs["mm_token_type_ids"] = mm.reshape(1, -1)
     with torch.no_grad():
         rope, _ = inner.get_rope_index(input_ids=ids, **kwargs)
     return torch.cat([torch.arange(ids.shape[1]).unsqueeze(0), rope[:, 0].to(torch.long)])
@@ -126,17 +146,32 @@ def pack(samples: list[Encoded], positions: Callable[[Encoded], torch.Tensor]) -
     for key in keys:
         values = [enc.extras[key] for enc in samples if key in enc.extras]
         per_token = values[0].dim() == 2 and values[0].shape[0] == 1
-        if per_token and key not in ("image_grid_thw", "image_sizes"):
+        if per_token and key not in PER_MEDIA_KEYS:
             if len(values) != len(samples):
                 raise ValueError(f"per-token extra {key!r} is missing from some samples")
             batch[key] = torch.cat(values, dim=1)  # per-token extra (mm_token_type_ids)
-        elif values[0].dim() == 5:  # [images, tiles, C, H, W] (LLaVA-OneVision): zero-pad
-            n = max(v.shape[1] for v in values)  # the tile axis; the model reads its own tiles
-            batch[key] = torch.cat([torch.nn.functional.pad(
-                v, (0, 0, 0, 0, 0, 0, 0, n - v.shape[1])) for v in values], dim=0)
         else:
-            batch[key] = torch.cat(values, dim=0)  # pixel_values, image_grid_thw, ...
+            batch[key] = cat_media(key, values)
     return batch
+
+
+def cat_media(key: str, values: list[torch.Tensor]) -> torch.Tensor:
+    """Per-image / per-video tensors of several samples as one (dim 0).
+
+    LLaVA-OneVision's image ``pixel_values`` ``[images, tiles, C, H, W]`` are zero-padded on the
+    tile axis (the model reads each image's own tiles, from ``image_sizes``); its
+    ``pixel_values_videos`` ``[videos, frames, C, H, W]`` must agree in frames (the model reads
+    them as one block), which ``Adapter.video_frames_fixed`` guarantees."""
+    if values[0].dim() == 5 and key == "pixel_values_videos":
+        frames = {v.shape[1] for v in values}
+        if len(frames) > 1:
+            raise ValueError(f"videos with different frame counts {sorted(frames)} cannot share "
+                             "a batch for this family")
+    elif values[0].dim() == 5:
+        n = max(v.shape[1] for v in values)
+        return torch.cat([torch.nn.functional.pad(
+            v, (0, 0, 0, 0, 0, 0, 0, n - v.shape[1])) for v in values], dim=0)
+    return torch.cat(values, dim=0)  # pixel_values, image_grid_thw, video_grid_thw, ...
 
 
 def choose_attention(model, requested: str) -> str:
@@ -160,3 +195,14 @@ def row_lengths(batch: dict) -> list[int]:
     starts = (text == 0).nonzero().squeeze(1).tolist() + [text.numel()]
     return [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
+
+
+def packed_segments(batch: dict):
+    """The ``vldft.attention.Segments`` of one packed row (a :func:`pack` result), computed
+    once on the CPU from its text positions' restarts (``[1, L]`` row 0 of ``position_ids``),
+    for every attention layer of the forward (``model.precompute_segments``)."""
+    from vldft.attention import segments_of
+
+    pos = batch["position_ids"]
+    text = pos[0] if pos.dim() == 3 else pos  # [4, 1, L] mRoPE rows: row 0 is the text
+    return segments_of(tuple(batch["input_ids"].shape), position_ids=text)

@@ -188,6 +188,7 @@ def run_summary(cfg: Config, state: RunState, data, skipped: Counter, stopped: s
     return {"steps": state.step, "objective": cfg.loss.name,
             "sft_warmup_steps": cfg.loss.sft_warmup_steps, "train_samples": len(data.samples),
             "skipped": dict(skipped), "truncated": state.truncated,
+            "video_shortened": state.video_shortened,
             "read_skips": {f"{src}/{why}": n
                            for (src, why), n in sorted(data.skips.counts.items())},
             "nonfinite_steps": state.nonfinite_steps,
@@ -248,7 +249,9 @@ def print_summary(summary: dict, history: list[dict]) -> None:
           f"skipped {sum(summary.get('read_skips', {}).values())} rows while reading"
           f"{_reasons(summary.get('read_skips', {}))} and {sum(summary['skipped'].values())} "
           f"samples while encoding{_reasons(summary['skipped'])}; "
-          f"truncated {summary['truncated']}")
+          f"truncated {summary['truncated']}"
+          + (f"; videos shortened by frames {summary['video_shortened']}"
+             if summary.get("video_shortened") else ""))
     for h in summary.get("heldout_history", []):
         acc = "n/a" if h["accuracy"] is None else f"{h['accuracy']:.1%}"
         print(f"[vldft] held-out at step {h['step']} ({summary['heldout']['n']} samples): "

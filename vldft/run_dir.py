@@ -146,7 +146,9 @@ NOT_FINGERPRINTED = frozenset({
     "data.heldout_file",
     # engine / kernel / memory choices a resume on other hardware may need to change
     "train.optimizer_impl", "train.mixed_precision", "model.attn_implementation",
-    "model.gradient_checkpointing", "loss.chunk_size", "loss.implementation",
+    "model.gradient_checkpointing", "model.checkpoint_keep", "model.vision_no_grad",
+    "model.precompute_segments", "train.liger", "train.compile",
+    "loss.chunk_size", "loss.implementation",
     "data.num_workers", "data.on_error",
     # where downloaded sources live (the same data moved elsewhere is the same run)
     "data.data_dir", "data.cache",

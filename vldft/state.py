@@ -31,6 +31,7 @@ class RunState:
     skips: Counter = field(default_factory=Counter)  # (source, reason) -> skipped samples
     skip_entries: list[dict] = field(default_factory=list)  # every skipped sample, with file...
     truncated: int = 0  # samples cut to data.max_length
+    video_shortened: int = 0  # samples whose videos were sampled with fewer frames to fit
     window: Counter = field(default_factory=Counter)  # sums since the last metrics line
     history: list[dict] = field(default_factory=list)  # the metrics lines
     evals: list[dict] = field(default_factory=list)  # held-out evaluations
@@ -63,7 +64,8 @@ class RunState:
         checkpoint holds their union); default this rank's only."""
         return {"step": self.step, "pos": dict(self.pos),
                 **merge_skip_state(skip_parts or [self.own_skips()]),
-                "truncated": self.truncated, "window": dict(self.window),
+                "truncated": self.truncated, "video_shortened": self.video_shortened,
+                "window": dict(self.window),
                 "history": self.history, "evals": self.evals, "benchmarks": self.benchmarks,
                 "nonfinite_steps": self.nonfinite_steps, "nonfinite_run": self.nonfinite_run,
                 "collapse_warnings": self.collapse_warnings, "elapsed": self.clock(),
@@ -76,6 +78,7 @@ class RunState:
         return cls(step=d["step"], pos=d["pos"], seen=seen_keys(d),
                    skips=Counter({tuple(k): n for k, n in d["skips"]}),
                    skip_entries=list(d.get("skip_entries", [])), truncated=d["truncated"],
+                   video_shortened=d.get("video_shortened", 0),
                    window=Counter(d["window"]), history=d["history"], evals=d["evals"],
                    benchmarks=d.get("benchmarks", []), nonfinite_steps=d["nonfinite_steps"],
                    nonfinite_run=d["nonfinite_run"], collapse_warnings=d["collapse_warnings"],

@@ -24,7 +24,7 @@ from vldft.adapters import Adapter
 from vldft.adapters.lora import apply_lora
 from vldft.collate import IGNORE
 from vldft.config import Config, ConfigError, world_size
-from vldft.device import to_device
+from vldft.levers import apply_levers, inputs_on
 from vldft.objectives import STAT_KEYS, ObjectiveSpec, as_spec, compute_objective
 
 
@@ -49,10 +49,21 @@ class ObjectiveModule(nn.Module):
             self.reference.eval()  # the reference never uses dropout
         return self
 
-    def forward(self, batch: dict[str, torch.Tensor], spec: ObjectiveSpec | str):
+    def forward(self, batch: dict[str, torch.Tensor], spec: ObjectiveSpec | str,
+                vision_passes: int = 1):
+        """``vision_passes``: how many times this micro-batch runs the vision tower (its images
+        one pass, its videos one), made up by passes on a blank image (``dummy_vision_loss``: a
+        zero loss term, exact-zero gradients) that run BEFORE the language model, as the real
+        ones do inside the model's forward. Sharded weights (FSDP / ZeRO-3) are gathered block
+        by block in forward order, so every rank must make the same passes in the same order
+        (``accumulate_gradients`` asks for 2 where some rank's micro-batch holds images and
+        videos); 1 also gives a text-only micro-batch the pass DDP needs (every vision
+        parameter used)."""
         spec = as_spec(spec)
         batch = dict(batch)
         labels = batch.pop("labels")
+        real = ("pixel_values" in batch) + ("pixel_values_videos" in batch)
+        dummies = [self.adapter.dummy_vision_loss() for _ in range(vision_passes - real)]
         hidden = self.adapter.hidden_states(batch)
         head = self.adapter.output_layer()
         ref = {}
@@ -72,8 +83,8 @@ class ObjectiveModule(nn.Module):
         aux = self.adapter.pop_aux_loss()  # MoE router load balancing (coefficient applied)
         if aux is not None:  # weighted by target tokens: after the global division it is the
             loss_sum = loss_sum + aux * out.n_tokens  # token-weighted mean over micro-batches
-        if "pixel_values" not in batch:  # text-only micro-batch: keep the vision tower in step
-            loss_sum = loss_sum + self.adapter.dummy_vision_loss()
+        for dummy in dummies:  # zero, with exact-zero gradients for the vision parameters
+            loss_sum = loss_sum + dummy
         return loss_sum, out.stats, out.probs
 
 
@@ -100,17 +111,22 @@ def accumulate_gradients(module: nn.Module, micro_batches: list[dict],
     probabilities are appended to ``probs``.
     """
     spec = as_spec(spec)
-    local = torch.tensor([sum(count_targets(b) for b in micro_batches)], dtype=torch.float64,
-                         device=accelerator.device)
-    n_global = float(accelerator.reduce(local, reduction="sum").item())
+    # sharded weights: a micro-batch with images and videos runs the vision tower twice, and
+    # then every rank's micro-batches must (ObjectiveModule.forward's vision_passes)
+    both = sharded(accelerator) and any("pixel_values" in b and "pixel_values_videos" in b
+                                        for b in micro_batches)
+    local = torch.tensor([sum(count_targets(b) for b in micro_batches), float(both)],
+                         dtype=torch.float64, device=accelerator.device)
+    n_global, n_both = accelerator.reduce(local, reduction="sum").tolist()
+    passes = 2 if n_both > 0 else 1
     scale = accelerator.num_processes / max(n_global, 1.0)
     totals = torch.zeros(3 + len(STAT_KEYS), dtype=torch.float64, device=accelerator.device)
     for k, batch in enumerate(micro_batches):
-        inputs = to_device(batch, accelerator.device)
+        inputs = inputs_on(batch, accelerator.device)  # + precomputed attention segments
         sync = k == len(micro_batches) - 1
         ctx = accelerator.no_sync(module) if not sync else contextlib.nullcontext()
         with ctx:
-            loss_sum, stats, step_probs = module(inputs, spec)
+            loss_sum, stats, step_probs = module(inputs, spec, vision_passes=passes)
             accelerator.backward(loss_sum * scale)
         if probs is not None:
             probs.append(step_probs)
@@ -228,7 +244,8 @@ def objective_at(cfg: Config, step: int) -> str:
 
 def prepare_model(adapter: Adapter, cfg: Config, log) -> None:
     """Make the loaded model trainable per ``cfg.model``: freeze parts, add LoRA adapters,
-    freeze the vision parameters the model never uses, gradient checkpointing, no KV cache."""
+    freeze the vision parameters the model never uses, the levers (``vldft.levers``: gradient
+    checkpointing, frozen tower without autograd, Liger, compile), no KV cache."""
     adapter.freeze(cfg.model.freeze)
     if cfg.model.lora is not None:
         try:
@@ -239,8 +256,7 @@ def prepare_model(adapter: Adapter, cfg: Config, log) -> None:
     if unused:
         log(f"[vldft] froze {len(unused)} vision parameters the model never uses "
             f"(e.g. {unused[0]})")
-    if cfg.model.gradient_checkpointing:
-        adapter.model.gradient_checkpointing_enable({"use_reentrant": False})
+    apply_levers(adapter, cfg, log)  # checkpointing, frozen tower, Liger, compile
     adapter.model.config.use_cache = False
 
 

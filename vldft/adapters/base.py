@@ -15,6 +15,13 @@ the objective and the training loop ask of a family. The whole contract:
 - **parts**: ``vision_prefixes`` / ``projector_prefixes`` split parameters into vision /
   projector / language for freezing and per-part learning rates (``parts``, ``freeze``);
 - **image tokens**: ``image_token`` / ``image_token_id``, the placeholder the processor expands;
+- **video** (families with a ``video_token``): ``load_video`` decodes a clip with
+  ``data.video`` (``vldft.data.video``), ``process`` expands its placeholder,
+  ``video_region`` names the template tokens the processor replaces as a whole (Qwen3-VL: the
+  whole ``<|vision_start|><|video_pad|><|vision_end|>``, which becomes per-frame timestamps and
+  frames), ``video_token_counts`` the pad tokens of each video (the collator masks the whole
+  expansion); ``video_frames_fixed``: every clip gets exactly ``max_frames`` frames (LLaVA-
+  OneVision batches videos as one tensor, so their frame counts must agree);
 - **dummy vision pass**: ``dummy_image_inputs`` feeds ``dummy_vision_loss`` for text-only
   micro-batches (every rank runs the vision path, every trained vision parameter gets a zero);
 - **forward**: ``hidden_states`` (final hidden states, no lm_head) and ``output_layer``;
@@ -61,6 +68,11 @@ class Adapter:
     supports_pixel_bounds: bool = False  # model.min_pixels / max_pixels are honoured
     template_kwargs: dict = {}  # extra chat-template variables (Qwen3.5: enable_thinking)
     image_token: str = ""  # placeholder string the chat template emits for one image
+    video_token: str = ""  # ... for one video ("" = the family takes no video)
+    video_region: tuple[str, ...] = ()  # template tokens of one video that the processor
+    # replaces as a whole (default: the video token alone)
+    video_unit: int = 28  # decoded frames are resized to multiples of this many pixels
+    video_frames_fixed: bool = False  # every clip gets exactly data.video.max_frames frames
     end_of_turn: str = ""  # string that ends an assistant turn (trained, so the model stops)
     vision_prefixes: tuple[str, ...] = ()  # parameter-name prefixes of the vision tower
     projector_prefixes: tuple[str, ...] = ()  # ... of the projector / merger
@@ -74,6 +86,8 @@ class Adapter:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_token_id: int = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id: int | None = (self.tokenizer.convert_tokens_to_ids(self.video_token)
+                                           if self.video_token else None)
         self.pad_token_id: int = self.tokenizer.pad_token_id
         eot_ids = self.tokenizer.encode(self.end_of_turn, add_special_tokens=False)
         if len(eot_ids) != 1:
@@ -154,10 +168,54 @@ class Adapter:
             **self.template_kwargs)
 
     def process(self, text: str, images: list[Image.Image],
-                pixels: tuple[int | None, int | None] | None = None) -> dict[str, torch.Tensor]:
-        """Processor call for ONE sample: expands image placeholders, returns [1, T] tensors."""
-        out = self.processor(text=[text], images=images or None, return_tensors="pt")
+                pixels: tuple[int | None, int | None] | None = None,
+                videos: list | None = None) -> dict[str, torch.Tensor]:
+        """Processor call for ONE sample: expands image (and video: ``vldft.data.video.Decoded``)
+        placeholders, returns [1, T] tensors."""
+        out = self.processor(text=[text], images=images or None, return_tensors="pt",
+                             **self.video_kwargs(videos))
         return dict(out)
+
+    # -- video ---------------------------------------------------------------------------------
+    def load_video(self, video, settings, max_frames: int | None = None):
+        """Decode one ``vldft.data.video.Video`` with ``settings`` (``data.video``);
+        ``max_frames`` lowers the frame cap (an overlong sample is shortened by frames)."""
+        from vldft.data.video import decode
+
+        if not self.video_token:
+            raise ValueError(f"model family {self.family!r} does not take video")
+        fixed = (max_frames or settings.max_frames) if self.video_frames_fixed else None
+        return decode(video, settings, self.video_unit, max_frames, nframes=fixed)
+
+    def video_kwargs(self, videos: list | None) -> dict:
+        """Processor arguments for decoded ``videos`` (frames already sampled: the processor
+        must not sample again; the metadata gives the frames' times)."""
+        if not videos:
+            return {}
+        from transformers.video_utils import VideoMetadata
+
+        meta = [VideoMetadata(total_num_frames=v.total, fps=v.fps, frames_indices=v.indices)
+                for v in videos]
+        return {"videos": [v.frames for v in videos], "video_metadata": meta,
+                "do_sample_frames": False}
+
+    def video_token_estimate(self, video, settings) -> int:
+        """Tokens one video expands to (``vldft.data.video.plan``: headers only), for length
+        estimates; an unreadable video counts 0 (the collator reports it)."""
+        raise NotImplementedError(f"{self.family}: no video")
+
+    def video_token_counts(self, out: dict[str, torch.Tensor]) -> list[int]:
+        """Video pad tokens of each video in a processed sample (default: the runs of
+        ``video_token_id`` in ``input_ids``)."""
+        ids = out["input_ids"][0].tolist()
+        runs, prev = [], None
+        for t in ids:
+            if t == self.video_token_id:
+                if prev != t:
+                    runs.append(0)
+                runs[-1] += 1
+            prev = t
+        return runs
 
     def part_of(self, param_name: str) -> str:
         """'vision', 'projector' or 'language' for a parameter name of ``self.model``."""

@@ -25,12 +25,15 @@ class LlavaOnevisionAdapter(Adapter):
     model_types = ("llava_onevision",)
     model_class = "LlavaOnevisionForConditionalGeneration"
     image_token = "<image>"
+    video_token = "<video>"
+    video_frames_fixed = True
     end_of_turn = "<|im_end|>"
     vision_prefixes = ("model.vision_tower.",)
     projector_prefixes = ("model.multi_modal_projector.", "model.image_newline")
 
     def __init__(self, model, processor, min_pixels=None, max_pixels=None) -> None:
         self.image_token = getattr(processor, "image_token", "<image>")
+        self.video_token = getattr(processor, "video_token", "<video>")
         super().__init__(model, processor)
 
     def dummy_image_inputs(self) -> dict[str, torch.Tensor]:
@@ -40,6 +43,14 @@ class LlavaOnevisionAdapter(Adapter):
         out = self.processor.image_processor(images=[Image.new("RGB", (size, size))],
                                              return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
+
+    def video_token_estimate(self, video, settings) -> int:
+        """``max_frames`` frames of the tower's patch grid pooled 2x2, plus one newline."""
+        import math
+
+        vc = self.model.config.vision_config
+        side = math.ceil(vc.image_size // vc.patch_size / 2)
+        return settings.max_frames * side * side + 1
 
     def image_token_count(self, size, pixels=None) -> int:
         """Tokens of one image of ``size`` (width, height), as the processor expands it."""

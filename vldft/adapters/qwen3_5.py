@@ -3,8 +3,8 @@ attention layers between full-attention layers) with a Qwen3-VL-style vision tow
 32 x 32 pixels per image token, no DeepStack) and its own 248k vocabulary (``<|image_pad|>`` is
 248056). Its chat template thinks by default; vldft renders with ``enable_thinking=false`` so a
 plain answer is trained after an empty ``<think>\\n\\n</think>\\n\\n`` block that belongs to the
-prompt (masked). Qwen3.5-MoE checkpoints (``qwen3_5_moe``) are not covered; packing is
-refused.
+prompt (masked). Video as Qwen3-VL (text timestamps per frame). Qwen3.5-MoE checkpoints
+(``qwen3_5_moe``) are not covered; packing is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ class Qwen3_5Adapter(QwenVLAdapter):
     model_types = ("qwen3_5",)
     model_class = "Qwen3_5ForConditionalGeneration"
     template_kwargs = {"enable_thinking": False}
+    video_region = ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")  # as Qwen3-VL's
 
     def packed_positions(self, enc):
         """Refused: the linear-attention layers (gated DeltaNet and its causal convolution, in

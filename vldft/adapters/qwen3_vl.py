@@ -7,7 +7,11 @@ DeepStack: features of some vision layers go through their own mergers
 states of the first LLM layers at the image positions. The dummy vision pass of a text-only
 micro-batch therefore covers those mergers too (``Adapter.dummy_vision_loss`` sums the DeepStack
 features). Image / video / vision-start ids are Qwen2.5's (151655, 151656, 151652); the
-Instruct template has no default system prompt; video (text timestamps) is not handled by vldft.
+Instruct template has no default system prompt. Video: the processor replaces the template's
+``<|vision_start|><|video_pad|><|vision_end|>`` as a whole by, per temporal patch, a text
+timestamp ``<t seconds>`` and the frame's own vision start / pads / end (``video_region``); the
+timestamps come from the frames' indices and the source's frame rate, and ``get_rope_index``
+gives every frame its own temporal position.
 
 MoE: ``hidden_states`` asks the language model for its router logits and keeps
 ``router_aux_loss_coef * load_balancing_loss`` (transformers' Switch-Transformer loss, the
@@ -27,6 +31,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
     model_types = ("qwen3_vl",)
     model_class = "Qwen3VLForConditionalGeneration"
     projector_prefixes = ("model.visual.merger.", "model.visual.deepstack_merger_list.")
+    video_region = ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")
 
 
 class Qwen3VLMoeAdapter(Qwen3VLAdapter):

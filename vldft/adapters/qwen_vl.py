@@ -20,7 +20,7 @@ from qwen_vl_utils import fetch_image, smart_resize
 
 from vldft.adapters.base import Adapter
 from vldft.data import ImageBytes
-from vldft.packing import mrope_positions
+from vldft.packing import mrope_positions, rope_media_kwargs
 
 
 class QwenVLAdapter(Adapter):
@@ -28,6 +28,7 @@ class QwenVLAdapter(Adapter):
     (where they differ) the parameter prefixes and template arguments."""
 
     image_token = "<|image_pad|>"
+    video_token = "<|video_pad|>"
     end_of_turn = "<|im_end|>"
     vision_prefixes = ("model.visual.",)
     projector_prefixes = ("model.visual.merger.",)
@@ -42,6 +43,7 @@ class QwenVLAdapter(Adapter):
         # Keep the processor's own bounds in line, so it never resizes a second time.
         ip.size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
         self.patch_size = ip.patch_size
+        self.video_unit = ip.patch_size * ip.merge_size
 
     def dummy_image_inputs(self) -> dict[str, torch.Tensor]:
         vc = self.model.config.vision_config
@@ -64,13 +66,44 @@ class QwenVLAdapter(Adapter):
                            image_patch_size=self.patch_size)
 
     def process(self, text: str, images: list[Image.Image],
-                pixels: tuple[int | None, int | None] | None = None) -> dict[str, torch.Tensor]:
+                pixels: tuple[int | None, int | None] | None = None,
+                videos: list | None = None) -> dict[str, torch.Tensor]:
         if not pixels or not images:
-            return super().process(text, images)
+            return super().process(text, images, videos=videos)
         lo, hi = self._bounds(pixels)  # per-source bounds, so the processor keeps the size
         out = self.processor(text=[text], images=images, return_tensors="pt",
-                             size={"shortest_edge": lo, "longest_edge": hi})
+                             images_kwargs={"size": {"shortest_edge": lo, "longest_edge": hi}},
+                             **self.video_kwargs(videos))
         return dict(out)
+
+    def video_kwargs(self, videos: list | None) -> dict:
+        """Frames come resized by qwen-vl-utils' policy (``vldft.data.video``): the video
+        processor keeps their size."""
+        kw = super().video_kwargs(videos)
+        if kw:
+            kw["videos_kwargs"] = {"do_resize": False}
+        return kw
+
+    def video_token_estimate(self, video, settings) -> int:
+        """``T/2`` temporal patches of ``(h/unit) x (w/unit)`` pads, plus (Qwen3-VL / 3.5) a
+        ``<t seconds>`` text and a vision start / end per patch."""
+        from vldft.data.video import plan
+
+        try:
+            n, h, w = plan(video, settings, self.video_unit)
+        except Exception:  # unreadable: the collator reports (or skips) it later
+            return 0
+        per = (h // self.video_unit) * (w // self.video_unit)
+        extra = 0
+        if len(self.video_region) > 1:  # a timestamp (a typical one's length) + start + end
+            extra = len(self.tokenizer("<1.5 seconds>", add_special_tokens=False)["input_ids"]) + 2
+        return (n // 2) * (per + extra)
+
+    def video_token_counts(self, out: dict[str, torch.Tensor]) -> list[int]:
+        """``t * h * w / merge^2`` pad tokens per video (Qwen3-VL splits them over frames)."""
+        merge = self.processor.video_processor.merge_size
+        grid = out.get("video_grid_thw")
+        return [] if grid is None else [int(g.prod()) // merge**2 for g in grid]
 
     def image_token_count(self, size: tuple[int, int],
                           pixels: tuple[int | None, int | None] | None = None) -> int:
@@ -84,14 +117,15 @@ class QwenVLAdapter(Adapter):
         on all three axes), computed per sample by the model's own ``get_rope_index``."""
         model = self.model.model
         types = batch.get("mm_token_type_ids")
-        if types is None:  # older processors: image tokens are the image_pad ids
-            types = (batch["input_ids"] == self.image_token_id).int()
+        if types is None:  # older processors: image / video tokens are the pad ids
+            ids = batch["input_ids"]
+            types = (ids == self.image_token_id).int() + 2 * (ids == self.video_token_id).int()
         pos, _ = model.get_rope_index(batch["input_ids"], types,
-                                      image_grid_thw=batch.get("image_grid_thw"),
-                                      attention_mask=batch.get("attention_mask"))
+                                      attention_mask=batch.get("attention_mask"),
+                                      **rope_media_kwargs(type(model), batch))
         return pos
 
     def packed_positions(self, enc) -> torch.Tensor:
         """``[4, n]`` for a packed row: text positions 0..n-1, then this sample's own mRoPE
         (t, h, w) positions (``vldft.packing.mrope_positions``)."""
-        return mrope_positions(self.model, enc, self.image_token_id)
+        return mrope_positions(self.model, enc, self.image_token_id, self.video_token_id)

@@ -160,7 +160,9 @@ def tiny_llava_onevision(image_size: int = 28):
         do_pad=True)
     processor = LlavaOnevisionProcessor(
         image_processor=image_processor, tokenizer=tok,
-        video_processor=LlavaOnevisionVideoProcessor(), chat_template=templates.LLAVA_ONEVISION,
+        video_processor=LlavaOnevisionVideoProcessor(  # frames at the tower's size, as images
+            size={"height": image_size, "width": image_size}),
+        chat_template=templates.LLAVA_ONEVISION,
         num_image_tokens=(image_size // 14) ** 2, vision_feature_select_strategy="full",
         image_token="<image>", video_token="<video>")
     config = LlavaOnevisionConfig(

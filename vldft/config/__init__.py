@@ -43,16 +43,18 @@ from vldft.config.sections import (
     ModelConfig,
     SourceConfig,
     TrainConfig,
+    VideoSettings,
     world_size,
 )
 
 DEFAULT_DATA_DIR = "~/.cache/vldft/data"  # data.data_dir when neither it nor $VLDFT_DATA_DIR is set
 
 __all__ = [
-    "FILE_SUFFIXES", "FORMATS", "HUB_ID", "LORA_TARGETS", "PARTS", "Config", "ConfigError",
-    "DataConfig", "LoraSettings", "LossConfig", "ModelConfig", "SourceConfig", "TrainConfig",
-    "config_keys", "config_to_dict", "hub_source", "hub_unreachable", "is_hub_id", "load_config",
-    "present", "read_config_file", "resolve_path", "source_pixels", "world_size",
+    "Config", "ConfigError", "DataConfig", "FILE_SUFFIXES", "FORMATS", "HUB_ID", "LORA_TARGETS",
+    "LoraSettings", "LossConfig", "ModelConfig", "PARTS", "SourceConfig", "TrainConfig",
+    "VideoSettings", "config_keys", "config_to_dict", "hub_source", "hub_unreachable", "is_hub_id",
+    "load_config", "present", "read_config_file", "resolve_path", "saved_video_settings",
+    "source_pixels", "world_size",
 ]
 
 
@@ -175,6 +177,34 @@ class Config:
         if t.resume not in ("auto", "none") and not self.resolve(t.resume).is_dir():
             raise ConfigError(f"train.resume: {t.resume!r} is neither auto, none nor an "
                               "existing checkpoint directory")
+
+
+def saved_video_settings(checkpoint: str | Path, config: str | Path | None = None,
+                         given: dict | None = None) -> VideoSettings:
+    """``data.video`` for scoring a checkpoint as it was trained: the keys of ``given`` (strings
+    are cast) over those of ``config`` (a training YAML), else of the run's saved
+    ``config.yaml`` beside the checkpoint (``runs/x/final`` -> ``runs/x/config.yaml``), else
+    the defaults. Used by ``vldft.heldout`` and ``vldft.eval``."""
+    path = Path(config) if config else Path(str(checkpoint)).parent / "config.yaml"
+    raw: dict = {}
+    if path.is_file():
+        try:
+            saved = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not YAML ({e})") from None
+        raw = dict(((saved.get("data") or {}) if isinstance(saved, dict) else {}).get("video")
+                   or {})
+    elif config:
+        raise ConfigError(f"{config}: no such file")
+    fields = {f.name for f in dataclasses.fields(VideoSettings)}
+    raw = {k: v for k, v in raw.items() if k in fields}
+    for k, v in (given or {}).items():
+        if k not in fields:
+            raise ConfigError(f"data.video.{k}: no such key; keys: {sorted(fields)}")
+        raw[k] = float(v) if k == "fps" else None if v in (None, "", "none") else int(v)
+    settings = VideoSettings(**raw)
+    settings.validate()
+    return settings
 
 
 def source_pixels(cfg: Config) -> dict[str, tuple[int | None, int | None]]:

@@ -67,6 +67,7 @@ class LoraSettings:
 # model families (vldft.adapters.FAMILIES; docs/families.md); the Qwen ones take pixel bounds
 PIXEL_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")
 FAMILY_NAMES = (*PIXEL_FAMILIES, "llava", "llava_onevision")
+CHECKPOINT_KEEP = ("attention", "matmul")  # model.checkpoint_keep's choices (vldft.levers)
 
 
 @dataclass
@@ -82,8 +83,17 @@ class ModelConfig:
     min_pixels: int | None = None  # Qwen families: lower bound on image area after resizing
     max_pixels: int | None = None  # Qwen families: upper bound on image area (limits tokens)
     freeze: list[str] = field(default_factory=list)  # parts to freeze: vision, projector, language
-    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
-    # (language model and vision tower)
+    gradient_checkpointing: bool | Literal["selective"] = False  # recompute activations in
+    # backward to save memory (language model and vision tower); "selective": keep the outputs
+    # named in checkpoint_keep, recompute only the rest (vldft.levers)
+    checkpoint_keep: list[str] = field(default_factory=lambda: list(CHECKPOINT_KEEP))  # with
+    # gradient_checkpointing=selective, outputs saved rather than recomputed: "attention" (the
+    # attention kernels), "matmul" (matrix products); element-wise ops are always recomputed
+    vision_no_grad: bool | Literal["auto"] = "auto"  # run a frozen vision tower without
+    # autograd (no activations saved, no backward or recomputation through it; the projector
+    # still gets exact gradients); auto: when "vision" is in freeze (LoRA then skips it too)
+    precompute_segments: bool = True  # varlen attention: the collator computes a micro-batch's
+    # segment boundaries once on the CPU for every layer (no per-layer work or GPU->CPU sync)
     lora: LoraSettings | None = None  # train LoRA adapters (peft) instead of full weights
 
     def validate(self) -> None:
@@ -102,12 +112,23 @@ class ModelConfig:
             raise ConfigError("model.min_pixels: larger than model.max_pixels")
         if self.lora is not None:
             self.lora.validate(self.freeze)
+        self._validate_levers()
         if self.dtype == "float16":
             raise ConfigError("model.dtype: float16 weights would train without loss scaling; "
                               "use float32 with train.mixed_precision (bf16 autocast)")
         for key in ("min_pixels", "max_pixels"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}: must be > 0")
+
+    def _validate_levers(self) -> None:
+        """The speed / memory switches (``vldft.levers``)."""
+        bad = [k for k in self.checkpoint_keep if k not in CHECKPOINT_KEEP]
+        if bad or not self.checkpoint_keep:
+            raise ConfigError(f"model.checkpoint_keep: {self.checkpoint_keep} must be a non-empty "
+                              f"list of {list(CHECKPOINT_KEEP)}")
+        if self.vision_no_grad is True and "vision" not in self.freeze:
+            raise ConfigError("model.vision_no_grad: true needs 'vision' in model.freeze (a "
+                              "trained vision tower, LoRA included, needs its autograd)")
 
 
 FORMATS = ("auto", "normalized", "llava", "messages", "sharegpt", "hf", "geometry3k", "text_math")
@@ -167,6 +188,35 @@ class SourceConfig:
 
 
 @dataclass
+class VideoSettings:
+    """How a video becomes frames (vldft.data.video), the same in training, held-out scoring and
+    vldft.eval."""
+
+    fps: float = 2.0  # frames sampled per second of a video file; a list / folder of frames is
+    # taken as a clip already sampled at this rate (timestamps: frame i at i / fps seconds)
+    min_frames: int = 4  # at least this many frames from a video file (when it has them;
+    # never more than max_frames)
+    max_frames: int = 32  # frame cap per video (an even count: Qwen joins 2 frames per patch)
+    min_pixels: int | None = None  # per-frame pixel floor (Qwen: default 128 tokens' worth)
+    max_pixels: int | None = None  # per-frame pixel cap (Qwen: default 768 tokens' worth)
+    max_tokens: int = 2048  # video-token budget per video: frames are made smaller (never
+    # fewer) until T/2 x tokens-per-frame-pair fits (qwen-vl-utils' total_pixels)
+
+    def validate(self) -> None:
+        if not self.fps > 0:
+            raise ConfigError("data.video.fps: must be > 0")
+        if self.min_frames < 1 or self.max_frames < 2:
+            raise ConfigError("data.video.min_frames / max_frames: at least 1 / 2")
+        if self.max_tokens < 1:
+            raise ConfigError("data.video.max_tokens: must be >= 1")
+        for key in ("min_pixels", "max_pixels"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"data.video.{key}: must be > 0")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ConfigError("data.video.min_pixels: larger than data.video.max_pixels")
+
+
+@dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)  # training sources, mixed
     train_files: list[str] = field(default_factory=list)  # shorthand: normalised JSONL files
@@ -190,6 +240,7 @@ class DataConfig:
     # ("paper", "geo") or a list of benchmarks / lmms-eval tasks; reads their local copies
     # (`vldft.eval --data-dir` layout) from train.eval_data_dir, else from the data dir
 
+    video: VideoSettings = field(default_factory=VideoSettings)  # frames of video parts
     cache: bool = True  # keep the read, checked (and decontaminated), length-estimated
     # training set on disk, keyed by the sources' files and the settings (vldft.data.cache;
     # $VLDFT_CACHE_DIR, else ~/.cache/vldft/sets): rank 0 builds it, the other ranks and every
@@ -216,6 +267,7 @@ class DataConfig:
             raise ConfigError(f"data.sources: duplicate source names {labels}; set `name`")
         if self.max_length < 16:
             raise ConfigError("data.max_length: must be at least 16")
+        self.video.validate()
         if self.num_workers < 0:
             raise ConfigError("data.num_workers: must be >= 0")
         if self.pack_tokens < 16:
@@ -302,11 +354,18 @@ class TrainConfig:
     collapse_window: int = 5  # log records the collapse guard looks back over
     report_to: Literal["none", "tensorboard"] = "none"  # also write every metrics.jsonl number
     # as a TensorBoard scalar under output_dir/tensorboard (needs the tensorboard extra)
+    liger: bool = False  # Liger-Kernel's fused RMSNorm / SwiGLU / (m)RoPE in the model (CUDA
+    # only, needs the liger-kernel package); vldft's chunked loss is kept (vldft.levers)
+    compile: Literal["none", "regional"] = "none"  # regional: torch.compile every decoder layer
+    # and vision block (the chunked loss stays eager; the first steps are slower, compiling)
 
     def validate(self) -> None:
         """This section's own keys; ``resume`` and ``eval_data_dir`` (paths) and the keys that
         depend on other sections are checked by ``Config.validate``."""
         self._validate_eval_tasks()
+        if self.liger and importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError("train.liger: the liger-kernel package is not installed (pip "
+                              "install liger-kernel; CUDA only), or set train.liger=false")
         if self.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError('train.report_to: tensorboard is not installed: pip install -e '
                               '".[tensorboard]" (or pip install tensorboard)')

@@ -41,7 +41,7 @@ REASONS = {
     "bad_json": "the line / file is not valid JSON (or not valid UTF-8: file, line, byte offset)",
     "bad_row": "the row is not an object of the expected shape (wrong types, missing keys)",
     "missing_column": "a required column / key is missing (closest existing one suggested)",
-    "bad_content": "a content part is malformed or unsupported (video, image in an answer)",
+    "bad_content": "a content part is malformed or unsupported (an image or video in an answer)",
     "unknown_role": "a turn's role is not system / user / assistant (or an alias of them)",
     "no_assistant": "no assistant turn: nothing to train on",
     "empty_assistant": "an assistant turn has no text",
@@ -53,6 +53,12 @@ REASONS = {
     "image_outside_root": "an image path resolves (after `..` and symlinks) outside the source's "
                           "image root, and allow_outside_root is off (the default for hub sources)",
     "image_corrupt": "an image cannot be opened and decoded",
+    "video_count": "the number of video placeholders differs from the number of videos",
+    "video_missing": "a video file, frame file or frame folder does not exist (URLs are never "
+                     "downloaded)",
+    "video_corrupt": "a video cannot be opened / decoded (or one of its frames)",
+    "video_shortened": "warning: longer than data.max_length, the sample's videos are sampled "
+                       "with fewer frames (never cut inside a frame)",
     "bad_answer": "the reference answer is invalid (e.g. a Geometry3K letter outside the choices)",
     "too_long": "longer than data.max_length and data.overlong is skip / error",
     "image_cut": "truncating to data.max_length would cut an image block (sample skipped)",
@@ -60,7 +66,8 @@ REASONS = {
     "truncated": "warning: longer than data.max_length, the response is truncated",
     "encode_error": "the collator rejected the sample (template / tokenizer mismatch)",
 }
-WARNINGS = frozenset({"truncated"})  # reported, but the sample is still trained on
+# reported, but the sample is still trained on
+WARNINGS = frozenset({"truncated", "video_shortened"})
 
 
 class DataError(ValueError):
@@ -148,16 +155,20 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
+_PLACEHOLDERS = re.compile("(<image>|<video>)")
+MEDIA = ("image", "video")  # content part types that stand for a picture / a clip
 
 
 def split_placeholders(text: str) -> list[dict[str, Any]]:
-    """A string content as typed parts: each ``<image>`` an image part, the text between them
-    text parts (empty text is dropped). ``"a<image>b"`` -> text a, image, text b."""
+    """A string content as typed parts: each ``<image>`` an image part, each ``<video>`` a video
+    part, the text between them text parts (empty text is dropped). ``"a<image>b"`` -> text a,
+    image, text b."""
     parts: list[dict[str, Any]] = []
-    for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
-        if i:
-            parts.append({"type": "image"})
-        if chunk:
+    for chunk in _PLACEHOLDERS.split(text):
+        if chunk in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
+            parts.append({"type": chunk[1:-1]})
+        elif chunk:
             parts.append({"type": "text", "text": chunk})
     return parts
 
@@ -231,12 +242,13 @@ def open_image(image: str | Path | ImageBytes | Image.Image) -> Image.Image:
 @dataclass
 class Sample:
     id: str
-    messages: list[dict[str, Any]]  # [{"role", "content": [{"type": "text"|"image", ...}]}]
+    messages: list[dict[str, Any]]  # [{"role", "content": [{"type": "text"|"image"|"video"}]}]
     images: list[Any] = field(default_factory=list)  # Path | ImageBytes | PIL image, in order
     answer: str | None = None  # reference final answer, when the source has one
     kind: str | None = None  # optional category (e.g. problem kind) for per-kind reporting
     source: str = ""  # label of the source it came from (SourceConfig.label)
     origin: str = ""  # where the row was read: "file:line" / "file row N" (for messages)
+    videos: list[Any] = field(default_factory=list)  # vldft.data.video.Video, in order
 
 
 def _parts(content: Any, where: str, what: str = "") -> list[dict[str, Any]]:
@@ -245,12 +257,12 @@ def _parts(content: Any, where: str, what: str = "") -> list[dict[str, Any]]:
     if not isinstance(content, list):
         fail(where, "bad_content", f"{what}content must be a string or a list of parts")
     for part in content:
-        if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
-            fail(where, "bad_content", f"{what}content part {part!r} is not a text or image "
-                 "part")
+        if not isinstance(part, dict) or part.get("type") not in ("text", *MEDIA):
+            fail(where, "bad_content", f"{what}content part {part!r} is not a text, image or "
+                 "video part")
         if part["type"] == "text" and not isinstance(part.get("text"), str):
             fail(where, "bad_content", f"{what}text part without a 'text' string")
-    return [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
+    return [{"type": p["type"]} if p["type"] in MEDIA else {"type": "text", "text": p["text"]}
             for p in content]
 
 
@@ -274,11 +286,11 @@ def check_structure(messages: list[dict[str, Any]], where: str) -> None:
              "user turn; drop it or add the assistant's answer")
     for i, msg in enumerate(messages):
         text = "".join(p["text"] for p in msg["content"] if p["type"] == "text").strip()
-        has_image = any(p["type"] == "image" for p in msg["content"])
+        has_image = any(p["type"] in MEDIA for p in msg["content"])
         if msg["role"] == "assistant":
             if has_image:
-                fail(where, "bad_content", f"message {i}: images in assistant turns are not "
-                     "supported")
+                fail(where, "bad_content", f"message {i}: images / videos in assistant turns "
+                     "are not supported")
             if not text:
                 fail(where, "empty_assistant", f"message {i}: the assistant turn is empty")
         elif not text and not has_image:
@@ -326,18 +338,72 @@ def sample_from_row(row: dict[str, Any], where: str, image_root: Path,
         content = _parts(msg.get("content"), where, f"message {i}: ")
         messages.append({"role": role, "content": content})
     check_structure(messages, where)
-    images = row.get("images") or []
-    if isinstance(images, (str, ImageBytes, Image.Image)):
-        images = [images]
-    if not isinstance(images, list):
-        fail(where, "bad_row", f"'images' must be a list, got {type(images).__name__}")
-    n_parts = sum(p["type"] == "image" for m in messages for p in m["content"])
-    if n_parts != len(images):
-        fail(where, "image_count", f"{n_parts} image placeholders but {len(images)} images")
-    resolved = [_image(img, image_root, where, allow_outside_root) for img in images]
+    resolved = [_image(img, image_root, where, allow_outside_root)
+                for img in _media_list(row, "image", messages, where)]
+    clips = [_video(v, image_root, where, allow_outside_root)
+             for v in _media_list(row, "video", messages, where)]
     answer, kind = row.get("answer"), row.get("kind")
     return Sample(sid, messages, resolved, None if answer is None else str(answer),
-                  None if kind is None else str(kind), origin=origin)
+                  None if kind is None else str(kind), origin=origin, videos=clips)
+
+
+def _media_list(row: dict, kind: str, messages: list[dict], where: str) -> list:
+    """The row's ``images`` / ``videos`` entries (one entry may stand alone), as many as the
+    messages have ``kind`` parts (else an ``image_count`` / ``video_count`` error)."""
+    items = row.get(f"{kind}s") or []
+    if isinstance(items, (str, Path, ImageBytes, Image.Image)) or _is_video(items):
+        items = [items]
+    if not isinstance(items, list):
+        fail(where, "bad_row", f"'{kind}s' must be a list, got {type(items).__name__}")
+    n_parts = sum(p["type"] == kind for m in messages for p in m["content"])
+    if n_parts != len(items):
+        fail(where, f"{kind}_count", f"{n_parts} {kind} placeholders but {len(items)} {kind}s")
+    return items
+
+
+def _is_video(obj: Any) -> bool:
+    from vldft.data.video import Video
+
+    return isinstance(obj, Video)
+
+
+def _video(ref: Any, root: Path, where: str, allow_outside_root: bool = True) -> Any:
+    """A ``Video`` from a row's reference: a file or folder path, or a list of frames."""
+    from vldft.data.video import Video, frame_files
+
+    if _is_video(ref):
+        return ref
+    if isinstance(ref, list):
+        if not ref:
+            fail(where, "bad_row", "a video given as a list of frames has no frames")
+        frames = []
+        for f in ref:
+            try:
+                frames.append(_image(f, root, where, allow_outside_root))
+            except DataError as e:
+                reason = "video_missing" if e.reason == "image_missing" else e.reason
+                raise DataError(f"{where}: video frame: {e.detail}", reason, where,
+                                f"video frame: {e.detail}", image=e.image) from None
+        return Video(frames=frames, name=f"{image_name(ref[0])} .. ({len(ref)} frames)")
+    if not isinstance(ref, (str, Path)) or not str(ref):
+        fail(where, "bad_row", f"video entry {ref!r} is not a file / folder path or a list "
+             "of frames")
+    if str(ref).startswith(("http://", "https://")):
+        fail(where, "video_missing", f"video {ref} is a URL; download it and use a local path")
+    path = Path(ref) if Path(ref).is_absolute() else root / ref
+    if not allow_outside_root and not path.resolve().is_relative_to(root.resolve()):
+        fail(where, "image_outside_root", f"video {ref} resolves to {path.resolve()}, outside "
+             f"the image root {root.resolve()} (allow_outside_root is off for this source)",
+             image=str(ref))
+    if path.is_dir():
+        frames = frame_files(path)
+        if not frames:
+            fail(where, "video_missing", f"video folder {path} holds no frame images",
+                 image=str(path))
+        return Video(frames=frames, name=str(path))
+    if not path.is_file():
+        fail(where, "video_missing", f"video file not found: {path}", image=str(path))
+    return Video(file=path, name=str(path))
 
 
 def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[Sample]:

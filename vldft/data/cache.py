@@ -141,8 +141,12 @@ def image_files(per_source: dict, skips: SkipReport) -> list[bytes]:
     named): what a restart stats again."""
     paths = {os.fsencode(img) for samples in per_source.values() for s in samples
              for img in s.images if isinstance(img, Path)}
+    paths |= {os.fsencode(f) for samples in per_source.values() for s in samples
+              for v in s.videos for f in ([v.file] if v.file is not None else v.frames)
+              if isinstance(f, Path)}
     paths |= {os.fsencode(e["image"]) for e in skips.entries
-              if e["reason"] in ("image_missing", "image_corrupt") and e.get("image")}
+              if e["reason"] in ("image_missing", "image_corrupt", "video_missing",
+                                 "video_corrupt") and e.get("image")}
     return sorted(paths)
 
 
@@ -250,7 +254,7 @@ def fill_lengths(cfg, adapter, where: Path, lkey: str) -> int:
     store, pixels = RowStore(where / "rows.arrow"), source_pixels(cfg)
     for j in tqdm(missing.tolist(), desc="lengths", disable=len(missing) < 2000):
         s = store.sample(j, meta["sources"])
-        lengths[j] = estimate_length(s, adapter, pixels.get(s.source))
+        lengths[j] = estimate_length(s, adapter, pixels.get(s.source), cfg.data.video)
     now = read_lengths(path, meta["n_rows"])  # another job may have added some meanwhile
     lengths = np.where(lengths < 0, now, lengths).astype(np.int32)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")

@@ -129,5 +129,6 @@ def lengths_key(cfg, adapter, rkey: str) -> str:
              "template_kwargs": adapter.template_kwargs,
              "pixels": [cfg.model.min_pixels, cfg.model.max_pixels],
              "source_pixels": sorted(source_pixels(cfg).items()),
+             "video": dataclasses.asdict(cfg.data.video),
              "image_processor": image_proc.to_dict() if image_proc is not None else None})
     return h.hexdigest()[:32]

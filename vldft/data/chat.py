@@ -70,12 +70,13 @@ def image_ref(ref: Any, where: str) -> Any:
 
 
 def _pieces(content: Any, where: str, what: str = "") -> Iterator[tuple[str, Any]]:
-    """("text", str) and ("image", inline ref or None) pieces of one turn's content."""
+    """("text", str), ("image", inline ref or None) and ("video", inline ref or None) pieces of
+    one turn's content."""
     if content is None:
         return
     if isinstance(content, str):
         for part in split_placeholders(content):
-            yield ("text", part["text"]) if part["type"] == "text" else ("image", None)
+            yield ("text", part["text"]) if part["type"] == "text" else (part["type"], None)
         return
     if not isinstance(content, list):
         fail(where, "bad_content", f"{what}content must be a string or a list of parts, got "
@@ -87,26 +88,44 @@ def _pieces(content: Any, where: str, what: str = "") -> Iterator[tuple[str, Any
             if not isinstance(text, str):
                 fail(where, "bad_content", f"{what}text part {part!r} has no 'text' string")
             yield from _pieces(text, where, what)  # "<image>" in a text part is a placeholder
-        elif kind == "image":
-            yield "image", part.get("image", part.get("value"))
-        elif kind == "image_url":
-            url = part.get("image_url", part.get("value"))
-            yield "image", url.get("url") if isinstance(url, dict) else url
+        elif kind in ("image", "video"):
+            yield kind, part.get(kind, part.get("value"))
+        elif kind in ("image_url", "video_url"):
+            url = part.get(kind, part.get("value"))
+            yield kind[:5], url.get("url") if isinstance(url, dict) else url
         else:
-            fail(where, "bad_content", f"{what}unsupported content part {part!r} (text and "
-                 "image only)")
+            fail(where, "bad_content", f"{what}unsupported content part {part!r} (text, image "
+                 "and video only)")
+
+
+def video_ref(ref: Any) -> Any:
+    """A video reference from a part or a videos list: a path (``file://`` dropped) or a list
+    of frames (each an image reference)."""
+    if isinstance(ref, str) and ref.startswith("file://"):
+        return ref[len("file://"):]
+    if isinstance(ref, list):
+        return [image_ref(f, "") for f in ref]
+    return ref  # checked (exists, type) by sample_from_row
+
+
+def _pool(items: Any) -> list:
+    """A row's ``images`` / ``videos`` column as a list (one entry may stand alone)."""
+    if items is None:
+        return []
+    return items if isinstance(items, list) else [items]
 
 
 def turns_to_messages(turns: Any, role_key: str, content_key: str, images: Any,
-                      where: str, fmt: str) -> tuple[list[dict], list[Any]]:
-    """Normalise a list of turns; bare placeholders take ``images`` in order, inline refs stay."""
+                      where: str, fmt: str, videos: Any = None
+                      ) -> tuple[list[dict], list[Any], list[Any]]:
+    """Normalise a list of turns; bare placeholders take ``images`` / ``videos`` in order,
+    inline references stay where they stand. Returns (messages, images, videos)."""
     if not isinstance(turns, list):
         fail(where, "bad_row", f"the conversation must be a list of turns ({fmt})")
-    if images is None:
-        images = []
-    elif not isinstance(images, list):
-        images = [images]
-    pool, used, out_images, messages = list(images), 0, [], []
+    pools = {"image": _pool(images), "video": _pool(videos)}
+    used = {"image": 0, "video": 0}
+    out: dict[str, list] = {"image": [], "video": []}
+    messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             fail(where, "bad_row", f"turn {i} is not an object: {turn!r}")
@@ -121,17 +140,21 @@ def turns_to_messages(turns: Any, role_key: str, content_key: str, images: Any,
                 parts.append({"type": "text", "text": value})
                 continue
             if value is None:
-                if used >= len(pool):
+                pool = pools[kind]
+                if used[kind] >= len(pool):
                     n = sum(1 for t in turns if isinstance(t, dict)
-                            for k, _ in _pieces(t.get(content_key), where) if k == "image")
-                    fail(where, "image_count", f"{n} image placeholders but {len(pool)} images")
-                value, used = pool[used], used + 1
-            out_images.append(image_ref(value, where))
-            parts.append({"type": "image"})
+                            for k, _ in _pieces(t.get(content_key), where) if k == kind)
+                    fail(where, f"{kind}_count", f"{n} {kind} placeholders but {len(pool)} "
+                         f"{kind}s")
+                value, used[kind] = pool[used[kind]], used[kind] + 1
+            out[kind].append(image_ref(value, where) if kind == "image" else video_ref(value))
+            parts.append({"type": kind})
         messages.append({"role": ROLE_ALIASES[role], "content": parts})
-    if used < len(pool):
-        fail(where, "image_count", f"{used} image placeholders but {len(pool)} images")
-    return messages, out_images
+    for kind in ("image", "video"):
+        if used[kind] < len(pools[kind]):
+            fail(where, f"{kind}_count", f"{used[kind]} {kind} placeholders but "
+                 f"{len(pools[kind])} {kind}s")
+    return messages, out["image"], out["video"]
 
 
 def _row(raw: Any, where: str) -> dict:
@@ -144,6 +167,10 @@ def _extra(raw: dict) -> dict:
     return {"answer": raw.get("answer"), "kind": raw.get("kind")}
 
 
+def _media(images: list, videos: list) -> dict:
+    return {"images": images, "videos": videos} if videos else {"images": images}
+
+
 def normalized_row(raw: Any, where: str) -> dict:
     return _row(raw, where)  # sample_from_row is the strict reader of this format
 
@@ -151,16 +178,30 @@ def normalized_row(raw: Any, where: str) -> dict:
 def llava_row(raw: Any, where: str) -> dict:
     raw = _row(raw, where)
     turns = require(raw, "conversations", where, "llava")
-    image = raw.get("image")
-    if image not in (None, "", []) and isinstance(turns, list) and turns and not any(
-            isinstance(t, dict) and isinstance(t.get("value"), str) and "<image>" in t["value"]
+    image, video = raw.get("image"), raw.get("video")
+    if video not in (None, "", []):
+        # LLaVA-Video rows: {"video": path, "conversations": ...}; their "<image>" placeholder
+        # stands for the clip (LLaVA-Video-178K writes it so), as does "<video>"
+        if image not in (None, "", []):
+            fail(where, "bad_row", "a llava row with both 'image' and 'video' is not supported")
+        turns = [{**t, "value": t["value"].replace("<image>", "<video>")}
+                 if isinstance(t, dict) and isinstance(t.get("value"), str) else t
+                 for t in turns] if isinstance(turns, list) else turns
+    media, mark = (video, "<video>") if video not in (None, "", []) else (image, "<image>")
+    if media not in (None, "", []) and isinstance(turns, list) and turns and not any(
+            isinstance(t, dict) and isinstance(t.get("value"), str) and mark in t["value"]
             for t in turns) and isinstance(turns[0], dict) and isinstance(
-            turns[0].get("value"), str) and not isinstance(image, list):
-        # one image and no placeholder: it goes before the first turn's text, as LLaVA's own
-        # preprocessing puts it (LLaVA-OneVision-Data has such rows)
-        turns = [{**turns[0], "value": "<image>\n" + turns[0]["value"]}, *turns[1:]]
-    messages, images = turns_to_messages(turns, "from", "value", image, where, "llava")
-    return {"messages": messages, "images": images, **_extra(raw)}
+            turns[0].get("value"), str) and not isinstance(media, list):
+        # one image (video) and no placeholder: it goes before the first turn's text, as
+        # LLaVA's own preprocessing puts it (LLaVA-OneVision-Data has such rows)
+        turns = [{**turns[0], "value": mark + "\n" + turns[0]["value"]}, *turns[1:]]
+    if mark == "<video>":
+        messages, images, videos = turns_to_messages(turns, "from", "value", None, where,
+                                                     "llava", videos=[media])
+    else:
+        messages, images, videos = turns_to_messages(turns, "from", "value", image, where,
+                                                     "llava")
+    return {"messages": messages, **_media(images, videos), **_extra(raw)}
 
 
 def sharegpt_row(raw: Any, where: str) -> dict:
@@ -169,21 +210,22 @@ def sharegpt_row(raw: Any, where: str) -> dict:
         turns, keys = raw["conversations"], ("from", "value")
     else:
         turns, keys = require(raw, "messages", where, "sharegpt"), ("role", "content")
-    messages, images = turns_to_messages(turns, *keys, raw.get("images"), where, "sharegpt")
+    messages, images, videos = turns_to_messages(turns, *keys, raw.get("images"), where,
+                                                 "sharegpt", raw.get("videos"))
     system = raw.get("system")
     if system is not None and not isinstance(system, str):
         fail(where, "bad_row", f"'system' must be a string, got {type(system).__name__}")
     if system and not (messages and messages[0]["role"] == "system"):
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
-    return {"messages": messages, "images": images, **_extra(raw)}
+    return {"messages": messages, **_media(images, videos), **_extra(raw)}
 
 
 def messages_row(raw: Any, where: str) -> dict:
     raw = _row(raw, where)
     turns = require(raw, "messages", where, "messages")
-    messages, images = turns_to_messages(turns, "role", "content", raw.get("images"), where,
-                                         "messages")
-    return {"messages": messages, "images": images, **_extra(raw)}
+    messages, images, videos = turns_to_messages(turns, "role", "content", raw.get("images"),
+                                                 where, "messages", raw.get("videos"))
+    return {"messages": messages, **_media(images, videos), **_extra(raw)}
 
 
 CONVERTERS = {"normalized": normalized_row, "llava": llava_row, "sharegpt": sharegpt_row,

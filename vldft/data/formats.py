@@ -76,6 +76,7 @@ from vldft.data.tables import (
     qa_row,
     resolve_columns,
 )
+from vldft.data.video import video_problem
 
 FORMATS = tuple(f for f in CONFIG_FORMATS if f != "auto")  # one list, in vldft.config
 DETECT_ROWS = 50  # rows looked at by detect_format
@@ -83,7 +84,7 @@ DETECT_ROWS = 50  # rows looked at by detect_format
 # -- detection ---------------------------------------------------------------------------------
 def _is_typed(content: Any) -> bool:
     return isinstance(content, str) or isinstance(content, list) and all(
-        isinstance(p, dict) and (p.get("type") == "image" and len(p) == 1
+        isinstance(p, dict) and (p.get("type") in ("image", "video") and len(p) == 1
                                  or p.get("type") == "text" and "text" in p) for p in content)
 
 
@@ -103,7 +104,8 @@ def detect_row_format(row: Any, suffix: str, where: str, more: list[Any] = ()) -
             return "normalized"
         return "sharegpt" if suffix == ".json" else "messages"
     if "conversations" in keys:
-        return "llava" if "image" in keys or not keys & {"images", "system"} else "sharegpt"
+        return ("llava" if keys & {"image", "video"} or not keys & {"images", "videos", "system"}
+                else "sharegpt")
     if keys & set(DEFAULTS["question"]) and keys & {"answer", "solution", "response"}:
         return "hf" if keys & {"images", "image"} else "text_math"
     raise DataError(f"{where}: cannot tell the format from the first row (keys "
@@ -292,6 +294,19 @@ def _add_system(row: dict, system: str | None) -> None:
         msgs.insert(0, {"role": "system", "content": system})
 
 
+def _media_problem(sample: Sample, loc: str) -> DataError | None:
+    """An ``image_corrupt`` / ``video_corrupt`` error for the sample's first image / video that
+    does not open (``image_problem`` / ``video_problem``), or None."""
+    checks = [("image", image_name(x), image_problem, x) for x in sample.images]
+    checks += [("video", v.name, video_problem, v) for v in sample.videos]
+    for kind, name, check, item in checks:
+        why = check(item)
+        if why is not None:
+            detail = f"{kind} {name} cannot be opened ({why})"
+            return DataError(f"{loc}: {detail}", f"{kind}_corrupt", loc, detail, image=name)
+    return None
+
+
 def read_source(src: SourceConfig, base_dir: Path, on_error: str = "raise",
                 report: SkipReport | None = None, verify_images: bool = False) -> list[Sample]:
     """All samples of one source, normalised and checked (see the module docstring).
@@ -338,20 +353,14 @@ def read_source(src: SourceConfig, base_dir: Path, on_error: str = "raise",
             n_skipped += 1
             continue
         sample.source = src.label
-        if verify_images:
-            problem = next(((img, p) for img in sample.images
-                            if (p := image_problem(img)) is not None), None)
-            if problem is not None:
-                e = DataError(f"{loc}: image {image_name(problem[0])} cannot be opened "
-                              f"({problem[1]})", "image_corrupt", loc,
-                              f"image {image_name(problem[0])} cannot be opened ({problem[1]})",
-                              image=image_name(problem[0]))
-                if on_error == "raise":
-                    raise e
-                assert report is not None
-                report.add_error(src.label, e, loc, sample.id)
-                n_skipped += 1
-                continue
+        problem = _media_problem(sample, loc) if verify_images else None
+        if problem is not None:
+            if on_error == "raise":
+                raise problem
+            assert report is not None
+            report.add_error(src.label, problem, loc, sample.id)
+            n_skipped += 1
+            continue
         samples.append(sample)
     if not samples and not n_skipped:
         fail(str(path), "bad_source", "no samples")

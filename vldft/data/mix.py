@@ -59,12 +59,15 @@ def mix(per_source: dict[str, list[Sample]], weights: dict[str, float | None],
     return out
 
 
-def estimate_length(sample: Sample, adapter, pixels=None) -> int:
+def estimate_length(sample: Sample, adapter, pixels=None, video=None) -> int:
     """Tokens of a sample: its rendered text plus each image's token count (image headers only,
-    nothing is decoded)."""
+    nothing is decoded) and each video's (``Adapter.video_token_estimate``: frame count, rate
+    and size from the container's header or the first frame's; ``video``: ``data.video``)."""
     text = adapter.render(sample.messages)
     n = len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
     n -= text.count(adapter.image_token)  # each placeholder is replaced by its expansion
+    for v in sample.videos:
+        n += adapter.video_token_estimate(v, video) - max(1, len(adapter.video_region))
     for img in sample.images:
         try:
             if isinstance(img, (str, Path)):
@@ -193,9 +196,9 @@ def build_training_set(cfg, adapter) -> TrainingSet:
     samples = mix(per_source, {s.label: s.weight for s in sources},
                   {s.label: s.max_samples for s in sources}, cfg.train.seed)
     pixels = source_pixels(cfg)
-    lengths = [estimate_length(s, adapter, pixels.get(s.source))
+    lengths = [estimate_length(s, adapter, pixels.get(s.source), cfg.data.video)
                for s in tqdm(samples, desc="lengths", disable=len(samples) < 2000)]
-    has_image = [bool(s.images) for s in samples]
+    has_image = [bool(s.images or s.videos) for s in samples]
     table = source_table(sources, n_read, [s.source for s in samples], has_image, lengths,
                          decontamination)
     return TrainingSet(samples, lengths, skips, table, decontamination, has_image)

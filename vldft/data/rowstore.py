@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from vldft.data import ImageBytes, Sample
+from vldft.data.video import Video
 
 SCHEMA = pa.schema([("source", pa.int32()), ("has_image", pa.bool_()), ("row", pa.string()),
                     ("blobs", pa.list_(pa.large_binary()))])
@@ -39,28 +40,44 @@ class Unstorable(ValueError):
     """A sample holds something the store cannot keep (an in-memory PIL image)."""
 
 
+def _image_entry(img, blobs: list[bytes], sample: Sample) -> list:
+    if isinstance(img, Path):
+        return ["path", str(img)]
+    if isinstance(img, ImageBytes):
+        blobs.append(bytes(img.data))
+        return ["bytes", img.name]
+    raise Unstorable(f"sample {sample.id} ({sample.origin}) holds a {type(img).__name__} "
+                     "image, which the cache cannot store")
+
+
 def encode(sample: Sample) -> tuple[str, list[bytes]]:
-    """A sample as its JSON row and the bytes of its encoded images (in order)."""
-    images, blobs = [], []
-    for img in sample.images:
-        if isinstance(img, Path):
-            images.append(["path", str(img)])
-        elif isinstance(img, ImageBytes):
-            images.append(["bytes", img.name])
-            blobs.append(bytes(img.data))
-        else:
-            raise Unstorable(f"sample {sample.id} ({sample.origin}) holds a "
-                             f"{type(img).__name__} image, which the cache cannot store")
+    """A sample as its JSON row and the bytes of its encoded images (in order: the images,
+    then the frames of its videos)."""
+    blobs: list[bytes] = []
+    images = [_image_entry(img, blobs, sample) for img in sample.images]
     row = {"id": sample.id, "messages": sample.messages, "images": images,
            "answer": sample.answer, "kind": sample.kind, "origin": sample.origin}
+    if sample.videos:  # a file, or frames (each as an image is)
+        row["videos"] = [{"name": v.name, "file": str(v.file)} if v.file is not None else
+                         {"name": v.name, "frames": [_image_entry(f, blobs, sample)
+                                                     for f in v.frames]}
+                         for v in sample.videos]
     return json.dumps(row), blobs
 
 
 def decode(row: str, blobs: list[bytes], source: str) -> Sample:
     d = json.loads(row)
     data = iter(blobs)
-    images = [Path(v) if how == "path" else ImageBytes(next(data), v) for how, v in d["images"]]
-    return Sample(d["id"], d["messages"], images, d["answer"], d["kind"], source, d["origin"])
+
+    def image(how: str, v: str):
+        return Path(v) if how == "path" else ImageBytes(next(data), v)
+
+    images = [image(how, v) for how, v in d["images"]]
+    videos = [Video(file=Path(v["file"]), name=v["name"]) if "file" in v else
+              Video(frames=[image(how, f) for how, f in v["frames"]], name=v["name"])
+              for v in d.get("videos", [])]
+    return Sample(d["id"], d["messages"], images, d["answer"], d["kind"], source, d["origin"],
+                  videos)
 
 
 def write_rows(path: Path, rows: Iterable[tuple[int, Sample]]) -> int:
@@ -82,7 +99,8 @@ def write_rows(path: Path, rows: Iterable[tuple[int, Sample]]) -> int:
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
         for code, sample in rows:
             row, blobs = encode(sample)
-            for col, value in zip(cols, (code, bool(sample.images), row, blobs), strict=True):
+            media = bool(sample.images or sample.videos)
+            for col, value in zip(cols, (code, media, row, blobs), strict=True):
                 col.append(value)
             size += len(row) + sum(len(b) for b in blobs)
             n += 1

@@ -123,8 +123,11 @@ def qa_row(raw: Any, cols: dict[str, str] | None, columns: dict[str, str], fmt: 
         cols = resolve_columns(list(raw), columns, fmt, where)
     images = raw.get(cols["images"]) if "images" in cols else None
     if "messages" in cols:
-        messages, imgs = turns_to_messages(raw.get(cols["messages"]), "role", "content", images,
-                                           where, fmt)
+        messages, imgs, vids = turns_to_messages(raw.get(cols["messages"]), "role", "content",
+                                                 images, where, fmt)
+        if vids:
+            fail(where, "bad_content", f"video parts are not read from {fmt} tables; use a "
+                 "messages / sharegpt / llava JSON(L) file")
         return {"messages": messages, "images": imgs, "answer": raw.get(cols.get("answer", ""))}
     question = raw.get(cols["question"])
     if question is not None and not isinstance(question, str):

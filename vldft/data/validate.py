@@ -16,7 +16,7 @@ Findings are counted per source and reason, each with example locations (file, l
 | bad_json        | a line (JSONL) or the file (JSON) is not valid JSON or not valid UTF-8     |
 | bad_row         | a row is not an object of the expected shape (wrong types)               |
 | missing_column  | a required column / key is missing; the closest existing one is named    |
-| bad_content     | a content part is malformed / unsupported (video, image in an answer)    |
+| bad_content     | a content part is malformed / unsupported (image / video in an answer)   |
 | unknown_role    | a role other than system / user / assistant (human / gpt accepted)       |
 | no_assistant    | no assistant turn: nothing to train on                                   |
 | empty_assistant | an assistant turn without text                                           |
@@ -27,12 +27,16 @@ Findings are counted per source and reason, each with example locations (file, l
 | image_missing   | an image file does not exist (or is a URL)                               |
 | image_outside_root | an image path resolves outside the image root (allow_outside_root off) |
 | image_corrupt   | an image cannot be opened and fully decoded                              |
+| video_count     | number of video placeholders != number of videos                         |
+| video_missing   | a video file / frame / frame folder does not exist (or is a URL)         |
+| video_corrupt   | a video file decord cannot open, or a frame that cannot be decoded       |
 | bad_answer      | invalid reference answer (a Geometry3K letter outside the choices)       |
 | too_long        | over data.max_length with data.overlong skip / error                     |
 | image_cut       | truncating to data.max_length would cut an image block (skipped)          |
 | truncated_empty | no trained token left after truncation (skipped)                         |
 | encode_error    | the collator rejected the sample (template / tokenizer mismatch)         |
 | truncated       | WARNING only: over data.max_length, the response is truncated            |
+| video_shortened | WARNING only: over data.max_length, the videos get fewer frames          |
 
 ``ValidationReport.ok`` is true when there are no findings other than warnings.
 """
@@ -47,6 +51,7 @@ from vldft.config import Config, SourceConfig
 from vldft.data import WARNINGS, DataError, Sample, image_name, open_image, strict_images
 from vldft.data.formats import read_source
 from vldft.data.skips import SkipReport
+from vldft.data.video import video_problem
 
 
 class ValidationReport(SkipReport):
@@ -133,6 +138,11 @@ def check_sources(cfg: Config, max_samples: int | None = None,
             problem = check_images(s)
             if problem:
                 report.add(label, where, "image_corrupt", problem[1], s.id, problem[0])
+                continue
+            bad = next(((v, p) for v in s.videos if (p := video_problem(v)) is not None), None)
+            if bad:
+                report.add(label, where, "video_corrupt", f"video {bad[0].name} cannot be "
+                           f"opened ({bad[1]})", s.id, bad[0].name)
                 continue
             if encode is None:
                 continue

@@ -109,7 +109,8 @@ def run_benchmarks(adapter: Adapter, accelerator: Accelerator, cfg: Config, step
             from vldft.eval.run import evaluate
 
             lm = VldftLMM.from_adapter(adapter, batch_size=t.eval_batch_size,
-                                       max_new_tokens=t.eval_tasks_max_new_tokens or None)
+                                       max_new_tokens=t.eval_tasks_max_new_tokens or None,
+                                       video=cfg.data.video)
             lm.accelerator = accelerator  # else lmms-eval builds a second Accelerator
             start = time.perf_counter()
             with _evaluating_alone(accelerator):

@@ -11,7 +11,11 @@ tokenizer / processor) and for real HF ids or paths (Qwen2.5-VL, LLaVA in HF for
 Model args (``--model_args k=v,...``): ``pretrained``, ``family`` (auto: from config.json),
 ``device`` (auto: cuda if available), ``dtype`` (auto: bfloat16 on CUDA, float32 on CPU),
 ``batch_size``, ``min_pixels`` / ``max_pixels`` (default: the checkpoint processor's),
-``max_new_tokens`` (caps every task's budget), ``attn_implementation``.
+``max_new_tokens`` (caps every task's budget), ``attn_implementation``, and for video tasks
+``video_fps`` / ``video_min_frames`` / ``video_max_frames`` / ``video_min_pixels`` /
+``video_max_pixels`` / ``video_max_tokens`` (``data.video``'s keys; default: the ``data.video``
+of the run the checkpoint was saved in, read from its ``config.yaml``, else ``data.video``'s
+defaults), so clips are decoded as in training.
 
 Many processes: ``torchrun --nproc_per_node N -m vldft.eval ...`` (or ``accelerate launch``).
 lmms-eval deals the documents out round-robin by ``RANK`` / ``WORLD_SIZE``, pads uneven shards
@@ -25,7 +29,9 @@ not sharded: each process must hold a whole copy.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -36,7 +42,8 @@ from tqdm import tqdm
 from transformers import AutoConfig
 
 from vldft.adapters import MODEL_TYPES, load_adapter
-from vldft.config import ModelConfig
+from vldft.config import ModelConfig, VideoSettings, saved_video_settings
+from vldft.data.video import Video, frame_files
 from vldft.device import model_device
 from vldft.heldout import generate_messages
 
@@ -50,9 +57,10 @@ def detect_family(pretrained: str) -> str:
     return MODEL_TYPES[model_type]
 
 
-def to_vldft_messages(chat: ChatMessages) -> tuple[list[dict], list]:
-    """lmms-eval chat messages -> (vldft messages with image parts, images in order)."""
-    messages, images = [], []
+def to_vldft_messages(chat: ChatMessages) -> tuple[list[dict], list, list[Video]]:
+    """lmms-eval chat messages -> (vldft messages with image / video parts, images in order,
+    videos in order: a file path, or a list of frames)."""
+    messages, images, videos = [], [], []
     for msg in chat.messages:
         parts = []
         for part in msg.content:
@@ -61,10 +69,25 @@ def to_vldft_messages(chat: ChatMessages) -> tuple[list[dict], list]:
             elif part.type == "image":
                 parts.append({"type": "image"})
                 images.append(part.url)  # PIL image or path; the adapter opens / resizes it
+            elif part.type == "video":
+                if getattr(part, "start_time", None) is not None or getattr(
+                        part, "end_time", None) is not None:
+                    raise ValueError("vldft model: video segments (start / end time) are not "
+                                     "supported")
+                parts.append({"type": "video"})
+                url = part.url
+                path = None if isinstance(url, (list, tuple)) else Path(
+                    str(url).removeprefix("file://"))
+                videos.append(Video(frames=list(url), name=f"{len(url)} frames") if path is None
+                              else Video(frames=frame_files(path), name=str(url))
+                              if path.is_dir() else Video(file=path, name=str(url)))
             else:
                 raise ValueError(f"vldft model: {part.type} inputs are not supported")
         messages.append({"role": msg.role, "content": parts})
-    return messages, images
+    return messages, images, videos
+
+
+VIDEO_KEYS = tuple(f.name for f in dataclasses.fields(VideoSettings))
 
 
 class VldftLMM(lmms):
@@ -78,10 +101,14 @@ class VldftLMM(lmms):
                  max_new_tokens: int | None = None, attn_implementation: str = "sdpa",
                  **kwargs) -> None:
         super().__init__()
+        video = {k.removeprefix("video_"): kwargs.pop(k) for k in list(kwargs)
+                 if k.startswith("video_") and k.removeprefix("video_") in VIDEO_KEYS}
         if kwargs:
             raise ValueError(f"vldft model: unknown model_args {sorted(kwargs)}; known: "
                              "pretrained, family, device, dtype, batch_size, min_pixels, "
-                             "max_pixels, max_new_tokens, attn_implementation")
+                             "max_pixels, max_new_tokens, attn_implementation, "
+                             + ", ".join(f"video_{k}" for k in VIDEO_KEYS))
+        self.video = saved_video_settings(pretrained, given=video)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -108,8 +135,8 @@ class VldftLMM(lmms):
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens else None
 
     @classmethod
-    def from_adapter(cls, adapter, batch_size: int = 8,
-                     max_new_tokens: int | None = None) -> VldftLMM:
+    def from_adapter(cls, adapter, batch_size: int = 8, max_new_tokens: int | None = None,
+                     video: VideoSettings | None = None) -> VldftLMM:
         """Wrap a loaded adapter (its model stays where it is; training mode is restored by the
         caller). Single process: the in-training evaluation runs on rank 0."""
         self = cls.__new__(cls)
@@ -118,6 +145,7 @@ class VldftLMM(lmms):
         self._device = model_device(adapter.model)
         self.batch_size_per_gpu = int(batch_size)
         self.max_new_tokens = int(max_new_tokens) if max_new_tokens else None
+        self.video = video or VideoSettings()
         return self
 
     @property
@@ -172,7 +200,10 @@ class VldftLMM(lmms):
                 for i in chunk:
                     _ctx, doc_to_messages, _kw, doc_id, task, split = requests[i].args
                     doc = self.task_dict[task][split][doc_id]
-                    convs.append(to_vldft_messages(ChatMessages(messages=doc_to_messages(doc))))
+                    messages, images, videos = to_vldft_messages(
+                        ChatMessages(messages=doc_to_messages(doc)))
+                    convs.append((messages, images,
+                                  [self.adapter.load_video(v, self.video) for v in videos]))
                 budget, gen, until = self._gen_kwargs(requests[chunk[0]].args[2])
                 texts = generate_messages(self.adapter, convs, budget, self._device, **gen)
                 for i, text in zip(chunk, texts, strict=True):

@@ -1,0 +1,482 @@
+"""Video rows end to end on the CPU, each checked against a reference built by the test itself:
+every row format reads a video (a file, a list of frames, a folder of frames; inline or from a
+``videos`` list), mixed with image and text-only rows; the row errors (missing file, URL, empty
+folder, corrupt file, placeholder count) name file:line and id; a real mp4 written here with
+PyAV decodes to the frame count ``data.video`` asks for, with the content written; an overlong
+video sample is shortened by whole frames with its answer intact; the start-up cache keeps
+videos."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vldft.collate import IGNORE, Collator, SampleError
+from vldft.config import ModelConfig, SourceConfig, VideoSettings
+from vldft.data import DataError, ImageBytes, Sample, sample_from_row
+from vldft.data.formats import detect_format, read_source
+from vldft.data.skips import SkipReport
+from vldft.data.video import Video, decode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIDE = 64  # frames written here are SIDE x SIDE; the bright column moves STEP px per frame
+STEP, COL = 6, 8
+CLIP_FRAMES, CLIP_FPS = 8, 4  # the mp4: 8 frames at 4 fps (2 seconds)
+
+
+def column_frame(i: int, step: int = STEP) -> np.ndarray:
+    """Black, with a white column COL px wide starting at x = 4 + step * i."""
+    assert 4 + step * i + COL <= SIDE
+    a = np.zeros((SIDE, SIDE, 3), np.uint8)
+    a[:, 4 + step * i: 4 + step * i + COL] = 255
+    return a
+
+
+def column_center(i: int, width: int, step: int = STEP) -> float:
+    """Where frame i's column center lies after resizing SIDE px to ``width`` px."""
+    return (4 + step * i + COL / 2) * width / SIDE - 0.5
+
+
+def centers(frames: torch.Tensor) -> list[float]:
+    """The brightness-weighted x center of each decoded frame ([T, 3, H, W])."""
+    profile = frames.float().mean(dim=(1, 2))  # [T, W]
+    x = torch.arange(profile.shape[1], dtype=torch.float32)
+    return [float((p * x).sum() / p.sum()) for p in profile]
+
+
+def write_clip(path: Path, n: int = CLIP_FRAMES, fps: int = CLIP_FPS) -> Path:
+    """An mpeg4 .mp4 of ``n`` column frames (PyAV, no decord involved)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = SIDE
+        stream.pix_fmt = "yuv420p"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(column_frame(i), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_frames(folder: Path, n: int, names: str = "f{}.png", step: int = STEP) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / names.format(i) for i in range(n)]
+    for i, p in enumerate(paths):
+        Image.fromarray(column_frame(i, step)).save(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    """clip.mp4, frames/ (6 PNGs), pic.png, empty/ and bad.mp4 (random bytes)."""
+    root = tmp_path_factory.mktemp("media")
+    write_clip(root / "clip.mp4")
+    write_frames(root / "frames", 6)
+    Image.fromarray(column_frame(0)).save(root / "pic.png")
+    (root / "empty").mkdir()
+    (root / "bad.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    return root
+
+
+U, A = "user", "assistant"
+QUESTION, ANSWER = "Which way does the bar move?", "To the right."
+
+
+def write_rows(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def read(path: Path, fmt: str = "auto", on_error: str = "raise", report=None,
+         verify: bool = True) -> list[Sample]:
+    return read_source(SourceConfig(path=str(path), format=fmt), path.parent, on_error, report,
+                       verify_images=verify)
+
+
+def msg_row(sid: str, video_part: dict, **extra) -> dict:
+    return {"id": sid, "messages": [
+        {"role": U, "content": [video_part, {"type": "text", "text": QUESTION}]},
+        {"role": A, "content": ANSWER}], **extra}
+
+
+def video_then_text(sample: Sample) -> bool:
+    """The user turn is exactly [video, text QUESTION] and the answer is ANSWER."""
+    user, answer = sample.messages[0]["content"], sample.messages[-1]["content"]
+    return ([p["type"] for p in user] == ["video", "text"] and user[1]["text"].strip() == QUESTION
+            and answer == [{"type": "text", "text": ANSWER}])
+
+
+# -- (1) every format reads a video row ----------------------------------------------------------
+def test_messages_rows_take_a_file_a_frame_list_a_folder_or_the_videos_list(media, tmp_path):
+    frames = sorted(p.name for p in (media / "frames").iterdir())
+    path = write_rows(tmp_path / "m.jsonl", [
+        msg_row("file", {"type": "video", "video": str(media / "clip.mp4")}),
+        msg_row("file-url", {"type": "video", "video": f"file://{media / 'clip.mp4'}"}),
+        msg_row("list", {"type": "video", "video": [str(media / "frames" / f) for f in frames]}),
+        msg_row("folder", {"type": "video", "video": str(media / "frames")}),
+        msg_row("pool", {"type": "video"}, videos=[str(media / "clip.mp4")]),
+        msg_row("pool-url-part", {"type": "video_url",
+                                  "video_url": {"url": str(media / "clip.mp4")}}),
+    ])
+    samples = read(path)
+    assert [s.id for s in samples] == ["file", "file-url", "list", "folder", "pool",
+                                       "pool-url-part"]
+    assert all(video_then_text(s) and len(s.videos) == 1 and not s.images for s in samples)
+    by_id = {s.id: s.videos[0] for s in samples}
+    for sid in ("file", "file-url", "pool", "pool-url-part"):
+        assert by_id[sid].file == media / "clip.mp4" and by_id[sid].frames == []
+    want = [media / "frames" / f"f{i}.png" for i in range(6)]
+    assert by_id["list"].file is None and by_id["list"].frames == want
+    assert by_id["folder"].file is None and by_id["folder"].frames == want
+
+
+def test_sharegpt_llava_and_normalized_rows_read_videos(media, tmp_path):
+    clip = str(media / "clip.mp4")
+    sharegpt = write_rows(tmp_path / "sg.jsonl", [
+        {"id": "sg", "conversations": [{"from": "human", "value": f"<video>{QUESTION}"},
+                                       {"from": "gpt", "value": ANSWER}], "videos": [clip]}])
+    llava = write_rows(tmp_path / "llava.jsonl", [
+        # LLaVA-Video-178K writes "<image>" for the clip; "<video>" also works; none: prepended
+        {"id": "img-mark", "video": clip, "conversations": [
+            {"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": ANSWER}]},
+        {"id": "vid-mark", "video": str(media / "frames"), "conversations": [
+            {"from": "human", "value": f"<video>\n{QUESTION}"}, {"from": "gpt", "value": ANSWER}]},
+        {"id": "no-mark", "video": clip, "conversations": [
+            {"from": "human", "value": QUESTION}, {"from": "gpt", "value": ANSWER}]}])
+    normalized = write_rows(tmp_path / "norm.jsonl", [
+        {"id": "n", "messages": [{"role": U, "content": [{"type": "video"},
+                                                         {"type": "text", "text": QUESTION}]},
+                                 {"role": A, "content": [{"type": "text", "text": ANSWER}]}],
+         "videos": [clip]}])
+    assert [detect_format(p) for p in (sharegpt, llava, normalized)] == [
+        "sharegpt", "llava", "normalized"]
+    (sg,) = read(sharegpt)
+    assert video_then_text(sg) and sg.videos[0].file == media / "clip.mp4"
+    llava_rows = read(llava)
+    assert [s.id for s in llava_rows] == ["img-mark", "vid-mark", "no-mark"]
+    for s in llava_rows:  # the clip is the row's only medium, placed before the question
+        assert video_then_text(s) and not s.images and len(s.videos) == 1, s
+    assert llava_rows[1].videos[0].frames == [media / "frames" / f"f{i}.png" for i in range(6)]
+    (n,) = read(normalized)
+    assert video_then_text(n) and n.videos[0].file == media / "clip.mp4"
+
+
+def test_image_video_and_text_rows_mix_in_one_file_and_one_batch(media):
+    # relative paths resolve against the file's folder
+    path = write_rows(media / "mix.jsonl", [
+        {"id": "img", "messages": [{"role": U, "content": f"<image>{QUESTION}"},
+                                   {"role": A, "content": "An image."}], "images": ["pic.png"]},
+        msg_row("vid", {"type": "video", "video": "clip.mp4"}),
+        {"id": "txt", "messages": [{"role": U, "content": "Hi"}, {"role": A, "content": "Hello"}]},
+        {"id": "both", "messages": [{"role": U, "content": f"<image><video>{QUESTION}"},
+                                    {"role": A, "content": ANSWER}],
+         "images": ["pic.png"], "videos": ["frames"]},
+    ])
+    samples = read(path)
+    assert [(s.id, len(s.images), len(s.videos)) for s in samples] == [
+        ("img", 1, 0), ("vid", 0, 1), ("txt", 0, 0), ("both", 1, 1)]
+    assert [p["type"] for p in samples[3].messages[0]["content"]] == ["image", "video", "text"]
+    # one padded batch of all four on the tiny Qwen2-VL: both pixel tensors, one grid per item
+    from vldft.adapters import load_adapter
+
+    torch.manual_seed(0)
+    a = load_adapter(ModelConfig(family="qwen2_vl", tiny=True))
+    coll = Collator(a, 1024, video=VideoSettings(max_frames=4, min_pixels=28 * 28,
+                                                 max_pixels=56 * 56))
+    batch = coll([coll.encode(s) for s in samples])
+    assert batch["image_grid_thw"].shape[0] == 2 and batch["video_grid_thw"].shape[0] == 2
+    n_video = (batch["input_ids"] == a.video_token_id).sum(1).tolist()
+    merge = a.processor.video_processor.merge_size
+    per_video = [int(g.prod()) // merge**2 for g in batch["video_grid_thw"]]
+    assert n_video == [0, per_video[0], 0, per_video[1]] and min(per_video) > 0
+
+
+# -- (2) row errors ----------------------------------------------------------------------------
+def error_of(tmp_path: Path, row: dict, verify: bool = False) -> DataError:
+    path = write_rows(tmp_path / "e.jsonl", [{"id": "ok", "messages": [
+        {"role": U, "content": "Hi"}, {"role": A, "content": "Hello"}]}, row])
+    with pytest.raises(DataError) as info:
+        read(path, verify=verify)
+    e = info.value
+    assert f"{path}:2" in str(e) and f"id {row['id']}" in str(e), str(e)
+    return e
+
+
+@pytest.mark.parametrize(("ref", "reason", "says"), [
+    ("nope.mp4", "video_missing", "video file not found"),
+    ("https://example.com/clip.mp4", "video_missing", "URL"),
+    ("EMPTY", "video_missing", "holds no frame images"),
+    (["frames/f0.png", "frames/missing.png"], "video_missing", "missing.png"),
+])
+def test_missing_videos_are_row_errors(media, tmp_path, ref, reason, says):
+    ref = str(media / "empty") if ref == "EMPTY" else ref
+    ref = [str(media / f) for f in ref] if isinstance(ref, list) else ref
+    e = error_of(tmp_path, msg_row("v1", {"type": "video", "video": ref}))
+    assert e.reason == reason and says in str(e), str(e)
+
+
+@pytest.mark.parametrize("row", [
+    {"messages": [{"role": U, "content": f"<video><video>{QUESTION}"},
+                  {"role": A, "content": ANSWER}], "videos": ["clip.mp4"]},
+    {"messages": [{"role": U, "content": QUESTION}, {"role": A, "content": ANSWER}],
+     "videos": ["clip.mp4"]},
+    {"conversations": [{"from": "human", "value": f"<video>{QUESTION}"},
+                       {"from": "gpt", "value": ANSWER}], "videos": ["clip.mp4", "clip.mp4"]},
+], ids=["two-marks-one-video", "no-mark", "sharegpt-one-mark-two-videos"])
+def test_placeholder_and_video_counts_must_agree(media, row):
+    path = write_rows(media / "count.jsonl", [{"id": "c", **row}])
+    with pytest.raises(DataError) as info:
+        read(path)
+    assert info.value.reason == "video_count" and f"{path}:1" in str(info.value)
+
+
+def test_normalized_row_counts_and_llava_rows_with_image_and_video():
+    with pytest.raises(DataError) as info:
+        sample_from_row({"messages": [{"role": U, "content": [{"type": "video"}] * 2},
+                                      {"role": A, "content": ANSWER}], "videos": ["x.mp4"]},
+                        "f.jsonl:3", Path("/"))
+    assert info.value.reason == "video_count"
+    from vldft.data.chat import llava_row
+
+    with pytest.raises(DataError, match="both 'image' and 'video'"):
+        llava_row({"image": "a.png", "video": "b.mp4", "conversations": [
+            {"from": "human", "value": "<image>Q"}, {"from": "gpt", "value": "A"}]}, "x")
+
+
+def test_corrupt_video_is_a_row_error_or_a_counted_skip(media, tmp_path):
+    rows = [msg_row("good", {"type": "video", "video": str(media / "clip.mp4")}),
+            msg_row("broken", {"type": "video", "video": str(media / "bad.mp4")}),
+            {"id": "txt", "messages": [{"role": U, "content": "Hi"},
+                                       {"role": A, "content": "Hello"}]}]
+    path = write_rows(tmp_path / "c.jsonl", rows)
+    assert [s.id for s in read(path, verify=False)] == ["good", "broken", "txt"]  # not opened
+    with pytest.raises(DataError) as info:
+        read(path)
+    e = info.value
+    assert e.reason == "video_corrupt"
+    assert f"{path}:2" in str(e) and "id broken" in str(e) and "bad.mp4" in str(e), str(e)
+    report = SkipReport()
+    assert [s.id for s in read(path, on_error="skip", report=report)] == ["good", "txt"]
+    assert report.count(reason="video_corrupt") == 1 and report.total == 1
+    (entry,) = report.entries
+    assert entry["reason"] == "video_corrupt" and "bad.mp4" in json.dumps(entry)
+    # the same clip reaching the collator unchecked: a video_corrupt SampleError naming it
+    from vldft.adapters import load_adapter
+
+    a = load_adapter(ModelConfig(family="qwen2_vl", tiny=True))
+    unchecked = read(path, verify=False)[1]
+    with pytest.raises(SampleError) as info:
+        Collator(a, 512).encode(unchecked)
+    assert info.value.reason == "video_corrupt" and "bad.mp4" in str(info.value)
+    assert "sample broken" in str(info.value)
+
+
+def test_the_data_pipeline_reports_corrupt_videos_with_on_error(media):
+    """``data.on_error`` through the training set's reader (``read_sources``)."""
+    from conftest import demo_config
+
+    from vldft.data.mix import read_sources
+
+    path = write_rows(media / "pipe.jsonl", [
+        msg_row("good", {"type": "video", "video": "clip.mp4"}),
+        msg_row("broken", {"type": "video", "video": "bad.mp4"})])
+    src = f"data.sources=[{{path: {path}, name: vids}}]"
+    with pytest.raises(DataError) as info:
+        read_sources(demo_config("data.train_files=[]", src, "data.on_error=raise"))
+    assert info.value.reason == "video_corrupt" and f"{path}:2" in str(info.value)
+    per_source, skips = read_sources(demo_config("data.train_files=[]", src,
+                                                 "data.on_error=skip"))
+    assert [s.id for s in per_source["vids"]] == ["good"]
+    assert skips.count("vids", "video_corrupt") == 1
+
+
+# -- (3) decoding a real mp4 -------------------------------------------------------------------
+@pytest.mark.parametrize(("fps", "max_frames", "want"), [
+    (4.0, 32, list(range(8))),  # the clip's own rate: every frame
+    (2.0, 32, [0, 2, 5, 7]),  # half the rate: 4 frames spread over the clip
+    (4.0, 4, [0, 2, 5, 7]),  # capped by max_frames
+])
+def test_an_mp4_decodes_at_the_configured_rate_with_its_content(media, fps, max_frames, want):
+    settings = VideoSettings(fps=fps, max_frames=max_frames, min_frames=2,
+                             min_pixels=28 * 28, max_pixels=SIDE * SIDE)
+    # reference indices: n = frames / source fps * fps (capped), spread evenly, ends kept
+    n = min(max_frames, int(CLIP_FRAMES / CLIP_FPS * fps))
+    assert want == [round(x) for x in np.linspace(0, CLIP_FRAMES - 1, n)]
+    dec = decode(Video(file=media / "clip.mp4"), settings, unit=28)
+    t, c, h, w = dec.frames.shape
+    assert (t, c) == (len(want), 3) and dec.frames.dtype == torch.uint8
+    assert h % 28 == 0 and w % 28 == 0 and h * w <= SIDE * SIDE
+    assert dec.indices == want and dec.total == CLIP_FRAMES and dec.fps == CLIP_FPS
+    got = centers(dec.frames)
+    assert all(b > a + 1 for a, b in zip(got, got[1:], strict=False)), got  # moves right
+    for k, i in enumerate(want):  # and is where frame i drew it (mpeg4 is lossy: 1.5 px)
+        assert abs(got[k] - column_center(i, w)) < 1.5, (k, got[k], column_center(i, w))
+
+
+def test_frames_and_folders_decode_in_order_capped_and_even(tmp_path):
+    from vldft.data.video import frame_files
+
+    folder = tmp_path / "frames"
+    write_frames(folder, 7, "frame{}.png")
+    settings = VideoSettings(max_frames=32, min_pixels=28 * 28, max_pixels=SIDE * SIDE)
+    # a folder's frames in natural order: f2 before f10 (a plain sort puts f10 second)
+    write_frames(tmp_path / "ten", 11, "f{}.png", step=4)
+    (tmp_path / "ten" / "notes.txt").write_text("not a frame")
+    assert [p.name for p in frame_files(tmp_path / "ten")] == [f"f{i}.png" for i in range(11)]
+    dec = decode(Video(frames=frame_files(tmp_path / "ten")), settings, unit=28)
+    assert dec.frames.shape[0] == 12  # 11 frames, made even by repeating the last
+    got = centers(dec.frames)
+    assert all(b > a + 1 for a, b in zip(got[:11], got[1:11], strict=False)), got
+    assert got[11] == pytest.approx(got[10])
+    # a cap: 7 frames at max_frames=4 keep 0, 2, 4, 6 (ends kept, spread evenly)
+    capped = VideoSettings(max_frames=4, min_pixels=28 * 28, max_pixels=SIDE * SIDE)
+    dec = decode(Video(frames=frame_files(folder)), capped, unit=28)
+    w = dec.frames.shape[3]
+    assert dec.frames.shape[0] == 4
+    got = centers(dec.frames)
+    assert all(abs(got[k] - column_center(i, w)) < 1.0 for k, i in enumerate((0, 2, 4, 6))), got
+    # encoded bytes (parquet / HF datasets) decode to the same frames as the files
+    blobs = Video(frames=[ImageBytes(p.read_bytes(), p.name) for p in frame_files(folder)])
+    assert torch.equal(decode(blobs, capped, unit=28).frames, dec.frames)
+
+
+# -- (4) an overlong video sample is shortened by frames ---------------------------------------
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_overlong_video_sample_is_shortened_by_whole_frames(family, tmp_path):
+    from vldft.adapters import load_adapter
+
+    torch.manual_seed(0)
+    a = load_adapter(ModelConfig(family=family, tiny=True))
+    frames = write_frames(tmp_path / "fr", 8)
+    settings = VideoSettings(max_frames=8, min_pixels=28 * 28, max_pixels=SIDE * SIDE)
+    sample = sample_from_row(msg_row("long", {"type": "video"}, videos=[[str(f) for f in frames]]),
+                             "x.jsonl:1", tmp_path)
+    merge = a.processor.video_processor.merge_size
+    full = Collator(a, 4096, video=settings).encode(sample)
+    assert not full.shortened and int(full.extras["video_grid_thw"][0, 0]) == 4  # 8 frames
+    # a limit a few tokens short of the full sample: fewer frames, not a cut
+    limit = len(full.input_ids) - 3
+    enc = Collator(a, limit, video=settings).encode(sample)
+    assert enc.shortened and not enc.truncated and len(enc.input_ids) <= limit
+    grid = enc.extras["video_grid_thw"]
+    assert int(grid[0, 0]) < 4 and tuple(grid[0, 1:].tolist()) == tuple(
+        full.extras["video_grid_thw"][0, 1:].tolist())
+    n_pad = int((enc.input_ids == a.video_token_id).sum())
+    assert n_pad == int(grid.prod()) // merge**2
+    assert enc.extras["pixel_values_videos"].shape[0] == int(grid.prod())
+    # the trained tokens are the answer and end-of-turn exactly (tokenized on their own)
+    trained = enc.input_ids[enc.labels != IGNORE].tolist()
+    assert trained == a.tokenizer.encode(ANSWER + a.end_of_turn, add_special_tokens=False)
+    assert (enc.labels[enc.input_ids == a.video_token_id] == IGNORE).all()
+    if family == "qwen3_vl":  # one "<t seconds>" timestamp per temporal patch left
+        text = a.tokenizer.decode(enc.input_ids)
+        assert len(re.findall(r"<[\d.]+ seconds>", text)) == int(grid[0, 0])
+    # a limit that not even 2 frames meet: the 2-frame video is whole and the answer after it
+    # is cut (skipped: nothing left to train); a limit inside the video: skipped, never cut
+    tiny_limit = len(full.input_ids) - int(full.extras["video_grid_thw"].prod()) // merge**2
+    skipped = Collator(a, tiny_limit, video=settings).encode(sample)
+    assert getattr(skipped, "reason", None) == "truncated_empty", skipped
+    inside = int((full.input_ids == a.video_token_id).nonzero()[0]) + 2
+    skipped = Collator(a, inside, video=settings).encode(sample)
+    assert getattr(skipped, "reason", None) == "image_cut", skipped
+
+
+# -- (5) the start-up cache keeps videos --------------------------------------------------------
+def test_rowstore_round_trip_keeps_video_files_and_frames(media):
+    from vldft.data import rowstore
+
+    png = (media / "frames/f1.png").read_bytes()
+    sample = Sample("s", [{"role": U, "content": [{"type": "image"}, {"type": "video"},
+                                                  {"type": "video"}, {"type": "text",
+                                                                      "text": QUESTION}]},
+                          {"role": A, "content": [{"type": "text", "text": ANSWER}]}],
+                    [media / "pic.png"], "a", "k", "src", "f.jsonl:4",
+                    videos=[Video(file=media / "clip.mp4", name="clip"),
+                            Video(frames=[media / "frames/f0.png", ImageBytes(png, "f1.png")],
+                                  name="two")])
+    row, blobs = rowstore.encode(sample)
+    back = rowstore.decode(row, blobs, "src")
+    assert (back.id, back.messages, back.images, back.answer, back.kind, back.source,
+            back.origin) == (sample.id, sample.messages, sample.images, "a", "k", "src",
+                             "f.jsonl:4")
+    assert len(back.videos) == 2
+    assert back.videos[0].file == media / "clip.mp4" and back.videos[0].name == "clip"
+    assert back.videos[1].file is None and back.videos[1].name == "two"
+    f0, f1 = back.videos[1].frames
+    assert f0 == media / "frames/f0.png"
+    assert isinstance(f1, ImageBytes) and f1.data == png and f1.name == "f1.png"
+
+
+def test_startup_cache_keeps_videos_and_their_lengths_follow_data_video(media, tmp_path,
+                                                                        monkeypatch):
+    """A second start reads the set from the cache: the same videos and lengths; another
+    ``data.video`` gives other lengths (the lengths key holds it), as a fresh estimate does."""
+    from conftest import demo_config
+
+    from vldft.adapters import load_adapter
+    from vldft.data.cache import training_set
+    from vldft.data.mix import build_training_set
+
+    monkeypatch.setenv("VLDFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VLDFT_NO_CACHE", raising=False)
+    path = write_rows(media / "cached.jsonl", [
+        msg_row("file", {"type": "video", "video": "clip.mp4"}),
+        msg_row("folder", {"type": "video", "video": "frames"}),
+        {"id": "img", "messages": [{"role": U, "content": f"<image>{QUESTION}"},
+                                   {"role": A, "content": ANSWER}], "images": ["pic.png"]}])
+    over = ["data.train_files=[]", f"data.sources=[{{path: {path}, name: vids}}]",
+            "data.heldout_file=null", "data.video.min_pixels=784", "data.video.max_pixels=4096"]
+    cfg = demo_config(*over, "data.video.max_frames=8")
+    adapter = load_adapter(cfg.model)
+    lines: list[str] = []
+    first = training_set(cfg, adapter, lines.append)
+    again = training_set(cfg, adapter, lines.append)
+    assert "built" in lines[0] and "cached" in lines[1], lines
+    want = build_training_set(cfg, adapter)  # no cache at all
+    for data in (first, again):
+        assert [s.id for s in data.samples] == [s.id for s in want.samples]
+        assert list(data.lengths) == list(want.lengths)
+        assert [[(v.file, v.frames) for v in s.videos] for s in data.samples] == [
+            [(v.file, v.frames) for v in s.videos] for s in want.samples]
+    by_id = {s.id: s for s in again.samples}
+    assert by_id["file"].videos[0].file == media / "clip.mp4"
+    assert by_id["folder"].videos[0].frames == [media / "frames" / f"f{i}.png" for i in range(6)]
+    fewer = demo_config(*over, "data.video.max_frames=2")
+    cached = training_set(fewer, adapter, lines.append)
+    fresh = build_training_set(fewer, adapter)
+    assert list(cached.lengths) == list(fresh.lengths) != list(want.lengths)
+
+
+@pytest.mark.parametrize("fps", [2.0, 4.0])
+def test_the_clip_times_reach_the_model(media, fps):
+    """The frames' times in the source: Qwen2.5-VL's seconds per temporal patch (2 frames /
+    the sampled rate) and Qwen3-VL's ``<t seconds>`` (the mean time of each frame pair)."""
+    from vldft.adapters import load_adapter
+
+    settings = VideoSettings(fps=fps, max_frames=32, min_frames=2, min_pixels=28 * 28,
+                             max_pixels=SIDE * SIDE)
+    sample = sample_from_row(msg_row("t", {"type": "video"}, videos=[str(media / "clip.mp4")]),
+                             "x.jsonl:1", media)
+    # reference: the frames taken (evenly spread, ends kept) and their times at the source's rate
+    n = int(CLIP_FRAMES / CLIP_FPS * fps)
+    times = [round(x) / CLIP_FPS for x in np.linspace(0, CLIP_FRAMES - 1, n)]
+    torch.manual_seed(0)
+    a = load_adapter(ModelConfig(family="qwen2_5_vl", tiny=True))
+    enc = Collator(a, 4096, video=settings).encode(sample)
+    assert enc.extras["second_per_grid_ts"].tolist() == pytest.approx([2 / fps])
+    a = load_adapter(ModelConfig(family="qwen3_vl", tiny=True))
+    enc = Collator(a, 4096, video=settings).encode(sample)
+    text = a.tokenizer.decode(enc.input_ids)
+    stamps = [float(t) for t in re.findall(r"<([\d.]+) seconds>", text)]
+    want = [(times[i] + times[i + 1]) / 2 for i in range(0, n, 2)]
+    assert stamps == pytest.approx(want, abs=0.051)

@@ -1,0 +1,212 @@
+"""Videos of a sample: references, checks and decoding (one path for training, held-out scoring
+and ``vldft.eval``).
+
+A video in a row is one of (docs/data.md#video):
+- a video file (``clip.mp4``, any container FFmpeg reads), decoded by **decord** through
+  qwen-vl-utils' ``fetch_video`` (frames sampled at ``data.video.fps``, capped at
+  ``data.video.max_frames``);
+- a list of frame files (or encoded frame bytes), in order: a clip already sampled at
+  ``data.video.fps``;
+- a folder of frame images (``*.png`` / ``*.jpg`` / ...), read in natural order (``f2`` before
+  ``f10``): the same as the list of its files.
+
+Decoder backend: qwen-vl-utils picks torchcodec, then decord, then torchvision.
+``torchvision.io.read_video`` is gone from torchvision 0.29, and torchcodec needs the system's
+FFmpeg libraries, so vldft pins decord (a wheel with FFmpeg inside) and tells qwen-vl-utils to use
+it, unless ``FORCE_QWENVL_VIDEO_READER`` names another backend.
+
+``decode`` returns ``(frames [T, 3, H, W] uint8, metadata)``; each frame is resized by
+qwen-vl-utils' policy to multiples of the family's unit (28 px for Qwen2/2.5-VL, 32 px for
+Qwen3-VL) within ``data.video.min_pixels`` / ``max_pixels`` per frame and
+``data.video.max_tokens`` for the whole clip. ``T`` is even (Qwen's temporal patch joins two
+frames; an odd frame list repeats its last frame, as qwen-vl-utils does).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+BACKEND = "decord"  # qwen-vl-utils' reader that installs from PyPI with FFmpeg built in
+
+
+@dataclass(eq=False)
+class Video:
+    """One video of a sample: a ``file`` or ``frames`` (paths / ImageBytes / PIL, in order)."""
+
+    file: Path | None = None
+    frames: list[Any] = field(default_factory=list)
+    name: str = ""  # how errors name it (the row's reference)
+
+    def __repr__(self) -> str:
+        what = str(self.file) if self.file is not None else f"{len(self.frames)} frames"
+        return f"Video({self.name or what})"
+
+
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The frame images of a folder, in natural order."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES
+                   and p.is_file()), key=lambda p: _natural(p.name))
+
+
+@dataclass
+class Decoded:
+    """Frames as the processor takes them and the times they were taken at."""
+
+    frames: Any  # torch.Tensor [T, 3, H, W] uint8
+    fps: float  # the rate of the source the indices count in (frames' own rate for lists)
+    indices: list[int]  # frame index of each frame in the source (its timestamps: i / fps)
+    total: int  # frames in the source
+
+
+def _use_decord() -> None:
+    from qwen_vl_utils import vision_process as vp
+
+    if os.environ.get("FORCE_QWENVL_VIDEO_READER") is None \
+            and vp.FORCE_QWENVL_VIDEO_READER != BACKEND:
+        vp.FORCE_QWENVL_VIDEO_READER = BACKEND
+        vp.get_video_reader_backend.cache_clear()
+
+
+def video_problem(video: Video) -> str | None:
+    """None if the video opens (a file: decord reads its header and frame count; frames: each
+    passes the image check), else the reason."""
+    if video.file is None:
+        from vldft.data import image_problem
+
+        for f in video.frames:
+            if (p := image_problem(f)) is not None:
+                return f"frame {getattr(f, 'name', f)}: {p}"
+        return None
+    try:
+        import decord
+
+        n = len(decord.VideoReader(str(video.file)))
+    except Exception as e:  # decord raises DECORDError (a RuntimeError) on bad files
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None if n > 0 else "no frames"
+
+
+def sample_indices(n: int, keep: int, exact: bool = False) -> list[int]:
+    """``keep`` indices spread evenly over ``range(n)`` (first and last kept); fewer (all ``n``)
+    when ``keep > n`` unless ``exact``, where frames repeat evenly (0, 0, 1, 1, ...)."""
+    if keep >= n:
+        return [i * n // keep for i in range(keep)] if exact else list(range(n))
+    if keep == 1:
+        return [0]
+    return [round(i * (n - 1) / (keep - 1)) for i in range(keep)]
+
+
+def decode(video: Video, settings, unit: int, max_frames: int | None = None,
+           nframes: int | None = None) -> Decoded:
+    """Decode ``video`` with ``settings`` (``vldft.config.VideoSettings``): frames resized to
+    multiples of ``unit`` px. ``max_frames`` lowers the cap (overlong samples are shortened by
+    frames); ``nframes`` asks for exactly that many (families that batch a fixed count)."""
+    import numpy as np
+    import torch
+    from qwen_vl_utils import fetch_video
+
+    from vldft.data import open_image
+
+    cap = min(settings.max_frames, max_frames or settings.max_frames)
+    ele: dict[str, Any] = {"min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels,
+                           "total_pixels": settings.max_tokens * unit * unit}
+    ele = {k: v for k, v in ele.items() if v is not None}
+    if video.file is not None:
+        _use_decord()
+        ele["video"] = str(video.file)
+        if nframes is not None:  # as many as there are (an even count), stretched below
+            import decord
+
+            n = len(decord.VideoReader(str(video.file)))
+            ele["nframes"] = max(2, min(nframes, n - n % 2))
+        else:
+            ele.update(fps=settings.fps, min_frames=min(settings.min_frames, cap),
+                       max_frames=cap)
+        frames, meta = fetch_video(ele, image_patch_size=unit // 2, return_video_metadata=True)
+        indices = [int(i) for i in meta["frames_indices"]]
+        fps, total = float(meta["fps"]), int(meta["total_num_frames"])
+        if nframes is not None and frames.shape[0] != nframes:  # a short clip: repeat evenly
+            pick = sample_indices(frames.shape[0], nframes, exact=True)
+            frames, indices = frames[pick], [indices[i] for i in pick]
+    else:
+        keep = sample_indices(len(video.frames), nframes or cap, exact=nframes is not None)
+        if len(keep) % 2:  # an even count (Qwen's temporal patch), as qwen-vl-utils pads
+            keep.append(keep[-1])
+        arrays = []
+        for i in keep:
+            with open_image(video.frames[i]) as im:
+                im = im.convert("RGB")
+                if arrays and im.size != (arrays[0].shape[2], arrays[0].shape[1]):
+                    im = im.resize((arrays[0].shape[2], arrays[0].shape[1]))
+                arrays.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+        frames = _resize(torch.stack(arrays), settings, unit)
+        indices, fps, total = keep, float(settings.fps), len(video.frames)
+    frames = frames.round().clamp(0, 255).to(torch.uint8)
+    return Decoded(frames, fps, indices, total)
+
+
+def plan(video: Video, settings, unit: int, fixed: bool = False) -> tuple[int, int, int]:
+    """``(frames, height, width)`` that ``decode`` will give, from headers only (a file: decord
+    reads the container's frame count and rate and decodes one frame for its size; frames: the
+    first frame's header). For length estimates (packing, length grouping)."""
+    from qwen_vl_utils.vision_process import smart_nframes
+
+    if video.file is not None:
+        import decord
+
+        vr = decord.VideoReader(str(video.file))
+        total, native = len(vr), vr.get_avg_fps()
+        h, w = vr[0].shape[:2]
+        if fixed:
+            n = settings.max_frames
+        else:
+            cap = settings.max_frames
+            n = smart_nframes({"fps": settings.fps, "min_frames": min(settings.min_frames, cap),
+                               "max_frames": cap}, total_frames=total, video_fps=native)
+    else:
+        from vldft.data import open_image
+
+        with open_image(video.frames[0]) as im:
+            w, h = im.size
+        n = settings.max_frames if fixed else min(len(video.frames), settings.max_frames)
+        n += n % 2
+    rh, rw = _frame_size(n, h, w, settings, unit)
+    return n, rh, rw
+
+
+def _frame_size(n: int, h: int, w: int, settings, unit: int) -> tuple[int, int]:
+    from qwen_vl_utils.vision_process import (
+        FRAME_FACTOR,
+        VIDEO_MAX_TOKEN_NUM,
+        VIDEO_MIN_TOKEN_NUM,
+        smart_resize,
+    )
+
+    lo = settings.min_pixels or VIDEO_MIN_TOKEN_NUM * unit * unit
+    budget = settings.max_tokens * unit * unit / n * FRAME_FACTOR
+    hi = max(min(VIDEO_MAX_TOKEN_NUM * unit * unit, budget), int(lo * 1.05))
+    if settings.max_pixels:
+        hi = min(hi, settings.max_pixels)
+    return smart_resize(h, w, factor=unit, min_pixels=lo, max_pixels=hi)
+
+
+def _resize(frames, settings, unit: int):
+    """qwen-vl-utils' frame policy for frames given as images (its own list path pre-resizes
+    each frame at twice the unit): one size for the clip, a multiple of ``unit`` within the
+    per-frame bounds and the clip's token budget."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    n, _, h, w = frames.shape
+    rh, rw = _frame_size(n, h, w, settings, unit)
+    return resize(frames, [rh, rw], interpolation=InterpolationMode.BICUBIC,
+                  antialias=True).float()
