@@ -71,19 +71,14 @@ def first_fit_decreasing(indices: list[int], lengths: list[int], capacity: int
 
 
 # -- per-sample positions ---------------------------------------------------------------------
-@functools.cache
-def _takes_token_types(cls: type) -> bool:
-    """Whether ``cls.get_rope_index`` takes ``mm_token_type_ids`` (transformers >= 5.2x; the
-    GPU image may have an older one). Once per class, not once per sample."""
-    return "mm_token_type_ids" in inspect.signature(cls.get_rope_index).parameters
-
-
 # extras with one row per image / video (not per token), and the video ones
 PER_MEDIA_KEYS = ("image_grid_thw", "image_sizes", "video_grid_thw", "second_per_grid_ts")
 
 
 @functools.cache
 def _rope_params(cls: type) -> frozenset[str]:
+    """The arguments ``cls.get_rope_index`` takes (``mm_token_type_ids`` from transformers
+    5.2x on; the GPU image may have an older one). Once per class, not once per sample."""
     return frozenset(inspect.signature(cls.get_rope_index).parameters)
 
 
@@ -102,7 +97,7 @@ def mrope_positions(model, enc: Encoded, image_token_id: int,
     ids = enc.input_ids.unsqueeze(0)
     inner = model.model
     kwargs = rope_media_kwargs(type(inner), enc.extras)
-    if _takes_token_types(type(inner)):
+    if "mm_token_type_ids" in _rope_params(type(inner)):
         mm = enc.extras.get("mm_token_type_ids")  # transformers >= 5.2x takes the token types
         if mm is None:
             mm = (ids == image_token_id).int()

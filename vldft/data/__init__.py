@@ -369,7 +369,7 @@ def _is_video(obj: Any) -> bool:
 
 def _video(ref: Any, root: Path, where: str, allow_outside_root: bool = True) -> Any:
     """A ``Video`` from a row's reference: a file or folder path, or a list of frames."""
-    from vldft.data.video import Video, frame_files
+    from vldft.data.video import Video
 
     if _is_video(ref):
         return ref
@@ -395,15 +395,12 @@ def _video(ref: Any, root: Path, where: str, allow_outside_root: bool = True) ->
         fail(where, "image_outside_root", f"video {ref} resolves to {path.resolve()}, outside "
              f"the image root {root.resolve()} (allow_outside_root is off for this source)",
              image=str(ref))
-    if path.is_dir():
-        frames = frame_files(path)
-        if not frames:
-            fail(where, "video_missing", f"video folder {path} holds no frame images",
-                 image=str(path))
-        return Video(frames=frames, name=str(path))
-    if not path.is_file():
+    if not path.is_dir() and not path.is_file():
         fail(where, "video_missing", f"video file not found: {path}", image=str(path))
-    return Video(file=path, name=str(path))
+    try:
+        return Video.from_path(path)
+    except ValueError as e:  # a folder without frames
+        fail(where, "video_missing", str(e), image=str(path))
 
 
 def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[Sample]:

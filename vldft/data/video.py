@@ -42,6 +42,17 @@ class Video:
     frames: list[Any] = field(default_factory=list)
     name: str = ""  # how errors name it (the row's reference)
 
+    @classmethod
+    def from_path(cls, path: Path, name: str = "") -> Video:
+        """A folder as its frames (natural order; none: ``ValueError``), anything else as a
+        video file (its existence is the caller's check)."""
+        if path.is_dir():
+            frames = frame_files(path)
+            if not frames:
+                raise ValueError(f"video folder {path} holds no frame images")
+            return cls(frames=frames, name=name or str(path))
+        return cls(file=path, name=name or str(path))
+
     def __repr__(self) -> str:
         what = str(self.file) if self.file is not None else f"{len(self.frames)} frames"
         return f"Video({self.name or what})"

@@ -43,7 +43,7 @@ from transformers import AutoConfig
 
 from vldft.adapters import MODEL_TYPES, load_adapter
 from vldft.config import ModelConfig, VideoSettings, saved_video_settings
-from vldft.data.video import Video, frame_files
+from vldft.data.video import Video
 from vldft.device import model_device
 from vldft.heldout import generate_messages
 
@@ -76,11 +76,9 @@ def to_vldft_messages(chat: ChatMessages) -> tuple[list[dict], list, list[Video]
                                      "supported")
                 parts.append({"type": "video"})
                 url = part.url
-                path = None if isinstance(url, (list, tuple)) else Path(
-                    str(url).removeprefix("file://"))
-                videos.append(Video(frames=list(url), name=f"{len(url)} frames") if path is None
-                              else Video(frames=frame_files(path), name=str(url))
-                              if path.is_dir() else Video(file=path, name=str(url)))
+                videos.append(Video(frames=list(url), name=f"{len(url)} frames")
+                              if isinstance(url, (list, tuple)) else
+                              Video.from_path(Path(str(url).removeprefix("file://")), str(url)))
             else:
                 raise ValueError(f"vldft model: {part.type} inputs are not supported")
         messages.append({"role": msg.role, "content": parts})
