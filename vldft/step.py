@@ -73,6 +73,9 @@ class ObjectiveModule(nn.Module):
                 raise RuntimeError("asft needs a reference model (build_reference)")
             with torch.no_grad(), (lora.disable_adapter() if lora is not None
                                    else contextlib.nullcontext()):
+                if lora is not None:  # the anchor is this (maybe sharded) model: the same
+                    for _ in range(vision_passes - real):  # vision passes as the other ranks
+                        self.adapter.dummy_vision_loss()
                 ref_hidden = self.adapter.hidden_states(
                     batch, model=None if lora is not None else self.reference)
             ref_head = self.adapter.output_layer(None if lora is not None else self.reference)
