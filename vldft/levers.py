@@ -178,8 +178,16 @@ def apply_liger(model: nn.Module) -> None:
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         raise ConfigError(f"train.liger: Liger-Kernel has no kernels for model type "
                           f"{model_type!r}; set train.liger=false")
-    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
-                                    cross_entropy=False, fused_linear_cross_entropy=False)
+    try:
+        _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
+                                        cross_entropy=False, fused_linear_cross_entropy=False)
+    except ImportError as e:  # e.g. liger-kernel 0.8.5's Qwen2.5-VL patch imports an output
+        import transformers  # class that transformers 5.23 removed
+
+        raise ConfigError(f"train.liger: Liger-Kernel cannot patch model type {model_type!r} "
+                          f"with transformers {transformers.__version__} ({e}); use a "
+                          "transformers version that liger-kernel supports (0.8.5: <= 5.22), "
+                          "or set train.liger=false") from None
 
 
 def compile_regional(model: nn.Module, backend: str = "inductor") -> int:
