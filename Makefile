@@ -21,9 +21,14 @@ $(VENV)/.eval-installed: pyproject.toml eval/pins.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -r eval/pins.txt
 	touch $@
 
+# DeepSpeed (the deepspeed extra; tests/test_deepspeed.py runs ZeRO-2 / ZeRO-3 on 2 CPU processes):
+# PyPI has only its sdist, whose setup reads the installed torch, so it builds without isolation
+# once torch is in the venv (setuptools for that build); DS_BUILD_OPS=0: no compiled ops
 $(VENV)/.installed: pyproject.toml eval/pins.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,eval]"
 	$(BIN)/pip install --quiet --no-deps -r eval/pins.txt
+	$(BIN)/pip install --quiet "setuptools>=77"
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	touch $@ $(VENV)/.eval-installed $(VENV)/.demo-installed
 
 # train, then score the held-out set again with blank and with shuffled images: the image-only

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import importlib.util
 import os
 import warnings
 
@@ -42,6 +43,9 @@ class ObjectiveModule(nn.Module):
         self.model = adapter.model
         self.reference = reference
         self.adapter = adapter
+        # accelerate's FSDP shards the blocks named here one by one (its transformer wrap policy
+        # reads them from the module it prepares: this one, not the Hugging Face model)
+        self._no_split_modules = list(getattr(adapter.model, "_no_split_modules", None) or [])
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -210,23 +214,36 @@ def register_zero3(module: ObjectiveModule, accelerator: Accelerator) -> None:
 def build_accelerator(cfg: Config) -> Accelerator:
     """The accelerate engine for ``cfg``, with the checks that must fail before any model loads:
     the process group matches WORLD_SIZE, a requested FSDP / DeepSpeed is really running (else a
-    warning), ASFT under ZeRO-3 has LoRA, and train.eval_tasks runs on unsharded weights."""
+    warning), ASFT under ZeRO-3 has LoRA, and train.eval_tasks and the held-out scoring run on
+    unsharded weights. DeepSpeed runs without a GPU too (its CPU accelerator, gloo), and gets
+    vldft's loop settings: micro-batch, clipping at train.max_grad_norm, no accumulation of its
+    own, no optimizer step before a step's last micro-batch (docs/distributed.md)."""
     t = cfg.train
-    # the other ranks wait for rank 0's train.eval_tasks evaluation: a long collective timeout
-    timeout = [InitProcessGroupKwargs(timeout=datetime.timedelta(hours=6))] if t.eval_tasks \
-        else []
-    # without a GPU, accelerate forms a multi-process (gloo) group only when told cpu=True
+    gpu = torch.cuda.is_available()
+    # DeepSpeed without a GPU runs on its CPU accelerator (communication backend gloo).
+    # accelerate enables DeepSpeed only when not told cpu=True, and without a GPU it then forms
+    # the process group only when given the backend by name.
+    deepspeed_cpu = (not gpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+                     and int(os.environ.get("LOCAL_RANK", -1)) != -1
+                     and importlib.util.find_spec("deepspeed") is not None)
+    group = {"backend": "gloo"} if deepspeed_cpu else {}
+    if t.eval_tasks:  # the other ranks wait for rank 0's evaluation: a long collective timeout
+        group["timeout"] = datetime.timedelta(hours=6)
+    # otherwise, without a GPU, accelerate forms a multi-process (gloo) group only with cpu=True
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg),
-                              cpu=not torch.cuda.is_available(), kwargs_handlers=timeout)
+                              cpu=not gpu and not deepspeed_cpu,
+                              kwargs_handlers=[InitProcessGroupKwargs(**group)] if group else [])
     if accelerator.num_processes != world_size():
         raise SystemExit(f"WORLD_SIZE is {world_size()} but accelerate formed a group of "
                          f"{accelerator.num_processes}; launch with torchrun or accelerate launch")
     for env, engine in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
                         ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
         if os.environ.get(env, "").lower() == "true" and accelerator.distributed_type != engine:
+            why = ("accelerate builds FSDP only on GPUs" if engine == DistributedType.FSDP
+                   else "without a GPU it needs the deepspeed extra and a launcher "
+                   "(accelerate launch)")
             warnings.warn(f"{engine.value} was requested but accelerate runs "
-                          f"{accelerator.distributed_type.value} (FSDP and DeepSpeed need GPUs)",
-                          stacklevel=1)
+                          f"{accelerator.distributed_type.value} ({why})", stacklevel=1)
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None and plugin.zero_stage == 3 and cfg.loss.name == "asft" \
             and cfg.model.lora is None:
@@ -237,6 +254,36 @@ def build_accelerator(cfg: Config) -> Accelerator:
         raise ConfigError("train.eval_tasks: not supported with sharded weights (FSDP / "
                           "DeepSpeed ZeRO-3); evaluate the saved checkpoints with "
                           "`python -m vldft.eval` instead, or set train.eval_tasks=[]")
+    if plugin is not None and plugin.zero_stage == 3 and cfg.data.heldout_file \
+            and t.eval_max_samples:
+        # the held-out scoring multiplies by lm_head.weight outside any forward: ZeRO-3 holds
+        # a shard of it there (a failure at the first evaluation; found on the CPU)
+        raise ConfigError("data.heldout_file: the held-out scoring during training is not "
+                          "supported under DeepSpeed ZeRO-3 (sharded weights); set "
+                          "train.eval_max_samples=0 and score the saved checkpoints with "
+                          "`python -m vldft.heldout CHECKPOINT HELDOUT_FILE` instead")
+    if plugin is not None:
+        # vldft's loop, not DeepSpeed's defaults: the micro-batch size (vldft's loader has a
+        # batch sampler), clipping at train.max_grad_norm (accelerate would fill in 1.0; 0: no
+        # clipping), and no division of the loss by the accumulation steps (the loss is
+        # already divided by the step's global target count: vldft.step.accumulate_gradients)
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
+        ds["gradient_accumulation_steps"] = 1
+        ds["gradient_clipping"] = max(t.max_grad_norm, 0.0)
+
+        # accelerate runs DeepSpeed's optimizer step inside every accelerator.backward that
+        # syncs gradients; the micro-batches before the last of a step are backpropagated
+        # under accelerator.no_sync, which becomes the place where they do not
+        @contextlib.contextmanager
+        def no_sync(model):
+            accelerator.gradient_state._set_sync_gradients(False)
+            try:
+                yield
+            finally:
+                accelerator.gradient_state._set_sync_gradients(True)
+
+        accelerator.no_sync = no_sync
     return accelerator
 
 

@@ -116,7 +116,7 @@ def main(cfg: Config) -> dict:
     # --- build: data, model, optimizer, schedule -------------------------------------------
     root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
     heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file), root) if cfg.data.heldout_file else []
-    adapter = load_adapter(cfg.model)
+    adapter = load_model(cfg, accelerator)
     data = training_set(cfg, adapter, log)  # rank 0 builds once, cached on disk
     if not data.samples:
         raise SystemExit("no training samples: every row was skipped or the sources are empty"
@@ -237,6 +237,26 @@ def main(cfg: Config) -> dict:
     finally:
         out.close()
         stop.close()
+
+
+def load_model(cfg: Config, accelerator):
+    """``load_adapter(cfg.model)``; under DeepSpeed ZeRO-3 with ``zero3_init_flag: false`` (the
+    shipped configs/accelerate/zero3.yaml) every rank builds the whole model and DeepSpeed
+    partitions it at ``accelerator.prepare``. accelerate registers its DeepSpeed config with
+    transformers whatever the flag says, and transformers then builds each sub-model under
+    ``deepspeed.zero.Init`` (the tiny models' constructors fail there: a partitioned embedding
+    is initialised), so that registration is lifted while the model loads and restored after
+    (generation under ZeRO-3 reads it)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3 or plugin.zero3_init_flag:
+        return load_adapter(cfg.model)
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        return load_adapter(cfg.model)
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def save_checkpoint(state: RunState, cfg: Config, out_dir: Path, accelerator, adapter,

@@ -1,0 +1,91 @@
+"""Worker for test_deepspeed.py: vldft.train.main under DeepSpeed ZeRO-2, then ZeRO-3, in one
+2-process launch (``accelerate launch --config_file configs/accelerate/zero2.yaml
+--num_processes 2 --mixed_precision no tests/deepspeed_worker.py OUT``; on a CPU machine that
+is DeepSpeed's CPU accelerator with gloo). Starting processes is most of the cost, so both
+stages share it: before each, the accelerate state is reset and the environment is set to
+what ``accelerate launch`` derives from that shipped config (its own code does it).
+
+Per stage, in ``OUT/<name>``: 3 optimizer steps of 2 micro-batches per rank (the accumulation
+path), a checkpoint at step 2, ``final/``; then ``final/`` is moved to ``uninterrupted/`` and
+the same config is run again, resuming from checkpoint-2 (``train.resume: auto``), which
+writes ``final/`` anew. Under ZeRO-3, last: a config with held-out scoring during training
+must be refused by ``build_accelerator``. Rank 0 prints one JSON line per stage: the engine
+that ran, the checkpoint resumed from, the refusal."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+from vldft.config import ConfigError, load_config
+from vldft.step import build_accelerator
+from vldft.train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 3
+
+
+def launcher_env(name: str) -> dict[str, str]:
+    """The ACCELERATE_* variables ``accelerate launch --config_file
+    configs/accelerate/<name>.yaml --num_processes 2 --mixed_precision no`` sets."""
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(ROOT / f"configs/accelerate/{name}.yaml"), "--num_processes", "2",
+         "--mixed_precision", "no", "--main_process_port", "0", "-m", "vldft.train"])
+    args, defaults, from_config = _validate_launch_command(args)
+    # as accelerate's launch_command does before its DeepSpeed launcher
+    fields = list(defaults.deepspeed_config) + (["mixed_precision"] if from_config else [])
+    args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+    _, env = prepare_deepspeed_cmd_env(args)
+    return {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}
+
+
+def overrides(out: Path) -> list[str]:
+    return ["data.heldout_file=null", f"train.max_steps={STEPS}", "loss.sft_warmup_steps=1",
+            "train.micro_batch_size=2", "train.grad_accum=2", "train.log_every=1",
+            "train.save_every=2", "train.eval_max_samples=0", "train.mixed_precision=no",
+            "train.max_grad_norm=2.0",  # not accelerate's DeepSpeed default of 1.0
+            f"train.output_dir={out}"]
+
+
+def run_stage(name: str, out: Path) -> None:
+    os.environ.update(launcher_env(name))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    cfg = load_config(ROOT / "tests/tiny_demo.yaml", overrides(out))
+    main(cfg)
+    state = AcceleratorState()
+    engine = {"stage": name, "distributed_type": state.distributed_type.value,
+              "zero_stage": state.deepspeed_plugin.zero_stage,
+              "num_processes": state.num_processes, "device": state.device.type,
+              "backend": dist.get_backend(), "mixed_precision": state.mixed_precision}
+    # the same run interrupted after checkpoint-2: resume it
+    if state.is_main_process:
+        shutil.move(out / "final", out / "uninterrupted")
+        (out / "summary.json").unlink()
+    dist.barrier()
+    resumed = main(cfg)
+    engine["resumed_from"] = resumed.get("resumed_from")
+    if name == "zero3":  # held-out scoring during training: refused before any model loads
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        try:
+            build_accelerator(load_config(ROOT / "tests/tiny_demo.yaml", [
+                *overrides(out), "data.heldout_file=data/geo_demo/heldout.jsonl",
+                "train.eval_max_samples=4"]))
+            engine["heldout_refused"] = None
+        except ConfigError as e:
+            engine["heldout_refused"] = str(e)
+    if state.is_main_process:
+        print(json.dumps(engine), flush=True)
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    for stage in sys.argv[2:] or ["zero2", "zero3"]:
+        run_stage(stage, root / stage)
