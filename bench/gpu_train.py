@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import statistics
 import sys
 import time
@@ -58,17 +57,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402
-    default_out,
+    Stopwatch,
     fmt_mfu,
     free,
+    gpu_out,
     markdown_table,
-    peak_tflops,
-    qwen25vl_3b_config,
-    qwen25vl_config,
+    mfu,
+    oom_guard,
+    peak_mem_gib,
+    pick_device,
+    profiled,
     qwen_flop_terms,
+    reset_peak,
     run_header,
+    save_result,
     sync,
-    write_json,
+    to_device,
+)
+from qwen import (  # noqa: E402
+    build_qwen25vl,
+    qwen25vl_3b_config,
+    qwen25vl_small_config,
+    random_sample,
 )
 
 import vldft.objectives as vobj  # noqa: E402
@@ -99,16 +109,9 @@ class FakeOOM(torch.OutOfMemoryError):
 
 # ----------------------------------------------------------------------------- model and data
 def build_model(dry_run: bool, device: str, dtype: torch.dtype):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    config = qwen25vl_config(
-        64, 2, 2, 1, 128, vocab=4096, first_special=4000, max_positions=65536,
-        vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=112,
-                    fullatt_block_indexes=[1])) if dry_run else qwen25vl_3b_config()
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation="sdpa")
+    """The 3B architecture (the dry run: ``qwen.qwen25vl_small_config``) in training mode."""
+    config = qwen25vl_small_config() if dry_run else qwen25vl_3b_config()
+    model = build_qwen25vl(config, device, dtype)
     model.config.use_cache = False
     return model.train()
 
@@ -121,25 +124,15 @@ def make_batch(model, length: int, image_side: int, device: str, dtype: torch.dt
     prompt = PROMPT_BEFORE + 1 + n_image + 1 + PROMPT_AFTER
     if length <= prompt + 1:
         raise ValueError(f"length {length} leaves no response tokens (prompt {prompt})")
-    cfg = model.config
     g = torch.Generator().manual_seed(length)
-    ids = torch.randint(0, cfg.text_config.pad_token_id, (1, length), generator=g)  # no specials
-    img = slice(PROMPT_BEFORE + 1, PROMPT_BEFORE + 1 + n_image)
-    ids[0, PROMPT_BEFORE], ids[0, img] = cfg.vision_start_token_id, cfg.image_token_id
-    ids[0, img.stop] = cfg.vision_end_token_id
-    labels = ids.clone()
-    labels[0, :prompt] = -100
-    patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+    s = random_sample(model.config, prompt, length - prompt, (grid, grid), g, at=PROMPT_BEFORE,
+                      id_hi=model.config.text_config.pad_token_id)
     # no attention_mask (one unpadded sequence): sdpa then runs causal without a [T, T] mask
-    batch = {"input_ids": ids, "labels": labels,
-             "pixel_values": torch.randn(grid * grid, patch_dim, generator=g),
-             "image_grid_thw": torch.tensor([[1, grid, grid]])}
+    batch = {"input_ids": s["input_ids"][None], "labels": s["labels"][None],
+             "pixel_values": s["pixel_values"], "image_grid_thw": s["image_grid_thw"]}
     if "mm_token_type_ids" in inspect.signature(model.model.forward).parameters:
-        mm = torch.zeros_like(ids)
-        mm[0, img] = 1
-        batch["mm_token_type_ids"] = mm  # transformers >= 5.2x: mRoPE needs it
-    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
-            for k, v in batch.items()}
+        batch["mm_token_type_ids"] = s["mm_token_type_ids"]  # transformers >= 5.2x: mRoPE
+    return to_device(batch, device, dtype)
 
 
 def flop_terms(model, length: int, n_targets: int, patches: int) -> dict[str, float]:
@@ -203,12 +196,7 @@ def profile(model, optimizer, method: str, length: int, args, device: str, dtype
         train_step(model, optimizer, batch, spec, phases=ph)
         runs.append(ph)
     phases = {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.startswith("cuda"):
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        train_step(model, optimizer, batch, spec)
-        sync(device)
+    prof = profiled(lambda b=batch: train_step(model, optimizer, b, spec), device)
     sort = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
     (out / f"profile_{method}_{length}.txt").write_text(table)
@@ -226,33 +214,33 @@ def measure(model, optimizer, method: str, length: int, args, device: str, dtype
     n_targets = int((batch["labels"][:, 1:] != -100).sum())
     patches = int(batch["image_grid_thw"].prod())
     row = {"method": method, "seq_len": length, "targets": n_targets}
-    times, oom = [], None
-    try:
+
+    def steps() -> list[float]:
+        times = []
         for k in range(args.warmup + args.steps):
-            if k == args.warmup and device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            sync(device)
-            t0 = time.perf_counter()
-            row["loss"] = train_step(model, optimizer, batch, spec, args.fake_oom_above)
-            sync(device)
+            if k == args.warmup:
+                reset_peak(device)
+            with Stopwatch(device) as clock:
+                row["loss"] = train_step(model, optimizer, batch, spec, args.fake_oom_above)
             if k >= args.warmup:
-                times.append(time.perf_counter() - t0)
-    except torch.OutOfMemoryError as e:
-        oom = str(e).split("\n")[0][:200]
-    if oom is not None:  # outside the except block: its traceback no longer pins tensors
+                times.append(clock.wall)
+        return times
+
+    times, oom = oom_guard(steps)
+    if oom is not None:
         optimizer.zero_grad(set_to_none=True)
-        del batch
+        batch = None  # (the closure above holds it too)
         free(device)
         return {**row, "error": "out of memory", "detail": oom}
     step = statistics.median(times)
     flops = model_flops(model, length, n_targets, patches)
     row.update(step_s=round(step, 4), tokens_per_s=round(length / step, 1),
                tflops_per_s=round(flops / step / 1e12, 1),
-               mfu=flops / step / 1e12 / args.peak_tflops if args.peak_tflops else None,
+               mfu=mfu(flops, step, args.peak_tflops, digits=None),
                model_flop_per_step=flops, flop_terms=flop_terms(model, length, n_targets, patches))
     if device.startswith("cuda"):
-        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    del batch
+        row["peak_mem_gib"] = peak_mem_gib(device)
+    batch = None  # (the closure above holds it too)
     free(device)
     return row
 
@@ -312,17 +300,17 @@ def markdown(result: dict) -> str:
                                 str(r.get("peak_mem_gib", "-"))])])]
     if result.get("profile"):
         names = list(result["profile"][0]["phases_s"])
-        lines += ["", "| phase times (ms, synchronised) | L | " + " | ".join(names) + " | sum |",
-                  "|---|---|" + "---|" * (len(names) + 1)]
-        for p in result["profile"]:
-            lines.append(f"| {p['method']} | {p['seq_len']} | " + " | ".join(
-                f"{p['phases_s'][n] * 1e3:.0f}" for n in names) + f" | {p['step_s'] * 1e3:.0f} |")
+        lines += ["", markdown_table(
+            ["phase times (ms, synchronised)", "L", *names, "sum"], result["profile"],
+            lambda p: [p["method"], p["seq_len"], *(f"{p['phases_s'][n] * 1e3:.0f}"
+                                                    for n in names),
+                       f"{p['step_s'] * 1e3:.0f}"])]
     if result["search"]:
-        lines += ["", "| method (gradient checkpointing) | longest L that trains | first OOM |",
-                  "|---|---|---|"]
-        for s in result["search"]:
-            cap = " (search cap)" if s["capped"] else ""
-            lines.append(f"| {s['method']} | {s['longest_fit']}{cap} | {s['first_oom'] or '-'} |")
+        lines += ["", markdown_table(
+            ["method (gradient checkpointing)", "longest L that trains", "first OOM"],
+            result["search"], lambda s: [
+                s["method"], f"{s['longest_fit']}{' (search cap)' if s['capped'] else ''}",
+                s["first_oom"] or "-"])]
     return "\n".join(lines)
 
 
@@ -337,7 +325,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--search-step", type=int, default=4096)
     ap.add_argument("--no-search", action="store_true", help="skip the longest-length search")
     ap.add_argument("--peak-tflops", type=float, default=None, help="default: from the device")
-    ap.add_argument("--out", default=os.environ.get("OUT", default_out("gpu")),
+    ap.add_argument("--out", default=gpu_out(),
                     help="directory for gpu_train.json (default: $OUT, else runs/bench/gpu/)")
     ap.add_argument("--profile", default="",
                     help="comma-separated lengths: phase timings + operator table per method")
@@ -351,19 +339,11 @@ def main(argv=None) -> dict:
                     help="dry run: pretend sequences longer than this run out of memory")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    device, dtype, args.peak_tflops = pick_device(args.dry_run, args.peak_tflops)
     if args.dry_run:
-        device, dtype = "cpu", torch.float32  # CPU bf16 kernels are slow; same code path
         args.seq_lens, args.steps, args.warmup, args.image_side = "160", 1, 0, 56
         args.search_max, args.search_step = 1280, 160
         args.fake_oom_above = args.fake_oom_above or 500
-        args.peak_tflops = args.peak_tflops or 1.0
-    else:
-        if not torch.cuda.is_available():
-            raise SystemExit("no CUDA device: run with --dry-run, or on a GPU machine")
-        device, dtype = "cuda", torch.bfloat16
-        name = torch.cuda.get_device_name()
-        if args.peak_tflops is None:
-            args.peak_tflops = peak_tflops(name)
     seqs = [int(s) for s in args.seq_lens.split(",")]
     methods = args.methods.split(",")
     for m in methods:
@@ -385,8 +365,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every measurement: a timeout keeps what was measured
-        result["wall_s"] = round(time.perf_counter() - t0, 1)
-        write_json(out / "gpu_train.json", result)
+        save_result(out / "gpu_train.json", result, t0)
 
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})

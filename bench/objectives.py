@@ -28,14 +28,22 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import default_out, machine_info, write_json
+from common import (
+    ChildFailed,
+    child_result,
+    command_line,
+    default_out,
+    machine_info,
+    markdown_table,
+    peak_rss_kib,
+    run_child,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 151_936
@@ -113,17 +121,20 @@ def child(method: str, hidden_size: int, vocab: int, n: int) -> dict:
         loss = LOSSES[method](hidden, weight, labels)
         loss.backward()
         out = {"time_s": time.perf_counter() - t0, "loss": loss.item()}
-    return {**out, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    return {**out, "maxrss_kb": peak_rss_kib()}
 
 
-def run_child(method: str, hidden_size: int, vocab: int, n: int) -> dict:
+def measure(method: str, hidden_size: int, vocab: int, n: int) -> dict:
+    """``child`` in a fresh process (``common.run_child``); a failure as ``{"error": ...}``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, str(hidden_size),
            str(vocab), str(n)]
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if res.returncode != 0:
-        return {"error": f"exit {res.returncode}: {res.stderr.strip()[-500:]}"}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    try:
+        out = run_child(cmd, env, tail=500)
+    except ChildFailed as e:
+        return {"error": str(e)}
+    out.pop("wall_s")
+    return out
 
 
 # ----------------------------------------------------------------------------- driver
@@ -135,14 +146,14 @@ def benchmark(shapes: list[str], tokens: list[int], reps: int, vocab: int, max_g
     for shape in shapes:
         hsz = SHAPES[shape]
         for n in tokens:
-            base = run_child("baseline", hsz, vocab, n)
+            base = measure("baseline", hsz, vocab, n)
             res: dict[str, list[dict]] = {}
             skip = {m: est for m in methods
                     if (est := NAIVE_FACTOR.get(m, 0) * (n + 1) * vocab * 4 / 2**30) > max_gb}
             for _ in range(reps):
                 for method in methods:
                     if method not in skip:
-                        res.setdefault(method, []).append(run_child(method, hsz, vocab, n))
+                        res.setdefault(method, []).append(measure(method, hsz, vocab, n))
             for method in methods:
                 row = {"shape": shape, "hidden": hsz, "vocab": vocab, "tokens": n,
                        "method": method, "reps": reps}
@@ -185,24 +196,17 @@ def markdown(result: dict) -> str:
     for run in result["runs"]:
         lines.append(f"- `{run['command']}`, finished {run['date']} (load average before "
                      f"{run['load_before']}, after {run['load_after']})")
-    lines += [
-        "",
-        "| shape | hidden | N tokens | method | time (s, median) | reps | peak extra (GiB) |",
-        "|---|---|---|---|---|---|---|",
-    ]
     order = {m: i for i, m in enumerate(METHODS)}
-    for r in sorted(result["rows"], key=lambda r: (r["shape"], r["tokens"], order[r["method"]])):
-        if "time_s" in r:
-            t, mem = f"{r['time_s']:.3g}", f"{r['peak_extra_gib']:.2f}"
-        else:
-            t, mem = r.get("skipped") or r.get("error", "?"), "-"
-        lines.append(f"| {r['shape']} | {r['hidden']} | {r['tokens']} | {r['method']} | {t} | "
-                     f"{r['reps']} | {mem} |")
-    lines += ["", "| shape | N tokens | chunked / | time ratio | memory ratio |",
-              "|---|---|---|---|---|"]
-    for q in result["ratios"]:
-        lines.append(f"| {q['shape']} | {q['tokens']} | {q['vs']} | {q['time_ratio']:.2f} | "
-                     f"{q['mem_ratio']:.3f} |")
+    rows = sorted(result["rows"], key=lambda r: (r["shape"], r["tokens"], order[r["method"]]))
+    lines += ["", markdown_table(
+        ["shape", "hidden", "N tokens", "method", "time (s, median)", "reps", "peak extra (GiB)"],
+        rows, lambda r: [r["shape"], r["hidden"], r["tokens"], r["method"], *(
+            [f"{r['time_s']:.3g}", r["reps"], f"{r['peak_extra_gib']:.2f}"] if "time_s" in r
+            else [r.get("skipped") or r.get("error", "?"), r["reps"], "-"])]),
+        "", markdown_table(
+            ["shape", "N tokens", "chunked /", "time ratio", "memory ratio"], result["ratios"],
+            lambda q: [q["shape"], q["tokens"], q["vs"], f"{q['time_ratio']:.2f}",
+                       f"{q['mem_ratio']:.3f}"])]
     return "\n".join(lines) + "\n"
 
 
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     methods = tuple(m for m in METHODS if m in args.methods.split(","))
     rows = benchmark(shapes, tokens, args.reps, vocab, args.max_gb, methods)
     run = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "command": " ".join(["python", "bench/objectives.py", *(argv or sys.argv[1:])]),
+           "command": command_line("objectives.py", argv),
            "load_before": load_before,
            "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     runs = []
@@ -252,6 +256,6 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         method, hsz, vocab, n = sys.argv[2], *map(int, sys.argv[3:6])
-        print(json.dumps(child(method, hsz, vocab, n)))
+        child_result(child(method, hsz, vocab, n))
     else:
         main()

@@ -36,7 +36,6 @@ tokens/s = target tokens of the pass / seconds.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import statistics
 import sys
@@ -49,7 +48,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import default_out, machine_info, write_json  # noqa: E402
+from common import (  # noqa: E402
+    Stopwatch,
+    command_line,
+    default_out,
+    machine_info,
+    markdown_table,
+    write_json,
+)
+from qwen import log_uniform  # noqa: E402
+from vldft_step import optimizer_step  # noqa: E402
 
 from vldft.collate import IGNORE, Collator  # noqa: E402
 from vldft.data import Sample  # noqa: E402
@@ -122,7 +130,7 @@ def make_samples(n: int, seed: int, lo: int, hi: int) -> list[Sample]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        target = int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        target = int(log_uniform(rng, lo, hi))
         steps = []
         while sum(len(s) + 1 for s in steps) < target:
             steps.append(f"Step {len(steps) + 1}: {rng.choice(STEPS)}")
@@ -156,20 +164,20 @@ def micro_batches(name: str, enc: list, coll: Collator, args) -> list[dict]:
     return [collate([enc[i] for i in idx]) for idx in sampler]
 
 
-def one_pass(adapter, module, optimizer, batches: list[dict], acc, attn: str) -> float:
+def one_pass(adapter, module, optimizer, batches: list[dict], acc, attn: str
+             ) -> tuple[float, float]:
+    """Wall and CPU seconds of one optimizer step per micro-batch (no clipping) over
+    ``batches``."""
     from vldft.attention import use_varlen
-    from vldft.step import accumulate_gradients
 
     if attn == "varlen":
         use_varlen(adapter.model)
     else:
         adapter.model.config._attn_implementation = "sdpa"
-    t0, c0 = time.perf_counter(), time.process_time()
-    for b in batches:
-        accumulate_gradients(module, [b], "dft", acc)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0, time.process_time() - c0
+    with Stopwatch() as clock:
+        for b in batches:
+            optimizer_step(module, optimizer, [b], "dft", acc)
+    return clock.wall, clock.cpu
 
 
 def main(argv=None) -> dict:
@@ -232,8 +240,8 @@ def main(argv=None) -> dict:
     for name in CONFIGS:
         rows[name]["vs_padded"] = round(rows[name]["useful_tokens_per_s"] / base, 3)
     n_params = sum(p.numel() for p in adapter.model.parameters())
-    result = {"machine": machine_info(), "command": "python bench/packing_cpu.py "
-              + " ".join(sys.argv[1:] if argv is None else argv), "args": vars(args),
+    result = {"machine": machine_info(), "command": command_line("packing_cpu.py", argv),
+              "args": vars(args),
               "params": n_params, "threads": torch.get_num_threads(),
               "samples": {"n": len(enc), "tokens": sum(lengths), "targets": targets,
                           "text_only": sum("pixel_values" not in e.extras for e in enc),
@@ -243,11 +251,12 @@ def main(argv=None) -> dict:
     q = result["samples"]["length_quantiles"]
     print(f"\nmodel {n_params / 1e6:.2f}M params; {len(enc)} samples, {sum(lengths)} tokens, "
           f"{targets} targets; lengths (min/q1/median/q3/max) {q}")
-    print("| configuration | micro-batches | padding | median pass (s) | useful tokens/s "
-          "| vs padded |\n|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['micro_batches']} | {r['padding_fraction']:.0%} | {r['median_s']} "
-              f"| {r['useful_tokens_per_s']:.0f} | {r['vs_padded']:.2f}x |")
+    print(markdown_table(
+        ["configuration", "micro-batches", "padding", "median pass (s)", "useful tokens/s",
+         "vs padded"], rows.items(),
+        lambda kv: [kv[0], kv[1]["micro_batches"], f"{kv[1]['padding_fraction']:.0%}",
+                    kv[1]["median_s"], f"{kv[1]['useful_tokens_per_s']:.0f}",
+                    f"{kv[1]['vs_padded']:.2f}x"]))
     return result
 
 

@@ -35,8 +35,6 @@ per step: CUDA kernel events of one profiled step (torch.profiler).
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import random
 import statistics
 import sys
@@ -50,17 +48,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402
-    default_out,
+    Stopwatch,
     fmt_mfu,
+    gpu_out,
     kernels_per_call,
     markdown_table,
-    peak_tflops,
+    mfu,
+    oom_guard,
+    peak_mem_gib,
+    pick_device,
     qwen_flop_terms,
+    reset_peak,
     run_header,
-    sync,
+    save_result,
+    to_device,
     write_json,
 )
 from gpu_train import build_model, train_step  # noqa: E402
+from qwen import log_uniform, random_sample  # noqa: E402
 
 from vldft.attention import kernel_name, use_varlen  # noqa: E402
 from vldft.objectives import ObjectiveSpec  # noqa: E402
@@ -99,36 +104,26 @@ def pad(samples: list, pad_id: int) -> dict:
 
 def make_samples(model, n: int, seed: int, sides: tuple[int, int], dry_run: bool
                  ) -> list[Sample]:
-    cfg, vc = model.config, model.config.vision_config
+    """The length mix of the module docstring (shorter answers and smaller images for the dry
+    run): random ids, the image block after 3 prompt tokens (``qwen.random_sample``)."""
+    vc = model.config.vision_config
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
-    patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
     unit = vc.patch_size * vc.spatial_merge_size  # 28 px per image token side
     lo_ans, hi_ans = (10, 60) if dry_run else (50, 1500)
     out = []
     for i in range(n):
         prompt = rng.randint(5, 30) if dry_run else rng.randint(30, 200)
-        answer = int(math.exp(rng.uniform(math.log(lo_ans), math.log(hi_ans))))
-        image = rng.random() >= 0.2
-        h = w = 0
-        if image:
-            h = rng.randrange(sides[0], sides[1] + 1, unit) // unit * vc.spatial_merge_size
-            w = rng.randrange(sides[0], sides[1] + 1, unit) // unit * vc.spatial_merge_size
-        n_img = h * w // vc.spatial_merge_size**2
-        length = prompt + (n_img + 2 if image else 0) + answer
-        ids = torch.randint(0, cfg.text_config.pad_token_id, (length,), generator=g)
-        mm = torch.zeros(1, length, dtype=torch.long)
-        extras: dict = {}
-        if image:
-            ids[3], ids[4 + n_img] = cfg.vision_start_token_id, cfg.vision_end_token_id
-            ids[4:4 + n_img] = cfg.image_token_id
-            mm[0, 4:4 + n_img] = 1
-            extras = {"pixel_values": torch.randn(h * w, patch_dim, generator=g),
-                      "image_grid_thw": torch.tensor([[1, h, w]])}
-        extras["mm_token_type_ids"] = mm
-        labels = ids.clone()
-        labels[: length - answer] = IGNORE
-        out.append(Sample(sample_id=f"s{i}", input_ids=ids, labels=labels, extras=extras))
+        answer = int(log_uniform(rng, lo_ans, hi_ans))
+        grid = None
+        if rng.random() >= 0.2:  # one image (80 %)
+            grid = tuple(rng.randrange(sides[0], sides[1] + 1, unit) // unit
+                         * vc.spatial_merge_size for _ in range(2))
+            prompt += grid[0] * grid[1] // vc.spatial_merge_size**2 + 2
+        s = random_sample(model.config, prompt, answer, grid, g, at=3,
+                          id_hi=model.config.text_config.pad_token_id)
+        out.append(Sample(sample_id=f"s{i}", input_ids=s.pop("input_ids"),
+                          labels=s.pop("labels"), extras=s))
     return out
 
 
@@ -156,29 +151,30 @@ def run_config(name: str, batches: list[dict], lens: list[list[int]], model, opt
     for ckpt in (False, True):
         if ckpt:
             model.gradient_checkpointing_enable({"use_reentrant": False})
-        try:
+
+        def steps() -> list[tuple[float, int]]:
             times = []
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
+            reset_peak(device)
             if not args.first_seen:  # warm-up: every timed micro-batch's shape once
                 for batch in batches[args.warmup: args.warmup + args.steps]:
                     step(model, optimizer, batch)
             for k, batch in enumerate(batches[: args.warmup + args.steps]):
-                sync(device)
-                t0 = time.perf_counter()
-                step(model, optimizer, batch)
-                sync(device)
+                with Stopwatch(device) as clock:
+                    step(model, optimizer, batch)
                 if k >= args.warmup:
-                    times.append((time.perf_counter() - t0, k))
+                    times.append((clock.wall, k))
+            return times
+
+        times, oom = oom_guard(steps, limit=160)
+        if oom is None:
             break
-        except torch.OutOfMemoryError as e:
-            optimizer.zero_grad(set_to_none=True)
-            row["oom_without_checkpointing"] = str(e).split("\n")[0][:160]
-            if ckpt:
-                row["error"] = "out of memory"
-                model.gradient_checkpointing_disable()
-                return row
-            torch.cuda.empty_cache()
+        optimizer.zero_grad(set_to_none=True)
+        row["oom_without_checkpointing"] = oom
+        if ckpt:
+            row["error"] = "out of memory"
+            model.gradient_checkpointing_disable()
+            return row
+        torch.cuda.empty_cache()
     timed = [k for _, k in times]
     secs = sum(t for t, _ in times)
     tokens = sum(sum(lens[k]) for k in timed)
@@ -190,10 +186,9 @@ def run_config(name: str, batches: list[dict], lens: list[list[int]], model, opt
                tokens_per_s=round(tokens / secs, 1), useful_tokens_per_s=round(targets / secs, 1),
                padding_fraction=round(1 - tokens / slots, 4),
                samples_per_step=round(sum(len(lens[k]) for k in timed) / len(timed), 2),
-               tflops_per_s=round(f / secs / 1e12, 2),
-               mfu=round(f / secs / 1e12 / args.peak_tflops, 4) if args.peak_tflops else None)
+               tflops_per_s=round(f / secs / 1e12, 2), mfu=mfu(f, secs, args.peak_tflops))
     if device == "cuda":
-        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        row["peak_mem_gib"] = peak_mem_gib(device)
     row.update(kernels_per_step(model, optimizer, batches[timed[0]], device))
     if ckpt:
         model.gradient_checkpointing_disable()
@@ -229,21 +224,14 @@ def main(argv=None) -> dict:
                     help="no warm-up pass over the timed micro-batches: each timed step may be "
                          "the first of its shape (as the 2026-11-30 runs did)")
     ap.add_argument("--peak-tflops", type=float, default=None)
-    ap.add_argument("--out", default=os.environ.get("OUT", default_out("gpu")))
+    ap.add_argument("--out", default=gpu_out())
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    device, dtype, args.peak_tflops = pick_device(args.dry_run, args.peak_tflops)
+    sides = (56, 112) if args.dry_run else (224, 672)
     if args.dry_run:
-        device, dtype = "cpu", torch.float32
         args.pack_tokens, args.samples, args.steps, args.warmup = "512", 24, 1, 0
-        args.peak_tflops = args.peak_tflops or 1.0
-        sides = (56, 112)
-    else:
-        if not torch.cuda.is_available():
-            raise SystemExit("no CUDA device: run with --dry-run, or on a GPU machine")
-        device, dtype, sides = "cuda", torch.bfloat16, (224, 672)
-        name = torch.cuda.get_device_name()
-        args.peak_tflops = args.peak_tflops or peak_tflops(name)
     model = build_model(args.dry_run, device, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5,
                                   **({"fused": True} if device == "cuda" else {}))
@@ -252,8 +240,7 @@ def main(argv=None) -> dict:
     pad_id = model.config.text_config.pad_token_id
 
     def to_dev(b: dict) -> dict:
-        return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
-                for k, v in b.items() if isinstance(v, torch.Tensor)}
+        return to_device(b, device, dtype)
 
     result = {**run_header("packing_gpu.py", argv, device), "args": vars(args),
               "dry_run": args.dry_run, "params": sum(p.numel() for p in model.parameters()),
@@ -299,8 +286,7 @@ def main(argv=None) -> dict:
         write_json(out / "packing_gpu.json", result)
         del batches
     model.config._attn_implementation = "sdpa"
-    result["wall_s"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "packing_gpu.json", result)
+    save_result(out / "packing_gpu.json", result, t0)
     print(markdown_table(
         ["config", "ckpt", "step (ms)", "tokens/s", "useful tokens/s", "padding", "MFU",
          "peak GiB", "CUDA kernels / step"], result["rows"],

@@ -2,7 +2,7 @@
 
     python bench/profile_train_step.py [--seq-len 2048] [--hidden 256] [--layers 4]
 
-Same model, data and settings as ``bench/train_vs_trl.py`` (built by its functions). For each
+Same model, data and settings as ``bench/train_vs_trl.py`` (``bench/pair_setup.py``). For each
 framework: one warm-up optimizer step, then one profiled step (for TRL, a real
 ``SFTTrainer.train()`` step, the profiler started and stopped by a callback). Prints the step's
 CPU time split into the loss head (vldft: ``_ChunkedObjective`` forward + backward; TRL:
@@ -24,8 +24,15 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import train_vs_trl as tvt  # noqa: E402
-from common import default_out, write_json  # noqa: E402
+from common import default_out, machine_info, markdown_table, write_json  # noqa: E402
+from pair_setup import (  # noqa: E402
+    build_batches,
+    build_model_dir,
+    load_saved,
+    trl_trainer,
+    vldft_setup,
+)
+from vldft_step import optimizer_step  # noqa: E402
 
 HEAD = {"vldft": ("_ChunkedObjective", "_ChunkedObjectiveBackward"),
         "trl": ("ChunkedLogProbFunction", "ChunkedLogProbFunctionBackward")}
@@ -46,16 +53,11 @@ def split(prof, framework: str, wall: float) -> dict:
 
 
 def profile_vldft(a: dict, batches: list[dict]) -> dict:
-    from vldft.step import accumulate_gradients
-
-    _adapter, module, optimizer, accelerator, cfg = tvt.vldft_setup(a["model_dir"], a)
+    _adapter, module, optimizer, accelerator, cfg = vldft_setup(a["model_dir"], a)
     spec = cfg.loss.spec("dft")
 
     def step(micro):
-        accumulate_gradients(module, micro, spec, accelerator)
-        accelerator.clip_grad_norm_(module.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(module, optimizer, micro, spec, accelerator, 1.0)
 
     step(batches[:1])
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -66,7 +68,7 @@ def profile_vldft(a: dict, batches: list[dict]) -> dict:
 
 
 def profile_trl(a: dict, batches: list[dict]) -> dict:
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainerCallback
+    from transformers import TrainerCallback
 
     prof = profile(activities=[ProfilerActivity.CPU])
     state = {}
@@ -82,11 +84,9 @@ def profile_trl(a: dict, batches: list[dict]) -> dict:
                 state["wall"] = time.perf_counter() - state["t0"]
                 prof.stop()
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        a["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
-    processor = AutoProcessor.from_pretrained(a["model_dir"])
+    model, processor = load_saved(a["model_dir"])
     with tempfile.TemporaryDirectory() as tmp:
-        tvt.trl_trainer(model, processor, batches[:2], a, Path(tmp), 2, [Profiled()]).train()
+        trl_trainer(model, processor, batches[:2], a, Path(tmp), 2, [Profiled()]).train()
     return split(prof, "trl", state["wall"])
 
 
@@ -102,19 +102,18 @@ def main(argv=None) -> dict:
     a = {"micro_bs": 1, "grad_accum": 1, "lr": 1e-5}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        tvt.build_model_dir(work / "model", args)
-        info = tvt.build_batches(work / "model", args.seq_len, 2, 1, work / "b.pt")
+        build_model_dir(work / "model", args)
+        info = build_batches(work / "model", args.seq_len, 2, 1, work / "b.pt")
         a["model_dir"] = str(work / "model")
         batches = torch.load(work / "b.pt", weights_only=False)["batches"]
         res = {"data": info, "vldft": profile_vldft(a, batches), "trl": profile_trl(a, batches)}
-    res["machine"] = tvt.machine_info()
+    res["machine"] = machine_info()
     write_json(args.out, res)
-    print("| framework | step (s) | loss head (s) | optimizer (s) | rest: backbone fwd/bwd, "
-          "clipping (s) |\n|---|---|---|---|---|")
-    for fw in ("vldft", "trl"):
-        r = res[fw]
-        print(f"| {fw} | {r['step_s']} | {r['loss_head_s']} | {r['optimizer_s']} | "
-              f"{r['rest_s']} |")
+    print(markdown_table(
+        ["framework", "step (s)", "loss head (s)", "optimizer (s)",
+         "rest: backbone fwd/bwd, clipping (s)"], ("vldft", "trl"),
+        lambda fw: [fw, res[fw]["step_s"], res[fw]["loss_head_s"], res[fw]["optimizer_s"],
+                    res[fw]["rest_s"]]))
     for fw in ("vldft", "trl"):
         print(f"\n{fw} top operators (self CPU s): " + ", ".join(
             f"{o['op']} {o['self_s']} ({o['calls']})" for o in res[fw]["top_self_ops"]))

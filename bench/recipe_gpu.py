@@ -23,31 +23,22 @@ set-up applies its overrides (``--set`` adds more to all, e.g. a new ``train.*``
   (bench/RESULTS.md: pure bf16 weights, gradients and AdamW states, the vision tower trained, no
   checkpointing, an optimizer step every micro-batch) on the same packed micro-batches.
 
-A step is vldft's own code: ``load_adapter`` (``--tiny``; else the 3B architecture built from a
-config in the config's ``model.dtype``, wrapped in vldft's Qwen2.5-VL adapter), ``prepare_model``
-(freeze, unused-parameter freeze, checkpointing), ``build_optimizer`` (per-part groups, fused
-AdamW per ``train.optimizer_impl``), ``ObjectiveModule`` + ``accumulate_gradients`` (global
-token normalisation, the objective of ``loss``), gradient clipping at ``train.max_grad_norm``,
-``optimizer.step()``, ``zero_grad``. Packed rows come from ``vldft.loader.PackingSampler``'s bins
-in the order training takes them (not the fullest ones), with the attention ``choose_attention``
-picks; micro-batches are made by the collate function ``vldft.loader.build_loader`` would use
-(``PackCollator`` / the padding ``Collator``, with the precomputed attention segments where the
-config uses them). Nothing else of the real loop runs: the loader's workers (batches are made
-before timing), the lr schedule (one scalar per step), logging. bf16 autocast
-is applied to the module's forward as accelerate's ``mixed_precision="bf16"`` does (one process
-cannot hold two accelerate precisions).
+A step is vldft's own code (bench/vldft_step.py): ``load_adapter`` (``--tiny``; else the 3B
+architecture built from a config in the config's ``model.dtype``, wrapped in vldft's Qwen2.5-VL
+adapter), ``prepare_model`` (freeze, unused-parameter freeze, checkpointing), ``build_optimizer``
+(per-part groups, fused AdamW per ``train.optimizer_impl``), ``ObjectiveModule`` +
+``accumulate_gradients`` (global token normalisation, the objective of ``loss``), gradient clipping
+at ``train.max_grad_norm``, ``optimizer.step()``, ``zero_grad``. Packed rows come from
+``vldft.loader.PackingSampler``'s bins in the order training takes them (not the fullest ones),
+with the attention ``choose_attention`` picks; micro-batches are made by the collate function
+``vldft.loader.build_loader`` would use (``PackCollator`` / the padding ``Collator``, with the
+precomputed attention segments where the config uses them). Nothing else of the real loop runs: the
+loader's workers (batches are made before timing), the lr schedule (one scalar per step), logging.
+bf16 autocast is applied to the module's forward as accelerate's ``mixed_precision="bf16"`` does
+(one process cannot hold two accelerate precisions).
 
-Lengths (``recipe_lengths``): NOT measured from the recipe's rows, which no machine of this
-project has had (no network). A modelled mix, per ``data.sources`` entry by name, with the
-sources' weights as sample shares (the recipe's "image : text = 3 : 1 by samples"): geo170k_qa
-(GeoQA+ / Geometry3K problems with worked solutions): question 40-160 tokens, answer 40-400
-(log-uniform), one diagram of 120-600 px a side (log-uniform; resized by qwen-vl-utils'
-``smart_resize`` within the config's pixel bounds); numinamath_cot (text): problem 30-300,
-solution 100-2,000 tokens (log-uniform); plus the chat template's 26 tokens; capped at
-``data.max_length`` by cutting the answer (``data.overlong: truncate``). Measured lengths
-replace the model with ``--lengths FILE``: a JSON list of ``{"prompt": int, "answer": int,
-"image": [width, height] or null}`` (prompt: the user turn's text tokens, to which the
-template's 26 and the image's tokens are added; answer: without its end-of-turn).
+Lengths: bench/recipe_lengths.py (modelled from the config's ``data.sources``, NOT
+measured; ``--lengths FILE`` for measured ones).
 
 Order: every set-up first runs each of its optimizer steps once (warm-up covering every micro-
 batch shape), then ``--rounds`` rounds time each set-up's ``--steps`` optimizer steps,
@@ -62,13 +53,11 @@ Out of memory is reported in the set-up's row; the others still run.
 from __future__ import annotations
 
 import argparse
-import math
-import os
+import json
 import random
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -77,19 +66,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402
-    default_out,
+    Stopwatch,
     fmt_mfu,
     free,
+    gpu_out,
     kernels_per_call,
     markdown_table,
     mfu,
-    peak_tflops,
-    qwen25vl_3b_config,
-    qwen25vl_config,
-    qwen_flop_terms,
+    oom_guard,
+    peak_mem_gib,
+    pick_device,
+    reset_peak,
     run_header,
-    sync,
-    write_json,
+    save_result,
+)
+from recipe_lengths import encode, load_specs, sample_length  # noqa: E402
+from vldft_step import (  # noqa: E402
+    build_setup,
+    collate_fn,
+    config_step,
+    micro_stats,
+    move_setup,
+    set_attention,
 )
 
 DEFAULT_CONFIG = "configs/qwen25vl_geo.yaml"
@@ -103,209 +101,71 @@ SETUPS = {
 # the evaluation during a run does not touch the training step; off, so that the config loads
 # where lmms-eval is not installed (the GPU machine)
 ALWAYS = ["train.eval_tasks=[]", "train.eval_every=0"]
-TEMPLATE_TOKENS = 26  # Qwen2.5-VL chat template: system turn, user / assistant headers, ends
-# modelled lengths per source name (module docstring): question / answer token ranges
-# (log-uniform) and the image side range in px (None: text-only)
-LENGTH_MODEL = {
-    "geo170k_qa": {"prompt": (40, 160), "answer": (40, 400), "image_side": (120, 600)},
-    "numinamath_cot": {"prompt": (30, 300), "answer": (100, 2000), "image_side": None},
-}
 
 
-# ----------------------------------------------------------------------------- lengths
-def _log_uniform(rng: random.Random, lo: int, hi: int) -> int:
-    return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+# ----------------------------------------------------------------------------- set-ups
+def plan_steps(cfg, collate, step_bins: list[list[list[int]]], sample, seed: int) -> list:
+    """A set-up's optimizer steps, each a list of (micro-batch, sample lengths): the packed rows
+    of ``step_bins`` (``train.grad_accum`` rows a step: bf16_bench steps every row), or, without
+    packing, the same samples in padded micro-batches in random order."""
+    steps = []
+    for k, group in enumerate(step_bins):
+        if not cfg.data.packing:
+            idx = [i for b in group for i in b]
+            random.Random(seed + k).shuffle(idx)
+            mb = cfg.train.micro_batch_size
+            steps.append([(collate([sample(i) for i in idx[j:j + mb]]),
+                           [len(sample(i).input_ids) for i in idx[j:j + mb]])
+                          for j in range(0, len(idx), mb)])
+        else:
+            rows = [(collate([sample(i) for i in b]), [len(sample(i).input_ids) for i in b])
+                    for b in group]
+            ga = cfg.train.grad_accum
+            steps += [rows[j:j + ga] for j in range(0, len(rows), ga)]
+    return steps
 
 
-def recipe_lengths(cfg, n: int, seed: int, scale: int = 1) -> list[dict]:
-    """``n`` modelled samples of ``cfg``'s mixture: ``{"source", "prompt", "answer", "image"}``
-    (module docstring); ``scale`` divides the token counts and image sides (the tiny dry run).
-    Sources without a length model are an error (use ``--lengths``)."""
-    sources = cfg.data.sources
-    unknown = [s.name for s in sources if s.name not in LENGTH_MODEL]
-    if unknown:
-        raise SystemExit(f"no length model for data source(s) {unknown}; pass --lengths FILE "
-                         f"(modelled: {sorted(LENGTH_MODEL)})")
-    rng = random.Random(seed)
-    weights = [s.weight for s in sources]
-    out = []
-    for _ in range(n):
-        src = rng.choices(sources, weights)[0]
-        m = LENGTH_MODEL[src.name]
-        image = None
-        if m["image_side"]:
-            image = [_log_uniform(rng, *m["image_side"]) // scale,
-                     _log_uniform(rng, *m["image_side"]) // scale]
-        out.append({"source": src.name, "prompt": max(1, _log_uniform(rng, *m["prompt"]) // scale),
-                    "answer": max(1, _log_uniform(rng, *m["answer"]) // scale), "image": image})
-    return out
+def summary_row(n: str, setup: dict, run: dict, stats: list[list[dict]], peak, device) -> dict:
+    """A set-up's result row: its settings, and the rates of one pass over its steps (the mean
+    of the timed passes)."""
+    row: dict = {"setup": n, **{k: setup[k] for k in (
+        "model_dtype", "mixed_precision", "freeze", "gradient_checkpointing", "packing",
+        "optimizer_steps", "micro_batches_per_optimizer_step")}}
+    if "error" in run:
+        return {**row, "error": run["error"]}
+    micro = [m for st in stats for m in st]
+    secs = sum(run["seconds"]) / len(run["seconds"])  # one pass over the steps
+    tokens, targets = sum(m["tokens"] for m in micro), sum(m["targets"] for m in micro)
+    flops = sum(m["flops"] for m in micro)
+    row.update(
+        timed_passes=len(run["seconds"]), pass_s=run["seconds"],
+        median_optimizer_step_s=round(statistics.median(run["step_s"]), 4),
+        tokens_per_optimizer_step=round(tokens / len(stats), 1),
+        targets_per_optimizer_step=round(targets / len(stats), 1),
+        padding_fraction=round(1 - tokens / sum(m["slots"] for m in micro), 4),
+        tokens_per_s=round(tokens / secs, 1), useful_tokens_per_s=round(targets / secs, 1),
+        tflops_per_s=round(flops / secs / 1e12, 3), mfu=mfu(flops, secs, peak),
+        losses=run["losses"][:4])
+    if device == "cuda":
+        row["peak_mem_gib"] = round(run["peak"], 2)
+    return row
 
 
-def image_grid(size: list[int], min_pixels: int | None, max_pixels: int | None) -> tuple[int, int]:
-    """Patch grid (rows, columns) of an image of ``size`` (width, height) after Qwen's resizing
-    (qwen-vl-utils ``smart_resize``, 28 px per image token)."""
-    from qwen_vl_utils import smart_resize
-
-    h, w = smart_resize(size[1], size[0], factor=28, min_pixels=min_pixels or 3136,
-                        max_pixels=max_pixels or 12845056)
-    return h // 14, w // 14
-
-
-def encode(spec: dict, i: int, model, image_token: int, max_length: int, id_hi: int, g):
-    """One ``vldft.collate.Encoded`` of ``spec``'s lengths with random ids (the cost of a step
-    does not depend on them): template + prompt, the image block after the user header, the
-    answer and its end-of-turn as targets; the answer is cut to fit ``max_length``."""
-    from vldft.collate import IGNORE, Encoded
-
-    cfg, vc = model.config, model.config.vision_config
-    rows, cols = spec.get("grid") or (0, 0)
-    n_img = rows * cols // vc.spatial_merge_size**2
-    prompt = TEMPLATE_TOKENS + spec["prompt"] + (n_img + 2 if n_img else 0)
-    answer = max(1, min(spec["answer"] + 1, max_length - prompt))  # + <|im_end|>
-    n = prompt + answer
-    ids = torch.randint(0, id_hi, (n,), generator=g)
-    mm = torch.zeros(1, n, dtype=torch.long)
-    extras: dict = {}
-    if n_img:
-        a = 20  # after "<|im_start|>system ... <|im_start|>user\n"
-        ids[a], ids[a + 1 + n_img] = cfg.vision_start_token_id, cfg.vision_end_token_id
-        ids[a + 1:a + 1 + n_img] = image_token
-        mm[0, a + 1:a + 1 + n_img] = 1
-        patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
-        extras = {"pixel_values": torch.randn(rows * cols, patch_dim, generator=g),
-                  "image_grid_thw": torch.tensor([[1, rows, cols]])}
-    extras["mm_token_type_ids"] = mm
-    labels = ids.clone()
-    labels[:prompt] = IGNORE
-    return Encoded(sample_id=f"s{i}", input_ids=ids, labels=labels, extras=extras,
-                   truncated=spec["answer"] + 1 > answer)
+def table(rows: list[dict]) -> str:
+    return markdown_table(
+        ["set-up", "precision", "freeze", "ckpt", "micro-batches / step", "tokens / step",
+         "padding", "tokens/s", "useful tokens/s", "MFU", "peak GiB", "kernels / step"], rows,
+        lambda r: [r["setup"], r["error"]] if "error" in r else [
+            r["setup"], f"{r['model_dtype']} / {r['mixed_precision']}",
+            ",".join(r["freeze"]) or "-", r["gradient_checkpointing"],
+            f"{r['micro_batches_per_optimizer_step']:g}", f"{r['tokens_per_optimizer_step']:.0f}",
+            f"{r['padding_fraction']:.0%}", f"{r['tokens_per_s']:.0f}",
+            f"{r['useful_tokens_per_s']:.0f}", fmt_mfu(r), r.get("peak_mem_gib", "-"),
+            r.get("cuda_kernels", "-")])
 
 
-# ----------------------------------------------------------------------------- model
-def SMALL():  # noqa: N802 - the --arch small config (bench/gpu_train.py's dry-run shape)
-    return qwen25vl_config(64, 2, 2, 1, 128, vocab=4096, first_special=4000, max_positions=65536,
-                           vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
-                                       window_size=112, fullatt_block_indexes=[1]))
-
-
-class _Tokenizer:
-    """What vldft's Qwen adapter reads from a tokenizer, for the 3B architecture without the
-    real tokenizer files (nothing is downloaded): the ids of the special tokens it uses."""
-
-    def __init__(self, config) -> None:
-        self.ids = {"<|image_pad|>": config.image_token_id, "<|im_end|>": config.eos_token_id,
-                    "<|video_pad|>": config.video_token_id,
-                    "<|vision_start|>": config.vision_start_token_id,
-                    "<|vision_end|>": config.vision_end_token_id,
-                    "<|endoftext|>": config.pad_token_id}
-        self.pad_token_id = config.pad_token_id
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return self.ids[token]
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [self.ids[text]]
-
-
-def build_adapter(cfg, tiny: bool, device: str, arch: str = "3b"):
-    """vldft's adapter of ``cfg.model``: the tiny model through ``load_adapter`` (``--tiny``),
-    else Qwen2.5-VL-3B's architecture (``arch`` "small": a 2 x 64 one with the same code path,
-    for the CPU test) with random weights in ``cfg.model.dtype`` on ``device``."""
-    from vldft.adapters import Qwen2_5_VLAdapter, load_adapter
-
-    if tiny:
-        adapter = load_adapter(cfg.model)
-        adapter.model.to(device)
-        return adapter
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    if cfg.model.family != "qwen2_5_vl":
-        raise SystemExit(f"the 3B architecture is Qwen2.5-VL; {cfg.model.family} needs --tiny")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(cfg.model.dtype,
-                                                                       torch.bfloat16)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            qwen25vl_3b_config() if arch == "3b" else SMALL(), dtype=dtype,
-            attn_implementation="sdpa")
-    processor = types.SimpleNamespace(
-        tokenizer=_Tokenizer(model.config),
-        image_processor=types.SimpleNamespace(size={"shortest_edge": 3136,
-                                                    "longest_edge": 12845056},
-                                              patch_size=14, merge_size=2))
-    adapter = Qwen2_5_VLAdapter(model, processor, cfg.model.min_pixels, cfg.model.max_pixels)
-    if cfg.model.attn_implementation == "varlen":
-        from vldft.attention import use_varlen
-
-        use_varlen(model)
-    return adapter
-
-
-def move(inst: dict, device: str) -> float:
-    """Park / unpark a set-up's model and optimizer state (seconds taken)."""
-    t0 = time.perf_counter()
-    inst["adapter"].model.to(device)
-    for state in inst["optimizer"].state.values():
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor):
-                state[k] = v.to(device)
-    sync(device)
-    return time.perf_counter() - t0
-
-
-# ----------------------------------------------------------------------------- one set-up
-def optimizer_step(inst: dict, micro: list[dict], cfg, accelerator) -> float:
-    """One optimizer step over ``micro`` exactly as vldft.train's loop takes it (no scheduler)."""
-    from vldft.step import accumulate_gradients
-
-    totals = accumulate_gradients(inst["module"], micro, cfg.loss.spec(), accelerator)
-    norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-    torch.nn.utils.clip_grad_norm_(inst["module"].parameters(), norm)
-    inst["optimizer"].step()
-    inst["optimizer"].zero_grad(set_to_none=True)
-    return totals["loss_sum"] / max(totals["n_tokens"], 1.0)
-
-
-def set_attention(inst: dict, cfg) -> str:
-    """The attention the set-up's loader would choose: ``choose_attention`` for packed rows,
-    the model's own implementation otherwise."""
-    from vldft.packing import choose_attention
-
-    model = inst["adapter"].model
-    model.config._attn_implementation = inst["attn"]
-    return choose_attention(model, cfg.model.attn_implementation) if cfg.data.packing \
-        else model.config._attn_implementation
-
-
-def collate_fn(cfg, collator):
-    """The collate function ``vldft.loader.build_loader`` gives ``cfg``'s loader (call after
-    ``set_attention``): packed rows (``PackCollator``) or padded micro-batches, with the
-    precomputed attention segments where the config and the attention use them."""
-    import vldft.loader as loader
-
-    segments = loader.uses_segments(cfg, collator) if hasattr(loader, "uses_segments") else False
-    if cfg.data.packing:
-        return loader.PackCollator(collator, cfg.data.pack_tokens, segments) if segments \
-            else loader.PackCollator(collator, cfg.data.pack_tokens)
-    return loader.SegmentCollator(collator) if segments else collator
-
-
-def micro_stats(batch: dict, seq_lens: list[int], inst: dict, cfg) -> dict:
-    from vldft.step import count_targets
-
-    adapter = inst["adapter"]
-    frozen = set(cfg.model.freeze)
-    patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
-    targets = count_targets(batch)
-    f = qwen_flop_terms(adapter.model, seq_lens, patches, targets,
-                        vision_factor=2.0 if "vision" in frozen else 6.0,
-                        projector_factor=(2.0 if "vision" in frozen else 4.0)
-                        if "projector" in frozen else 6.0)["total"]
-    return {"tokens": sum(seq_lens), "slots": batch["input_ids"].numel(), "targets": targets,
-            "flops": f}
-
-
-def main(argv=None) -> dict:
+# ----------------------------------------------------------------------------- main
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=DEFAULT_CONFIG, help="a shipped config (YAML)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -326,30 +186,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--arch", choices=("3b", "small"), default="3b",
                     help="without --tiny: Qwen2.5-VL-3B's architecture, or a 2 x 64 one (tests)")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU (with --arch small)")
-    ap.add_argument("--out", default=os.environ.get("OUT", default_out("gpu")),
+    ap.add_argument("--out", default=gpu_out(),
                     help="directory for recipe_gpu.json (default: $OUT, else runs/bench/gpu/)")
     args = ap.parse_args(argv)
-    import json
+    names = [s for s in args.setups.split(",") if s]
+    if set(names) - set(SETUPS) or "recipe" not in names:
+        ap.error(f"--setups: 'recipe' and any of {','.join(SETUPS)}")
+    return args, names
 
+
+def main(argv=None) -> dict:
+    args, names = parse_args(argv)
     from accelerate import Accelerator
 
     from vldft.collate import Collator
     from vldft.config import config_to_dict, load_config
     from vldft.loader import PackingSampler
-    from vldft.step import ObjectiveModule, build_optimizer, mixed_precision, prepare_model
+    from vldft.step import mixed_precision
 
     t_start = time.perf_counter()
-    if args.tiny or args.cpu:
-        device = "cpu"
-    elif not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: run with --tiny (or --cpu), or on a GPU machine")
-    else:
-        device = "cuda"
-    peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name()) if device == "cuda"
-                                else 1.0)
-    names = [s for s in args.setups.split(",") if s]
-    if set(names) - set(SETUPS) or "recipe" not in names:
-        ap.error(f"--setups: 'recipe' and any of {','.join(SETUPS)}")
+    device, _, peak = pick_device(args.tiny or args.cpu, args.peak_tflops,
+                                  "run with --tiny (or --cpu)")
     common_over = ALWAYS + args.set
     scale = args.scale or (8 if args.tiny else 1)
     if args.tiny:  # the tiny model on a CPU; lengths / scale (recorded in the JSON)
@@ -364,45 +221,24 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{args.config}: data.packing is off; this benchmark compares the "
                          "packed recipe with padded batches of the same samples")
     accelerator = Accelerator(mixed_precision="no", cpu=device == "cpu")
-    log = print
 
     # one model (and optimizer) per distinct model section: recipe and recipe_padded share one
     insts: dict[str, dict] = {}
     for n in names:
-        cfg = cfgs[n]
-        key = json.dumps(config_to_dict(cfg)["model"], sort_keys=True) + str(
-            mixed_precision(cfg))
-        if key in insts:
-            insts[n] = insts[key]
-            continue
-        for other in insts.values():  # one model on the GPU at a time
-            if other["device"] != "cpu" and device == "cuda":
-                other["parked_s"] = other.get("parked_s", 0.0) + move(other, "cpu")
-                other["device"] = "cpu"
-        adapter = build_adapter(cfg, args.tiny, device, args.arch)
-        prepare_model(adapter, cfg, log)
-        module = ObjectiveModule(adapter).train()
-        mp = mixed_precision(cfg)  # auto: bf16 on a bf16 GPU, else no
-        if mp == "bf16":  # what accelerate's prepare does for mixed_precision="bf16"
-            module.forward = torch.autocast(device_type=device, dtype=torch.bfloat16)(
-                module.forward)
-        inst = {"adapter": adapter, "module": module, "optimizer": build_optimizer(adapter, cfg),
-                "attn": adapter.model.config._attn_implementation, "mixed_precision": mp,
-                "device": device, "key": key}
-        insts[key] = insts[n] = inst
+        key = json.dumps(config_to_dict(cfgs[n])["model"], sort_keys=True) + str(
+            mixed_precision(cfgs[n]))
+        if key not in insts:
+            for other in insts.values():  # one model on the GPU at a time
+                if other["device"] != "cpu" and device == "cuda":
+                    move_setup(other, "cpu")
+            insts[key] = build_setup(cfgs[n], args.tiny, args.arch, device)
+        insts[n] = insts[key]
+    unique = list({id(v): v for v in insts.values()}.values())
 
     # samples and micro-batches: the recipe's packing bins in training order
     adapter0 = insts["recipe"]["adapter"]
     model0 = adapter0.model
-    if args.lengths:
-        specs = json.loads(Path(args.lengths).read_text())
-        length_source = f"measured: {args.lengths}"
-    else:
-        specs = recipe_lengths(base, args.samples, args.seed, scale)
-        length_source = "modelled (bench/recipe_gpu.py LENGTH_MODEL), not measured"
-    for s in specs:
-        s["grid"] = image_grid(s["image"], base.model.min_pixels, base.model.max_pixels) \
-            if s.get("image") else None
+    specs, length_source = load_specs(base, args.lengths, args.samples, args.seed, scale)
     g = torch.Generator().manual_seed(args.seed)
     id_hi = min(model0.config.vision_start_token_id, model0.config.image_token_id,
                 model0.config.text_config.pad_token_id, model0.config.eos_token_id)
@@ -414,11 +250,7 @@ def main(argv=None) -> dict:
                                base.data.max_length, id_hi, g)
         return lazily[i]
 
-    def est_len(s: dict) -> int:
-        n_img = (s["grid"][0] * s["grid"][1] // 4 + 2) if s.get("grid") else 0
-        return min(TEMPLATE_TOKENS + s["prompt"] + n_img + s["answer"] + 1, base.data.max_length)
-
-    lengths = [est_len(s) for s in specs]
+    lengths = [sample_length(s, base.data.max_length) for s in specs]
     accum = base.train.grad_accum
     bins = PackingSampler(lengths, base.data.pack_tokens, base.data.max_length, args.seed,
                           multiple_of=accum).batches()
@@ -428,24 +260,9 @@ def main(argv=None) -> dict:
     step_bins = [bins[k * accum:(k + 1) * accum] for k in range(args.steps)]
     plans: dict[str, list[list[tuple[dict, list[int]]]]] = {}  # set-up -> steps -> micro-batches
     for n in names:
-        cfg = cfgs[n]
-        set_attention(insts[n], cfg)
-        collate = collate_fn(cfg, Collator.from_config(insts[n]["adapter"], cfg))
-        steps = []
-        for k, group in enumerate(step_bins):
-            if not cfg.data.packing:  # the same samples, padded micro-batches in random order
-                idx = [i for b in group for i in b]
-                random.Random(args.seed + k).shuffle(idx)
-                mb = cfg.train.micro_batch_size
-                steps.append([(collate([sample(i) for i in idx[j:j + mb]]),
-                               [len(sample(i).input_ids) for i in idx[j:j + mb]])
-                              for j in range(0, len(idx), mb)])
-            else:
-                rows = [(collate([sample(i) for i in b]), [len(sample(i).input_ids) for i in b])
-                        for b in group]
-                ga = cfg.train.grad_accum  # bf16_bench: an optimizer step every micro-batch
-                steps += [rows[j:j + ga] for j in range(0, len(rows), ga)]
-        plans[n] = steps
+        set_attention(insts[n], cfgs[n])
+        collate = collate_fn(cfgs[n], Collator.from_config(insts[n]["adapter"], cfgs[n]))
+        plans[n] = plan_steps(cfgs[n], collate, step_bins, sample, args.seed)
 
     header = run_header("recipe_gpu.py", argv, device, cpu_label="cpu (dry run)")
     result = {**header, "tiny": args.tiny, "args": vars(args), "config": args.config,
@@ -459,7 +276,7 @@ def main(argv=None) -> dict:
                               1 for i in lazily if lazily[i].truncated)},
               "setups": {}, "rows": [], "rounds": []}
     for n in names:
-        cfg = cfgs[n]
+        cfg, params = cfgs[n], list(insts[n]["adapter"].model.parameters())
         result["setups"][n] = {
             "overrides": SETUPS[n], "common_overrides": common_over,
             "model_dtype": cfg.model.dtype, "mixed_precision": insts[n]["mixed_precision"],
@@ -468,119 +285,76 @@ def main(argv=None) -> dict:
             "micro_batch_size": None if cfg.data.packing else cfg.train.micro_batch_size,
             "micro_batches_per_optimizer_step": statistics.mean(len(s) for s in plans[n]),
             "optimizer_steps": len(plans[n]),
-            "trainable_params": sum(p.numel() for p in insts[n]["adapter"].model.parameters()
-                                    if p.requires_grad),
-            "params": sum(p.numel() for p in insts[n]["adapter"].model.parameters())}
-    out = Path(args.out)
-    stats = {n: [[micro_stats(b, lens, insts[n], cfgs[n]) for b, lens in st] for st in plans[n]]
-             for n in names}
+            "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+            "params": sum(p.numel() for p in params)}
+    out = Path(args.out) / "recipe_gpu.json"
+    stats = {n: [[micro_stats(b, lens, insts[n]["adapter"].model, cfgs[n].model.freeze)
+                  for b, lens in st] for st in plans[n]] for n in names}
     runs: dict[str, dict] = {n: {"seconds": [], "step_s": [], "peak": 0.0, "losses": []}
                              for n in names}
-    errors: dict[str, str] = {}
-
-    def save() -> None:
-        result["wall_s"] = round(time.perf_counter() - t_start, 1)
-        write_json(out / "recipe_gpu.json", result)
 
     def activate(n: str) -> None:
         inst = insts[n]
         if device == "cuda" and inst["device"] == "cpu":
-            for other in {id(v): v for v in insts.values()}.values():
+            for other in unique:
                 if other is not inst and other["device"] != "cpu":
-                    other["parked_s"] = other.get("parked_s", 0.0) + move(other, "cpu")
-                    other["device"] = "cpu"
-            inst["unparked_s"] = inst.get("unparked_s", 0.0) + move(inst, device)
-            inst["device"] = device
+                    move_setup(other, "cpu")
+            move_setup(inst, device)
         set_attention(inst, cfgs[n])
 
     def run(n: str, timed_round: int | None) -> None:
-        if n in errors:
+        """One pass over the set-up's optimizer steps (timed unless ``timed_round`` is None)."""
+        if "error" in runs[n]:
             return
         activate(n)
-        cfg, inst = cfgs[n], insts[n]
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        total = 0.0
-        try:
+        reset_peak(device)
+        clocks = []
+
+        def steps() -> None:
             for micro in plans[n]:
-                sync(device)
-                t0 = time.perf_counter()
-                loss = optimizer_step(inst, [b for b, _ in micro], cfg, accelerator)
-                sync(device)
-                dt = time.perf_counter() - t0
-                total += dt
-                if timed_round is not None:
-                    runs[n]["step_s"].append(dt)
-                    runs[n]["losses"].append(round(loss, 6))
-        except torch.OutOfMemoryError as e:
-            inst["optimizer"].zero_grad(set_to_none=True)
-            errors[n] = "out of memory: " + str(e).split("\n")[0][:160]
+                with Stopwatch(device) as clock:
+                    loss = config_step(insts[n], [b for b, _ in micro], cfgs[n], accelerator)
+                clocks.append((clock.wall, loss))
+
+        _, oom = oom_guard(steps, limit=160)
+        if oom is not None:
+            insts[n]["optimizer"].zero_grad(set_to_none=True)
+            runs[n]["error"] = "out of memory: " + oom
             free(device)
             return
         if timed_round is not None:
+            total = sum(dt for dt, _ in clocks)
+            runs[n]["step_s"] += [dt for dt, _ in clocks]
+            runs[n]["losses"] += [round(loss, 6) for _, loss in clocks]
             runs[n]["seconds"].append(round(total, 4))
             result["rounds"].append({"round": timed_round, "setup": n, "seconds": round(total, 4)})
             if device == "cuda":
-                runs[n]["peak"] = max(runs[n]["peak"], torch.cuda.max_memory_allocated() / 2**30)
+                runs[n]["peak"] = max(runs[n]["peak"], peak_mem_gib(device))
 
     for n in names:  # warm-up: every optimizer step (every micro-batch shape) once
         run(n, None)
-        print(f"[recipe_gpu] warm-up {n}: {'ok' if n not in errors else errors[n]}", flush=True)
+        print(f"[recipe_gpu] warm-up {n}: {runs[n].get('error', 'ok')}", flush=True)
     for r in range(args.rounds):
-        for n in (names if r % 2 == 0 else names[::-1]):
+        for n in (names if r % 2 == 0 else names[::-1]):  # interleaved: A B C, C B A, ...
             run(n, r)
-        save()
-    for n in names:
-        row: dict = {"setup": n, **{k: result["setups"][n][k] for k in (
-            "model_dtype", "mixed_precision", "freeze", "gradient_checkpointing", "packing",
-            "optimizer_steps", "micro_batches_per_optimizer_step")}}
-        if n in errors:
-            result["rows"].append({**row, "error": errors[n]})
-            continue
-        micro = [m for st in stats[n] for m in st]
-        secs = sum(runs[n]["seconds"]) / len(runs[n]["seconds"])  # one pass over the steps
-        tokens, targets = sum(m["tokens"] for m in micro), sum(m["targets"] for m in micro)
-        flops = sum(m["flops"] for m in micro)
-        row.update(
-            timed_passes=len(runs[n]["seconds"]), pass_s=runs[n]["seconds"],
-            median_optimizer_step_s=round(statistics.median(runs[n]["step_s"]), 4),
-            tokens_per_optimizer_step=round(tokens / len(stats[n]), 1),
-            targets_per_optimizer_step=round(targets / len(stats[n]), 1),
-            padding_fraction=round(1 - tokens / sum(m["slots"] for m in micro), 4),
-            tokens_per_s=round(tokens / secs, 1), useful_tokens_per_s=round(targets / secs, 1),
-            tflops_per_s=round(flops / secs / 1e12, 3), mfu=mfu(flops, secs, peak),
-            losses=runs[n]["losses"][:4])
-        if device == "cuda":
-            row["peak_mem_gib"] = round(runs[n]["peak"], 2)
-        result["rows"].append(row)
-    save()  # the timings are kept even if the profiled steps below run out of time
+        save_result(out, result, t_start)
+    result["rows"] = [summary_row(n, result["setups"][n], runs[n], stats[n], peak, device)
+                      for n in names]
+    save_result(out, result, t_start)  # the timings are kept if the profiled steps run too long
     for row in result["rows"]:
         if args.no_kernels or "error" in row:
             continue
         n = row["setup"]
         activate(n)
         micro0 = [b for b, _ in plans[n][0]]
-        try:  # one profiled optimizer step: its CUDA kernels
-            row.update(kernels_per_call(lambda n=n, micro0=micro0: optimizer_step(
-                insts[n], micro0, cfgs[n], accelerator), device))
-        except torch.OutOfMemoryError:
-            row["cuda_kernels"] = None
-        save()
-    shared = {id(v): v for v in insts.values()}.values()
-    result["moves_s"] = {k: round(sum(i.get(k, 0.0) for i in shared), 1)
+        kernels, oom = oom_guard(lambda n=n, micro0=micro0: kernels_per_call(  # one step
+            lambda: config_step(insts[n], micro0, cfgs[n], accelerator), device))
+        row.update(kernels if oom is None else {"cuda_kernels": None})
+        save_result(out, result, t_start)
+    result["moves_s"] = {k: round(sum(i.get(k, 0.0) for i in unique), 1)
                          for k in ("parked_s", "unparked_s")}  # not in the timings
-    save()
-    print(markdown_table(
-        ["set-up", "precision", "freeze", "ckpt", "micro-batches / step", "tokens / step",
-         "padding", "tokens/s", "useful tokens/s", "MFU", "peak GiB", "kernels / step"],
-        result["rows"],
-        lambda r: [r["setup"], r["error"]] if "error" in r else [
-            r["setup"], f"{r['model_dtype']} / {r['mixed_precision']}",
-            ",".join(r["freeze"]) or "-", str(r["gradient_checkpointing"]),
-            f"{r['micro_batches_per_optimizer_step']:g}", f"{r['tokens_per_optimizer_step']:.0f}",
-            f"{r['padding_fraction']:.0%}", f"{r['tokens_per_s']:.0f}",
-            f"{r['useful_tokens_per_s']:.0f}", fmt_mfu(r), str(r.get("peak_mem_gib", "-")),
-            str(r.get("cuda_kernels", "-"))]), flush=True)
+    save_result(out, result, t_start)
+    print(table(result["rows"]), flush=True)
     return result
 
 

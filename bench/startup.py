@@ -23,9 +23,7 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +35,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # rebuild
 sys.path.insert(0, os.environ.get("STARTUP_BENCH_CODE") or str(ROOT))
 
-from common import RUNS, default_out, machine_info, markdown_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    RUNS,
+    ChildFailed,
+    child_result,
+    default_out,
+    machine_info,
+    markdown_table,
+    peak_rss_kib,
+    run_child,
+    write_json,
+)
 
 CONFIG = ROOT / "tests/tiny_demo.yaml"
 OVERRIDES = ["data.train_files=[]", "data.heldout_file=null", "data.packing=true",
@@ -139,7 +147,7 @@ def child(source: str) -> dict:
             "micro_batches": n_batches,
             "first_batch_tokens": int(batch["input_ids"].numel()), "log": lines,
             "seconds": {k: round(v, 2) for k, v in marks.items()},
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "peak_rss_mib": round(peak_rss_kib() / 1024)}
 
 
 def snapshot(data: Path) -> Path:
@@ -159,11 +167,11 @@ def measure(source: Path, mode: str, cache: Path, code: Path) -> dict:
         env["VLDFT_NO_CACHE"] = "1"
     if mode != "restart":
         shutil.rmtree(cache, ignore_errors=True)
-    out = subprocess.run([sys.executable, __file__, "--child", str(source)], env=env,
-                         capture_output=True, text=True, cwd=ROOT)
-    if out.returncode:
-        raise SystemExit(f"{mode} {source}: failed\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        result = run_child([sys.executable, __file__, "--child", str(source)], env)
+    except ChildFailed as e:
+        raise SystemExit(f"{mode} {source}: failed\n{e}") from None
+    result.pop("wall_s")
     cache_bytes = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) \
         if cache.exists() else 0
     return {"mode": mode, **result, "cache_mib": round(cache_bytes / 2**20)}
@@ -180,7 +188,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child)))
+        child_result(child(args.child))
         return {}
     runs, code = [], snapshot(Path(args.data))
     for n in [int(x) for x in args.rows.split(",")]:

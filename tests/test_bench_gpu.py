@@ -1,8 +1,12 @@
-"""The GPU training benchmark's CPU dry run: same code path, tiny Qwen2.5-VL, seconds."""
+"""The GPU benchmarks' CPU dry runs: same code paths, tiny Qwen2.5-VL, seconds (the GPU runs:
+bench/gpu.sh)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,13 +70,119 @@ def test_gpu_train_dry_run_profile_fused_checkpointing(tmp_path: Path) -> None:
     assert "| chunked | 160 |" in res.stdout and "phase times" in res.stdout
 
 
-def test_trl_gpu_reference_dry_run(tmp_path):
-    """bench/trl_gpu.py's CPU dry run: vldft's step and TRL's SFTTrainer(loss_type="dft") on the
-    same tiny model and batch (needs trl: the bench extra)."""
-    pytest.importorskip("trl")
-    res = subprocess.run([sys.executable, str(ROOT / "bench/trl_gpu.py"), "--dry-run",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    rows = json.loads((tmp_path / "trl_gpu.json").read_text())["rows"]
-    assert [r["framework"] for r in rows] == ["vldft", "trl"]
-    assert all(r["step_s"] > 0 for r in rows)
+def _bench(name: str):
+    """A bench/ script imported in-process (its ``main(argv)`` runs the dry run without a new
+    interpreter: seconds, not tens of seconds)."""
+    bench = str(ROOT / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return __import__(name)
+
+
+def _importable(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_trl_gpu_rows_on_the_same_samples(tmp_path):
+    """bench/trl_gpu.py's dry run: vldft padded / packed and TRL's rows train the same samples
+    (same targets and tokens per optimizer step); packed rows carry no padding; a row that cannot
+    run (trl or liger-kernel missing, Liger on a CPU) says so; the goal ratio is packed / the best
+    TRL row."""
+    res = _bench("trl_gpu").main(["--dry-run", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "trl_gpu.json").read_text())["rows"] == res["rows"]
+    rows = {r["row"]: r for r in res["rows"]}
+    assert list(rows) == ["vldft_padded", "vldft_packed", "trl", "trl_liger"]
+    padded, packed = rows["vldft_padded"], rows["vldft_packed"]
+    for r in (padded, packed):
+        assert "error" not in r, r
+        assert r["useful_tokens_per_s"] > 0 and r["tokens_per_s"] > r["useful_tokens_per_s"]
+        assert r["samples_per_step"] == 4 and r["timed_steps"] == 1
+    assert packed["targets_per_step"] == padded["targets_per_step"]
+    assert packed["tokens_per_step"] == padded["tokens_per_step"]
+    assert packed["padding_fraction"] == 0 < padded["padding_fraction"]
+    assert padded["micro_batches_per_step"] == [2] and packed["micro_batches_per_step"] == [1]
+    assert packed["attention"] != "sdpa" and padded["attention"] == "sdpa"  # varlen when packed
+    assert len(res["same_samples"]) == 1 and len(res["same_samples"][0]) == 4
+    liger = rows["trl_liger"]
+    assert liger["error"].startswith("not run: ")  # no CUDA here: never a time
+    if not _importable("trl"):
+        assert "trl is not importable" in rows["trl"]["error"]
+        assert res["goal"] == {"checked": False,
+                               "why": "vldft_packed or every TRL row did not run"}
+        return
+    trl = rows["trl"]
+    assert "error" not in trl, trl
+    assert trl["targets_per_step"] == padded["targets_per_step"]
+    assert trl["padding_fraction"] == padded["padding_fraction"]
+    if _importable("liger_kernel") and "CUDA" in liger["error"]:
+        assert liger["liger_patched_modules"] > 0  # the patch applies; only running is refused
+    goal = res["goal"]
+    assert goal["checked"] and goal["best_trl_row"] == "trl"
+    assert goal["useful_tokens_per_s_ratio"] == round(
+        packed["useful_tokens_per_s"] / trl["useful_tokens_per_s"], 3)
+    assert goal["peak_mem_ratio"] is None  # no peak memory on the CPU
+
+
+def test_objectives_gpu_liger_head(tmp_path):
+    """The loss-head bench's Liger DFT row. With liger-kernel, Triton's CPU interpreter runs its
+    kernels: the liger check (loss and gradients vs vldft's chunked DFT) passes and the row's
+    loss is vldft's. Without it, the row and the check say why they did not run."""
+    out = tmp_path / "objectives.json"
+    args = ["--dry-run", "--methods", "chunked,liger", "--out", str(out)]
+    if not _importable("liger_kernel"):
+        _bench("objectives_gpu").main(args)
+        data = json.loads(out.read_text())
+        (check,) = data["liger_check"]
+        assert not check["checked"] and "liger_kernel is not importable" in check["why"]
+        liger = [r for r in data["rows"] if r["method"] == "liger"]
+        assert liger and "liger_kernel is not importable" in liger[0]["error"]
+        return
+    # the interpreter is chosen when Triton's kernels are defined: a fresh process
+    res = subprocess.run([sys.executable, str(ROOT / "bench/objectives_gpu.py"), *args],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    (check,) = data["liger_check"]
+    assert check["checked"] and check["triton_interpret"] and check["equal_within_tolerance"]
+    assert check["loss_rel_diff"] < 1e-5 and check["grad_weight_rel_l2"] < 1e-5  # fp32 here
+    loss = {r["method"]: r["loss"] for r in data["rows"]}
+    assert math.isclose(loss["liger"], loss["chunked"], rel_tol=1e-5)
+
+
+@pytest.mark.usefixtures("one_thread", "hf_offline")
+def test_eval_throughput_gpu_mode_dry_run(tmp_path):
+    """bench/eval_throughput.py --gpu's dry run: vldft.eval's model class at a budget (random
+    weights: every batch runs to it), one in-training evaluation through lmms-eval's evaluator,
+    and the recipe's evaluation estimated from the two."""
+    pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.[eval]'")
+    res = _bench("eval_throughput").main(["--dry-run", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "eval_gpu.json").read_text())["model_class"] == \
+        res["model_class"]
+    a, b, c = res["model_class"], res["in_training"], res["recipe_estimate"]
+    assert a["samples"] == 4 and a["batch_size"] == 2 and len(a["batch_s"]) == 2
+    assert a["new_tokens_per_batch"] == [6, 6] and a["every_sample_ran_to_budget"]
+    assert math.isclose(a["samples_per_s"], 4 / a["wall_s"], rel_tol=1e-2)
+    assert b["metrics_line"]["n"] == {"vldft_geo_heldout": 2}
+    assert b["new_tokens_per_batch"] == [6]  # the task's 96, capped at --max-new-tokens
+    assert 0 < b["generate_s"] < b["wall_s"] and b["other_s"] > 0
+    # configs/qwen25vl_geo.yaml: 3 tasks x ceil(50 / 8) batches
+    assert c["batches"] == 21 and c["eval_tasks_max_new_tokens"] == 1024
+    assert c["estimate_s"] == round(21 * a["median_batch_s"] + b["other_s"], 1)
+    assert not c["same_budget_as_measured"]  # the dry run's budget is 6 tokens, batch 2
+
+
+def test_gpu_scripts_present_and_parse():
+    """bench/gpu.sh and bench/wheels.sh parse, and every script gpu.sh runs is in the tree
+    (engines_gpu.py is optional: gpu.sh skips it when absent)."""
+    for sh in ("gpu.sh", "wheels.sh"):
+        res = subprocess.run(["bash", "-n", str(ROOT / "bench" / sh)], capture_output=True,
+                             text=True)
+        assert res.returncode == 0, res.stderr
+    text = (ROOT / "bench" / "gpu.sh").read_text()
+    scripts = {w for w in text.split() if w.startswith("bench/") and w.endswith(".py")}
+    assert {"bench/trl_gpu.py", "bench/eval_throughput.py", "bench/objectives_gpu.py",
+            "bench/recipe_gpu.py"} <= scripts
+    for path in scripts - {"bench/engines_gpu.py"}:
+        assert (ROOT / path).is_file(), path

@@ -1,5 +1,6 @@
-"""Pure parts of bench/train_vs_trl.py (padding, summaries, slopes); the TRL runs themselves are
-exercised by ``python bench/train_vs_trl.py --dry-run`` (about a minute, not in CI)."""
+"""Pure parts of bench/train_vs_trl.py (summaries, slopes) and of bench/qwen.py (padding, the 3B
+config); the TRL runs themselves are exercised by ``python bench/train_vs_trl.py --dry-run``
+(about a minute, not in CI)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 
-import common  # noqa: E402
+import qwen  # noqa: E402
 import train_vs_trl as tvt  # noqa: E402
 
 
@@ -20,7 +21,7 @@ def test_pad_batch_pads_every_per_token_tensor() -> None:
              "attention_mask": torch.ones(1, 3, dtype=torch.long),
              "mm_token_type_ids": torch.tensor([[0, 1, 0]]),
              "image_grid_thw": torch.tensor([[1, 2, 2]]), "pixel_values": torch.zeros(4, 6)}
-    out = common.pad_batch(batch, 5, pad_id=9)
+    out = qwen.pad_batch(batch, 5, pad_id=9)
     assert out["input_ids"].tolist() == [[5, 6, 7, 9, 9]]
     assert out["labels"].tolist() == [[-100, 6, 7, -100, -100]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 0, 0]]
@@ -28,11 +29,11 @@ def test_pad_batch_pads_every_per_token_tensor() -> None:
     assert out["image_grid_thw"] is batch["image_grid_thw"]
     assert out["pixel_values"] is batch["pixel_values"]
     with pytest.raises(ValueError, match="4 tokens > 3"):
-        common.pad_batch({"input_ids": torch.zeros(1, 4, dtype=torch.long)}, 3, 0)
+        qwen.pad_batch({"input_ids": torch.zeros(1, 4, dtype=torch.long)}, 3, 0)
 
 
 def test_qwen25vl_3b_config_matches_the_released_architecture() -> None:
-    tc = common.qwen25vl_3b_config().text_config
+    tc = qwen.qwen25vl_3b_config().text_config
     assert (tc.hidden_size, tc.num_hidden_layers, tc.intermediate_size, tc.vocab_size) == (
         2048, 36, 11008, 151936)
     assert tc.rope_parameters["mrope_section"] == [16, 24, 24]

@@ -1,0 +1,75 @@
+"""The benchmark harness (bench/common.py) and the synthetic Qwen2.5-VL samples (bench/qwen.py)
+that every bench script builds on: tables, MFU, timing, out-of-memory, child processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402
+import qwen  # noqa: E402
+
+
+def test_markdown_table_pads_short_rows_and_prints_values() -> None:
+    table = common.markdown_table(["a", "b", "c"], [(1, 2.5, "x"), ("failed", "oom")], list)
+    assert table.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1 | 2.5 | x |",
+                                  "| failed | oom |  |"]
+
+
+def test_mfu_rounds_and_needs_a_peak() -> None:
+    assert common.mfu(3e12, 2.0, 1.0) == 1.5
+    assert common.mfu(1e12, 3.0, 1.0) == 0.3333
+    assert common.mfu(1e12, 3.0, 1.0, digits=None) == pytest.approx(1 / 3, rel=1e-12)
+    assert common.mfu(1e12, 3.0, None) is None and common.mfu(1e12, 0.0, 1.0) is None
+    assert common.fmt_mfu({"mfu": 0.3161}) == "31.6%" and common.fmt_mfu({"mfu": None}) == "-"
+
+
+def test_stopwatch_oom_guard_and_save_result(tmp_path) -> None:
+    with common.Stopwatch("cpu") as clock:
+        sum(range(10_000))
+    assert clock.wall > 0 and clock.cpu >= 0
+
+    def boom():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB\nmore detail")
+
+    assert common.oom_guard(lambda: 7) == (7, None)
+    assert common.oom_guard(boom, limit=20) == (None, "CUDA out of memory. ")
+    result: dict = {"rows": []}
+    common.save_result(tmp_path / "r.json", result, t0=0.0)
+    assert json.loads((tmp_path / "r.json").read_text())["wall_s"] == result["wall_s"] > 0
+
+
+def test_run_child_reads_the_marked_result_line(capsys) -> None:
+    common.child_result({"x": 1})
+    assert capsys.readouterr().out == common.RESULT_MARKER + '{"x": 1}\n'
+    line = common.RESULT_MARKER + json.dumps({"ok": True})
+    out = common.run_child([sys.executable, "-c", f"print('noise'); print({line!r})"])
+    assert out["ok"] and out["wall_s"] >= 0
+    with pytest.raises(common.ChildFailed, match="exit 3: bad"):
+        common.run_child([sys.executable, "-c", "import sys; sys.stderr.write('bad'); "
+                                                "sys.exit(3)"])
+
+
+def test_random_sample_lays_out_the_image_block() -> None:
+    config = qwen.qwen25vl_small_config()
+    g = torch.Generator().manual_seed(0)
+    s = qwen.random_sample(config, 30, 10, (4, 6), g, at=3, id_hi=100)
+    ids, mm = s["input_ids"], s["mm_token_type_ids"][0]
+    assert ids.shape == (40,) and mm.shape == (40,)
+    assert ids[3] == config.vision_start_token_id and ids[10] == config.vision_end_token_id
+    assert (ids[4:10] == config.image_token_id).all() and mm.tolist() == [0] * 4 + [1] * 6 + [
+        0] * 30
+    assert (s["labels"][:30] == qwen.IGNORE).all() and torch.equal(s["labels"][30:], ids[30:])
+    assert s["pixel_values"].shape == (24, 3 * 2 * 14 * 14)
+    assert s["image_grid_thw"].tolist() == [[1, 4, 6]]
+    text = qwen.random_sample(config, 5, 5, None, torch.Generator().manual_seed(0), at=3,
+                              id_hi=100)
+    assert set(text) == {"input_ids", "labels", "mm_token_type_ids"}
+    same_draw = torch.randint(0, 100, (10,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(text["input_ids"], same_draw)  # the ids first, from the same generator
