@@ -13,16 +13,13 @@ import sys
 
 import torch
 import torch.distributed as dist
-from accelerate.utils import DistributedType
-from torch.distributed.fsdp import fully_shard
-from torch.nn.parallel import DistributedDataParallel
-from video_dist_worker import BLOCKS, VIDEO, Ranks, samples, targets, tensors
+from video_dist_worker import VIDEO, engine_gradients, samples, targets, tensors
 
 from vldft.adapters import load_adapter
 from vldft.adapters.lora import apply_lora
 from vldft.collate import Collator
 from vldft.config import LoraSettings, ModelConfig
-from vldft.step import ObjectiveModule, accumulate_gradients
+from vldft.step import ObjectiveModule
 
 
 def run(engine: str, first: str, rank: int, world: int) -> dict:
@@ -49,29 +46,8 @@ def run(engine: str, first: str, rank: int, world: int) -> dict:
             expected[name] = p.grad.clone()
             p.grad = None
 
-    module = ObjectiveModule(adapter)
-    if engine == "ddp":
-        wrapped = DistributedDataParallel(module)
-    else:
-        for m in list(adapter.model.modules()):
-            if type(m).__name__.endswith(BLOCKS):
-                fully_shard(m)
-        wrapped = fully_shard(module)
-    ranks = Ranks(world, DistributedType.MULTI_CPU if engine == "ddp" else DistributedType.FSDP)
-    worst, missing = 0.0, []
-    for _ in range(2):
-        module.zero_grad(set_to_none=True)
-        totals = accumulate_gradients(wrapped, [micro[rank]], "asft", ranks)
-        assert totals["n_tokens"] == n_global
-        for name, p in module.named_parameters():
-            ref = expected.get(name)
-            if p.grad is None:
-                if ref is not None:
-                    missing.append(name)
-                continue
-            got = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-            ref = torch.zeros_like(got) if ref is None else ref
-            worst = max(worst, float((got - ref).abs().max() / (ref.abs().max() + 1e-6)))
+    worst, missing, totals = engine_gradients(engine, adapter, micro[rank], "asft", expected,
+                                              n_global)
     return {"case": f"{engine} {first}+text", "worst_rel_grad_diff": worst,
             "missing": missing[:5], "n_expected": len(expected),
             "kl_live": float(totals.get("kl_sum", 0.0))}

@@ -99,6 +99,40 @@ def targets(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
+def engine_gradients(engine: str, adapter, micro_batch: dict, objective: str,
+                     expected: dict[str, torch.Tensor], n_global: int) -> tuple[float, list, dict]:
+    """Wrap a fresh ObjectiveModule over ``adapter`` in DDP or FSDP2 (``fully_shard`` per block
+    and the root), run two optimizer-free steps of ``accumulate_gradients`` on this rank's
+    ``micro_batch`` (a second step: DDP reports parameters the first one left unreduced), and
+    compare the reduced gradients with ``expected`` (one process, every micro-batch). Returns
+    the worst relative difference, the parameters missing a gradient, the last step's totals."""
+    module = ObjectiveModule(adapter)
+    if engine == "ddp":
+        wrapped = DistributedDataParallel(module)
+    else:
+        for m in list(adapter.model.modules()):
+            if type(m).__name__.endswith(BLOCKS):
+                fully_shard(m)
+        wrapped = fully_shard(module)
+    world = dist.get_world_size()
+    ranks = Ranks(world, DistributedType.MULTI_CPU if engine == "ddp" else DistributedType.FSDP)
+    worst, missing = 0.0, []
+    for _ in range(2):
+        module.zero_grad(set_to_none=True)
+        totals = accumulate_gradients(wrapped, [micro_batch], objective, ranks)
+        assert totals["n_tokens"] == n_global
+        for name, p in module.named_parameters():
+            ref = expected.get(name)
+            if p.grad is None:
+                if ref is not None:
+                    missing.append(name)
+                continue
+            got = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+            ref = torch.zeros_like(got) if ref is None else ref
+            worst = max(worst, float((got - ref).abs().max() / (ref.abs().max() + 1e-6)))
+    return worst, missing, totals
+
+
 def run(engine: str, family: str, first: str, other: str, rank: int, world: int) -> dict:
     torch.manual_seed(0)
     adapter = load_adapter(ModelConfig(family=family, tiny=True))
@@ -122,29 +156,7 @@ def run(engine: str, family: str, first: str, other: str, rank: int, world: int)
     unreduced = max(float((shares[rank][n] * world - expected[n]).abs().max()
                           / (expected[n].abs().max() + 1e-6)) for n in shares[rank])
 
-    module = ObjectiveModule(adapter)
-    if engine == "ddp":
-        wrapped = DistributedDataParallel(module)
-    else:
-        for m in list(adapter.model.modules()):
-            if type(m).__name__.endswith(BLOCKS):
-                fully_shard(m)
-        wrapped = fully_shard(module)
-    ranks = Ranks(world, DistributedType.MULTI_CPU if engine == "ddp" else DistributedType.FSDP)
-    worst, missing = 0.0, []
-    for _ in range(2):  # a second step: DDP reports parameters the first one left unreduced
-        module.zero_grad(set_to_none=True)
-        totals = accumulate_gradients(wrapped, [micro[rank]], "dft", ranks)
-        assert totals["n_tokens"] == n_global
-        for name, p in module.named_parameters():
-            ref = expected.get(name)
-            if p.grad is None:
-                if ref is not None:
-                    missing.append(name)
-                continue
-            got = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-            ref = torch.zeros_like(got) if ref is None else ref
-            worst = max(worst, float((got - ref).abs().max() / (ref.abs().max() + 1e-6)))
+    worst, missing, _ = engine_gradients(engine, adapter, micro[rank], "dft", expected, n_global)
     return {"case": f"{engine} {family} {first}+{other}", "worst_rel_grad_diff": worst,
             "missing": missing[:5], "n_expected": len(expected), "unreduced_rel_diff": unreduced}
 
