@@ -4,7 +4,7 @@
 #   bash bench/wheels.sh                 # -> .whl/*.whl, prints the total size
 #   DS_WHEEL=/tmp/dswheel/deepspeed-0.19.8-py3-none-any.whl bash bench/wheels.sh  # reuse a build
 # The GPU image (Python 3.12, torch 2.11 + CUDA, transformers 5.17, accelerate, numpy, pandas,
-# pyarrow, msgpack, ninja, py-cpuinfo, einops, psutil, ...: /work/.library/device/KINDS.md) lacks:
+# pyarrow, msgpack, ninja, py-cpuinfo, einops, psutil, ...: its package list) lacks:
 #   phase 1  transformers >= 5.20 (vldft's floor; 5.24.0 ran there before), qwen-vl-utils
 #   phase 2  trl 1.16 + datasets / dill / multiprocess; liger-kernel 0.8.5; DeepSpeed 0.19.8
 #            built without its compiled ops (pure Python; ops JIT-build there with ninja if one
@@ -14,7 +14,7 @@
 #            (evaluate, loguru, tenacity, pytablewriter and its helpers, eval/pins.txt).
 # Each wheel is installed there with --no-deps: every requirement missing there is named here.
 # The whole working tree travels with each call (64 MiB at most): keep .whl/ under ~40 MiB.
-# Then `bash bench/gpu.sh` there (PHASE=1 / PHASE=2) installs them: see its header.
+# Then `bash bench/gpu.sh` there (PHASE=1 to 4) installs what each phase needs: see its header.
 set -euo pipefail
 WHL=${WHL:-.whl}
 PY=${PYTHON:-.venv/bin/python}
