@@ -36,6 +36,7 @@ from vldft.eval.run import (  # noqa: E402
     EvalSetupError,
     evaluate,
     prepare_environment,
+    task_manager,
 )
 
 NAMES = list(BENCHMARKS)
@@ -47,9 +48,7 @@ pytestmark = pytest.mark.usefixtures("hf_offline")
 @pytest.fixture(scope="module")
 def manager():
     prepare_environment()
-    from lmms_eval.tasks import TaskManager
-
-    return TaskManager("ERROR", include_path=[str(TASK_DIR)])
+    return task_manager("ERROR", include_path=[str(TASK_DIR)])  # the index evaluate() reuses
 
 
 def _config(manager, task: str) -> dict:
@@ -82,6 +81,47 @@ def test_suites_cover_every_benchmark(manager):
     assert set(SUITES["paper"]) <= set(SUITES["geo"])
     for names in SUITES.values():
         assert set(names) <= set(manager.all_tasks), set(names) - set(manager.all_tasks)
+
+
+TASK_YAML = "task: {name}\ntest_split: test\noutput_type: generate_until\n"
+
+
+def test_the_task_index_is_kept_until_a_task_yaml_changes(manager, tmp_path, monkeypatch):
+    """``task_manager`` (what ``evaluate`` and ``train.eval_tasks`` use) indexes each task folder
+    once per process: a second manager re-reads no folder, a folder whose YAMLs are edited or
+    added to is indexed again (only that one), and a caller editing its index leaves the kept
+    one as it was."""
+    from lmms_eval.tasks import TaskManager
+
+    user = tmp_path / "tasks"
+    user.mkdir()
+    (user / "one.yaml").write_text(TASK_YAML.format(name="my_task_one"))
+    first = task_manager("ERROR", include_path=[str(TASK_DIR), str(user)])
+    indexed, original = [], TaskManager._get_task_and_group
+
+    def spy(self, task_dir):
+        indexed.append(task_dir)
+        return original(self, task_dir)
+
+    monkeypatch.setattr(TaskManager, "_get_task_and_group", spy)
+    second = task_manager("ERROR", include_path=[str(TASK_DIR), str(user)])
+    assert indexed == [] and second.task_index == first.task_index
+    assert "my_task_one" in second.all_tasks and set(manager.all_tasks) < set(second.all_tasks)
+    assert second.task_index["my_task_one"] == {"type": "task",
+                                                "yaml_path": str(user / "one.yaml")}
+    second.task_index["my_task_one"]["type"] = "edited"
+    assert task_manager("ERROR", include_path=[str(user)]).task_index["my_task_one"][
+        "type"] == "task"
+    assert indexed == []
+
+    (user / "two.yaml").write_text(TASK_YAML.format(name="my_task_two"))
+    (user / "one.yaml").write_text(TASK_YAML.format(name="my_task_renamed"))
+    third = task_manager("ERROR", include_path=[str(TASK_DIR), str(user)])
+    assert indexed == [str(user)]
+    assert {"my_task_two", "my_task_renamed"} <= set(third.all_tasks)
+    assert "my_task_one" not in third.all_tasks
+    plain = TaskManager("ERROR", include_path=[str(user)], include_defaults=False)  # no cache
+    assert third.task_index == plain.task_index | manager.task_index
 
 
 @pytest.mark.parametrize("name", NAMES)

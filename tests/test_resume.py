@@ -1,5 +1,5 @@
-"""Crash safety end to end, in real subprocesses: SIGKILL after a checkpoint then resume, and
-SIGTERM, both reach bitwise the weights of an uninterrupted run."""
+"""Crash safety end to end, in real subprocesses: SIGTERM, then SIGKILL after a checkpoint, then
+resume reaches bitwise the weights of an uninterrupted run."""
 
 import json
 import os
@@ -61,13 +61,6 @@ def losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in recs if "loss" in r]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("full") / "run"
-    finish(launch(out))
-    return out
-
-
 def assert_same_run(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys() and len(wa) > 10
@@ -77,26 +70,11 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert len(losses(a)) == STEPS // 5
 
 
-def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
-    out = tmp_path / "run"
-    proc = launch(out)
-    wait_for(out / "checkpoint-10", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "final").exists(), "the kill came too late to test anything"
-    (out / "checkpoint-99.tmp").mkdir()  # a half-written save, as a crash mid-save leaves
-    log = finish(launch(out))  # train.resume defaults to auto
-    assert "ignoring the half-written checkpoint" in log
-    assert "resuming from" in log
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["resumed_from"].endswith(("checkpoint-10", "checkpoint-15",
-                                             "checkpoint-20", "checkpoint-25"))
-    assert_same_run(uninterrupted, out)
-    kept = sorted(p.name for p in out.glob("checkpoint-*") if not p.name.endswith(".tmp"))
-    assert kept == ["checkpoint-20", "checkpoint-25"]  # keep_checkpoints=2
-
-
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes(uninterrupted, tmp_path):
+def test_sigterm_then_sigkill_then_resume_is_bitwise_identical(tmp_path):
+    """One interrupted run, resumed twice: SIGTERM after the first checkpoint saves a checkpoint
+    and exits cleanly (code 0); the resumed run is killed with SIGKILL after a later checkpoint
+    and leaves a half-written save behind; the second resume skips that save and ends with
+    bitwise the weights and losses of an uninterrupted run."""
     out = tmp_path / "run"
     proc = launch(out)
     wait_for(out / "checkpoint-5", proc)
@@ -107,5 +85,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes(uninterrupted
     stopped_at = Path(summary["checkpoint"])
     assert stopped_at.name == f"checkpoint-{summary['steps']}"
     assert (stopped_at / "trainer_state.json").is_file() and not (out / "final").exists()
-    finish(launch(out))
-    assert_same_run(uninterrupted, out)
+
+    later = (summary["steps"] // SAVE_EVERY + 1) * SAVE_EVERY  # the resumed run's first save
+    assert later < STEPS, "the SIGTERM came too late to test a SIGKILL after it"
+    proc = launch(out)
+    wait_for(out / f"checkpoint-{later}", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists(), "the kill came too late to test anything"
+    (out / "checkpoint-99.tmp").mkdir()  # a half-written save, as a crash mid-save leaves
+    log = finish(launch(out))  # train.resume defaults to auto
+    assert "ignoring the half-written checkpoint" in log
+    assert "resuming from" in log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"].endswith(("checkpoint-10", "checkpoint-15",
+                                             "checkpoint-20", "checkpoint-25"))
+    finish(launch(tmp_path / "full"))
+    assert_same_run(tmp_path / "full", out)
+    kept = sorted(p.name for p in out.glob("checkpoint-*") if not p.name.endswith(".tmp"))
+    assert kept == ["checkpoint-20", "checkpoint-25"]  # keep_checkpoints=2

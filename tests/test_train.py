@@ -15,6 +15,8 @@ from vldft.data import DataError, load_jsonl
 from vldft.step import ObjectiveModule, accumulate_gradients, build_optimizer
 from vldft.train import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 2 threads ran ~10x slower
+
 
 def _tiny(family="qwen2_5_vl", seed=0):
     torch.manual_seed(seed)

@@ -46,7 +46,6 @@ def check_eval_tasks(cfg: Config) -> None:
     t = cfg.train
     if not t.eval_tasks:
         return
-    from lmms_eval.tasks import TaskManager
     from loguru import logger
 
     from vldft.eval.run import (
@@ -55,6 +54,7 @@ def check_eval_tasks(cfg: Config) -> None:
         build_tasks,
         prepare_environment,
         resolve_tasks,
+        task_manager,
     )
 
     logger.remove()  # lmms-eval logs at DEBUG by default
@@ -62,7 +62,7 @@ def check_eval_tasks(cfg: Config) -> None:
     data_dir = eval_data_dir(cfg)
     try:
         prepare_environment()
-        manager = TaskManager("WARNING", include_path=[str(TASK_DIR)], model_name="vldft")
+        manager = task_manager("WARNING", include_path=[str(TASK_DIR)], model_name="vldft")
         names = resolve_tasks(t.eval_tasks, [], set(manager.all_tasks))
         build_tasks(names, manager, data_dir, chat=True, model_name="vldft")
     except (ValueError, EvalSetupError) as e:

@@ -123,6 +123,59 @@ def _check_cached(name: str, config: dict, reason: str) -> None:
                          f"({reason}) and not in the datasets cache; {hint}")
 
 
+_TASK_INDEX: dict[tuple, dict] = {}  # (folder, its YAMLs' stat rows) -> lmms-eval's index of it
+
+
+def _folder_key(folder: str) -> tuple:
+    """A task folder and the (path, size, mtime) of every YAML under it: lmms-eval's index of the
+    folder is a function of those files, so an edit, an addition or a removal gives a new key
+    (not tracked: a YAML outside the folder that one of its YAMLs ``include``s by absolute path).
+    Statting lmms-eval's ~1,900 task YAMLs takes ~0.1 s; parsing them takes ~7 s."""
+    rows = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".yaml"):
+                path = os.path.join(root, name)
+                st = os.stat(path)
+                rows.append((path, st.st_size, st.st_mtime_ns))
+    return os.path.realpath(folder), tuple(rows)
+
+
+def task_manager(verbosity: str = "WARNING", include_path: list[str] | None = None,
+                 model_name: str | None = None):
+    """lmms-eval's ``TaskManager`` whose per-folder task index is kept for the process: lmms-eval
+    re-parses every task YAML it ships (~7 s on a CPU) for each ``TaskManager``, and a training
+    run with ``train.eval_tasks`` builds one per evaluation. A folder whose YAMLs changed (size,
+    mtime, added, removed) is indexed again. On an lmms-eval without the per-folder indexer
+    (``TaskManager._get_task_and_group``), a plain ``TaskManager``."""
+    from lmms_eval.tasks import TaskManager
+
+    if not callable(getattr(TaskManager, "_get_task_and_group", None)):
+        return TaskManager(verbosity, include_path=include_path, model_name=model_name)
+    return _cached_manager_class(TaskManager)(verbosity, include_path=include_path,
+                                              model_name=model_name)
+
+
+_MANAGER_CLASSES: dict[type, type] = {}
+
+
+def _cached_manager_class(base: type) -> type:
+    if base not in _MANAGER_CLASSES:
+        import copy
+
+        class CachedTaskManager(base):
+            def _get_task_and_group(self, task_dir: str):
+                key = _folder_key(task_dir)
+                if key not in _TASK_INDEX:
+                    _TASK_INDEX[key] = super()._get_task_and_group(task_dir)
+                return copy.deepcopy(_TASK_INDEX[key])  # a caller may edit its index
+
+        CachedTaskManager.__doc__ = base.__doc__
+        _MANAGER_CLASSES[base] = CachedTaskManager
+    return _MANAGER_CLASSES[base]
+
+
 def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bool,
                 model_name: str | None = None) -> list:
     """One lmms-eval task config (dict) per name, built with vldft's task class; local copies
@@ -358,13 +411,12 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
     from lmms_eval import evaluator
     from lmms_eval.api.model import lmms
     from lmms_eval.models import get_model
-    from lmms_eval.tasks import TaskManager
 
     for p in include_paths:
         if not Path(p).is_dir():
             raise EvalSetupError(f"--include-path {p}: not a directory")
     paths = [str(TASK_DIR), *[str(Path(p).resolve()) for p in include_paths]]
-    manager = TaskManager(verbosity, include_path=paths, model_name=model_class)
+    manager = task_manager(verbosity, include_path=paths, model_name=model_class)
     try:
         names = resolve_tasks(list(tasks), list(suites), set(manager.all_tasks))
     except ValueError as e:
