@@ -54,8 +54,8 @@
 # liger-kernel and transformers 5.22.2): bench/recipe_gpu.py on the shipped recipe once per
 # variant, in this order: as shipped; without precomputed segments; without the frozen tower's
 # no-grad pass; without both; selective checkpointing; 16k packs with full and with selective
-# checkpointing (the fit); Liger (under transformers 5.22.2); regional compile; all together;
-# selective + compile (all together less Liger, in case Liger cannot run).
+# checkpointing (the fit); Liger (under transformers 5.22.2); regional compile; compile + Liger
+# (all together: compile is refused with selective checkpointing); selective + Liger.
 # Each capped (LEVER_TIMEOUT 75 s, COMPILE_TIMEOUT 150 s), no new variant after PHASE3_BUDGET
 # (480 s). Files: gpu.log, levers_gpu.json ({variant: recipe_gpu.json's content}, rewritten after
 # each variant).
@@ -170,8 +170,8 @@ if [ "$PHASE" = 3 ]; then
     "pack16k_selective:data.pack_tokens=16384 data.max_length=16384 model.gradient_checkpointing=selective"
     "liger:train.liger=true"
     "compile:train.compile=regional"
-    "all:model.gradient_checkpointing=selective train.compile=regional train.liger=true"
-    "selective_compile:model.gradient_checkpointing=selective train.compile=regional"
+    "all:train.compile=regional train.liger=true"
+    "selective_liger:model.gradient_checkpointing=selective train.liger=true"
   )
   T522=""
   [ -d /tmp/site_t522 ] && T522=/tmp/site_t522:
