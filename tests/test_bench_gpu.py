@@ -186,3 +186,23 @@ def test_gpu_scripts_present_and_parse():
             "bench/recipe_gpu.py"} <= scripts
     for path in scripts - {"bench/engines_gpu.py"}:
         assert (ROOT / path).is_file(), path
+
+
+def test_gpu_sh_lever_variants_are_configs_vldft_accepts():
+    """Every variant of gpu.sh's phase 3 (the levers) is an override list the shipped recipe
+    loads with: a variant vldft refuses would spend a GPU window on a config error.
+    (``train.liger=true`` is left out here: its package check depends on the machine.)"""
+    import re
+
+    from vldft.config import ConfigError, load_config
+
+    text = (ROOT / "bench" / "gpu.sh").read_text()
+    block = text[text.index("VARIANTS=("):]
+    variants = re.findall(r'^\s+"([a-z0-9_]+):([^"]*)"$', block[:block.index(")")], re.M)
+    assert len(variants) >= 8 and variants[0] == ("shipped", "")
+    for name, sets in variants:
+        overrides = [kv for kv in sets.split() if kv != "train.liger=true"]
+        try:
+            load_config(ROOT / "configs/qwen25vl_geo.yaml", overrides)
+        except ConfigError as e:
+            raise AssertionError(f"gpu.sh lever variant {name}: {e}") from None

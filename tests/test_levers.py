@@ -35,7 +35,7 @@ from vldft.attention import (
 )
 from vldft.collate import Collator
 from vldft.config import ConfigError, ModelConfig, TrainConfig
-from vldft.levers import apply_levers, compile_regional, inputs_on, vision_no_grad
+from vldft.levers import compile_regional, inputs_on, vision_no_grad
 from vldft.loader import PackCollator, SegmentCollator
 from vldft.packing import pack, packed_segments, positions_for
 from vldft.step import ObjectiveModule, accumulate_gradients
@@ -479,21 +479,21 @@ def test_liger_is_refused_where_it_cannot_run(monkeypatch):
             TrainConfig(liger=True).validate()
 
 
-def test_regional_compile_with_selective_checkpointing_is_refused():
-    adapter, _, _ = _tiny("llava")
-    cfg = _cfg(family="llava", gradient_checkpointing="selective")
-    cfg.train = TrainConfig(compile="regional")
-    with pytest.raises(ConfigError, match="train.compile"):
-        apply_levers(adapter, cfg, lambda *a: None)
+def test_regional_compile_with_selective_checkpointing_is_refused_before_the_model_loads():
+    from conftest import demo_config
+
+    with pytest.raises(ConfigError, match="train.compile: regional with model.gradient_"):
+        demo_config("model.gradient_checkpointing=selective", "train.compile=regional")
 
 
 def test_config_reads_the_lever_keys():
     from conftest import demo_config
 
     cfg = demo_config("model.gradient_checkpointing=selective", "model.vision_no_grad=false",
-                      "model.precompute_segments=false", "train.compile=regional")
+                      "model.precompute_segments=false")
     assert cfg.model.gradient_checkpointing == "selective" and cfg.model.vision_no_grad is False
-    assert cfg.model.precompute_segments is False and cfg.train.compile == "regional"
+    assert cfg.model.precompute_segments is False
+    assert demo_config("train.compile=regional").train.compile == "regional"
     with pytest.raises(ConfigError, match="model.gradient_checkpointing"):
         demo_config("model.gradient_checkpointing=some")
     with pytest.raises(ConfigError, match="train.compile"):

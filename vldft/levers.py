@@ -56,11 +56,7 @@ def apply_levers(adapter, cfg, log=print) -> None:
     if wrapped:
         log(f"[vldft] model.vision_no_grad: the frozen vision tower runs without autograd "
             f"({len(wrapped)} modules, e.g. {wrapped[0]})")
-    if train_cfg.compile == "regional":
-        if model_cfg.gradient_checkpointing == "selective":
-            raise ConfigError("train.compile: regional with model.gradient_checkpointing="
-                              "selective is not supported (the selective policy does not see "
-                              "the ops inside a compiled region); use one of them")
+    if train_cfg.compile == "regional":  # not with selective checkpointing (Config.validate)
         n = compile_regional(adapter.model)
         log(f"[vldft] train.compile: regional, {n} layers compiled (first steps are slower)")
 

@@ -147,6 +147,10 @@ class Config:
         if t.max_steps and lo.sft_warmup_steps >= t.max_steps:
             raise ConfigError(f"loss.sft_warmup_steps: {lo.sft_warmup_steps} >= train.max_steps "
                               f"({t.max_steps}); loss.name={lo.name} would never be trained")
+        if t.compile == "regional" and m.gradient_checkpointing == "selective":
+            raise ConfigError("train.compile: regional with model.gradient_checkpointing="
+                              "selective is not supported (the selective policy does not see "
+                              "the ops inside a compiled region); use one of them")
         if t.eval_every and not d.heldout_file and not t.eval_tasks:
             raise ConfigError("train.eval_every: set data.heldout_file (or train.eval_tasks) "
                               "to evaluate on")
