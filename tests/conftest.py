@@ -66,6 +66,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_worker(script: str, *args: str, timeout: int = 400):
+    """``tests/<script>`` under torchrun on 2 CPU processes (one thread each, the tests folder
+    importable, no inherited rank variables); returns the JSON lines rank 0 printed, after
+    asserting the launch succeeded."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(free_port()), str(ROOT / "tests" / script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
 def demo_config(*overrides: str):
     """``tests/tiny_demo.yaml`` (a tiny random model on the demo data) loaded with dotted
     ``key=value`` overrides."""

@@ -4,26 +4,12 @@ micro-batches. Guards the anchor pass of ``ObjectiveModule``: with LoRA the KL a
 same (sharded) model with its adapters disabled, so a text-only rank must run the vision tower
 on a blank image in that pass too, as an image rank does (``tests/asft_dist_worker.py``)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT, free_port
+from conftest import torchrun_worker
 
 
 def run_cases(cases: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"),
-           "TOKENIZERS_PARALLELISM": "false"}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(free_port()), str(ROOT / "tests/asft_dist_worker.py"), *cases],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    results = torchrun_worker("asft_dist_worker.py", *cases)
     assert [r["case"] for r in results] == [c.replace(":", " ") + "+text" for c in cases]
     for r in results:
         assert not r["missing"] and r["n_expected"] >= 8, r

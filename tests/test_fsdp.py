@@ -2,13 +2,9 @@
 loss and gradients when the output layer is sharded across 2 ranks as unsharded on one.
 (accelerate only builds FSDP on GPUs; this checks the objective under torch's own FSDP2.)"""
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import torchrun_worker
 
 OBJECTIVES = ["dft", "sft"]
 
@@ -16,17 +12,9 @@ OBJECTIVES = ["dft", "sft"]
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
     """One torchrun launch checks every objective (its start-up is most of the cost)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(free_port()), str(ROOT / "tests/fsdp_worker.py"), *OBJECTIVES],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = torchrun_worker("fsdp_worker.py", *OBJECTIVES, timeout=600)
     found = {res["objective"]: res for res in lines}
-    assert sorted(found) == sorted(OBJECTIVES), proc.stdout[-4000:]
+    assert sorted(found) == sorted(OBJECTIVES), lines
     return found
 
 

@@ -6,26 +6,13 @@ without video runs the tower on a blank image BEFORE the language model (as a vi
 inside the model's forward), as many times as the other ranks (``vision_passes``), so sharded
 weights are gathered in the same order on every rank (``tests/video_dist_worker.py``)."""
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import torchrun_worker
 
 
 def run_worker(families: list[str]) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           "TOKENIZERS_PARALLELISM": "false"}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(free_port()), str(ROOT / "tests/video_dist_worker.py"), *families],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return torchrun_worker("video_dist_worker.py", *families)
 
 
 def check(results: list[dict], families: list[str]) -> None:
