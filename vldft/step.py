@@ -108,6 +108,22 @@ def count_targets(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
+@contextlib.contextmanager
+def no_sync(accelerator: Accelerator, module: nn.Module):
+    """A micro-batch before a step's last: no gradient reduction (``accelerator.no_sync``), and
+    under DeepSpeed no optimizer step either: accelerate runs DeepSpeed's engine step inside
+    every ``accelerator.backward`` whose gradients sync."""
+    if getattr(accelerator, "distributed_type", None) != DistributedType.DEEPSPEED:
+        with accelerator.no_sync(module):
+            yield
+        return
+    accelerator.gradient_state._set_sync_gradients(False)
+    try:
+        yield
+    finally:
+        accelerator.gradient_state._set_sync_gradients(True)
+
+
 def accumulate_gradients(module: nn.Module, micro_batches: list[dict],
                          spec: ObjectiveSpec | str, accelerator: Accelerator,
                          probs: list[torch.Tensor] | None = None) -> dict[str, float]:
@@ -131,7 +147,7 @@ def accumulate_gradients(module: nn.Module, micro_batches: list[dict],
     for k, batch in enumerate(micro_batches):
         inputs = inputs_on(batch, accelerator.device)  # + precomputed attention segments
         sync = k == len(micro_batches) - 1
-        ctx = accelerator.no_sync(module) if not sync else contextlib.nullcontext()
+        ctx = no_sync(accelerator, module) if not sync else contextlib.nullcontext()
         with ctx:
             loss_sum, stats, step_probs = module(inputs, spec, vision_passes=passes)
             accelerator.backward(loss_sum * scale)
@@ -217,7 +233,7 @@ def build_accelerator(cfg: Config) -> Accelerator:
     warning), ASFT under ZeRO-3 has LoRA, and train.eval_tasks and the held-out scoring run on
     unsharded weights. DeepSpeed runs without a GPU too (its CPU accelerator, gloo), and gets
     vldft's loop settings: micro-batch, clipping at train.max_grad_norm, no accumulation of its
-    own, no optimizer step before a step's last micro-batch (docs/distributed.md)."""
+    own (its engine steps once a step: ``no_sync``; docs/distributed.md)."""
     t = cfg.train
     gpu = torch.cuda.is_available()
     # DeepSpeed without a GPU runs on its CPU accelerator (communication backend gloo).
@@ -272,18 +288,6 @@ def build_accelerator(cfg: Config) -> Accelerator:
         ds["gradient_accumulation_steps"] = 1
         ds["gradient_clipping"] = max(t.max_grad_norm, 0.0)
 
-        # accelerate runs DeepSpeed's optimizer step inside every accelerator.backward that
-        # syncs gradients; the micro-batches before the last of a step are backpropagated
-        # under accelerator.no_sync, which becomes the place where they do not
-        @contextlib.contextmanager
-        def no_sync(model):
-            accelerator.gradient_state._set_sync_gradients(False)
-            try:
-                yield
-            finally:
-                accelerator.gradient_state._set_sync_gradients(True)
-
-        accelerator.no_sync = no_sync
     return accelerator
 
 
