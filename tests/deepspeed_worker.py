@@ -1,16 +1,23 @@
-"""Worker for test_deepspeed.py: vldft.train.main under DeepSpeed ZeRO-2, then ZeRO-3, in one
-2-process launch (``accelerate launch --config_file configs/accelerate/zero2.yaml
---num_processes 2 --mixed_precision no tests/deepspeed_worker.py OUT``; on a CPU machine that
-is DeepSpeed's CPU accelerator with gloo). Starting processes is most of the cost, so both
-stages share it: before each, the accelerate state is reset and the environment is set to
-what ``accelerate launch`` derives from that shipped config (its own code does it).
+"""Worker for test_deepspeed.py: vldft.train.main under DeepSpeed ZeRO-2, ZeRO-3, then ZeRO-3
+from a DeepSpeed JSON of the user's, in one 2-process launch (``accelerate launch
+--config_file configs/accelerate/zero2.yaml --num_processes 2 --mixed_precision no
+tests/deepspeed_worker.py OUT``; on a CPU machine that is DeepSpeed's CPU accelerator with
+gloo). Starting processes is most of the cost, so the stages share it: before each, the
+accelerate state is reset and the environment is set to what ``accelerate launch`` derives from
+that stage's accelerate config (its own code does it).
 
+Every stage trains ``OUT/assets``: a tiny Qwen2.5-VL checkpoint whose embedding is not tied to
+its output layer, on rows with an image and text-only rows, so some micro-batch has an image on
+one rank and only text on the other (each rank's micro-batch modalities per step are printed).
 Per stage, in ``OUT/<name>``: 3 optimizer steps of 2 micro-batches per rank (the accumulation
-path), a checkpoint at step 2, ``final/``; then ``final/`` is moved to ``uninterrupted/`` and
-the same config is run again, resuming from checkpoint-2 (``train.resume: auto``), which
-writes ``final/`` anew. Under ZeRO-3, last: a config with held-out scoring during training
-must be refused by ``build_accelerator``. Rank 0 prints one JSON line per stage: the engine
-that ran, the checkpoint resumed from, the refusal."""
+path), a checkpoint at step 2, ``final/``. For the shipped configs, ``final/`` is then moved to
+``uninterrupted/`` and the same config is run again, resuming from checkpoint-2
+(``train.resume: auto``), which writes ``final/`` anew; under ZeRO-3, last: a config with
+held-out scoring during training must be refused by ``build_accelerator``. ``zero3_json``
+(``OUT/assets/zero3_json.yaml``, its DeepSpeed JSON beside it) keeps no parameter whole
+(``stage3_param_persistence_threshold: 0``: every module's weights are gathered in its forward
+and backward) and states a ``train_batch_size`` of its own. Rank 0 prints one JSON line per
+stage: the engine that ran, the checkpoint resumed from, the refusal, the modalities."""
 
 import json
 import os
@@ -23,6 +30,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
+import vldft.step
 from vldft.config import ConfigError, load_config
 from vldft.step import build_accelerator
 from vldft.train import main
@@ -31,12 +39,21 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
 
 
-def launcher_env(name: str) -> dict[str, str]:
-    """The ACCELERATE_* variables ``accelerate launch --config_file
-    configs/accelerate/<name>.yaml --num_processes 2 --mixed_precision no`` sets."""
+def accelerate_config(name: str, root: Path) -> Path:
+    """A shipped accelerate config (configs/accelerate/<name>.yaml), or one of the test's."""
+    shipped = ROOT / f"configs/accelerate/{name}.yaml"
+    return shipped if shipped.exists() else root / "assets" / f"{name}.yaml"
+
+
+def launcher_env(config: Path) -> dict[str, str]:
+    """The ACCELERATE_* variables ``accelerate launch --config_file CONFIG --num_processes 2``
+    sets (and ``--mixed_precision no`` where the config does not leave precision to a
+    DeepSpeed JSON)."""
+    precision = [] if "deepspeed_config_file" in config.read_text() else [
+        "--mixed_precision", "no"]
     args = launch_command_parser().parse_args(
-        ["--config_file", str(ROOT / f"configs/accelerate/{name}.yaml"), "--num_processes", "2",
-         "--mixed_precision", "no", "--main_process_port", "0", "-m", "vldft.train"])
+        ["--config_file", str(config), "--num_processes", "2", *precision,
+         "--main_process_port", "0", "-m", "vldft.train"])
     args, defaults, from_config = _validate_launch_command(args)
     # as accelerate's launch_command does before its DeepSpeed launcher
     fields = list(defaults.deepspeed_config) + (["mixed_precision"] if from_config else [])
@@ -46,31 +63,58 @@ def launcher_env(name: str) -> dict[str, str]:
 
 
 def overrides(out: Path) -> list[str]:
-    return ["data.heldout_file=null", f"train.max_steps={STEPS}", "loss.sft_warmup_steps=1",
+    """The stage's run in ``out``; model and data from ``out.parent / "assets"``."""
+    assets = out.parent / "assets"
+    return ["model.tiny=false", f"model.name_or_path={assets / 'untied'}",
+            f"data.train_files=[{assets / 'mixed.jsonl'}]",
+            "data.heldout_file=null", f"train.max_steps={STEPS}", "loss.sft_warmup_steps=1",
             "train.micro_batch_size=2", "train.grad_accum=2", "train.log_every=1",
             "train.save_every=2", "train.eval_max_samples=0", "train.mixed_precision=no",
             "train.max_grad_norm=2.0",  # not accelerate's DeepSpeed default of 1.0
             f"train.output_dir={out}"]
 
 
+MODALITIES: list[list[str]] = []  # this rank's micro-batches per step: "image" / "text"
+
+
+def observe_modalities() -> None:
+    """Record each step's micro-batch modalities on the way into vldft's own
+    accumulate_gradients (vldft.train binds it from vldft.step at its first run)."""
+    real = vldft.step.accumulate_gradients
+
+    def observed(module, micro_batches, *args, **kwargs):
+        MODALITIES.append(["image" if "pixel_values" in b else "text" for b in micro_batches])
+        return real(module, micro_batches, *args, **kwargs)
+
+    vldft.step.accumulate_gradients = observed
+
+
 def run_stage(name: str, out: Path) -> None:
-    os.environ.update(launcher_env(name))
+    os.environ.update(launcher_env(accelerate_config(name, out.parent)))
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     cfg = load_config(ROOT / "tests/tiny_demo.yaml", overrides(out))
+    MODALITIES.clear()
     main(cfg)
     state = AcceleratorState()
+    ds = state.deepspeed_plugin.deepspeed_config
     engine = {"stage": name, "distributed_type": state.distributed_type.value,
               "zero_stage": state.deepspeed_plugin.zero_stage,
               "num_processes": state.num_processes, "device": state.device.type,
-              "backend": dist.get_backend(), "mixed_precision": state.mixed_precision}
-    # the same run interrupted after checkpoint-2: resume it
-    if state.is_main_process:
-        shutil.move(out / "final", out / "uninterrupted")
-        (out / "summary.json").unlink()
-    dist.barrier()
-    resumed = main(cfg)
-    engine["resumed_from"] = resumed.get("resumed_from")
+              "backend": dist.get_backend(), "mixed_precision": state.mixed_precision,
+              "persistence_threshold": ds.get("zero_optimization", {}).get(
+                  "stage3_param_persistence_threshold"),
+              "train_batch_size": ds.get("train_batch_size")}
+    modalities = [None, None]
+    dist.all_gather_object(modalities, list(MODALITIES))
+    engine["modalities"] = modalities
+    if name != "zero3_json":  # the same run interrupted after checkpoint-2: resume it
+        if state.is_main_process:
+            shutil.move(out / "final", out / "uninterrupted")
+            (out / "summary.json").unlink()
+        dist.barrier()
+        resumed = main(cfg)
+        engine["resumed_from"] = resumed.get("resumed_from")
     if name == "zero3":  # held-out scoring during training: refused before any model loads
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
@@ -87,5 +131,6 @@ def run_stage(name: str, out: Path) -> None:
 
 if __name__ == "__main__":
     root = Path(sys.argv[1])
-    for stage in sys.argv[2:] or ["zero2", "zero3"]:
+    observe_modalities()
+    for stage in sys.argv[2:] or ["zero2", "zero3", "zero3_json"]:
         run_stage(stage, root / stage)

@@ -329,6 +329,80 @@ def test_text_only_batch_gives_zero_vision_gradients(family):
     assert all(torch.count_nonzero(text_grads[n]) == 0 for n in trained)
 
 
+class _BackwardMark(torch.autograd.Function):
+    """Identity on a module's output whose backward logs the module: how DeepSpeed's ZeRO-3
+    learns that a module's backward is next (a forward hook, registered before the forward,
+    wraps the outputs in an autograd function; it then gathers that module's weights)."""
+
+    @staticmethod
+    def forward(ctx, x, name, log):
+        ctx.name, ctx.log = name, log
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.log.append(ctx.name)
+        return grad, None, None
+
+
+def _module_orders(a, batches: list[dict], passes: int) -> list[tuple[list[str], list[str]]]:
+    """Per batch: the model's modules in the order the objective's forward ran them (every
+    call), and the order in which backward reached their (tensor) outputs. The hooks are
+    registered once, before the model's first forward, as DeepSpeed registers its own (hooks
+    run in registration order; transformers adds its output-capturing ones at first use)."""
+    forward, backward = [], []
+
+    def mark(out, name):
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            return _BackwardMark.apply(out, name, backward)
+        return None
+
+    hooks = []
+    for name, m in a.model.named_modules():
+        hooks.append(m.register_forward_pre_hook(lambda _m, _a, n=name: forward.append(n)))
+        hooks.append(m.register_forward_hook(lambda _m, _a, o, n=name: mark(o, n)))
+    orders = []
+    try:
+        for batch in batches:
+            forward.clear()
+            backward.clear()
+            loss_sum, _, _ = ObjectiveModule(a)(batch, "sft", vision_passes=passes)
+            loss_sum.backward()
+            a.pop_aux_loss()
+            orders.append((list(forward), list(backward)))
+    finally:
+        for h in hooks:
+            h.remove()
+        a.model.zero_grad(set_to_none=True)
+    return orders
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_text_only_batch_runs_the_modules_of_an_image_batch_in_its_order(family):
+    """Under DeepSpeed ZeRO-3 or FSDP a rank whose micro-batch is text-only and a rank with an
+    image gather the weights module by module as the forward (and backward) reaches them, and
+    ZeRO-3 checks after the first step that every rank ran the same modules in the same
+    order. So a text-only micro-batch's blank vision passes must run where the real ones run:
+    the same module sequence as an image micro-batch, forward and backward, with one pass per
+    micro-batch and with two (a step where some rank has images and videos)."""
+    a = fresh(family)
+    collator, rng = Collator(a, 512), random.Random(3)
+    image = batch_of(collator, [shape_sample(0, "circle", rng)])
+    text = batch_of(collator, [text_sample(1), text_sample(2)])
+    vision = next(n for n, _ in a.parts()["vision"])
+    for passes in (1, 2):
+        (image_fwd, image_bwd), (text_fwd, text_bwd) = _module_orders(a, [image, text], passes)
+        assert any(vision.startswith(m + ".") for m in image_fwd)  # the tower ran
+        assert text_fwd == image_fwd, (passes, _first_difference(text_fwd, image_fwd))
+        assert text_bwd == image_bwd, (passes, _first_difference(text_bwd, image_bwd))
+
+
+def _first_difference(a: list[str], b: list[str]) -> tuple:
+    k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+             min(len(a), len(b)))
+    return k, a[k - 2:k + 3], b[k - 2:k + 3]
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_batch_times_accumulation_invariance(family):
     """Batch 4 x accumulation 1 and batch 2 x accumulation 2 give the same gradients (global

@@ -1,28 +1,42 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 through vldft.train on the CPU: 2 processes (DeepSpeed's CPU
 accelerator, gloo), launched with ``accelerate launch --config_file configs/accelerate/zero2.yaml``
-(tests/deepspeed_worker.py runs both stages in that one launch). Each stage's run equals the
-single-process run on the same global batch (losses, target counts, gradient norms, weights),
-its checkpoint resumes to bitwise the same final weights, and its Hugging Face export loads
-with plain transformers and holds exactly the weights DeepSpeed's own checkpoint holds.
-Skipped only where deepspeed is not installed (``make test`` installs it)."""
+(tests/deepspeed_worker.py runs the stages in that one launch): the shipped ZeRO-2 and ZeRO-3
+configs, and ZeRO-3 from a DeepSpeed JSON that keeps no parameter whole. They train a tiny
+Qwen2.5-VL with untied input / output embeddings on image rows and text-only rows, so that in
+some step one rank's micro-batch has an image while the other's is text-only (checked). Each
+stage's run equals the single-process run on the same global batch (losses, target counts,
+gradient norms, weights), the shipped stages' checkpoints resume to bitwise the same final
+weights, and their Hugging Face exports load with plain transformers and hold exactly the
+weights DeepSpeed's own checkpoint holds. Skipped only where deepspeed is not installed
+(``make test`` installs it)."""
 
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_CONFIG, free_port
+import yaml
+from conftest import ROOT, TINY_CONFIG, free_port, tiny_demo_rows
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
     reason="deepspeed is not installed (make test installs it; by hand: DS_BUILD_OPS=0 pip "
            "install --no-build-isolation deepspeed==0.19.8, after torch)")
 
-STAGES = ["zero2", "zero3"]
+STAGES = ["zero2", "zero3", "zero3_json"]
+SHIPPED = ["zero2", "zero3"]  # the shipped accelerate configs: resumed and exported too
+# zero3_json's DeepSpeed JSON: every parameter sharded and gathered per module (the default
+# keeps tensors under 100,000 elements whole on every rank: all of the tiny model's), and a
+# train_batch_size for some other accumulation, which vldft's loop settings replace
+DS_JSON = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                                 "stage3_gather_16bit_weights_on_model_save": True},
+           "train_batch_size": 64, "train_micro_batch_size_per_gpu": "auto",
+           "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
 LAUNCH_TIMEOUT = 600  # a collective that hangs fails the test instead of hanging it
 
 
@@ -74,6 +88,40 @@ def finish(proc: subprocess.Popen, log: Path) -> str:
     return out
 
 
+def write_assets(assets: Path) -> None:
+    """What every stage trains: the shipped tiny prior with its output layer untied from the
+    input embedding (Qwen2.5-VL-7B's layout; a tied one is gathered once with the output
+    layer), 16 image rows and 16 text-only rows of the demo data (image paths absolute),
+    and zero3_json's accelerate config with its DeepSpeed JSON."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    prior = ROOT / "priors/tiny-qwen25vl-geo"
+    model = AutoModelForImageTextToText.from_pretrained(prior)
+    model.config.tie_word_embeddings = model.config.text_config.tie_word_embeddings = False
+    g = torch.Generator().manual_seed(0)
+    head = model.lm_head.weight.detach()
+    model.lm_head.weight = torch.nn.Parameter(head + 0.01 * torch.randn(head.shape, generator=g))
+    model.save_pretrained(assets / "untied")
+    for f in prior.iterdir():  # the processor's files
+        if f.name.startswith(("tokenizer", "processor", "chat_template")):
+            shutil.copy(f, assets / "untied" / f.name)
+    rows = []
+    for i, row in enumerate(tiny_demo_rows(32)):
+        if i % 2:  # the same question and answer, without its image
+            row["id"], row["images"] = row["id"] + "-text", []
+            row["messages"] = [{**m, "content": [c for c in m["content"] if c["type"] == "text"]}
+                               for m in row["messages"]]
+        rows.append(row)
+    (assets / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (assets / "ds_zero3.json").write_text(json.dumps(DS_JSON))
+    shipped = yaml.safe_load((ROOT / "configs/accelerate/zero3.yaml").read_text())
+    shipped.pop("mixed_precision")  # the JSON's to say (accelerate refuses both)
+    shipped["deepspeed_config"] = {"deepspeed_config_file": str(assets / "ds_zero3.json"),
+                                   "zero3_init_flag": False}
+    (assets / "zero3_json.yaml").write_text(yaml.safe_dump(shipped))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The 2-process DeepSpeed launch, bench/engines_gpu.py's dry run (plain and ZeRO-3 on the
@@ -85,6 +133,8 @@ def runs(tmp_path_factory):
     from vldft.train import main
 
     root = tmp_path_factory.mktemp("deepspeed")
+    (root / "assets").mkdir()
+    write_assets(root / "assets")
     launch = start([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                     str(ROOT / "configs/accelerate/zero2.yaml"), "--num_processes", "2",
                     "--mixed_precision", "no", "--main_process_port", str(free_port()),
@@ -109,13 +159,20 @@ def runs(tmp_path_factory):
     return root, engines, json.loads((engines_dir / "engines_gpu.json").read_text())
 
 
-def test_deepspeed_really_ran_both_stages_on_two_cpu_processes(runs):
+def test_deepspeed_really_ran_every_stage_on_two_cpu_processes(runs):
     root, engines, _ = runs
-    assert sorted(engines) == STAGES
-    for name, stage in (("zero2", 2), ("zero3", 3)):
+    assert sorted(engines) == sorted(STAGES)
+    for name, stage in (("zero2", 2), ("zero3", 3), ("zero3_json", 3)):
         e = engines[name]
         assert (e["distributed_type"], e["zero_stage"], e["num_processes"], e["device"],
                 e["backend"]) == ("DEEPSPEED", stage, 2, "cpu", "gloo"), e
+        # a step in which one rank's micro-batch had the image and the other's only text
+        steps = list(zip(*e["modalities"], strict=True))
+        assert len(steps) == 3 and all(len(r) == 2 for step in steps for r in step), steps
+        assert any(a != b for r0, r1 in steps for a, b in zip(r0, r1, strict=True)), steps
+        if name == "zero3_json":  # the JSON's settings ran, its train_batch_size replaced
+            assert (e["persistence_threshold"], e["train_batch_size"]) == (0, 2 * 2), e
+            continue
         assert e["resumed_from"] == str(root / name / "checkpoint-2")
         files = {p.name for p in (root / name / "checkpoint-2/state/pytorch_model").iterdir()}
         # the optimizer state is split over the two ranks; under ZeRO-3 the weights too
@@ -130,42 +187,43 @@ def test_deepspeed_really_ran_both_stages_on_two_cpu_processes(runs):
 
 @pytest.mark.parametrize("name", STAGES)
 def test_deepspeed_run_equals_the_single_process_run(runs, name):
-    import torch
-
-    from vldft.adapters import load_adapter
-    from vldft.config import load_config
-
     root, _, _ = runs
     one, ds = records(root / "single"), records(root / name)
     assert [r["step"] for r in ds] == [r["step"] for r in one] == [1, 2, 3]
+    # step 1 (the gradients before any update): the same to fp32 rounding. Later steps follow
+    # updates in which Adam's first steps (g / (|g| + eps)) enlarge the rounding of near-zero
+    # gradient sums (summed in another order over ranks) into weight differences. Measured on
+    # these data: DDP (torchrun, 2 processes) 1.5e-6 / 7.5e-6 of the loss at steps 2 / 3 and
+    # 2.2e-5 of the update in the final weights; ZeRO-2 1.4e-6 / 9.7e-6 and 2.4e-5 (DDP's
+    # level); ZeRO-3 9.8e-6 / 6.6e-5 and 1.7e-4, 4.3e-4 at worst (its reduce-scatter and the
+    # clipping over shards round again). A wrong step (a rank's micro-batch lost or counted
+    # twice, the update of an accumulation step taken twice) is off by percents.
     for a, b in zip(one, ds, strict=True):
         assert b["target_tokens"] == a["target_tokens"]
+        rel = 1e-6 if a["step"] == 1 else 2e-4
         for key in ("loss", "ce", "mean_p"):
-            assert b[key] == pytest.approx(a[key], rel=1e-6), (a["step"], key)
+            assert b[key] == pytest.approx(a[key], rel=rel), (a["step"], key)
         # DeepSpeed's own norm, before its clipping at train.max_grad_norm (2.0; step 1 is
         # clipped): a loss scaled by the accumulation steps would show here
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["step"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=max(rel, 1e-5)), a["step"]
         assert b["lr"] == a["lr"]
     assert one[0]["grad_norm"] > 2.0
 
     ref = hf_weights(root / "single/final")
     got = hf_weights(root / name / "final")  # the export, read by plain transformers
     assert got.keys() == ref.keys()
-    cfg = load_config(TINY_CONFIG, [])
-    torch.manual_seed(0)  # vldft.train seeds 0 before building the model
-    init = load_adapter(cfg.model).model.state_dict()
+    init = hf_weights(root / "assets/untied")
     moved = sum(float((ref[n] - init[n]).pow(2).sum()) for n in ref) ** 0.5
     off = sum(float((got[n] - ref[n]).pow(2).sum()) for n in ref) ** 0.5
     worst = max(float((got[n] - ref[n]).abs().max()) for n in ref)
-    # fp32 sums in another order, amplified where Adam divides tiny gradients by their own
-    # size; measured: ZeRO-2 1.6e-7 of the update and 4.0e-7 at worst, ZeRO-3 1.2e-5 / 4.4e-5
-    # (an update is up to 3 x lr = 1.2e-2 an element; a wrong step is off by that much)
+    # an update is up to 3 x lr = 1.2e-2 an element; an element updated the wrong way is off
+    # by twice that
     assert moved > 1.0
-    assert off / moved < 1e-4, (off, moved)
-    assert worst < 2e-4, worst
+    assert off / moved < 1e-3, (off, moved)
+    assert worst < 2e-3, worst
 
 
-@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("name", SHIPPED)
 def test_deepspeed_checkpoint_resumes_to_the_same_weights(runs, name):
     from safetensors.torch import load_file
 
@@ -178,7 +236,7 @@ def test_deepspeed_checkpoint_resumes_to_the_same_weights(runs, name):
     assert state["step"] == 2
 
 
-@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("name", SHIPPED)
 def test_deepspeed_export_holds_deepspeeds_own_weights(runs, name):
     """checkpoint-2's Hugging Face files equal the fp32 weights DeepSpeed's own converter
     (zero_to_fp32) rebuilds from that checkpoint's sharded state/: bitwise."""

@@ -57,18 +57,20 @@ class ObjectiveModule(nn.Module):
                 vision_passes: int = 1):
         """``vision_passes``: how many times this micro-batch runs the vision tower (its images
         one pass, its videos one), made up by passes on a blank image (``dummy_vision_loss``: a
-        zero loss term, exact-zero gradients) that run BEFORE the language model, as the real
-        ones do inside the model's forward. Sharded weights (FSDP / ZeRO-3) are gathered block
-        by block in forward order, so every rank must make the same passes in the same order
-        (``accumulate_gradients`` asks for 2 where some rank's micro-batch holds images and
-        videos); 1 also gives a text-only micro-batch the pass DDP needs (every vision
-        parameter used)."""
+        zero loss term, exact-zero gradients) that run where the real ones do: inside the
+        model's forward, right after it embeds the tokens (``blank_passes``). Sharded weights
+        (FSDP / ZeRO-3) are gathered module by module in forward order, and DeepSpeed ZeRO-3
+        also checks that every rank ran the same modules in the same order, so every rank must
+        make the same passes at the same point (``accumulate_gradients`` asks for 2 where some
+        rank's micro-batch holds images and videos); 1 also gives a text-only micro-batch the
+        pass DDP needs (every vision parameter used)."""
         spec = as_spec(spec)
         batch = dict(batch)
         labels = batch.pop("labels")
         real = ("pixel_values" in batch) + ("pixel_values_videos" in batch)
-        dummies = [self.adapter.dummy_vision_loss() for _ in range(vision_passes - real)]
-        hidden = self.adapter.hidden_states(batch)
+        dummies = []
+        with blank_passes(self.adapter, vision_passes - real, dummies):
+            hidden = self.adapter.hidden_states(batch)
         head = self.adapter.output_layer()
         ref = {}
         if spec.name == "asft":
@@ -77,11 +79,11 @@ class ObjectiveModule(nn.Module):
                 raise RuntimeError("asft needs a reference model (build_reference)")
             with torch.no_grad(), (lora.disable_adapter() if lora is not None
                                    else contextlib.nullcontext()):
-                if lora is not None:  # the anchor is this (maybe sharded) model: the same
-                    for _ in range(vision_passes - real):  # vision passes as the other ranks
-                        self.adapter.dummy_vision_loss()
-                ref_hidden = self.adapter.hidden_states(
-                    batch, model=None if lora is not None else self.reference)
+                # with LoRA the anchor is this (maybe sharded) model: the same vision passes
+                # as the other ranks make (a copied reference is never sharded: none)
+                with blank_passes(self.adapter, vision_passes - real if lora else 0, []):
+                    ref_hidden = self.adapter.hidden_states(
+                        batch, model=None if lora is not None else self.reference)
             ref_head = self.adapter.output_layer(None if lora is not None else self.reference)
             ref = {"ref_hidden": ref_hidden, "ref_weight": ref_head.weight,
                    "ref_bias": ref_head.bias}
@@ -93,6 +95,33 @@ class ObjectiveModule(nn.Module):
         for dummy in dummies:  # zero, with exact-zero gradients for the vision parameters
             loss_sum = loss_sum + dummy
         return loss_sum, out.stats, out.probs
+
+
+@contextlib.contextmanager
+def blank_passes(adapter: Adapter, n: int, losses: list[torch.Tensor]):
+    """Within it, the model's forward runs ``n`` vision passes on a blank image right after
+    embedding the tokens, where every supported family runs its real image and video passes
+    (a forward hook on the input embedding, once); their zero loss terms go to ``losses``.
+    Before the forward, they would make a text-only rank gather and run the vision tower
+    before the embedding while an image rank does the reverse: under ZeRO-3 a collective
+    mismatch, or DeepSpeed's "disagreement on list contents" of its module trace."""
+    if n <= 0:
+        yield
+        return
+
+    def after_embedding(_module, _args, _output):
+        handle.remove()
+        losses.extend(adapter.dummy_vision_loss() for _ in range(n))
+
+    handle = adapter.model.get_input_embeddings().register_forward_hook(after_embedding)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if len(losses) != n:
+        raise RuntimeError(f"{type(adapter.model).__name__}'s forward never ran its input "
+                           "embedding: the blank vision passes of a text-only micro-batch "
+                           "had no place to run")
 
 
 def build_reference(adapter: Adapter) -> nn.Module:
@@ -286,6 +315,9 @@ def build_accelerator(cfg: Config) -> Accelerator:
         ds = plugin.deepspeed_config
         ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
         ds["gradient_accumulation_steps"] = 1
+        # DeepSpeed checks train_batch_size = micro-batch x accumulation x ranks: a DeepSpeed
+        # JSON of the user's may hold its own figure for its own accumulation
+        ds["train_batch_size"] = t.micro_batch_size * accelerator.num_processes
         ds["gradient_clipping"] = max(t.max_grad_norm, 0.0)
 
     return accelerator
