@@ -13,7 +13,7 @@ pytest.importorskip("lmms_eval", reason="needs the eval extra: pip install -e '.
 
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
-from conftest import demo_config, write_tiny_data  # noqa: E402
+from conftest import DEMO_HELDOUT, demo_config, write_tiny_data  # noqa: E402
 
 import vldft.step  # noqa: E402
 import vldft.train as train  # noqa: E402
@@ -119,6 +119,12 @@ def test_sharded_weights_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "load_adapter", lambda *a: pytest.fail("model was loaded"))
     cfg = _tiny(tmp_path, f"train.eval_tasks=[{TASK}]")
     with pytest.raises(ConfigError, match=r"train\.eval_tasks: .*FSDP"):
+        train.main(cfg)
+    # the held-out scoring during training too (ZeRO-3's refusal: tests/test_deepspeed.py)
+    cfg = _tiny(tmp_path, f"data.heldout_file={DEMO_HELDOUT}",
+                "train.eval_max_samples=4")
+    with pytest.raises(ConfigError, match=r"data\.heldout_file: .* not supported under FSDP "
+                                          r".*train\.eval_max_samples=0"):
         train.main(cfg)
 
 

@@ -299,12 +299,15 @@ def build_accelerator(cfg: Config) -> Accelerator:
         raise ConfigError("train.eval_tasks: not supported with sharded weights (FSDP / "
                           "DeepSpeed ZeRO-3); evaluate the saved checkpoints with "
                           "`python -m vldft.eval` instead, or set train.eval_tasks=[]")
-    if plugin is not None and plugin.zero_stage == 3 and cfg.data.heldout_file \
-            and t.eval_max_samples:
-        # the held-out scoring multiplies by lm_head.weight outside any forward: ZeRO-3 holds
-        # a shard of it there (a failure at the first evaluation; found on the CPU)
-        raise ConfigError("data.heldout_file: the held-out scoring during training is not "
-                          "supported under DeepSpeed ZeRO-3 (sharded weights); set "
+    engine = ("FSDP" if accelerator.distributed_type == DistributedType.FSDP else
+              "DeepSpeed ZeRO-3" if plugin is not None and plugin.zero_stage == 3 else None)
+    if engine and cfg.data.heldout_file and t.eval_max_samples:
+        # the held-out scoring multiplies by lm_head.weight outside any forward, where ZeRO-3
+        # and FSDP hold a shard of it (a failure at the first evaluation; found on the CPU
+        # under ZeRO-3), and each rank generates for its own samples until they end, so the
+        # ranks would not gather the sharded blocks in step
+        raise ConfigError(f"data.heldout_file: the held-out scoring during training is not "
+                          f"supported under {engine} (sharded weights); set "
                           "train.eval_max_samples=0 and score the saved checkpoints with "
                           "`python -m vldft.heldout CHECKPOINT HELDOUT_FILE` instead")
     if plugin is not None:
