@@ -397,6 +397,31 @@ def test_text_only_batch_runs_the_modules_of_an_image_batch_in_its_order(family)
         assert text_bwd == image_bwd, (passes, _first_difference(text_bwd, image_bwd))
 
 
+def test_the_shipped_recipes_levers_keep_that_order():
+    """The same with configs/qwen25vl_geo.yaml's model settings on the tiny Qwen2.5-VL: vision
+    tower frozen and run without autograd, gradient checkpointing (recomputed blocks run their
+    forward again inside the backward)."""
+    from vldft.config import load_config
+    from vldft.step import prepare_model
+
+    recipe = load_config(ROOT / "configs/qwen25vl_geo.yaml", []).model
+    cfg = load_config(ROOT / "tests/tiny_demo.yaml", [
+        f"model.freeze={recipe.freeze}", "model.gradient_checkpointing=true"])
+    assert recipe.gradient_checkpointing is True and recipe.freeze == ["vision"]
+    a = fresh("qwen2_5_vl")
+    prepare_model(a, cfg, log=lambda _: None)
+    a.model.train()
+    collator, rng = Collator(a, 512), random.Random(3)
+    image = batch_of(collator, [shape_sample(0, "circle", rng)])
+    text = batch_of(collator, [text_sample(1), text_sample(2)])
+    for passes in (1, 2):
+        (image_fwd, image_bwd), (text_fwd, text_bwd) = _module_orders(a, [image, text], passes)
+        assert text_fwd == image_fwd, (passes, _first_difference(text_fwd, image_fwd))
+        assert text_bwd == image_bwd, (passes, _first_difference(text_bwd, image_bwd))
+        # a decoder layer ran twice: its forward, and again in the backward (checkpointing)
+        assert image_fwd.count("model.language_model.layers.0.mlp") == 2
+
+
 def _first_difference(a: list[str], b: list[str]) -> tuple:
     k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
              min(len(a), len(b)))
