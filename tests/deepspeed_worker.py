@@ -134,3 +134,7 @@ if __name__ == "__main__":
     observe_modalities()
     for stage in sys.argv[2:] or ["zero2", "zero3", "zero3_json"]:
         run_stage(stage, root / stage)
+    # end the process group before the interpreter does (left to exit, a gloo thread was once
+    # still running: "terminate called without an active exception", exit code -6)
+    dist.barrier()
+    dist.destroy_process_group()

@@ -33,9 +33,10 @@ from PIL import Image, ImageDraw
 
 from vldft.adapters import FAMILIES, MODEL_TYPES, family_of_checkpoint, load_adapter
 from vldft.adapters.base import _tensors
+from vldft.adapters.lora import apply_lora
 from vldft.adapters.vocab import FAMILY_VOCAB, real_qwen_tokenizer
 from vldft.collate import IGNORE, Collator, SampleError
-from vldft.config import ModelConfig, VideoSettings
+from vldft.config import LoraSettings, ModelConfig, VideoSettings
 from vldft.data import Sample
 from vldft.data.video import Video
 from vldft.step import ObjectiveModule, accumulate_gradients
@@ -345,22 +346,30 @@ class _BackwardMark(torch.autograd.Function):
         return grad, None, None
 
 
+def _marked(out, name: str, log: list):
+    """``out`` with every tensor that requires grad in it (nested in tuples, lists, dicts and
+    model outputs, as DeepSpeed looks for them) wrapped in ``_BackwardMark``."""
+    if isinstance(out, torch.Tensor):
+        return _BackwardMark.apply(out, name, log) if out.requires_grad else out
+    if isinstance(out, dict):  # transformers' ModelOutput too (its items are its fields)
+        for k in list(out.keys()):
+            out[k] = _marked(out[k], name, log)
+        return out
+    if isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+        return type(out)(_marked(x, name, log) for x in out)
+    return out
+
+
 def _module_orders(a, batches: list[dict], passes: int) -> list[tuple[list[str], list[str]]]:
     """Per batch: the model's modules in the order the objective's forward ran them (every
-    call), and the order in which backward reached their (tensor) outputs. The hooks are
-    registered once, before the model's first forward, as DeepSpeed registers its own (hooks
-    run in registration order; transformers adds its output-capturing ones at first use)."""
+    call), and the order in which backward reached their outputs. The hooks are registered
+    once, before the model's first forward, as DeepSpeed registers its own (hooks run in
+    registration order; transformers adds its output-capturing ones at first use)."""
     forward, backward = [], []
-
-    def mark(out, name):
-        if isinstance(out, torch.Tensor) and out.requires_grad:
-            return _BackwardMark.apply(out, name, backward)
-        return None
-
     hooks = []
     for name, m in a.model.named_modules():
         hooks.append(m.register_forward_pre_hook(lambda _m, _a, n=name: forward.append(n)))
-        hooks.append(m.register_forward_hook(lambda _m, _a, o, n=name: mark(o, n)))
+        hooks.append(m.register_forward_hook(lambda _m, _a, o, n=name: _marked(o, n, backward)))
     orders = []
     try:
         for batch in batches:
@@ -377,24 +386,44 @@ def _module_orders(a, batches: list[dict], passes: int) -> list[tuple[list[str],
     return orders
 
 
+def _assert_same_orders(a, reference: dict, others: list[dict], passes: int) -> None:
+    """``others`` run the modules of ``reference`` in its order, forward and backward, and the
+    vision tower ``passes`` times."""
+    orders = _module_orders(a, [reference, *others], passes)
+    tower = a.vision_prefixes[0].rstrip(".")
+    (ref_fwd, ref_bwd), rest = orders[0], orders[1:]
+    assert ref_fwd.count(tower) == passes, (tower, ref_fwd.count(tower))
+    assert ref_bwd, "no backward reached a module"
+    for fwd, bwd in rest:
+        assert fwd == ref_fwd, (passes, _first_difference(fwd, ref_fwd))
+        assert bwd == ref_bwd, (passes, _first_difference(bwd, ref_bwd))
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_text_only_batch_runs_the_modules_of_an_image_batch_in_its_order(family):
+def test_text_only_batch_runs_the_modules_of_an_image_batch_in_its_order(family, lora):
     """Under DeepSpeed ZeRO-3 or FSDP a rank whose micro-batch is text-only and a rank with an
     image gather the weights module by module as the forward (and backward) reaches them, and
     ZeRO-3 checks after the first step that every rank ran the same modules in the same
     order. So a text-only micro-batch's blank vision passes must run where the real ones run:
     the same module sequence as an image micro-batch, forward and backward, with one pass per
-    micro-batch and with two (a step where some rank has images and videos)."""
+    micro-batch and with two (a step where some rank has images and videos: an image + video
+    micro-batch, an image one and a text one alike). Fully trained, and with LoRA on the
+    language model and the projector (every base weight frozen: the embedding's output needs
+    no gradient, the projector's does)."""
     a = fresh(family)
-    collator, rng = Collator(a, 512), random.Random(3)
+    if lora:
+        apply_lora(a, LoraSettings(r=4, dropout=0.0, parts=["language", "projector"]), [])
+    collator, rng = Collator(a, 2048, video=VIDEO), random.Random(3)
     image = batch_of(collator, [shape_sample(0, "circle", rng)])
     text = batch_of(collator, [text_sample(1), text_sample(2)])
-    vision = next(n for n, _ in a.parts()["vision"])
-    for passes in (1, 2):
-        (image_fwd, image_bwd), (text_fwd, text_bwd) = _module_orders(a, [image, text], passes)
-        assert any(vision.startswith(m + ".") for m in image_fwd)  # the tower ran
-        assert text_fwd == image_fwd, (passes, _first_difference(text_fwd, image_fwd))
-        assert text_bwd == image_bwd, (passes, _first_difference(text_bwd, image_bwd))
+    _assert_same_orders(a, image, [text], passes=1)
+    if family in VIDEO_FAMILIES:
+        both = batch_of(collator, [shape_sample(3, "square", rng), video_sample(4, rng)])
+        assert "pixel_values" in both and "pixel_values_videos" in both
+        _assert_same_orders(a, both, [image, text], passes=2)
+    else:
+        _assert_same_orders(a, image, [text], passes=2)
 
 
 def test_the_shipped_recipes_levers_keep_that_order():
@@ -415,17 +444,16 @@ def test_the_shipped_recipes_levers_keep_that_order():
     image = batch_of(collator, [shape_sample(0, "circle", rng)])
     text = batch_of(collator, [text_sample(1), text_sample(2)])
     for passes in (1, 2):
-        (image_fwd, image_bwd), (text_fwd, text_bwd) = _module_orders(a, [image, text], passes)
-        assert text_fwd == image_fwd, (passes, _first_difference(text_fwd, image_fwd))
-        assert text_bwd == image_bwd, (passes, _first_difference(text_bwd, image_bwd))
-        # a decoder layer ran twice: its forward, and again in the backward (checkpointing)
-        assert image_fwd.count("model.language_model.layers.0.mlp") == 2
+        _assert_same_orders(a, image, [text], passes)
+    # a decoder layer's parts ran twice: in the forward, and again in the backward
+    (image_fwd, _), = _module_orders(a, [image], 1)
+    assert image_fwd.count("model.language_model.layers.0.mlp") == 2
 
 
 def _first_difference(a: list[str], b: list[str]) -> tuple:
     k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
              min(len(a), len(b)))
-    return k, a[k - 2:k + 3], b[k - 2:k + 3]
+    return k, a[max(k - 2, 0):k + 3], b[max(k - 2, 0):k + 3]
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

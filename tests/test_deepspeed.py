@@ -29,6 +29,11 @@ pytestmark = pytest.mark.skipif(
            "install --no-build-isolation deepspeed==0.19.8, after torch)")
 
 STAGES = ["zero2", "zero3", "zero3_json"]
+# allowed after step 1, about 5x the measured (see test_deepspeed_run_equals_...): relative
+# loss / mean_p / gradient norm difference, weights' difference / update (norms), largest
+# weight difference
+TOLERANCE = {"zero2": (5e-5, 1e-4, 3e-4), "zero3": (3e-4, 1e-3, 2e-3),
+             "zero3_json": (3e-4, 1e-3, 2e-3)}
 SHIPPED = ["zero2", "zero3"]  # the shipped accelerate configs: resumed and exported too
 # zero3_json's DeepSpeed JSON: every parameter sharded and gathered per module (the default
 # keeps tensors under 100,000 elements whole on every rank: all of the tiny model's), and a
@@ -197,10 +202,11 @@ def test_deepspeed_run_equals_the_single_process_run(runs, name):
     # 2.2e-5 of the update in the final weights; ZeRO-2 1.4e-6 / 9.7e-6 and 2.4e-5 (DDP's
     # level); ZeRO-3 9.8e-6 / 6.6e-5 and 1.7e-4, 4.3e-4 at worst (its reduce-scatter and the
     # clipping over shards round again). A wrong step (a rank's micro-batch lost or counted
-    # twice, the update of an accumulation step taken twice) is off by percents.
+    # twice) shows in step 1's loss and gradient norm, which stay tight.
+    later, update, worst_allowed = TOLERANCE[name]
     for a, b in zip(one, ds, strict=True):
         assert b["target_tokens"] == a["target_tokens"]
-        rel = 1e-6 if a["step"] == 1 else 2e-4
+        rel = 1e-6 if a["step"] == 1 else later
         for key in ("loss", "ce", "mean_p"):
             assert b[key] == pytest.approx(a[key], rel=rel), (a["step"], key)
         # DeepSpeed's own norm, before its clipping at train.max_grad_norm (2.0; step 1 is
@@ -219,8 +225,8 @@ def test_deepspeed_run_equals_the_single_process_run(runs, name):
     # an update is up to 3 x lr = 1.2e-2 an element; an element updated the wrong way is off
     # by twice that
     assert moved > 1.0
-    assert off / moved < 1e-3, (off, moved)
-    assert worst < 2e-3, worst
+    assert off / moved < update, (off, moved)
+    assert worst < worst_allowed, worst
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -68,9 +68,8 @@ class ObjectiveModule(nn.Module):
         batch = dict(batch)
         labels = batch.pop("labels")
         real = ("pixel_values" in batch) + ("pixel_values_videos" in batch)
-        dummies = []
-        with blank_passes(self.adapter, vision_passes - real, dummies):
-            hidden = self.adapter.hidden_states(batch)
+        with blank_passes(self.adapter, vision_passes - real):  # exact-zero gradients
+            hidden = self.adapter.hidden_states(batch)  # for the vision parameters
         head = self.adapter.output_layer()
         ref = {}
         if spec.name == "asft":
@@ -81,7 +80,8 @@ class ObjectiveModule(nn.Module):
                                    else contextlib.nullcontext()):
                 # with LoRA the anchor is this (maybe sharded) model: the same vision passes
                 # as the other ranks make (a copied reference is never sharded: none)
-                with blank_passes(self.adapter, vision_passes - real if lora else 0, []):
+                with blank_passes(self.adapter,
+                                  vision_passes - real if lora is not None else 0):
                     ref_hidden = self.adapter.hidden_states(
                         batch, model=None if lora is not None else self.reference)
             ref_head = self.adapter.output_layer(None if lora is not None else self.reference)
@@ -92,33 +92,38 @@ class ObjectiveModule(nn.Module):
         aux = self.adapter.pop_aux_loss()  # MoE router load balancing (coefficient applied)
         if aux is not None:  # weighted by target tokens: after the global division it is the
             loss_sum = loss_sum + aux * out.n_tokens  # token-weighted mean over micro-batches
-        for dummy in dummies:  # zero, with exact-zero gradients for the vision parameters
-            loss_sum = loss_sum + dummy
         return loss_sum, out.stats, out.probs
 
 
 @contextlib.contextmanager
-def blank_passes(adapter: Adapter, n: int, losses: list[torch.Tensor]):
+def blank_passes(adapter: Adapter, n: int):
     """Within it, the model's forward runs ``n`` vision passes on a blank image right after
     embedding the tokens, where every supported family runs its real image and video passes
-    (a forward hook on the input embedding, once); their zero loss terms go to ``losses``.
-    Before the forward, they would make a text-only rank gather and run the vision tower
+    (a forward hook on the input embedding, once), and adds their zero terms to the embedded
+    tokens, where an image micro-batch's features join them: so the language model's input
+    depends on the vision tower (and requires grad) as with images, and the backward visits
+    the same modules in the same order (with LoRA on the projector and a frozen embedding,
+    only an image batch's would otherwise reach the first layer's frozen weights). Run
+    before the forward, the passes made a text-only rank gather and run the vision tower
     before the embedding while an image rank does the reverse: under ZeRO-3 a collective
     mismatch, or DeepSpeed's "disagreement on list contents" of its module trace."""
     if n <= 0:
         yield
         return
 
-    def after_embedding(_module, _args, _output):
+    ran = []
+
+    def after_embedding(_module, _args, output):
         handle.remove()
-        losses.extend(adapter.dummy_vision_loss() for _ in range(n))
+        ran.extend(adapter.dummy_vision_loss() for _ in range(n))
+        return output + sum(ran).to(output.dtype)  # + exactly zero
 
     handle = adapter.model.get_input_embeddings().register_forward_hook(after_embedding)
     try:
         yield
     finally:
         handle.remove()
-    if len(losses) != n:
+    if len(ran) != n:
         raise RuntimeError(f"{type(adapter.model).__name__}'s forward never ran its input "
                            "embedding: the blank vision passes of a text-only micro-batch "
                            "had no place to run")
