@@ -57,6 +57,9 @@ MATRIX = [
      "video_missing", None),
     ("video_count", {"messages": chat((U, "<video>Which way?"), (A, "Left"))}, "video_count",
      None),
+    ("clip_segment", {"messages": chat(
+        (U, [{"type": "video", "video": "frames", "video_start": 1.0},
+             {"type": "text", "text": "Which way?"}]), (A, "Left"))}, "video_option", None),
     ("answer_image", {"images": ["ok.png"], "messages": chat(
         (U, "Hi"), (A, [{"type": "image"}, {"type": "text", "text": "x"}]))}, "bad_content", None),
     ("corrupt_video", {"videos": ["corrupt.mp4"], "messages": chat((U, "<video>Which way?"),

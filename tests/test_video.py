@@ -4,7 +4,8 @@ every row format reads a video (a file, a list of frames, a folder of frames; in
 folder, corrupt file, placeholder count) name file:line and id; a real mp4 written here with
 PyAV decodes to the frame count ``data.video`` asks for, with the content written; an overlong
 video sample is shortened by whole frames with its answer intact; the start-up cache keeps
-videos."""
+videos; a clip's own keys (qwen-vl-utils' fps / nframes / max_pixels ...) decode it as a run
+with those data.video values would, and the keys vldft cannot honour are row errors."""
 
 from __future__ import annotations
 
@@ -480,3 +481,201 @@ def test_the_clip_times_reach_the_model(media, fps):
     stamps = [float(t) for t in re.findall(r"<([\d.]+) seconds>", text)]
     want = [(times[i] + times[i + 1]) / 2 for i in range(0, n, 2)]
     assert stamps == pytest.approx(want, abs=0.051)
+
+
+# -- (6) per-clip settings: a video part's / videos entry's own fps, frames and pixels ----------
+RUN = VideoSettings(min_pixels=28 * 28, max_pixels=SIDE * SIDE)  # a run's data.video (fps 2)
+# per-clip keys (qwen-vl-utils' names) -> the data.video a run would need for the same frames
+CLIP = {"fps": 4.0, "max_frames": 6, "max_pixels": 2 * 28 * 28}
+CLIP_RUN = VideoSettings(fps=4.0, max_frames=6, min_pixels=28 * 28, max_pixels=2 * 28 * 28)
+
+
+def clip_rows(media: Path) -> dict[str, tuple[str, dict]]:
+    """One row per way of giving per-clip keys: id -> (format, row)."""
+    clip = str(media / "clip.mp4")
+    sharegpt = {"conversations": [{"from": "human", "value": f"<video>{QUESTION}"},
+                                  {"from": "gpt", "value": ANSWER}],
+                "videos": [{"video": clip, **CLIP}]}
+    return {
+        "part": ("messages", msg_row("part", {"type": "video", "video": clip, **CLIP})),
+        "url-part": ("messages", msg_row("url-part", {"type": "video_url", "video_url": {
+            "url": f"file://{clip}"}, **CLIP})),
+        "pool-part": ("messages", msg_row("pool-part", {"type": "video", **CLIP}, videos=[clip])),
+        "entry": ("messages", msg_row("entry", {"type": "video"},
+                                      videos=[{"video": clip, **CLIP}])),
+        # a table's struct column gives every key, null where absent: nulls are not keys
+        "nulls": ("messages", msg_row("nulls", {"type": "video", "video": clip, "image": None,
+                                                "text": None, "nframes": None, **CLIP})),
+        "normalized": ("normalized", {"id": "normalized", "messages": [
+            {"role": U, "content": [{"type": "video", **CLIP}, {"type": "text", "text": QUESTION}]},
+            {"role": A, "content": [{"type": "text", "text": ANSWER}]}], "videos": [clip]}),
+        "sharegpt": ("sharegpt", {"id": "sharegpt", **sharegpt}),
+    }
+
+
+@pytest.fixture(scope="module")
+def qwen25():
+    from vldft.adapters import load_adapter
+
+    torch.manual_seed(0)
+    return load_adapter(ModelConfig(family="qwen2_5_vl", tiny=True))
+
+
+@pytest.mark.parametrize("sid", ["part", "url-part", "pool-part", "entry", "nulls", "normalized",
+                                 "sharegpt"])
+def test_per_clip_keys_decode_as_a_run_with_those_settings(media, tmp_path, qwen25, sid):
+    """A clip's fps / max_frames / max_pixels give the frames, sizes and tokens that a run
+    whose data.video has those values gives the same clip without keys (the reference), in
+    every format; the length estimate follows them too."""
+    from vldft.data.mix import estimate_length
+
+    fmt, row = clip_rows(media)[sid]
+    (sample,) = read(write_rows(tmp_path / "c.jsonl", [row]), fmt)
+    assert video_then_text(sample) and sample.videos[0].file == media / "clip.mp4"
+    assert sample.videos[0].options == CLIP
+    plain = sample_from_row(msg_row("plain", {"type": "video"}, videos=[str(media / "clip.mp4")]),
+                            "x.jsonl:1", media)
+    assert plain.videos[0].options == {}
+    # frames: as decode gives them with the reference settings (6 of 8 at 4 fps, 28 x 28)
+    got = Collator(qwen25, 4096, video=RUN).load_video(sample.videos[0], sample.id)
+    want = decode(plain.videos[0], CLIP_RUN, unit=28)
+    assert tuple(got.frames.shape) == (6, 3, 28, 28) and torch.equal(got.frames, want.frames)
+    assert got.indices == want.indices and got.fps == want.fps
+    # encoded: the same tokens and pixels as the reference run, other than the run's own
+    enc = Collator(qwen25, 4096, video=RUN).encode(sample)
+    ref = Collator(qwen25, 4096, video=CLIP_RUN).encode(plain)
+    base = Collator(qwen25, 4096, video=RUN).encode(plain)
+    assert torch.equal(enc.input_ids, ref.input_ids) and torch.equal(enc.labels, ref.labels)
+    for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        assert torch.equal(enc.extras[key], ref.extras[key]), key
+    assert enc.extras["video_grid_thw"].tolist() != base.extras["video_grid_thw"].tolist()
+    assert estimate_length(sample, qwen25, None, RUN) == len(enc.input_ids)
+    assert estimate_length(plain, qwen25, None, RUN) == len(base.input_ids)
+
+
+def test_nframes_is_an_exact_count_for_files_frame_lists_and_fixed_count_families(media,
+                                                                                   tmp_path):
+    """``nframes`` = min_frames = max_frames: 4 frames of the 8-frame file (at any fps) and of
+    the 6-frame folder; LLaVA-OneVision (which samples exactly max_frames) takes 4 too, and
+    its length estimate agrees."""
+    from vldft.adapters import load_adapter
+    from vldft.data.mix import estimate_length
+
+    path = write_rows(tmp_path / "n.jsonl", [
+        msg_row("file", {"type": "video", "video": "clip.mp4", "nframes": 4}),
+        msg_row("folder", {"type": "video", "video": "frames", "nframes": 4, "max_pixels": 3136})])
+    (tmp_path / "clip.mp4").symlink_to(media / "clip.mp4")
+    (tmp_path / "frames").symlink_to(media / "frames")
+    file, folder = read(path)
+    assert file.videos[0].options == {"min_frames": 4, "max_frames": 4}
+    four = VideoSettings(min_frames=4, max_frames=4, min_pixels=28 * 28, max_pixels=3136)
+    for s in (file, folder):
+        plain = Video(file=s.videos[0].file, frames=s.videos[0].frames)
+        got = decode(s.videos[0], s.videos[0].settings(RUN), unit=28)
+        assert got.frames.shape[0] == 4 and torch.equal(got.frames,
+                                                        decode(plain, four, unit=28).frames)
+    torch.manual_seed(0)
+    ov = load_adapter(ModelConfig(family="llava_onevision", tiny=True))
+    run = VideoSettings(max_frames=8)
+    dec = Collator(ov, 8192, video=run).load_video(folder.videos[0], folder.id)
+    assert dec.frames.shape[0] == 4
+    enc = Collator(ov, 8192, video=run).encode(folder)
+    assert estimate_length(folder, ov, None, run) == len(enc.input_ids)
+    assert ov.video_token_estimate(folder.videos[0], run) < ov.video_token_estimate(
+        Video(frames=folder.videos[0].frames), run)
+
+
+def test_a_clip_bound_beyond_the_runs_other_bound_moves_it():
+    run = VideoSettings(min_frames=4, max_frames=32, min_pixels=28 * 28, max_pixels=4096)
+    assert Video(options={"max_frames": 2}).settings(run).min_frames == 2
+    assert Video(options={"min_pixels": 8192}).settings(run).max_pixels == 8192
+    assert Video(options={"max_pixels": 392}).settings(run).min_pixels == 392
+    assert Video().settings(run) is run  # no keys: the run's settings, untouched
+
+
+REFUSED_KEYS = [
+    ({"video_start": 1.0}, "'video_start' is not supported (vldft reads whole clips"),
+    ({"video_end": 1.5}, "'video_end' is not supported"),
+    ({"total_pixels": 100352}, "'total_pixels' is not supported (write max_tokens"),
+    ({"resized_height": 56, "resized_width": 56}, "'resized_height' is not supported"),
+    ({"sample_fps": 1.0}, "'sample_fps' is not supported"),
+    ({"speed": 2}, "'speed' is not supported (per-clip keys: fps, min_frames"),
+    ({"fps": -1}, "'fps': -1 is not a number > 0"),
+    ({"fps": "2"}, "'fps': '2' is not a number > 0"),
+    ({"max_frames": 1}, "'max_frames': 1 is not an integer >= 2"),
+    ({"max_pixels": 1.5}, "'max_pixels': 1.5 is not an integer >= 1"),
+    ({"min_frames": 8, "max_frames": 4}, "'min_frames' (8) is larger than 'max_frames' (4)"),
+    ({"min_pixels": 4096, "max_pixels": 784}, "'min_pixels' (4096) is larger than 'max_pixels'"),
+    ({"nframes": 5}, "'nframes': 5 is odd"),
+    ({"nframes": 4, "fps": 1.0}, "'nframes' and 'fps' together"),
+]
+
+
+@pytest.mark.parametrize(("keys", "says"), REFUSED_KEYS,
+                         ids=["-".join(keys) for keys, _ in REFUSED_KEYS])
+def test_a_per_clip_key_vldft_cannot_honour_is_a_row_error(media, tmp_path, keys, says):
+    e = error_of(tmp_path, msg_row("v1", {"type": "video", "video": str(media / "clip.mp4"),
+                                          **keys}))
+    assert e.reason == "video_option" and says in str(e) and "clip.mp4" in str(e), str(e)
+
+
+def test_per_clip_key_errors_are_counted_skips_and_entries_may_not_contradict_parts(media,
+                                                                                    tmp_path):
+    clip = str(media / "clip.mp4")
+    path = write_rows(tmp_path / "s.jsonl", [
+        msg_row("good", {"type": "video", "video": clip, "fps": 1.0}),
+        msg_row("segment", {"type": "video", "video_start": 0.5}, videos=[clip]),
+        msg_row("clash", {"type": "video", "fps": 1.0}, videos=[{"video": clip, "fps": 2.0}]),
+        msg_row("same", {"type": "video", "fps": 1.0}, videos=[{"video": clip, "fps": 1.0}]),
+        msg_row("no-source", {"type": "video"}, videos=[{"fps": 1.0}])])
+    report = SkipReport()
+    samples = read(path, on_error="skip", report=report)
+    assert [(s.id, s.videos[0].options) for s in samples] == [("good", {"fps": 1.0}),
+                                                              ("same", {"fps": 1.0})]
+    assert report.count(reason="video_option") == 2 and report.count(reason="bad_row") == 1
+    got = [(e["line"], e["id"], e["reason"]) for e in report.entries]
+    assert got == [(2, "segment", "video_option"), (3, "clash", "video_option"),
+                   (5, "no-source", "bad_row")]
+    assert "'video_start' is not supported" in report.entries[0]["message"]
+    assert ("'fps' is 2.0 in the videos entry but 1.0 in the video part"
+            in report.entries[1]["message"])
+
+
+def test_the_startup_cache_keeps_per_clip_settings(media, tmp_path, monkeypatch):
+    """A cached Sample carries its clips' options (rowstore round trip) and decodes, and is
+    length-estimated, as the uncached one."""
+    from conftest import demo_config
+
+    from vldft.adapters import load_adapter
+    from vldft.data import rowstore
+    from vldft.data.cache import training_set
+    from vldft.data.mix import build_training_set
+
+    png = (media / "frames/f1.png").read_bytes()
+    sample = Sample("s", [{"role": U, "content": [{"type": "video"}, {"type": "video"}]},
+                          {"role": A, "content": [{"type": "text", "text": ANSWER}]}],
+                    videos=[Video(file=media / "clip.mp4", name="c", options=CLIP),
+                            Video(frames=[ImageBytes(png, "f1.png")], name="f"),
+                            ])
+    back = rowstore.decode(*rowstore.encode(sample), "src")
+    assert [v.options for v in back.videos] == [CLIP, {}]
+    monkeypatch.setenv("VLDFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VLDFT_NO_CACHE", raising=False)
+    path = write_rows(media / "clip_keys.jsonl", [
+        msg_row("keys", {"type": "video", "video": "clip.mp4", **CLIP}),
+        msg_row("plain", {"type": "video", "video": "clip.mp4"})])
+    cfg = demo_config("data.train_files=[]", f"data.sources=[{{path: {path}, name: vids}}]",
+                      "data.heldout_file=null", "data.video.min_pixels=784",
+                      "data.video.max_pixels=4096")
+    adapter = load_adapter(cfg.model)
+    lines: list[str] = []
+    training_set(cfg, adapter, lines.append)
+    cached = training_set(cfg, adapter, lines.append)
+    fresh = build_training_set(cfg, adapter)
+    assert "cached" in lines[1] and list(cached.lengths) == list(fresh.lengths)
+    assert len(set(cached.lengths)) == 2  # the clip's keys change its length
+    coll = Collator.from_config(adapter, cfg)
+    for s, f in zip(cached.samples, fresh.samples, strict=True):
+        assert s.id == f.id and s.videos[0].options == f.videos[0].options
+        assert torch.equal(coll.encode(s).extras["pixel_values_videos"],
+                           coll.encode(f).extras["pixel_values_videos"])

@@ -178,12 +178,14 @@ class Adapter:
 
     # -- video ---------------------------------------------------------------------------------
     def load_video(self, video, settings, max_frames: int | None = None):
-        """Decode one ``vldft.data.video.Video`` with ``settings`` (``data.video``);
-        ``max_frames`` lowers the frame cap (an overlong sample is shortened by frames)."""
+        """Decode one ``vldft.data.video.Video`` with ``settings`` (``data.video``, with the
+        clip's own values over it: ``Video.settings``); ``max_frames`` lowers the frame cap (an
+        overlong sample is shortened by frames)."""
         from vldft.data.video import decode
 
         if not self.video_token:
             raise ValueError(f"model family {self.family!r} does not take video")
+        settings = video.settings(settings)
         fixed = (max_frames or settings.max_frames) if self.video_frames_fixed else None
         return decode(video, settings, self.video_unit, max_frames, nframes=fixed)
 
@@ -200,8 +202,9 @@ class Adapter:
                 "do_sample_frames": False}
 
     def video_token_estimate(self, video, settings) -> int:
-        """Tokens one video expands to (``vldft.data.video.plan``: headers only), for length
-        estimates; an unreadable video counts 0 (the collator reports it)."""
+        """Tokens one video expands to (``vldft.data.video.plan``: headers only; ``settings``
+        with the clip's own values over it, as ``load_video``), for length estimates; an
+        unreadable video counts 0 (the collator reports it)."""
         raise NotImplementedError(f"{self.family}: no video")
 
     def video_token_counts(self, out: dict[str, torch.Tensor]) -> list[int]:

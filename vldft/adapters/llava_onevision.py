@@ -50,7 +50,7 @@ class LlavaOnevisionAdapter(Adapter):
 
         vc = self.model.config.vision_config
         side = math.ceil(vc.image_size // vc.patch_size / 2)
-        return settings.max_frames * side * side + 1
+        return video.settings(settings).max_frames * side * side + 1
 
     def image_token_count(self, size, pixels=None) -> int:
         """Tokens of one image of ``size`` (width, height), as the processor expands it."""

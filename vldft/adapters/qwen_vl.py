@@ -90,7 +90,7 @@ class QwenVLAdapter(Adapter):
         from vldft.data.video import plan
 
         try:
-            n, h, w = plan(video, settings, self.video_unit)
+            n, h, w = plan(video, video.settings(settings), self.video_unit)
         except Exception:  # unreadable: the collator reports (or skips) it later
             return 0
         per = (h // self.video_unit) * (w // self.video_unit)

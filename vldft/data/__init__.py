@@ -21,6 +21,7 @@ by ``vldft.eval``), ``split_placeholders`` the one ``<image>`` splitter.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -57,6 +58,8 @@ REASONS = {
     "video_missing": "a video file, frame file or frame folder does not exist (URLs are never "
                      "downloaded)",
     "video_corrupt": "a video cannot be opened / decoded (or one of its frames)",
+    "video_option": "a video part's / videos entry's per-clip key is not supported (a segment, "
+                    "a fixed frame size, an unknown key) or its value is invalid",
     "video_shortened": "warning: longer than data.max_length, the sample's videos are sampled "
                        "with fewer frames (never cut inside a frame)",
     "bad_answer": "the reference answer is invalid (e.g. a Geometry3K letter outside the choices)",
@@ -251,9 +254,15 @@ class Sample:
     videos: list[Any] = field(default_factory=list)  # vldft.data.video.Video, in order
 
 
-def _parts(content: Any, where: str, what: str = "") -> list[dict[str, Any]]:
+def _parts(content: Any, where: str, what: str, clips: list[dict]) -> list[dict[str, Any]]:
+    """Normalised parts of one turn's content; each video part's per-clip keys (``fps``, ...)
+    are appended to ``clips``, in order."""
+    from vldft.data.video import clip_keys
+
     if isinstance(content, str):
-        return split_placeholders(content)
+        parts = split_placeholders(content)
+        clips += [{} for p in parts if p["type"] == "video"]
+        return parts
     if not isinstance(content, list):
         fail(where, "bad_content", f"{what}content must be a string or a list of parts")
     for part in content:
@@ -262,6 +271,8 @@ def _parts(content: Any, where: str, what: str = "") -> list[dict[str, Any]]:
                  "video part")
         if part["type"] == "text" and not isinstance(part.get("text"), str):
             fail(where, "bad_content", f"{what}text part without a 'text' string")
+        if part["type"] == "video":
+            clips.append(clip_keys(part))
     return [{"type": p["type"]} if p["type"] in MEDIA else {"type": "text", "text": p["text"]}
             for p in content]
 
@@ -330,18 +341,19 @@ def sample_from_row(row: dict[str, Any], where: str, image_root: Path,
         fail(where, "bad_row", "expected an object with a 'messages' list")
     sid = str(row["id"]) if row.get("id") is not None else (default_id or where)
     origin, where = where, f"{where} (id {sid})"
-    messages = []
+    messages: list[dict] = []
+    keys: list[dict] = []  # each video part's per-clip keys
     for i, msg in enumerate(row["messages"]):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role not in ROLES:
             fail(where, "unknown_role", f"message {i} has unknown role {role!r}; valid: {ROLES}")
-        content = _parts(msg.get("content"), where, f"message {i}: ")
+        content = _parts(msg.get("content"), where, f"message {i}: ", keys)
         messages.append({"role": role, "content": content})
     check_structure(messages, where)
     resolved = [_image(img, image_root, where, allow_outside_root)
                 for img in _media_list(row, "image", messages, where)]
-    clips = [_video(v, image_root, where, allow_outside_root)
-             for v in _media_list(row, "video", messages, where)]
+    clips = [_video(v, image_root, where, allow_outside_root, k)
+             for v, k in zip(_media_list(row, "video", messages, where), keys, strict=True)]
     answer, kind = row.get("answer"), row.get("kind")
     return Sample(sid, messages, resolved, None if answer is None else str(answer),
                   None if kind is None else str(kind), origin=origin, videos=clips)
@@ -351,7 +363,8 @@ def _media_list(row: dict, kind: str, messages: list[dict], where: str) -> list:
     """The row's ``images`` / ``videos`` entries (one entry may stand alone), as many as the
     messages have ``kind`` parts (else an ``image_count`` / ``video_count`` error)."""
     items = row.get(f"{kind}s") or []
-    if isinstance(items, (str, Path, ImageBytes, Image.Image)) or _is_video(items):
+    if isinstance(items, (str, Path, ImageBytes, Image.Image)) or _is_video(items) or (
+            kind == "video" and isinstance(items, dict)):
         items = [items]
     if not isinstance(items, list):
         fail(where, "bad_row", f"'{kind}s' must be a list, got {type(items).__name__}")
@@ -367,8 +380,30 @@ def _is_video(obj: Any) -> bool:
     return isinstance(obj, Video)
 
 
-def _video(ref: Any, root: Path, where: str, allow_outside_root: bool = True) -> Any:
-    """A ``Video`` from a row's reference: a file or folder path, or a list of frames."""
+def _video(ref: Any, root: Path, where: str, allow_outside_root: bool, keys: dict) -> Any:
+    """A ``Video`` from a row's reference (a file or folder path, a list of frames, or an
+    object ``{"video": reference, "fps": ...}``) with the per-clip keys of the reference and
+    of its video part (``keys``) as its options (``vldft.data.video.clip_options``)."""
+    from vldft.data.video import clip_keys, clip_options
+
+    own: dict = {}
+    if isinstance(ref, dict):
+        if ref.get("video") is None:
+            fail(where, "bad_row", f"video entry {ref!r} has no 'video' key (the file, folder "
+                 "or frame list)")
+        own, ref = clip_keys(ref), ref["video"]
+    video = _video_source(ref, root, where, allow_outside_root)
+    try:
+        if clash := [k for k in own if k in keys and keys[k] != own[k]]:
+            raise ValueError(f"per-clip key {clash[0]!r} is {own[clash[0]]!r} in the videos "
+                             f"entry but {keys[clash[0]]!r} in the video part")
+        options = clip_options({**own, **keys})
+    except ValueError as e:
+        fail(where, "video_option", f"video {video.name}: {e}")
+    return dataclasses.replace(video, options={**video.options, **options}) if options else video
+
+
+def _video_source(ref: Any, root: Path, where: str, allow_outside_root: bool) -> Any:
     from vldft.data.video import Video
 
     if _is_video(ref):

@@ -16,7 +16,11 @@ Each converter takes one parsed row and its location and returns
   ``{"type": "text", "text" | "value"}``, ``{"type": "image"}`` (takes the next entry of
   ``images``), ``{"type": "image", "image": PATH}``, ``{"type": "image_url", "image_url":
   {"url": PATH}}`` or ``{"type": "image_url", "value": PATH}`` (inline: used where it stands).
-  ``file://`` prefixes are dropped; ``data:image/...;base64,`` URIs are decoded.
+  ``file://`` prefixes are dropped; ``data:image/...;base64,`` URIs are decoded. Video parts
+  (``{"type": "video", "video": PATH | [frames]}``, ``video_url``, or bare: the next entry of
+  ``videos``) keep their other keys (qwen-vl-utils' ``fps``, ``nframes``, ...) on the part, and a
+  ``videos`` entry may be ``{"video": ..., "fps": ...}``: ``sample_from_row`` turns them into the
+  clip's own settings or a ``video_option`` error (``vldft.data.video.clip_options``).
 
 Roles: user / human, assistant / gpt, system are accepted in every conversation format.
 """
@@ -29,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from vldft.data import ImageBytes, fail, split_placeholders
+from vldft.data.video import clip_keys
 
 ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
                 "system": "system"}
@@ -69,14 +74,14 @@ def image_ref(ref: Any, where: str) -> Any:
     return ref  # checked (path exists, type) by sample_from_row
 
 
-def _pieces(content: Any, where: str, what: str = "") -> Iterator[tuple[str, Any]]:
-    """("text", str), ("image", inline ref or None) and ("video", inline ref or None) pieces of
-    one turn's content."""
+def _pieces(content: Any, where: str, what: str = "") -> Iterator[tuple[str, Any, dict]]:
+    """("text", str, {}), ("image", inline ref or None, {}) and ("video", inline ref or None,
+    the part's per-clip keys) pieces of one turn's content."""
     if content is None:
         return
     if isinstance(content, str):
         for part in split_placeholders(content):
-            yield ("text", part["text"]) if part["type"] == "text" else (part["type"], None)
+            yield part["type"], part.get("text"), {}
         return
     if not isinstance(content, list):
         fail(where, "bad_content", f"{what}content must be a string or a list of parts, got "
@@ -88,19 +93,21 @@ def _pieces(content: Any, where: str, what: str = "") -> Iterator[tuple[str, Any
             if not isinstance(text, str):
                 fail(where, "bad_content", f"{what}text part {part!r} has no 'text' string")
             yield from _pieces(text, where, what)  # "<image>" in a text part is a placeholder
-        elif kind in ("image", "video"):
-            yield kind, part.get(kind, part.get("value"))
-        elif kind in ("image_url", "video_url"):
-            url = part.get(kind, part.get("value"))
-            yield kind[:5], url.get("url") if isinstance(url, dict) else url
+        elif kind in ("image", "video", "image_url", "video_url"):
+            ref = part.get(kind, part.get("value"))
+            if kind.endswith("_url") and isinstance(ref, dict):
+                ref = ref.get("url")
+            yield kind[:5], ref, clip_keys(part) if kind[:5] == "video" else {}
         else:
             fail(where, "bad_content", f"{what}unsupported content part {part!r} (text, image "
                  "and video only)")
 
 
 def video_ref(ref: Any) -> Any:
-    """A video reference from a part or a videos list: a path (``file://`` dropped) or a list
-    of frames (each an image reference)."""
+    """A video reference from a part or a videos list: a path (``file://`` dropped), a list
+    of frames (each an image reference) or ``{"video": reference, per-clip keys}``."""
+    if isinstance(ref, dict) and "video" in ref:
+        return {**ref, "video": video_ref(ref["video"])}
     if isinstance(ref, str) and ref.startswith("file://"):
         return ref[len("file://"):]
     if isinstance(ref, list):
@@ -135,7 +142,7 @@ def turns_to_messages(turns: Any, role_key: str, content_key: str, images: Any,
             fail(where, "unknown_role", f"turn {i} has unknown role {role!r}{hint}; valid: "
                  f"{sorted(ROLE_ALIASES)}")
         parts = []
-        for kind, value in _pieces(turn.get(content_key), where, f"turn {i}: "):
+        for kind, value, keys in _pieces(turn.get(content_key), where, f"turn {i}: "):
             if kind == "text":
                 parts.append({"type": "text", "text": value})
                 continue
@@ -143,12 +150,12 @@ def turns_to_messages(turns: Any, role_key: str, content_key: str, images: Any,
                 pool = pools[kind]
                 if used[kind] >= len(pool):
                     n = sum(1 for t in turns if isinstance(t, dict)
-                            for k, _ in _pieces(t.get(content_key), where) if k == kind)
+                            for k, *_ in _pieces(t.get(content_key), where) if k == kind)
                     fail(where, f"{kind}_count", f"{n} {kind} placeholders but {len(pool)} "
                          f"{kind}s")
                 value, used[kind] = pool[used[kind]], used[kind] + 1
             out[kind].append(image_ref(value, where) if kind == "image" else video_ref(value))
-            parts.append({"type": kind})
+            parts.append({"type": kind, **keys})  # sample_from_row reads a clip's keys
         messages.append({"role": ROLE_ALIASES[role], "content": parts})
     for kind in ("image", "video"):
         if used[kind] < len(pools[kind]):

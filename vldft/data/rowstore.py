@@ -8,10 +8,11 @@
 
 A row holds its source (an index into the cache's source labels), whether it has images, the
 rest of the Sample as JSON (id, messages, answer, kind, origin, each image as a path or as the
-name of encoded bytes) and the encoded bytes of its ``ImageBytes`` (parquet / HF sources: a
-copy of the source's image column). JSON is written ASCII-only, so any Python string (lone
-surrogates from odd file names included) comes back exactly. A PIL image in memory cannot be
-stored (``Unstorable``); no source reader produces one.
+name of encoded bytes, each video as its file or frames with its name and per-clip options) and
+the encoded bytes of its ``ImageBytes`` (parquet / HF sources: a copy of the source's image
+column). JSON is written ASCII-only, so any Python string (lone surrogates from odd file names
+included) comes back exactly. A PIL image in memory cannot be stored (``Unstorable``); no source
+reader produces one.
 
 A restart maps the file and builds a ``Sample`` only when one is asked for: a rank holds no
 per-row Python objects, and the ranks of a machine share the file's pages.
@@ -57,10 +58,10 @@ def encode(sample: Sample) -> tuple[str, list[bytes]]:
     images = [_image_entry(img, blobs, sample) for img in sample.images]
     row = {"id": sample.id, "messages": sample.messages, "images": images,
            "answer": sample.answer, "kind": sample.kind, "origin": sample.origin}
-    if sample.videos:  # a file, or frames (each as an image is)
-        row["videos"] = [{"name": v.name, "file": str(v.file)} if v.file is not None else
-                         {"name": v.name, "frames": [_image_entry(f, blobs, sample)
-                                                     for f in v.frames]}
+    if sample.videos:  # a file, or frames (each as an image is), and the clip's options
+        row["videos"] = [{"name": v.name, "options": v.options,
+                          **({"file": str(v.file)} if v.file is not None else
+                             {"frames": [_image_entry(f, blobs, sample) for f in v.frames]})}
                          for v in sample.videos]
     return json.dumps(row), blobs
 
@@ -73,9 +74,9 @@ def decode(row: str, blobs: list[bytes], source: str) -> Sample:
         return Path(v) if how == "path" else ImageBytes(next(data), v)
 
     images = [image(how, v) for how, v in d["images"]]
-    videos = [Video(file=Path(v["file"]), name=v["name"]) if "file" in v else
-              Video(frames=[image(how, f) for how, f in v["frames"]], name=v["name"])
-              for v in d.get("videos", [])]
+    videos = [Video(file=Path(v["file"]) if "file" in v else None,
+                    frames=[image(how, f) for how, f in v.get("frames", [])], name=v["name"],
+                    options=v["options"]) for v in d.get("videos", [])]
     return Sample(d["id"], d["messages"], images, d["answer"], d["kind"], source, d["origin"],
                   videos)
 

@@ -30,6 +30,7 @@ Findings are counted per source and reason, each with example locations (file, l
 | video_count     | number of video placeholders != number of videos                         |
 | video_missing   | a video file / frame / frame folder does not exist (or is a URL)         |
 | video_corrupt   | a video file decord cannot open, or a frame that cannot be decoded       |
+| video_option    | a clip's per-clip key (fps, nframes, ...) is not supported or invalid    |
 | bad_answer      | invalid reference answer (a Geometry3K letter outside the choices)       |
 | too_long        | over data.max_length with data.overlong skip / error                     |
 | image_cut       | truncating to data.max_length would cut an image block (skipped)          |

@@ -20,10 +20,16 @@ qwen-vl-utils' policy to multiples of the family's unit (28 px for Qwen2/2.5-VL,
 Qwen3-VL) within ``data.video.min_pixels`` / ``max_pixels`` per frame and
 ``data.video.max_tokens`` for the whole clip. ``T`` is even (Qwen's temporal patch joins two
 frames; an odd frame list repeats its last frame, as qwen-vl-utils does).
+
+A clip may carry its own values of those settings (``Video.options``, from the per-clip keys of
+a video part or a ``videos`` entry, qwen-vl-utils' names: ``clip_options``); they replace
+``data.video``'s for that clip only (``Video.settings``), wherever a clip is decoded or its
+length estimated (the adapters' ``load_video`` / ``video_token_estimate``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -41,6 +47,19 @@ class Video:
     file: Path | None = None
     frames: list[Any] = field(default_factory=list)
     name: str = ""  # how errors name it (the row's reference)
+    options: dict[str, Any] = field(default_factory=dict)  # this clip's data.video values
+
+    def settings(self, run):
+        """``run`` (``data.video``) with this clip's options. A clip's min above the run's max
+        (or its max below the run's min) moves the run's bound to it."""
+        if not self.options:
+            return run
+        s = dataclasses.replace(run, **self.options)
+        for lo, hi in (("min_frames", "max_frames"), ("min_pixels", "max_pixels")):
+            a, b = getattr(s, lo), getattr(s, hi)
+            if a is not None and b is not None and a > b:
+                s = dataclasses.replace(s, **({hi: a} if lo in self.options else {lo: b}))
+        return s
 
     @classmethod
     def from_path(cls, path: Path, name: str = "") -> Video:
@@ -55,7 +74,67 @@ class Video:
 
     def __repr__(self) -> str:
         what = str(self.file) if self.file is not None else f"{len(self.frames)} frames"
-        return f"Video({self.name or what})"
+        return f"Video({self.name or what}{f', {self.options}' if self.options else ''})"
+
+
+# Per-clip keys of a video part / ``videos`` entry, as qwen-vl-utils' ``fetch_video`` reads them:
+# data.video's own keys override it for the clip; ``nframes`` (an exact, even count) is
+# min_frames = max_frames = nframes. The keys naming the clip's source are not options.
+CLIP_KEYS = ("fps", "min_frames", "max_frames", "min_pixels", "max_pixels", "max_tokens")
+SOURCE_KEYS = frozenset({"type", "video", "video_url", "value"})
+REFUSED = {  # qwen-vl-utils keys vldft does not honour, and what to write instead
+    "video_start": "vldft reads whole clips: cut the segment out first",
+    "video_end": "vldft reads whole clips: cut the segment out first",
+    "total_pixels": "write max_tokens = total_pixels / unit^2, unit 28 px for Qwen2/2.5-VL, "
+                    "32 px for Qwen3-VL / 3.5",
+    "resized_height": "vldft does not force a frame size: bound it with min_pixels / max_pixels",
+    "resized_width": "vldft does not force a frame size: bound it with min_pixels / max_pixels",
+    "sample_fps": "write fps, which is a frame list's rate here",
+}
+
+
+def clip_keys(entry: dict) -> dict[str, Any]:
+    """The per-clip keys of a video part or ``videos`` entry: all but its source keys, and
+    none whose value is null (table rows give every struct key, null where absent)."""
+    return {k: v for k, v in entry.items() if k not in SOURCE_KEYS and v is not None}
+
+
+def _clip_value(key: str, value: Any) -> float | int:
+    if key == "fps":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        raise ValueError(f"per-clip key 'fps': {value!r} is not a number > 0")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    least = 2 if key in ("max_frames", "nframes") else 1
+    if isinstance(value, int) and not isinstance(value, bool) and value >= least:
+        return value
+    raise ValueError(f"per-clip key {key!r}: {value!r} is not an integer >= {least}")
+
+
+def clip_options(keys: dict[str, Any]) -> dict[str, Any]:
+    """``Video.options`` from a clip's per-clip keys (``clip_keys``); ``ValueError`` naming the
+    first key vldft cannot honour (unknown, a segment, a fixed size) or whose value is
+    invalid."""
+    for key in keys:
+        if key not in (*CLIP_KEYS, "nframes"):
+            hint = REFUSED.get(key) or f"per-clip keys: {', '.join(CLIP_KEYS)}, nframes"
+            raise ValueError(f"per-clip key {key!r} is not supported ({hint})")
+    out = {key: _clip_value(key, value) for key, value in keys.items()}
+    if "nframes" in out:
+        n = out.pop("nframes")
+        if n % 2:
+            raise ValueError(f"per-clip key 'nframes': {n} is odd (Qwen joins 2 frames per "
+                             "temporal patch)")
+        if clash := [k for k in ("fps", "min_frames", "max_frames") if k in out]:
+            raise ValueError(f"per-clip keys 'nframes' and {clash[0]!r} together (nframes is "
+                             "an exact count; qwen-vl-utils takes one or the other)")
+        out.update(min_frames=n, max_frames=n)
+    for lo, hi in (("min_frames", "max_frames"), ("min_pixels", "max_pixels")):
+        if lo in out and hi in out and out[lo] > out[hi]:
+            raise ValueError(f"per-clip key {lo!r} ({out[lo]}) is larger than {hi!r} "
+                             f"({out[hi]})")
+    return out
 
 
 def _natural(name: str) -> list:
@@ -128,7 +207,8 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
     from vldft.data import open_image
 
     cap = min(settings.max_frames, max_frames or settings.max_frames)
-    ele: dict[str, Any] = {"min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels,
+    ele: dict[str, Any] = {"min_pixels": min_pixels(settings, unit),
+                           "max_pixels": settings.max_pixels,
                            "total_pixels": settings.max_tokens * unit * unit}
     ele = {k: v for k, v in ele.items() if v is not None}
     if video.file is not None:
@@ -194,15 +274,22 @@ def plan(video: Video, settings, unit: int, fixed: bool = False) -> tuple[int, i
     return n, rh, rw
 
 
-def _frame_size(n: int, h: int, w: int, settings, unit: int) -> tuple[int, int]:
-    from qwen_vl_utils.vision_process import (
-        FRAME_FACTOR,
-        VIDEO_MAX_TOKEN_NUM,
-        VIDEO_MIN_TOKEN_NUM,
-        smart_resize,
-    )
+def min_pixels(settings, unit: int) -> int:
+    """The per-frame pixel floor: ``settings.min_pixels``, else qwen-vl-utils' (128 tokens'
+    worth), lowered to ``max_pixels`` where that is smaller (qwen-vl-utils would stop with
+    "max_pixels ... must be greater than or equal to min_pixels")."""
+    from qwen_vl_utils.vision_process import VIDEO_MIN_TOKEN_NUM
 
-    lo = settings.min_pixels or VIDEO_MIN_TOKEN_NUM * unit * unit
+    if settings.min_pixels:
+        return settings.min_pixels
+    floor = VIDEO_MIN_TOKEN_NUM * unit * unit
+    return min(floor, settings.max_pixels or floor)
+
+
+def _frame_size(n: int, h: int, w: int, settings, unit: int) -> tuple[int, int]:
+    from qwen_vl_utils.vision_process import FRAME_FACTOR, VIDEO_MAX_TOKEN_NUM, smart_resize
+
+    lo = min_pixels(settings, unit)
     budget = settings.max_tokens * unit * unit / n * FRAME_FACTOR
     hi = max(min(VIDEO_MAX_TOKEN_NUM * unit * unit, budget), int(lo * 1.05))
     if settings.max_pixels:
