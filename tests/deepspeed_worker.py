@@ -16,7 +16,9 @@ path), a checkpoint at step 2, ``final/``. For the shipped configs, ``final/`` i
 held-out scoring during training must be refused by ``build_accelerator``. ``zero3_json``
 (``OUT/assets/zero3_json.yaml``, its DeepSpeed JSON beside it) keeps no parameter whole
 (``stage3_param_persistence_threshold: 0``: every module's weights are gathered in its forward
-and backward) and states a ``train_batch_size`` of its own. Rank 0 prints one JSON line per
+and backward) and states a ``train_batch_size`` of its own. ``zero3_asft``: the shipped ZeRO-3
+config with ASFT and LoRA on the language model and projector (``ASFT``; its KL anchor is a
+second pass of the same sharded model with the adapters off). Rank 0 prints one JSON line per
 stage: the engine that ran, the checkpoint resumed from, the refusal, the modalities."""
 
 import json
@@ -74,6 +76,11 @@ def overrides(out: Path) -> list[str]:
             f"train.output_dir={out}"]
 
 
+# the run's objective per stage (the shipped configs resume from checkpoint-2 as well)
+ASFT = ["loss.name=asft", "model.lora={r: 4, dropout: 0.0, parts: [language, projector]}"]
+STAGES = {"zero2": ("zero2", []), "zero3": ("zero3", []), "zero3_json": ("zero3_json", []),
+          "zero3_asft": ("zero3", ASFT)}
+
 MODALITIES: list[list[str]] = []  # this rank's micro-batches per step: "image" / "text"
 
 
@@ -90,10 +97,13 @@ def observe_modalities() -> None:
 
 
 def run_stage(name: str, out: Path) -> None:
-    os.environ.update(launcher_env(accelerate_config(name, out.parent)))
+    config, objective = STAGES[name]
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_DEEPSPEED")]:
+        del os.environ[key]  # an earlier stage's (e.g. zero3_json's config file)
+    os.environ.update(launcher_env(accelerate_config(config, out.parent)))
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    cfg = load_config(ROOT / "tests/tiny_demo.yaml", overrides(out))
+    cfg = load_config(ROOT / "tests/tiny_demo.yaml", [*overrides(out), *objective])
     MODALITIES.clear()
     main(cfg)
     state = AcceleratorState()
@@ -108,7 +118,7 @@ def run_stage(name: str, out: Path) -> None:
     modalities = [None, None]
     dist.all_gather_object(modalities, list(MODALITIES))
     engine["modalities"] = modalities
-    if name != "zero3_json":  # the same run interrupted after checkpoint-2: resume it
+    if name == config:  # a shipped config: the same run interrupted after checkpoint-2, resumed
         if state.is_main_process:
             shutil.move(out / "final", out / "uninterrupted")
             (out / "summary.json").unlink()
@@ -132,7 +142,7 @@ def run_stage(name: str, out: Path) -> None:
 if __name__ == "__main__":
     root = Path(sys.argv[1])
     observe_modalities()
-    for stage in sys.argv[2:] or ["zero2", "zero3", "zero3_json"]:
+    for stage in sys.argv[2:] or STAGES:
         run_stage(stage, root / stage)
     # end the process group before the interpreter does (left to exit, a gloo thread was once
     # still running: "terminate called without an active exception", exit code -6)

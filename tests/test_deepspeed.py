@@ -28,12 +28,12 @@ pytestmark = pytest.mark.skipif(
     reason="deepspeed is not installed (make test installs it; by hand: DS_BUILD_OPS=0 pip "
            "install --no-build-isolation deepspeed==0.19.8, after torch)")
 
-STAGES = ["zero2", "zero3", "zero3_json"]
+STAGES = ["zero2", "zero3", "zero3_json", "zero3_asft"]
 # allowed after step 1, about 5x the measured (see test_deepspeed_run_equals_...): relative
 # loss / mean_p / gradient norm difference, weights' difference / update (norms), largest
 # weight difference
 TOLERANCE = {"zero2": (5e-5, 1e-4, 3e-4), "zero3": (3e-4, 1e-3, 2e-3),
-             "zero3_json": (3e-4, 1e-3, 2e-3)}
+             "zero3_json": (3e-4, 1e-3, 2e-3), "zero3_asft": (1e-5, 1e-4, 1e-5)}
 SHIPPED = ["zero2", "zero3"]  # the shipped accelerate configs: resumed and exported too
 # zero3_json's DeepSpeed JSON: every parameter sharded and gathered per module (the default
 # keeps tensors under 100,000 elements whole on every rank: all of the tiny model's), and a
@@ -132,7 +132,7 @@ def runs(tmp_path_factory):
     """The 2-process DeepSpeed launch, bench/engines_gpu.py's dry run (plain and ZeRO-3 on the
     tiny model) and, meanwhile, the single-process reference: started together, since most of
     each is starting processes and importing."""
-    from deepspeed_worker import overrides
+    from deepspeed_worker import ASFT, overrides
 
     from vldft.config import load_config
     from vldft.train import main
@@ -154,6 +154,8 @@ def runs(tmp_path_factory):
         torch.set_num_threads(1)
         try:  # the same global batch in one process: 4 micro-batches of 2 per step
             main(load_config(TINY_CONFIG, [*overrides(root / "single"), "train.grad_accum=4"]))
+            main(load_config(TINY_CONFIG, [*overrides(root / "single_asft"), *ASFT,
+                                           "train.grad_accum=4"]))
         finally:
             torch.set_num_threads(threads)
     finally:
@@ -167,7 +169,7 @@ def runs(tmp_path_factory):
 def test_deepspeed_really_ran_every_stage_on_two_cpu_processes(runs):
     root, engines, _ = runs
     assert sorted(engines) == sorted(STAGES)
-    for name, stage in (("zero2", 2), ("zero3", 3), ("zero3_json", 3)):
+    for name, stage in (("zero2", 2), ("zero3", 3), ("zero3_json", 3), ("zero3_asft", 3)):
         e = engines[name]
         assert (e["distributed_type"], e["zero_stage"], e["num_processes"], e["device"],
                 e["backend"]) == ("DEEPSPEED", stage, 2, "cpu", "gloo"), e
@@ -177,6 +179,7 @@ def test_deepspeed_really_ran_every_stage_on_two_cpu_processes(runs):
         assert any(a != b for r0, r1 in steps for a, b in zip(r0, r1, strict=True)), steps
         if name == "zero3_json":  # the JSON's settings ran, its train_batch_size replaced
             assert (e["persistence_threshold"], e["train_batch_size"]) == (0, 2 * 2), e
+        if name not in SHIPPED:
             continue
         assert e["resumed_from"] == str(root / name / "checkpoint-2")
         files = {p.name for p in (root / name / "checkpoint-2/state/pytorch_model").iterdir()}
@@ -193,7 +196,8 @@ def test_deepspeed_really_ran_every_stage_on_two_cpu_processes(runs):
 @pytest.mark.parametrize("name", STAGES)
 def test_deepspeed_run_equals_the_single_process_run(runs, name):
     root, _, _ = runs
-    one, ds = records(root / "single"), records(root / name)
+    single = root / ("single_asft" if name == "zero3_asft" else "single")
+    one, ds = records(single), records(root / name)
     assert [r["step"] for r in ds] == [r["step"] for r in one] == [1, 2, 3]
     # step 1 (the gradients before any update): the same to fp32 rounding. Later steps follow
     # updates in which Adam's first steps (g / (|g| + eps)) enlarge the rounding of near-zero
@@ -207,15 +211,18 @@ def test_deepspeed_run_equals_the_single_process_run(runs, name):
     for a, b in zip(one, ds, strict=True):
         assert b["target_tokens"] == a["target_tokens"]
         rel = 1e-6 if a["step"] == 1 else later
-        for key in ("loss", "ce", "mean_p"):
+        for key in ("loss", "ce", "mean_p", *(["kl"] if "kl" in a else [])):
             assert b[key] == pytest.approx(a[key], rel=rel), (a["step"], key)
         # DeepSpeed's own norm, before its clipping at train.max_grad_norm (2.0; step 1 is
         # clipped): a loss scaled by the accumulation steps would show here
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=max(rel, 1e-5)), a["step"]
         assert b["lr"] == a["lr"]
     assert one[0]["grad_norm"] > 2.0
+    if name == "zero3_asft":  # ASFT from step 2, its KL anchor live (LoRA B moved in step 1)
+        assert [r["objective"] for r in ds] == ["sft", "asft", "asft"]
+        assert all(r["kl"] > 0.01 for r in ds[1:]), ds
 
-    ref = hf_weights(root / "single/final")
+    ref = hf_weights(single / "final")
     got = hf_weights(root / name / "final")  # the export, read by plain transformers
     assert got.keys() == ref.keys()
     init = hf_weights(root / "assets/untied")
