@@ -180,3 +180,109 @@ def test_validate_no_encode_checks_files_without_the_model(tmp_path, capsys):
     assert main(["validate", str(cfg_path)]) == 2
     err = capsys.readouterr().err
     assert "model.name_or_path: cannot load" in err and "empty-checkpoint" in err
+
+
+# -- convert: videos -----------------------------------------------------------------------------
+def _data_uri(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_convert_keeps_videos_frames_and_per_clip_settings(tmp_path, capsys, one_thread):
+    """A messages source with a video file beside an image, a frame list given as bytes (data
+    URIs: written out as PNG files, as images are), a frame folder, clips with their own fps /
+    max_frames / max_pixels and nframes, and a text-only row converts to a file that reads back
+    to the same samples (the reference: the source read directly): messages, images, each
+    clip's file or frame pixels, its options and its decoded frames; ``validate`` on it finds
+    nothing, and the summary counts the videos."""
+    import numpy as np
+    from test_video import ANSWER, QUESTION, msg_row, write_clip, write_frames
+
+    from vldft.adapters import load_adapter
+    from vldft.config import ModelConfig, VideoSettings
+
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    write_clip(src_dir / "clip.mp4")
+    frames = write_frames(src_dir / "frames", 6)
+    Image.new("RGB", (32, 32), (0, 128, 0)).save(src_dir / "pic.png")
+    clip = {"fps": 4.0, "max_frames": 6, "max_pixels": 2 * 28 * 28}
+    rows = [
+        {**msg_row("file", {"type": "video", "video": "clip.mp4"}), "images": ["pic.png"]},
+        msg_row("bytes", {"type": "video", "video": [_data_uri(f) for f in frames[:4]]}),
+        msg_row("folder", {"type": "video", "video": "frames", "nframes": 4}),
+        msg_row("part-keys", {"type": "video", "video": "clip.mp4", **clip}),
+        msg_row("entry-keys", {"type": "video"}, videos=[{"video": "clip.mp4", "fps": 1.0}]),
+        {"id": "text", "messages": [{"role": "user", "content": "1+1?"},
+                                    {"role": "assistant", "content": "2"}]}]
+    rows[0]["messages"][0]["content"].insert(1, {"type": "image"})
+    src = src_dir / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out" / "train.jsonl"
+    assert main(["convert", "--format", "messages", str(src), str(out)]) == 0
+    assert "wrote 6 samples (1 images, 5 videos, 1 text-only)" in capsys.readouterr().out
+
+    original = read_source(SourceConfig(path=str(src), format="messages"), tmp_path)
+    again = load_jsonl(out)
+    assert [(s.id, s.messages, s.answer) for s in again] == \
+        [(s.id, s.messages, s.answer) for s in original]
+    assert again[1].messages[-1]["content"] == [{"type": "text", "text": ANSWER}]
+    assert QUESTION in again[0].messages[0]["content"][2]["text"]
+    assert [[p.resolve() for p in s.images] for s in again] == \
+        [[p.resolve() for p in s.images] for s in original]
+    run = VideoSettings(min_pixels=28 * 28, max_pixels=64 * 64)
+    qwen = load_adapter(ModelConfig(family="qwen2_5_vl", tiny=True))
+    for a, b in zip(again, original, strict=True):
+        assert len(a.videos) == len(b.videos), a.id
+        for va, vb in zip(a.videos, b.videos, strict=True):
+            assert va.options == vb.options, a.id
+            assert (va.file is None) == (vb.file is None), a.id
+            if vb.file is not None:
+                assert va.file.resolve() == vb.file.resolve()
+            else:
+                assert [np.asarray(open_image(f).convert("RGB")).tolist() for f in va.frames] \
+                    == [np.asarray(open_image(f).convert("RGB")).tolist() for f in vb.frames]
+            got, want = qwen.load_video(va, run), qwen.load_video(vb, run)
+            assert torch_equal(got.frames, want.frames) and got.indices == want.indices, a.id
+    by_id = {s.id: s for s in again}
+    assert by_id["part-keys"].videos[0].options == clip
+    assert by_id["entry-keys"].videos[0].options == {"fps": 1.0}
+    assert by_id["folder"].videos[0].options == {"min_frames": 4, "max_frames": 4}
+    # the written rows: paths relative to the output's folder (or absolute outside it), the
+    # bytes frames as PNG files under <stem>_images/, options in a videos entry object
+    written = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert written["file"]["videos"] == [str((src_dir / "clip.mp4").resolve())]
+    assert written["bytes"]["videos"] == [[f"train_images/000001_v0_{j:04d}.png"
+                                           for j in range(4)]]
+    assert written["part-keys"]["videos"] == [{"video": str((src_dir / "clip.mp4").resolve()),
+                                               **clip}]
+    assert "videos" not in written["text"]
+    assert main(["validate", str(out)]) == 0
+    assert "validation: OK" in capsys.readouterr().out
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def test_convert_drops_a_video_whose_frame_does_not_decode(tmp_path, capsys):
+    from test_video import msg_row, write_frames
+
+    frames = write_frames(tmp_path / "frames", 4)
+    data = frames[2].read_bytes()
+    frames[2].write_bytes(data[: len(data) // 2])  # header fine, pixels cut
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(msg_row("cut", {"type": "video", "video": "frames"})) + "\n"
+                   + json.dumps(msg_row("ok", {"type": "video", "video": [str(f) for f in
+                                                                          frames[:2]]})) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["convert", str(src), str(out), "--on-error", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 1 samples (0 images, 1 videos, 0 text-only)" in printed
+    skipped = json.loads((tmp_path / "out.skipped.json").read_text())
+    assert [(e["id"], e["reason"]) for e in skipped["entries"]] == [("cut", "video_corrupt")]
+    assert "f2.png" in skipped["entries"][0]["message"]
+    assert [s.id for s in load_jsonl(out)] == ["ok"]

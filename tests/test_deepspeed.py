@@ -286,7 +286,7 @@ def test_deepspeed_requested_without_a_launcher_falls_back_with_a_warning(monkey
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("name", SHIPPED)
 def test_the_documented_launch_line_trains_like_one_process(tmp_path, name):
     """The docs' command as it is, with the shipped config unedited but for the process count
     (its bf16 is not used: train.mixed_precision auto is fp32 without a GPU), against

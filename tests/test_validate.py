@@ -60,6 +60,13 @@ MATRIX = [
     ("clip_segment", {"messages": chat(
         (U, [{"type": "video", "video": "frames", "video_start": 1.0},
              {"type": "text", "text": "Which way?"}]), (A, "Left"))}, "video_option", None),
+    ("image_resize", {"images": ["ok.png"], "messages": chat(
+        (U, [{"type": "image", "resized_height": 56, "resized_width": 56},
+             {"type": "text", "text": "What is shown?"}]), (A, "A red square."))},
+     "image_option", None),
+    ("image_pixels", {"images": ["ok.png"], "messages": chat(  # an image's own bound: fine
+        (U, [{"type": "image", "max_pixels": 56 * 56}, {"type": "text", "text": "What?"}]),
+        (A, "A red square."))}, None, None),
     ("answer_image", {"images": ["ok.png"], "messages": chat(
         (U, "Hi"), (A, [{"type": "image"}, {"type": "text", "text": "x"}]))}, "bad_content", None),
     ("corrupt_video", {"videos": ["corrupt.mp4"], "messages": chat((U, "<video>Which way?"),

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vldft.config import Config, VideoSettings, source_pixels
-from vldft.data import Sample, image_name
+from vldft.data import Sample, has_image_options, image_bounds, image_name
 from vldft.progress import prog_name
 
 if TYPE_CHECKING:  # torch is imported where tensors are made (an adapter has loaded it by then),
@@ -165,15 +165,24 @@ class Collator:
                               f"({a.video_token!r}) in the rendered text but "
                               f"{len(sample.videos)} videos")
         px = self.pixels.get(sample.source)
+        own = has_image_options(sample.messages)  # an image part's min_pixels / max_pixels
+        if own and not a.supports_pixel_bounds:
+            raise SampleError(f"per-image min_pixels / max_pixels: model family {a.family!r} "
+                              "has no pixel bounds (its images are resized to the tower's "
+                              "size)", "image_option")
         images = []
-        for img in sample.images:
+        for img, bounds in zip(sample.images, image_bounds(sample.messages, len(sample.images),
+                                                            px), strict=True):
             try:
-                images.append(a.load_image(img, px))
+                images.append(a.load_image(img, bounds))
             except Exception as e:  # missing / corrupt / truncated file (OSError, SyntaxError..)
                 missing = isinstance(img, (str, Path)) and not Path(img).is_file()
                 raise SampleError(f"image {image_name(img)} cannot be opened: {e}",
                                   "image_missing" if missing else "image_corrupt",
                                   image_name(img)) from None
+        if own and images:  # each image has its size: the processor's bounds keep every one
+            areas = [im.width * im.height for im in images]
+            px = (min(areas), max(areas))
         frames_cap, shortened = None, False
         while True:
             videos = [self.load_video(v, sample.id, frames_cap) for v in sample.videos]

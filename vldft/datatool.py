@@ -11,7 +11,9 @@ config's data (or one data file), inspect it.
 
 ``convert`` opens and fully decodes every image it writes a row for, writes image paths relative
 to the output's folder (absolute when outside it) and images stored as bytes / PIL as PNG files
-into ``<OUT stem>_images/``. Bad rows (and undecodable images) are dropped and listed in
+into ``<OUT stem>_images/``; videos the same way (a file as its path, checked by decord; a frame
+list or folder as its frames, each decoded; a clip's own settings as ``{"video": ..., "fps":
+...}``). Bad rows (and undecodable images) are dropped and listed in
 ``<OUT stem>.skipped.json``; the command then exits 1 unless ``--on-error skip`` was given.
 ``validate`` exits with 1 when any problem is found; with a config it encodes the samples as
 training does and writes ``validation.json`` to ``train.output_dir``; with a data file (JSON /
@@ -36,13 +38,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vldft.config import Config, ConfigError, DataConfig, SourceConfig, load_config
 from vldft.data import DataError, ImageBytes, Sample, open_image
 from vldft.data.formats import FORMATS, read_source
 from vldft.data.skips import SkipReport
 from vldft.data.validate import ValidationReport, check_images, check_sources
+from vldft.data.video import Video, video_problem
 from vldft.progress import prog_name
 
 if TYPE_CHECKING:
@@ -66,27 +69,49 @@ def parse_columns(text: str | None) -> dict[str, str]:
     return out
 
 
-def _write_image(img, out_dir: Path, base: Path, name: str) -> str:
-    """Path string for the JSONL: relative to ``base`` when below it, else absolute."""
-    if isinstance(img, (str, Path)):
-        path = Path(img).resolve()
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = (out_dir / f"{name}.png").resolve()
-        if isinstance(img, ImageBytes) and img.data.startswith(b"\x89PNG\r\n\x1a\n"):
-            path.write_bytes(img.data)  # already PNG: keep the bytes exactly
-        else:
-            open_image(img).save(path, format="PNG")
+def _path_string(path: Path, base: Path) -> str:
+    """``path`` for the JSONL: relative to ``base`` when below it, else absolute."""
+    path = path.resolve()
     try:
         return os.path.relpath(path, base) if path.is_relative_to(base) else str(path)
     except ValueError:
         return str(path)
 
 
+def _write_image(img, out_dir: Path, base: Path, name: str) -> str:
+    """Path string for the JSONL (``_path_string``); an image held as bytes / PIL is written
+    to ``out_dir/<name>.png`` first."""
+    if isinstance(img, (str, Path)):
+        return _path_string(Path(img), base)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    if isinstance(img, ImageBytes) and img.data.startswith(b"\x89PNG\r\n\x1a\n"):
+        path.write_bytes(img.data)  # already PNG: keep the bytes exactly
+    else:
+        open_image(img).save(path, format="PNG")
+    return _path_string(path, base)
+
+
+def _write_video(video: Video, out_dir: Path, base: Path, name: str) -> Any:
+    """A ``videos`` entry that reads back to ``video``: a file as its path, a frame list (or
+    folder) as the list of its frames' paths (frames held as bytes / PIL written as images
+    are, ``<name>_<j>.png``), and with per-clip options an object ``{"video": ..., **options}``
+    (``vldft.data._video`` reads it; ``nframes`` is already min_frames = max_frames)."""
+    if video.file is not None:
+        ref: Any = _path_string(Path(video.file), base)
+    else:
+        ref = [_write_image(f, out_dir, base, f"{name}_{j:04d}")
+               for j, f in enumerate(video.frames)]
+    return {"video": ref, **video.options} if video.options else ref
+
+
 def sample_to_row(s: Sample, out_dir: Path, base: Path, index: int) -> dict:
     images = [_write_image(img, out_dir, base, f"{index:06d}_{k}")
               for k, img in enumerate(s.images)]
     row = {"id": s.id, "messages": s.messages, "images": images}
+    if s.videos:
+        row["videos"] = [_write_video(v, out_dir, base, f"{index:06d}_v{k}")
+                         for k, v in enumerate(s.videos)]
     if s.answer is not None:
         row["answer"] = s.answer
     if s.kind is not None:
@@ -109,9 +134,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     with open(out, "w", encoding="utf-8") as f:
         for i, s in enumerate(samples):
             f.write(json.dumps(sample_to_row(s, img_dir, base, i), ensure_ascii=False) + "\n")
-    n_img = sum(len(s.images) for s in samples)
-    print(f"wrote {len(samples)} samples ({n_img} images, "
-          f"{sum(not s.images for s in samples)} text-only) to {out}")
+    n_img, n_vid = sum(len(s.images) for s in samples), sum(len(s.videos) for s in samples)
+    videos = f"{n_vid} videos, " if n_vid else ""
+    print(f"wrote {len(samples)} samples ({n_img} images, {videos}"
+          f"{sum(not s.images and not s.videos for s in samples)} text-only) to {out}")
     skipped = out.with_name(f"{out.stem}.skipped.json")
     if not report.total:
         skipped.unlink(missing_ok=True)  # an earlier run's list would no longer be true
@@ -129,16 +155,33 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def decodes(sample: Sample, label: str, on_error: str, report: SkipReport) -> bool:
     """Whether every image of ``sample`` opens and decodes fully (``Image.load()``: truncated
-    files fail here); if not, a ``image_corrupt`` DataError (``on_error="raise"``) or a skip."""
-    problem = check_images(sample)
+    files fail here) and every video opens (a file: decord reads it, ``video_problem``; a frame
+    list: each frame decodes fully, as an image); if not, an ``image_corrupt`` /
+    ``video_corrupt`` DataError (``on_error="raise"``) or a skip."""
+    problem, reason = check_images(sample), "image_corrupt"
+    if problem is None:
+        problem, reason = video_corrupt(sample), "video_corrupt"
     if problem is None:
         return True
     where = f"{sample.origin} (id {sample.id})"
-    e = DataError(f"{where}: {problem[1]}", "image_corrupt", where, problem[1], image=problem[0])
+    e = DataError(f"{where}: {problem[1]}", reason, where, problem[1], image=problem[0])
     if on_error == "raise":
         raise e
     report.add_error(label, e, where, sample.id)
     return False
+
+
+def video_corrupt(sample: Sample) -> tuple[str, str] | None:
+    """None if every video of ``sample`` opens (frames: decode fully), else (name, message)."""
+    for k, video in enumerate(sample.videos):
+        if video.frames:
+            frames = Sample(sample.id, [], list(video.frames))
+            if (bad := check_images(frames)) is not None:
+                frame = bad[1].replace("image ", "frame ", 1)
+                return video.name, f"video {k} ({video.name}): {frame}"
+        elif (why := video_problem(video)) is not None:
+            return video.name, f"video {k} ({video.name}) cannot be opened ({why})"
+    return None
 
 
 def outside_root_hint(report: SkipReport) -> str:
@@ -194,7 +237,8 @@ def encode_finding(collator: Collator, sample: Sample) -> tuple[str | None, str,
     try:
         enc = collator.encode(sample)
     except SampleError as e:
-        reason = "too_long" if "> data.max_length" in str(e) else "encode_error"
+        reason = ("too_long" if "> data.max_length" in str(e) else
+                  e.reason if e.reason == "image_option" else "encode_error")
         return reason, str(e), None
     except Exception as e:  # a processor / image failure is a finding too, not a crash
         return "encode_error", f"sample {sample.id}: {type(e).__name__}: {e}", None

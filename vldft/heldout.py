@@ -18,7 +18,7 @@ import torch
 
 from vldft.adapters.base import Adapter
 from vldft.collate import VIDEO_CONTROLS, Collator, Encoded
-from vldft.data import Sample
+from vldft.data import Sample, has_image_options, image_bounds
 from vldft.device import model_device, to_device
 from vldft.objectives import ObjectiveSpec, as_spec, compute_objective
 from vldft.scoring import score
@@ -131,20 +131,31 @@ def generate_messages(adapter: Adapter, convs: list[tuple],
     ``messages`` use vldft's parts (``{"type": "image"}`` / ``{"type": "video"}`` /
     ``{"type": "text", "text"}``); ``images`` (paths or PIL images, one per image part) go
     through ``adapter.load_image``, the training-time policy (Qwen: ``min_pixels`` /
-    ``max_pixels``; never re-encoded); ``videos`` are decoded clips (``Collator.load_video``).
+    ``max_pixels``, an image part's own over them; never re-encoded); ``videos`` are decoded
+    clips (``Collator.load_video``).
     The batch is left-padded; decoding is greedy unless ``gen_kwargs`` say otherwise
     (``do_sample``, ...)."""
     device = device or model_device(adapter.model)
-    prompts, images, videos = [], [], []
+    prompts, images, videos, own = [], [], [], False
     for messages, imgs, *vids in convs:
         prompts.append(adapter.render(messages, add_generation_prompt=True))
-        images += [adapter.load_image(img) for img in imgs]
+        if adapter.supports_pixel_bounds and has_image_options(messages):
+            own = True  # image parts' own min_pixels / max_pixels, as in training
+            bounds = image_bounds(messages, len(imgs))
+        else:
+            bounds = [None] * len(imgs)
+        images += [adapter.load_image(img, b) for img, b in zip(imgs, bounds, strict=True)]
         videos += vids[0] if vids else []
+    kwargs = adapter.video_kwargs(videos)
+    if own and images:  # each image has its size: the processor's bounds keep every one
+        areas = [im.width * im.height for im in images]
+        kwargs["images_kwargs"] = {"size": {"shortest_edge": min(areas),
+                                            "longest_edge": max(areas)}}
     tok = adapter.tokenizer
     side, tok.padding_side = tok.padding_side, "left"
     try:
         inputs = adapter.processor(text=prompts, images=images or None, padding=True,
-                                   return_tensors="pt", **adapter.video_kwargs(videos))
+                                   return_tensors="pt", **kwargs)
     finally:
         tok.padding_side = side
     inputs = to_device(inputs, device)

@@ -53,7 +53,14 @@ class QwenVLAdapter(Adapter):
                 "image_grid_thw": torch.tensor([[1, merge, merge]])}
 
     def _bounds(self, pixels: tuple[int | None, int | None] | None) -> tuple[int, int]:
+        """``pixels`` (a source's or an image's bounds) with the model's where absent; a given
+        minimum above the model's maximum (or a given maximum below its minimum) moves that
+        bound with it."""
         lo, hi = pixels or (None, None)
+        if lo and not hi:
+            return lo, max(lo, self.max_pixels)
+        if hi and not lo:
+            return min(hi, self.min_pixels), hi
         return lo or self.min_pixels, hi or self.max_pixels
 
     def load_image(self, image: str | Path | Image.Image,

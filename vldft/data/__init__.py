@@ -8,7 +8,9 @@ A JSONL row (the kit's normalised format, also what ``data/geo_demo`` holds):
      "images": ["images/train_000000.png"],
      "answer": "70"}
 
-``content`` may also be a plain string, where each ``<image>`` marks an image. Image paths are
+``content`` may also be a plain string, where each ``<image>`` marks an image. An image part
+may carry its own ``min_pixels`` / ``max_pixels`` (``image_options``; they stay on the part:
+``image_bounds``); any other key is an ``image_option`` error. Image paths are
 relative to ``image_root`` (default: the JSONL file's directory) or absolute; a source may
 require them to stay inside that root (``allow_outside_root``, off for hub sources). Rows
 without images are text-only samples. Every problem raises ``DataError`` naming the file, line
@@ -54,6 +56,9 @@ REASONS = {
     "image_outside_root": "an image path resolves (after `..` and symlinks) outside the source's "
                           "image root, and allow_outside_root is off (the default for hub sources)",
     "image_corrupt": "an image cannot be opened and decoded",
+    "image_option": "an image part's per-image key is not supported (a fixed size, an unknown "
+                    "key; min_pixels / max_pixels for a family without pixel bounds) or its "
+                    "value is invalid",
     "video_count": "the number of video placeholders differs from the number of videos",
     "video_missing": "a video file, frame file or frame folder does not exist (URLs are never "
                      "downloaded)",
@@ -254,9 +259,89 @@ class Sample:
     videos: list[Any] = field(default_factory=list)  # vldft.data.video.Video, in order
 
 
+# Per-image keys of an image part (qwen-vl-utils' names): the image's own bounds on its area
+# after resizing, over the source's / model's (Qwen families only). They stay on the normalised
+# image part ({"type": "image", "max_pixels": ...}), where the collator, the length estimate
+# and held-out generation read them (``image_bounds``).
+IMAGE_KEYS = ("min_pixels", "max_pixels")
+IMAGE_SOURCE_KEYS = frozenset({"type", "image", "image_url", "value"})
+IMAGE_REFUSED = {  # qwen-vl-utils keys vldft does not honour, and what to write instead
+    "resized_height": "vldft does not force an image size: bound it with min_pixels / "
+                      "max_pixels",
+    "resized_width": "vldft does not force an image size: bound it with min_pixels / "
+                     "max_pixels",
+}
+
+
+def image_keys(part: dict) -> dict[str, Any]:
+    """The per-image keys of an image part: all but its source keys, and none whose value is
+    null (table rows give every struct key, null where absent)."""
+    return {k: v for k, v in part.items() if k not in IMAGE_SOURCE_KEYS and v is not None}
+
+
+def image_options(keys: dict[str, Any]) -> dict[str, int]:
+    """An image part's options from its per-image keys (``image_keys``); ``ValueError`` naming
+    the first key vldft cannot honour (a fixed size, an unknown key) or whose value is not a
+    positive integer (or a minimum above the maximum)."""
+    out: dict[str, int] = {}
+    for key, value in keys.items():
+        if key not in IMAGE_KEYS:
+            hint = IMAGE_REFUSED.get(key) or f"per-image keys: {', '.join(IMAGE_KEYS)}"
+            raise ValueError(f"per-image key {key!r} is not supported ({hint})")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"per-image key {key!r}: {value!r} is not an integer >= 1")
+        out[key] = value
+    if len(out) == 2 and out["min_pixels"] > out["max_pixels"]:
+        raise ValueError(f"per-image key 'min_pixels' ({out['min_pixels']}) is larger than "
+                         f"'max_pixels' ({out['max_pixels']})")
+    return out
+
+
+Pixels = tuple[int | None, int | None]
+
+
+def image_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The image parts of normalised messages, in order (one per image of the sample)."""
+    return [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]
+            if isinstance(p, dict) and p.get("type") == "image"]
+
+
+def has_image_options(messages: list[dict[str, Any]]) -> bool:
+    """Whether an image part carries its own ``min_pixels`` / ``max_pixels``."""
+    return any(k in p for p in image_parts(messages) for k in IMAGE_KEYS)
+
+
+def image_bounds(messages: list[dict[str, Any]], n: int, pixels: Pixels | None = None
+                 ) -> list[Pixels | None]:
+    """``(min_pixels, max_pixels)`` of each of a sample's ``n`` images: the source's ``pixels``
+    with the image part's own keys over them (None where neither gives one; the adapter fills
+    the model's). An image's minimum above the source's maximum (or its maximum below the
+    source's minimum) moves that bound with it, as a clip's keys do (``Video.settings``)."""
+    parts = image_parts(messages)
+    if len(parts) != n or not has_image_options(messages):
+        return [pixels] * n
+    out: list[Pixels | None] = []
+    for part in parts:
+        lo, hi = pixels or (None, None)
+        own_lo, own_hi = part.get("min_pixels"), part.get("max_pixels")
+        if own_lo:
+            lo = own_lo
+            if not own_hi and hi and hi < lo:
+                hi = lo
+        if own_hi:
+            hi = own_hi
+            if not own_lo and lo and lo > hi:
+                lo = hi
+        out.append((lo, hi) if lo or hi else None)
+    return out
+
+
 def _parts(content: Any, where: str, what: str, clips: list[dict]) -> list[dict[str, Any]]:
     """Normalised parts of one turn's content; each video part's per-clip keys (``fps``, ...)
-    are appended to ``clips``, in order."""
+    are appended to ``clips``, in order; an image part keeps its per-image keys
+    (``image_options``; one vldft cannot honour is an ``image_option`` error)."""
     from vldft.data.video import clip_keys
 
     if isinstance(content, str):
@@ -273,8 +358,17 @@ def _parts(content: Any, where: str, what: str, clips: list[dict]) -> list[dict[
             fail(where, "bad_content", f"{what}text part without a 'text' string")
         if part["type"] == "video":
             clips.append(clip_keys(part))
-    return [{"type": p["type"]} if p["type"] in MEDIA else {"type": "text", "text": p["text"]}
-            for p in content]
+    out = []
+    for p in content:
+        if p["type"] == "image":
+            try:
+                out.append({"type": "image", **image_options(image_keys(p))})
+            except ValueError as e:
+                fail(where, "image_option", f"{what}image part: {e}")
+        else:
+            out.append({"type": p["type"]} if p["type"] in MEDIA
+                       else {"type": "text", "text": p["text"]})
+    return out
 
 
 def check_structure(messages: list[dict[str, Any]], where: str) -> None:

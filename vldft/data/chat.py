@@ -20,7 +20,9 @@ Each converter takes one parsed row and its location and returns
   (``{"type": "video", "video": PATH | [frames]}``, ``video_url``, or bare: the next entry of
   ``videos``) keep their other keys (qwen-vl-utils' ``fps``, ``nframes``, ...) on the part, and a
   ``videos`` entry may be ``{"video": ..., "fps": ...}``: ``sample_from_row`` turns them into the
-  clip's own settings or a ``video_option`` error (``vldft.data.video.clip_options``).
+  clip's own settings or a ``video_option`` error (``vldft.data.video.clip_options``). An image
+  part's other keys (qwen-vl-utils' ``min_pixels`` / ``max_pixels``) stay on it the same way:
+  the image's own bounds, or an ``image_option`` error (``vldft.data.image_options``).
 
 Roles: user / human, assistant / gpt, system are accepted in every conversation format.
 """
@@ -32,7 +34,7 @@ import difflib
 from collections.abc import Iterator
 from typing import Any
 
-from vldft.data import ImageBytes, fail, split_placeholders
+from vldft.data import ImageBytes, fail, image_keys, split_placeholders
 from vldft.data.video import clip_keys
 
 ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
@@ -75,8 +77,8 @@ def image_ref(ref: Any, where: str) -> Any:
 
 
 def _pieces(content: Any, where: str, what: str = "") -> Iterator[tuple[str, Any, dict]]:
-    """("text", str, {}), ("image", inline ref or None, {}) and ("video", inline ref or None,
-    the part's per-clip keys) pieces of one turn's content."""
+    """("text", str, {}), ("image", inline ref or None, the part's per-image keys) and
+    ("video", inline ref or None, the part's per-clip keys) pieces of one turn's content."""
     if content is None:
         return
     if isinstance(content, str):
@@ -97,7 +99,7 @@ def _pieces(content: Any, where: str, what: str = "") -> Iterator[tuple[str, Any
             ref = part.get(kind, part.get("value"))
             if kind.endswith("_url") and isinstance(ref, dict):
                 ref = ref.get("url")
-            yield kind[:5], ref, clip_keys(part) if kind[:5] == "video" else {}
+            yield kind[:5], ref, clip_keys(part) if kind[:5] == "video" else image_keys(part)
         else:
             fail(where, "bad_content", f"{what}unsupported content part {part!r} (text, image "
                  "and video only)")
@@ -146,6 +148,14 @@ def turns_to_messages(turns: Any, role_key: str, content_key: str, images: Any,
             if kind == "text":
                 parts.append({"type": "text", "text": value})
                 continue
+            # Hugging Face's chat-template rows ({"type": "image", "index": 0, "text": null}):
+            # an index must be the entry this part takes (bare) or its place (inline)
+            index = keys.pop("index", None)
+            at = used[kind] if value is None else len(out[kind])
+            if index is not None and index != at:
+                fail(where, f"{kind}_option", f"turn {i}: {kind} part with index {index!r}, "
+                     f"but it is the row's {kind} {at} (vldft takes the {kind}s in the order "
+                     "of their parts)")
             if value is None:
                 pool = pools[kind]
                 if used[kind] >= len(pool):
@@ -155,7 +165,7 @@ def turns_to_messages(turns: Any, role_key: str, content_key: str, images: Any,
                          f"{kind}s")
                 value, used[kind] = pool[used[kind]], used[kind] + 1
             out[kind].append(image_ref(value, where) if kind == "image" else video_ref(value))
-            parts.append({"type": kind, **keys})  # sample_from_row reads a clip's keys
+            parts.append({"type": kind, **keys})  # sample_from_row checks these keys
         messages.append({"role": ROLE_ALIASES[role], "content": parts})
     for kind in ("image", "video"):
         if used[kind] < len(pools[kind]):

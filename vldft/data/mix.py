@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from vldft.data import Sample
+from vldft.data import Sample, image_bounds
 
 MEGA = 64  # micro-batches per mega-batch
 
@@ -61,14 +61,16 @@ def mix(per_source: dict[str, list[Sample]], weights: dict[str, float | None],
 
 def estimate_length(sample: Sample, adapter, pixels=None, video=None) -> int:
     """Tokens of a sample: its rendered text plus each image's token count (image headers only,
-    nothing is decoded) and each video's (``Adapter.video_token_estimate``: frame count, rate
-    and size from the container's header or the first frame's; ``video``: ``data.video``)."""
+    nothing is decoded; ``pixels``: the source's bounds, an image part's own keys over them)
+    and each video's (``Adapter.video_token_estimate``: frame count, rate and size from the
+    container's header or the first frame's; ``video``: ``data.video``)."""
     text = adapter.render(sample.messages)
     n = len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
     n -= text.count(adapter.image_token)  # each placeholder is replaced by its expansion
     for v in sample.videos:
         n += adapter.video_token_estimate(v, video) - max(1, len(adapter.video_region))
-    for img in sample.images:
+    bounds = image_bounds(sample.messages, len(sample.images), pixels)  # per-image keys
+    for img, px in zip(sample.images, bounds, strict=True):
         try:
             if isinstance(img, (str, Path)):
                 with Image.open(img) as im:
@@ -77,7 +79,7 @@ def estimate_length(sample: Sample, adapter, pixels=None, video=None) -> int:
                 size = img.size
         except (OSError, ValueError):  # unreadable: the collator reports (or skips) it later
             continue
-        n += adapter.image_token_count(size, pixels)
+        n += adapter.image_token_count(size, px)
     return n
 
 

@@ -27,6 +27,8 @@ Findings are counted per source and reason, each with example locations (file, l
 | image_missing   | an image file does not exist (or is a URL)                               |
 | image_outside_root | an image path resolves outside the image root (allow_outside_root off) |
 | image_corrupt   | an image cannot be opened and fully decoded                              |
+| image_option    | an image part's key is not supported (resized_*, unknown) or invalid;    |
+|                 | its min / max_pixels for a LLaVA family (found when encoding)            |
 | video_count     | number of video placeholders != number of videos                         |
 | video_missing   | a video file / frame / frame folder does not exist (or is a URL)         |
 | video_corrupt   | a video file decord cannot open, or a frame that cannot be decoded       |
