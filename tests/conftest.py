@@ -57,13 +57,33 @@ def copy_sources(dst: Path) -> Path:
     return dst
 
 
+_PORTS: dict[str, object] = {}
+
+
 def free_port() -> int:
-    """A TCP port free on this machine now (for torchrun's --master_port in tests)."""
+    """A TCP port free on this machine now (for torchrun's --master_port in tests). Taken from
+    a range of this pytest-xdist worker's own (gw0: 12000-15999, gw1: 16000-19999, ... up to 5
+    workers), below the ephemeral ports the kernel hands out (32768 and up here), from a random
+    start, and never the same twice in a session: the other worker, or a gloo connection of a
+    running test, is not given it between this check and the launch binding it (bind(0) would
+    hand out an ephemeral port, free for anyone until torchrun binds it)."""
+    import itertools
+    import os
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    if worker not in _PORTS:
+        k = int(worker.removeprefix("gw") or 0) % 5
+        _PORTS[worker] = itertools.count(12000 + 4000 * k + random.randrange(3000))
+    for port in _PORTS[worker]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
 
 
 def torchrun_worker(script: str, *args: str, timeout: int = 400):
