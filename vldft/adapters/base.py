@@ -129,9 +129,11 @@ class Adapter:
     def dummy_vision_loss(self, model: nn.Module | None = None) -> torch.Tensor:
         """``0 *`` the vision tower + projector output on a tiny blank image.
 
-        Added to the loss of a micro-batch without images so that every rank runs the vision
-        tower in every step: FSDP / ZeRO-3 all-gather its weights in lockstep and DDP sees its
-        parameters used (their gradients are zeros, not missing). The peers' fix for the hang.
+        Run for a micro-batch without images (``vldft.step.blank_passes``: right after the
+        token embedding, its zero added to the embedded tokens) so that every rank runs the
+        vision tower in every step, where and as an image rank does: FSDP / ZeRO-3 gather its
+        weights in lockstep and DDP sees its parameters used (their gradients are zeros, not
+        missing). The peers' fix for the hang.
         """
         model = self.model if model is None else model
         ref = next(model.parameters())
