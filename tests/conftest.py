@@ -64,9 +64,9 @@ def free_port() -> int:
     """A TCP port free on this machine now (for torchrun's --master_port in tests). Taken from
     a range of this pytest-xdist worker's own (gw0: 12000-15999, gw1: 16000-19999, ... up to 5
     workers), below the ephemeral ports the kernel hands out (32768 and up here), from a random
-    start, and never the same twice in a session: the other worker, or a gloo connection of a
-    running test, is not given it between this check and the launch binding it (bind(0) would
-    hand out an ephemeral port, free for anyone until torchrun binds it)."""
+    start, and not the same again until the range has gone round: the other worker, or a gloo
+    connection of a running test, is not given it between this check and the launch binding it
+    (bind(0) would hand out an ephemeral port, free for anyone until torchrun binds it)."""
     import itertools
     import os
     import random
@@ -74,16 +74,19 @@ def free_port() -> int:
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     if worker not in _PORTS:
-        k = int(worker.removeprefix("gw") or 0) % 5
-        _PORTS[worker] = itertools.count(12000 + 4000 * k + random.randrange(3000))
-    for port in _PORTS[worker]:
+        base = 12000 + 4000 * (int(worker.removeprefix("gw") or 0) % 5)
+        start = random.randrange(4000)  # then round the worker's range
+        _PORTS[worker] = itertools.cycle([*range(base + start, base + 4000),
+                                          *range(base, base + start)])
+    for _ in range(4000):
+        port = next(_PORTS[worker])
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port")
+    raise RuntimeError(f"no free port in this test worker's range ({worker})")
 
 
 def torchrun_worker(script: str, *args: str, timeout: int = 400):

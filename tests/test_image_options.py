@@ -293,11 +293,26 @@ def test_hugging_face_chat_template_rows_read_and_a_wrong_index_is_refused(image
 
     path = tmp_path / "hf.jsonl"
     path.write_text(json.dumps(row("ok", 0)) + "\n" + json.dumps(row("bad", 1)) + "\n")
-    report = SkipReport()
-    (sample,) = read(path, "auto", "skip", report)
     plain = part_row("plain", {"type": "image"}, images=[str(images / "big.png")])
     (path.parent / "plain.jsonl").write_text(json.dumps(plain) + "\n")
     (reference,) = read(path.parent / "plain.jsonl")
-    assert (sample.messages, sample.images) == (reference.messages, reference.images)
-    assert report.total == 1 and "image_option" in report.summary()
-    assert "index 1, but it is the row's image 0" in report.summary()
+    # auto: read as `messages`; `normalized`: as a file whose first 50 rows are plain would be
+    for fmt in ("auto", "normalized"):
+        report = SkipReport()
+        (sample,) = read(path, fmt, "skip", report)
+        assert (sample.messages, sample.images) == (reference.messages, reference.images)
+        assert report.total == 1 and "image_option" in report.summary(), fmt
+        assert "index 1, but it is the row's image 0" in report.summary()
+    # the index counts the row's image parts: a second image is index 1, and so is one after
+    # an inline image part (messages format)
+    two = row("two", 1)
+    two["messages"][0]["content"].insert(0, {"type": "image", "index": 0, "text": None})
+    two["images"].insert(0, str(images / "small.png"))
+    inline = row("inline", 1)
+    inline["messages"][0]["content"].insert(0, {"type": "image", "index": None, "text": None,
+                                                "image": str(images / "small.png")})
+    for fmt, r in (("auto", two), ("normalized", two), ("auto", inline)):
+        path.write_text(json.dumps(r) + "\n")
+        (sample,) = read(path, fmt)
+        assert [str(i) for i in sample.images] == [str(images / "small.png"),
+                                                   str(images / "big.png")], (fmt, r["id"])

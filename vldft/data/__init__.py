@@ -338,7 +338,20 @@ def image_bounds(messages: list[dict[str, Any]], n: int, pixels: Pixels | None =
     return out
 
 
-def _parts(content: Any, where: str, what: str, clips: list[dict]) -> list[dict[str, Any]]:
+def check_index(keys: dict[str, Any], kind: str, position: int, where: str, what: str = ""
+                ) -> None:
+    """Take ``index`` out of a media part's ``keys``: Hugging Face's chat-template rows give
+    every part one (``{"type": "image", "index": 0, "text": null}``). It must be the part's
+    place among the row's ``kind`` parts (0-based), which is the entry vldft gives it; another
+    is an ``image_option`` / ``video_option`` error, not a silent swap."""
+    index = keys.pop("index", None)
+    if index is not None and index != position:
+        fail(where, f"{kind}_option", f"{what}{kind} part with index {index!r}, but it is the "
+             f"row's {kind} {position} (vldft takes the {kind}s in the order of their parts)")
+
+
+def _parts(content: Any, where: str, what: str, clips: list[dict], images_before: int = 0
+           ) -> list[dict[str, Any]]:
     """Normalised parts of one turn's content; each video part's per-clip keys (``fps``, ...)
     are appended to ``clips``, in order; an image part keeps its per-image keys
     (``image_options``; one vldft cannot honour is an ``image_option`` error)."""
@@ -357,12 +370,17 @@ def _parts(content: Any, where: str, what: str, clips: list[dict]) -> list[dict[
         if part["type"] == "text" and not isinstance(part.get("text"), str):
             fail(where, "bad_content", f"{what}text part without a 'text' string")
         if part["type"] == "video":
-            clips.append(clip_keys(part))
+            keys = clip_keys(part)
+            check_index(keys, "video", len(clips), where, what)
+            clips.append(keys)
     out = []
     for p in content:
         if p["type"] == "image":
+            keys = image_keys(p)
+            check_index(keys, "image", images_before, where, what)
+            images_before += 1
             try:
-                out.append({"type": "image", **image_options(image_keys(p))})
+                out.append({"type": "image", **image_options(keys)})
             except ValueError as e:
                 fail(where, "image_option", f"{what}image part: {e}")
         else:
@@ -441,7 +459,8 @@ def sample_from_row(row: dict[str, Any], where: str, image_root: Path,
         role = msg.get("role") if isinstance(msg, dict) else None
         if role not in ROLES:
             fail(where, "unknown_role", f"message {i} has unknown role {role!r}; valid: {ROLES}")
-        content = _parts(msg.get("content"), where, f"message {i}: ", keys)
+        images_before = sum(p["type"] == "image" for m in messages for p in m["content"])
+        content = _parts(msg.get("content"), where, f"message {i}: ", keys, images_before)
         messages.append({"role": role, "content": content})
     check_structure(messages, where)
     resolved = [_image(img, image_root, where, allow_outside_root)

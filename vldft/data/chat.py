@@ -34,7 +34,7 @@ import difflib
 from collections.abc import Iterator
 from typing import Any
 
-from vldft.data import ImageBytes, fail, image_keys, split_placeholders
+from vldft.data import ImageBytes, check_index, fail, image_keys, split_placeholders
 from vldft.data.video import clip_keys
 
 ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
@@ -148,14 +148,7 @@ def turns_to_messages(turns: Any, role_key: str, content_key: str, images: Any,
             if kind == "text":
                 parts.append({"type": "text", "text": value})
                 continue
-            # Hugging Face's chat-template rows ({"type": "image", "index": 0, "text": null}):
-            # an index must be the entry this part takes (bare) or its place (inline)
-            index = keys.pop("index", None)
-            at = used[kind] if value is None else len(out[kind])
-            if index is not None and index != at:
-                fail(where, f"{kind}_option", f"turn {i}: {kind} part with index {index!r}, "
-                     f"but it is the row's {kind} {at} (vldft takes the {kind}s in the order "
-                     "of their parts)")
+            check_index(keys, kind, len(out[kind]), where, f"turn {i}: ")  # Hugging Face's
             if value is None:
                 pool = pools[kind]
                 if used[kind] >= len(pool):
