@@ -80,16 +80,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launcher_env(engine: str, mixed_precision: str) -> dict[str, str]:
-    """The ACCELERATE_* / FSDP_* variables ``accelerate launch --config_file
-    configs/accelerate/<engine>.yaml --num_processes 1 --mixed_precision <mp>`` sets."""
+def launcher_env(config: str | Path, mixed_precision: str | None,
+                 num_processes: int = 1) -> dict[str, str]:
+    """The ACCELERATE_* / FSDP_* variables ``accelerate launch --config_file CONFIG
+    --num_processes N --mixed_precision MP`` sets (CONFIG: a path, or an engine name for
+    configs/accelerate/<name>.yaml; MP None: no flag, e.g. for a config whose precision a
+    DeepSpeed JSON states). tests/deepspeed_worker.py uses it too."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
+    path = Path(config) if Path(config).suffix else ROOT / f"configs/accelerate/{config}.yaml"
+    precision = ["--mixed_precision", mixed_precision] if mixed_precision else []
     args = launch_command_parser().parse_args(
-        ["--config_file", str(ROOT / f"configs/accelerate/{engine}.yaml"), "--num_processes",
-         "1", "--mixed_precision", mixed_precision, "--main_process_port", "0", "-m",
-         "vldft.train"])
+        ["--config_file", str(path), "--num_processes", str(num_processes), *precision,
+         "--main_process_port", "0", "-m", "vldft.train"])
     args, defaults, from_config = _validate_launch_command(args)
     if args.use_deepspeed:  # as accelerate's launch_command does before its launcher
         fields = list(defaults.deepspeed_config) + (["mixed_precision"] if from_config else [])

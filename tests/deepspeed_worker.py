@@ -28,9 +28,7 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
-from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
 import vldft.step
 from vldft.config import ConfigError, load_config
@@ -38,6 +36,9 @@ from vldft.step import build_accelerator
 from vldft.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from engines_gpu import launcher_env  # noqa: E402  (what accelerate launch would set)
+
 STEPS = 3
 
 
@@ -45,23 +46,6 @@ def accelerate_config(name: str, root: Path) -> Path:
     """A shipped accelerate config (configs/accelerate/<name>.yaml), or one of the test's."""
     shipped = ROOT / f"configs/accelerate/{name}.yaml"
     return shipped if shipped.exists() else root / "assets" / f"{name}.yaml"
-
-
-def launcher_env(config: Path) -> dict[str, str]:
-    """The ACCELERATE_* variables ``accelerate launch --config_file CONFIG --num_processes 2``
-    sets (and ``--mixed_precision no`` where the config does not leave precision to a
-    DeepSpeed JSON)."""
-    precision = [] if "deepspeed_config_file" in config.read_text() else [
-        "--mixed_precision", "no"]
-    args = launch_command_parser().parse_args(
-        ["--config_file", str(config), "--num_processes", "2", *precision,
-         "--main_process_port", "0", "-m", "vldft.train"])
-    args, defaults, from_config = _validate_launch_command(args)
-    # as accelerate's launch_command does before its DeepSpeed launcher
-    fields = list(defaults.deepspeed_config) + (["mixed_precision"] if from_config else [])
-    args.deepspeed_fields_from_accelerate_config = ",".join(fields)
-    _, env = prepare_deepspeed_cmd_env(args)
-    return {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}
 
 
 def overrides(out: Path) -> list[str]:
@@ -100,7 +84,10 @@ def run_stage(name: str, out: Path) -> None:
     config, objective = STAGES[name]
     for key in [k for k in os.environ if k.startswith("ACCELERATE_DEEPSPEED")]:
         del os.environ[key]  # an earlier stage's (e.g. zero3_json's config file)
-    os.environ.update(launcher_env(accelerate_config(config, out.parent)))
+    path = accelerate_config(config, out.parent)  # precision: --mixed_precision no, unless a
+    no = None if "deepspeed_config_file" in path.read_text() else "no"  # JSON states it
+    os.environ.update({k: v for k, v in launcher_env(path, no, num_processes=2).items()
+                       if k.startswith("ACCELERATE_")})
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     cfg = load_config(ROOT / "tests/tiny_demo.yaml", [*overrides(out), *objective])
