@@ -19,7 +19,7 @@ from PIL import Image
 from qwen_vl_utils import fetch_image, smart_resize
 
 from vldft.adapters.base import Adapter
-from vldft.data import ImageBytes
+from vldft.data import ImageBytes, bounds_over
 from vldft.packing import mrope_positions, rope_media_kwargs
 
 
@@ -56,12 +56,7 @@ class QwenVLAdapter(Adapter):
         """``pixels`` (a source's or an image's bounds) with the model's where absent; a given
         minimum above the model's maximum (or a given maximum below its minimum) moves that
         bound with it."""
-        lo, hi = pixels or (None, None)
-        if lo and not hi:
-            return lo, max(lo, self.max_pixels)
-        if hi and not lo:
-            return min(hi, self.min_pixels), hi
-        return lo or self.min_pixels, hi or self.max_pixels
+        return bounds_over((self.min_pixels, self.max_pixels), pixels or (None, None))
 
     def load_image(self, image: str | Path | Image.Image,
                    pixels: tuple[int | None, int | None] | None = None) -> Image.Image:

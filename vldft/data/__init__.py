@@ -302,6 +302,22 @@ def image_options(keys: dict[str, Any]) -> dict[str, int]:
 Pixels = tuple[int | None, int | None]
 
 
+def bounds_over(base: Pixels, own: Pixels) -> Pixels:
+    """``own`` (min, max) over ``base`` (min, max), either may be None: a given bound replaces
+    the base's, and a given one that crosses the other base bound moves that bound with it
+    (an image's or clip's keys over a source's / run's, a source's over the model's)."""
+    (lo, hi), (own_lo, own_hi) = base, own
+    if own_lo is not None:
+        lo = own_lo
+        if own_hi is None and hi is not None and hi < lo:
+            hi = lo
+    if own_hi is not None:
+        hi = own_hi
+        if own_lo is None and lo is not None and lo > hi:
+            lo = hi
+    return lo, hi
+
+
 def image_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The image parts of normalised messages, in order (one per image of the sample)."""
     return [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]
@@ -324,16 +340,8 @@ def image_bounds(messages: list[dict[str, Any]], n: int, pixels: Pixels | None =
         return [pixels] * n
     out: list[Pixels | None] = []
     for part in parts:
-        lo, hi = pixels or (None, None)
-        own_lo, own_hi = part.get("min_pixels"), part.get("max_pixels")
-        if own_lo:
-            lo = own_lo
-            if not own_hi and hi and hi < lo:
-                hi = lo
-        if own_hi:
-            hi = own_hi
-            if not own_lo and lo and lo > hi:
-                lo = hi
+        lo, hi = bounds_over(pixels or (None, None),
+                             (part.get("min_pixels"), part.get("max_pixels")))
         out.append((lo, hi) if lo or hi else None)
     return out
 

@@ -52,13 +52,15 @@ class Video:
     def settings(self, run):
         """``run`` (``data.video``) with this clip's options. A clip's min above the run's max
         (or its max below the run's min) moves the run's bound to it."""
+        from vldft.data import bounds_over
+
         if not self.options:
             return run
         s = dataclasses.replace(run, **self.options)
         for lo, hi in (("min_frames", "max_frames"), ("min_pixels", "max_pixels")):
-            a, b = getattr(s, lo), getattr(s, hi)
-            if a is not None and b is not None and a > b:
-                s = dataclasses.replace(s, **({hi: a} if lo in self.options else {lo: b}))
+            a, b = bounds_over((getattr(run, lo), getattr(run, hi)),
+                               (self.options.get(lo), self.options.get(hi)))
+            s = dataclasses.replace(s, **{lo: a, hi: b})
         return s
 
     @classmethod
