@@ -316,3 +316,89 @@ def test_hugging_face_chat_template_rows_read_and_a_wrong_index_is_refused(image
         (sample,) = read(path, fmt)
         assert [str(i) for i in sample.images] == [str(images / "small.png"),
                                                    str(images / "big.png")], (fmt, r["id"])
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_onevision"])
+def test_llava_held_out_scoring_refuses_per_image_bounds_before_any_model_work(
+        images, tmp_path, family, monkeypatch):
+    """A held-out file is scored whole or refused, as a missing image refuses it (``load_jsonl``):
+    a row whose image part has min / max_pixels, for a family without pixel bounds, is an
+    ``image_option`` error naming file:line, id and key, raised before the model runs, from
+    the loss pass, generation and the CLI (before the checkpoint loads); never silently
+    scored without its key."""
+    from vldft import heldout
+
+    big = str(images / "big.png")
+    path = write_rows(tmp_path / "heldout.jsonl", [
+        part_row("plain", {"type": "image"}, images=[big], answer="1"),
+        part_row("keyed", {"type": "image", "max_pixels": 6272}, images=[big], answer="1")])
+    samples = load_jsonl(path)
+    said = (f"{path}:2 (id keyed): message 0: image part: per-image key 'max_pixels' is not "
+            f"supported by model family {family!r}")
+    torch.manual_seed(0)
+    a = load_adapter(ModelConfig(family=family, tiny=True))
+
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(a, "hidden_states", no_model_work)
+    monkeypatch.setattr(a.model, "generate", no_model_work)
+    for run in (lambda: heldout.score_part(a, Collator(a), samples, max_new_tokens=2),
+                lambda: heldout.generate(a, samples, 2, torch.device("cpu"))):
+        with pytest.raises(DataError) as e:
+            run()
+        assert e.value.reason == "image_option" and str(e.value).startswith(said), str(e.value)
+    convs = [(s.messages[:1], s.images) for s in samples]
+    with pytest.raises(ValueError, match=f"conversation 1: .*'max_pixels'.*{family!r}"):
+        heldout.generate_messages(a, convs, 2)
+    # the CLI: refused from the checkpoint's config.json, before the model loads
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": family}))
+    monkeypatch.setattr("vldft.adapters.load_adapter", no_model_work)
+    with pytest.raises(DataError) as e:
+        heldout.main([str(ckpt), str(path), "--controls", "none"])
+    assert e.value.reason == "image_option" and str(e.value).startswith(said), str(e.value)
+    # without the keyed row, the same file scores
+    monkeypatch.undo()
+    (plain,) = [s for s in samples if s.id == "plain"]
+    res = heldout.combine([heldout.score_part(a, Collator(a), [plain], max_new_tokens=2)])
+    assert (res["n"], res["n_scored_ce"], res["n_skipped"]) == (1, 1, 0)
+
+
+def test_qwen_held_out_scoring_keeps_per_image_bounds(images, tmp_path, qwen25):
+    """The check leaves families with pixel bounds alone: the keyed row is scored."""
+    from vldft import heldout
+
+    path = write_rows(tmp_path / "heldout.jsonl", [
+        part_row("keyed", {"type": "image", "max_pixels": 6272},
+                 images=[str(images / "big.png")], answer="1")])
+    res = heldout.combine([heldout.score_part(qwen25, Collator(qwen25, 1024), load_jsonl(path),
+                                              max_new_tokens=2)])
+    assert (res["n"], res["n_scored_ce"], res["n_skipped"]) == (1, 1, 0)
+
+
+def test_training_refuses_a_llava_held_out_file_with_per_image_bounds_before_the_model_loads(
+        images, tmp_path, monkeypatch):
+    """``vldft.train`` checks ``data.heldout_file`` as the held-out CLI does: the keyed row is a
+    data error naming file:line, id and key before any model loads (not at the first held-out
+    evaluation, steps into the run)."""
+    from conftest import TINY_CONFIG
+
+    import vldft.train
+
+    path = write_rows(tmp_path / "heldout.jsonl", [
+        part_row("plain", {"type": "image"}, images=[str(images / "big.png")], answer="1"),
+        part_row("keyed", {"type": "image", "min_pixels": 3136},
+                 images=[str(images / "big.png")], answer="1")])
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(vldft.train, "load_model", no_model)
+    with pytest.raises(SystemExit, match=rf"data error: {path}:2 \(id keyed\): .*per-image key "
+                                         r"'min_pixels' is not supported by model family 'llava'"):
+        vldft.train.cli([str(TINY_CONFIG), "model.family=llava", "model.min_pixels=null",
+                         "model.max_pixels=null", f"data.heldout_file={path}",
+                         f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2",
+                         "loss.sft_warmup_steps=1"])

@@ -18,7 +18,7 @@ import torch
 
 from vldft.adapters.base import Adapter
 from vldft.collate import VIDEO_CONTROLS, Collator, Encoded
-from vldft.data import Sample, has_image_options, image_bounds
+from vldft.data import IMAGE_KEYS, Sample, fail, has_image_options, image_bounds, image_parts
 from vldft.device import model_device, to_device
 from vldft.objectives import ObjectiveSpec, as_spec, compute_objective
 from vldft.scoring import score
@@ -35,7 +35,9 @@ def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
     ``\\boxed{}``: ``vldft.scoring``'s strict mode); broken text that happens to end in the
     right number is right under ``accuracy``, wrong under ``accuracy_strict``.
 
-    For asft the held-out "loss" is its DFT part (the KL anchor needs the reference model)."""
+    For asft the held-out "loss" is its DFT part (the KL anchor needs the reference model).
+    Samples ``check_image_keys`` refuses raise before the model runs."""
+    check_image_keys(samples, adapter)
     spec = as_spec(objective)
     if spec.name == "asft":
         spec = dataclasses.replace(spec, name="dft")
@@ -105,11 +107,30 @@ def combine(parts: list[dict]) -> dict:
             "examples": [e for p in parts for e in p["examples"]][:5]}
 
 
+def check_image_keys(samples: list[Sample], adapter: Adapter | type[Adapter]) -> None:
+    """Refuse the held-out set if a sample's image part has ``min_pixels`` / ``max_pixels`` and
+    ``adapter``'s family (an adapter or its class) has no pixel bounds: a ``DataError``
+    (``image_option``) naming file:line, id and key. Training skips such a sample (or stops, by
+    ``data.on_error``) when it encodes it; a held-out set is scored whole or refused, as
+    ``load_jsonl`` refuses one with a missing image, never scored with the key ignored."""
+    if adapter.supports_pixel_bounds:
+        return
+    for s in samples:
+        for i, msg in enumerate(s.messages):
+            key = next((k for p in image_parts([msg]) for k in IMAGE_KEYS if k in p), None)
+            if key:
+                fail(f"{s.origin or s.id} (id {s.id})", "image_option",
+                     f"message {i}: image part: per-image key {key!r} is not supported by "
+                     f"model family {adapter.family!r} (no pixel bounds: its images are resized "
+                     "to the tower's size); drop the key from the held-out file")
+
+
 def generate(adapter: Adapter, samples: list[Sample], max_new_tokens: int,
              device: torch.device, collator: Collator | None = None) -> list[str]:
     """Greedy completions of each sample's last assistant turn (batched, left padding). Videos
     are decoded by ``collator`` (its ``data.video`` settings and video control, as in
-    training); samples with videos need one."""
+    training); samples with videos need one. Samples ``check_image_keys`` refuses raise."""
+    check_image_keys(samples, adapter)
     convs = []
     for s in samples:
         last = max(i for i, m in enumerate(s.messages) if m["role"] == "assistant")
@@ -131,26 +152,27 @@ def generate_messages(adapter: Adapter, convs: list[tuple],
     ``messages`` use vldft's parts (``{"type": "image"}`` / ``{"type": "video"}`` /
     ``{"type": "text", "text"}``); ``images`` (paths or PIL images, one per image part) go
     through ``adapter.load_image``, the training-time policy (Qwen: ``min_pixels`` /
-    ``max_pixels``, an image part's own over them; never re-encoded); ``videos`` are decoded
-    clips (``Collator.load_video``).
+    ``max_pixels``, an image part's own over them; never re-encoded, nor resized again by the
+    processor; a family without pixel bounds refuses an image part's own); ``videos`` are
+    decoded clips (``Collator.load_video``).
     The batch is left-padded; decoding is greedy unless ``gen_kwargs`` say otherwise
     (``do_sample``, ...)."""
     device = device or model_device(adapter.model)
-    prompts, images, videos, own = [], [], [], False
-    for messages, imgs, *vids in convs:
+    prompts, images, videos = [], [], []
+    for j, (messages, imgs, *vids) in enumerate(convs):
         prompts.append(adapter.render(messages, add_generation_prompt=True))
-        if adapter.supports_pixel_bounds and has_image_options(messages):
-            own = True  # image parts' own min_pixels / max_pixels, as in training
+        if has_image_options(messages):  # image parts' own min_pixels / max_pixels
+            if not adapter.supports_pixel_bounds:
+                raise ValueError(f"conversation {j}: per-image 'min_pixels' / 'max_pixels': "
+                                 f"model family {adapter.family!r} has no pixel bounds")
             bounds = image_bounds(messages, len(imgs))
         else:
             bounds = [None] * len(imgs)
         images += [adapter.load_image(img, b) for img, b in zip(imgs, bounds, strict=True)]
         videos += vids[0] if vids else []
     kwargs = adapter.video_kwargs(videos)
-    if own and images:  # each image has its size: the processor's bounds keep every one
-        areas = [im.width * im.height for im in images]
-        kwargs["images_kwargs"] = {"size": {"shortest_edge": min(areas),
-                                            "longest_edge": max(areas)}}
+    if adapter.supports_pixel_bounds and images:  # each image keeps load_image's size
+        kwargs["images_kwargs"] = {"size": adapter.keep_size(images)}
     tok = adapter.tokenizer
     side, tok.padding_side = tok.padding_side, "left"
     try:
@@ -208,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     "videos" names the unchanged run of a set with videos and no images)."""
     import argparse
 
-    from vldft.adapters import family_of_checkpoint, load_adapter
+    from vldft.adapters import FAMILIES, family_of_checkpoint, load_adapter
     from vldft.config import ModelConfig, saved_video_settings
     from vldft.data import load_jsonl
 
@@ -254,8 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         if not has:
             p.error(f"--controls {c}: {args.heldout} has no "
                     f"{'images' if c in CONTROLS else 'videos'} to change")
-    adapter = load_adapter(ModelConfig(family=family_of_checkpoint(args.checkpoint),
-                                       name_or_path=args.checkpoint, dtype="float32"))
+    family = family_of_checkpoint(args.checkpoint)
+    check_image_keys(samples, FAMILIES[family])  # before the checkpoint loads
+    adapter = load_adapter(ModelConfig(family=family, name_or_path=args.checkpoint,
+                                       dtype="float32"))
     results = {}
     for name in [media, *controls]:
         part = control_samples(samples, name, args.seed) if name in CONTROLS else samples

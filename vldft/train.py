@@ -116,6 +116,10 @@ def main(cfg: Config) -> dict:
     # --- build: data, model, optimizer, schedule -------------------------------------------
     root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
     heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file), root) if cfg.data.heldout_file else []
+    if heldout:  # per-image keys a family without pixel bounds cannot honour: refused up front
+        from vldft.adapters import FAMILIES
+        from vldft.heldout import check_image_keys
+        check_image_keys(heldout, FAMILIES[cfg.model.family])
     adapter = load_model(cfg, accelerator)
     data = training_set(cfg, adapter, log)  # rank 0 builds once, cached on disk
     if not data.samples:

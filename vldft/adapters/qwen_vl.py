@@ -3,10 +3,12 @@
 A ViT cuts each image into ``patch x patch`` patches, a 2x2 merger joins four into one LLM
 token, so an image of ``h x w`` (after resizing) becomes ``h * w / (patch * 2)^2``
 ``<|image_pad|>`` tokens: 28 x 28 pixels per token with patch 14 (Qwen2-VL, Qwen2.5-VL), 32 x 32
-with patch 16 (Qwen3-VL, Qwen3.5). Images are resized by qwen-vl-utils' ``fetch_image`` (the
-policy of Qwen's own pipelines) to multiples of that unit within ``min_pixels`` / ``max_pixels``,
-and the processor's ``size`` (``shortest_edge`` / ``longest_edge``, the only bounds the
-transformers 5 image processor reads) is set to the same bounds so it never resizes again.
+with patch 16 (Qwen3-VL, Qwen3.5). Images are resized as qwen-vl-utils' ``fetch_image`` resizes
+them (the policy of Qwen's own pipelines: ``resized_size``) to multiples of that unit within
+``min_pixels`` / ``max_pixels``, and the processor's ``size`` (``shortest_edge`` /
+``longest_edge``, the only bounds the transformers 5 image processor reads) is set to the same
+bounds, widened to hold each resized image's area (``keep_size``), so it never resizes again:
+the encoded image is the one the length estimate (``image_token_count``) counts.
 Positions are multimodal RoPE (3-D for image tokens) from the model's ``get_rope_index``.
 """
 
@@ -16,10 +18,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from qwen_vl_utils import fetch_image, smart_resize
+from qwen_vl_utils import smart_resize
+from qwen_vl_utils.vision_process import to_rgb
 
 from vldft.adapters.base import Adapter
-from vldft.data import ImageBytes, bounds_over
+from vldft.data import bounds_over, open_image
 from vldft.packing import mrope_positions, rope_media_kwargs
 
 
@@ -58,25 +61,50 @@ class QwenVLAdapter(Adapter):
         bound with it."""
         return bounds_over((self.min_pixels, self.max_pixels), pixels or (None, None))
 
+    def resized_size(self, size: tuple[int, int],
+                     pixels: tuple[int | None, int | None] | None = None) -> tuple[int, int]:
+        """(width, height) ``load_image`` gives an image of ``size``: qwen-vl-utils'
+        ``smart_resize`` within the bounds (``pixels`` over the model's), each side at least one
+        unit (it floors a thin image's short side to 0 under a small maximum, where its
+        ``fetch_image`` fails; the processor's own resize keeps one unit there)."""
+        lo, hi = self._bounds(pixels)
+        factor = self.patch_size * self.processor.image_processor.merge_size
+        h, w = smart_resize(size[1], size[0], factor=factor, min_pixels=lo, max_pixels=hi)
+        return max(w, factor), max(h, factor)
+
     def load_image(self, image: str | Path | Image.Image,
                    pixels: tuple[int | None, int | None] | None = None) -> Image.Image:
-        lo, hi = self._bounds(pixels)
-        if isinstance(image, ImageBytes):
-            image = image.open()
-        src = image if isinstance(image, Image.Image) else str(image)
-        return fetch_image({"image": src, "min_pixels": lo, "max_pixels": hi},
-                           image_patch_size=self.patch_size)
+        """The image in RGB (transparency on white), resized as qwen-vl-utils' ``fetch_image``
+        resizes it (``resized_size``)."""
+        if isinstance(image, Image.Image):  # never close a caller's image
+            rgb = to_rgb(image)
+        else:
+            with open_image(image) as im:  # a path or encoded bytes (parquet / HF)
+                rgb = to_rgb(im)
+        return rgb.resize(self.resized_size(rgb.size, pixels))
 
     def process(self, text: str, images: list[Image.Image],
                 pixels: tuple[int | None, int | None] | None = None,
                 videos: list | None = None) -> dict[str, torch.Tensor]:
-        if not pixels or not images:
+        """``images`` come from ``load_image``: the processor's bounds (``pixels`` over the
+        model's) are widened to hold each image's area, so it never resizes one again. Bounds
+        narrower than one step of the unit (min == max at no multiple of its area) can put
+        qwen-vl-utils' size outside them; a second resize would change the image and its token
+        count, and the length estimate (``image_token_count``) would be wrong."""
+        if not images:
             return super().process(text, images, videos=videos)
-        lo, hi = self._bounds(pixels)  # per-source bounds, so the processor keeps the size
         out = self.processor(text=[text], images=images, return_tensors="pt",
-                             images_kwargs={"size": {"shortest_edge": lo, "longest_edge": hi}},
+                             images_kwargs={"size": self.keep_size(images, pixels)},
                              **self.video_kwargs(videos))
         return dict(out)
+
+    def keep_size(self, images: list[Image.Image],
+                  pixels: tuple[int | None, int | None] | None = None) -> dict[str, int]:
+        """The processor's ``size`` for ``images`` already resized by ``load_image``: the
+        bounds (``pixels`` over the model's), widened to hold every image's area."""
+        lo, hi = self._bounds(pixels)
+        areas = [im.width * im.height for im in images]
+        return {"shortest_edge": min(lo, *areas), "longest_edge": max(hi, *areas)}
 
     def video_kwargs(self, videos: list | None) -> dict:
         """Frames come resized by qwen-vl-utils' policy (``vldft.data.video``): the video
@@ -109,9 +137,8 @@ class QwenVLAdapter(Adapter):
 
     def image_token_count(self, size: tuple[int, int],
                           pixels: tuple[int | None, int | None] | None = None) -> int:
-        lo, hi = self._bounds(pixels)
         factor = self.patch_size * self.processor.image_processor.merge_size
-        h, w = smart_resize(size[1], size[0], factor=factor, min_pixels=lo, max_pixels=hi)
+        w, h = self.resized_size(size, pixels)
         return (h // factor) * (w // factor)
 
     def position_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
