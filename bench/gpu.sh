@@ -11,6 +11,22 @@
 # name `.whl` in the device call's `carry`. Each phase installs what it needs from .whl/ into
 # /tmp/site (--no-index --no-deps) and puts it on PYTHONPATH; without .whl/ nothing is installed.
 #
+# Device time: a session is lent at most 15 minutes of it in all, machine start included, so the
+# four phases below (each one call of up to 10 minutes) do not fit one session. PHASE=window is
+# the plan for such a session: ONE call (timeout_s 600) running the items issue 25 is closed on,
+# most needed first, each capped to what is left of WINDOW_BUDGET (default 540 s) and skipped
+# when under 30 s are left, raw JSON written after each:
+#   1. GPU facts; tests/test_gpu.py (cap 80 s): the CUDA varlen kernel forward and backward, a
+#      planted leak, packed = one at a time, every fused lever against the plain path.
+#   2. bench/recipe_gpu.py (cap 240 s): the recipe as shipped beside the same samples padded and
+#      the bf16 set-up, 2 rounds x 2 steps, the profiled step (kernels per step).
+#   3. the levers (WINDOW_LEVERS, default "liger compile selective pack16k_selective all"; names
+#      from VARIANTS, phase 3's list), one recipe_gpu.py run each (cap 75 s, compile 150 s).
+#   4. bench/trl_gpu.py (cap 160 s): the TRL rows against vldft packed / padded.
+#   Files: gpu.log, recipe_gpu.json, levers_gpu.json, trl_gpu.json. Installs every wheel of
+#   .whl/ (+ transformers 5.22.2 for the Liger variants and TRL). What it leaves undone is for
+#   phases 1-4 in a later session: PHASE=window first in every session that gets a GPU.
+#
 # PHASE=1 (default; ~5-7 min typical; its caps add up to more than a 600 s device call, so a slow
 # recipe_gpu.py leaves packing_gpu.py cut short, its JSON holding the rows it measured):
 #   0. GPU facts; tests/test_gpu.py: the CUDA varlen kernel equals the SDPA loop; the chunked
@@ -70,6 +86,7 @@
 #   PHASE=2 OUT=/some/dir bash bench/gpu.sh  # phase 2
 #   PHASE=3 OUT=/some/dir bash bench/gpu.sh  # phase 3 (the levers)
 #   PHASE=4 OUT=/some/dir bash bench/gpu.sh  # phase 4 (the engines)
+#   PHASE=window OUT=/some/dir bash bench/gpu.sh   # a 15-minute session's one call (above)
 #   RECIPE_ONLY=1 bash bench/gpu.sh          # phase 1: GPU facts, tests, recipe_gpu.py only
 #   bash bench/gpu.sh                        # figures under runs/bench/gpu/ (gitignored)
 #   SEARCH=1 bash bench/gpu.sh               # also gpu_train's longest-sequence search (+ ~4 min)
@@ -118,6 +135,93 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', \
 torch.version.cuda, 'transformers', transformers.__version__)" 2>&1 | tee -a "$LOG"
 
+# the levers (issue 25 item 2): each a recipe_gpu.py run of the shipped recipe with overrides,
+# NAME:OVERRIDES; phase 3 runs them all in this order, PHASE=window those of WINDOW_LEVERS
+VARIANTS=(
+  "shipped:"
+  "no_precompute:model.precompute_segments=false"
+  "no_vision_no_grad:model.vision_no_grad=false"
+  "none:model.precompute_segments=false model.vision_no_grad=false"
+  "selective:model.gradient_checkpointing=selective"
+  "pack16k_full:data.pack_tokens=16384 data.max_length=16384"
+  "pack16k_selective:data.pack_tokens=16384 data.max_length=16384 model.gradient_checkpointing=selective"
+  "liger:train.liger=true"
+  "compile:train.compile=regional"
+  "all:train.compile=regional train.liger=true"
+  "selective_liger:model.gradient_checkpointing=selective train.liger=true"
+)
+T522=""
+[ -d /tmp/site_t522 ] && T522=/tmp/site_t522:
+LEVER_ARGS="--setups recipe --steps 2 --rounds 2 --no-kernels"
+if [ -n "$DRY" ]; then LEVER_ARGS="--setups recipe --tiny --steps 1 --rounds 1 --no-kernels"; fi
+LEVER_DIR=$(mktemp -d)
+run_lever() {  # NAME [CAP]: one variant (a recipe_gpu.py run); $OUT/levers_gpu.json rewritten
+  local name=$1 v="" x
+  for x in "${VARIANTS[@]}"; do [ "${x%%:*}" = "$name" ] && v=$x; done
+  if [ -z "$v" ]; then step "levers: no variant named $name"; return; fi
+  local sets=() kv
+  for kv in ${v#*:}; do sets+=(--set "$kv"); done
+  # liger-kernel 0.8.5 patches Qwen2.5-VL only under transformers <= 5.22 (carried in t522)
+  local pp=${PYTHONPATH:-} cap=${2:-${LEVER_TIMEOUT:-75}}
+  case "$v" in *liger*) pp="$T522$pp" ;; esac
+  if [ -z "${2:-}" ]; then case "$v" in *compile*) cap=${COMPILE_TIMEOUT:-150} ;; esac; fi
+  step "levers: $name ${v#*:} (cap $cap s)"
+  mkdir -p "$LEVER_DIR/$name"
+  PYTHONPATH="$pp" timeout "$cap" "$PY" bench/recipe_gpu.py \
+    --config configs/qwen25vl_geo.yaml $LEVER_ARGS "${sets[@]}" --out "$LEVER_DIR/$name" \
+    2>&1 | tee -a "$LOG"
+  "$PY" - "$LEVER_DIR" "$OUT/levers_gpu.json" <<'PYEOF' 2>&1 | tee -a "$LOG"
+import json, pathlib, sys
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+merged = {}
+for d in sorted(src.iterdir()):
+    f = d / "recipe_gpu.json"
+    merged[d.name] = (json.loads(f.read_text()) if f.exists()
+                      else {"error": "no result: failed or timed out (see gpu.log)"})
+dst.write_text(json.dumps(merged, indent=1))
+print("levers_gpu.json:", ", ".join(merged))
+PYEOF
+}
+
+if [ "$PHASE" = window ]; then
+  BUDGET=${WINDOW_BUDGET:-540}
+  left_cap() {  # CAP: CAP, or what is left of the budget when less; nothing under 30 s left
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 30 ]; then echo ""; elif [ "$left" -lt "$1" ]; then echo "$left"
+    else echo "$1"; fi
+  }
+  cap=$(left_cap "${TEST_TIMEOUT:-80}")
+  if [ -z "$cap" ]; then step "window 1. tests/test_gpu.py not run (budget $BUDGET s spent)"
+  else
+    step "window 1. tests/test_gpu.py (cap $cap s)"
+    timeout "$cap" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee -a "$LOG"
+  fi
+  RECIPE_STEPS="--steps 2 --rounds 2"
+  if [ -n "$DRY" ]; then RECIPE_STEPS="--tiny --steps 1 --rounds 1"; fi
+  cap=$(left_cap "${RECIPE_TIMEOUT:-240}")
+  if [ -z "$cap" ]; then step "window 2. recipe_gpu.py not run (budget $BUDGET s spent)"
+  else
+    step "window 2. recipe_gpu.py (cap $cap s)"
+    timeout "$cap" "$PY" bench/recipe_gpu.py --config configs/qwen25vl_geo.yaml $RECIPE_STEPS \
+      --out "$OUT" 2>&1 | tee -a "$LOG"
+  fi
+  for name in ${WINDOW_LEVERS:-liger compile selective pack16k_selective all}; do
+    want=${LEVER_TIMEOUT:-75}
+    case "$name" in *compile*|all) want=${COMPILE_TIMEOUT:-150} ;; esac
+    cap=$(left_cap "$want")
+    if [ -z "$cap" ]; then step "window 3. levers: $name not run (budget $BUDGET s spent)"
+    else run_lever "$name" "$cap"; fi
+  done
+  cap=$(left_cap "${TRL_TIMEOUT:-160}")
+  if [ -z "$cap" ]; then step "window 4. trl_gpu.py not run (budget $BUDGET s spent)"; else
+    step "window 4. trl_gpu.py (cap $cap s)"
+    PYTHONPATH="$T522${PYTHONPATH:-}" timeout "$cap" "$PY" bench/trl_gpu.py $DRY --out "$OUT" \
+      2>&1 | tee -a "$LOG"
+  fi
+  step "gpu.sh window done in $SECONDS s; files under $OUT"
+  exit 0
+fi
+
 if [ "$PHASE" = 1 ]; then
   step "tests/test_gpu.py"
   timeout "${TEST_TIMEOUT:-80}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 \
@@ -156,65 +260,22 @@ if [ "$PHASE" = 4 ]; then
 fi
 
 if [ "$PHASE" = 3 ]; then
-  # the levers (issue 25 item 2), each alone against the recipe as shipped, then together, and
-  # the 16k fit: one recipe_gpu.py run per variant (the recipe set-up only, 2 rounds x 2 steps,
-  # no profiled step), each capped (LEVER_TIMEOUT; compile variants COMPILE_TIMEOUT), in this
-  # order until PHASE3_BUDGET seconds are spent; $OUT/levers_gpu.json is rewritten after each
-  VARIANTS=(
-    "shipped:"
-    "no_precompute:model.precompute_segments=false"
-    "no_vision_no_grad:model.vision_no_grad=false"
-    "none:model.precompute_segments=false model.vision_no_grad=false"
-    "selective:model.gradient_checkpointing=selective"
-    "pack16k_full:data.pack_tokens=16384 data.max_length=16384"
-    "pack16k_selective:data.pack_tokens=16384 data.max_length=16384 model.gradient_checkpointing=selective"
-    "liger:train.liger=true"
-    "compile:train.compile=regional"
-    "all:train.compile=regional train.liger=true"
-    "selective_liger:model.gradient_checkpointing=selective train.liger=true"
-  )
-  T522=""
-  [ -d /tmp/site_t522 ] && T522=/tmp/site_t522:
-  LEVER_ARGS="--setups recipe --steps 2 --rounds 2 --no-kernels"
-  if [ -n "$DRY" ]; then LEVER_ARGS="--setups recipe --tiny --steps 1 --rounds 1 --no-kernels"; fi
-  LEVER_DIR=$(mktemp -d)
+  # each lever alone against the recipe as shipped, then together, and the 16k fit (the
+  # recipe set-up only, 2 rounds x 2 steps, no profiled step), each capped (LEVER_TIMEOUT;
+  # compile variants COMPILE_TIMEOUT), in VARIANTS' order until PHASE3_BUDGET seconds are spent
   for v in "${VARIANTS[@]}"; do
     name=${v%%:*}
     if [ "$SECONDS" -gt "${PHASE3_BUDGET:-480}" ]; then
       step "levers: $name not run (PHASE3_BUDGET ${PHASE3_BUDGET:-480} s spent)"
       continue
     fi
-    sets=()
-    for kv in ${v#*:}; do sets+=(--set "$kv"); done
-    # liger-kernel 0.8.5 patches Qwen2.5-VL only under transformers <= 5.22 (carried in t522)
-    pp=${PYTHONPATH:-}
-    cap=${LEVER_TIMEOUT:-75}
-    case "$v" in *liger*) pp="$T522$pp" ;; esac
-    case "$v" in *compile*) cap=${COMPILE_TIMEOUT:-150} ;; esac
-    step "levers: $name ${v#*:}"
-    mkdir -p "$LEVER_DIR/$name"
-    PYTHONPATH="$pp" timeout "$cap" "$PY" bench/recipe_gpu.py \
-      --config configs/qwen25vl_geo.yaml $LEVER_ARGS "${sets[@]}" --out "$LEVER_DIR/$name" \
-      2>&1 | tee -a "$LOG"
-    "$PY" - "$LEVER_DIR" "$OUT/levers_gpu.json" <<'PYEOF' 2>&1 | tee -a "$LOG"
-import json, pathlib, sys
-src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-merged = {}
-for d in sorted(src.iterdir()):
-    f = d / "recipe_gpu.json"
-    merged[d.name] = (json.loads(f.read_text()) if f.exists()
-                      else {"error": "no result: failed or timed out (see gpu.log)"})
-dst.write_text(json.dumps(merged, indent=1))
-print("levers_gpu.json:", ", ".join(merged))
-PYEOF
+    run_lever "$name"
   done
   step "gpu.sh phase 3 done; files under $OUT"
   exit 0
 fi
 
 step "a. trl_gpu.py (transformers 5.22.2 if carried)"
-T522=""
-[ -d /tmp/site_t522 ] && T522=/tmp/site_t522:
 PYTHONPATH="$T522${PYTHONPATH:-}" timeout "${TRL_TIMEOUT:-160}" "$PY" bench/trl_gpu.py $DRY \
   --out "$OUT" 2>&1 | tee -a "$LOG"
 step "b. objectives_gpu.py with the Liger DFT head"

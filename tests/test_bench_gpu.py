@@ -206,3 +206,44 @@ def test_gpu_sh_lever_variants_are_configs_vldft_accepts():
             load_config(ROOT / "configs/qwen25vl_geo.yaml", overrides)
         except ConfigError as e:
             raise AssertionError(f"gpu.sh lever variant {name}: {e}") from None
+
+
+def _window_levers(text: str) -> list[str]:
+    import re
+
+    return re.search(r'WINDOW_LEVERS:-([a-z0-9_ ]+)\}', text).group(1).split()
+
+
+def test_gpu_sh_window_levers_are_variants():
+    """PHASE=window's default levers are names of VARIANTS (an unknown name would be skipped
+    on the GPU with 'no variant named ...', its device time lost), each one overrides the
+    shipped recipe, and the window's order puts the correctness tests and the recipe first."""
+    import re
+
+    text = (ROOT / "bench" / "gpu.sh").read_text()
+    block = text[text.index("VARIANTS=("):]
+    names = re.findall(r'^\s+"([a-z0-9_]+):', block[:block.index("\n)")], re.M)
+    levers = _window_levers(text)
+    assert levers and set(levers) <= set(names) and "shipped" not in levers, (levers, names)
+    window = text[text.index('if [ "$PHASE" = window ]'):]
+    order = [window.index(s) for s in ("tests/test_gpu.py", "bench/recipe_gpu.py",
+                                       "run_lever", "bench/trl_gpu.py")]
+    assert order == sorted(order)
+
+
+def test_gpu_sh_window_skips_what_the_budget_does_not_cover(tmp_path):
+    """PHASE=window starts no step once its budget is spent: with WINDOW_BUDGET=0 every step
+    says it was not run, nothing runs (no JSON), and the call still ends cleanly."""
+    env = {**os.environ, "PHASE": "window", "DRY_RUN": "1", "WINDOW_BUDGET": "0",
+           "OUT": str(tmp_path), "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    log = (tmp_path / "gpu.log").read_text()
+    text = (ROOT / "bench" / "gpu.sh").read_text()
+    expected = ["window 1. tests/test_gpu.py not run", "window 2. recipe_gpu.py not run",
+                *[f"window 3. levers: {n} not run" for n in _window_levers(text)],
+                "window 4. trl_gpu.py not run"]
+    for line in expected:
+        assert line in log, (line, log)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.log"]
