@@ -526,3 +526,39 @@ def test_regional_compile_is_exact(backend):
     assert counters["stats"]["unique_graphs"] > 0  # the compiled regions ran
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=0)
     _assert_same(results[1][1], results[0][1])
+
+
+def test_liger_report_counts_patched_modules_and_names_swapped_functions_never_called(
+        tmp_path, monkeypatch):
+    """``train.liger``'s log line: the modules running a Liger forward, by class, and the
+    functions Liger swapped into the model's modeling module that the module never calls
+    (liger-kernel 0.8.5's mRoPE for transformers 5's Qwen2.5-VL: patched, never run). A fake
+    modeling module and a fake Liger module stand in (liger-kernel needs CUDA to patch)."""
+    import importlib
+
+    from vldft.levers import liger_report
+
+    (tmp_path / "liger_fake.py").write_text(
+        "def norm_forward(self, x):\n    return x\n\n"
+        "def rope(q):\n    return q\n\n"
+        "def old_rope(q):\n    return q\n")
+    (tmp_path / "fake_modeling.py").write_text(
+        "from torch import nn\n\n"
+        "def rope(q):\n    return q\n\n"
+        "def old_rope(q):  # defined, never called\n    return q\n\n"
+        "class Norm(nn.Module):\n    def forward(self, x):\n        return x\n\n"
+        "class Model(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.a, self.b, self.c = Norm(), Norm(), nn.Linear(2, 2)\n\n"
+        "    def forward(self, q):\n        return rope(self.a(q))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    liger, modeling = (importlib.import_module(m) for m in ("liger_fake", "fake_modeling"))
+    model = modeling.Model()
+    assert liger_report(model) == "Liger-Kernel forwards in 0 modules ()"
+    for m in (model.a, model.b):
+        m.forward = types.MethodType(liger.norm_forward, m)
+    monkeypatch.setattr(modeling, "rope", liger.rope)
+    assert liger_report(model) == "Liger-Kernel forwards in 2 modules (Norm 2)"
+    monkeypatch.setattr(modeling, "old_rope", liger.old_rope)
+    assert liger_report(model) == ("Liger-Kernel forwards in 2 modules (Norm 2); swapped but "
+                                   "never called by this transformers' Model: old_rope")

@@ -20,7 +20,10 @@ precomputed attention segments of each micro-batch.
 - ``model.precompute_segments``: see ``vldft.attention.Segments`` (the collator computes them;
   :func:`inputs_on` carries them to the model).
 - ``train.liger``: Liger-Kernel's fused RMSNorm / SwiGLU / (m)RoPE Triton kernels patched into
-  the model (never its losses: vldft's chunked objective stays). CUDA only.
+  the model (never its losses: vldft's chunked objective stays). CUDA only. The log says what
+  runs (:func:`liger_report`): liger-kernel 0.8.5 swaps Qwen2.5-VL's
+  ``apply_multimodal_rotary_pos_emb``, which transformers 5's Qwen2.5-VL no longer calls (its
+  rotary embedding mixes the mRoPE sections), so there it is RMSNorm and SwiGLU only.
 - ``train.compile: regional``: ``torch.compile`` on every decoder layer and vision block
   (transformers' ``GradientCheckpointingLayer`` s); the chunked objective stays eager.
 """
@@ -49,7 +52,7 @@ def apply_levers(adapter, cfg, log=print) -> None:
     model_cfg, train_cfg = cfg.model, cfg.train
     if train_cfg.liger:
         apply_liger(adapter.model)
-        log("[vldft] train.liger: Liger-Kernel RMSNorm / SwiGLU / RoPE kernels in the model")
+        log(f"[vldft] train.liger: {liger_report(adapter.model)}")
     enable_checkpointing(adapter.model, model_cfg.gradient_checkpointing,
                          model_cfg.checkpoint_keep)
     wrapped = vision_no_grad(adapter, resolve_vision_no_grad(model_cfg))
@@ -184,6 +187,37 @@ def apply_liger(model: nn.Module) -> None:
                           f"with transformers {transformers.__version__} ({e}); use a "
                           "transformers version that liger-kernel supports (0.8.5: <= 5.22), "
                           "or set train.liger=false") from None
+
+
+def liger_report(model: nn.Module) -> str:
+    """What Liger-Kernel patched into ``model`` and what of it runs: the modules whose forward
+    is Liger's (it patches instances in place), by class, and the functions of the model's
+    modeling module it swapped for its own that nothing in that module calls (a kernel for an
+    older transformers' code path: patched, never run)."""
+    import collections
+    import inspect
+    import re
+    import sys
+
+    def liger(obj) -> bool:
+        return "liger" in (getattr(obj, "__module__", "") or "")
+
+    kinds = collections.Counter(type(m).__name__ for m in model.modules()
+                                if liger(getattr(m, "forward", None)))
+    mod = sys.modules.get(type(model).__module__)
+    try:
+        src = inspect.getsource(mod) if mod else ""
+    except (OSError, TypeError):
+        src = ""
+    unused = sorted(name for name, f in vars(mod or types.ModuleType("none")).items()
+                    if callable(f) and not isinstance(f, type) and liger(f)
+                    and not re.search(rf"(?<!def ){re.escape(name)}\(", src))
+    said = (f"Liger-Kernel forwards in {sum(kinds.values())} modules ("
+            + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")
+    if unused:
+        said += (f"; swapped but never called by this transformers' "
+                 f"{type(model).__name__}: {', '.join(unused)}")
+    return said
 
 
 def compile_regional(model: nn.Module, backend: str = "inductor") -> int:
