@@ -291,3 +291,19 @@ def test_two_ranks_build_it_once_and_a_new_process_reuses_it(tmp_path, adapter):
     assert "cached" in log and "lengths estimated" not in log
     assert [s.id for s in data.samples] == r0["ids"] and data.lengths == r0["lengths"]
     assert_same(data, build_training_set(cfg, adapter))
+
+
+def test_every_row_skipped_gives_the_empty_set_built_and_cached(tmp_path, adapter):
+    """A source whose rows are all skipped: the cached set is empty, with the skips, as the
+    in-memory build gives it (it failed reading a lengths file no row needed); training then
+    stops with its 'no training samples' message and the skip table."""
+    (tmp_path / "bad.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": []}\n')
+    cfg = demo_config("data.train_files=[]", "data.on_error=skip", "data.heldout_file=null",
+                      f"data.sources=[{{path: {tmp_path / 'bad.jsonl'}, name: bad}}]")
+    want = build_training_set(cfg, adapter)
+    assert not want.samples and want.skips.total == 2
+    for expect in ("training set: built in", "training set: cached (key"):
+        got, log = start(cfg, adapter)
+        assert expect in log, log
+        assert_same(got, want)

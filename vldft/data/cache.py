@@ -294,7 +294,10 @@ def load(plan: Plan, cfg) -> TrainingSet:
     meta = read_meta(where)
     store = RowStore(where / "rows.arrow")
     index = mixture(cfg, meta)
-    lengths = np.load(where / f"lengths-{plan.lengths_key}.npy", mmap_mode="r")[index]
+    if len(index):
+        lengths = np.load(where / f"lengths-{plan.lengths_key}.npy", mmap_mode="r")[index]
+    else:  # every row skipped: no length was needed, none written (the caller says so)
+        lengths = np.zeros(0, np.int32)
     if (lengths < 0).any():
         raise RuntimeError(f"{where}: length estimates missing; delete the folder and rerun")
     has_image = store.column("has_image")[index].tolist()
