@@ -31,7 +31,7 @@ from vldft.scoring import extract_answer
 BUNDLED = DEMO_DATA.parent
 DOC_ARGS = ["--n-train", "800", "--n-heldout", "160", "--n-study", "200", "--seed", "0",
             "--size", "112"]
-DOC_COMMAND = "python -m vldft.data.synth --out data/geo_demo " + " ".join(DOC_ARGS)
+DOC_COMMAND = "python -m vldft.data.synth --out data/geo_demo --overwrite " + " ".join(DOC_ARGS)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -261,3 +261,24 @@ def test_bundled_set_matches_documented_command(tmp_path: Path) -> None:
     train_px = {_pixels(BUNDLED / r["images"][0]) for r in _rows(BUNDLED / "train.jsonl")}
     assert not any(_pixels(BUNDLED / r["images"][0]) in train_px
                    for split in ("heldout", "study") for r in _rows(BUNDLED / f"{split}.jsonl"))
+
+
+def test_the_cli_needs_an_out_and_never_replaces_a_set_unasked(tmp_path: Path, capsys) -> None:
+    """No default --out (it was the bundled data/geo_demo, which a bare run replaced); a folder
+    holding a set is refused without --overwrite, and replaced with it, a stale study split of
+    the old set included."""
+    with pytest.raises(SystemExit):
+        main(["--n-train", "2", "--n-heldout", "1"])
+    assert "--out" in capsys.readouterr().err
+    small = ["--n-train", "2", "--n-heldout", "1", "--kinds", "colour"]
+    main(["--out", str(tmp_path), *small, "--n-study", "1"])
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), *small, "--seed", "5"])
+    err = capsys.readouterr().err
+    assert "already holds a set (train.jsonl, heldout.jsonl, study.jsonl)" in err, err
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    main(["--out", str(tmp_path), *small, "--seed", "5", "--overwrite"])
+    assert not (tmp_path / "study.jsonl").exists()
+    assert not list((tmp_path / "images").glob("study_*.png"))
+    assert len(_rows(tmp_path / "train.jsonl")) == 2

@@ -417,9 +417,13 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: write OUT/train.jsonl, OUT/heldout.jsonl and OUT/images/ (see module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m vldft.data.synth",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("data/geo_demo"), help="output directory")
-    parser.add_argument("--n-train", type=int, default=800)
-    parser.add_argument("--n-heldout", type=int, default=160)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output directory (the bundled set is data/geo_demo: data/README.md)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a set already in --out (its JSONL files and images)")
+    parser.add_argument("--n-train", type=int, default=800, help="training samples (default 800)")
+    parser.add_argument("--n-heldout", type=int, default=160,
+                        help="held-out samples (default 160)")
     parser.add_argument("--n-study", type=int, default=0,
                         help="also write study.jsonl: the demo's kinds plus out-of-distribution "
                              f"ones ({', '.join(OOD_KINDS)}), seed 2*seed+2")
@@ -435,6 +439,14 @@ def main(argv: list[str] | None = None) -> None:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     if not kinds or any(k not in KINDS for k in kinds):
         parser.error(f"--kinds {args.kinds!r}: choose from {', '.join(KINDS)}")
+    held = [f for f in ("train.jsonl", "heldout.jsonl", "study.jsonl") if (args.out / f).exists()]
+    if held and not args.overwrite:
+        parser.error(f"--out {args.out} already holds a set ({', '.join(held)}): pass "
+                     "--overwrite to replace it, or another --out")
+    if not args.n_study and (args.out / "study.jsonl").exists():  # no stale split of another set
+        (args.out / "study.jsonl").unlink()
+        for old in (args.out / "images").glob("study_*.png"):
+            old.unlink()
     for offset, (split, n) in enumerate((("train", args.n_train), ("heldout", args.n_heldout))):
         path = write_split(args.out, split, n, 2 * args.seed + offset, args.size, kinds)
         print(f"wrote {n} {split} samples to {path}")
