@@ -119,3 +119,35 @@ def test_per_source_pixel_bounds_change_the_image_tokens(tmp_path):
         assert len(enc.input_ids) == est
         counts[s.source] = int((enc.input_ids == adapter.image_token_id).sum())
     assert counts == {"big": 16, "small": 4}
+
+
+def test_the_log_warns_of_a_source_without_samples_and_notes_a_repeated_one(tmp_path):
+    """The mixture table shows 'used 0' and 'used' above 'read'; the log says both in words:
+    a source whose every row was skipped (unweighted sources: a weighted one without samples
+    is an error), and a 1-row source repeated by its weight."""
+    from vldft.data.mix import build_training_set
+    from vldft.loader import describe_data
+
+    lines = DEMO_DATA.read_text().splitlines()
+    (tmp_path / "images").symlink_to(DEMO_DATA.parent / "images")
+    (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    (tmp_path / "one.jsonl").write_text(lines[0] + "\n")
+    (tmp_path / "many.jsonl").write_text("\n".join(lines[:9]) + "\n")
+
+    def described(*sources: str):
+        cfg = demo_config("data.train_files=[]", "data.on_error=skip", "data.heldout_file=null",
+                          "data.sources=[" + ", ".join(sources) + "]")
+        data = build_training_set(cfg, load_adapter(cfg.model))
+        text = describe_data(data, 0, tmp_path / "data_summary.json")
+        return {r["source"]: (r["read"], r["used"]) for r in data.table}, text
+
+    used, text = described(f"{{path: {tmp_path / 'bad.jsonl'}, name: bad}}",
+                           f"{{path: {tmp_path / 'many.jsonl'}, name: many}}")
+    assert used == {"bad": (0, 0), "many": (9, 9)}, used
+    assert "[vldft] warning: source 'bad' gives no samples (0 read without error" in text
+    assert "'many'" not in text and "repeated" not in text
+    used, text = described(f"{{path: {tmp_path / 'one.jsonl'}, name: one, weight: 1}}",
+                           f"{{path: {tmp_path / 'many.jsonl'}, name: many, weight: 1}}")
+    assert used == {"one": (1, 5), "many": (9, 5)}, used  # 10 samples, half each
+    assert "[vldft] note: source 'one' is repeated: 1 rows give 5 samples (5.0x" in text
+    assert "'many'" not in text and "warning" not in text

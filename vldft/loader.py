@@ -187,6 +187,15 @@ def describe_data(data, seed: int, summary_file: Path) -> str:
                  f"of {len(dec['benchmarks'])} benchmarks ({dec['test_rows']} test rows in "
                  f"{dec['benchmark_dir']}) and were dropped: {per}; every one with its test id "
                  f"and reason: {summary_file}")
+    for row in data.table:  # what the table shows, said where a glance could miss it
+        src, read, used = row["source"], row["read"], row["used"]
+        if not used:
+            text += (f"\n[vldft] warning: source {src!r} gives no samples ({read} read "
+                     "without error: its other rows were skipped or decontaminated, see below, "
+                     "or it is empty)")
+        elif used > read:
+            text += (f"\n[vldft] note: source {src!r} is repeated: {read} rows give {used} "
+                     f"samples ({used / read:.1f}x, by its weight)")
     if data.skips.total:
         text += (f"\n[vldft] skipped while reading:\n{data.skips.summary()}\n  (every skipped "
                  f"row with file, line, id, image and reason: {summary_file})")
