@@ -383,3 +383,16 @@ def test_split_placeholders_matches_a_regex_split():
         for i, chunk in enumerate(re.split(r"<image>", text)):
             ref += [{"type": "image"}] * (i > 0) + [{"type": "text", "text": chunk}] * bool(chunk)
         assert split_placeholders(text) == ref, text
+
+
+def test_a_source_level_error_names_its_file_once(tmp_path):
+    """An empty file's error: location and detail apart, so the skip report's
+    'where: detail' line names the file once (it read '/x/empty.jsonl: /x/empty.jsonl: no rows')."""
+    from vldft.data.formats import detect_format
+
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError) as e:
+        detect_format(path)
+    assert (str(e.value), e.value.where, e.value.detail) == (f"{path}: no rows", str(path),
+                                                             "no rows")

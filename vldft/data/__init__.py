@@ -571,5 +571,5 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[S
             raise row
         samples.append(sample_from_row(row, f"{path}:{lineno}", root, f"{path.name}:{lineno}"))
     if not samples:
-        raise DataError(f"{path}: no samples", "bad_row", str(path))
+        fail(str(path), "bad_row", "no samples")
     return samples

@@ -148,7 +148,7 @@ def detect_format(path: Path) -> str:
     if suffix in (".json", ".jsonl"):
         head = list(itertools.islice(iter_json(path), DETECT_ROWS))
         if not head:
-            raise DataError(f"{path}: no rows", "bad_source", str(path))
+            fail(str(path), "bad_source", "no rows")
         if isinstance(head[0][2], DataError):
             raise head[0][2]
         return detect_row_format(head[0][2], suffix, head[0][0], [r for _, _, r in head[1:]])
@@ -259,7 +259,7 @@ def _reader(fmt: str, path: Path, src: SourceConfig, hub: bool
     cols, tmpl = src.columns, src.prompt_template
     if fmt == "geometry3k":
         if not path.is_dir():
-            raise DataError(f"{path}: geometry3k format needs a folder", "bad_source", str(path))
+            fail(str(path), "bad_source", "geometry3k format needs a folder")
         return iter_geometry3k(path, src.split), lambda raw, loc: geometry3k_row(
             raw, cols, tmpl, loc)
     if fmt == "text_math" and "images" in cols:
@@ -272,7 +272,8 @@ def _reader(fmt: str, path: Path, src: SourceConfig, hub: bool
     except DataError:
         raise
     except (OSError, ValueError) as e:  # corrupt parquet / arrow (pyarrow errors subclass these)
-        raise DataError(f"{path}: cannot read as a table: {e}", "bad_source", str(path)) from None
+        raise DataError(f"{path}: cannot read as a table: {e}", "bad_source", str(path),
+                        detail=f"cannot read as a table: {e}") from None
     resolved = resolve_columns(names, cols, fmt, src.path if hub else str(path))
     return rows, lambda raw, loc: qa_row(raw, resolved, cols, fmt, tmpl, loc)
 
