@@ -364,3 +364,14 @@ def test_local_checkpoint_path_resolves_or_is_refused(tmp_path):
         load_config(DEMO_CONFIG, ["model.name_or_path=runs/nowhere/ckpt"])
     cfg = load_config(DEMO_CONFIG, ["model.name_or_path=Qwen/Qwen2.5-VL-3B-Instruct"])
     assert cfg.model.name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+@pytest.mark.parametrize("key", ["base_dir", "config_file"])
+def test_a_config_file_cannot_set_where_it_lies(tmp_path, key):
+    """``base_dir`` / ``config_file`` are vldft's records of the file's location: in a YAML
+    (a user's ``base_dir: /etc`` re-rooted every data path) they are refused, naming file and
+    key."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(TINY_CONFIG.read_text() + f"{key}: /etc\n")
+    with pytest.raises(ConfigError, match=rf"{cfg}: {key}: not a config key"):
+        load_config(cfg)

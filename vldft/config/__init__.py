@@ -297,6 +297,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
         raw, base, bundled = read_config_file(Path(path))
         if sweep_ok:
             raw.pop("sweep", None)
+        for key in ("base_dir", "config_file"):  # vldft's records of where the file lies
+            if key in raw:
+                raise ConfigError(f"{path}: {key}: not a config key (vldft sets it from the "
+                                  "file's location: relative paths are taken from its folder)")
     for item in overrides or []:
         apply_override(raw, item)
     if bundled:  # the run's own folders (output, downloads) never go into site-packages
