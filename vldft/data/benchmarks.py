@@ -317,6 +317,66 @@ def _from_upstream(bench: Benchmark, path: Path, base: Path) -> datasets.Dataset
 
 
 # -- making a local copy ----------------------------------------------------------------------
+ORIGIN = ".vldft-origin.json"  # in DIR/<name>/: where the download there came from
+
+
+def origin_record(hub: str, subset: str | None, split: str, hub_files=(), local=None,
+                  keep: tuple[str, str] | None = None) -> dict:
+    """The record of a download: hub repository, subset (config name), split, ``hub_files``,
+    the rows kept (``keep``: column, value) and the local folder that stood in for the hub."""
+    return {"hub": hub, "subset": subset or None, "split": split, "hub_files": list(hub_files),
+            "keep": list(keep) if keep else None, "local": str(local) if local else None}
+
+
+def read_origin(folder: str | Path) -> dict | None:
+    """The record in ``folder`` (``ORIGIN``); None without one (a copy made by hand or by an
+    older vldft). An unreadable record reads as ``{"unreadable": why}``, which matches nothing."""
+    path = Path(folder) / ORIGIN
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {"unreadable": str(e)}
+    return rec if isinstance(rec, dict) and "hub" in rec else {"unreadable": "no 'hub' key"}
+
+
+def write_origin(folder: str | Path, rec: dict) -> None:
+    """Write ``rec`` as ``folder``'s record, whole (tmp + rename); call it once the copy is."""
+    path = Path(folder) / ORIGIN
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(rec, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def origin_differences(have: dict, want: dict) -> list[str]:
+    """The keys in which a recorded copy differs from the one asked for; empty: the same.
+    Rows saved as parquet are told apart by hub, subset, split and the rows kept; files fetched
+    as they are by hub alone (more files of the same repository join the copy). The stand-in
+    folder is not compared: it stands in for the same repository."""
+    if "unreadable" in have:
+        return ["record"]
+    diff = ["hub"] if have.get("hub") != want["hub"] else []
+    if bool(have.get("hub_files")) != bool(want["hub_files"]):
+        return [*diff, "hub_files"]
+    if not want["hub_files"]:
+        diff += [k for k in ("subset", "split", "keep") if have.get(k) != want.get(k)]
+    return diff
+
+
+def describe_origin(rec: dict) -> str:
+    """``rec`` in words: "org/x, subset s, split train" or "org/x files a.json, b.zip"."""
+    if "unreadable" in rec:
+        return f"an unreadable {ORIGIN} ({rec['unreadable']})"
+    text = str(rec.get("hub"))
+    if rec.get("hub_files"):
+        return f"{text} files {', '.join(rec['hub_files'])}"
+    text += f", subset {rec['subset']}" if rec.get("subset") else ""
+    text += f", split {rec.get('split')}"
+    keep = rec.get("keep")
+    return text + (f", rows with {keep[0]} == {keep[1]!r}" if keep else "")
+
+
 def embed_images(ds: datasets.Dataset) -> datasets.Dataset:
     """Image bytes stored in the table (``to_parquet`` alone keeps paths to the files)."""
     from datasets.table import embed_table_storage
@@ -327,8 +387,10 @@ def embed_images(ds: datasets.Dataset) -> datasets.Dataset:
 def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | None = None,
              force: bool = False, log: Callable[[str], None] = print) -> list[Path]:
     """Save each benchmark's test split from the hub (or ``sources[name]``: another dataset id or
-    a local datasets repository) as ``data_dir/<name>/<split>.parquet`` with images embedded.
-    An existing file is kept unless ``force``; files are written whole (tmp + rename)."""
+    a local datasets repository) as ``data_dir/<name>/<split>.parquet`` with images embedded,
+    and record where it came from (``ORIGIN``). An existing file is kept unless ``force``, if
+    its record matches (none: kept, with a note); a copy of something else is refused. Files
+    are written whole (tmp + rename), the record last."""
     import datasets
 
     written = []
@@ -337,12 +399,27 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
             raise LocalDataError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
         bench = BENCHMARKS[name]
         out = Path(data_dir) / name / f"{bench.split}.parquet"
-        if out.exists() and not force:
-            log(f"[vldft] {name}: {out} exists, kept (--force to download again)")
-            written.append(out)
-            continue
         source = (sources or {}).get(name, bench.hub)
         split = bench.hub_split or bench.split
+        want = origin_record(bench.hub, bench.config, split, keep=bench.hub_keep,
+                             local=source if source != bench.hub else None)
+        have = read_origin(out.parent)
+        if have is not None and origin_differences(have, want):
+            if not force:
+                raise LocalDataError(
+                    f"{out.parent} holds {describe_origin(have)} (recorded in {ORIGIN}), but "
+                    f"benchmark {name} is {describe_origin(want)}; not kept, not replaced: pass "
+                    "--force to replace it, or download into another --data-dir")
+            log(f"[vldft] {name}: replacing {describe_origin(have)} in {out.parent}")
+            (out.parent / ORIGIN).unlink()
+            have = None
+        if out.exists() and not force:
+            note = "" if have else (f"; its origin is unknown (no {ORIGIN}: an older vldft or "
+                                    "made by hand), --force downloads it again and records it")
+            log(f"[vldft] {name}: {out} exists, kept"
+                + (note or " (--force to download again)"))
+            written.append(out)
+            continue
         log(f"[vldft] {name}: loading {source} (config {bench.config}, split {split}) ...")
         ds = datasets.load_dataset(source, bench.config, split=split)
         if bench.hub_keep:
@@ -354,6 +431,7 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
         tmp = out.with_suffix(".parquet.tmp")
         embed_images(ds).to_parquet(str(tmp))
         os.replace(tmp, out)
+        write_origin(out.parent, want)
         log(f"[vldft] {name}: {len(ds)} rows -> {out}")
         written.append(out)
     return written

@@ -33,9 +33,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from vldft.config import Config, SourceConfig
+from vldft.config import Config, ConfigError, SourceConfig
 from vldft.data import DataError
-from vldft.data.benchmarks import BY_TASK
+from vldft.data.benchmarks import (
+    BY_TASK,
+    ORIGIN,
+    describe_origin,
+    origin_differences,
+    origin_record,
+    read_origin,
+    write_origin,
+)
 from vldft.data.benchmarks import download as download_benchmarks
 from vldft.data.decontam import benchmarks_for
 
@@ -111,18 +119,50 @@ def _fetch_file(repo: str, filename: str, dest: Path, local: Path | None) -> Pat
     return target
 
 
+def source_origin(src: SourceConfig, local: Path | None = None) -> dict:
+    """The record of ``src``'s download (``ORIGIN``): hub, subset, split, hub_files, stand-in."""
+    assert src.hub is not None
+    return origin_record(src.hub, src.subset, src.split, src.hub_files, local)
+
+
+def _check_origin(src: SourceConfig, dest: Path, want: dict, force: bool, log: Log,
+                  key: str) -> dict | None:
+    """``dest``'s record when it matches ``want`` (None: no record). A record of something
+    else stops the download, or with ``force`` is removed (the copy is being replaced)."""
+    have = read_origin(dest)
+    if have is None or not origin_differences(have, want):
+        return have
+    if not force:
+        raise ConfigError(
+            f"{dest} holds {describe_origin(have)} (recorded in {ORIGIN}), but source "
+            f"{src.name!r} asks for {describe_origin(want)}; not kept, not replaced: pass "
+            "--force to replace it, or download into another --data-dir or under another "
+            f"source name ({key}.name)")
+    log(f"[vldft] {src.name}: replacing {describe_origin(have)} in {dest}")
+    (dest / ORIGIN).unlink()
+    return None
+
+
 def download_source(src: SourceConfig, root: Path, local: Path | None = None,
-                    force: bool = False, log: Log = print) -> Path:
-    """Fetch one ``hub`` source into ``root/<name>/`` (see the module docstring); returns the
-    folder. ``local``: a folder standing in for the hub repository."""
+                    force: bool = False, log: Log = print,
+                    key: str = "data.sources[i]") -> Path:
+    """Fetch one ``hub`` source into ``root/<name>/`` (see the module docstring) and record
+    where it came from (``ORIGIN``, once the copy is complete); returns the folder. A copy
+    recorded as coming from elsewhere is refused (``force``: replaced). ``local``: a folder
+    standing in for the hub repository; ``key``: where the source sits (messages)."""
     assert src.hub is not None and src.name
     dest = root / src.name
+    want = source_origin(src, local)
+    have = _check_origin(src, dest, want, force, log, key)
     dest.mkdir(parents=True, exist_ok=True)
     what = f"{src.hub}" + (f" (subset {src.subset})" if src.subset else "")
+    unknown = (f"its origin is unknown (no {ORIGIN}: an older vldft or made by hand), "
+               "--force downloads it again and records it")
     if not src.hub_files:
         out = dest / f"{src.split}.parquet"
         if out.exists() and not force:
-            log(f"[vldft] {src.name}: {out} exists, kept (--force to download again)")
+            log(f"[vldft] {src.name}: {out} exists, kept"
+                + (" (--force to download again)" if have else f"; {unknown}"))
             return dest
         import datasets
 
@@ -134,13 +174,17 @@ def download_source(src: SourceConfig, root: Path, local: Path | None = None,
         tmp = out.with_name(out.name + ".part")
         embed_images(ds).to_parquet(str(tmp))
         os.replace(tmp, out)
+        write_origin(dest, want)
         log(f"[vldft] {src.name}: {len(ds)} rows -> {out}")
         return dest
+    kept_unknown = []
     for filename in src.hub_files:
         marker = dest / f".{Path(filename).name}.extracted"
         target = dest / filename
         if not force and (marker.exists() or (target.exists() and not _is_archive(filename))):
             log(f"[vldft] {src.name}: {filename} present, kept (--force to download again)")
+            if have is None:
+                kept_unknown.append(filename)
             continue
         log(f"[vldft] {src.name}: fetching {filename} from {local or what} ...")
         path = _fetch_file(src.hub, filename, dest, local)
@@ -149,6 +193,11 @@ def download_source(src: SourceConfig, root: Path, local: Path | None = None,
             marker.write_text(f"{filename} extracted from {local or src.hub}\n")
             path.unlink()
     shutil.rmtree(dest / ".hub", ignore_errors=True)
+    if kept_unknown:  # part of the folder is of unknown origin: no record vouches for it
+        log(f"[vldft] {src.name}: {', '.join(kept_unknown)} kept; {unknown}")
+    else:  # more files of the same repository join those recorded
+        files = (have or {}).get("hub_files", [])
+        write_origin(dest, {**want, "hub_files": list(dict.fromkeys([*files, *src.hub_files]))})
     return dest
 
 
@@ -165,12 +214,13 @@ def download(cfg: Config, sources: dict[str, str] | None = None, force: bool = F
                          f"this config; those are {sorted(known)}")
     root = cfg.data_root()
     done: dict[str, list[Path]] = {"sources": [], "benchmarks": []}
-    hub_sources = [s for s in cfg.data.sources if s.hub is not None]
+    hub_sources = [(i, s) for i, s in enumerate(cfg.data.sources) if s.hub is not None]
     if not hub_sources:
         log("[vldft] no source of this config has a `hub` key: nothing to fetch for training")
-    for src in hub_sources:
+    for i, src in hub_sources:
         local = Path(sources[src.name]) if src.name in sources else None
-        done["sources"].append(download_source(src, root, local, force, log))
+        done["sources"].append(download_source(src, root, local, force, log,
+                                               f"data.sources[{i}]"))
     names = needed_benchmarks(cfg)
     if names:
         bench_root = cfg.benchmark_root()
@@ -186,13 +236,41 @@ def download(cfg: Config, sources: dict[str, str] | None = None, force: bool = F
 
 
 
+def origin_conflict(cfg: Config) -> str | None:
+    """None when no ``hub`` source's local copy is recorded (``ORIGIN``) as coming from other
+    than the source asks (hub, subset, split, hub_files: ``origin_differences``), else one line
+    naming the first such key, the folder, what it holds and the ways out. A copy without a
+    record (an older vldft's, or made by hand) is not checked."""
+    root = cfg.data_root()
+    for i, src in enumerate(cfg.data.sources):
+        if src.hub is None:
+            continue
+        folder = root / str(src.name)
+        have = read_origin(folder)
+        want = source_origin(src)
+        diff = origin_differences(have, want) if have is not None else []
+        if not diff:
+            continue
+        field = diff[0] if diff[0] in ("hub", "subset", "split", "hub_files") else None
+        key = f"data.sources[{i}]" + (f".{field}={getattr(src, field)!r}" if field else "")
+        return (f"{key}: {folder} holds {describe_origin(have)} (recorded in {ORIGIN}), "
+                f"not {describe_origin(want)}; training would read the wrong rows. Replace it "
+                f"with `vldft-data download {cfg.config_file or 'CONFIG'} --data-dir {root} "
+                "--force` (with this run's overrides), or give this source another name "
+                f"(data.sources[{i}].name) and download it")
+    return None
+
+
 def require_data(cfg: Config) -> None:
-    """Before any model loads: every ``hub`` source has its local copy, and the benchmark
-    copies ``data.decontaminate`` reads are present; else one ``ConfigError`` line naming what
-    is missing, where it was looked for and the command that fetches it."""
-    from vldft.config import ConfigError
+    """Before any model loads: every ``hub`` source has its local copy, of what the source asks
+    for (``origin_conflict``), and the benchmark copies ``data.decontaminate`` reads are
+    present; else one ``ConfigError`` line naming what is missing or different, where it was
+    looked for and the command that fetches it."""
     from vldft.data.benchmarks import BENCHMARKS, LocalDataError, find_local
 
+    conflict = origin_conflict(cfg)
+    if conflict:
+        raise ConfigError(conflict)
     missing = cfg.missing_sources()
     if missing:
         raise ConfigError(missing)

@@ -1,0 +1,235 @@
+"""A downloaded copy records where it came from, and a copy of something else is never kept.
+
+``vldft-data download`` keys a source's local copy by its ``name`` (``DIR/<name>/``); a rerun
+with another ``subset`` (the one-line overrides of docs/data.md and configs/recipes/) used to
+print "exists, kept" and train on the old rows. Local folders stand in for the hub repositories
+(no network): a datasets repository with two subsets, an upstream-files repository, and a
+benchmark's hub layout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+from bench_docs import hub_dataset
+
+from vldft.config import ConfigError, load_config
+from vldft.data.benchmarks import BENCHMARKS, ORIGIN, LocalDataError
+from vldft.data.benchmarks import download as download_benchmarks
+from vldft.data.download import download, require_data
+from vldft.datatool import main
+
+SUBSETS = ("algebra", "geometry")
+
+
+@pytest.fixture(autouse=True)
+def no_hub(monkeypatch):
+    """A stray hub request fails instead of hanging."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def subsets_repo(folder: Path) -> Path:
+    """A datasets repository with two subsets (configs) whose rows differ: ``load_dataset(folder,
+    subset)`` reads it as it reads the hub."""
+    card = ["---", "configs:"]
+    for subset in SUBSETS:
+        rows = [{"question": f"{subset} question {i}?", "answer": f"{subset} {i}"}
+                for i in range(3)]
+        rel = f"{subset}/train-00000-of-00001.parquet"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_list(rows).to_parquet(str(folder / rel))
+        card += [f"- config_name: {subset}", "  data_files:", "  - split: train",
+                 f"    path: {rel}"]
+    (folder / "README.md").write_text("\n".join([*card, "---", ""]))
+    return folder
+
+
+@pytest.fixture
+def setup(tmp_path) -> tuple[Path, Path, Path]:
+    """(config file, stand-in repository, data dir)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "model: {family: qwen2_5_vl, tiny: true}\n"
+        "data:\n  sources:\n"
+        "    - {name: mathqa, hub: org/mathqa, subset: algebra, format: text_math}\n"
+        f"train: {{output_dir: {tmp_path / 'run'}}}\n")
+    return cfg, subsets_repo(tmp_path / "repo"), tmp_path / "data"
+
+
+def cli(setup, *extra: str) -> int:
+    cfg, repo, data = setup
+    return main(["download", str(cfg), *extra, "--data-dir", str(data),
+                 "--source", f"mathqa={repo}"])
+
+
+def answers(data: Path) -> set[str]:
+    return {a.split()[0] for a in pq.read_table(data / "mathqa" / "train.parquet")["answer"]
+            .to_pylist()}
+
+
+def origin(data: Path) -> dict:
+    return json.loads((data / "mathqa" / ORIGIN).read_text())
+
+
+def test_another_subset_over_a_copy_is_refused(setup, capsys):
+    """The new user's case: the same source name, another subset: an error, the copy untouched."""
+    data = setup[2]
+    assert cli(setup) == 0 and answers(data) == {"algebra"}
+    rec = origin(data)
+    assert (rec["hub"], rec["subset"], rec["split"], rec["local"]) == (
+        "org/mathqa", "algebra", "train", str(setup[1]))
+    capsys.readouterr()
+    stamp = (data / "mathqa" / "train.parquet").stat().st_mtime_ns
+    assert cli(setup, "data.sources[0].subset=geometry") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "exists, kept" not in err
+    assert str(data / "mathqa") in err and "subset algebra" in err and "subset geometry" in err
+    assert "--force" in err and "--data-dir" in err and "name" in err
+    assert (data / "mathqa" / "train.parquet").stat().st_mtime_ns == stamp
+    assert answers(data) == {"algebra"}
+
+
+def test_the_same_source_again_is_kept(setup, capsys):
+    data = setup[2]
+    assert cli(setup) == 0
+    stamp = (data / "mathqa" / "train.parquet").stat().st_mtime_ns
+    capsys.readouterr()
+    assert cli(setup) == 0
+    out = capsys.readouterr().out
+    assert "exists, kept" in out and "unknown" not in out
+    assert (data / "mathqa" / "train.parquet").stat().st_mtime_ns == stamp
+
+
+def test_a_copy_without_a_record_is_kept_with_a_note(setup, capsys):
+    """Copies made before records existed (or by hand) keep working."""
+    data = setup[2]
+    assert cli(setup) == 0
+    (data / "mathqa" / ORIGIN).unlink()
+    capsys.readouterr()
+    assert cli(setup, "data.sources[0].subset=geometry") == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "unknown" in line]
+    assert len(notes) == 1 and "kept" in notes[0] and "--force" in notes[0]
+    assert answers(data) == {"algebra"} and not (data / "mathqa" / ORIGIN).exists()
+    cfg = load_config(setup[0], [f"data.data_dir={data}", "data.sources[0].subset=geometry"])
+    require_data(cfg)  # no record: training reads it as before
+
+
+def test_force_replaces_the_copy_and_its_record(setup):
+    data = setup[2]
+    assert cli(setup) == 0
+    assert cli(setup, "data.sources[0].subset=geometry", "--force") == 0
+    assert answers(data) == {"geometry"} and origin(data)["subset"] == "geometry"
+    assert cli(setup, "data.sources[0].subset=geometry") == 0  # now the same: kept
+
+
+def test_the_record_is_written_only_after_the_copy(setup, monkeypatch):
+    import vldft.data.benchmarks as benchmarks
+
+    def broken(ds):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(benchmarks, "embed_images", broken)
+    cfg = load_config(setup[0], [f"data.data_dir={setup[2]}"])
+    with pytest.raises(OSError):
+        download(cfg, {"mathqa": str(setup[1])}, log=lambda s: None)
+    folder = setup[2] / "mathqa"
+    assert not (folder / ORIGIN).exists() and not (folder / "train.parquet").exists()
+
+
+def test_training_refuses_a_copy_of_another_subset(setup):
+    """The check before any model loads: one line naming the key, the folder and the way out."""
+    cfg_file, repo, data = setup
+    assert cli(setup) == 0
+    require_data(load_config(cfg_file, [f"data.data_dir={data}"]))
+    for override, key in [("data.sources[0].subset=geometry", "data.sources[0].subset"),
+                          ("data.sources[0].split=test", "data.sources[0].split"),
+                          ("data.sources[0].hub=org/other", "data.sources[0].hub")]:
+        cfg = load_config(cfg_file, [f"data.data_dir={data}", override])
+        with pytest.raises(ConfigError) as err:
+            require_data(cfg)
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(key), msg
+        assert str(data / "mathqa") in msg and "subset algebra" in msg
+        assert "--force" in msg and "vldft-data download" in msg and "name" in msg
+
+
+def upstream_repo(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "qa.json").write_text(json.dumps([{"query": "1 + 1?", "response": "2"}]))
+    (folder / "extra.json").write_text(json.dumps([{"query": "2 + 2?", "response": "4"}]))
+    return folder
+
+
+def test_hub_files_another_repository_is_refused_more_files_are_added(tmp_path):
+    repo = upstream_repo(tmp_path / "repo")
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(
+        "model: {family: qwen2_5_vl, tiny: true}\n"
+        "data:\n  sources:\n"
+        "    - {name: mm, hub: org/mm, hub_files: [qa.json], path: qa.json, format: text_math}\n")
+
+    def run(*overrides: str, force: bool = False):
+        cfg = load_config(cfg_file, [f"data.data_dir={tmp_path / 'data'}", *overrides])
+        return download(cfg, {"mm": str(repo)}, force=force, log=lambda s: None)
+
+    run()
+    rec = json.loads((tmp_path / "data" / "mm" / ORIGIN).read_text())
+    assert rec["hub"] == "org/mm" and rec["hub_files"] == ["qa.json"]
+    # more files of the same repository: fetched next to the others, the record lists them all
+    run("data.sources[0].hub_files=[qa.json, extra.json]")
+    rec = json.loads((tmp_path / "data" / "mm" / ORIGIN).read_text())
+    assert sorted(rec["hub_files"]) == ["extra.json", "qa.json"]
+    with pytest.raises(ConfigError, match="org/mm.*org/elsewhere.*--force"):
+        run("data.sources[0].hub=org/elsewhere")
+    with pytest.raises(ConfigError, match=r"^data\.sources\[0\]\.hub"):
+        require_data(load_config(cfg_file, [f"data.data_dir={tmp_path / 'data'}",
+                                            "data.sources[0].hub=org/elsewhere"]))
+    run("data.sources[0].hub=org/elsewhere", force=True)
+    rec = json.loads((tmp_path / "data" / "mm" / ORIGIN).read_text())
+    assert rec["hub"] == "org/elsewhere" and rec["hub_files"] == ["qa.json"]
+    # an unreadable record vouches for nothing: refused, --force replaces it
+    (tmp_path / "data" / "mm" / ORIGIN).write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable.*--force"):
+        run("data.sources[0].hub=org/elsewhere")
+    run("data.sources[0].hub=org/elsewhere", force=True)
+    assert json.loads((tmp_path / "data" / "mm" / ORIGIN).read_text())["hub"] == "org/elsewhere"
+    # files of an older download (no record) are kept with a note, and no record is made up
+    (tmp_path / "data" / "mm" / ORIGIN).unlink()
+    log: list[str] = []
+    cfg = load_config(cfg_file, [f"data.data_dir={tmp_path / 'data'}"])
+    download(cfg, {"mm": str(repo)}, log=log.append)
+    assert sum("unknown" in line for line in log) == 1
+    assert not (tmp_path / "data" / "mm" / ORIGIN).exists()
+
+
+def test_benchmark_copies_are_recorded_and_checked(tmp_path, capsys):
+    name = "mathverse"
+    bench = BENCHMARKS[name]
+    split = bench.hub_split or bench.split
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    hub_dataset(name, tmp_path / "img").to_parquet(str(repo / "data" / f"{split}-0.parquet"))
+    (repo / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {bench.config or 'default'}\n  data_files:\n"
+        f"  - split: {split}\n    path: data/{split}-*\n---\n")
+    root, log = tmp_path / "data", []
+    sources = {name: str(repo)}
+    [out] = download_benchmarks([name], root, sources, log=log.append)
+    record = root / name / ORIGIN
+    rec = json.loads(record.read_text())
+    assert (rec["hub"], rec["subset"], rec["split"]) == (bench.hub, bench.config, split)
+    download_benchmarks([name], root, sources, log=log.append)
+    assert "kept" in log[-1] and "unknown" not in log[-1]
+    # a copy of something else (another vldft's definition of the benchmark): refused
+    record.write_text(json.dumps({**rec, "split": "train"}))
+    with pytest.raises(LocalDataError, match="split train.*--force"):
+        download_benchmarks([name], root, sources, log=log.append)
+    download_benchmarks([name], root, sources, force=True, log=log.append)
+    assert json.loads(record.read_text())["split"] == split
+    record.unlink()  # an older copy: kept, with a note
+    download_benchmarks([name], root, sources, log=log.append)
+    assert "kept" in log[-1] and "unknown" in log[-1]
