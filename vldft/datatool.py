@@ -36,6 +36,7 @@ import html
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from vldft.config import Config, ConfigError, DataConfig, SourceConfig, load_con
 from vldft.data import DataError, ImageBytes, Sample, open_image
 from vldft.data.formats import FORMATS, read_source
 from vldft.data.skips import SkipReport
+from vldft.data.tables import choice_counts
 from vldft.data.validate import ValidationReport, check_images, check_sources
 from vldft.data.video import Video, video_problem
 from vldft.progress import prog_name
@@ -126,7 +128,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                        allow_outside_root=args.allow_outside_root)
     on_error = args.on_error or "skip"  # not given: find every bad row, then fail if any
     report = SkipReport()
-    samples = read_source(src, Path.cwd(), on_error=on_error, report=report)
+    with choice_counts() as notes:
+        samples = read_source(src, Path.cwd(), on_error=on_error, report=report)
     samples = [s for s in samples if decodes(s, src.label, on_error, report)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +141,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     videos = f"{n_vid} videos, " if n_vid else ""
     print(f"wrote {len(samples)} samples ({n_img} images, {videos}"
           f"{sum(not s.images and not s.videos for s in samples)} text-only) to {out}")
+    print(choices_summary(notes, samples), end="")
     skipped = out.with_name(f"{out.stem}.skipped.json")
     if not report.total:
         skipped.unlink(missing_ok=True)  # an earlier run's list would no longer be true
@@ -151,6 +155,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
               "--on-error skip to accept dropping them (exit 0)", file=sys.stderr)
         return 1
     return 0 if samples else 1
+
+
+def choices_summary(notes: dict[str, list[str]], samples: list[Sample] | None = None) -> str:
+    """Lines counting the rows (of ``samples``, when given) whose choices were appended after
+    the question or were already in it (``vldft.data.tables.choice_counts``), one example each."""
+    kept = None if samples is None else {f"{s.origin} (id {s.id})" for s in samples}
+    out = ""
+    for kind, what in (("appended", "choices appended after the question"),
+                       ("in_question", "choices already listed in the question (not repeated)")):
+        rows = [w for w in notes.get(kind, ()) if kept is None or w in kept]
+        if rows:
+            out += f"{what}: {len(rows)} rows, e.g. {rows[0]}\n"
+    return out
 
 
 def decodes(sample: Sample, label: str, on_error: str, report: SkipReport) -> bool:
@@ -283,8 +300,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cfg, adapter = _config(args), None
     else:
         cfg, adapter = _load(args)
-    report = validate(cfg, adapter, args.max_samples)
+    with choice_counts() as notes:
+        report = validate(cfg, adapter, args.max_samples)
     print(report.summary())
+    print(choices_summary(notes), end="")
     path = Path(args.report) if args.report else (
         None if file_mode else cfg.resolve(cfg.train.output_dir) / "validation.json")
     if path is not None:
@@ -392,8 +411,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     d, coll = cfg.data, Collator.from_config(adapter, cfg)
     report = SkipReport()
     lengths, pages = [], []
+    notes: dict[str, list[str]] = {}
     for src in cfg.all_sources():
-        samples = read_source(src, Path(cfg.base_dir), d.on_error, report)
+        with choice_counts() as found:
+            samples = read_source(src, Path(cfg.base_dir), d.on_error, report)
+        for kind, rows in found.items():
+            notes.setdefault(kind, []).extend(rows)
         for i, s in enumerate(samples[: max(args.n, args.max_samples)]):
             enc = coll.encode(s)
             if isinstance(enc, Skipped):
@@ -412,6 +435,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(histogram(lengths))
     if report.total:
         print(report.summary())
+    print(choices_summary(notes), end="")
     if args.html:
         Path(args.html).write_text(HTML_HEAD + "\n".join(pages), encoding="utf-8")
         print(f"wrote {args.html}")
@@ -419,6 +443,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # -- entry point -------------------------------------------------------------------------------
+def unescape(text: str) -> str:
+    """``\\n``, ``\\t`` and ``\\\\`` typed in a shell -> newline, tab, backslash (other
+    backslashes, e.g. LaTeX ``\\frac``, stay)."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog_name("vldft.datatool", "vldft-data"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -432,7 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--columns", help="field=column list, e.g. q=problem,a=answer "
                    "(fields: question/q, answer/a, solution/s, images/img, messages/m, "
                    "choices/c, id)")
-    c.add_argument("--prompt-template", help="user prompt, e.g. '{question}\\nAnswer with A-D.'")
+    c.add_argument("--prompt-template", type=unescape,
+                   help="user prompt, e.g. '{question}\\nAnswer with A-D.' (\\n, \\t and \\\\ "
+                   "are a newline, a tab and a backslash); {choices}: the options; without it, "
+                   "a row's choices go after the question")
     c.add_argument("--system", help="system prompt added to every sample")
     c.add_argument("--split", default="train", help="split of an HF dataset (default train)")
     c.add_argument("--on-error", default=None, choices=("skip", "raise"),
@@ -480,8 +513,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; a subcommand's options and ``key=value`` overrides in any order
+    (``parse_intermixed_args``, which argparse refuses on the parser holding subcommands)."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and argv[0] in commands:
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)  # --help, or no / an unknown command: argparse's message
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from vldft.progress import quiet_if_logging
 
     quiet_if_logging()  # a log file: no \r-redrawn progress bars

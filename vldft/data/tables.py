@@ -9,6 +9,7 @@ Fields and the columns tried for each (``SourceConfig.columns`` maps a field to 
     messages  messages                              a whole conversation (``hf`` only; used when
                                                     no question column is mapped)
     choices   choices, options                      ``{choices}`` in templates: "A. x B. y ..."
+                                                    (see "Choices" below)
     id        id, pid                               row id (default: "<file>:<row>")
 
 Assistant text and ``Sample.answer``: with a solution and an answer column, the solution is the
@@ -16,6 +17,16 @@ assistant text and the answer column the reference. With only an answer column (
 Geometry3K, GSM8K), that text is the assistant text; the reference is what follows ``####``
 (GSM8K) or else the whole raw string. With only a solution (NuminaMath, MetaMathQA) the
 reference is what follows ``####``, ``The answer is:`` or the last ``\\boxed{}``.
+
+Choices (``render_prompt``) are never dropped. A list ``[x, y]`` reads "A. x B. y"; an option
+that already starts with its own letter ("A:", "A.", "(A)", "A)") keeps it. A template without
+``{choices}`` (or no template) gets a row's choices right after the question, as
+"QUESTION\\nChoices: A. x B. y", before the rest of the template. Options the question already
+lists with their letters (MathVerse's "Choice:\\nA. ...\\nB. ...") are not repeated: nothing is
+appended and ``{choices}`` is empty. An empty ``{choices}`` takes its template line with it
+when no other placeholder is on it (e.g. "\\nChoices: {choices}"), and the prompt's trailing
+whitespace goes. ``choice_counts()`` collects the rows appended to / already listing them
+(``vldft-data`` prints the counts).
 
 Images: if the prompt has ``<image>`` placeholders their count must match; if it has none, the
 row's images go before the prompt text. HF image columns are read undecoded (bytes), so reading
@@ -37,9 +48,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import string
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +122,101 @@ def resolve_columns(available: list[str], columns: dict[str, str], fmt: str,
     return out
 
 
+def _own_label(i: int, option: str) -> re.Match | None:
+    """The label an option starts with when it is its own letter: "A:", "A.", "(A)", "A)" (not
+    "A.5" or "Apple")."""
+    letter = chr(65 + i)
+    return re.match(rf"\s*(?:\({letter}\)|{letter}\s*[:)]|{letter}\.(?![0-9A-Za-z]))\s*", option)
+
+
 def _choices(value: Any) -> str:
+    """``{choices}``: "A. x B. y ..."; an option already starting with its letter keeps it."""
     if isinstance(value, (list, tuple)):
-        return " ".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(value))
-    return "" if value is None else str(value)
+        return " ".join(str(c).strip() if _own_label(i, str(c)) else f"{chr(65 + i)}. "
+                        f"{str(c).strip()}" for i, c in enumerate(value))
+    return "" if value is None else str(value).strip()
+
+
+def _has_choices(value: Any) -> bool:
+    return bool(value) if isinstance(value, (list, tuple)) else bool(
+        value is not None and str(value).strip())
+
+
+def _listed(question: str, value: Any) -> bool:
+    """Whether the question already lists every option with its letter ("A. x", "(A) x",
+    "A: x"; whitespace-insensitive), as MathVerse's "Choice:\\nA. ...\\nB. ..." questions do."""
+    text = " ".join(question.split())
+    if not isinstance(value, (list, tuple)):
+        return " ".join(str(value).split()) in text
+    for i, option in enumerate(map(str, value)):
+        label = _own_label(i, option)
+        core = " ".join((option[label.end():] if label else option).split())
+        letter = chr(65 + i)
+        end = r"(?![0-9A-Za-z])" if core[-1:].isalnum() else ""
+        if not re.search(rf"(?<![0-9A-Za-z])(?:\({letter}\)|{letter}\s*[.:)])\s*"
+                         rf"{re.escape(core)}{end}", text):
+            return False
+    return True
+
+
+def _drop_choices(template: str) -> str:
+    """``template`` for a row without choices: a line whose only placeholder is ``{choices}``
+    (e.g. "Choices: {choices}") goes; on a line with ``{question}`` it becomes ""."""
+    lines = []
+    for line in template.split("\n"):
+        names = [n for _, n, _, _ in string.Formatter().parse(line) if n is not None]
+        if "choices" in names:
+            if set(names) == {"choices"}:
+                continue
+            line = re.sub(r"\{choices[^{}]*\}", "", line).rstrip()
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def render_prompt(template: str | None, question: str, value: Any, where: str) -> str:
+    """The user prompt of a row (``template`` None: the question) with its choices ``value``.
+
+    Choices are never dropped: without ``{choices}`` in the template they go right after the
+    question as "\\nChoices: A. x B. y"; options the question already lists (``_listed``) are
+    not repeated, and ``{choices}`` is then empty. An empty ``{choices}`` takes its line (or
+    trailing separator) with it. Rows appended to / already listing are noted for
+    ``choice_counts``."""
+    template = template or "{question}"
+    uses = any(n == "choices" for _, n, _, _ in string.Formatter().parse(template))
+    choices = ""
+    if _has_choices(value):
+        if _listed(question, value):
+            _note("in_question", where)
+        else:
+            choices = _choices(value)
+    if choices and not uses:
+        _note("appended", where)
+        head = question.rstrip()
+        question = f"{head}\nChoices: {choices}" if head else f"Choices: {choices}"
+    if uses and not choices:
+        return _drop_choices(template).format(question=question, choices="").rstrip()
+    return template.format(question=question, choices=choices)
+
+
+_NOTES: ContextVar[dict[str, list[str]] | None] = ContextVar("vldft_choices", default=None)
+
+
+@contextmanager
+def choice_counts() -> Iterator[dict[str, list[str]]]:
+    """While open, collect the locations of rows whose choices were appended after the question
+    (``"appended"``) or were already listed in it (``"in_question"``)."""
+    notes: dict[str, list[str]] = defaultdict(list)
+    token = _NOTES.set(notes)
+    try:
+        yield notes
+    finally:
+        _NOTES.reset(token)
+
+
+def _note(kind: str, where: str) -> None:
+    notes = _NOTES.get()
+    if notes is not None:
+        notes[kind].append(where)
 
 
 def qa_row(raw: Any, cols: dict[str, str] | None, columns: dict[str, str], fmt: str,
@@ -134,12 +239,14 @@ def qa_row(raw: Any, cols: dict[str, str] | None, columns: dict[str, str], fmt: 
         fail(where, "bad_row", f"column {cols['question']!r} (question) is not text: "
              f"{question!r}")
     question = question or ""  # an image-only question is fine (checked by sample_from_row)
-    if template:
-        if "{choices}" in template and "choices" not in cols:
-            fail(where, "missing_column", "prompt_template uses {choices} but there is no "
-                 "choices column; map one with columns: {choices: NAME}")
-        question = template.format(question=question, choices=_choices(raw.get(cols.get(
-            "choices", ""))))
+    if template and "{choices}" in template and "choices" not in cols:
+        fail(where, "missing_column", "prompt_template uses {choices} but there is no "
+             "choices column; map one with columns: {choices: NAME}")
+    choices = raw.get(cols["choices"]) if "choices" in cols else None
+    if choices is not None and not isinstance(choices, (list, tuple, str)):
+        fail(where, "bad_row", f"column {cols['choices']!r} (choices) is not a list of "
+             f"options or text: {choices!r}")
+    question = render_prompt(template, question, choices, where)
     answer = raw.get(cols["answer"]) if "answer" in cols else None
     solution = raw.get(cols["solution"]) if "solution" in cols else None
     for key, value in (("answer", answer), ("solution", solution)):
@@ -238,8 +345,8 @@ def geometry3k_row(raw: Any, columns: dict[str, str], template: str | None,
     if not isinstance(letter, str) or letter.strip().upper() not in letters:
         fail(where, "bad_answer", f"answer {letter!r} is not one of {letters}")
     letter = letter.strip().upper()
-    prompt = (template or "{question}\nChoices: {choices}").format(
-        question=question.strip(), choices=_choices(choices))
+    prompt = render_prompt(template or "{question}\nChoices: {choices}", question.strip(),
+                           choices, where)
     return {"messages": [{"role": "user", "content": [{"type": "image"},
                                                       {"type": "text", "text": prompt}]},
                          {"role": "assistant", "content": [{"type": "text",
