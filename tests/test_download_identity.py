@@ -233,3 +233,15 @@ def test_benchmark_copies_are_recorded_and_checked(tmp_path, capsys):
     record.unlink()  # an older copy: kept, with a note
     download_benchmarks([name], root, sources, log=log.append)
     assert "kept" in log[-1] and "unknown" in log[-1]
+
+
+def test_validate_and_inspect_refuse_a_copy_of_another_subset(setup, capsys):
+    """`vldft-data validate` / `inspect` read the copy as training does: the same refusal."""
+    cfg_file, repo, data = setup
+    assert cli(setup) == 0
+    for command in ("validate", "inspect"):
+        capsys.readouterr()
+        code = main([command, str(cfg_file), f"data.data_dir={data}",
+                     "data.sources[0].subset=geometry"])
+        err = capsys.readouterr().err
+        assert code != 0 and "data.sources[0].subset='geometry'" in err, (command, code, err)

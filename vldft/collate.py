@@ -435,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
+        from vldft.data.download import origin_conflict
+
+        conflict = origin_conflict(cfg)  # a downloaded copy of other rows than asked for
+        if conflict:
+            raise ConfigError(conflict)
         sources = [s for s in cfg.all_sources() if args.source in (None, s.label)]
         if not sources:
             raise ConfigError(f"--source {args.source}: no such source; sources: "

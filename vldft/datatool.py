@@ -211,8 +211,14 @@ def outside_root_hint(report: SkipReport) -> str:
 
 # -- validate ----------------------------------------------------------------------------------
 def _config(args: argparse.Namespace) -> Config:
-    """The config, with its downloaded sources present (else one line naming them)."""
+    """The config, with its downloaded sources present and of what it asks for (else one line
+    naming them: ``origin_conflict``)."""
+    from vldft.data.download import origin_conflict
+
     cfg = load_config(args.config, args.overrides)
+    conflict = origin_conflict(cfg)
+    if conflict:
+        raise ConfigError(conflict)
     missing = cfg.missing_sources()
     if missing:
         raise ConfigError(missing)
