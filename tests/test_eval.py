@@ -130,6 +130,42 @@ def test_every_suite_task_scores_the_checkpoint_offline(demo_ckpt, tmp_path, mon
     assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_rerunning_a_finished_evaluation_is_already_done(demo_ckpt, tmp_path, capsys):
+    """The same command again reports the results.json it wrote and exits 0 (as training's
+    "nothing to do"), without running lmms-eval; other settings, or a retrained checkpoint,
+    are another evaluation: still refused without --overwrite."""
+    from vldft.eval.__main__ import main
+
+    out = tmp_path / "eval"
+    argv = ["--model", str(demo_ckpt), "--tasks", "vldft_geo_heldout", "--limit", "2",
+            "--batch-size", "2", "--max-new-tokens", "4", "--out", str(out)]
+    main(argv)
+    results = out / "results.json"
+    written, stamp = results.read_text(), results.stat().st_mtime_ns
+    capsys.readouterr()
+    main(argv)  # returns: status 0
+    said = capsys.readouterr().out
+    assert "already done" in said and "--overwrite" in said and str(results) in said, said
+    assert "| vldft_geo_heldout | accuracy |" in said, said
+    assert results.read_text() == written and results.stat().st_mtime_ns == stamp
+    again = evaluate(str(demo_ckpt), ["vldft_geo_heldout"], out, limit=2, batch_size=2,
+                     max_new_tokens=4)
+    assert again["done"] and again["rows"] == json.loads(written)["metrics"]
+    for other in (["--limit", "1"], ["--max-new-tokens", "8"], ["--batch-size", "1"]):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, *other])
+        assert "another evaluation" in str(e.value.code), (other, e.value.code)
+    import shutil
+
+    ckpt = Path(shutil.copytree(demo_ckpt, tmp_path / "ckpt"))
+    evaluate(str(ckpt), ["vldft_geo_heldout"], out / "copy", limit=1, batch_size=1)
+    assert evaluate(str(ckpt), ["vldft_geo_heldout"], out / "copy", limit=1, batch_size=1)["done"]
+    config = json.loads((ckpt / "config.json").read_text())  # retrained, in effect
+    (ckpt / "config.json").write_text(json.dumps({**config, "vldft_note": "retrained"}))
+    with pytest.raises(EvalSetupError, match="another evaluation"):
+        evaluate(str(ckpt), ["vldft_geo_heldout"], out / "copy", limit=1, batch_size=1)
+
+
 def test_stock_qwen2_5_vl_class_loads_vldft_checkpoint(demo_ckpt, tmp_path):
     """lmms-eval's own qwen2_5_vl class (not ours) loads the vldft checkpoint unchanged and
     generates through the real evaluator."""

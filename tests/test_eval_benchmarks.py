@@ -76,6 +76,36 @@ def test_math_packages_import_and_parse():
     assert str(latex2sympy2.latex2sympy("\\frac{1}{2}")) == "1/2"
 
 
+def test_a_missing_eval_extra_says_make_eval_env_and_missing_pins_say_pins_txt(tmp_path,
+                                                                                monkeypatch):
+    """After `make demo` (no eval extra), the pins alone cannot help: the line names `make
+    eval-env` and the pip route. With lmms-eval present but math_verify broken: pins.txt."""
+    import sys
+
+    from vldft.eval.__main__ import main
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    argv = ["--model", str(ckpt), "--tasks", "vldft_geo_heldout", "--out", str(tmp_path / "o")]
+    pins = f"pip install --no-deps -r {TASK_DIR / 'pins.txt'}"
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "lmms_eval", None)  # not installed
+        m.setitem(sys.modules, "math_verify", None)
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+    said = str(e.value.code)
+    assert "lmms-eval is not installed" in said and "make eval-env" in said, said
+    assert 'pip install -e ".[eval]"' in said and pins in said and "\n" not in said, said
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "math_verify", None)  # lmms-eval is, the pins are not
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+    said = str(e.value.code)
+    assert "math_verify / latex2sympy2 do not import" in said and pins in said, said
+    assert "eval-env" not in said and ".[eval]" not in said, said
+
+
 def test_suites_cover_every_benchmark(manager):
     assert set(SUITES["geo"]) == {b.task for b in BENCHMARKS.values()}
     assert set(SUITES["paper"]) <= set(SUITES["geo"])

@@ -13,6 +13,8 @@ evaluation lives in the lmms-eval bridge (``python -m vldft.eval``).
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import torch
 
@@ -219,23 +221,56 @@ def control_samples(samples: list[Sample], control: str, seed: int = 0) -> list[
 
 
 def accuracy_line(label: str, result: dict) -> str:
-    """One console line: overall answer accuracy and per kind, from :func:`combine`'s result."""
+    """One console line: overall answer accuracy and per kind, from :func:`combine`'s result
+    (``n/a`` when no sample has an ``answer``)."""
+    if result["accuracy"] is None:
+        return f"[vldft] {label}: accuracy n/a (no sample has an 'answer' field)"
     kinds = ", ".join(f"{k} {v:.0%}" for k, v in result["accuracy_by_kind"].items())
     return f"[vldft] {label}: accuracy {result['accuracy']:.1%} ({kinds})"
+
+
+PROG = "python -m vldft.heldout"
+
+
+def checkpoint_family(path: str | Path) -> str:
+    """The vldft family of the checkpoint folder ``path``; a plain-English ``ValueError`` when
+    it is not one (a run directory: names its ``final/`` or latest ``checkpoint-N/``)."""
+    from vldft.adapters import family_of_checkpoint
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"checkpoint {path}: no such directory")
+    if not (folder / "config.json").is_file():
+        saved = sorted((d for d in folder.glob("checkpoint-*") if d.name[11:].isdigit()),
+                       key=lambda d: int(d.name[11:]))
+        inside = [d for d in (folder / "final", *reversed(saved)) if (d / "config.json").is_file()]
+        hint = f" (a run directory? did you mean {inside[0]}?)" if inside else ""
+        raise ValueError(f"checkpoint {path}: no config.json here, not a saved checkpoint{hint}")
+    return family_of_checkpoint(folder)
+
+
+def default_controls(samples: list[Sample]) -> list[str]:
+    """The controls a set gets when none are asked for: blank and shuffled images for a set
+    with images, the video controls for one with videos only, none for text only."""
+    if any(s.images for s in samples):
+        return list(CONTROLS)
+    return list(VIDEO_CONTROLS) if any(s.videos for s in samples) else []
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     """CLI: score a checkpoint on a held-out JSONL as is and under image / video controls.
     Returns ``{"images" | "videos": result, control: result, ...}`` (:func:`combine`'s results;
-    "videos" names the unchanged run of a set with videos and no images)."""
+    "videos" names the unchanged run of a set with videos and no images). Argument mistakes
+    exit with status 2; a bad held-out file raises ``DataError`` (:func:`cli` says it in a
+    line)."""
     import argparse
 
-    from vldft.adapters import FAMILIES, family_of_checkpoint, load_adapter
-    from vldft.config import ModelConfig, saved_video_settings
+    from vldft.adapters import FAMILIES, load_adapter
+    from vldft.config import ConfigError, ModelConfig, saved_video_settings
     from vldft.data import load_jsonl
 
     p = argparse.ArgumentParser(
-        prog="python -m vldft.heldout",
+        prog=PROG,
         description="Held-out answer accuracy of a checkpoint with the real images / videos and "
                     "under controls. Images: blank (white) or shuffled (another sample's) images; "
                     "a model that reads the picture falls to chance on picture-only questions. "
@@ -248,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     p.add_argument("--controls", default=None,
                    help=f"comma-separated controls to run, of {', '.join(ALL_CONTROLS)}, or "
                         "'none' (default: blank,shuffled for a set with images, "
-                        "frozen_frame,shuffled_frames for one with videos only)")
+                        "frozen_frame,shuffled_frames for one with videos only, none for text "
+                        "only)")
     p.add_argument("--config", default=None,
                    help="training YAML whose data.video settings decode the clips (default: "
                         "config.yaml of the checkpoint's run directory, when there)")
@@ -258,28 +294,41 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the shuffled control (shuffled_frames: seeded by sample id)")
     args = p.parse_args(argv)
+
+    def error(message: str):  # one line, status 2 (argparse's code for a usage error)
+        p.exit(2, f"{PROG}: error: {message}\n")
+
     try:
         video = saved_video_settings(args.checkpoint, args.config)
     except (OSError, ValueError) as e:  # a missing file / bad data.video (ConfigError)
-        p.error(f"--config: {e}")
+        error(f"--config: {e}")
     samples = load_jsonl(args.heldout)
     samples = samples[:args.max_samples] if args.max_samples else samples
     media = "images" if any(s.images for s in samples) or not any(s.videos for s in samples) \
-        else "videos"  # what the unchanged run is called (and the default controls)
-    wanted = args.controls or ("blank,shuffled" if media == "images"
-                               else "frozen_frame,shuffled_frames")
-    controls = [c.strip() for c in wanted.split(",") if c.strip() not in ("", "none")]
+        else "videos"  # what the unchanged run is called
+    if args.controls is None:
+        controls = default_controls(samples)
+    else:
+        controls = [c.strip() for c in args.controls.split(",")
+                    if c.strip() not in ("", "none")]
     for c in controls:
         if c not in ALL_CONTROLS:
-            p.error(f"--controls: unknown control {c!r}; choose from {', '.join(ALL_CONTROLS)}")
+            error(f"--controls: unknown control {c!r}; choose from {', '.join(ALL_CONTROLS)}")
         has = any(s.images for s in samples) if c in CONTROLS else any(s.videos for s in samples)
         if not has:
-            p.error(f"--controls {c}: {args.heldout} has no "
-                    f"{'images' if c in CONTROLS else 'videos'} to change")
-    family = family_of_checkpoint(args.checkpoint)
+            error(f"--controls {c}: {args.heldout} has no "
+                  f"{'images' if c in CONTROLS else 'videos'} to change")
+    try:
+        family = checkpoint_family(args.checkpoint)
+    except ValueError as e:
+        error(str(e))
     check_image_keys(samples, FAMILIES[family])  # before the checkpoint loads
-    adapter = load_adapter(ModelConfig(family=family, name_or_path=args.checkpoint,
-                                       dtype="float32"))
+    try:
+        adapter = load_adapter(ModelConfig(family=family, name_or_path=args.checkpoint,
+                                           dtype="float32"))
+    except ConfigError as e:  # config.json but no weights, ...
+        error(f"checkpoint {str(e).removeprefix('model.name_or_path: ')}")
+    has_media = any(s.images if media == "images" else s.videos for s in samples)
     results = {}
     for name in [media, *controls]:
         part = control_samples(samples, name, args.seed) if name in CONTROLS else samples
@@ -287,11 +336,26 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                             video_control=name if name in VIDEO_CONTROLS else None)
         results[name] = combine([score_part(adapter, collator, part, args.batch_size,
                                             args.max_new_tokens, "sft")])
-        label = (f"held-out ({len(samples)} samples), real {media}" if name == media
-                 else f"control, {name}" + (" images" if name in CONTROLS else ""))
+        if name != media:
+            label = f"control, {name}" + (" images" if name in CONTROLS else "")
+        else:
+            label = f"held-out ({len(samples)} samples)" + (f", real {media}" if has_media
+                                                            else ", text only")
         print(accuracy_line(label, results[name]), flush=True)
     return results
 
 
+def cli(argv: list[str] | None = None) -> dict[str, dict]:
+    """``python -m vldft.heldout``: :func:`main`, with a bad held-out file (``DataError``: a
+    missing image, bad JSON, a row without an assistant turn, ...) said in one line, status 2."""
+    from vldft.data import DataError
+
+    try:
+        return main(argv)
+    except DataError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,4 +1,5 @@
-"""CLI of the lmms-eval bridge (needs the ``eval`` extra; ``make test`` / ``make demo`` install it).
+"""CLI of the lmms-eval bridge (needs the ``eval`` extra; ``make eval-env`` / ``make test`` install
+it, ``make demo`` does not).
 
     python -m vldft.eval --model runs/demo/final --tasks vldft_geo_heldout
     python -m vldft.eval --model CKPT --suite paper --data-dir /data/vl_bench     # offline
@@ -181,7 +182,11 @@ def main(argv: list[str] | None = None) -> None:
                            args.include_path, args.overwrite)
     except (EvalSetupError, LocalDataError) as e:
         sys.exit(f"[vldft] error: {e}")
-    if written:
+    if written.get("done"):
+        print(written["summary"].read_text(), end="")
+        print(f"[vldft] already done: {written['results']} holds this evaluation (same "
+              "checkpoint files, tasks and settings); --overwrite to run it again")
+    elif written:
         print(written["summary"].read_text(), end="")
         print(f"[vldft] wrote {written['results']}, {written['summary']} and "
               f"{len(written['samples'])} per-sample log(s) in {out}")

@@ -51,14 +51,17 @@ class EvalSetupError(RuntimeError):
     """The evaluation cannot start (data missing, hub unreachable, bad task); one line, named."""
 
 
+def requested_tasks(tasks: list[str], suites: list[str]) -> list[str]:
+    """Tasks named directly plus those of each (known) suite, in order, once each."""
+    return list(dict.fromkeys([*tasks, *(t for s in suites for t in SUITES.get(s, []))]))
+
+
 def resolve_tasks(tasks: list[str], suites: list[str], known: set[str]) -> list[str]:
     """Tasks named directly plus those of each suite, in order, checked against ``known``."""
-    names = list(tasks)
     for suite in suites:
         if suite not in SUITES:
             raise ValueError(f"unknown suite {suite!r}; suites: {sorted(SUITES)}")
-        names += SUITES[suite]
-    names = list(dict.fromkeys(names))
+    names = requested_tasks(tasks, suites)
     if not names:
         raise ValueError("no tasks: pass --tasks and/or --suite")
     unknown = [name for name in names if name not in known]
@@ -71,8 +74,25 @@ def resolve_tasks(tasks: list[str], suites: list[str], known: set[str]) -> list[
     return names
 
 
+def check_eval_extra() -> None:
+    """lmms-eval and the rest of the ``eval`` extra must be installed (``make demo`` installs
+    only the demo's packages); else an ``EvalSetupError`` naming ``make eval-env``."""
+    import importlib.util
+
+    missing = [name for module, name in (("lmms_eval", "lmms-eval"), ("Levenshtein", "Levenshtein"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise EvalSetupError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (the "
+            f"eval extra; `make demo` installs only the demo's packages): in the checkout run "
+            f'`make eval-env`, or pip install -e ".[eval]" and then pip install --no-deps -r '
+            f"{TASK_DIR / 'pins.txt'}")
+
+
 def prepare_environment() -> dict:
-    """Make the rule-scored tasks importable offline; returns what was set (for results.json)."""
+    """Make the rule-scored tasks importable offline; returns what was set (for results.json).
+    A missing eval extra, or math packages without eval/pins.txt, is an ``EvalSetupError``."""
+    check_eval_extra()
     notes = {}
     if not os.environ.get("OPENAI_API_KEY"):
         os.environ["OPENAI_API_KEY"] = PLACEHOLDER_KEY
@@ -85,7 +105,8 @@ def prepare_environment() -> dict:
     except Exception as e:  # noqa: BLE001 - any import failure means the pins are not installed
         raise EvalSetupError(
             f"math_verify / latex2sympy2 do not import ({type(e).__name__}: {e}); lmms-eval's "
-            f"math tasks need them: pip install --no-deps -r {TASK_DIR / 'pins.txt'}") from None
+            f"math tasks need these versions: pip install --no-deps -r "
+            f"{TASK_DIR / 'pins.txt'}") from None
     rest = [x for x in noise.getvalue().splitlines() if not x.startswith("ANTLR runtime and")]
     if rest:
         print("\n".join(rest))
@@ -390,6 +411,40 @@ def check_model(model: str) -> None:
                              f"checkpoint{hint}")
 
 
+# what run_identity's keys are, in a refusal's words
+IDENTITY_WORDS = {"run": "checkpoint files or model settings", "tasks": "tasks",
+                  "limit": "--limit", "data_dir": "--data-dir", "include_paths": "--include-path"}
+
+
+def run_identity(fingerprint: str, tasks: list[str], limit, data_dir, include_paths) -> dict:
+    """What makes two evaluations the same (results.json's ``vldft.identity``): the run
+    fingerprint (checkpoint files, model class and arguments, batch size), the tasks, the
+    limit, the data and task folders."""
+    return {"run": fingerprint, "tasks": list(tasks), "limit": limit,
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+            "include_paths": [str(Path(p).resolve()) for p in include_paths]}
+
+
+def finished_evaluation(out: Path, identity: dict | None) -> dict:
+    """``out``'s finished evaluation when its results.json records ``identity``, as
+    :func:`evaluate` returns it, plus ``"done": True``; else ``EvalSetupError`` (another
+    evaluation: it says which settings differ)."""
+    path = out / "results.json"
+    try:
+        saved = json.loads(path.read_text())
+        recorded, rows = saved["vldft"].get("identity"), saved["metrics"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        recorded = rows = None
+    if identity is None or recorded != identity:
+        differ = [IDENTITY_WORDS[k] for k in identity if recorded.get(k) != identity[k]] \
+            if isinstance(recorded, dict) and identity else []
+        why = f": its {', '.join(differ)} differ" if differ else ""
+        raise EvalSetupError(f"{path} exists (another evaluation{why}): pass another --out, or "
+                             "--overwrite to replace it")
+    return {"results": path, "summary": out / "summary.md",
+            "samples": sorted(out.glob("samples_*.jsonl")), "rows": rows, "done": True}
+
+
 def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (),
              limit: int | float | None = None, batch_size: int = 8,
              data_dir: str | Path | None = None, max_new_tokens: int | None = None,
@@ -398,11 +453,24 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
              overwrite: bool = False, label: str | None = None) -> dict:
     """Evaluate ``model`` (a path / hub id, or an ``lmms`` instance) on ``tasks`` (+ ``suites``)
     with lmms-eval; returns what was written: {"results", "summary", "samples", "rows"} (empty
-    on the non-zero ranks of a distributed run)."""
+    on the non-zero ranks of a distributed run). When ``out_dir`` already holds this evaluation
+    (same checkpoint files, settings and tasks: :func:`run_identity`), nothing runs and its
+    files are returned with ``"done": True``; another evaluation there needs ``overwrite``."""
     out = Path(out_dir)
+    identity = None  # an in-memory model has none: never "the same evaluation"
+    if isinstance(model, (str, Path)):
+        key = "model" if model_class.startswith("vllm") else "pretrained"
+        args = f"{key}={model}"
+        if model_class == "vldft" and max_new_tokens:
+            args += f",max_new_tokens={max_new_tokens}"
+        extra = stock_model_args(str(model), model_class, device, model_args)
+        args = ",".join(a for a in (args, extra, model_args) if a)
+        fingerprint = run_fingerprint(str(model), model_class, args, batch_size)
+        identity = run_identity(fingerprint, requested_tasks(list(tasks), list(suites)), limit,
+                                data_dir, include_paths)
     if (out / "results.json").exists() and not overwrite:
-        raise EvalSetupError(f"{out / 'results.json'} exists (another evaluation): pass another "
-                             f"--out, or --overwrite to replace it")
+        done = finished_evaluation(out, identity)  # else EvalSetupError: another evaluation
+        return done if int(os.environ.get("RANK", "0")) == 0 else {}
     if data_dir is not None and not Path(data_dir).is_dir():
         raise EvalSetupError(f"--data-dir {data_dir}: not a directory")
     env_notes = prepare_environment()
@@ -425,12 +493,6 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
     if isinstance(model, lmms):  # in memory (train.eval_tasks): not fingerprinted, not resumed
         lm, args, model_label = model, "", label or type(model).__name__
     else:
-        key = "model" if model_class.startswith("vllm") else "pretrained"
-        args = f"{key}={model}"
-        if model_class == "vldft" and max_new_tokens:
-            args += f",max_new_tokens={max_new_tokens}"
-        extra = stock_model_args(str(model), model_class, device, model_args)
-        args = ",".join(a for a in (args, extra, model_args) if a)
         model_label = str(model)
     chat = not (model.is_simple if isinstance(model, lmms)
                 else getattr(get_model(model_class), "is_simple", True))
@@ -442,8 +504,7 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
         if store.found and int(os.environ.get("RANK", "0")) == 0:
             print(f"[vldft] resuming: {store.found} responses kept in {store.root} from an "
                   "interrupted run; only the missing ones are generated")
-        make_resumable(lm, store, run_fingerprint(str(model), model_class, args, batch_size),
-                       block=max(1, int(batch_size)))
+        make_resumable(lm, store, fingerprint, block=max(1, int(batch_size)))
     start = time.perf_counter()
     try:
         with sigterm_interrupts() if store is not None else contextlib.nullcontext():
@@ -472,7 +533,8 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
             "lmms_eval_version": getattr(lmms_eval, "__version__", None) or _version(),
             "wall_s": wall, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-            "n_samples": {t: len(v) for t, v in samples.items()}, "environment": env_notes}
+            "n_samples": {t: len(v) for t, v in samples.items()}, "environment": env_notes,
+            "identity": identity}
     rows = metric_rows(results)
     results_path = out / "results.json"
     tmp = results_path.with_suffix(".json.tmp")

@@ -1,0 +1,140 @@
+"""``python -m vldft.heldout`` on a new user's mistakes: a set without answers prints n/a, the
+default controls follow the file (a text-only set gets none), and a wrong checkpoint path or a
+bad held-out file is one line and exit status 2, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, tiny_demo_rows
+
+from vldft.data import DataError, Sample
+from vldft.heldout import cli, default_controls, main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A run directory holding a tiny Qwen2.5-VL checkpoint as ``final/``."""
+    from vldft.adapters import build_tiny
+
+    run = tmp_path_factory.mktemp("run")
+    model, processor = build_tiny("qwen2_5_vl", 3136, 3136)
+    model.save_pretrained(run / "final")
+    processor.save_pretrained(run / "final")
+    return run
+
+
+def text_row(i: int, **extra) -> dict:
+    return {"id": f"t{i}", "messages": [{"role": "user", "content": "What is 2 + 2?"},
+                                        {"role": "assistant", "content": "4"}], **extra}
+
+
+def write(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_a_set_without_answers_prints_n_a(run, tmp_path, capsys):
+    """No ``answer`` field: accuracy is n/a, as training prints it (it was a TypeError)."""
+    path = write(tmp_path / "text.jsonl", [text_row(i) for i in range(3)])
+    results = cli([str(run / "final"), str(path), "--controls", "none", "--max-new-tokens", "2"])
+    assert results["images"]["accuracy"] is None and results["images"]["n_scored_ce"] == 3
+    printed = capsys.readouterr().out
+    assert "held-out (3 samples), text only: accuracy n/a" in printed, printed
+
+
+def test_default_controls_follow_the_file(run, tmp_path, capsys):
+    """Images: blank, shuffled; videos only: the video controls; text only: none (the default
+    no longer fails on a text-only file). An explicit control the file cannot take is still
+    refused."""
+    image = Sample(id="i", messages=[], images=["a.png"])
+    video = Sample(id="v", messages=[], videos=["a.mp4"])
+    text = Sample(id="t", messages=[])
+    assert default_controls([text, image]) == ["blank", "shuffled"]
+    assert default_controls([text, video]) == ["frozen_frame", "shuffled_frames"]
+    assert default_controls([image, video]) == ["blank", "shuffled"]
+    assert default_controls([text]) == []
+    path = write(tmp_path / "text.jsonl", [text_row(i, answer="4") for i in range(2)])
+    results = cli([str(run / "final"), str(path), "--max-new-tokens", "2"])
+    assert list(results) == ["images"] and results["images"]["accuracy"] is not None
+    with pytest.raises(SystemExit) as e:
+        cli([str(run / "final"), str(path), "--controls", "blank"])
+    assert e.value.code == 2
+    assert "--controls blank: " in capsys.readouterr().err
+
+
+def test_an_image_set_still_gets_blank_and_shuffled_by_default(run, tmp_path):
+    """Unchanged: a set with images gets the two image controls."""
+    rows = tiny_demo_rows(2)
+    path = write(tmp_path / "images.jsonl", rows)
+    results = main([str(run / "final"), str(path), "--max-new-tokens", "2"])
+    assert list(results) == ["images", "blank", "shuffled"]
+
+
+def bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (held-out file, what the error line says)."""
+    image_row = {**tiny_demo_rows(1)[0], "images": [str(tmp / "nope.png")]}
+    return {
+        "missing file": (tmp / "absent.jsonl", "data file not found"),
+        "bad json": (write(tmp / "bad.jsonl", ['{"id": "a", bad']), "invalid JSON"),
+        "missing image": (write(tmp / "img.jsonl", [image_row]), "image file not found"),
+        "no assistant turn": (write(tmp / "user.jsonl", [
+            {"id": "a", "messages": [{"role": "user", "content": "hi"}]}]), "no assistant turn"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "bad json", "missing image",
+                                  "no assistant turn"])
+def test_a_bad_held_out_file_is_one_line_and_status_2(run, tmp_path, capsys, case):
+    """``cli`` says a ``DataError`` in one line (``main`` keeps raising it, for library use)."""
+    path, said = bad_files(tmp_path)[case]
+    with pytest.raises(SystemExit) as e:
+        cli([str(run / "final"), str(path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and said in err and err.count("\n") == 1, err
+    assert err.startswith("python -m vldft.heldout: error: ")
+    with pytest.raises(DataError, match=said):
+        main([str(run / "final"), str(path)])
+
+
+def test_a_wrong_checkpoint_is_one_line_and_status_2(run, tmp_path, capsys):
+    """A missing folder; the run directory instead of its final/ (named); a folder without
+    config.json; a config.json without weights."""
+    path = write(tmp_path / "text.jsonl", [text_row(0, answer="4")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    for ckpt, said in ((tmp_path / "nope", f"checkpoint {tmp_path / 'nope'}: no such directory"),
+                       (run, f"not a saved checkpoint (a run directory? did you mean "
+                             f"{run / 'final'}?)"),
+                       (empty, f"checkpoint {empty}: no config.json here"),
+                       (bare, f"checkpoint cannot load {bare}")):
+        with pytest.raises(SystemExit) as e:
+            main([str(ckpt), str(path), "--controls", "none"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and said in err and err.count("\n") == 1, err
+
+
+def test_the_module_prints_no_traceback(run, tmp_path):
+    """``python -m vldft.heldout`` itself: the run directory for its checkpoint, and a missing
+    image, are one line each on stderr, status 2."""
+    text = write(tmp_path / "text.jsonl", [text_row(0)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args, said in (([str(run), str(text), "--controls", "none"],
+                        f"did you mean {run / 'final'}?"),
+                       ([str(run / "final"), str(bad_files(tmp_path)["missing image"][0])],
+                        "image file not found")):
+        proc = subprocess.run([sys.executable, "-m", "vldft.heldout", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        lines = [x for x in proc.stderr.splitlines() if "error" in x or "Traceback" in x]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert len(lines) == 1 and said in lines[0], proc.stderr[-3000:]
