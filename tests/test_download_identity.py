@@ -245,3 +245,25 @@ def test_validate_and_inspect_refuse_a_copy_of_another_subset(setup, capsys):
                      "data.sources[0].subset=geometry"])
         err = capsys.readouterr().err
         assert code != 0 and "data.sources[0].subset='geometry'" in err, (command, code, err)
+
+
+def test_a_copy_of_one_split_is_not_read_as_another(tmp_path):
+    """A hand-made (no record) folder holding train.parquet: the folder-itself fallback would
+    read it as split test; the source is missing instead, naming test.parquet."""
+    folder = tmp_path / "data" / "mathqa"
+    folder.mkdir(parents=True)
+    datasets.Dataset.from_list([{"question": "q?", "answer": "1"}]).to_parquet(
+        str(folder / "train.parquet"))
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("model: {family: qwen2_5_vl, tiny: true}\ndata:\n  sources:\n"
+                        "    - {name: mathqa, hub: org/mathqa, format: text_math}\n")
+    train = load_config(cfg_file, [f"data.data_dir={tmp_path / 'data'}"])
+    assert train.missing_sources() is None
+    assert train.local_source(train.data.sources[0]).path == str(folder / "train.parquet")
+    test = load_config(cfg_file, [f"data.data_dir={tmp_path / 'data'}",
+                                  "data.sources[0].split=test"])
+    assert str(folder / "test.parquet") in (test.missing_sources() or "")
+    # a folder of other parquet files (no split's name) is still read as the source
+    (folder / "train.parquet").rename(folder / "part-0.parquet")
+    assert test.missing_sources() is None
+    assert test.local_source(test.data.sources[0]).path == str(folder)

@@ -48,6 +48,8 @@ from vldft.config.sections import (
 )
 
 DEFAULT_DATA_DIR = "~/.cache/vldft/data"  # data.data_dir when neither it nor $VLDFT_DATA_DIR is set
+# split names whose <split>.parquet in a source folder marks it as holding that split
+SPLITS = ("train", "test", "validation", "val", "dev", "testmini", "eval")
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "FILE_SUFFIXES", "FORMATS", "HUB_ID", "LORA_TARGETS",
@@ -108,13 +110,18 @@ class Config:
     def source_paths(self, src: SourceConfig) -> list[Path]:
         """Where a source's data is looked for, in order: its ``path``; for a ``hub`` source,
         ``<data root>/<name>/<path>``, or without ``path`` ``<split>.parquet``, ``<split>/``
-        (save_to_disk) and the folder itself (parquet files in it)."""
+        (save_to_disk) and the folder itself (parquet files in it), the last not when the
+        folder holds another split's ``<split>.parquet`` (``SPLITS``)."""
         if src.hub is None:
             return [self.resolve(src.path)]
         base = self.data_root() / str(src.name)
         if src.path:
             return [base / src.path]
-        return [base / f"{src.split}.parquet", base / src.split, base]
+        paths = [base / f"{src.split}.parquet", base / src.split]
+        # the folder itself (every parquet file in it) unless it holds another split's file as
+        # the download names it: a train.parquet copy must not be read as split test
+        others = [p for p in base.glob("*.parquet") if p.stem in SPLITS and p.stem != src.split]
+        return paths if others else [*paths, base]
 
     def local_source(self, src: SourceConfig) -> SourceConfig:
         """``src`` with ``path`` set to where its data is (the first of ``source_paths`` that
