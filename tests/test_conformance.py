@@ -57,7 +57,7 @@ STOCK_CLASS = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "
 # optimizer steps of the shape SFT (default 40). Measured held-out first-token accuracy at 40
 # steps (2026-11-30): llava 77%, llava_onevision 100%, qwen2_vl 100%, qwen3_5 97%, qwen3_vl
 # 100%, qwen3_vl_moe 100%; qwen2_5_vl (128 wide, window attention) 67% at 40, 100% at 60
-SFT_STEPS = {"qwen2_5_vl": 60}
+SFT_STEPS = {"qwen2_5_vl": 60, "llava_onevision": 60}
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -692,7 +692,8 @@ def test_video_masking_with_the_real_vocabulary(family):
     # the ids are exactly what the processor makes of the rendered text and decoded frames
     decoded = a.load_video(sample.videos[0], VIDEO)
     text = a.render(sample.messages)
-    direct = a.processor(text=[text], return_tensors="pt", **a.video_kwargs([decoded]))
+    direct = a.processor(text=[a.processor_text(text, [decoded])], return_tensors="pt",
+                         **a.video_kwargs([decoded]))
     assert ids.tolist() == direct["input_ids"][0].tolist()
     n_pad = int((ids == a.video_token_id).sum())
     assert n_pad > 0 and n_pad == sum(a.video_token_counts(direct))

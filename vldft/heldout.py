@@ -178,7 +178,8 @@ def generate_messages(adapter: Adapter, convs: list[tuple],
     tok = adapter.tokenizer
     side, tok.padding_side = tok.padding_side, "left"
     try:
-        inputs = adapter.processor(text=prompts, images=images or None, padding=True,
+        inputs = adapter.processor(text=[adapter.processor_text(p, videos) for p in prompts],
+                                   images=images or None, padding=True,
                                    return_tensors="pt", **kwargs)
     finally:
         tok.padding_side = side

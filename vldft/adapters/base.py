@@ -174,9 +174,19 @@ class Adapter:
                 videos: list | None = None) -> dict[str, torch.Tensor]:
         """Processor call for ONE sample: expands image (and video: ``vldft.data.video.Decoded``)
         placeholders, returns [1, T] tensors."""
-        out = self.processor(text=[text], images=images or None, return_tensors="pt",
-                             **self.video_kwargs(videos))
+        out = self.processor(text=[self.processor_text(text, videos)], images=images or None,
+                             return_tensors="pt", **self.video_kwargs(videos))
         return dict(out)
+
+    def processor_text(self, text: str, videos: list | None = None) -> str:
+        """The text handed to the processor: with videos, each whole ``video_region`` (Qwen3-VL:
+        ``<|vision_start|><|video_pad|><|vision_end|>``) becomes the bare video token, whose
+        expansion brings each frame's own start / end. transformers >= 5.25 collapses it itself
+        (``Qwen3VLProcessor.get_text_with_replacements``); 5.20-5.24 kept the outer pair around
+        the frames (a vision start / end pair the model never saw)."""
+        if videos and len(self.video_region) > 1:
+            text = text.replace("".join(self.video_region), self.video_token)
+        return text
 
     # -- video ---------------------------------------------------------------------------------
     def load_video(self, video, settings, max_frames: int | None = None):

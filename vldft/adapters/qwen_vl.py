@@ -93,7 +93,8 @@ class QwenVLAdapter(Adapter):
         count, and the length estimate (``image_token_count``) would be wrong."""
         if not images:
             return super().process(text, images, videos=videos)
-        out = self.processor(text=[text], images=images, return_tensors="pt",
+        out = self.processor(text=[self.processor_text(text, videos)], images=images,
+                             return_tensors="pt",
                              images_kwargs={"size": self.keep_size(images, pixels)},
                              **self.video_kwargs(videos))
         return dict(out)
