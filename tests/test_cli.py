@@ -108,3 +108,6 @@ def test_lora_run_says_base_weights_are_frozen_and_logs_no_bar_redraws(tmp_path,
     assert "frozen: all base weights (LoRA adapters train in ['language'])" in line, line
     assert "frozen: none" not in out
     assert "\r" not in err
+    # no bar in a log file: each metrics record is a line there instead
+    assert [x.split(":")[0] for x in out.splitlines() if x.startswith("[vldft] step ")] == [
+        "[vldft] step 1/2 (sft)", "[vldft] step 2/2 (sft)"], out

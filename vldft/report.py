@@ -74,10 +74,16 @@ class RunLog:
         self.bar.set_postfix(self.postfix)
 
     def show_record(self, rec: dict) -> None:
+        """A metrics record on the progress bar; without a bar (stderr is no terminal: a log
+        file, a pipe) as one ``[vldft] step`` line, so a log shows the run's progress."""
         extra = {"kl": f"{rec['kl']:.4f}"} if "kl" in rec else {}
-        self.show(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}", p=f"{rec['mean_p']:.3f}",
-                  low_p=f"{rec['low_p_frac']:.3f}", H=f"{rec['entropy']:.3f}", **extra,
-                  lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        values = dict(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.3f}", p=f"{rec['mean_p']:.3f}",
+                      low_p=f"{rec['low_p_frac']:.3f}", H=f"{rec['entropy']:.3f}", **extra,
+                      lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        self.show(**values)
+        if self.is_main and self.bar.disable:
+            print(f"[vldft] step {rec['step']}/{self.bar.total} ({rec['objective']}): "
+                  + " ".join(f"{k} {v}" for k, v in values.items()), flush=True)
 
     def log_step(self, state: RunState, step: int, objective: str, lr: float, grad_norm: float,
                  guard: CollapseGuard | None) -> str | None:

@@ -294,7 +294,7 @@ def cli(argv: list[str] | None = None) -> None:
         "  train.lr=1e-5 loss.name=sft model.freeze=[vision] model.lora.r=8 "
         "data.heldout_file=null\n\n"
         "Progress bars are drawn only when stderr is a terminal; a log file gets the periodic "
-        "[vldft] lines.")
+        "[vldft] lines instead (a metrics line every train.log_every steps, held-out scores).")
     prog = "vldft-train" if Path(sys.argv[0]).name == "vldft-train" else "python -m vldft.train"
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, epilog=epilog,
