@@ -279,12 +279,11 @@ def run_trl(name: str, model, micro_steps: list[list[dict]], stats: list[dict], 
 def liger_patched(model) -> dict:
     """How many modules of ``model`` run a Liger forward (Liger patches instances in place),
     and ``vldft.levers.liger_report``'s line (also: swapped functions nothing calls)."""
-    from vldft.levers import liger_report
+    from vldft.levers import liger_modules, liger_report
 
-    names = [type(m).__name__ for m in model.modules()
-             if "liger" in (getattr(getattr(m, "forward", None), "__module__", "") or "")]
-    return {"liger_patched_modules": len(names),
-            "liger_patched_kinds": sorted(set(names)), "liger_report": liger_report(model)}
+    kinds = liger_modules(model)
+    return {"liger_patched_modules": sum(kinds.values()), "liger_patched_kinds": sorted(kinds),
+            "liger_report": liger_report(model)}
 
 
 def liger_patch_check(model) -> dict:

@@ -166,3 +166,16 @@ def assert_same_weights(a: Path, b: Path, rtol: float = 1e-5) -> None:
     for name in wa:
         scale = float(wa[name].abs().max()) or 1.0
         assert torch.allclose(wb[name], wa[name], rtol=rtol, atol=rtol * scale), name
+
+
+def record_generate(monkeypatch, model) -> list[dict]:
+    """``model.generate`` replaced by a recorder: each call's keyword arguments (the processor's
+    inputs) are appended to the returned list, and the prompt comes back as the output."""
+    seen: list[dict] = []
+
+    def fake_generate(**kw):
+        seen.append(kw)
+        return kw["input_ids"]
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    return seen

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import record_generate
 from PIL import Image
 from qwen_vl_utils import smart_resize
 
@@ -153,13 +154,7 @@ def test_a_model_with_equal_bounds_encodes_and_generates_at_qwen_vl_utils_size(i
     assert (a.min_pixels, a.max_pixels) == (m, m)
     sample = one_image_sample(images, size)
     check_encoding(a, sample, images, size, m, m)
-    seen = []
-
-    def fake_generate(**kw):
-        seen.append(kw)
-        return kw["input_ids"]
-
-    monkeypatch.setattr(a.model, "generate", fake_generate)
+    seen = record_generate(monkeypatch, a.model)
     generate(a, [sample], 2, torch.device("cpu"))
     h, w = expected_hw(a, size, m, m)
     assert seen[0]["image_grid_thw"].tolist() == [[1, h // 14, w // 14]]

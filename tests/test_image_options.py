@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import record_generate
 from PIL import Image
 
 from vldft.adapters import load_adapter
@@ -184,13 +185,7 @@ def test_held_out_generation_and_the_cache_keep_per_image_bounds(images, tmp_pat
     back = rowstore.decode(*rowstore.encode(sample), sample.source)
     assert back.messages == sample.messages and back.messages[0]["content"][0] == {
         "type": "image", "max_pixels": 6272}
-    seen = []
-
-    def fake_generate(**kw):
-        seen.append(kw)
-        return kw["input_ids"]
-
-    monkeypatch.setattr(qwen25.model, "generate", fake_generate)
+    seen = record_generate(monkeypatch, qwen25.model)
     generate(qwen25, [sample], 4, torch.device("cpu"))
     (plain,) = read(write_rows(tmp_path / "p.jsonl", [
         part_row("plain", {"type": "image"}, images=[str(images / "big.png")])]))

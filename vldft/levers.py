@@ -30,6 +30,7 @@ precomputed attention segments of each micro-batch.
 
 from __future__ import annotations
 
+import collections
 import functools
 import types
 
@@ -189,28 +190,34 @@ def apply_liger(model: nn.Module) -> None:
                           "or set train.liger=false") from None
 
 
+def _from_liger(obj) -> bool:
+    return "liger" in (getattr(obj, "__module__", "") or "")
+
+
+def liger_modules(model: nn.Module) -> collections.Counter:
+    """The modules of ``model`` whose forward is Liger's (it patches instances in place), counted
+    by class name."""
+    return collections.Counter(type(m).__name__ for m in model.modules()
+                               if _from_liger(getattr(m, "forward", None)))
+
+
 def liger_report(model: nn.Module) -> str:
     """What Liger-Kernel patched into ``model`` and what of it runs: the modules whose forward
     is Liger's (it patches instances in place), by class, and the functions of the model's
     modeling module it swapped for its own that nothing in that module calls (a kernel for an
     older transformers' code path: patched, never run)."""
-    import collections
     import inspect
     import re
     import sys
 
-    def liger(obj) -> bool:
-        return "liger" in (getattr(obj, "__module__", "") or "")
-
-    kinds = collections.Counter(type(m).__name__ for m in model.modules()
-                                if liger(getattr(m, "forward", None)))
+    kinds = liger_modules(model)
     mod = sys.modules.get(type(model).__module__)
     try:
         src = inspect.getsource(mod) if mod else ""
     except (OSError, TypeError):
         src = ""
     unused = sorted(name for name, f in vars(mod or types.ModuleType("none")).items()
-                    if callable(f) and not isinstance(f, type) and liger(f)
+                    if callable(f) and not isinstance(f, type) and _from_liger(f)
                     and not re.search(rf"(?<!def ){re.escape(name)}\(", src))
     said = (f"Liger-Kernel forwards in {sum(kinds.values())} modules ("
             + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")

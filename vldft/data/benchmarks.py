@@ -364,6 +364,29 @@ def origin_differences(have: dict, want: dict) -> list[str]:
     return diff
 
 
+# said of a copy kept without a record
+UNKNOWN_ORIGIN = (f"its origin is unknown (no {ORIGIN}: an older vldft or made by hand), "
+                  "--force downloads it again and records it")
+
+
+def kept_origin(folder: Path, want: dict, force: bool, log: Callable[[str], None], name: str,
+                asks: str, elsewhere: str, error: type[Exception]) -> dict | None:
+    """``folder``'s record when it matches ``want`` (None: no record). A record of something
+    else is an ``error`` ("FOLDER holds X, but ``asks`` Y; ... or ``elsewhere``"), or with
+    ``force`` is removed (the copy is being replaced: an interrupted download must not leave
+    the old record)."""
+    have = read_origin(folder)
+    if have is None or not origin_differences(have, want):
+        return have
+    if not force:
+        raise error(f"{folder} holds {describe_origin(have)} (recorded in {ORIGIN}), but {asks} "
+                    f"{describe_origin(want)}; not kept, not replaced: pass --force to replace "
+                    f"it, or {elsewhere}")
+    log(f"[vldft] {name}: replacing {describe_origin(have)} in {folder}")
+    (folder / ORIGIN).unlink()
+    return None
+
+
 def describe_origin(rec: dict) -> str:
     """``rec`` in words: "org/x, subset s, split train" or "org/x files a.json, b.zip"."""
     if "unreadable" in rec:
@@ -403,21 +426,11 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
         split = bench.hub_split or bench.split
         want = origin_record(bench.hub, bench.config, split, keep=bench.hub_keep,
                              local=source if source != bench.hub else None)
-        have = read_origin(out.parent)
-        if have is not None and origin_differences(have, want):
-            if not force:
-                raise LocalDataError(
-                    f"{out.parent} holds {describe_origin(have)} (recorded in {ORIGIN}), but "
-                    f"benchmark {name} is {describe_origin(want)}; not kept, not replaced: pass "
-                    "--force to replace it, or download into another --data-dir")
-            log(f"[vldft] {name}: replacing {describe_origin(have)} in {out.parent}")
-            (out.parent / ORIGIN).unlink()
-            have = None
+        have = kept_origin(out.parent, want, force, log, name, f"benchmark {name} is",
+                           "download into another --data-dir", LocalDataError)
         if out.exists() and not force:
-            note = "" if have else (f"; its origin is unknown (no {ORIGIN}: an older vldft or "
-                                    "made by hand), --force downloads it again and records it")
             log(f"[vldft] {name}: {out} exists, kept"
-                + (note or " (--force to download again)"))
+                + (" (--force to download again)" if have else f"; {UNKNOWN_ORIGIN}"))
             written.append(out)
             continue
         log(f"[vldft] {name}: loading {source} (config {bench.config}, split {split}) ...")

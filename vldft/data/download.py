@@ -38,7 +38,9 @@ from vldft.data import DataError
 from vldft.data.benchmarks import (
     BY_TASK,
     ORIGIN,
+    UNKNOWN_ORIGIN,
     describe_origin,
+    kept_origin,
     origin_differences,
     origin_record,
     read_origin,
@@ -125,24 +127,6 @@ def source_origin(src: SourceConfig, local: Path | None = None) -> dict:
     return origin_record(src.hub, src.subset, src.split, src.hub_files, local)
 
 
-def _check_origin(src: SourceConfig, dest: Path, want: dict, force: bool, log: Log,
-                  key: str) -> dict | None:
-    """``dest``'s record when it matches ``want`` (None: no record). A record of something
-    else stops the download, or with ``force`` is removed (the copy is being replaced)."""
-    have = read_origin(dest)
-    if have is None or not origin_differences(have, want):
-        return have
-    if not force:
-        raise ConfigError(
-            f"{dest} holds {describe_origin(have)} (recorded in {ORIGIN}), but source "
-            f"{src.name!r} asks for {describe_origin(want)}; not kept, not replaced: pass "
-            "--force to replace it, or download into another --data-dir or under another "
-            f"source name ({key}.name)")
-    log(f"[vldft] {src.name}: replacing {describe_origin(have)} in {dest}")
-    (dest / ORIGIN).unlink()
-    return None
-
-
 def download_source(src: SourceConfig, root: Path, local: Path | None = None,
                     force: bool = False, log: Log = print,
                     key: str = "data.sources[i]") -> Path:
@@ -153,16 +137,16 @@ def download_source(src: SourceConfig, root: Path, local: Path | None = None,
     assert src.hub is not None and src.name
     dest = root / src.name
     want = source_origin(src, local)
-    have = _check_origin(src, dest, want, force, log, key)
+    have = kept_origin(dest, want, force, log, src.name, f"source {src.name!r} asks for",
+                       "download into another --data-dir or under another source name "
+                       f"({key}.name)", ConfigError)
     dest.mkdir(parents=True, exist_ok=True)
     what = f"{src.hub}" + (f" (subset {src.subset})" if src.subset else "")
-    unknown = (f"its origin is unknown (no {ORIGIN}: an older vldft or made by hand), "
-               "--force downloads it again and records it")
     if not src.hub_files:
         out = dest / f"{src.split}.parquet"
         if out.exists() and not force:
             log(f"[vldft] {src.name}: {out} exists, kept"
-                + (" (--force to download again)" if have else f"; {unknown}"))
+                + (" (--force to download again)" if have else f"; {UNKNOWN_ORIGIN}"))
             return dest
         import datasets
 
@@ -194,7 +178,7 @@ def download_source(src: SourceConfig, root: Path, local: Path | None = None,
             path.unlink()
     shutil.rmtree(dest / ".hub", ignore_errors=True)
     if kept_unknown:  # part of the folder is of unknown origin: no record vouches for it
-        log(f"[vldft] {src.name}: {', '.join(kept_unknown)} kept; {unknown}")
+        log(f"[vldft] {src.name}: {', '.join(kept_unknown)} kept; {UNKNOWN_ORIGIN}")
     else:  # more files of the same repository join those recorded
         files = (have or {}).get("hub_files", [])
         write_origin(dest, {**want, "hub_files": list(dict.fromkeys([*files, *src.hub_files]))})
