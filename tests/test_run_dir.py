@@ -325,3 +325,81 @@ def test_bundled_configs_read_the_bundle_but_write_to_the_cwd(tmp_path, monkeypa
     assert cfg.resolve(cfg.train.output_dir) == work / "runs/demo"
     cfg = load_config(root / "configs/demo.yaml", ["train.output_dir=out/x"])
     assert cfg.resolve(cfg.train.output_dir) == work / "out/x"
+
+
+def test_a_runs_config_yaml_reruns_the_same_run_from_any_directory(data_file, tmp_path,
+                                                                    monkeypatch, capsys):
+    """config.yaml names every local path absolutely, so it can be rerun from anywhere; rerun,
+    it is the same run (an interrupted one resumes, a finished one is done), and a checkout moved
+    with its relative config is too."""
+    import yaml
+
+    exp = tmp_path / "exp"
+    (exp / "data").mkdir(parents=True)
+    shutil.copy(data_file, exp / "data/train.jsonl")  # its image paths are absolute
+    raw = config_to_dict(config(data_file, tmp_path / "unused"))
+    raw["data"]["train_files"], raw["train"]["output_dir"] = ["data/train.jsonl"], "runs/a"
+    (exp / "a.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(exp)
+    train_main(load_config("a.yaml"))
+    out = exp / "runs/a"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["train_files"] == [str(exp / "data/train.jsonl")]
+    assert saved["train"]["output_dir"] == str(out)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    train_main(load_config(out / "config.yaml"))  # finished: nothing to do
+    assert "already holds this run, finished" in capsys.readouterr().out
+    shutil.rmtree(out / "final")  # interrupted after checkpoint-4
+    (out / "summary.json").unlink()
+    summary = train_main(load_config(out / "config.yaml"))
+    assert summary["resumed_from"] == str(out / "checkpoint-4") and summary["steps"] == STEPS
+    assert "config differs" not in capsys.readouterr().out  # the checkpoint's record: the same
+
+    moved = tmp_path / "moved"  # the whole experiment folder moved: its relative config holds
+    shutil.move(exp, moved)
+    monkeypatch.chdir(moved)
+    capsys.readouterr()
+    train_main(load_config("a.yaml"))
+    assert "already holds this run, finished" in capsys.readouterr().out
+    (moved / "other").mkdir()
+    shutil.copy(moved / "data/train.jsonl", moved / "other/train.jsonl")
+    with pytest.raises(SystemExit) as e:  # another data file is still another run
+        train_main(load_config("a.yaml", ["data.train_files=[other/train.jsonl]"]))
+    assert "data.train_files" in str(e.value)
+
+
+@pytest.mark.parametrize("where", ["a user's folder", "bundled"])
+def test_paths_typed_on_the_command_line_resolve_against_the_cwd(tmp_path, monkeypatch, where):
+    """The file's own relative paths resolve against its folder (or the bundle); a path that an
+    override sets is taken from the directory the command runs in, as any command's is."""
+    folder = tmp_path / "exp"
+    (folder / "data/geo_demo").mkdir(parents=True)
+    for name in ("train.jsonl", "heldout.jsonl"):
+        (folder / "data/geo_demo" / name).write_text("")
+    (folder / "a.yaml").write_text(TINY_CONFIG.read_text())
+    config_file = folder / "a.yaml" if where == "a user's folder" else ROOT / "configs/demo.yaml"
+    work = tmp_path / "work"
+    (work / "mine/imgs").mkdir(parents=True)
+    (work / "mine/train.jsonl").write_text("")
+    (work / "ckpt").mkdir()
+    monkeypatch.chdir(work)
+    cfg = load_config(config_file, [
+        "data.train_files=[mine/train.jsonl]", "data.image_root=mine/imgs",
+        "data.sources=[{name: m, path: mine/train.jsonl, format: normalized}, "
+        "{name: g, hub: openai/gsm8k, path: train.parquet, format: text_math}]",
+        "train.resume=ckpt", "model.name_or_path=Qwen/Qwen2.5-VL-3B-Instruct",
+        "data.heldout_file=null", "train.eval_every=0"])
+    assert cfg.resolve(cfg.data.train_files[0]) == work / "mine/train.jsonl"
+    assert cfg.resolve(cfg.data.image_root) == work / "mine/imgs"
+    assert cfg.resolve(cfg.data.sources[0].path) == work / "mine/train.jsonl"
+    assert cfg.data.sources[1].path == "train.parquet"  # inside the hub source's download folder
+    assert cfg.resolve(cfg.train.resume) == work / "ckpt"
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"  # a hub id stays one
+    cfg = load_config(config_file, ["train.resume=auto", "train.lr=1e-3"])
+    assert cfg.train.resume == "auto"
+    bundle = folder if where == "a user's folder" else ROOT  # the file's own paths: as before
+    assert cfg.resolve(cfg.data.train_files[0]) == bundle / "data/geo_demo/train.jsonl"

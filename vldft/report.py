@@ -36,8 +36,8 @@ class RunLog:
         self._files = contextlib.ExitStack()  # closed even if training fails
         self._board = None  # train.report_to=tensorboard: rank 0's writer
         if is_main:
-            (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg),
-                                                                sort_keys=False))
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(  # rerunnable from anywhere
+                config_to_dict(cfg, absolute=True), sort_keys=False))
             (out_dir / "data_summary.json").write_text(json.dumps(
                 data_summary(data, {}, []), indent=2))
             for name in ("metrics.jsonl", "histograms.jsonl"):

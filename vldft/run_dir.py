@@ -186,14 +186,28 @@ def fingerprint(config: dict) -> dict:
     return flat
 
 
-def fingerprint_diff(old: dict, new: dict) -> list[str]:
+def fingerprint_diff(old: dict, new: dict, old_abs: dict | None = None,
+                     new_abs: dict | None = None) -> list[str]:
     """``key: old -> new`` for every key both fingerprints have and that differs (a key one of
-    them lacks comes from another vldft version and is not compared)."""
+    them lacks comes from another vldft version and is not compared). ``old_abs`` / ``new_abs``
+    (:func:`absolute_forms`): a path key is the same when its value is the same as written
+    (``data/x.jsonl`` in a moved checkout) or as an absolute path (the run's own config.yaml,
+    which names ``/home/u/vldft/data/x.jsonl``, rerun)."""
     def short(v) -> str:
         text = json.dumps(v) if not isinstance(v, float) else repr(v)
         return text if len(text) <= 80 else text[:77] + "..."
+    old_abs, new_abs = old_abs or {}, new_abs or {}
     return [f"{k}: {short(old[k])} -> {short(new[k])}" for k in sorted(set(old) & set(new))
-            if old[k] != new[k]]
+            if old[k] != new[k] and old_abs.get(k, old[k]) != new_abs.get(k, new[k])]
+
+
+def absolute_forms(config: dict, absolute: dict | None) -> dict:
+    """The fingerprint keys whose value changes when local paths are made absolute
+    (``absolute``: ``config_to_dict(cfg, absolute=True)``), with that value."""
+    if absolute is None:
+        return {}
+    fp = fingerprint(config)
+    return {k: v for k, v in fingerprint(absolute).items() if fp.get(k) != v}
 
 
 def run_artefacts(out_dir: Path) -> list[Path]:
@@ -270,14 +284,26 @@ def finished_summary(out_dir: Path) -> dict | None:
     return summary
 
 
-def write_run_file(out_dir: Path, fp: dict) -> None:
+def write_run_file(out_dir: Path, fp: dict, absolute: dict | None = None) -> None:
+    """run.json: the fingerprint and, for path keys, their absolute forms (``absolute_forms``)."""
     tmp = out_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fp}, indent=1, default=str))
+    tmp.write_text(json.dumps({"fingerprint": fp, "absolute": absolute or {}}, indent=1,
+                              default=str))
     tmp.rename(out_dir / RUN_FILE)
 
 
+def recorded_absolute(out_dir: Path) -> dict:
+    """run.json's absolute forms of the run's path keys ({} when unknown or not recorded)."""
+    try:
+        found = json.loads((out_dir / RUN_FILE).read_text()).get("absolute", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool,
-                     resume_path: Path | None = None) -> tuple[str, object]:
+                     resume_path: Path | None = None, absolute: dict | None = None
+                     ) -> tuple[str, object]:
     """Decide what a run may do with ``out_dir`` (rank 0 only; the caller broadcasts it).
 
     Returns one of ``("refuse", message)``, ``("finished", summary)``, ``("resume", None)``
@@ -290,8 +316,11 @@ def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool,
     ``train.overwrite`` and run.json takes the new settings; it is never deleted, so
     ``train.overwrite=true`` with it is refused, and so are outputs newer than it (later
     checkpoints, ``final/``), which belong to the run being continued differently.
+
+    ``absolute``: ``config_to_dict(cfg, absolute=True)``; with it, a path written another way
+    that names the same file (the run's own ``config.yaml`` rerun) is the same setting.
     """
-    new = fingerprint(config)
+    new, new_abs = fingerprint(config), absolute_forms(config, absolute)
     used = run_artefacts(out_dir)
     hint = "set train.overwrite=true to replace it, or choose a new train.output_dir"
 
@@ -321,18 +350,18 @@ def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool,
                               f"train.output_dir (train.resume={resume_path} still works from "
                               "there), or remove them")
         if recorded_fingerprint(out_dir) != new:
-            write_run_file(out_dir, new)  # this run continues with these settings from now on
+            write_run_file(out_dir, new, new_abs)  # the run goes on with these settings
         return "resume", None
     if all(p.name == RUN_FILE for p in used):  # nothing, or a run that died before training
-        write_run_file(out_dir, new)
+        write_run_file(out_dir, new, new_abs)
         return "fresh", removed
-    old = recorded_fingerprint(out_dir)
+    old, old_abs = recorded_fingerprint(out_dir), recorded_absolute(out_dir)
     summary = finished_summary(out_dir)
     if not overwrite:
         if old is None:
             return "refuse", (f"train.output_dir: {out_dir} holds outputs of a run whose settings "
                               f"are unknown ({listing()}); {hint}")
-        diff = fingerprint_diff(old, new)
+        diff = fingerprint_diff(old, new, old_abs, new_abs)
         if diff:
             what = "finished run" if summary is not None else "run"
             newest = complete_checkpoints(out_dir, quiet=True)[-1:]
@@ -347,16 +376,17 @@ def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool,
         if summary is not None:
             return "finished", summary
         if not (out_dir / RUN_FILE).is_file():
-            write_run_file(out_dir, new)
+            write_run_file(out_dir, new, new_abs)
         return "resume", None
     # overwrite: an interrupted run with the same settings still resumes (a preempted job whose
     # config says overwrite=true must not lose its checkpoints); anything else is replaced
-    if old is not None and not fingerprint_diff(old, new) and resume != "none" and summary is None:
+    if (old is not None and not fingerprint_diff(old, new, old_abs, new_abs) and resume != "none"
+            and summary is None):
         if not (out_dir / RUN_FILE).is_file():
-            write_run_file(out_dir, new)
+            write_run_file(out_dir, new, new_abs)
         return "resume", None
     removed = remove_run(out_dir)
-    write_run_file(out_dir, new)
+    write_run_file(out_dir, new, new_abs)
     return "fresh", removed
 
 
@@ -375,7 +405,7 @@ def claim_run_dir(cfg: Config, out_dir: Path, accelerator, log: Callable[..., No
             # an explicit train.resume is checked (whole, same model) before anything is removed
             explicit = check_explicit_resume(t.resume, config_to_dict(cfg), cfg.resolve)
             decision[0] = claim_output_dir(out_dir, config_to_dict(cfg), t.resume, t.overwrite,
-                                           explicit)
+                                           explicit, config_to_dict(cfg, absolute=True))
         except SystemExit as e:
             decision[0] = ("refuse", str(e))
         except Exception as e:  # noqa: BLE001 (any failure refuses on every rank, never a hang)

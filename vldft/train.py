@@ -148,10 +148,11 @@ def main(cfg: Config) -> dict:
         bytes_per = next(adapter.model.parameters()).element_size()
         check_disk_space(out_dir, sum(n_params.values()), n_trainable, bytes_per, t, total)
 
+    config = config_to_dict(cfg, absolute=True)  # a checkpoint's record, like config.yaml
     if resume_from is None:
-        state = RunState(config=config_to_dict(cfg))
+        state = RunState(config=config)
     else:
-        state = RunState.resume(resume_from, total, config_to_dict(cfg), out_dir / "final", log)
+        state = RunState.resume(resume_from, total, config, out_dir / "final", log)
         if (cfg.loss.name == "asft" and adapter.lora is None
                 and state.step > cfg.loss.sft_warmup_steps):
             accelerator.unwrap_model(module).reference = build_reference(adapter)

@@ -13,6 +13,7 @@ the key, before any model or data is loaded.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import typing
@@ -283,13 +284,61 @@ def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[st
     return _merge(_with_include(base, inc, [*chain, inc]), raw)
 
 
+# the keys that name a local path (data.sources' path / image_root are handled apart)
+PATH_KEYS = (("model", "name_or_path"), ("data", "train_files"), ("data", "heldout_file"),
+             ("data", "image_root"), ("data", "data_dir"), ("train", "output_dir"),
+             ("train", "eval_data_dir"), ("train", "resume"))
+
+
+def command_line_paths(before: dict[str, Any], after: dict[str, Any], cwd: Path) -> None:
+    """Make the relative paths the overrides set (what differs between ``before`` and
+    ``after``) absolute against ``cwd``, in place: a path typed on the command line is taken
+    from the directory the command runs in, as any command's is, whatever folder the config
+    file's own paths resolve against. Hub ids (``model.name_or_path``, a source's ``path``
+    without a local folder of that name) and ``train.resume``'s ``auto`` / ``none`` stay."""
+    def full(value: Any, hub_ok: bool = False) -> Any:
+        if isinstance(value, list):
+            return [full(v) for v in value]
+        if not isinstance(value, str) or not value or value.startswith("~") \
+                or Path(value).is_absolute() or (hub_ok and is_hub_id(value)
+                                                 and not (cwd / value).exists()):
+            return value
+        return str(cwd / value)
+
+    def section(raw: dict, name: str) -> dict:
+        part = raw.get(name)
+        return part if isinstance(part, dict) else {}
+
+    for name, key in PATH_KEYS:
+        old, new = section(before, name), section(after, name)
+        if key not in new or new.get(key) == old.get(key):
+            continue
+        if (name, key) == ("train", "resume") and new[key] in ("auto", "none"):
+            continue
+        if (name, key) == ("model", "name_or_path") and not (
+                isinstance(new[key], str) and (cwd / new[key]).exists()):
+            continue
+        new[key] = full(new[key])
+    old_sources = section(before, "data").get("sources")
+    old_sources = old_sources if isinstance(old_sources, list) else []
+    new_sources = section(after, "data").get("sources")
+    for i, src in enumerate(new_sources if isinstance(new_sources, list) else []):
+        old = old_sources[i] if i < len(old_sources) and isinstance(old_sources[i], dict) else {}
+        if not isinstance(src, dict) or src.get("hub") is not None:
+            continue  # a hub source's path lies inside its download folder
+        for key in ("path", "image_root"):
+            if key in src and src[key] != old.get(key):
+                src[key] = full(src[key], hub_ok=key == "path")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
                 sweep_ok: bool = False) -> Config:
     """Load ``path`` (YAML), apply ``section.key=value`` overrides, validate, return a Config.
 
-    Relative paths (in the file and the overrides; ``model.name_or_path`` when that local
-    directory exists) are resolved against the directory the command is run from if the file
-    is inside it, else against the file's own directory. The
+    Relative paths in the file (``model.name_or_path`` when that local directory exists) are
+    resolved against the directory the command is run from if the file is inside it, else
+    against the file's own directory; those the overrides set, against the directory the
+    command is run from (:func:`command_line_paths`). The
     one exception is vldft's own ``configs/*.yaml`` (the checkout's or an installed package's
     bundled copy, ``vldft.resources``): their data paths resolve against the bundle (so the
     installed demo config finds the bundled demo data from any directory), while a relative
@@ -308,8 +357,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
             if key in raw:
                 raise ConfigError(f"{path}: {key}: not a config key (vldft sets it from the "
                                   "file's location: relative paths are taken from its folder)")
+    before = copy.deepcopy(raw)
     for item in overrides or []:
         apply_override(raw, item)
+    if base.resolve() != Path.cwd().resolve():
+        command_line_paths(before, raw, Path.cwd())
     if bundled:  # the run's own folders (output, downloads) never go into site-packages
         for section, key, default in (("train", "output_dir", TrainConfig.output_dir),
                                       ("data", "data_dir", None), ("train", "eval_data_dir", None)):
@@ -349,10 +401,31 @@ def config_keys(cls: type | None = None, prefix: str = "") -> dict[str, list[str
     return out
 
 
-def config_to_dict(cfg: Config) -> dict[str, Any]:
+def config_to_dict(cfg: Config, absolute: bool = False) -> dict[str, Any]:
+    """The config as a mapping (without vldft's ``base_dir`` / ``config_file`` records).
+    ``absolute``: each local path it names (``data.train_files``, ``heldout_file``,
+    ``image_root``, ``data_dir``, a local source's ``path`` and ``image_root``,
+    ``train.output_dir``, ``eval_data_dir``, a ``resume`` checkpoint) made absolute, so that
+    the mapping means the same read from any directory: a run's ``config.yaml``. A ``hub``
+    source's ``path`` (inside its download folder) and hub ids stay as written."""
     d = dataclasses.asdict(cfg)
     d.pop("base_dir")
     d.pop("config_file")
+    if absolute:
+        def full(path: str | None) -> str | None:
+            return None if path is None else str(cfg.resolve(path))
+
+        data, train = d["data"], d["train"]
+        data["train_files"] = [full(p) for p in data["train_files"]]
+        for key in ("heldout_file", "image_root", "data_dir"):
+            data[key] = full(data[key])
+        for src in data["sources"]:
+            if src["hub"] is None and not hub_source(src["path"], src["format"], cfg.base_dir):
+                src["path"], src["image_root"] = full(src["path"]), full(src["image_root"])
+        for key in ("output_dir", "eval_data_dir"):
+            train[key] = full(train[key])
+        if train["resume"] not in ("auto", "none"):
+            train["resume"] = full(train["resume"])
     return d
 
 
