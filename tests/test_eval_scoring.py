@@ -65,6 +65,16 @@ CASES = [
     ("Therefore, the correct answer is (B)", "B", CH4, "(B)", True),
     ("Option D is correct", "D", CH4, "D", True),
     ("the correct option is a right angle", "right angle", None, None, False),
+    # the stated letter is the first one of the answer phrase, not a later one it argues with
+    ("The answer is (A), not (B).", "A", CH4, "(A), not (B)", True),
+    ("The answer is (B) since (A) is too small.", "B", CH4, "(B) since (A) is too small", True),
+    # a reply that restates the options ("A. 30 B. 45 ...") names no letter by listing them:
+    # the answer is the option text it settles on
+    ("A. 30 B. 45 C. 60 D. 90\nThe angle is 60", "C", CH4, "60", True),
+    ("Options:\n(A) 30\n(B) 45\n(C) 60\n(D) 90\nSo the angle is 60 degrees.", "C", CH4, "60",
+     True),
+    ("(A) 30\n(B) 45\n(C) 60\n(D) 90\nSo I pick (C).", "C", CH4, "C", True),
+    ("I pick (C) 60.", "C", CH4, "C", True),  # one letter with its own text: an answer
     # duplicated option text: a prediction equal to the gold option's value is right
     ("Answer: 52", "B", ["38", "52", "52", "62"], "52", True),
     ("Answer: 38", "B", ["38", "52", "52", "62"], "38", False),
@@ -143,6 +153,17 @@ def test_letter_answer_against_gold_option_text():
     assert not is_correct("B", "5", choices) and not is_correct("C", "4", choices)
     assert is_correct("B", "52", ["38", "52", "52", "62"])
     assert not is_correct("C", "5", None)
+
+
+def test_a_letter_target_without_choices_reads_the_stated_letter():
+    """Held-out rows carry no options list (they are in the question text): a letter gold is
+    still compared as a letter, among A-J."""
+    assert score("Answer: B) 45", "B") == ("B) 45", True)
+    assert score("The correct option is (B).", "B") == ("B", True)
+    assert score("The correct option is (D).", "B") == ("D", False)
+    assert score("Answer: A, because B is too large.", "B")[1] is False
+    assert score("Answer: B", "b")[1]  # a lower-case gold letter is a string: as before
+    assert not score("Answer: b) 45", "b")[1]
 
 
 def test_heldout_uses_the_shared_scorer():

@@ -6,7 +6,8 @@ in-training held-out accuracy (``vldft.heldout``).
 2. the last ``\\boxed{...}`` (balanced braces),
 3. the last "Answer: X" / "answer is X" (rest of that line or sentence),
 4. with ``choices``: a final choice letter ("(C)", "option C", "the correct option is C",
-   "C." at a line start, a bare "C"),
+   "C." at a line start, a bare "C"); the labels of a restated options list ("A. 30 B. 45",
+   "(A) 30" lines) are passed over, they answer nothing,
 5. whichever ends later: the last LaTeX fraction / radical expression (``\\frac{1}{2}``,
    ``2\\sqrt{3}``, ``\\frac{\\sqrt{3}}{2}``) or the last number (not an exponent like ``cm^2``).
 
@@ -22,10 +23,13 @@ numbers, ``\\frac`` and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), pla
 finally ``math-verify`` equivalence when that package imports (lmms-eval depends on it;
 eval/pins.txt says which versions import together). With ``choices``:
 
-- a letter target (geometry3k): a predicted letter must be that letter; a predicted text counts
+- a letter target (geometry3k): a predicted letter (the first one of a stated answer: "(A), not
+  (B)" states A) must be that letter; a predicted text counts
   when it matches the gold option and every option it matches has the gold option's value. So
   "52" is right for gold B in ["38", "52", "52", "62"] (B and C say the same thing), but a
   prediction matching two options whose values differ is ambiguous and wrong.
+- no ``choices`` and a target that is one capital letter A-J (a held-out row whose options are
+  in its question): a choice letter among A-J.
 - a text target (MathVista): the prediction may match the text itself, or name a letter whose
   option text matches it ("(C)" is right for target "5" in ["3", "4", "5", "6"]).
 """
@@ -78,8 +82,11 @@ def _answer_phrase(text: str) -> str | None:
     return None
 
 
-def _choice_letter(text: str, choices: list[str]) -> str | None:
-    """A final choice letter among the first ``len(choices)`` letters, or None."""
+def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | None:
+    """A choice letter among the first ``len(choices)`` letters, or None: the last one in a
+    reply (``last``), the first one in a stated answer phrase ("(A), not (B)" states A).
+    Labels of a restated options list ("A. 30 B. 45", "(A) 30" on each line: two letters or
+    more each followed by its own option text) name no answer and are passed over."""
     valid = LETTERS[: len(choices)]
     if not valid:
         return None
@@ -90,11 +97,24 @@ def _choice_letter(text: str, choices: list[str]) -> str | None:
     patterns = ((rf"\(([{valid}])\)", False), (rf"(?:option|choice)\s*\(?([{valid}])\b", True),
                 (rf"(?:answer|option|choice)\s+is\s*:?\s*\(?([{valid}])\b", False),
                 (rf"(?m)^\s*\(?([{valid}])[.):]", False), (rf"\b([{valid}])\s*$", False))
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, str, int]] = []  # (where, letter, end of the match)
     for pattern, lower_ok in patterns:
-        found += [(m.start(1), m.group(1)) for m in re.finditer(pattern, text, re.IGNORECASE)
+        found += [(m.start(1), m.group(1).upper(), m.end())
+                  for m in re.finditer(pattern, text, re.IGNORECASE)
                   if m.group(1).isupper() or lower_ok]
-    return max(found)[1].upper() if found else None
+
+    def labels_its_option(where: int, letter: str, end: int) -> bool:
+        option = str(choices[LETTERS.index(letter)]).strip().lower()
+        return bool(option) and text[end:].lstrip(" \t:.)-").lower().startswith(option)
+
+    listing = {L for L, option in zip(valid, choices, strict=False) if str(option).strip()
+               and re.search(rf"(?<![A-Za-z])\(?{L}[.):]\s*{re.escape(str(option).strip())}",
+                             text, re.IGNORECASE)}
+    if len(listing) >= 2:
+        found = [f for f in found if not labels_its_option(*f)]
+    if not found:
+        return None
+    return (max(found) if last else min(found))[1]
 
 
 _ONE_WORD = re.compile(r"\s*([A-Za-z]+)\.?\s*")
@@ -251,7 +271,7 @@ def is_correct(pred: str | None, target: str, choices: list[str] | None = None,
     if pred is None or not str(pred).strip():
         return False
     target = str(target).strip()
-    letter = _choice_letter(pred, choices) if choices else None
+    letter = _choice_letter(pred, choices, last=False) if choices else None
     if choices and len(target) == 1 and target.upper() in LETTERS[: len(choices)]:
         if letter is not None:
             return letter == target.upper()
@@ -280,6 +300,9 @@ def _same(pred: str, target: str, rel_tol: float) -> bool:
 def score(text: str | None, target: str, choices: list[str] | None = None,
           strict: bool = False) -> tuple[str | None, bool]:
     """``(extracted answer, correct)`` for one model output (``strict``: see
-    :func:`extract_answer`)."""
+    :func:`extract_answer`). A target that is one capital letter A-J without ``choices`` (a
+    held-out row whose options are in its question) is a choice letter among A-J."""
+    if choices is None and len(str(target).strip()) == 1 and str(target).strip() in LETTERS:
+        choices = [""] * len(LETTERS)  # letters only: no option texts to compare
     pred = extract_answer(text, choices, strict)
     return pred, is_correct(pred, target, choices)
