@@ -110,6 +110,15 @@ def test_world_size_must_divide_the_global_batch(monkeypatch):
     assert cfg.train.global_batch_size == 96
 
 
+def test_global_batch_size_with_packing_is_refused():
+    """A packed micro-batch is one row holding a varying number of samples: a sample count per
+    step cannot be set through it (it gave 30 samples a step for global_batch_size=8)."""
+    with pytest.raises(ConfigError, match="train.global_batch_size.*data.packing.*grad_accum"):
+        load_config(TINY_CONFIG, ["data.packing=true", "train.global_batch_size=32"])
+    assert load_config(TINY_CONFIG, ["data.packing=true", "train.grad_accum=2"]).train.grad_accum \
+        == 2
+
+
 def test_lora_settings_parse_with_defaults():
     cfg = load_config(TINY_CONFIG, ["model.lora={r: 4, parts: [language, vision]}"])
     assert cfg.model.lora.r == 4 and cfg.model.lora.parts == ["language", "vision"]

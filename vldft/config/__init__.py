@@ -162,6 +162,11 @@ class Config:
         if t.eval_every and not d.heldout_file and not t.eval_tasks:
             raise ConfigError("train.eval_every: set data.heldout_file (or train.eval_tasks) "
                               "to evaluate on")
+        if d.packing and t.global_batch_size is not None:
+            raise ConfigError("train.global_batch_size: counts samples per step, and with "
+                              "data.packing a step's sample count varies (each micro-batch is "
+                              "one packed row of up to data.pack_tokens tokens); set "
+                              "train.grad_accum (packed rows per device per step) instead")
 
     def _validate_paths(self) -> None:
         """Every configured input path exists (relative to ``base_dir``), or is a hub id where a
