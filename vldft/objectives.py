@@ -135,10 +135,17 @@ def token_weights(logp: Tensor, spec: ObjectiveSpec | str = "dft",
     return spec.sft_mix + (1.0 - spec.sft_mix) * w if spec.sft_mix else w
 
 
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """[R] row-wise dot products of two [R, V] tensors in their own dtype (a bmm: no [R, V]
+    temporary), also inside the training step's autocast, which would run it in bf16."""
+    with torch.autocast(a.device.type, enabled=False):
+        return torch.einsum("rv,rv->r", a, b)
+
+
 def _entropies(z: Tensor, probs: Tensor, lse: Tensor, spec: ObjectiveSpec
                ) -> tuple[Tensor, Tensor | None]:
     """Exact entropy [C] (nats) and, for eaft, the normalised estimate [C] from logits z [C, V]."""
-    entropy = lse - torch.einsum("cv,cv->c", probs, z)  # bmm: no [C, V] temporary
+    entropy = lse - _rowdot(probs, z)
     if spec.name != "eaft":
         return entropy, None
     vocab = z.shape[-1]
@@ -183,7 +190,7 @@ def _block_math(z: Tensor, y: Tensor, spec: ObjectiveSpec, ref_z: Tensor | None,
         lam = spec.kl_lambda
         logq = ref_z.sub_(torch.logsumexp(ref_z, -1, keepdim=True))
         z.sub_(lse[:, None]).neg_().add_(logq)  # z := log q - log p
-        kl = torch.einsum("rv,rv->r", logq.exp_(), z)  # logq now holds q
+        kl = _rowdot(logq.exp_(), z)  # logq now holds q
         loss = loss + lam * kl.sum()
     stats = _stats(logp, entropy, w, kl)
     if need_dz:  # dL/dz = w * (softmax - onehot) [+ lam * (softmax - q)]
