@@ -352,7 +352,7 @@ def test_one_jsonl_reader_gives_every_caller_the_same_file_line_errors(tmp_path)
     assert isinstance(bad_json, DataError) and bad_json.reason == "bad_json"
     with pytest.raises(json.JSONDecodeError) as e:
         json.loads(lines[1])
-    assert str(bad_json) == f"{path}:2: invalid JSON ({e.value.msg})"
+    assert str(bad_json) == f"{path}:2: invalid JSON ({e.value.msg} at column {e.value.colno})"
     assert isinstance(bad_utf8, DataError) and str(bad_utf8).startswith(
         f"{path}:4: not UTF-8 text: invalid byte 0xff at byte offset ")
     assert bad_utf8.offset == sum(len(x) + 1 for x in lines[:3]) + lines[3].index(b"\xff")
@@ -396,3 +396,21 @@ def test_a_source_level_error_names_its_file_once(tmp_path):
         detect_format(path)
     assert (str(e.value), e.value.where, e.value.detail) == (f"{path}: no rows", str(path),
                                                              "no rows")
+
+
+def test_missing_or_folder_image_says_which_and_where_relative_paths_resolve(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    rows = [{"id": "a", "messages": [{"role": "user", "content": "<image>Q"},
+                                     {"role": "assistant", "content": "A"}], "images": [img]}
+            for img in ("imgs", "pics/x.png", str(tmp_path / "abs.png"))]
+    path = tmp_path / "t.jsonl"
+    messages = []
+    for row in rows:
+        path.write_text(json.dumps(row) + "\n")
+        with pytest.raises(DataError) as e:
+            load_jsonl(path)
+        messages.append(str(e.value))
+    assert "is a folder, not an image file" in messages[0]
+    assert "image file not found" in messages[1] and f"resolves against {tmp_path}" in messages[1]
+    assert "image_root" in messages[1]
+    assert "image file not found" in messages[2] and "resolves against" not in messages[2]

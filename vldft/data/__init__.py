@@ -156,9 +156,9 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             yield lineno, line
             continue
         try:
-            yield lineno, json.loads(line)
+            yield lineno, json.loads(line.rstrip("\r\n"))  # (the column of an error: its line's)
         except json.JSONDecodeError as e:
-            where, detail = f"{path}:{lineno}", f"invalid JSON ({e.msg})"
+            where, detail = f"{path}:{lineno}", f"invalid JSON ({e.msg} at column {e.colno})"
             yield lineno, DataError(f"{where}: {detail}", "bad_json", where, detail)
 
 
@@ -443,8 +443,13 @@ def _image(img: Any, image_root: Path, where: str, allow_outside_root: bool = Tr
             fail(where, "image_outside_root", f"image {img} resolves to {resolved}, outside the "
                  f"image root {root} (allow_outside_root is off for this source)",
                  image=str(img))
+    if path.is_dir():
+        fail(where, "image_missing", f"image {img} is a folder, not an image file: {path}",
+             image=str(path))
     if not path.is_file():
-        fail(where, "image_missing", f"image file not found: {path}", image=str(path))
+        hint = ("" if Path(img).is_absolute() else f" (a relative image path resolves against "
+                f"{image_root}; if the images lie elsewhere, set the source's image_root)")
+        fail(where, "image_missing", f"image file not found: {path}{hint}", image=str(path))
     return path
 
 

@@ -211,8 +211,9 @@ def iter_json(path: Path) -> Iterator[Row]:
             except json.JSONDecodeError as e:
                 first = next((ln for ln in re.split(r"\r\n|\r|\n", text) if ln.strip()), "")
                 if not _is_json(first):
-                    raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})", "bad_json",
-                                    f"{path}:{e.lineno}", f"invalid JSON ({e.msg})") from None
+                    detail = f"invalid JSON ({e.msg} at column {e.colno})"
+                    raise DataError(f"{path}:{e.lineno}: {detail}", "bad_json",
+                                    f"{path}:{e.lineno}", detail) from None
             else:
                 yield from _json_items(path, data)
                 return
