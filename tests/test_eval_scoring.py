@@ -59,6 +59,13 @@ CASES = [
     ("The answer is -3.", "3", None, "-3", False),
     ("The share is 25%.", "25%", None, "25", True),
     ("Answer: 25%", "0.25", None, "25%", False),
+    # mixed numbers, a radical over a number, scientific notation (units are dropped: a number
+    # with the gold's value is right, as the benchmarks' own rule scorers count it)
+    ("Answer: 1 1/2", "1.5", None, "1 1/2", True),
+    ("Answer: 1 1/2", "5.5", None, "1 1/2", False),  # not "11/2"
+    ("Answer: -2 1/4", "-2.25", None, "-2 1/4", True),
+    ("Answer: \\sqrt{2}/2", "0.7071", None, "\\sqrt{2}/2", True),
+    ("Answer: 2.5e3", "2500", None, "2.5e3", True),
     # choice letters in a sentence
     ("So the correct option is C.", "C", CH4, "C", True),
     ("So the correct option is C.", "B", CH4, "C", False),

@@ -18,7 +18,8 @@ in the right number scores under the lenient steps 4-5 but not under strict.
 ``is_correct(pred, target, choices)`` compares after normalisation (case, markdown, ``$``,
 ``\\text{}``, a leading article, "x =" prefixes, spaces around LaTeX braces, degree signs,
 percent signs and units that follow a number, glued or not: "6cm", "12 cm^2", "5 units"):
-numbers with a relative tolerance (fractions, ``\\frac``, thousands separators, and products of
+numbers with a relative tolerance (fractions, mixed numbers "1 1/2", ``\\frac``, "2.5e3",
+thousands separators, and products of
 numbers, ``\\frac`` and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain strings, and
 finally ``math-verify`` equivalence when that package imports (lmms-eval depends on it;
 eval/pins.txt says which versions import together). With ``choices``:
@@ -224,15 +225,34 @@ def _latex_value(s: str) -> float | None:
 
 
 def to_number(answer: str) -> float | None:
-    """A number from a normalised answer: "1,250", "-2.5", "3/4", "\\frac{3}{4}", "2\\sqrt{3}",
-    "\\frac{\\sqrt{3}}{2}", "6 cm"; else None."""
-    return _value(normalize(answer).replace(" ", ""))
+    """A number from a normalised answer: "1,250", "-2.5", "3/4", "1 1/2", "2.5e3",
+    "\\frac{3}{4}", "2\\sqrt{3}", "\\frac{\\sqrt{3}}{2}", "\\sqrt{2}/2", "6 cm"; else None."""
+    s = normalize(answer)
+    mixed = re.fullmatch(r"([-+]?)(\d+) (\d+)/(\d+)", s)  # "1 1/2" (not 11/2)
+    if mixed:
+        sign, whole, num, den = mixed.groups()
+        if not 0 < int(num) < int(den):
+            return None
+        value = int(whole) + int(num) / int(den)
+        return -value if sign == "-" else value
+    return _value(s.replace(" ", ""))
 
 
 def _value(s: str) -> float | None:
-    """A space-free "1,250" / "-2.5" / "3/4" / LaTeX product as a float, else None."""
+    """A space-free "1,250" / "-2.5" / "3/4" / "2.5e3" / LaTeX product (over a number, or over
+    another one: "\\sqrt{2}/2") as a float, else None."""
+    if re.fullmatch(r"[-+]?\d+(?:\.\d+)?e[-+]?\d+", s):
+        return float(s)
     if not re.fullmatch(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|"
                         r"[-+]?\.\d+", s):
+        depth, over = 0, None
+        for i, ch in enumerate(s):  # a "/" outside every brace group divides two values
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if ch == "/" and depth == 0:
+                over = i
+        if over is not None:
+            num, den = _value(s[:over]), _value(s[over + 1:])
+            return num / den if num is not None and den else None
         return _latex_value(s)
     s = s.replace(",", "")
     try:
