@@ -75,6 +75,8 @@ CASES = [
     # the stated letter is the first one of the answer phrase, not a later one it argues with
     ("The answer is (A), not (B).", "A", CH4, "(A), not (B)", True),
     ("The answer is (B) since (A) is too small.", "B", CH4, "(B) since (A) is too small", True),
+    ("Answer: A, because B is too large.", "A", CH4, "A, because B is too large", True),
+    ("A, B and C lie on the circle, so the angle is 60", "C", CH4, "60", True),  # points
     # a reply that restates the options ("A. 30 B. 45 ...") names no letter by listing them:
     # the answer is the option text it settles on
     ("A. 30 B. 45 C. 60 D. 90\nThe angle is 60", "C", CH4, "60", True),

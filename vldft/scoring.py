@@ -98,6 +98,8 @@ def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | No
     patterns = ((rf"\(([{valid}])\)", False), (rf"(?:option|choice)\s*\(?([{valid}])\b", True),
                 (rf"(?:answer|option|choice)\s+is\s*:?\s*\(?([{valid}])\b", False),
                 (rf"(?m)^\s*\(?([{valid}])[.):]", False), (rf"\b([{valid}])\s*$", False))
+    if not last:  # a stated answer phrase that starts with its letter: "A, because ..."
+        patterns += ((rf"\A\s*\(?([{valid}])[,;]", False),)
     found: list[tuple[int, str, int]] = []  # (where, letter, end of the match)
     for pattern, lower_ok in patterns:
         found += [(m.start(1), m.group(1).upper(), m.end())
