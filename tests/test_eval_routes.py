@@ -228,3 +228,79 @@ def test_model_args_prints_what_lmms_evals_own_cli_needs(ckpt):
                           "--model-class", "qwen2_5_vl", "--device", "cpu"],
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
     assert out == f"pretrained={ckpt},min_pixels=12544,max_pixels=12544,device_map=cpu"
+
+
+def test_stored_responses_are_reused_only_for_the_same_pictures(tmp_path):
+    """A request's key covers its images' pixels: the same prompts over other pictures (another
+    data folder, an image edited in place) are generated again; ``fresh`` (--overwrite) reuses
+    nothing."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from vldft.eval.resume import ResponseStore, make_resumable
+
+    def visual(doc):
+        return [Image.open(doc["image"]).convert("RGB")]
+
+    def run(pictures: dict, fresh: bool = False) -> list:
+        generated: list = []
+
+        def generate_until(reqs):
+            generated.extend(r.doc_id for r in reqs)
+            return [f"answer {r.doc_id}" for r in reqs]
+        lm = SimpleNamespace(generate_until=generate_until,
+                             task_dict={"t": {"test": [{"image": p} for p in pictures]}})
+        make_resumable(lm, ResponseStore(tmp_path / "responses", 0, fresh=fresh), "fp", block=1)
+        reqs = [SimpleNamespace(args=(f"q{d}", {"max_new_tokens": 4}, visual, d, "t", "test"),
+                                task_name="t", doc_id=d, idx=0) for d in range(len(pictures))]
+        lm.generate_until(reqs)
+        return generated
+
+    real, blank = tmp_path / "real", tmp_path / "blank"
+    for folder, colours in ((real, ("red", "blue")), (blank, ("white", "white"))):
+        folder.mkdir()
+        for i, c in enumerate(colours):
+            Image.new("RGB", (8, 8), c).save(folder / f"{i}.png")
+    pics = [real / "0.png", real / "1.png"]
+    assert run(pics) == [0, 1]
+    assert run(pics) == []  # the same pictures: every response is reused
+    assert run([blank / "0.png", blank / "1.png"]) == [0, 1]  # other pictures, same prompts
+    Image.new("RGB", (8, 8), "green").save(real / "1.png")  # edited in place
+    assert run(pics) == [1]
+    assert run(pics, fresh=True) == [0, 1]
+
+
+def test_overwrite_and_already_done_follow_the_data_not_only_its_folder_name(
+        ckpt, whole, tmp_path, monkeypatch):
+    """A finished evaluation of the bundled held-out set, then the same command over blank
+    copies of its pictures ($VLDFT_GEO_HELDOUT): not "already done" (it said so, with the real
+    pictures' score), and with --overwrite every response is generated again (the stored ones
+    were reused: 93 % for blank pictures), equal to a fresh evaluation's."""
+    import shutil
+
+    from PIL import Image
+
+    from vldft.eval.local_tasks import geo_heldout_path
+    from vldft.eval.run import EvalSetupError, evaluate
+
+    out = tmp_path / "eval"
+    shutil.copytree(whole, out)
+    kw = {"limit": LIMIT, "batch_size": 1, "device": "cpu"}
+    assert evaluate(str(ckpt), ["vldft_geo_heldout"], out, **kw).get("done")
+    folder = tmp_path / "blank" / "geo_demo"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (112, 112), "white").save(folder / "white.png")
+    rows = [json.loads(line) for line in geo_heldout_path().read_text().splitlines()]
+    (folder / "heldout.jsonl").write_text("".join(
+        json.dumps({**r, "images": [str(folder / "white.png")]}) + "\n" for r in rows))
+    monkeypatch.setenv("VLDFT_GEO_HELDOUT", str(folder / "heldout.jsonl"))
+    with pytest.raises(EvalSetupError, match="different in: data files"):
+        evaluate(str(ckpt), ["vldft_geo_heldout"], out, **kw)
+    again = evaluate(str(ckpt), ["vldft_geo_heldout"], out, overwrite=True, **kw)
+    evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "fresh", **kw)
+    meta = json.loads(Path(again["results"]).read_text())["vldft"]
+    assert meta["resumed_responses"] == 0 and _kept(out) == LIMIT
+    name = "samples_vldft_geo_heldout.jsonl"
+    assert (out / name).read_text() == (tmp_path / "fresh" / name).read_text()
+    assert (out / name).read_text() != (whole / name).read_text()

@@ -56,7 +56,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="run directory (default runs/eval/<checkpoint parent>_<name>-<tasks>)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the results of an earlier evaluation in --out")
+                   help="replace the results of an earlier evaluation in --out and generate "
+                        "every response again (stored ones are not reused)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="cap on every task's generation budget")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     if written.get("done"):
         print(written["summary"].read_text(), end="")
         print(f"[vldft] already done: {written['results']} holds this evaluation (same "
-              "checkpoint files, tasks and settings); --overwrite to run it again")
+              "checkpoint files, tasks, settings and data files); --overwrite to run it again")
     elif written:
         print(written["summary"].read_text(), end="")
         print(f"[vldft] wrote {written['results']}, {written['summary']} and "

@@ -105,16 +105,21 @@ class VldftSimpleTask(_LocalData, ConfigurableTask):
 
 
 # -- vldft synthetic geometry (normalised JSONL) --------------------------------------------
-def load_geo_heldout(root: str | None = None) -> datasets.Dataset:
-    """vldft's held-out JSONL as rows {id, kind, question, image, answer}: from
-    ``$VLDFT_GEO_HELDOUT``, else ``<root>/geo_demo/heldout.jsonl`` (``--data-dir``), else the
-    bundled ``data/geo_demo/heldout.jsonl``."""
+def geo_heldout_path(root: str | Path | None = None) -> Path:
+    """The file ``vldft_geo_heldout`` reads: ``$VLDFT_GEO_HELDOUT``, else
+    ``<root>/geo_demo/heldout.jsonl`` (``--data-dir``), else the bundled
+    ``data/geo_demo/heldout.jsonl``."""
     if os.environ.get("VLDFT_GEO_HELDOUT"):
-        path = Path(os.environ["VLDFT_GEO_HELDOUT"])
-    elif root and root != "local":
-        path = Path(root) / "geo_demo" / "heldout.jsonl"
-    else:
-        path = REPO_DATA / "geo_demo" / "heldout.jsonl"
+        return Path(os.environ["VLDFT_GEO_HELDOUT"])
+    if root and str(root) != "local":
+        return Path(root) / "geo_demo" / "heldout.jsonl"
+    return REPO_DATA / "geo_demo" / "heldout.jsonl"
+
+
+def load_geo_heldout(root: str | None = None) -> datasets.Dataset:
+    """vldft's held-out JSONL (:func:`geo_heldout_path`) as rows {id, kind, question, image,
+    answer}."""
+    path = geo_heldout_path(root)
     if not path.is_file():
         raise LocalDataError(f"{path}: file not found (vldft_geo_heldout reads "
                              f"<data-dir>/geo_demo/heldout.jsonl)")

@@ -7,9 +7,11 @@ requests, in lmms-eval's order, into blocks of ``batch_size`` and runs the model
 a time; after each block, its responses are appended to ``<out>/responses/rank<r>.jsonl`` (one
 line per request, flushed and fsync'ed). A request's key hashes the fingerprint of the run (the
 checkpoint's files, the model class and its arguments, the batch size) with the task, document
-id, request index, prompt and generation settings. On a rerun a block whose every key is stored
-is not generated again; any other block is generated whole. A block is always the same requests
-in the same batch, whether the run was interrupted or not, so a resumed run gives the
+id, request index, prompt, generation settings and the pixels of its images (video files by
+content): a response is reused only for exactly the model's input. On a rerun a block whose
+every key is stored is not generated again; any other block is generated whole. A block is
+always the same requests in the same batch, whether the run was interrupted or not, so a
+resumed run gives the
 responses, and therefore the scores, of an uninterrupted one (batched generation is not
 bit-identical across batch compositions; equal blocks make it so).
 
@@ -69,20 +71,73 @@ def _settings(req) -> tuple[str, dict]:
     return str(args[0]), gen
 
 
-def request_key(fingerprint: str, req) -> str:
+def _feed(h, value: Any) -> None:
+    """Feed ``h`` what a model is shown: images (PIL, arrays) by their pixels, a file (a video,
+    an image path) by its digest, text as is; containers item by item. An object of another type
+    by its type's name only (its repr may hold a memory address)."""
+    if isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for v in value:
+            _feed(h, v)
+        h.update(b"]")
+    elif isinstance(value, dict):
+        for k in sorted(value, key=str):
+            h.update(str(k).encode())
+            _feed(h, value[k])
+    elif isinstance(value, (str, os.PathLike)):
+        h.update(_file_digest(Path(value)).encode() if os.path.isfile(value)
+                 else str(value).encode())
+    elif isinstance(value, (int, float, bool, type(None))):
+        h.update(repr(value).encode())
+    elif callable(getattr(value, "tobytes", None)):  # a PIL image, a numpy array
+        h.update(repr((type(value).__name__, getattr(value, "mode", None),
+                       getattr(value, "size", None), getattr(value, "shape", None))).encode())
+        h.update(value.tobytes())
+    else:
+        h.update(type(value).__name__.encode())
+
+
+def request_inputs(lm, req) -> str:
+    """A digest of what a request shows the model besides its prompt: the outputs of its
+    callables (``doc_to_visual``, ``doc_to_messages``) on its document, images by their pixels,
+    so a stored response is reused only for the same pictures (the same task over other images,
+    from another folder or edited in place, is another request). '' when the document cannot be
+    looked up (``lm.task_dict[task][split][doc_id]``, as lmms-eval's evaluator fills it)."""
+    args = req.args
+    try:
+        doc_id, task, split = args[-3], args[-2], args[-1]
+        doc = lm.task_dict[task][split][doc_id]
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    h = hashlib.sha256()
+    for fn in args:
+        if callable(fn):
+            try:
+                _feed(h, fn(doc))
+            except Exception as e:  # noqa: BLE001 - generation meets (and reports) it itself
+                h.update(f"error:{type(e).__name__}".encode())
+    return h.hexdigest()
+
+
+def request_key(fingerprint: str, req, inputs: str = "") -> str:
+    """A request's key: the run fingerprint, task, document, request index, prompt, generation
+    settings and ``inputs`` (:func:`request_inputs`)."""
     ctx, gen = _settings(req)
     return hashlib.sha256(json.dumps(
-        [fingerprint, req.task_name, req.doc_id, req.idx, ctx, gen], sort_keys=True,
+        [fingerprint, req.task_name, req.doc_id, req.idx, ctx, gen, inputs], sort_keys=True,
         default=str).encode()).hexdigest()
 
 
 class ResponseStore:
-    """``<root>/rank<r>.jsonl`` files of ``{"key", "task", "doc_id", "response"}`` lines."""
+    """``<root>/rank<r>.jsonl`` files of ``{"key", "task", "doc_id", "response"}`` lines.
+    ``fresh`` (``--overwrite``): nothing stored is read, and this rank's file starts empty."""
 
-    def __init__(self, root: Path, rank: int) -> None:
+    def __init__(self, root: Path, rank: int, fresh: bool = False) -> None:
         self.root, self.rank = Path(root), rank
         self.kept: dict[str, Any] = {}
-        for f in sorted(self.root.glob("rank*.jsonl")):
+        if fresh:
+            (self.root / f"rank{rank}.jsonl").unlink(missing_ok=True)
+        for f in [] if fresh else sorted(self.root.glob("rank*.jsonl")):
             with open(f, encoding="utf-8") as fh:
                 for line in fh:
                     try:
@@ -127,7 +182,7 @@ def make_resumable(lm, store: ResponseStore, fingerprint: str, block: int) -> No
 
     def generate_until(requests: list) -> list:
         out: list = [None] * len(requests)
-        keys = [request_key(fingerprint, r) for r in requests]
+        keys = [request_key(fingerprint, r, request_inputs(lm, r)) for r in requests]
         for start in range(0, len(requests), block):
             idx = list(range(start, min(start + block, len(requests))))
             if all(keys[i] in store.kept for i in idx):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import difflib
+import hashlib
 import io
 import json
 import os
@@ -413,16 +414,51 @@ def check_model(model: str) -> None:
 
 # what run_identity's keys are, in a refusal's words
 IDENTITY_WORDS = {"run": "checkpoint files or model settings", "tasks": "tasks",
-                  "limit": "--limit", "data_dir": "--data-dir", "include_paths": "--include-path"}
+                  "limit": "--limit", "data_dir": "--data-dir", "include_paths": "--include-path",
+                  "data": "data files"}
+
+
+def _folder_digest(folder: Path) -> str | None:
+    """sha256 of the (relative path, size, modification time) of every file under ``folder``
+    (None if it is no folder): a file added, removed, replaced or edited changes it."""
+    if not folder.is_dir():
+        return None
+    rows = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            rows.append((os.path.relpath(os.path.join(root, name), folder), st.st_size,
+                         st.st_mtime_ns))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def data_identity(tasks: list[str], data_dir) -> dict:
+    """Per task, the local data it reads and a digest of the files there: the folder of
+    ``vldft_geo_heldout``'s file (``$VLDFT_GEO_HELDOUT``, ``--data-dir`` or bundled), a
+    benchmark's ``<data-dir>/<benchmark>/``; None for data from the hub."""
+    from vldft.eval.local_tasks import geo_heldout_path
+
+    out = {}
+    for name in tasks:
+        folder = None
+        if name == "vldft_geo_heldout":
+            folder = geo_heldout_path(data_dir).resolve().parent
+        elif name in BY_TASK and data_dir is not None:
+            folder = (Path(data_dir) / BY_TASK[name].name).resolve()
+        out[name] = None if folder is None else {"folder": str(folder),
+                                                 "files": _folder_digest(folder)}
+    return out
 
 
 def run_identity(fingerprint: str, tasks: list[str], limit, data_dir, include_paths) -> dict:
     """What makes two evaluations the same (results.json's ``vldft.identity``): the run
     fingerprint (checkpoint files, model class and arguments, batch size), the tasks, the
-    limit, the data and task folders."""
+    limit, the data and task folders, and the data files the tasks read (``data_identity``)."""
     return {"run": fingerprint, "tasks": list(tasks), "limit": limit,
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-            "include_paths": [str(Path(p).resolve()) for p in include_paths]}
+            "include_paths": [str(Path(p).resolve()) for p in include_paths],
+            "data": data_identity(list(tasks), data_dir)}
 
 
 def finished_evaluation(out: Path, identity: dict | None) -> dict:
@@ -438,7 +474,7 @@ def finished_evaluation(out: Path, identity: dict | None) -> dict:
     if identity is None or recorded != identity:
         differ = [IDENTITY_WORDS[k] for k in identity if recorded.get(k) != identity[k]] \
             if isinstance(recorded, dict) and identity else []
-        why = f": its {', '.join(differ)} differ" if differ else ""
+        why = f", different in: {', '.join(differ)}" if differ else ""
         raise EvalSetupError(f"{path} exists (another evaluation{why}): pass another --out, or "
                              "--overwrite to replace it")
     return {"results": path, "summary": out / "summary.md",
@@ -500,7 +536,8 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
     if not isinstance(model, lmms):
         lm = get_model(model_class).create_from_arg_string(
             args, {"batch_size": batch_size, "max_batch_size": None, "device": device})
-        store = ResponseStore(out / "responses", int(os.environ.get("RANK", "0")))
+        store = ResponseStore(out / "responses", int(os.environ.get("RANK", "0")),
+                              fresh=overwrite)  # --overwrite: nothing stored is reused
         if store.found and int(os.environ.get("RANK", "0")) == 0:
             print(f"[vldft] resuming: {store.found} responses kept in {store.root} from an "
                   "interrupted run; only the missing ones are generated")
