@@ -66,6 +66,12 @@ CASES = [
     ("Answer: -2 1/4", "-2.25", None, "-2 1/4", True),
     ("Answer: \\sqrt{2}/2", "0.7071", None, "\\sqrt{2}/2", True),
     ("Answer: 2.5e3", "2500", None, "2.5e3", True),
+    # whole numbers compare exactly (a relative 1e-4 let 12346 pass for 12345); a count of
+    # things is its number
+    ("Answer: 12346", "12345", None, "12346", False),
+    ("Answer: 70001", "70000", None, "70001", False),
+    ("Answer: 18 eggs", "18", None, "18 eggs", True),
+    ("Answer: 5 dollars", "5", None, "5 dollars", True),
     # choice letters in a sentence
     ("So the correct option is C.", "C", CH4, "C", True),
     ("So the correct option is C.", "B", CH4, "C", False),
@@ -175,6 +181,29 @@ def test_a_letter_target_without_choices_reads_the_stated_letter():
     assert not score("Answer: b) 45", "b")[1]
 
 
+@pytest.mark.parametrize("mv", ["with math-verify", "rules alone"])
+def test_a_reply_that_is_the_gold_itself_is_right(monkeypatch, mv):
+    """A bare reply equal to the reference answer (spaces aside) is right whatever the
+    extraction makes of it (it took the last number of "(2,2)"), with or without math-verify."""
+    if mv == "rules alone":
+        monkeypatch.setattr(scoring, "_math_verify", lambda: None)
+    for gold in ("(2,2)", "$9 \\pi \\mathrm{cm}^{2}$", "y=2x+1"):
+        assert score(gold, gold)[1], gold
+    assert score("(2, 2)", "(2,2)") == ("(2, 2)", True)
+    assert score("y = 2x + 1", "y=2x+1")[1]
+    assert not score("(2,3)", "(2,2)")[1]
+    assert score("(2,2)", "(2,2)", strict=True) == (None, False)  # stated answers only
+
+
+def test_a_multi_select_gold_needs_exactly_its_letters():
+    for reply in ("C\nD", "Answer: C\nD", "C, D", "Answer: C and D", "\\boxed{C,D}"):
+        assert score(reply, "C\nD")[1], reply
+    for reply in ("Answer: C", "C, D, E", "Answer: D", ""):
+        assert not score(reply, "C\nD")[1], reply
+    assert score("Answer: C, D", "C, D", strict=True)[1]
+    assert not score("C, D", "C, D", strict=True)[1]  # not stated
+
+
 def test_heldout_uses_the_shared_scorer():
     """The in-training held-out accuracy and the eval tasks share one scorer."""
     import vldft.heldout as heldout
@@ -223,3 +252,17 @@ def test_heldout_combines_lenient_and_strict_counts_over_ranks():
     assert res["accuracy"] == 5 / 8 and res["accuracy_strict"] == 3 / 8
     assert res["accuracy_by_kind"] == {"count": 4 / 6, "shape": 1 / 2}
     assert res["accuracy_strict_by_kind"] == {"count": 3 / 6, "shape": 0.0}
+
+
+def test_heldout_accuracy_names_its_denominator_when_rows_lack_answers():
+    """30 rows, 10 without an answer: the accuracy is over the 20 (it read as over all 30)."""
+    from vldft.heldout import accuracy_line, combine
+
+    part = {"n": 30, "n_skipped": 0, "n_scored_ce": 30, "loss_sum": 1.0, "ce_sum": 1.0,
+            "p_sum": 2.0, "n_tokens": 4, "correct": 5, "correct_strict": 5, "scored": 20,
+            "per_kind": {"all": [5, 20, 5]}, "examples": []}
+    res = combine([part])
+    assert res["n_answered"] == 20 and res["accuracy"] == 0.25
+    assert "accuracy 25.0% of 20 with an answer (10 without)" in accuracy_line("held-out", res)
+    full = combine([{**part, "scored": 30, "per_kind": {"all": [5, 30, 5]}}])
+    assert "with an answer" not in accuracy_line("held-out", full)

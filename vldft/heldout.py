@@ -98,7 +98,8 @@ def combine(parts: list[dict]) -> dict:
     for p in parts:
         for k, counts in p["per_kind"].items():
             kinds[k] = [a + b for a, b in zip(kinds.get(k, [0, 0, 0]), counts, strict=True)]
-    return {"n": tot["n"], "n_scored_ce": tot["n_scored_ce"], "n_skipped": tot["n_skipped"],
+    return {"n": tot["n"], "n_answered": tot["scored"], "n_scored_ce": tot["n_scored_ce"],
+            "n_skipped": tot["n_skipped"],
             "loss": tot["loss_sum"] / n_tok, "ce": tot["ce_sum"] / n_tok,
             "mean_p": tot["p_sum"] / n_tok,
             "accuracy": tot["correct"] / tot["scored"] if tot["scored"] else None,
@@ -227,7 +228,16 @@ def accuracy_line(label: str, result: dict) -> str:
     if result["accuracy"] is None:
         return f"[vldft] {label}: accuracy n/a (no sample has an 'answer' field)"
     kinds = ", ".join(f"{k} {v:.0%}" for k, v in result["accuracy_by_kind"].items())
-    return f"[vldft] {label}: accuracy {result['accuracy']:.1%} ({kinds})"
+    return f"[vldft] {label}: accuracy {result['accuracy']:.1%}{of_answered(result)} ({kinds})"
+
+
+def of_answered(result: dict) -> str:
+    """" of N with an answer (M without)" when some samples have no ``answer`` (the accuracy's
+    denominator is the N), else ""."""
+    n, answered = result.get("n"), result.get("n_answered")
+    if answered is None or n is None or answered >= n:
+        return ""
+    return f" of {answered} with an answer ({n - answered} without)"
 
 
 PROG = "python -m vldft.heldout"

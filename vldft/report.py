@@ -19,7 +19,7 @@ from vldft.checkpoint import truncate_jsonl
 from vldft.config import Config, config_to_dict
 from vldft.diagnostics import write_plots
 from vldft.guard import CollapseGuard, review
-from vldft.heldout import combine, score_part
+from vldft.heldout import combine, of_answered, score_part
 from vldft.loader import data_summary, skip_listing
 from vldft.state import RunState
 
@@ -147,7 +147,7 @@ class Evaluator:
         self.state.evals.append(res)
         self.out.metrics({"step": step, "heldout": {k: v for k, v in res.items()
                                                     if k != "examples"}})
-        acc = "n/a" if res["accuracy"] is None else f"{res['accuracy']:.1%}"
+        acc = "n/a" if res["accuracy"] is None else f"{res['accuracy']:.1%}{of_answered(res)}"
         self.out.note(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}"
                       + (f" ({res['n_skipped']} skipped)" if res["n_skipped"] else ""))
 
@@ -259,7 +259,7 @@ def print_summary(summary: dict, history: list[dict]) -> None:
           + (f"; videos shortened by frames {summary['video_shortened']}"
              if summary.get("video_shortened") else ""))
     for h in summary.get("heldout_history", []):
-        acc = "n/a" if h["accuracy"] is None else f"{h['accuracy']:.1%}"
+        acc = "n/a" if h["accuracy"] is None else f"{h['accuracy']:.1%}{of_answered(h)}"
         print(f"[vldft] held-out at step {h['step']} ({summary['heldout']['n']} samples): "
               f"ce {h['ce']:.4f}, {summary['objective']} loss {h['loss']:.4f}, "
               f"answer accuracy {acc}")

@@ -18,11 +18,15 @@ in the right number scores under the lenient steps 4-5 but not under strict.
 ``is_correct(pred, target, choices)`` compares after normalisation (case, markdown, ``$``,
 ``\\text{}``, a leading article, "x =" prefixes, spaces around LaTeX braces, degree signs,
 percent signs and units that follow a number, glued or not: "6cm", "12 cm^2", "5 units"):
-numbers with a relative tolerance (fractions, mixed numbers "1 1/2", ``\\frac``, "2.5e3",
+numbers (two whole numbers exactly, others with a relative tolerance; a count of things, "18
+eggs", is its number; fractions, mixed numbers "1 1/2", ``\\frac``, "2.5e3",
 thousands separators, and products of
 numbers, ``\\frac`` and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain strings, and
 finally ``math-verify`` equivalence when that package imports (lmms-eval depends on it;
-eval/pins.txt says which versions import together). With ``choices``:
+eval/pins.txt says which versions import together). ``score`` also counts a bare reply that
+is the gold itself (spaces aside, "(2, 2)" for "(2,2)") whatever its extraction gives, and a
+multi-select gold without ``choices`` ("C\\nD", "C, D") needs exactly its letters. With
+``choices``:
 
 - a letter target (geometry3k): a predicted letter (the first one of a stated answer: "(A), not
   (B)" states A) must be that letter; a predicted text counts
@@ -226,6 +230,9 @@ def _latex_value(s: str) -> float | None:
     return value
 
 
+_TRAILING_WORDS = re.compile(r"([-+]?[\d.,/]+)(?: [a-z]+){1,3}")  # "18 eggs", "42 more minutes"
+
+
 def to_number(answer: str) -> float | None:
     """A number from a normalised answer: "1,250", "-2.5", "3/4", "1 1/2", "2.5e3",
     "\\frac{3}{4}", "2\\sqrt{3}", "\\frac{\\sqrt{3}}{2}", "\\sqrt{2}/2", "6 cm"; else None."""
@@ -237,7 +244,8 @@ def to_number(answer: str) -> float | None:
             return None
         value = int(whole) + int(num) / int(den)
         return -value if sign == "-" else value
-    return _value(s.replace(" ", ""))
+    words = _TRAILING_WORDS.fullmatch(s)  # a count of things: the number ("18 eggs")
+    return _value((words.group(1) if words else s).replace(" ", ""))
 
 
 def _value(s: str) -> float | None:
@@ -309,14 +317,39 @@ def is_correct(pred: str | None, target: str, choices: list[str] | None = None,
 
 
 def _same(pred: str, target: str, rel_tol: float) -> bool:
-    """Whether two answers agree as strings, numbers or (with math-verify) math expressions."""
+    """Whether two answers agree as strings (spaces aside: "(2, 2)" is "(2,2)"), numbers (two
+    whole numbers exactly, others within ``rel_tol``) or (with math-verify) math expressions."""
     p, t = normalize(pred), normalize(target)
-    if p == t:
+    if p.replace(" ", "") == t.replace(" ", ""):
         return True
     pn, tn = to_number(pred), to_number(target)
     if pn is not None and tn is not None:
+        if pn.is_integer() and tn.is_integer():  # 12346 is not 12345
+            return pn == tn
         return math.isclose(pn, tn, rel_tol=rel_tol, abs_tol=1e-9)
     return _equivalent(pred, target)
+
+
+_LETTER_SET = re.compile(r"[A-J](?:\s*(?:[,;/\n]|\band\b|\s)\s*[A-J])+")
+
+
+def _letter_set_score(text: str, target: str, strict: bool) -> tuple[str | None, bool]:
+    """A multi-select gold ("C\nD", "C, D"): the capital letters A-J the answer names, from its
+    stated answer ("Answer: C, D", ``\\boxed{C,D}``, to the end of the reply) or, lenient, the
+    whole reply, must be exactly the gold's."""
+    text = _THINK.sub(" ", text)
+    boxed = _last_boxed(text)
+    stated = _ANSWER_IS.search(text)
+    part = boxed if boxed else text[stated.start():] if stated else None
+    if part is None and not strict:
+        part = text
+    if part is None:
+        return None, False
+    if stated and not boxed:
+        part = part.split(":", 1)[-1] if ":" in part.split("\n", 1)[0] else re.sub(
+            r"^.*?\bis\b", "", part, count=1)
+    letters = set(re.findall(r"\b([A-J])\b", part))
+    return part.strip(), bool(letters) and letters == set(re.findall(r"[A-J]", target))
 
 
 def score(text: str | None, target: str, choices: list[str] | None = None,
@@ -324,7 +357,15 @@ def score(text: str | None, target: str, choices: list[str] | None = None,
     """``(extracted answer, correct)`` for one model output (``strict``: see
     :func:`extract_answer`). A target that is one capital letter A-J without ``choices`` (a
     held-out row whose options are in its question) is a choice letter among A-J."""
-    if choices is None and len(str(target).strip()) == 1 and str(target).strip() in LETTERS:
+    gold = str(target).strip()
+    if choices is None and _LETTER_SET.fullmatch(gold):
+        return _letter_set_score(text or "", gold, strict)
+    if choices is None and len(gold) == 1 and gold in LETTERS:
         choices = [""] * len(LETTERS)  # letters only: no option texts to compare
     pred = extract_answer(text, choices, strict)
-    return pred, is_correct(pred, target, choices)
+    ok = is_correct(pred, target, choices)
+    reply = _THINK.sub(" ", text or "").strip()
+    if not ok and not strict and reply and normalize(reply).replace(" ", "") == normalize(
+            gold).replace(" ", ""):  # a bare reply that is the gold itself: "(2,2)"
+        return reply, True
+    return pred, ok
