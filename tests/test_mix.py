@@ -150,4 +150,5 @@ def test_the_log_warns_of_a_source_without_samples_and_notes_a_repeated_one(tmp_
                            f"{{path: {tmp_path / 'many.jsonl'}, name: many, weight: 1}}")
     assert used == {"one": (1, 5), "many": (9, 5)}, used  # 10 samples, half each
     assert "[vldft] note: source 'one' is repeated: 1 rows give 5 samples (5.0x" in text
-    assert "'many'" not in text and "warning" not in text
+    assert "[vldft] note: source 'many' is subsampled: 5 of its 9 rows are used" in text
+    assert "the other 4 are not trained" in text and "warning" not in text

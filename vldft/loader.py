@@ -196,6 +196,11 @@ def describe_data(data, seed: int, summary_file: Path) -> str:
         elif used > read:
             text += (f"\n[vldft] note: source {src!r} is repeated: {read} rows give {used} "
                      f"samples ({used / read:.1f}x, by its weight)")
+        elif used < read - row.get("decontaminated", 0):
+            kept = read - row.get("decontaminated", 0)
+            text += (f"\n[vldft] note: source {src!r} is subsampled: {used} of its {kept} rows "
+                     f"are used (by its weight or max_samples); the other {kept - used} are "
+                     "not trained in this run")
     if data.skips.total:
         text += (f"\n[vldft] skipped while reading:\n{data.skips.summary()}\n  (every skipped "
                  f"row with file, line, id, image and reason: {summary_file})")
