@@ -64,7 +64,9 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="hf: vldft's model class (transformers generate); vllm: lmms-eval's vllm "
                         "class with the checkpoint's chat template and pixel limits (GPUs)")
     p.add_argument("--model-class", default=None,
-                   help="any lmms-eval model class instead (qwen2_5_vl, llava_hf, ...)")
+                   help="an lmms-eval stock class instead, one vldft can hand the "
+                        "checkpoint's image policy: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, "
+                        "llava_hf (others are refused)")
     p.add_argument("--model-args", default="", help="extra model_args, k=v,k=v")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
     p.add_argument("--verbosity", default="WARNING",
