@@ -72,6 +72,11 @@ CASES = [
     ("Answer: 70001", "70000", None, "70001", False),
     ("Answer: 18 eggs", "18", None, "18 eggs", True),
     ("Answer: 5 dollars", "5", None, "5 dollars", True),
+    ("Answer: 2 pi", "2", None, "2 pi", False),  # words that change the value
+    ("Answer: 10 million", "10", None, "10 million", False),
+    ("Answer: 12345.4", "12345", None, "12345.4", False),
+    ("Answer: 1 2", "12", None, "1 2", False),
+    ("Answer: 1e400", "2e400", None, "1e400", False),
     # choice letters in a sentence
     ("So the correct option is C.", "C", CH4, "C", True),
     ("So the correct option is C.", "B", CH4, "C", False),
@@ -90,6 +95,9 @@ CASES = [
      True),
     ("(A) 30\n(B) 45\n(C) 60\n(D) 90\nSo I pick (C).", "C", CH4, "C", True),
     ("I pick (C) 60.", "C", CH4, "C", True),  # one letter with its own text: an answer
+    ("A. 30\nB. 45\nC. 60\nD. 90\nMy choice: C. 60", "C", CH4, "C", True),  # after the list
+    ("The options are (A) 30, (B) 45, (C) 60, (D) 90.\nThe angle is (C) 60", "C", CH4, "C", True),
+    ("The answer is not (A) but (B).", "B", CH4, "not (A) but (B)", True),
     # duplicated option text: a prediction equal to the gold option's value is right
     ("Answer: 52", "B", ["38", "52", "52", "62"], "52", True),
     ("Answer: 38", "B", ["38", "52", "52", "62"], "38", False),
@@ -192,16 +200,28 @@ def test_a_reply_that_is_the_gold_itself_is_right(monkeypatch, mv):
     assert score("(2, 2)", "(2,2)") == ("(2, 2)", True)
     assert score("y = 2x + 1", "y=2x+1")[1]
     assert not score("(2,3)", "(2,2)")[1]
+    # a reasoning reply is not bare: its last equation is no stated answer
+    assert not score("The answer is 3. Not y = 5", "5")[1]
+    assert not score("Answer: 7\nCheck: 3 + 4 = 7, and 2 + 2 = 4", "4")[1]
+    assert not score("1 1/2", "11/2")[1]
     assert score("(2,2)", "(2,2)", strict=True) == (None, False)  # stated answers only
 
 
 def test_a_multi_select_gold_needs_exactly_its_letters():
     for reply in ("C\nD", "Answer: C\nD", "C, D", "Answer: C and D", "\\boxed{C,D}"):
         assert score(reply, "C\nD")[1], reply
-    for reply in ("Answer: C", "C, D, E", "Answer: D", ""):
+    for reply in ("Answer: C, D\nI checked each option.", "I pick C and D",
+                  "Answer: C and D. A square has four sides."):
+        assert score(reply, "C\nD")[1], reply
+    for reply in ("Answer: C", "C, D, E", "Answer: D", "", "Neither C nor D.",
+                  "Answer: E. Not C and not D"):
         assert not score(reply, "C\nD")[1], reply
     assert score("Answer: C, D", "C, D", strict=True)[1]
     assert not score("C, D", "C, D", strict=True)[1]  # not stated
+
+
+def test_a_degenerate_reply_does_not_crash_the_scorer():
+    score("Answer: " + "1/" * 1500 + "1", "1")  # no RecursionError (a collapsed model's output)
 
 
 def test_heldout_uses_the_shared_scorer():

@@ -18,21 +18,23 @@ in the right number scores under the lenient steps 4-5 but not under strict.
 ``is_correct(pred, target, choices)`` compares after normalisation (case, markdown, ``$``,
 ``\\text{}``, a leading article, "x =" prefixes, spaces around LaTeX braces, degree signs,
 percent signs and units that follow a number, glued or not: "6cm", "12 cm^2", "5 units"):
-numbers (two whole numbers exactly, others with a relative tolerance; a count of things, "18
-eggs", is its number; fractions, mixed numbers "1 1/2", ``\\frac``, "2.5e3",
-thousands separators, and products of
+numbers (a whole-number gold within 0.01, so 12346 and 12345.4 are not 12345; others with a
+relative tolerance; a count of things, "18 eggs", is its number, "2 pi" or "10 million" not;
+fractions, mixed numbers "1 1/2", ``\\frac``, "2.5e3", thousands separators, and products of
 numbers, ``\\frac`` and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain strings, and
 finally ``math-verify`` equivalence when that package imports (lmms-eval depends on it;
 eval/pins.txt says which versions import together). ``score`` also counts a bare reply that
-is the gold itself (spaces aside, "(2, 2)" for "(2,2)") whatever its extraction gives, and a
+is the gold itself as written (case, ``$`` and spaces around punctuation aside: "(2, 2)" for
+"(2,2)") whatever its extraction gives, and a
 multi-select gold without ``choices`` ("C\\nD", "C, D") needs exactly its letters. With
 ``choices``:
 
-- a letter target (geometry3k): a predicted letter (the first one of a stated answer: "(A), not
-  (B)" states A) must be that letter; a predicted text counts
-  when it matches the gold option and every option it matches has the gold option's value. So
-  "52" is right for gold B in ["38", "52", "52", "62"] (B and C say the same thing), but a
-  prediction matching two options whose values differ is ambiguous and wrong.
+- a letter target (geometry3k): a predicted letter (the one a stated answer starts with: "(A),
+  not (B)" states A; else its last one: "not (A) but (B)" states B) must be that letter; a
+  predicted text counts when it matches the gold option and every option it matches has the
+  gold option's value. So "52" is right for gold B in ["38", "52", "52", "62"] (B and C say
+  the same thing), but a prediction matching two options whose values differ is ambiguous and
+  wrong.
 - no ``choices`` and a target that is one capital letter A-J (a held-out row whose options are
   in its question): a choice letter among A-J.
 - a text target (MathVista): the prediction may match the text itself, or name a letter whose
@@ -99,7 +101,8 @@ def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | No
     if len(stripped) == 1 and stripped.upper() in valid:
         return stripped.upper()
     # (pattern, whether a lower-case letter counts: "option c" yes, "the answer is a ..." no)
-    patterns = ((rf"\(([{valid}])\)", False), (rf"(?:option|choice)\s*\(?([{valid}])\b", True),
+    patterns = ((rf"\(([{valid}])\)", False),
+                (rf"(?:option|choice)\s*:?\s*\(?([{valid}])\b", True),
                 (rf"(?:answer|option|choice)\s+is\s*:?\s*\(?([{valid}])\b", False),
                 (rf"(?m)^\s*\(?([{valid}])[.):]", False), (rf"\b([{valid}])\s*$", False))
     if not last:  # a stated answer phrase that starts with its letter: "A, because ..."
@@ -110,18 +113,22 @@ def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | No
                   for m in re.finditer(pattern, text, re.IGNORECASE)
                   if m.group(1).isupper() or lower_ok]
 
-    def labels_its_option(where: int, letter: str, end: int) -> bool:
-        option = str(choices[LETTERS.index(letter)]).strip().lower()
-        return bool(option) and text[end:].lstrip(" \t:.)-").lower().startswith(option)
-
-    listing = {L for L, option in zip(valid, choices, strict=False) if str(option).strip()
-               and re.search(rf"(?<![A-Za-z])\(?{L}[.):]\s*{re.escape(str(option).strip())}",
-                             text, re.IGNORECASE)}
-    if len(listing) >= 2:
-        found = [f for f in found if not labels_its_option(*f)]
+    # a restated options list: the first "X. option" / "(X) option" of each letter; two or more
+    # of them span the listing, and the labels inside that span answer nothing
+    firsts = [m for L, option in zip(valid, choices, strict=False) if str(option).strip()
+              for m in [re.search(rf"(?<![A-Za-z])\(?{L}[.):]\s*"
+                                  rf"{re.escape(str(option).strip())}", text, re.IGNORECASE)]
+              if m]
+    if len(firsts) >= 2:
+        lo, hi = min(m.start() for m in firsts), max(m.end() for m in firsts)
+        found = [f for f in found if not lo <= f[0] < hi]
     if not found:
         return None
-    return (max(found) if last else min(found))[1]
+    if not last:  # a stated phrase: the letter it starts with ("(A), not (B)"), else its last
+        start = min(found)
+        if not text[: start[0]].strip(" (*`'\""):
+            return start[1]
+    return max(found)[1]
 
 
 _ONE_WORD = re.compile(r"\s*([A-Za-z]+)\.?\s*")
@@ -230,7 +237,12 @@ def _latex_value(s: str) -> float | None:
     return value
 
 
-_TRAILING_WORDS = re.compile(r"([-+]?[\d.,/]+)(?: [a-z]+){1,3}")  # "18 eggs", "42 more minutes"
+_TRAILING_WORDS = re.compile(r"([-+]?[\d.,/]+)((?: [a-z]+){1,3})")  # "18 eggs", "42 more minutes"
+# words after a number that change its value: "2 pi", "10 million", "5 squared" are not 2, 10, 5
+_MATH_WORDS = frozenset(
+    "pi million millions thousand thousands hundred hundreds billion billions trillion dozen "
+    "dozens squared cubed square cube root roots sqrt half halves third thirds quarter quarters "
+    "fourth fourths fifth fifths percent times over plus minus i j x y z e".split())
 
 
 def to_number(answer: str) -> float | None:
@@ -245,7 +257,12 @@ def to_number(answer: str) -> float | None:
         value = int(whole) + int(num) / int(den)
         return -value if sign == "-" else value
     words = _TRAILING_WORDS.fullmatch(s)  # a count of things: the number ("18 eggs")
-    return _value((words.group(1) if words else s).replace(" ", ""))
+    if words and not _MATH_WORDS & set(words.group(2).split()):
+        s = words.group(1)
+    if re.search(r"\d\s+\d", s):  # "1 2": two numbers, not 12
+        return None
+    value = _value(s.replace(" ", ""))
+    return value if value is None or math.isfinite(value) else None
 
 
 def _value(s: str) -> float | None:
@@ -255,13 +272,15 @@ def _value(s: str) -> float | None:
         return float(s)
     if not re.fullmatch(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|"
                         r"[-+]?\.\d+", s):
-        depth, over = 0, None
+        depth, over = 0, []
         for i, ch in enumerate(s):  # a "/" outside every brace group divides two values
             depth += {"{": 1, "}": -1}.get(ch, 0)
             if ch == "/" and depth == 0:
-                over = i
-        if over is not None:
-            num, den = _value(s[:over]), _value(s[over + 1:])
+                over.append(i)
+        if len(over) > 1:  # "1/2/3": not one value
+            return None
+        if over:
+            num, den = _latex_value(s[:over[0]]), _latex_value(s[over[0] + 1:])
             return num / den if num is not None and den else None
         return _latex_value(s)
     s = s.replace(",", "")
@@ -320,14 +339,20 @@ def _same(pred: str, target: str, rel_tol: float) -> bool:
     """Whether two answers agree as strings (spaces aside: "(2, 2)" is "(2,2)"), numbers (two
     whole numbers exactly, others within ``rel_tol``) or (with math-verify) math expressions."""
     p, t = normalize(pred), normalize(target)
-    if p.replace(" ", "") == t.replace(" ", ""):
+    if _squash(p) == _squash(t):
         return True
     pn, tn = to_number(pred), to_number(target)
     if pn is not None and tn is not None:
-        if pn.is_integer() and tn.is_integer():  # 12346 is not 12345
-            return pn == tn
+        if tn.is_integer():  # a whole gold: 12346 and 12345.4 are not 12345 (7.0001 is 7)
+            return abs(pn - tn) <= min(0.01, rel_tol * abs(tn)) or pn == tn
         return math.isclose(pn, tn, rel_tol=rel_tol, abs_tol=1e-9)
     return _equivalent(pred, target)
+
+
+def _squash(s: str) -> str:
+    """``s`` without the spaces around punctuation and operators ("(2, 2)" is "(2,2)", "y = 2x
+    + 1" is "y=2x+1"); spaces between words and digits stay ("1 1/2" is not "11/2")."""
+    return re.sub(r"\s*([,;:(){}\[\]=+\-*/^<>])\s*", r"\1", s.strip())
 
 
 _LETTER_SET = re.compile(r"[A-J](?:\s*(?:[,;/\n]|\band\b|\s)\s*[A-J])+")
@@ -339,16 +364,17 @@ def _letter_set_score(text: str, target: str, strict: bool) -> tuple[str | None,
     whole reply, must be exactly the gold's."""
     text = _THINK.sub(" ", text)
     boxed = _last_boxed(text)
-    stated = _ANSWER_IS.search(text)
-    part = boxed if boxed else text[stated.start():] if stated else None
-    if part is None and not strict:
-        part = text
+    stated = list(_ANSWER_IS.finditer(text))
+    if boxed:
+        part = boxed
+    elif stated:  # the last "Answer: ..." up to the end of its sentence (letters may span lines)
+        part = re.split(r"\.(?:\s|$)", text[stated[-1].start(1):], maxsplit=1)[0]
+    else:
+        part = None if strict else text
     if part is None:
         return None, False
-    if stated and not boxed:
-        part = part.split(":", 1)[-1] if ":" in part.split("\n", 1)[0] else re.sub(
-            r"^.*?\bis\b", "", part, count=1)
-    letters = set(re.findall(r"\b([A-J])\b", part))
+    # a capital letter A-J standing alone, not a word ("I checked", "A square"; "C and D" counts)
+    letters = set(re.findall(r"(?<![\w'])([A-J])(?![\w'])(?!\s+(?!and\b)[a-z])", part))
     return part.strip(), bool(letters) and letters == set(re.findall(r"[A-J]", target))
 
 
@@ -365,7 +391,14 @@ def score(text: str | None, target: str, choices: list[str] | None = None,
     pred = extract_answer(text, choices, strict)
     ok = is_correct(pred, target, choices)
     reply = _THINK.sub(" ", text or "").strip()
-    if not ok and not strict and reply and normalize(reply).replace(" ", "") == normalize(
-            gold).replace(" ", ""):  # a bare reply that is the gold itself: "(2,2)"
-        return reply, True
+    if not ok and not strict and reply and _bare(reply) == _bare(gold):
+        return reply, True  # a bare reply that is the gold itself: "(2,2)", "$9 \\pi cm^2$"
     return pred, ok
+
+
+def _bare(s: str) -> str:
+    """``s`` for comparing a whole reply with a gold as written: lower case, ``$`` and
+    ``\\text{}`` / ``\\mathrm{}`` unwrapped, spaces around punctuation dropped (no "x =" step,
+    no unit stripping: the whole string must match)."""
+    s = re.sub(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}", r"\1", s.strip())
+    return _squash(re.sub(r"\s+", " ", s.replace("$", "")).lower())
