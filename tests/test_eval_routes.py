@@ -304,3 +304,47 @@ def test_overwrite_and_already_done_follow_the_data_not_only_its_folder_name(
     name = "samples_vldft_geo_heldout.jsonl"
     assert (out / name).read_text() == (tmp_path / "fresh" / name).read_text()
     assert (out / name).read_text() != (whole / name).read_text()
+
+
+def test_data_identity_follows_contents_not_the_folder_around_them(tmp_path, monkeypatch):
+    """The held-out data's identity is its file and the images its rows name, by content: an
+    evaluation written next to it, a copy elsewhere or a touched file leave it alone; an edited
+    image changes it. Image bytes and tensors are keyed by content too."""
+    import hashlib
+    import shutil
+
+    import torch
+    from PIL import Image
+
+    from vldft.eval.resume import _feed
+    from vldft.eval.run import data_identity
+
+    a = tmp_path / "a"
+    a.mkdir()
+    Image.new("RGB", (8, 8), "red").save(a / "x.png")
+    (a / "heldout.jsonl").write_text(json.dumps({"id": "1", "answer": "2", "images": ["x.png"],
+                                                "messages": []}) + "\n")
+
+    def files(folder):
+        monkeypatch.setenv("VLDFT_GEO_HELDOUT", str(folder / "heldout.jsonl"))
+        return data_identity(["vldft_geo_heldout"], None, folder / "runs")[
+            "vldft_geo_heldout"]["files"]
+
+    first = files(a)
+    (a / "runs" / "eval").mkdir(parents=True)  # the evaluation's own output beside the data
+    (a / "runs" / "eval" / "results.json").write_text("{}")
+    (a / "notes.txt").write_text("not data")
+    assert files(a) == first
+    shutil.copytree(a, tmp_path / "b")  # new modification times, same contents
+    assert files(tmp_path / "b") == first
+    Image.new("RGB", (8, 8), "blue").save(a / "x.png")
+    assert files(a) != first
+
+    def digest(value):
+        h = hashlib.sha256()
+        _feed(h, value)
+        return h.hexdigest()
+    assert digest(b"png-1") != digest(b"png-2")
+    assert digest({"bytes": b"1", "path": None}) != digest({"bytes": b"2", "path": None})
+    assert digest(torch.zeros(2, 2)) != digest(torch.ones(2, 2))
+    assert digest(torch.zeros(2, 2, dtype=torch.bfloat16)) != digest(torch.zeros(2, 2))

@@ -7,13 +7,12 @@ requests, in lmms-eval's order, into blocks of ``batch_size`` and runs the model
 a time; after each block, its responses are appended to ``<out>/responses/rank<r>.jsonl`` (one
 line per request, flushed and fsync'ed). A request's key hashes the fingerprint of the run (the
 checkpoint's files, the model class and its arguments, the batch size) with the task, document
-id, request index, prompt, generation settings and the pixels of its images (video files by
-content): a response is reused only for exactly the model's input. On a rerun a block whose
-every key is stored is not generated again; any other block is generated whole. A block is
-always the same requests in the same batch, whether the run was interrupted or not, so a
-resumed run gives the
-responses, and therefore the scores, of an uninterrupted one (batched generation is not
-bit-identical across batch compositions; equal blocks make it so).
+id, request index, prompt, generation settings and the pixels of its images (a video file by
+its size and its first and last 4 MiB): a response is reused only for the model's input. On a
+rerun a block whose every key is stored is not generated again; any other block is generated
+whole. A block is always the same requests in the same batch, whether the run was interrupted
+or not, so a resumed run gives the responses, and therefore the scores, of an uninterrupted one
+(batched generation is not bit-identical across batch compositions; equal blocks make it so).
 
 Many processes: lmms-eval deals documents out by rank; each rank writes its own file and reads
 every rank's file, so a rerun with the same process count resumes every rank.
@@ -34,7 +33,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 SAMPLE_BYTES = 4 << 20  # bytes hashed at each end of a weight file
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     """sha256 of a file's size and its first and last ``SAMPLE_BYTES`` (weights can be GBs; a
     fine-tuned checkpoint differs in both)."""
     h = hashlib.sha256(str(path.stat().st_size).encode())
@@ -55,7 +54,7 @@ def checkpoint_fingerprint(model: str) -> str:
     parts = []
     for f in sorted(path.iterdir()):
         if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.suffix in (".json", ".jinja")):
-            parts.append(f"{f.name}:{_file_digest(f)}")
+            parts.append(f"{f.name}:{file_digest(f)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -85,16 +84,28 @@ def _feed(h, value: Any) -> None:
             h.update(str(k).encode())
             _feed(h, value[k])
     elif isinstance(value, (str, os.PathLike)):
-        h.update(_file_digest(Path(value)).encode() if os.path.isfile(value)
+        h.update(file_digest(Path(value)).encode() if os.path.isfile(value)
                  else str(value).encode())
     elif isinstance(value, (int, float, bool, type(None))):
         h.update(repr(value).encode())
+    elif isinstance(value, (bytes, bytearray, memoryview)):  # encoded image bytes
+        h.update(bytes(value))
+    elif type(value).__module__.startswith("torch") and hasattr(value, "detach"):  # a tensor
+        t = value.detach().cpu().contiguous()
+        h.update(repr((str(t.dtype), tuple(t.shape))).encode())
+        h.update(t.view(-1).view(torch_uint8()).numpy().tobytes() if t.numel() else b"")
     elif callable(getattr(value, "tobytes", None)):  # a PIL image, a numpy array
         h.update(repr((type(value).__name__, getattr(value, "mode", None),
                        getattr(value, "size", None), getattr(value, "shape", None))).encode())
         h.update(value.tobytes())
     else:
         h.update(type(value).__name__.encode())
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8
 
 
 def request_inputs(lm, req) -> str:
@@ -182,9 +193,11 @@ def make_resumable(lm, store: ResponseStore, fingerprint: str, block: int) -> No
 
     def generate_until(requests: list) -> list:
         out: list = [None] * len(requests)
-        keys = [request_key(fingerprint, r, request_inputs(lm, r)) for r in requests]
+        keys: list = [None] * len(requests)
         for start in range(0, len(requests), block):
             idx = list(range(start, min(start + block, len(requests))))
+            for i in idx:  # per block: the first block generates without waiting for the rest
+                keys[i] = request_key(fingerprint, requests[i], request_inputs(lm, requests[i]))
             if all(keys[i] in store.kept for i in idx):
                 for i in idx:
                     out[i] = _from_text(store.kept[keys[i]])

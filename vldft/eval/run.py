@@ -26,6 +26,7 @@ from vldft.data.benchmarks import SUITES as BENCHMARK_SUITES
 from vldft.eval.resume import (
     Interrupted,
     ResponseStore,
+    file_digest,
     make_resumable,
     run_fingerprint,
     sigterm_interrupts,
@@ -418,47 +419,72 @@ IDENTITY_WORDS = {"run": "checkpoint files or model settings", "tasks": "tasks",
                   "data": "data files"}
 
 
-def _folder_digest(folder: Path) -> str | None:
-    """sha256 of the (relative path, size, modification time) of every file under ``folder``
-    (None if it is no folder): a file added, removed, replaced or edited changes it."""
-    if not folder.is_dir():
-        return None
+def _files_digest(files: list[Path], base: Path) -> str:
+    """sha256 over ``files`` (named relative to ``base``) of each one's content digest (its
+    size and first and last 4 MiB, as resuming digests weights): a file added, removed,
+    replaced or edited changes it, a copy elsewhere or a new modification time does not."""
     rows = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            st = os.stat(os.path.join(root, name))
-            rows.append((os.path.relpath(os.path.join(root, name), folder), st.st_size,
-                         st.st_mtime_ns))
+    for f in files:
+        try:
+            rows.append((os.path.relpath(f, base), file_digest(f)))
+        except OSError:  # gone, a dangling link, unreadable: recorded as such
+            rows.append((os.path.relpath(f, base), None))
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
-def data_identity(tasks: list[str], data_dir) -> dict:
-    """Per task, the local data it reads and a digest of the files there: the folder of
-    ``vldft_geo_heldout``'s file (``$VLDFT_GEO_HELDOUT``, ``--data-dir`` or bundled), a
-    benchmark's ``<data-dir>/<benchmark>/``; None for data from the hub."""
+def _heldout_files(path: Path) -> list[Path]:
+    """vldft_geo_heldout's file and every image its rows name (relative to its folder)."""
+    files = [path]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return files
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        images = row.get("images") or ([row["image"]] if row.get("image") else []) \
+            if isinstance(row, dict) else []
+        for img in images if isinstance(images, list) else []:
+            if isinstance(img, str):
+                files.append(Path(img) if Path(img).is_absolute() else path.parent / img)
+    return files
+
+
+def data_identity(tasks: list[str], data_dir, out: Path | None = None) -> dict:
+    """Per task, the local data it reads and a digest of it (``_files_digest``):
+    ``vldft_geo_heldout``'s file (``$VLDFT_GEO_HELDOUT``, ``--data-dir`` or bundled) and the
+    images its rows name; a benchmark's files under ``<data-dir>/<benchmark>/`` (``out``, the
+    evaluation's own folder, left out); None for data read from the hub."""
     from vldft.eval.local_tasks import geo_heldout_path
 
-    out = {}
+    found = {}
     for name in tasks:
-        folder = None
         if name == "vldft_geo_heldout":
-            folder = geo_heldout_path(data_dir).resolve().parent
+            path = geo_heldout_path(data_dir).resolve()
+            found[name] = {"file": str(path),
+                           "files": _files_digest(_heldout_files(path), path.parent)}
         elif name in BY_TASK and data_dir is not None:
             folder = (Path(data_dir) / BY_TASK[name].name).resolve()
-        out[name] = None if folder is None else {"folder": str(folder),
-                                                 "files": _folder_digest(folder)}
-    return out
+            skip = out.resolve() if out is not None else None
+            files = sorted(p for p in folder.rglob("*") if (p.is_file() or p.is_symlink())
+                           and not (skip and p.resolve().is_relative_to(skip)))
+            found[name] = {"folder": str(folder), "files": _files_digest(files, folder)}
+        else:
+            found[name] = None
+    return found
 
 
-def run_identity(fingerprint: str, tasks: list[str], limit, data_dir, include_paths) -> dict:
+def run_identity(fingerprint: str, tasks: list[str], limit, data_dir, include_paths,
+                 out: Path | None = None) -> dict:
     """What makes two evaluations the same (results.json's ``vldft.identity``): the run
     fingerprint (checkpoint files, model class and arguments, batch size), the tasks, the
     limit, the data and task folders, and the data files the tasks read (``data_identity``)."""
     return {"run": fingerprint, "tasks": list(tasks), "limit": limit,
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
             "include_paths": [str(Path(p).resolve()) for p in include_paths],
-            "data": data_identity(list(tasks), data_dir)}
+            "data": data_identity(list(tasks), data_dir, out)}
 
 
 def finished_evaluation(out: Path, identity: dict | None) -> dict:
@@ -472,7 +498,9 @@ def finished_evaluation(out: Path, identity: dict | None) -> dict:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         recorded = rows = None
     if identity is None or recorded != identity:
-        differ = [IDENTITY_WORDS[k] for k in identity if recorded.get(k) != identity[k]] \
+        differ = [IDENTITY_WORDS[k] + (" (not recorded by the vldft that wrote it)"
+                                       if k not in recorded else "")
+                  for k in identity if recorded.get(k) != identity[k]] \
             if isinstance(recorded, dict) and identity else []
         why = f", different in: {', '.join(differ)}" if differ else ""
         raise EvalSetupError(f"{path} exists (another evaluation{why}): pass another --out, or "
@@ -503,7 +531,7 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
         args = ",".join(a for a in (args, extra, model_args) if a)
         fingerprint = run_fingerprint(str(model), model_class, args, batch_size)
         identity = run_identity(fingerprint, requested_tasks(list(tasks), list(suites)), limit,
-                                data_dir, include_paths)
+                                data_dir, include_paths, out)
     if (out / "results.json").exists() and not overwrite:
         done = finished_evaluation(out, identity)  # else EvalSetupError: another evaluation
         return done if int(os.environ.get("RANK", "0")) == 0 else {}
