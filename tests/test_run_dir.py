@@ -403,3 +403,23 @@ def test_paths_typed_on_the_command_line_resolve_against_the_cwd(tmp_path, monke
     assert cfg.train.resume == "auto"
     bundle = folder if where == "a user's folder" else ROOT  # the file's own paths: as before
     assert cfg.resolve(cfg.data.train_files[0]) == bundle / "data/geo_demo/train.jsonl"
+
+
+def test_an_override_of_one_list_entry_moves_that_entry_only(tmp_path, monkeypatch):
+    import yaml
+
+    proj, work = tmp_path / "proj", tmp_path / "work"
+    for folder in (proj / "data", work / "data"):
+        folder.mkdir(parents=True)
+        for name in ("a.jsonl", "b.jsonl", "h.jsonl"):
+            (folder / name).write_text("")
+    raw = yaml.safe_load(TINY_CONFIG.read_text())
+    raw["data"]["train_files"] = ["data/a.jsonl", "data/b.jsonl"]
+    raw["data"]["heldout_file"] = "data/h.jsonl"
+    (proj / "c.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(work)
+    cfg = load_config(proj / "c.yaml", ["data.train_files[0]=data/a.jsonl",
+                                        "data.heldout_file=data/h.jsonl"])
+    assert [cfg.resolve(f) for f in cfg.data.train_files] == [work / "data/a.jsonl",
+                                                              proj / "data/b.jsonl"]
+    assert cfg.resolve(cfg.data.heldout_file) == work / "data/h.jsonl"  # typed: the cwd's

@@ -13,7 +13,6 @@ the key, before any model or data is loaded.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import typing
@@ -289,51 +288,56 @@ def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[st
     return _merge(_with_include(base, inc, [*chain, inc]), raw)
 
 
-# the keys that name a local path (data.sources' path / image_root are handled apart)
-PATH_KEYS = (("model", "name_or_path"), ("data", "train_files"), ("data", "heldout_file"),
-             ("data", "image_root"), ("data", "data_dir"), ("train", "output_dir"),
-             ("train", "eval_data_dir"), ("train", "resume"))
+def path_locations(raw: dict[str, Any]) -> list[tuple[str | int, ...]]:
+    """Where a (raw) config names a local path: ``model.name_or_path``, each
+    ``data.train_files`` entry, ``data.heldout_file`` / ``image_root`` / ``data_dir``,
+    ``train.output_dir`` / ``eval_data_dir`` / ``resume``, and each local source's ``path`` and
+    ``image_root`` (a ``hub`` source's ``path`` lies inside its download folder: not one)."""
+    def part(name: str) -> dict:
+        value = raw.get(name)
+        return value if isinstance(value, dict) else {}
+
+    data = part("data")
+    found: list[tuple[str | int, ...]] = [("model", "name_or_path"), ("data", "heldout_file"),
+                                          ("data", "image_root"), ("data", "data_dir"),
+                                          ("train", "output_dir"), ("train", "eval_data_dir"),
+                                          ("train", "resume")]
+    files = data.get("train_files")
+    found += [("data", "train_files", i) for i in range(len(files))] \
+        if isinstance(files, list) else []
+    sources = data.get("sources")
+    for i, src in enumerate(sources if isinstance(sources, list) else []):
+        if isinstance(src, dict) and src.get("hub") is None:
+            found += [("data", "sources", i, "path"), ("data", "sources", i, "image_root")]
+    return found
 
 
-def command_line_paths(before: dict[str, Any], after: dict[str, Any], cwd: Path) -> None:
-    """Make the relative paths the overrides set (what differs between ``before`` and
-    ``after``) absolute against ``cwd``, in place: a path typed on the command line is taken
-    from the directory the command runs in, as any command's is, whatever folder the config
-    file's own paths resolve against. Hub ids (``model.name_or_path``, a source's ``path``
-    without a local folder of that name) and ``train.resume``'s ``auto`` / ``none`` stay."""
-    def full(value: Any, hub_ok: bool = False) -> Any:
-        if isinstance(value, list):
-            return [full(v) for v in value]
+def command_line_paths(raw: dict[str, Any], touched: list[tuple[str | int, ...]],
+                       cwd: Path) -> None:
+    """Make the relative paths that overrides set (``touched``: the keys they set, as
+    ``apply_override`` returns them) absolute against ``cwd``, in place: a path typed on the
+    command line is taken from the directory the command runs in, as any command's is, whatever
+    folder the config file's own paths resolve against. A key counts when an override set it
+    or a section / list / source holding it (``data.sources[1]={path: x.jsonl}``); hub ids
+    (``model.name_or_path``, a source's ``path`` without a local folder of that name) and
+    ``train.resume``'s ``auto`` / ``none`` stay."""
+    for where in path_locations(raw):
+        if not any(where[: len(t)] == t for t in touched):
+            continue
+        node: Any = raw
+        for key in where[:-1]:
+            node = node[key]
+        value = node.get(where[-1]) if isinstance(node, dict) else node[where[-1]]
         if not isinstance(value, str) or not value or value.startswith("~") \
-                or Path(value).is_absolute() or (hub_ok and is_hub_id(value)
-                                                 and not (cwd / value).exists()):
-            return value
-        return str(cwd / value)
-
-    def section(raw: dict, name: str) -> dict:
-        part = raw.get(name)
-        return part if isinstance(part, dict) else {}
-
-    for name, key in PATH_KEYS:
-        old, new = section(before, name), section(after, name)
-        if key not in new or new.get(key) == old.get(key):
+                or Path(value).is_absolute() or value in ("auto", "none") \
+                and where == ("train", "resume"):
             continue
-        if (name, key) == ("train", "resume") and new[key] in ("auto", "none"):
+        if (where == ("model", "name_or_path") or where[-1] == "path") and is_hub_id(value) \
+                and not (cwd / value).exists():
             continue
-        if (name, key) == ("model", "name_or_path") and not (
-                isinstance(new[key], str) and (cwd / new[key]).exists()):
+        if where == ("model", "name_or_path") and not (cwd / value).exists():
             continue
-        new[key] = full(new[key])
-    old_sources = section(before, "data").get("sources")
-    old_sources = old_sources if isinstance(old_sources, list) else []
-    new_sources = section(after, "data").get("sources")
-    for i, src in enumerate(new_sources if isinstance(new_sources, list) else []):
-        old = old_sources[i] if i < len(old_sources) and isinstance(old_sources[i], dict) else {}
-        if not isinstance(src, dict) or src.get("hub") is not None:
-            continue  # a hub source's path lies inside its download folder
-        for key in ("path", "image_root"):
-            if key in src and src[key] != old.get(key):
-                src[key] = full(src[key], hub_ok=key == "path")
+        node[where[-1]] = str(cwd / value)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
@@ -362,11 +366,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
             if key in raw:
                 raise ConfigError(f"{path}: {key}: not a config key (vldft sets it from the "
                                   "file's location: relative paths are taken from its folder)")
-    before = copy.deepcopy(raw)
-    for item in overrides or []:
-        apply_override(raw, item)
+    touched = [apply_override(raw, item) for item in overrides or []]
     if base.resolve() != Path.cwd().resolve():
-        command_line_paths(before, raw, Path.cwd())
+        command_line_paths(raw, touched, Path.cwd())
     if bundled:  # the run's own folders (output, downloads) never go into site-packages
         for section, key, default in (("train", "output_dir", TrainConfig.output_dir),
                                       ("data", "data_dir", None), ("train", "eval_data_dir", None)):

@@ -115,9 +115,10 @@ def _key_parts(key: str) -> list[str | int]:
     return out
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> tuple[str | int, ...]:
     """Set one ``section.key=value``; a list element is addressed by its index, e.g.
-    ``data.sources[0].subset=geo3k`` or ``data.sources[1]={path: x.jsonl}``."""
+    ``data.sources[0].subset=geo3k`` or ``data.sources[1]={path: x.jsonl}``. Returns the key
+    set, as parts: ``("data", "sources", 0, "subset")``."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-5")
     key, text = item.split("=", 1)
@@ -134,6 +135,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError(f"{key}: {parts[i - 1]} is not a section")
         if last:
             node[part] = parse_value(text, f"override {item!r}: value")
+            return tuple(parts)
         elif isinstance(part, int):
             node = node[part]
         else:
