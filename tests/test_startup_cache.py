@@ -95,6 +95,7 @@ def assert_same(got, want) -> None:
     assert got.skips.to_dict() == want.skips.to_dict()
     assert got.skips.summary() == want.skips.summary()
     assert got.decontamination == want.decontamination
+    assert got.choices == want.choices
     assert json.dumps(data_summary(got, {}, [])) == json.dumps(data_summary(want, {}, []))
 
 
@@ -307,3 +308,26 @@ def test_every_row_skipped_gives_the_empty_set_built_and_cached(tmp_path, adapte
         got, log = start(cfg, adapter)
         assert expect in log, log
         assert_same(got, want)
+
+
+def test_the_training_log_counts_appended_options_built_or_cached(tmp_path, adapter):
+    """Rows whose options were appended after the question (or were in it already) are counted
+    in the training log, the same from a built set and from the cache."""
+    from vldft.loader import describe_data
+
+    rows = [{"id": "a", "question": "Which?", "choices": ["1", "2"], "answer": "A"},
+            {"id": "b", "question": "Which?\nA. 1\nB. 2", "choices": ["1", "2"], "answer": "B"},
+            {"id": "c", "question": "How many?", "answer": "3"}]
+    f = tmp_path / "t.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = demo_config("data.train_files=[]", "data.heldout_file=null", "train.eval_every=0",
+                      f"data.sources=[{{path: {f}, format: text_math}}]")
+    texts = []
+    for _ in range(2):  # built, then from the cache
+        data, log = start(cfg, adapter)
+        assert data.choices == {"appended": 1, "in_question": 1}
+        texts.append(describe_data(data, 0, tmp_path / "data_summary.json"))
+    assert "[vldft] training set: cached (key" in log, log  # the second start read the cache
+    for text in texts:
+        assert "[vldft] note: 1 rows read had their options appended after the question" in text
+        assert "1 rows read list their options in the question already" in text

@@ -201,6 +201,10 @@ def describe_data(data, seed: int, summary_file: Path) -> str:
             text += (f"\n[vldft] note: source {src!r} is subsampled: {used} of its {kept} rows "
                      f"are used (by its weight or max_samples); the other {kept - used} are "
                      "not trained in this run")
+    what = {"appended": "had their options appended after the question",
+            "in_question": "list their options in the question already (not repeated)"}
+    for kind, n in (getattr(data, "choices", None) or {}).items():
+        text += f"\n[vldft] note: {n} rows read {what.get(kind, kind)}"
     if data.skips.total:
         text += (f"\n[vldft] skipped while reading:\n{data.skips.summary()}\n  (every skipped "
                  f"row with file, line, id, image and reason: {summary_file})")

@@ -180,7 +180,8 @@ class WriteFailed(Exception):
 
 def build_rows(cfg, where: Path, key: str) -> None:
     """Read every source (and decontaminate) into a new cache folder ``where``."""
-    per_source, skips = read_sources(cfg)
+    choices: dict = {}
+    per_source, skips = read_sources(cfg, choices)
     n_read = {label: len(v) for label, v in per_source.items()}
     images = image_files(per_source, skips)  # before decontamination drops rows
     decontamination = remove_benchmark_rows(cfg, per_source)
@@ -196,6 +197,7 @@ def build_rows(cfg, where: Path, key: str) -> None:
         meta = {"version": VERSION, "key": key, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "sources": labels, "starts": starts, "n_rows": n_rows, "n_read": n_read,
                 "skips": skips_to_json(skips), "decontamination": decontamination,
+                "choices": choices,
                 "sizes": {n: (tmp / n).stat().st_size for n in ("rows.arrow", "files.arrow")}}
         (tmp / "meta.json").write_text(json.dumps(meta))
         if not (where.exists() and check(where, key) is None):  # else another job's is there
@@ -307,7 +309,8 @@ def load(plan: Plan, cfg) -> TrainingSet:
     dec = meta["decontamination"]
     table = source_table(cfg.all_sources(), meta["n_read"], source_of, has_image, lengths, dec)
     return TrainingSet(SampleTable(store, index, labels), lengths,
-                       skips_from_json(meta["skips"]), table, dec, has_image)
+                       skips_from_json(meta["skips"]), table, dec, has_image,
+                       meta.get("choices"))
 
 
 # -- ranks ------------------------------------------------------------------------------------

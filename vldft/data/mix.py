@@ -165,23 +165,32 @@ class TrainingSet:
     # test_id, reason); None when off
     has_image: list[bool] | None = None  # per sample: has images (same order; filled from
     # ``samples`` when not given)
+    choices: dict | None = None  # rows read whose options were appended after the question /
+    # already in it: {"appended": n, "in_question": m} (``read_sources``)
 
     def __post_init__(self) -> None:
         if self.has_image is None:
             self.has_image = [bool(s.images) for s in self.samples]
 
 
-def read_sources(cfg) -> tuple[dict[str, list[Sample]], object]:
+def read_sources(cfg, choices: dict | None = None
+                 ) -> tuple[dict[str, list[Sample]], object]:
     """Every configured source's samples, by label in config order, and the ``SkipReport`` of
     the rows skipped while reading (images verified: a corrupt image is a row error now, with
-    file, line, id and image, not hours into training)."""
+    file, line, id and image, not hours into training). ``choices``, when given, receives how
+    many rows read had their options appended after the question (``"appended"``) or already
+    listed in it (``"in_question"``; ``vldft.data.tables.choice_counts``)."""
     from vldft.data.formats import read_source
     from vldft.data.skips import SkipReport
+    from vldft.data.tables import choice_counts
 
     skips = SkipReport()
-    per_source = {src.label: read_source(src, Path(cfg.base_dir), cfg.data.on_error, skips,
-                                         verify_images=True)
-                  for src in cfg.all_sources()}
+    with choice_counts() as notes:
+        per_source = {src.label: read_source(src, Path(cfg.base_dir), cfg.data.on_error, skips,
+                                             verify_images=True)
+                      for src in cfg.all_sources()}
+    if choices is not None:
+        choices.update({kind: len(rows) for kind, rows in notes.items() if rows})
     return per_source, skips
 
 
@@ -192,7 +201,8 @@ def build_training_set(cfg, adapter) -> TrainingSet:
     from vldft.config import source_pixels
 
     sources = cfg.all_sources()
-    per_source, skips = read_sources(cfg)
+    choices: dict = {}
+    per_source, skips = read_sources(cfg, choices)
     n_read = {label: len(v) for label, v in per_source.items()}
     decontamination = remove_benchmark_rows(cfg, per_source)
     samples = mix(per_source, {s.label: s.weight for s in sources},
@@ -203,7 +213,7 @@ def build_training_set(cfg, adapter) -> TrainingSet:
     has_image = [bool(s.images or s.videos) for s in samples]
     table = source_table(sources, n_read, [s.source for s in samples], has_image, lengths,
                          decontamination)
-    return TrainingSet(samples, lengths, skips, table, decontamination, has_image)
+    return TrainingSet(samples, lengths, skips, table, decontamination, has_image, choices)
 
 
 def source_table(sources, n_read: dict[str, int], source_of: Iterable[str],
