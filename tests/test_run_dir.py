@@ -423,3 +423,45 @@ def test_an_override_of_one_list_entry_moves_that_entry_only(tmp_path, monkeypat
     assert [cfg.resolve(f) for f in cfg.data.train_files] == [work / "data/a.jsonl",
                                                               proj / "data/b.jsonl"]
     assert cfg.resolve(cfg.data.heldout_file) == work / "data/h.jsonl"  # typed: the cwd's
+
+
+def test_a_torn_metrics_line_does_not_stop_the_resume(finished, data_file, tmp_path):
+    """kill -9 during an append leaves half a JSON line (or NUL bytes) in metrics.jsonl: the
+    resume drops it and rewrites its steps (it raised JSONDecodeError on every rerun)."""
+    out = copy_run(finished, tmp_path)
+    shutil.rmtree(out / "final")
+    (out / "summary.json").unlink()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo\x00\x00')
+    summary = train_main(config(data_file, out))
+    assert summary["resumed_from"] == str(out / "checkpoint-4") and summary["steps"] == STEPS
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+
+
+def test_a_second_process_training_into_the_same_directory_is_refused(data_file, tmp_path,
+                                                                      no_model):
+    """Two runs into one directory would resume from each other's checkpoints and write into
+    one metrics file: while one holds the directory's lock, another is refused before any
+    model loads; the lock goes with its holder."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from vldft.run_dir import lock_output_dir; lock_output_dir(Path(sys.argv[1])); "
+         "print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as e:
+            train_main(config(data_file, out))
+        msg = str(e.value)
+        assert "\n" not in msg and "is in use: another process is training" in msg, msg
+    finally:
+        holder.kill()
+        holder.wait()
+    vldft.run_dir.lock_output_dir(out)  # free again once the holder is gone
+    vldft.run_dir.release_output_dirs()

@@ -181,11 +181,19 @@ def save(path: Path, accelerator, write_model: Callable[[Path], None], trainer_s
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep the lines of a metrics file up to ``step`` (a resumed run rewrites what followed)."""
+    """Keep the lines of a metrics file up to ``step`` (a resumed run rewrites what followed).
+    A line that is not a JSON record (the torn last line of a ``kill -9`` during an append, NUL
+    bytes) is dropped, not an error: the resumed run writes its steps again."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -34,6 +34,39 @@ from vldft.checkpoint import (
 )
 from vldft.config import Config, config_to_dict
 
+_HELD: list[int] = []  # this process's locked output directories (file descriptors)
+
+
+def lock_output_dir(out_dir: Path) -> None:
+    """Hold an exclusive lock (``flock``) on the directory ``out_dir`` itself until
+    ``release_output_dirs``: a second process training into it (it would resume from the first
+    one's checkpoints and write into the same metrics file) is refused in one line. Nothing is
+    written. Where the file system has no locks (some network mounts) the run goes on
+    unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SystemExit(f"train.output_dir: {out_dir} is in use: another process is training "
+                         "into it (two runs in one directory would mix their checkpoints and "
+                         "logs); wait for it to end, or choose another train.output_dir") from None
+    except OSError:
+        os.close(fd)
+        return
+    _HELD.append(fd)
+
+
+def release_output_dirs() -> None:
+    """Release the locks ``lock_output_dir`` took (closing the descriptor releases them)."""
+    while _HELD:
+        os.close(_HELD.pop())
+
 
 def check_writable(out_dir: Path) -> None:
     """Fail before training when ``train.output_dir`` cannot be created or written."""
@@ -402,6 +435,7 @@ def claim_run_dir(cfg: Config, out_dir: Path, accelerator, log: Callable[..., No
     if accelerator.is_main_process:
         try:
             check_writable(out_dir)
+            lock_output_dir(out_dir)  # held until the run ends (train.main releases it)
             # an explicit train.resume is checked (whole, same model) before anything is removed
             explicit = check_explicit_resume(t.resume, config_to_dict(cfg), cfg.resolve)
             decision[0] = claim_output_dir(out_dir, config_to_dict(cfg), t.resume, t.overwrite,

@@ -94,7 +94,17 @@ def __getattr__(name: str):
 
 
 def main(cfg: Config) -> dict:
-    """Train per ``cfg``; returns the summary dict (also written to output_dir/summary.json)."""
+    """Train per ``cfg``; returns the summary dict (also written to output_dir/summary.json).
+    ``train.output_dir`` is locked for the run (``vldft.run_dir.lock_output_dir``)."""
+    from vldft.run_dir import release_output_dirs
+
+    try:
+        return _train(cfg)
+    finally:
+        release_output_dirs()
+
+
+def _train(cfg: Config) -> dict:
     _import_recipe()
     t = cfg.train
     accelerator = build_accelerator(cfg)
