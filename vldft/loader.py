@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
@@ -155,7 +156,7 @@ def build_loader(cfg: Config, data, collator: Collator
         except ValueError as e:  # a model family without per-sample positions
             raise ConfigError(str(e)) from None
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                            num_workers=cfg.data.num_workers)
+                            num_workers=cfg.data.num_workers, generator=own_generator(t.seed))
         return loader, sampler
     if cfg.data.group_by_length:
         sampler = LengthGroupedSampler(data.lengths, data.has_image, t.micro_batch_size,
@@ -164,8 +165,17 @@ def build_loader(cfg: Config, data, collator: Collator
         sampler = RandomBatchSampler(len(samples), t.micro_batch_size, t.seed)
     loader = DataLoader(dataset, batch_sampler=sampler,
                         collate_fn=SegmentCollator(collator) if uses_segments(cfg, collator)
-                        else collator, num_workers=cfg.data.num_workers)
+                        else collator, num_workers=cfg.data.num_workers,
+                        generator=own_generator(t.seed))
     return loader, sampler
+
+
+def own_generator(seed: int) -> torch.Generator:
+    """The DataLoader's own generator: each new iterator draws its workers' base seed from it,
+    not from the global RNG, whose state a checkpoint restores for dropout (LoRA's included).
+    Without it a resumed run's first iterator took one draw the uninterrupted run had taken
+    at its start, and every later dropout mask shifted."""
+    return torch.Generator().manual_seed(seed)
 
 
 def uses_segments(cfg: Config, collator: Collator) -> bool:
