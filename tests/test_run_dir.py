@@ -465,3 +465,15 @@ def test_a_second_process_training_into_the_same_directory_is_refused(data_file,
         holder.wait()
     vldft.run_dir.lock_output_dir(out)  # free again once the holder is gone
     vldft.run_dir.release_output_dirs()
+
+
+def test_packing_a_family_that_cannot_pack_is_refused_before_overwrite_removes_anything(
+        finished, data_file, tmp_path, no_model):
+    from vldft.config import ConfigError
+
+    out = copy_run(finished, tmp_path)
+    before = snapshot(out)
+    with pytest.raises(ConfigError, match="data.packing: not supported for qwen3_5"):
+        train_main(config(data_file, out, "model.family=qwen3_5", "data.packing=true",
+                          "train.overwrite=true"))
+    assert snapshot(out) == before  # the old run is still there

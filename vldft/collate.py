@@ -121,7 +121,8 @@ class Collator:
             prefix = a.render(messages[:i], add_generation_prompt=True)
             upto = a.render(messages[: i + 1])
             if not (upto.startswith(prefix) and full.startswith(upto)):
-                raise SampleError(f"turn {i}: the chat template is not prefix-stable")
+                why = getattr(a, "multi_turn_refused", "") if len(turns) > 1 else ""
+                raise SampleError(f"turn {i}: {why or 'the chat template is not prefix-stable'}")
             content = _text_of(messages[i]).lstrip()
             body = upto[len(prefix):]
             lead = len(body) - len(body.lstrip())

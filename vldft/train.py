@@ -113,6 +113,7 @@ def _train(cfg: Config) -> dict:
         from vldft.eval.in_training import check_eval_tasks
 
         check_eval_tasks(cfg)
+    refuse_packing(cfg)
     out_dir = cfg.resolve(t.output_dir)
     is_main, world = accelerator.is_main_process, accelerator.num_processes
     log = print if is_main else (lambda *a, **k: None)
@@ -252,6 +253,17 @@ def _train(cfg: Config) -> dict:
     finally:
         out.close()
         stop.close()
+
+
+def refuse_packing(cfg: Config) -> None:
+    """``data.packing`` for a family that cannot pack is a config error before the run directory
+    is touched (``train.overwrite`` would already have removed the old run) or a model loads."""
+    from vldft.adapters import FAMILIES
+
+    cls = FAMILIES.get(cfg.model.family)
+    if cfg.data.packing and cls is not None and cls.packing_refused:
+        raise ConfigError(f"data.packing: not supported for {cfg.model.family} "
+                          f"({cls.packing_refused}); train unpacked (data.packing=false)")
 
 
 def load_model(cfg: Config, accelerator):

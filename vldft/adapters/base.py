@@ -66,6 +66,8 @@ class Adapter:
     model_types: tuple[str, ...] = ()  # config.json model_type values of this family
     model_class: str = ""  # transformers class that loads a checkpoint of this family
     supports_pixel_bounds: bool = False  # model.min_pixels / max_pixels are honoured
+    packing_refused: str = ""  # why data.packing cannot work for the family ("" = it can)
+    multi_turn_refused: str = ""  # why a sample with several answers cannot train ("" = it can)
     template_kwargs: dict = {}  # extra chat-template variables (Qwen3.5: enable_thinking)
     image_token: str = ""  # placeholder string the chat template emits for one image
     video_token: str = ""  # ... for one video ("" = the family takes no video)

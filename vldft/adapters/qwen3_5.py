@@ -18,9 +18,13 @@ class Qwen3_5Adapter(QwenVLAdapter):
     model_class = "Qwen3_5ForConditionalGeneration"
     template_kwargs = {"enable_thinking": False}
     video_region = ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")  # as Qwen3-VL's
+    # the linear-attention layers (gated DeltaNet and its causal convolution, in transformers'
+    # PyTorch path) carry state from one sample of a packed row into the next
+    packing_refused = "its linear-attention layers carry state across the samples of a packed row"
+    multi_turn_refused = ("qwen3_5 trains single-turn samples only: its chat template renders "
+                          "earlier answers without the think block the last one gets")
 
     def packed_positions(self, enc):
-        """Refused: the linear-attention layers (gated DeltaNet and its causal convolution, in
-        transformers' PyTorch path) carry state from one sample of a packed row into the next."""
-        raise ValueError("data.packing: not supported for qwen3_5 (its linear-attention layers "
-                         "carry state across the samples of a packed row); train unpacked")
+        """Refused (``packing_refused``; ``vldft.train`` refuses it before any model loads)."""
+        raise ValueError(f"data.packing: not supported for qwen3_5 ({self.packing_refused}); "
+                         "train unpacked")
