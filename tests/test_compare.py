@@ -128,6 +128,13 @@ def test_tiny_study_end_to_end_resume_and_array_index(tmp_path, monkeypatch):
     cli([str(path)])
     assert summary.stat().st_mtime_ns == before
 
+    # the same study folder with another base setting: its finished runs are other runs
+    # (they were reported as this study's numbers)
+    for extra in ([], ["--report"]):
+        with pytest.raises(SystemExit, match=r"holds run sft_seed0 trained with other settings "
+                                             r"\(train.max_steps: 6 -> 4\); --force"):
+            cli([str(path), "train.max_steps=4", *extra])
+
     # a job array trains exactly its own run; the report lists what is missing
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
     cli([str(path), "--out", str(tmp_path / "arr")])

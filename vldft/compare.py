@@ -60,7 +60,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from vldft.config import ConfigError, load_config
+from vldft.config import ConfigError, config_to_dict, load_config
 from vldft.guard import scan
 from vldft.plotting import pyplot
 from vldft.progress import prog_name, quiet_if_logging
@@ -77,18 +77,50 @@ BY_KIND = {"accuracy_by_kind": "Held-out accuracy by kind",
            "accuracy_strict_by_kind": "Held-out accuracy by kind, stated answers only"}
 
 
+def run_config(study: Study, run: Run):
+    """The config ``run`` trains with (the study's base, its overrides, its folder)."""
+    return load_config(None, [*study.base, *run.overrides,
+                              f"train.output_dir={run_dir(study, run)}"])
+
+
+def check_same_run(study: Study, run: Run) -> None:
+    """A run folder that holds a finished run must hold *this* run: the settings its
+    ``run.json`` records equal the study's for it (``vldft.run_dir`` fingerprints). Else a
+    one-line ``SystemExit`` naming the keys that differ: reusing it would report another
+    study's numbers under this one's settings."""
+    from vldft.run_dir import (
+        absolute_forms,
+        fingerprint,
+        fingerprint_diff,
+        recorded_absolute,
+        recorded_fingerprint,
+    )
+
+    out = run_dir(study, run)
+    cfg = run_config(study, run)
+    config, absolute = config_to_dict(cfg), config_to_dict(cfg, absolute=True)
+    old = recorded_fingerprint(out)
+    diff = ["its settings are not recorded"] if old is None else fingerprint_diff(
+        old, fingerprint(config), recorded_absolute(out), absolute_forms(config, absolute))
+    if diff:
+        raise SystemExit(f"compare: {out} holds run {run.name} trained with other settings "
+                         f"({'; '.join(diff)}); --force retrains every run, or choose another "
+                         "--out")
+
+
 def train_run(study: Study, run: Run, force: bool = False) -> dict:
-    """Train (unless done) and return the run's summary."""
+    """Train (unless this very run is done) and return the run's summary."""
     from vldft.train import main
 
     out = run_dir(study, run)
     done = out / "summary.json"
     if done.is_file() and not force:
+        check_same_run(study, run)
         print(f"[vldft] compare: {run.name} already done ({done}); --force retrains it")
         return json.loads(done.read_text())
     if force and out.exists():
         shutil.rmtree(out)
-    cfg = load_config(None, [*study.base, *run.overrides, f"train.output_dir={out}"])
+    cfg = run_config(study, run)
     print(f"[vldft] compare: training {run.name}: {' '.join(run.overrides) or '(base)'}")
     return main(cfg)
 
@@ -217,6 +249,9 @@ def plot(rows: list[dict], path: Path) -> Path | None:
 
 def report(study: Study) -> tuple[list[dict], list[dict]]:
     """Write results.{md,csv,json} and compare.png for every finished run; print the table."""
+    for run in study.runs:  # a finished run of other settings must not enter the table
+        if (run_dir(study, run) / "summary.json").is_file():
+            check_same_run(study, run)
     rows = [r for r in (collect(study, run) for run in study.runs) if r is not None]
     missing = [run.name for run in study.runs if not (run_dir(study, run) / "summary.json")
                .is_file()]
@@ -259,7 +294,10 @@ def cli(argv: list[str] | None = None) -> Study:
     parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value",
                         help="optional overrides applied to every run")
     parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
-                        help="grid axes (crossed with each other and with the variants)")
+                        help="grid axes (crossed with each other and with the variants); "
+                             "every KEY=V item up to the next option is an axis, one without a "
+                             "comma too (an axis of one value, in the run names): give plain "
+                             "overrides before --grid")
     parser.add_argument("--variant", nargs="+", action="append", default=[],
                         metavar=("NAME", "KEY=VALUE"), help="a named set of overrides")
     parser.add_argument("--out", default=None, help="study directory")
@@ -268,7 +306,7 @@ def cli(argv: list[str] | None = None) -> Study:
     parser.add_argument("--list", action="store_true", help="print the runs and exit")
     parser.add_argument("--report", action="store_true", help="only tabulate finished runs")
     parser.add_argument("--force", action="store_true", help="retrain finished runs")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides after options too
     quiet_if_logging()  # a log file: no \r-redrawn progress bars
     try:
         study = build_study(args.config, args.overrides, args.grid, args.variant, args.out)
