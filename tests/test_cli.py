@@ -102,10 +102,11 @@ def test_lora_run_says_base_weights_are_frozen_and_logs_no_bar_redraws(tmp_path,
         "data.heldout_file=null", "train.max_steps=2", "loss.sft_warmup_steps=0",
         "loss.name=sft", "train.micro_batch_size=4", "train.log_every=1",
         "train.eval_max_samples=0", f"train.output_dir={tmp_path / 'run'}",
-        "model.lora={r: 4, dropout: 0.0, parts: [language]}"])
+        "model.lora={r: 4, dropout: 0.0, parts: [language, vision]}", "model.freeze=[vision]"])
     out, err = capsys.readouterr()  # stderr is not a TTY here, as in a log file
     line = next(x for x in out.splitlines() if "; frozen: " in x)
-    assert "frozen: all base weights (LoRA adapters train in ['language'])" in line, line
+    assert "(LoRA r=4 on ['language']; none on ['vision']: model.freeze)" in line, line
+    assert "frozen: all base weights (LoRA adapters train)" in line, line
     assert "frozen: none" not in out
     assert "\r" not in err
     # no bar in a log file: each metrics record is a line there instead

@@ -141,3 +141,14 @@ def test_evaluation_leaves_the_training_rng_streams_alone():
     after = (random.getstate(), np.random.get_state()[1], torch.get_rng_state())
     assert before[0] == after[0] and (before[1] == after[1]).all()
     assert torch.equal(before[2], after[2])
+
+
+def test_a_benchmark_without_local_data_names_the_training_key(tmp_path, monkeypatch):
+    """Offline, a hub benchmark with no local copy fails before the model loads, naming what
+    to set in training (train.eval_data_dir), not vldft.eval's --data-dir flag."""
+    monkeypatch.setattr(train, "load_adapter", lambda *a: pytest.fail("model was loaded"))
+    cfg = _tiny(tmp_path, "train.eval_tasks=[geoqa]")
+    with pytest.raises(ConfigError) as e:
+        train.main(cfg)
+    msg = str(e.value)
+    assert "train.eval_data_dir=DIR" in msg and "then pass --data-dir" not in msg, msg

@@ -364,10 +364,12 @@ def describe_model(adapter: Adapter, cfg: Config) -> str:
     """The console's model line: family, parameters per part, trainable, LoRA, frozen."""
     n_params, n_trainable = count_parameters(adapter)
     lora = cfg.model.lora
-    frozen = (f"all base weights (LoRA adapters train in "
-              f"{[p for p in lora.parts if p not in cfg.model.freeze]})"
-              if lora else cfg.model.freeze or "none")
+    parts = [p for p in lora.parts if p not in cfg.model.freeze] if lora else []
+    skipped = [p for p in lora.parts if p in cfg.model.freeze] if lora else []
+    on = f"{parts}" + (f"; none on {skipped}: model.freeze" if skipped else "")
+    frozen = ("all base weights (LoRA adapters train)" if lora
+              else cfg.model.freeze or "none")
     return (f"{cfg.model.family} ({'tiny' if cfg.model.tiny else cfg.model.name_or_path}): "
             + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items())
             + f"; trainable {n_trainable / 1e6:.2f}M"
-            + (f" (LoRA r={lora.r} on {lora.parts})" if lora else "") + f"; frozen: {frozen}")
+            + (f" (LoRA r={lora.r} on {on})" if lora else "") + f"; frozen: {frozen}")

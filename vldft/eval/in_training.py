@@ -65,8 +65,10 @@ def check_eval_tasks(cfg: Config) -> None:
         manager = task_manager("WARNING", include_path=[str(TASK_DIR)], model_name="vldft")
         names = resolve_tasks(t.eval_tasks, [], set(manager.all_tasks))
         build_tasks(names, manager, data_dir, chat=True, model_name="vldft")
-    except (ValueError, EvalSetupError) as e:
-        raise ConfigError(f"train.eval_tasks: {e}") from None
+    except (ValueError, EvalSetupError) as e:  # in training, vldft.eval's --data-dir DIR is
+        # the train.eval_data_dir key
+        why = str(e).replace("then pass --data-dir DIR", "then set train.eval_data_dir=DIR")
+        raise ConfigError(f"train.eval_tasks: {why}") from None
 
 
 @contextlib.contextmanager
