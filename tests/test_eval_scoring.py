@@ -77,6 +77,12 @@ CASES = [
     ("Answer: 12345.4", "12345", None, "12345.4", False),
     ("Answer: 1 2", "12", None, "1 2", False),
     ("Answer: 1e400", "2e400", None, "1e400", False),
+    ("Answer: 3 hundredths", "3", None, "3 hundredths", False),  # a fraction, not 3
+    ("Answer: 2 sevenths", "2", None, "2 sevenths", False),
+    ("Answer: 3 n", "3", None, "3 n", False),  # a variable, not a count
+    ("Answer: 12 345", "12345", None, "12 345", True),  # thousands grouped by spaces
+    ("Answer: 1 000 000", "1000000", None, "1 000 000", True),
+    ("Answer: 1 1/2 cups", "1.5", None, "1 1/2 cups", True),
     # choice letters in a sentence
     ("So the correct option is C.", "C", CH4, "C", True),
     ("So the correct option is C.", "B", CH4, "C", False),
@@ -98,6 +104,22 @@ CASES = [
     ("A. 30\nB. 45\nC. 60\nD. 90\nMy choice: C. 60", "C", CH4, "C", True),  # after the list
     ("The options are (A) 30, (B) 45, (C) 60, (D) 90.\nThe angle is (C) 60", "C", CH4, "C", True),
     ("The answer is not (A) but (B).", "B", CH4, "not (A) but (B)", True),
+    # an answer given first and other options explained after it is no restated options list
+    # (a restatement lists its labels in order from A)
+    ("C. 60 is the measure; D. 90 would be too large.", "C", CH4, "C", True),
+    ("C. 60\nExplanation: A. 30 and B. 45 are too small.", "C", CH4, "C", True),
+    ("C) 60°. A) 30° and B) 45° are the other two angles.", "C", CH4, "C", True),
+    # a stated answer that starts with its letter, whatever follows it
+    ("Answer: B (45 degrees)", "B", CH4, "B (45 degrees)", True),
+    ("Answer: B because angle A is 30", "B", CH4, "B because angle A is 30", True),
+    ("Answer: B - 45", "B", CH4, "B - 45", True),
+    ("Answer: C 60", "C", CH4, "C 60", True),
+    ("Answer: (B) 45, not (A) 30", "B", CH4, "(B) 45, not (A) 30", True),
+    ("The answer is (B) 45, since (A) 30 is too small.", "B", CH4,
+     "(B) 45, since (A) 30 is too small", True),
+    ("The answer is option A, not B.", "A", CH4, "option A, not B", True),
+    ("Answer: The correct choice is A, not B", "A", CH4, "The correct choice is A, not B", True),
+    ("Answer: A right angle, so D", "D", CH4, "A right angle, so D", True),  # "A" the article
     # duplicated option text: a prediction equal to the gold option's value is right
     ("Answer: 52", "B", ["38", "52", "52", "62"], "52", True),
     ("Answer: 38", "B", ["38", "52", "52", "62"], "38", False),
@@ -211,7 +233,10 @@ def test_a_multi_select_gold_needs_exactly_its_letters():
     for reply in ("C\nD", "Answer: C\nD", "C, D", "Answer: C and D", "\\boxed{C,D}"):
         assert score(reply, "C\nD")[1], reply
     for reply in ("Answer: C, D\nI checked each option.", "I pick C and D",
-                  "Answer: C and D. A square has four sides."):
+                  "Answer: C and D. A square has four sides.", "Options C and D are correct.",
+                  "Answer: C, D are correct.", "Answer: both C and D are correct",
+                  "Answer: C, D\nIn triangle ABC, A = 30.",
+                  "Answer: C\nD\nExplanation: (A) is wrong."):
         assert score(reply, "C\nD")[1], reply
     for reply in ("Answer: C", "C, D, E", "Answer: D", "", "Neither C nor D.",
                   "Answer: E. Not C and not D"):

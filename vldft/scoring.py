@@ -7,7 +7,7 @@ in-training held-out accuracy (``vldft.heldout``).
 3. the last "Answer: X" / "answer is X" (rest of that line or sentence),
 4. with ``choices``: a final choice letter ("(C)", "option C", "the correct option is C",
    "C." at a line start, a bare "C"); the labels of a restated options list ("A. 30 B. 45",
-   "(A) 30" lines) are passed over, they answer nothing,
+   "(A) 30" lines: labels in order from A) are passed over, they answer nothing,
 5. whichever ends later: the last LaTeX fraction / radical expression (``\\frac{1}{2}``,
    ``2\\sqrt{3}``, ``\\frac{\\sqrt{3}}{2}``) or the last number (not an exponent like ``cm^2``).
 
@@ -16,18 +16,17 @@ counts. ``vldft.heldout`` reports both; a model whose replies break into noise t
 in the right number scores under the lenient steps 4-5 but not under strict.
 
 ``is_correct(pred, target, choices)`` compares after normalisation (case, markdown, ``$``,
-``\\text{}``, a leading article, "x =" prefixes, spaces around LaTeX braces, degree signs,
-percent signs and units that follow a number, glued or not: "6cm", "12 cm^2", "5 units"):
-numbers (a whole-number gold within 0.01, so 12346 and 12345.4 are not 12345; others with a
-relative tolerance; a count of things, "18 eggs", is its number, "2 pi" or "10 million" not;
-fractions, mixed numbers "1 1/2", ``\\frac``, "2.5e3", thousands separators, and products of
-numbers, ``\\frac`` and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain strings, and
-finally ``math-verify`` equivalence when that package imports (lmms-eval depends on it;
-eval/pins.txt says which versions import together). ``score`` also counts a bare reply that
-is the gold itself as written (case, ``$`` and spaces around punctuation aside: "(2, 2)" for
-"(2,2)") whatever its extraction gives, and a
-multi-select gold without ``choices`` ("C\\nD", "C, D") needs exactly its letters. With
-``choices``:
+``\\text{}``, a leading article, "x =" prefixes, spaces around LaTeX braces, degree signs, percent
+signs and units that follow a number, glued or not: "6cm", "12 cm^2", "5 units"): numbers (a
+whole-number gold within 0.01, so 12346 and 12345.4 are not 12345; others with a relative
+tolerance; a count of things, "18 eggs", is its number, "2 pi", "10 million" or "3 hundredths" not;
+fractions, mixed numbers "1 1/2", ``\\frac``, "2.5e3", thousands separators ("1,250", "12 345"),
+and products of numbers, ``\\frac`` and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain
+strings, and finally ``math-verify`` equivalence when that package imports (lmms-eval depends on
+it; eval/pins.txt says which versions import together). ``score`` also counts a bare reply that is
+the gold itself as written (case, ``$`` and spaces around punctuation aside: "(2, 2)" for "(2,2)")
+whatever its extraction gives, and a multi-select gold without ``choices`` ("C\\nD", "C, D") needs
+exactly its letters. With ``choices``:
 
 - a letter target (geometry3k): a predicted letter (the one a stated answer starts with: "(A),
   not (B)" states A; else its last one: "not (A) but (B)" states B) must be that letter; a
@@ -105,8 +104,10 @@ def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | No
                 (rf"(?:option|choice)\s*:?\s*\(?([{valid}])\b", True),
                 (rf"(?:answer|option|choice)\s+is\s*:?\s*\(?([{valid}])\b", False),
                 (rf"(?m)^\s*\(?([{valid}])[.):]", False), (rf"\b([{valid}])\s*$", False))
-    if not last:  # a stated answer phrase that starts with its letter: "A, because ..."
-        patterns += ((rf"\A\s*\(?([{valid}])[,;]", False),)
+    if not last:  # a stated answer phrase that starts with its letter: "A, because ...",
+        # "B (45 degrees)", "C 60", "B - 45" (not "A right angle": "A" may be the article)
+        patterns += ((rf"\A\s*\(?([{valid}])\)?(?=\s*$|[.,;:)]|\s*[-\u2013\u2014(]|\s+\d|"
+                      rf"\s+(?:because|since|as|not|rather|is|which|with|for)\b)", False),)
     found: list[tuple[int, str, int]] = []  # (where, letter, end of the match)
     for pattern, lower_ok in patterns:
         found += [(m.start(1), m.group(1).upper(), m.end())
@@ -114,23 +115,28 @@ def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | No
                   if m.group(1).isupper() or lower_ok]
 
     # a restated options list: the first "X. option" / "(X) option" of each letter; two or more
-    # of them span the listing, and the labels inside that span answer nothing
+    # of them, in order from A ("A. 30 B. 45 ..."), span the listing, and the labels inside
+    # that span answer nothing ("C. 60; A. 30 and B. 45 are too small" restates nothing)
     firsts = [m for L, option in zip(valid, choices, strict=False) if str(option).strip()
               for m in [re.search(rf"(?<![A-Za-z])\(?{L}[.):]\s*"
                                   rf"{re.escape(str(option).strip())}", text, re.IGNORECASE)]
               if m]
-    if len(firsts) >= 2:
+    order = "".join(m.group().lstrip("(")[0].upper() for m in sorted(firsts, key=re.Match.start))
+    if len(firsts) >= 2 and order == valid[: len(order)]:
         lo, hi = min(m.start() for m in firsts), max(m.end() for m in firsts)
         found = [f for f in found if not lo <= f[0] < hi]
     if not found:
         return None
-    if not last:  # a stated phrase: the letter it starts with ("(A), not (B)"), else its last
-        start = min(found)
-        if not text[: start[0]].strip(" (*`'\""):
+    if not last:  # a stated phrase: the letter it starts with ("(A), not (B)", "option A, not
+        start = min(found)  # B", "the correct choice is A"), else its last
+        if _LEAD.fullmatch(text[: start[0]]):
             return start[1]
     return max(found)[1]
 
 
+# what may come before a stated phrase's own letter: "", "(", "option ", "the correct choice is "
+_LEAD = re.compile(r"[\s(*`'\"]*(?:(?:the\s+)?(?:(?:correct|right|best|final)\s+)?"
+                   r"(?:option|choice|answer)\s*(?:is\s*)?:?[\s(*`'\"]*)?", re.IGNORECASE)
 _ONE_WORD = re.compile(r"\s*([A-Za-z]+)\.?\s*")
 
 
@@ -237,18 +243,24 @@ def _latex_value(s: str) -> float | None:
     return value
 
 
-_TRAILING_WORDS = re.compile(r"([-+]?[\d.,/]+)((?: [a-z]+){1,3})")  # "18 eggs", "42 more minutes"
+# "18 eggs", "42 more minutes", "1 1/2 cups" (a word of one letter is a variable: "3 n")
+_TRAILING_WORDS = re.compile(r"([-+]?[\d.,/]+(?: \d+/\d+)?)((?: [a-z]{2,}){1,3})")
 # words after a number that change its value: "2 pi", "10 million", "5 squared" are not 2, 10, 5
 _MATH_WORDS = frozenset(
     "pi million millions thousand thousands hundred hundreds billion billions trillion dozen "
     "dozens squared cubed square cube root roots sqrt half halves third thirds quarter quarters "
-    "fourth fourths fifth fifths percent times over plus minus i j x y z e".split())
+    "fourth fourths fifth fifths sixth sixths seventh sevenths eighth eighths ninth ninths "
+    "tenth tenths hundredth hundredths thousandth thousandths millionth millionths percent "
+    "times over plus minus".split())
 
 
 def to_number(answer: str) -> float | None:
     """A number from a normalised answer: "1,250", "-2.5", "3/4", "1 1/2", "2.5e3",
     "\\frac{3}{4}", "2\\sqrt{3}", "\\frac{\\sqrt{3}}{2}", "\\sqrt{2}/2", "6 cm"; else None."""
     s = normalize(answer)
+    words = _TRAILING_WORDS.fullmatch(s)  # a count of things: the number ("18 eggs")
+    if words and not _MATH_WORDS & set(words.group(2).split()):
+        s = words.group(1)
     mixed = re.fullmatch(r"([-+]?)(\d+) (\d+)/(\d+)", s)  # "1 1/2" (not 11/2)
     if mixed:
         sign, whole, num, den = mixed.groups()
@@ -256,9 +268,8 @@ def to_number(answer: str) -> float | None:
             return None
         value = int(whole) + int(num) / int(den)
         return -value if sign == "-" else value
-    words = _TRAILING_WORDS.fullmatch(s)  # a count of things: the number ("18 eggs")
-    if words and not _MATH_WORDS & set(words.group(2).split()):
-        s = words.group(1)
+    if re.fullmatch(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?", s):  # "12 345": thousands by spaces
+        s = s.replace(" ", "")
     if re.search(r"\d\s+\d", s):  # "1 2": two numbers, not 12
         return None
     value = _value(s.replace(" ", ""))
@@ -367,14 +378,22 @@ def _letter_set_score(text: str, target: str, strict: bool) -> tuple[str | None,
     stated = list(_ANSWER_IS.finditer(text))
     if boxed:
         part = boxed
-    elif stated:  # the last "Answer: ..." up to the end of its sentence (letters may span lines)
-        part = re.split(r"\.(?:\s|$)", text[stated[-1].start(1):], maxsplit=1)[0]
+    elif stated:  # the last "Answer: ..." up to the end of its sentence; letters may go on
+        # over the next lines while each holds letters only ("Answer: C\nD")
+        first, *rest = text[stated[-1].start(1):].split("\n")
+        for line in rest:
+            if not re.fullmatch(r"\s*[A-J](?:\s*(?:[,;/]|\band\b)?\s*[A-J])*\s*[.,;]?\s*", line):
+                break
+            first += "\n" + line
+        part = re.split(r"\.(?:\s|$)", first, maxsplit=1)[0]
     else:
         part = None if strict else text
     if part is None:
         return None, False
-    # a capital letter A-J standing alone, not a word ("I checked", "A square"; "C and D" counts)
-    letters = set(re.findall(r"(?<![\w'])([A-J])(?![\w'])(?!\s+(?!and\b)[a-z])", part))
+    # a capital letter A-J standing alone, not a word ("I checked", "A square", "E is wrong" are
+    # not letters of the answer; "C and D", "D are correct" are)
+    letters = set(re.findall(r"(?<![\w'])([A-J])(?![\w'])(?!\s+(?!(?:and|are|both)\b)[a-z])",
+                             part))
     return part.strip(), bool(letters) and letters == set(re.findall(r"[A-J]", target))
 
 
