@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,9 @@ def whole(ckpt, tmp_path_factory, one_thread) -> Path:
 
 @pytest.mark.parametrize("how", [
     "SIGTERM, 1 process",
+    # --overwrite over a finished evaluation: interrupted, it leaves no results.json (the old
+    # one said "already done" on the rerun) and says to rerun without --overwrite, which resumes
+    "SIGTERM, 1 process, --overwrite",
     # covered in parts by the default run: the SIGTERM case (a real rerun resumes),
     # test_a_rerun_reads_every_ranks_file_and_skips_a_line_cut_by_kill_9 (every rank's file,
     # a cut line) and test_eval_distributed.py (2 processes equal 1); two torchrun launches
@@ -143,10 +147,13 @@ def whole(ckpt, tmp_path_factory, one_thread) -> Path:
 def test_killed_evaluation_resumes_to_the_uninterrupted_result(ckpt, whole, tmp_path, how):
     cmd = torchrun() if "2 processes" in how else EVAL_CMD
     cut = tmp_path / "cut"
-    proc = _run(cmd, ckpt, cut)
+    if "--overwrite" in how:
+        shutil.copytree(whole, cut)
+    proc = _run([*cmd, "--overwrite"] if "--overwrite" in how else cmd, ckpt, cut)
     deadline = time.time() + 300
-    while _kept(cut) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
+    while proc.poll() is None and time.time() < deadline and not (
+            3 <= _kept(cut) < LIMIT and not (cut / "results.json").exists()):
+        time.sleep(0.1)  # (--overwrite: the old run's responses are removed first)
     assert proc.poll() is None, f"ended before it could be interrupted: {proc.communicate()}"
     if how.startswith("SIGTERM"):
         proc.send_signal(signal.SIGTERM)
@@ -156,7 +163,9 @@ def test_killed_evaluation_resumes_to_the_uninterrupted_result(ckpt, whole, tmp_
     assert proc.returncode != 0 and not (cut / "results.json").exists()
     if how.startswith("SIGTERM"):
         last = err.strip().splitlines()[-1]
-        assert "interrupted (SIGTERM)" in last and "rerun the same command" in last, err
+        again = "the same command without --overwrite" if "--overwrite" in how else \
+            "the same command to continue"
+        assert "interrupted (SIGTERM)" in last and f"rerun {again}" in last, err
     kept = _kept(cut)
     assert 0 < kept < LIMIT
     rerun = _run(torchrun() if "2 processes" in how else EVAL_CMD, ckpt, cut)  # a fresh port
@@ -277,8 +286,6 @@ def test_overwrite_and_already_done_follow_the_data_not_only_its_folder_name(
     copies of its pictures ($VLDFT_GEO_HELDOUT): not "already done" (it said so, with the real
     pictures' score), and with --overwrite every response is generated again (the stored ones
     were reused: 93 % for blank pictures), equal to a fresh evaluation's."""
-    import shutil
-
     from PIL import Image
 
     from vldft.eval.local_tasks import geo_heldout_path
@@ -307,11 +314,12 @@ def test_overwrite_and_already_done_follow_the_data_not_only_its_folder_name(
 
 
 def test_data_identity_follows_contents_not_the_folder_around_them(tmp_path, monkeypatch):
-    """The held-out data's identity is its file and the images its rows name, by content: an
-    evaluation written next to it, a copy elsewhere or a touched file leave it alone; an edited
-    image changes it. Image bytes and tensors are keyed by content too."""
+    """The held-out data's digest covers its file and the images and videos its rows name, by
+    content: an evaluation written next to it, a copy elsewhere or a touched file leave the
+    digest alone; an edited image (named alone or in a list) or clip frame changes it. The
+    identity also records where the data is: a copy elsewhere is another evaluation's data.
+    Image bytes and tensors are keyed by content too."""
     import hashlib
-    import shutil
 
     import torch
     from PIL import Image
@@ -337,8 +345,26 @@ def test_data_identity_follows_contents_not_the_folder_around_them(tmp_path, mon
     assert files(a) == first
     shutil.copytree(a, tmp_path / "b")  # new modification times, same contents
     assert files(tmp_path / "b") == first
+    monkeypatch.setenv("VLDFT_GEO_HELDOUT", str(tmp_path / "b" / "heldout.jsonl"))
+    assert data_identity(["vldft_geo_heldout"], None)["vldft_geo_heldout"]["file"] == str(
+        (tmp_path / "b" / "heldout.jsonl").resolve())  # where it is: recorded as well
     Image.new("RGB", (8, 8), "blue").save(a / "x.png")
     assert files(a) != first
+    # one image named alone (not in a list), a clip's frame folder and a frame list
+    (a / "clip").mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), "red").save(a / "clip" / f"{i}.png")
+    rows = [{"id": "2", "answer": "3", "images": "y.png", "messages": []},
+            {"id": "3", "answer": "4", "videos": ["clip"], "messages": []},
+            {"id": "4", "answer": "5", "videos": [{"video": ["clip/0.png", "clip/1.png"]}],
+             "messages": []}]
+    Image.new("RGB", (8, 8), "red").save(a / "y.png")
+    (a / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = files(a)
+    Image.new("RGB", (8, 8), "blue").save(a / "y.png")
+    after_image = files(a)
+    Image.new("RGB", (8, 8), "blue").save(a / "clip" / "1.png")
+    assert len({before, after_image, files(a)}) == 3
 
     def digest(value):
         h = hashlib.sha256()

@@ -141,13 +141,18 @@ def request_key(fingerprint: str, req, inputs: str = "") -> str:
 
 class ResponseStore:
     """``<root>/rank<r>.jsonl`` files of ``{"key", "task", "doc_id", "response"}`` lines.
-    ``fresh`` (``--overwrite``): nothing stored is read, and this rank's file starts empty."""
+    ``fresh`` (``--overwrite``): nothing stored is read, this rank's file starts empty, and rank
+    0 removes the files of ranks ``world`` and above (an earlier run with more processes), so
+    a rerun that resumes this run reads only this run's responses."""
 
-    def __init__(self, root: Path, rank: int, fresh: bool = False) -> None:
+    def __init__(self, root: Path, rank: int, fresh: bool = False, world: int = 1) -> None:
         self.root, self.rank = Path(root), rank
         self.kept: dict[str, Any] = {}
         if fresh:
             (self.root / f"rank{rank}.jsonl").unlink(missing_ok=True)
+            for f in self.root.glob("rank*.jsonl") if rank == 0 else []:
+                if f.stem[4:].isdigit() and int(f.stem[4:]) >= world:
+                    f.unlink(missing_ok=True)
         for f in [] if fresh else sorted(self.root.glob("rank*.jsonl")):
             with open(f, encoding="utf-8") as fh:
                 for line in fh:

@@ -433,30 +433,44 @@ def _files_digest(files: list[Path], base: Path) -> str:
 
 
 def _heldout_files(path: Path) -> list[Path]:
-    """vldft_geo_heldout's file and every image its rows name (relative to its folder)."""
+    """vldft_geo_heldout's file and every image and video its rows name (relative to its
+    folder): one entry or a list of them, a clip's frame list, ``{"video": ...}``, a frame
+    folder's files."""
     files = [path]
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return files
+
+    def add(ref) -> None:
+        if isinstance(ref, list):
+            for item in ref:
+                add(item)
+        elif isinstance(ref, dict):
+            add(ref.get("video") or ref.get("image") or ref.get("path"))
+        elif isinstance(ref, str) and ref:
+            f = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+            try:
+                files.extend(sorted(p for p in f.iterdir() if p.is_file()) if f.is_dir() else [f])
+            except OSError:  # an unreadable folder: recorded as a file that cannot be read
+                files.append(f)
+
     for line in lines:
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        images = row.get("images") or ([row["image"]] if row.get("image") else []) \
-            if isinstance(row, dict) else []
-        for img in images if isinstance(images, list) else []:
-            if isinstance(img, str):
-                files.append(Path(img) if Path(img).is_absolute() else path.parent / img)
+        if isinstance(row, dict):
+            for key in ("images", "image", "videos", "video"):
+                add(row.get(key))
     return files
 
 
 def data_identity(tasks: list[str], data_dir, out: Path | None = None) -> dict:
     """Per task, the local data it reads and a digest of it (``_files_digest``):
     ``vldft_geo_heldout``'s file (``$VLDFT_GEO_HELDOUT``, ``--data-dir`` or bundled) and the
-    images its rows name; a benchmark's files under ``<data-dir>/<benchmark>/`` (``out``, the
-    evaluation's own folder, left out); None for data read from the hub."""
+    images and videos its rows name; a benchmark's files under ``<data-dir>/<benchmark>/``
+    (``out``, the evaluation's own folder, left out); None for data read from the hub."""
     from vldft.eval.local_tasks import geo_heldout_path
 
     found = {}
@@ -564,8 +578,11 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
     if not isinstance(model, lmms):
         lm = get_model(model_class).create_from_arg_string(
             args, {"batch_size": batch_size, "max_batch_size": None, "device": device})
-        store = ResponseStore(out / "responses", int(os.environ.get("RANK", "0")),
-                              fresh=overwrite)  # --overwrite: nothing stored is reused
+        rank = int(os.environ.get("RANK", "0"))
+        if overwrite and rank == 0:  # interrupted, this run must not leave the old results
+            (out / "results.json").unlink(missing_ok=True)  # looking like a finished one
+        store = ResponseStore(out / "responses", rank, fresh=overwrite,  # --overwrite: nothing
+                              world=int(os.environ.get("WORLD_SIZE", "1")))  # stored is reused
         if store.found and int(os.environ.get("RANK", "0")) == 0:
             print(f"[vldft] resuming: {store.found} responses kept in {store.root} from an "
                   "interrupted run; only the missing ones are generated")
@@ -583,9 +600,10 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
         if store is None:
             raise
         why = "SIGTERM" if isinstance(e, Interrupted) else "Ctrl-C"
+        again = "the same command without --overwrite" if overwrite else "the same command"
         raise SystemExit(f"[vldft] interrupted ({why}): {len(store.kept)} responses are kept in "
-                         f"{store.root}; rerun the same command to continue (only the missing "
-                         "ones are generated)") from None
+                         f"{store.root}; rerun {again} to continue (only the missing ones are "
+                         "generated)") from None
     wall = time.perf_counter() - start
     if results is None:  # only on non-zero ranks of a distributed run
         return {}
