@@ -135,7 +135,20 @@ def test_tiny_study_end_to_end_resume_and_array_index(tmp_path, monkeypatch):
                                              r"\(train.max_steps: 6 -> 4\); --force"):
             cli([str(path), "train.max_steps=4", *extra])
 
-    # a job array trains exactly its own run; the report lists what is missing
+    # --force retrains a run through train.overwrite, under the run directory's lock: while
+    # another process holds the directory nothing of it is removed
+    from vldft.run_dir import lock_output_dir, release_output_dirs
+
+    lock_output_dir(summary.parent)
+    try:
+        with pytest.raises(SystemExit, match="is in use"):
+            cli([str(path), "train.max_steps=4", "--force", "--index", "0"])
+    finally:
+        release_output_dirs()
+    assert summary.stat().st_mtime_ns == before
+    cli([str(path), "train.max_steps=4", "--force", "--index", "0"])
+    assert json.loads(summary.read_text())["steps"] == 4
+
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
     cli([str(path), "--out", str(tmp_path / "arr")])
     done = sorted(p.parent.name for p in (tmp_path / "arr").glob("runs/*/summary.json"))

@@ -29,7 +29,8 @@ value); each trains with :func:`vldft.train.main` into
 scorer (``vldft.heldout``: teacher-forced CE and greedy answer accuracy, lenient and counting
 only stated answers) every
 ``train.eval_every`` steps and at the end, on the final weights (what ``final/`` holds). A run
-whose ``summary.json`` exists is not trained again (``--force`` retrains it).
+whose ``summary.json`` exists is not trained again (``--force`` retrains it with
+``train.overwrite=true``: the old outputs are removed under the run directory's lock).
 
 The report groups runs that differ only in ``train.seed`` and gives mean, sample standard
 deviation and range over seeds (``results.md``, ``results.csv``, ``results.json``) and plots
@@ -55,7 +56,6 @@ import csv
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -118,9 +118,11 @@ def train_run(study: Study, run: Run, force: bool = False) -> dict:
         check_same_run(study, run)
         print(f"[vldft] compare: {run.name} already done ({done}); --force retrains it")
         return json.loads(done.read_text())
-    if force and out.exists():
-        shutil.rmtree(out)
     cfg = run_config(study, run)
+    # --force: the training run replaces the old one's outputs itself, under the run
+    # directory's lock (removing the folder here first would pull it from under a process
+    # still training into it, which then shared the path with this one)
+    cfg.train.overwrite = cfg.train.overwrite or force
     print(f"[vldft] compare: training {run.name}: {' '.join(run.overrides) or '(base)'}")
     return main(cfg)
 
