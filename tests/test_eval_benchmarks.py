@@ -92,6 +92,8 @@ def test_a_missing_eval_extra_says_make_eval_env_and_missing_pins_say_pins_txt(t
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "lmms_eval", None)  # not installed
         m.setitem(sys.modules, "math_verify", None)
+        # as in a fresh process: vldft's lmms-eval task module not imported by an earlier test
+        m.delitem(sys.modules, "vldft.eval.local_tasks", raising=False)
         with pytest.raises(SystemExit) as e:
             main(argv)
     said = str(e.value.code)

@@ -197,6 +197,19 @@ def layouts(bench: Benchmark, root: Path) -> list[Path]:
             *[base / path for path, _ in upstream_layouts(bench)]]
 
 
+def geo_heldout_path(root: str | Path | None = None) -> Path:
+    """The file ``vldft_geo_heldout`` reads: ``$VLDFT_GEO_HELDOUT``, else
+    ``<root>/geo_demo/heldout.jsonl`` (``--data-dir``), else the bundled
+    ``data/geo_demo/heldout.jsonl``."""
+    from vldft.resources import resource
+
+    if os.environ.get("VLDFT_GEO_HELDOUT"):
+        return Path(os.environ["VLDFT_GEO_HELDOUT"])
+    if root and str(root) != "local":
+        return Path(root) / "geo_demo" / "heldout.jsonl"
+    return resource("data") / "geo_demo" / "heldout.jsonl"
+
+
 def find_local(bench: Benchmark, root: str | Path) -> Path:
     """The first layout present under ``root``; a one-line error naming all of them if none."""
     candidates = layouts(bench, Path(root))

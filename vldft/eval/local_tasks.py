@@ -21,20 +21,22 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-from pathlib import Path
 
 import datasets
 from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
 from PIL import Image
 
 from vldft.data import load_jsonl
-from vldft.data.benchmarks import BENCHMARKS, LETTERS, LocalDataError, load_local
-from vldft.resources import resource
+from vldft.data.benchmarks import (  # noqa: F401 - geo_heldout_path: part of this module's API
+    BENCHMARKS,
+    LETTERS,
+    LocalDataError,
+    geo_heldout_path,
+    load_local,
+)
 from vldft.scoring import extract_answer, is_correct, score
 
 log = logging.getLogger("vldft.eval")
-REPO_DATA = resource("data")  # the bundled data (installed package or checkout)
 LOCAL_KEY = "vldft_local"  # dataset_kwargs key: read this benchmark from its local copy
 
 
@@ -105,17 +107,6 @@ class VldftSimpleTask(_LocalData, ConfigurableTask):
 
 
 # -- vldft synthetic geometry (normalised JSONL) --------------------------------------------
-def geo_heldout_path(root: str | Path | None = None) -> Path:
-    """The file ``vldft_geo_heldout`` reads: ``$VLDFT_GEO_HELDOUT``, else
-    ``<root>/geo_demo/heldout.jsonl`` (``--data-dir``), else the bundled
-    ``data/geo_demo/heldout.jsonl``."""
-    if os.environ.get("VLDFT_GEO_HELDOUT"):
-        return Path(os.environ["VLDFT_GEO_HELDOUT"])
-    if root and str(root) != "local":
-        return Path(root) / "geo_demo" / "heldout.jsonl"
-    return REPO_DATA / "geo_demo" / "heldout.jsonl"
-
-
 def load_geo_heldout(root: str | None = None) -> datasets.Dataset:
     """vldft's held-out JSONL (:func:`geo_heldout_path`) as rows {id, kind, question, image,
     answer}."""

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from vldft.config import hub_unreachable
-from vldft.data.benchmarks import BENCHMARKS, BY_TASK, LocalDataError, find_local
+from vldft.data.benchmarks import BENCHMARKS, BY_TASK, LocalDataError, find_local, geo_heldout_path
 from vldft.data.benchmarks import SUITES as BENCHMARK_SUITES
 from vldft.eval.resume import (
     Interrupted,
@@ -471,8 +471,6 @@ def data_identity(tasks: list[str], data_dir, out: Path | None = None) -> dict:
     ``vldft_geo_heldout``'s file (``$VLDFT_GEO_HELDOUT``, ``--data-dir`` or bundled) and the
     images and videos its rows name; a benchmark's files under ``<data-dir>/<benchmark>/``
     (``out``, the evaluation's own folder, left out); None for data read from the hub."""
-    from vldft.eval.local_tasks import geo_heldout_path
-
     found = {}
     for name in tasks:
         if name == "vldft_geo_heldout":
