@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 from collections import namedtuple
 from pathlib import Path
@@ -156,3 +157,16 @@ def test_preflight_refuses_a_disk_without_room_for_kept_plus_one(tmp_path, monke
     (kept / "model.safetensors").write_bytes(b"0" * one)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, one))
     check_disk_space(tmp_path, 1000, 500, 4, train_cfg, 100)
+
+
+def test_every_sample_skipped_is_one_data_error_naming_rows_and_the_key(tmp_path):
+    """data.max_length shorter than every sample's image block: each one is skipped while
+    encoding, and the run stops in one line with the counts, rows and the key to raise (it was
+    a RuntimeError traceback)."""
+    with pytest.raises(SystemExit) as e:
+        train.cli(small(tmp_path / "run", "data.max_length=16"))
+    text = str(e.value)
+    assert "\n" not in text and text.startswith("data error: a whole pass"), text
+    assert "16 " in text and "/image_cut" in text and "raise it" in text, text
+    assert re.search(rf"{re.escape(str(DEMO_DATA))}:\d+ \(id geo-train-\d+\) image_cut: ", text)
+    assert text.endswith("; and 13 more"), text

@@ -259,9 +259,22 @@ def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, state: Ru
                 yielded += 1
                 yield batch
         if full_pass and not yielded:
-            raise RuntimeError("a whole pass over the training data yielded no trainable "
-                               f"sample; skipped: {dict(skips)}")
+            raise DataError(no_trainable_sample(state))
         pos["epoch"], pos["consumed"] = pos["epoch"] + 1, 0
+
+
+def no_trainable_sample(state: RunState) -> str:
+    """The one-line error of a pass over the data in which every sample was skipped while
+    encoding: counts by source and reason, the first rows with file, line and id, a hint."""
+    counts = ", ".join(f"{n} {src}/{why}" for (src, why), n in sorted(state.skips.items()))
+    entries = dedupe(state.skip_entries)
+    shown = "; ".join(format_entry(e) for e in entries[:3])
+    more = f"; and {len(entries) - 3} more" if len(entries) > 3 else ""
+    cut = any(why in ("image_cut", "truncated_empty", "too_long") for _, why in state.skips)
+    hint = (" (data.max_length is shorter than these samples' image blocks or prompts: raise it)"
+            if cut else "")
+    return (f"a whole pass over the training data gave no sample to train on: every sample was "
+            f"skipped while encoding, {counts or 'none recorded'}{hint}; {shown}{more}")
 
 
 def guard_workers(loader: DataLoader):
