@@ -193,7 +193,7 @@ def test_validate_override_after_options(tmp_path):
     assert (out / "validation.json").is_file()
 
 
-def test_download_override_after_options(tmp_path, monkeypatch):
+def test_download_override_after_options(tmp_path, monkeypatch, capsys):
     import vldft.data.download as dl
 
     seen = {}
@@ -207,6 +207,10 @@ def test_download_override_after_options(tmp_path, monkeypatch):
                  "--source", "a=b", "train.seed=3", "--force"]) == 0
     assert seen == {"lr": 1e-4, "data_dir": str(tmp_path.resolve()), "sources": {"a": "b"},
                     "force": True}
+    # the offline training command it prints keeps the overrides (it dropped them)
+    said = capsys.readouterr().out
+    assert f"train offline with: python -m vldft.train {TINY_CONFIG} train.lr=1e-4 " \
+        f"train.seed=3 data.data_dir={tmp_path.resolve()}" in said, said
 
 
 def test_inspect_override_after_options(monkeypatch):

@@ -147,11 +147,25 @@ def test_inspect_prints_trained_tokens_and_writes_html(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[[Green.<|im_end|>]]" in out and "[[2<|im_end|>]]" in out
     assert "<|image_pad|>x4" in out and "'image': 4" in out
-    assert "token lengths of 2 samples" in out and "#" in out
+    assert "token lengths of 2 samples" in out and "#" in out and "truncated" not in out
     page = html.read_text()
     assert page.count('<img src="data:image/png;base64,') == 1
     assert '<span class="train">Green.&lt;|im_end|&gt;</span>' in page
     assert '<span class="image">&lt;|image_pad|&gt;\u00d74</span>' in page
+
+
+def test_inspect_counts_truncated_and_skipped_samples(tmp_path, capsys):
+    """The histogram's samples and the rest: truncated ones counted, skipped ones (not in the
+    histogram) counted by source and reason (they were left out silently)."""
+    cfg = _config(tmp_path, [GOOD, TEXT])
+    assert main(["inspect", str(cfg), "--n", "0", "data.max_length=70"]) == 0
+    out = capsys.readouterr().out
+    assert "token lengths of 2 samples" in out and "truncated to data.max_length: 1 of these 2" \
+        in out and "skipped" not in out, out
+    assert main(["inspect", str(cfg), "--n", "0", "data.max_length=40"]) == 0
+    out = capsys.readouterr().out
+    assert "token lengths of 0 samples" in out, out
+    assert "skipped while encoding (not in the histogram): 2 samples: 1 d/image_cut (" in out, out
 
 
 def test_histogram():

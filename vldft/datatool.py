@@ -37,7 +37,9 @@ import io
 import json
 import os
 import re
+import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -344,8 +346,10 @@ def cmd_download(args: argparse.Namespace) -> int:
         return 2
     print(f"[vldft] {len(done['sources'])} source(s) in {cfg.data_root()}, "
           f"{len(done['benchmarks'])} benchmark copy(ies) in {cfg.benchmark_root()}")
-    print(f"[vldft] train offline with: python -m vldft.train {args.config} "
-          f"data.data_dir={cfg.data_root()}")
+    extra = " ".join(shlex.quote(o) for o in args.overrides
+                     if not o.startswith(("data.data_dir=", "data.cache_dir=")))
+    print(f"[vldft] train offline with: python -m vldft.train {shlex.quote(args.config)} "
+          f"{extra + ' ' if extra else ''}data.data_dir={shlex.quote(str(cfg.data_root()))}")
     return 0
 
 
@@ -417,6 +421,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     d, coll = cfg.data, Collator.from_config(adapter, cfg)
     report = SkipReport()
     lengths, pages = [], []
+    skipped: Counter = Counter()  # encode-time skips by (source, reason)
+    truncated = 0
     notes: dict[str, list[str]] = {}
     for src in cfg.all_sources():
         with choice_counts() as found:
@@ -426,10 +432,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for i, s in enumerate(samples[: max(args.n, args.max_samples)]):
             enc = coll.encode(s)
             if isinstance(enc, Skipped):
+                skipped[(s.source, enc.reason)] += 1
                 if i < args.n:
                     print(f"--- {s.source} / {s.id}: skipped ({enc.reason})")
                 continue
             lengths.append(len(enc.input_ids))
+            truncated += bool(enc.truncated)
             if i < args.n:
                 print(f"--- {s.source} / {s.id} ({s.origin}): "
                       f"{token_counts(enc, adapter.image_token_id)}")
@@ -439,6 +447,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     pages.append(html_sample(s, enc, adapter))
     print(f"\ntoken lengths of {len(lengths)} samples (data.max_length {d.max_length}):")
     print(histogram(lengths))
+    if truncated:
+        print(f"truncated to data.max_length: {truncated} of these {len(lengths)} samples "
+              f"(data.overlong={d.overlong})")
+    if skipped:
+        print(f"skipped while encoding (not in the histogram): {sum(skipped.values())} samples: "
+              + ", ".join(f"{n} {src}/{why} ({SKIP_REASONS.get(why, why)})"
+                          for (src, why), n in sorted(skipped.items())))
     if report.total:
         print(report.summary())
     print(choices_summary(notes), end="")
