@@ -1,6 +1,8 @@
 """Source mixing and length-grouped batching."""
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import DEMO_DATA, demo_config
@@ -8,7 +10,7 @@ from conftest import DEMO_DATA, demo_config
 from vldft.adapters import load_adapter
 from vldft.collate import Collator
 from vldft.config import ModelConfig
-from vldft.data import Sample, load_jsonl
+from vldft.data import DataError, Sample, load_jsonl
 from vldft.data.mix import (
     LengthGroupedSampler,
     RandomBatchSampler,
@@ -152,3 +154,29 @@ def test_the_log_warns_of_a_source_without_samples_and_notes_a_repeated_one(tmp_
     assert "[vldft] note: source 'one' is repeated: 1 rows give 5 samples (5.0x" in text
     assert "[vldft] note: source 'many' is subsampled: 5 of its 9 rows are used" in text
     assert "the other 4 are not trained" in text and "warning" not in text
+
+
+def test_data_image_root_is_the_image_root_of_sources_without_their_own(tmp_path):
+    """``data.image_root`` (documented as the base of relative image paths) also serves the
+    sources of ``data.sources`` that set none (it served ``train_files`` only: a source's
+    relative images were looked for beside its file); a source's own root and a hub source's
+    download keep theirs."""
+    from vldft.data.mix import read_sources
+
+    rows = [json.loads(r) for r in DEMO_DATA.read_text().splitlines()[:3]]
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = f"data.sources=[{{path: {tmp_path / 'rows' / 'd.jsonl'}}}]"
+    with pytest.raises(DataError, match="image_root"):  # relative to the file's folder
+        read_sources(demo_config("data.train_files=[]", src, "data.heldout_file=null"))
+    cfg = demo_config("data.train_files=[]", src, "data.heldout_file=null",
+                      f"data.image_root={DEMO_DATA.parent}")
+    per_source, _ = read_sources(cfg)
+    assert [len(v) for v in per_source.values()] == [3]
+    assert all(Path(s.images[0]).parent == DEMO_DATA.parent / "images"
+               for s in per_source["d"]), per_source["d"][0].images
+    own = demo_config("data.train_files=[]", "data.heldout_file=null", "data.image_root=/x",
+                      f"data.sources=[{{path: {tmp_path / 'rows' / 'd.jsonl'}, "
+                      f"image_root: {tmp_path}}}, "
+                      "{name: h, hub: org/set}]").data.all_sources()
+    assert [s.image_root for s in own] == [str(tmp_path), None]

@@ -223,7 +223,8 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"  # bad rows: stop, or skip + count + report
     group_by_length: bool = False  # batch samples of similar length (per modality)
     heldout_file: str | None = None  # JSONL scored after training (CE + answer accuracy)
-    image_root: str | None = None  # base dir for relative image paths (default: the file's dir)
+    image_root: str | None = None  # base dir for relative image paths of train_files,
+    # heldout_file and every local source without its own (default: each file's dir)
     max_length: int = 2048  # max tokens per sample, image tokens included
     overlong: Literal["truncate", "skip", "error"] = "truncate"  # samples over max_length
     train_on: Literal["all", "last"] = "all"  # train every assistant turn, or the last only
@@ -251,9 +252,13 @@ class DataConfig:
             self.decontaminate = "off"
 
     def all_sources(self) -> list[SourceConfig]:
-        """``sources`` plus one normalised-format source per ``train_files`` entry."""
+        """One normalised-format source per ``train_files`` entry, then ``sources``;
+        ``image_root`` is the image root of each of them that has none of its own (a source
+        with ``hub`` aside: its image root is inside its download)."""
+        own = [src if src.image_root or src.hub or not self.image_root
+               else dataclasses.replace(src, image_root=self.image_root) for src in self.sources]
         return [*(SourceConfig(path=f, format="normalized", image_root=self.image_root)
-                  for f in self.train_files), *self.sources]
+                  for f in self.train_files), *own]
 
     def validate(self) -> None:
         if not self.train_files and not self.sources:
