@@ -239,6 +239,17 @@ def test_model_args_prints_what_lmms_evals_own_cli_needs(ckpt):
     assert out == f"pretrained={ckpt},min_pixels=12544,max_pixels=12544,device_map=cpu"
 
 
+def test_max_new_tokens_with_a_stock_class_is_refused(ckpt, tmp_path):
+    """A stock class takes no generation cap from vldft (it was dropped without a word: full
+    responses where 8 tokens were asked for): refused in one line."""
+    from vldft.eval.run import EvalSetupError, evaluate
+
+    with pytest.raises(EvalSetupError, match="--max-new-tokens applies to vldft's own model"):
+        evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "o", model_class="qwen2_5_vl",
+                 max_new_tokens=8, device="cpu")
+    assert not (tmp_path / "o").exists()
+
+
 def test_stored_responses_are_reused_only_for_the_same_pictures(tmp_path):
     """A request's key covers its images' pixels: the same prompts over other pictures (another
     data folder, an image edited in place) are generated again; ``fresh`` (--overwrite) reuses
@@ -365,6 +376,17 @@ def test_data_identity_follows_contents_not_the_folder_around_them(tmp_path, mon
     after_image = files(a)
     Image.new("RGB", (8, 8), "blue").save(a / "clip" / "1.png")
     assert len({before, after_image, files(a)}) == 3
+    # a --data-dir without geo_demo/: the task reads the bundled file, and so does the identity
+    # (it named <data-dir>/geo_demo/heldout.jsonl, a file that does not exist: edits of the
+    # bundled file then went unseen)
+    from vldft.data.benchmarks import geo_heldout_path
+
+    monkeypatch.delenv("VLDFT_GEO_HELDOUT")
+    found = data_identity(["vldft_geo_heldout"], tmp_path / "b")["vldft_geo_heldout"]
+    assert found["file"] == str(geo_heldout_path().resolve())
+    shutil.copytree(a, tmp_path / "dd" / "geo_demo")  # one that has it: that file
+    found = data_identity(["vldft_geo_heldout"], tmp_path / "dd")["vldft_geo_heldout"]
+    assert found["file"] == str((tmp_path / "dd" / "geo_demo" / "heldout.jsonl").resolve())
 
     def digest(value):
         h = hashlib.sha256()

@@ -197,9 +197,17 @@ def layouts(bench: Benchmark, root: Path) -> list[Path]:
             *[base / path for path, _ in upstream_layouts(bench)]]
 
 
+def geo_heldout_root(data_dir: str | Path | None) -> str | None:
+    """The folder ``vldft_geo_heldout`` reads for ``--data-dir``: ``data_dir`` when it holds
+    ``geo_demo/heldout.jsonl``, else None (the bundled file)."""
+    if data_dir is not None and (Path(data_dir) / "geo_demo" / "heldout.jsonl").is_file():
+        return str(data_dir)
+    return None
+
+
 def geo_heldout_path(root: str | Path | None = None) -> Path:
     """The file ``vldft_geo_heldout`` reads: ``$VLDFT_GEO_HELDOUT``, else
-    ``<root>/geo_demo/heldout.jsonl`` (``--data-dir``), else the bundled
+    ``<root>/geo_demo/heldout.jsonl`` (see :func:`geo_heldout_root`), else the bundled
     ``data/geo_demo/heldout.jsonl``."""
     from vldft.resources import resource
 

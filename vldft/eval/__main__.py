@@ -59,7 +59,7 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="replace the results of an earlier evaluation in --out and generate "
                         "every response again (stored ones are not reused)")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="cap on every task's generation budget")
+                   help="cap on every task's generation budget (vldft's model class only)")
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
                    help="hf: vldft's model class (transformers generate); vllm: lmms-eval's vllm "
                         "class with the checkpoint's chat template and pixel limits (GPUs)")

@@ -21,7 +21,14 @@ import time
 from pathlib import Path
 
 from vldft.config import hub_unreachable
-from vldft.data.benchmarks import BENCHMARKS, BY_TASK, LocalDataError, find_local, geo_heldout_path
+from vldft.data.benchmarks import (
+    BENCHMARKS,
+    BY_TASK,
+    LocalDataError,
+    find_local,
+    geo_heldout_path,
+    geo_heldout_root,
+)
 from vldft.data.benchmarks import SUITES as BENCHMARK_SUITES
 from vldft.eval.resume import (
     Interrupted,
@@ -222,7 +229,7 @@ def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bo
         config["class"] = cls
         bench = BY_TASK.get(name)
         if name == "vldft_geo_heldout":  # --data-dir's geo_demo/ if it has one, else bundled
-            if data_dir is not None and (Path(data_dir) / "geo_demo/heldout.jsonl").is_file():
+            if geo_heldout_root(data_dir) is not None:
                 config["dataset_path"] = str(data_dir)
                 used_data_dir = True
         elif bench is not None and data_dir is not None:
@@ -474,7 +481,7 @@ def data_identity(tasks: list[str], data_dir, out: Path | None = None) -> dict:
     found = {}
     for name in tasks:
         if name == "vldft_geo_heldout":
-            path = geo_heldout_path(data_dir).resolve()
+            path = geo_heldout_path(geo_heldout_root(data_dir)).resolve()  # as build_tasks
             found[name] = {"file": str(path),
                            "files": _files_digest(_heldout_files(path), path.parent)}
         elif name in BY_TASK and data_dir is not None:
@@ -539,6 +546,11 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
         args = f"{key}={model}"
         if model_class == "vldft" and max_new_tokens:
             args += f",max_new_tokens={max_new_tokens}"
+        elif max_new_tokens:  # it was dropped without a word: full-length responses
+            raise EvalSetupError(f"--max-new-tokens applies to vldft's own model class only; "
+                                 f"--model-class {model_class} generates with each task's own "
+                                 "budget (its generation_kwargs): drop --max-new-tokens, or use "
+                                 "the default model class")
         extra = stock_model_args(str(model), model_class, device, model_args)
         args = ",".join(a for a in (args, extra, model_args) if a)
         fingerprint = run_fingerprint(str(model), model_class, args, batch_size)
