@@ -77,6 +77,15 @@ CASES = [
     ("Answer: 12345.4", "12345", None, "12345.4", False),
     ("Answer: 1 2", "12", None, "1 2", False),
     ("Answer: 1e400", "2e400", None, "1e400", False),
+    # an equation is compared whole ("x = 7" is still 7): its right-hand side was taken for
+    # the gold and the reply alike, so "1" and every "... = 1" were right for an ellipse
+    ("Answer: 1", "\\frac{x^2}{81}+\\frac{y^2}{9}=1", None, "1", False),
+    ("Answer: y = 1", "\\frac{x^2}{81}+\\frac{y^2}{9}=1", None, "y = 1", False),
+    ("Answer: x^2+y^2=1", "\\frac{x^2}{81}+\\frac{y^2}{9}=1", None, "x^2+y^2=1", False),
+    ("Answer: \\frac{x^2}{81}+\\frac{y^2}{9}=1", "\\frac{x^2}{81}+\\frac{y^2}{9}=1", None,
+     "\\frac{x^2}{81}+\\frac{y^2}{9}=1", True),
+    ("AB = 3 + 4 = 7", "7", None, "7", True),
+    ("Answer: 9.4 cm^2", "$9.4 \\mathrm{~cm}^{2}$", None, "9.4 cm^2", True),  # LaTeX's tie
     ("Answer: 3 hundredths", "3", None, "3 hundredths", False),  # a fraction, not 3
     ("Answer: 2 sevenths", "2", None, "2 sevenths", False),
     ("Answer: 3 n", "3", None, "3 n", False),  # a variable, not a count
@@ -311,3 +320,16 @@ def test_heldout_accuracy_names_its_denominator_when_rows_lack_answers():
     assert "accuracy 25.0% of 20 with an answer (10 without)" in accuracy_line("held-out", res)
     full = combine([{**part, "scored": 30, "per_kind": {"all": [5, 30, 5]}}])
     assert "with an answer" not in accuracy_line("held-out", full)
+
+
+def test_an_equation_gold_takes_an_equivalent_equation_with_math_verify():
+    """Compared whole, an equation is still found equal to the same equation written another
+    way (math-verify), and not to its right-hand side."""
+    pytest.importorskip("math_verify")
+    if scoring._math_verify() is None:
+        pytest.skip("math-verify does not import here (eval/pins.txt)")
+    gold = "\\frac{x^2}{81}+\\frac{y^2}{9}=1"
+    for reply in ("Answer: x^2/81 + y^2/9 = 1", "Answer: \\frac{y^2}{9}+\\frac{x^2}{81}=1"):
+        assert score(reply, gold)[1], reply
+    for reply in ("Answer: \\frac{x^2}{4}+\\frac{y^2}{9}=1", "Answer: 1"):
+        assert not score(reply, gold)[1], reply

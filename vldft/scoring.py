@@ -16,17 +16,18 @@ counts. ``vldft.heldout`` reports both; a model whose replies break into noise t
 in the right number scores under the lenient steps 4-5 but not under strict.
 
 ``is_correct(pred, target, choices)`` compares after normalisation (case, markdown, ``$``,
-``\\text{}``, a leading article, "x =" prefixes, spaces around LaTeX braces, degree signs, percent
-signs and units that follow a number, glued or not: "6cm", "12 cm^2", "5 units"): numbers (a
-whole-number gold within 0.01, so 12346 and 12345.4 are not 12345; others with a relative
-tolerance; a count of things, "18 eggs", is its number, "2 pi", "10 million" or "3 hundredths" not;
-fractions, mixed numbers "1 1/2", ``\\frac``, "2.5e3", thousands separators ("1,250", "12 345"),
-and products of numbers, ``\\frac`` and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain
-strings, and finally ``math-verify`` equivalence when that package imports (lmms-eval depends on
-it; eval/pins.txt says which versions import together). ``score`` also counts a bare reply that is
-the gold itself as written (case, ``$`` and spaces around punctuation aside: "(2, 2)" for "(2,2)")
-whatever its extraction gives, and a multi-select gold without ``choices`` ("C\\nD", "C, D") needs
-exactly its letters. With ``choices``:
+``\\text{}``, a leading article, "x =" prefixes (a name before "=": an equation such as "x^2 + y^2
+= 1" is compared whole), spaces around LaTeX braces, degree signs, percent signs and units that
+follow a number, glued or not: "6cm", "12 cm^2", "5 units"): numbers (a whole-number gold within
+0.01, so 12346 and 12345.4 are not 12345; others with a relative tolerance; a count of things, "18
+eggs", is its number, "2 pi", "10 million" or "3 hundredths" not; fractions, mixed numbers "1 1/2",
+``\\frac``, "2.5e3", thousands separators ("1,250", "12 345"), and products of numbers, ``\\frac``
+and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain strings, and finally ``math-verify``
+equivalence when that package imports (lmms-eval depends on it; eval/pins.txt says which versions
+import together). ``score`` also counts a bare reply that is the gold itself as written (case,
+``$`` and spaces around punctuation aside: "(2, 2)" for "(2,2)") whatever its extraction gives, and
+a multi-select gold without ``choices`` ("C\\nD", "C, D") needs exactly its letters. With
+``choices``:
 
 - a letter target (geometry3k): a predicted letter (the one a stated answer starts with: "(A),
   not (B)" states A; else its last one: "not (A) but (B)" states B) must be that letter; a
@@ -185,9 +186,11 @@ def normalize(answer: str) -> str:
     s = answer.strip()
     s = re.sub(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}", r"\1", s)
     s = s.replace("\\!", "").replace("\\,", "").replace("\\ ", " ").replace("\\dfrac", "\\frac")
-    s = s.strip("$*`'\" ").lower()
-    if "=" in s and not s.endswith("="):
-        s = s.rsplit("=", 1)[1]
+    s = s.replace("~", " ").strip("$*`'\" ").lower()  # "\mathrm{~cm}": LaTeX's tie is a space
+    lhs = s.split("=", 1)[0]
+    if "=" in s and not s.endswith("=") and lhs.strip() and not re.search(
+            r"[-+*/^]|\\(?:frac|sqrt)", lhs):  # "x = 7", "AB = 3 + 4 = 7": the value; an
+        s = s.rsplit("=", 1)[1]  # equation ("x^2/81 + y^2/9 = 1") stays whole
     s = re.sub(r"\s+\\", r"\\", re.sub(r"\s*([{}])\s*", r"\1", s)).replace("\\tfrac", "\\frac")
     s = _UNITS.sub(" ", s)
     s = re.sub(r"^(?:a|an|the)\s+", "", s.strip())
