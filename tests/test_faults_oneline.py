@@ -170,3 +170,32 @@ def test_every_sample_skipped_is_one_data_error_naming_rows_and_the_key(tmp_path
     assert "16 " in text and "/image_cut" in text and "raise it" in text, text
     assert re.search(rf"{re.escape(str(DEMO_DATA))}:\d+ \(id geo-train-\d+\) image_cut: ", text)
     assert text.endswith("; and 13 more"), text
+
+
+def test_epochs_with_samples_skipped_while_encoding_says_how_many_passes_it_made(tmp_path,
+                                                                                 capsys):
+    """train.epochs plans its steps from the micro-batches before encoding: with half the
+    samples skipped while encoding (and one sample a micro-batch), one epoch runs into a second
+    pass over the data. It said nothing; the summary now counts the empty micro-batches and the
+    passes, and the console says what happened."""
+    from conftest import tiny_demo_rows
+
+    text = [{"id": f"t{i}", "messages": [{"role": "user", "content": "What is 2+2?"},
+                                         {"role": "assistant", "content": "4"}]}
+            for i in range(4)]
+    data = tmp_path / "m.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in tiny_demo_rows(4) + text))
+    out = tmp_path / "run"
+    train.cli([str(TINY_CONFIG), "data.train_files=[]", f"data.sources=[{{path: {data}}}]",
+               "data.heldout_file=null", "data.max_length=100", "train.max_steps=0",
+               "train.epochs=1", "train.micro_batch_size=1", "train.log_every=1",
+               "loss.name=sft", "loss.sft_warmup_steps=0", "train.eval_max_samples=0",
+               f"train.output_dir={out}"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 8 and sum(summary["skipped"].values()) == 4, summary
+    empty, passes = summary["empty_micro_batches"], summary["data_passes"]
+    assert empty >= 4 and passes == (8 + empty) / 8, summary  # 8 micro-batches a pass
+    said = capsys.readouterr().out
+    assert f"train.epochs=1 planned 8 steps from the data's micro-batches before encoding; " \
+        f"{empty} of them had every sample skipped" in said, said
+    assert f"went on to {passes:g} passes over the data" in said, said

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_CONFIG, demo_config, write_tiny_data
+from conftest import ROOT, TINY_CONFIG, demo_config, tiny_demo_rows, write_tiny_data
 
 import vldft.run_dir
 import vldft.train
@@ -143,6 +143,31 @@ def test_interrupted_run_with_the_same_settings_resumes(finished, data_file, tmp
     assert summary["resumed_from"] == str(out / "checkpoint-4")
     assert summary["steps"] == STEPS and (out / "final/config.json").is_file()
     assert (out / "run.json").read_text() == run_json
+
+
+def test_resuming_over_changed_data_is_refused_unless_the_checkpoint_is_named(tmp_path,
+                                                                              capsys):
+    """Rows appended to the training file between a kill and the rerun: the same command no
+    longer resumes silently over other samples in another order (it did); naming the checkpoint
+    continues from it on the new data, with a warning."""
+    data = write_tiny_data(tmp_path / "d.jsonl", 48)
+    out = tmp_path / "run"
+    train_main(config(data, out))
+    shutil.rmtree(out / "final")  # as a kill -9 after checkpoint-4 leaves it
+    (out / "summary.json").unlink()
+    with open(data, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in tiny_demo_rows(56)[48:]))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train_main(config(data, out))
+    msg = str(e.value)
+    assert "\n" not in msg and "the training data changed since" in msg, msg
+    assert "source d: rows read / used [48, 48] -> [56, 56]" in msg, msg
+    assert f"train.resume={out / 'checkpoint-4'}" in msg, msg
+    summary = train_main(config(data, out, f"train.resume={out / 'checkpoint-4'}"))
+    assert summary["resumed_from"] == str(out / "checkpoint-4") and summary["steps"] == STEPS
+    said = capsys.readouterr().out
+    assert "warning: the training data differs from the checkpoint's (source d" in said, said
 
 
 def test_overwrite_removes_only_the_kits_files(tmp_path):

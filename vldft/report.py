@@ -258,6 +258,13 @@ def print_summary(summary: dict, history: list[dict]) -> None:
           f"truncated {summary['truncated']}"
           + (f"; videos shortened by frames {summary['video_shortened']}"
              if summary.get("video_shortened") else ""))
+    planned, passes = summary.get("epochs_planned"), summary.get("data_passes")
+    if planned and summary.get("empty_micro_batches"):
+        print(f"[vldft] note: train.epochs={planned:g} planned {summary['steps']} steps from the "
+              f"data's micro-batches before encoding; {summary['empty_micro_batches']} of them "
+              "had every sample skipped while encoding, so the run went on to "
+              f"{passes:g} passes over the data (its last steps took samples from the start "
+              "again); train.max_steps sets the number of steps exactly")
     for h in summary.get("heldout_history", []):
         acc = "n/a" if h["accuracy"] is None else f"{h['accuracy']:.1%}{of_answered(h)}"
         print(f"[vldft] held-out at step {h['step']} ({summary['heldout']['n']} samples): "

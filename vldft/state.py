@@ -41,6 +41,7 @@ class RunState:
     collapse_warnings: list[dict] = field(default_factory=list)
     elapsed: float = 0.0  # training seconds before this process started (see ``clock``)
     config: dict = field(default_factory=dict)  # the config the checkpoint was written with
+    data: dict = field(default_factory=dict)  # the training set it was written on (data_identity)
     # not saved: a checkpoint of an older version kept skip counts but no entries
     counts_only_skips: bool = field(default=False, compare=False)
 
@@ -69,7 +70,7 @@ class RunState:
                 "history": self.history, "evals": self.evals, "benchmarks": self.benchmarks,
                 "nonfinite_steps": self.nonfinite_steps, "nonfinite_run": self.nonfinite_run,
                 "collapse_warnings": self.collapse_warnings, "elapsed": self.clock(),
-                "config": self.config}
+                "config": self.config, "data": self.data}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunState:
@@ -82,15 +83,28 @@ class RunState:
                    window=Counter(d["window"]), history=d["history"], evals=d["evals"],
                    benchmarks=d.get("benchmarks", []), nonfinite_steps=d["nonfinite_steps"],
                    nonfinite_run=d["nonfinite_run"], collapse_warnings=d["collapse_warnings"],
-                   elapsed=d["elapsed"], config=d.get("config", {}),
+                   elapsed=d["elapsed"], config=d.get("config", {}), data=d.get("data", {}),
                    counts_only_skips="skip_entries" not in d and bool(d["skips"]))
 
     @classmethod
-    def resume(cls, path: Path, total: int, config: dict, final: Path, log) -> RunState:
+    def resume(cls, path: Path, total: int, config: dict, final: Path, log,
+               data: dict | None = None, explicit: bool = False) -> RunState:
         """The state of checkpoint ``path`` for a run of ``total`` steps with ``config`` (logs
         the config keys that differ from the checkpoint's; refuses a checkpoint past ``total``;
-        one at ``total`` only writes ``final``)."""
+        one at ``total`` only writes ``final``). ``data`` (:func:`data_identity` of this run's
+        training set) other than the checkpoint's: refused when resuming the run's own
+        checkpoint, a warning when the checkpoint was named (``explicit``: train.resume=PATH)."""
         state = cls.from_dict(read_state(path))
+        data_change = data_changes(state.data, data or {})
+        if data_change and not explicit:
+            raise SystemExit(
+                f"train.resume: the training data changed since {path} was saved "
+                f"({data_change}): the resumed run would go on over other samples in another "
+                "order; restore the data, or start a new run (train.overwrite=true, or another "
+                f"train.output_dir), or continue from this checkpoint on the new data with "
+                f"train.resume={path}")
+        if data:
+            state.data = data
         if state.step > total:
             raise SystemExit(f"train.resume: {path} is at step {state.step}, past this "
                              f"run's {total} steps; resume from an earlier checkpoint, or raise "
@@ -101,7 +115,9 @@ class RunState:
         changed = changed_keys(state.config, config)
         log(f"[vldft] resuming from {path} (step {state.step} of {total})"
             + (f"; warning: config differs from the checkpoint's in {changed}" if changed
-               else ""))
+               else "")
+            + (f"; warning: the training data differs from the checkpoint's ({data_change})"
+               if data_change else ""))
         state.config = config  # the next checkpoint's
         return state
 
@@ -130,6 +146,31 @@ class RunState:
 
 class NonFiniteError(TrainingAborted):
     """``train.max_nonfinite_steps`` non-finite steps in a row (see ``too_many_nonfinite``)."""
+
+
+def data_identity(table: list[dict], lengths) -> dict:
+    """What a checkpoint records of the training set it was written on: rows read and used per
+    source, and a digest of every sample's estimated length in mixture order (rows added,
+    removed or edited to another length change it; the start-up cache's key, which also covers
+    file times and vldft's code, would change on a touched file or an upgrade)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256(np.asarray(lengths, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return {"sources": {row["source"]: [row["read"], row["used"]] for row in table},
+            "lengths": digest}
+
+
+def data_changes(old: dict, new: dict) -> str:
+    """How two ``data_identity`` records differ, in words ("" when they agree, or when either
+    is missing: a checkpoint from before they were recorded)."""
+    if not old or not new or old == new:
+        return ""
+    a, b = old.get("sources", {}), new.get("sources", {})
+    parts = [f"source {name}: rows read / used {a.get(name, 'absent')} -> {b.get(name, 'absent')}"
+             for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)]
+    return "; ".join(parts) or "the same row counts, other samples' lengths: rows were edited"
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -48,7 +48,7 @@ def _import_recipe() -> None:
     global _recipe_imported, torch, gather_object, set_seed, get_scheduler, load_adapter
     global Collator, training_set, require_data, prob_histogram, all_ranks_skips, build_loader
     global describe_data, micro_batch_stream, Evaluator, RunLog, finish_summary, run_summary
-    global write_summary, check_disk_space, claim_run_dir, RunState, StopRequest
+    global write_summary, check_disk_space, claim_run_dir, RunState, StopRequest, data_identity
     global ObjectiveModule, accumulate_gradients, build_accelerator
     global build_optimizer, build_reference, count_parameters, describe_model, model_writer
     global objective_at, prepare_model, register_zero3, sharded
@@ -66,7 +66,7 @@ def _import_recipe() -> None:
     from vldft.loader import all_ranks_skips, build_loader, describe_data, micro_batch_stream
     from vldft.report import Evaluator, RunLog, finish_summary, run_summary, write_summary
     from vldft.run_dir import check_disk_space, claim_run_dir
-    from vldft.state import RunState, StopRequest
+    from vldft.state import RunState, StopRequest, data_identity
     from vldft.step import (
         ObjectiveModule,
         accumulate_gradients,
@@ -160,10 +160,12 @@ def _train(cfg: Config) -> dict:
         check_disk_space(out_dir, sum(n_params.values()), n_trainable, bytes_per, t, total)
 
     config = config_to_dict(cfg, absolute=True)  # a checkpoint's record, like config.yaml
+    data_id = data_identity(data.table, data.lengths)
     if resume_from is None:
-        state = RunState(config=config)
+        state = RunState(config=config, data=data_id)
     else:
-        state = RunState.resume(resume_from, total, config, out_dir / "final", log)
+        state = RunState.resume(resume_from, total, config, out_dir / "final", log, data_id,
+                                explicit=t.resume != "auto")
         if (cfg.loss.name == "asft" and adapter.lora is None
                 and state.step > cfg.loss.sft_warmup_steps):
             accelerator.unwrap_model(module).reference = build_reference(adapter)
@@ -234,6 +236,12 @@ def _train(cfg: Config) -> dict:
         # --- save and report -------------------------------------------------------------
         skipped, encode_entries = all_ranks_skips(state, world)
         summary = run_summary(cfg, state, data, skipped, stopped, resume_from)
+        # passes over the data: train.epochs plans its steps from the micro-batches before
+        # encoding, so samples skipped while encoding carry the run into another pass
+        taken = state.pos["epoch"] * len(loader) + state.pos["consumed"]  # this rank's
+        summary["data_passes"] = round(taken / max(1, len(loader)), 3)
+        summary["empty_micro_batches"] = max(0, taken - state.step * grad_accum)
+        summary["epochs_planned"] = None if t.max_steps else t.epochs
         if stopped:
             path = save_checkpoint(state, cfg, out_dir, accelerator, adapter, module)
             summary["checkpoint"] = str(path)
