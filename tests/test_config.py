@@ -384,3 +384,10 @@ def test_a_config_file_cannot_set_where_it_lies(tmp_path, key):
     cfg.write_text(TINY_CONFIG.read_text() + f"{key}: /etc\n")
     with pytest.raises(ConfigError, match=rf"{cfg}: {key}: not a config key"):
         load_config(cfg)
+    # nor on the command line (base_dir=/nonexistent re-rooted every path), and an unknown
+    # key's list of valid keys does not offer them
+    with pytest.raises(ConfigError, match=rf"^{key}: not a config key"):
+        load_config(TINY_CONFIG, [f"{key}=/etc"])
+    with pytest.raises(ConfigError, match="unknown key") as e:
+        load_config(TINY_CONFIG, ["nope=1"])
+    assert key not in str(e.value) and "'train'" in str(e.value)

@@ -199,3 +199,14 @@ def test_epochs_with_samples_skipped_while_encoding_says_how_many_passes_it_made
     assert f"train.epochs=1 planned 8 steps from the data's micro-batches before encoding; " \
         f"{empty} of them had every sample skipped" in said, said
     assert f"went on to {passes:g} passes over the data" in said, said
+
+
+def test_an_overlong_sample_with_overlong_error_names_the_overlong_key(tmp_path):
+    """data.overlong=error stops on the first sample over data.max_length, naming the key that
+    handles it (it pointed at data.on_error, which only skips such samples as errors)."""
+    with pytest.raises(SystemExit) as e:
+        train.cli(small(tmp_path / "run", "data.max_length=100", "data.overlong=error"))
+    text = str(e.value)
+    assert "\n" not in text and text.startswith("data error: ") and "(id geo-train-" in text
+    assert "tokens > data.max_length=100 (data.overlong=truncate or skip, or a larger " \
+        "data.max_length, takes such samples)" in text, text

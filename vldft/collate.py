@@ -218,7 +218,8 @@ class Collator:
             if sample.videos:  # a video is never cut: after the shortening, what is left over
                 is_image = torch.cat([is_image, (full_ids == a.video_token_id).nonzero()])
             if self.overlong == "error":
-                raise SampleError(f"{len(full_ids)} tokens > data.max_length={self.max_length}")
+                raise SampleError(f"{len(full_ids)} tokens > data.max_length={self.max_length}",
+                                  "too_long")
             if self.overlong == "skip":
                 return Skipped(sample.id, "too_long", sample.source, sample.origin,
                                message=f"{len(full_ids)} tokens > data.max_length="

@@ -243,8 +243,11 @@ def micro_batch_stream(loader: DataLoader, sampler: EpochBatchSampler, state: Ru
                 if s.fatal:
                     where = f"{s.origin or s.source} (id {s.sample_id})"
                     msg = s.message.removeprefix(f"sample {s.sample_id}: ")
-                    raise DataError(f"{where}: {msg} (data.on_error=skip skips such samples)",
-                                    s.reason, where, msg, image=s.image)
+                    fix = ("data.overlong=truncate or skip, or a larger data.max_length, takes "
+                           "such samples") if s.reason == "too_long" else \
+                        "data.on_error=skip skips such samples"
+                    raise DataError(f"{where}: {msg} ({fix})", s.reason, where, msg,
+                                    image=s.image)
                 # keyed by (source, id): ids such as "0" or "train.jsonl:3" recur across
                 # sources (a plain id: from an older checkpoint that stored ids only)
                 if (s.source, s.sample_id) not in seen and s.sample_id not in seen:

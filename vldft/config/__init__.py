@@ -366,6 +366,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
             if key in raw:
                 raise ConfigError(f"{path}: {key}: not a config key (vldft sets it from the "
                                   "file's location: relative paths are taken from its folder)")
+    for item in overrides or []:  # vldft's records of the file's location are not settable
+        if item.split("=", 1)[0].strip() in ("base_dir", "config_file"):
+            raise ConfigError(f"{item.split('=', 1)[0].strip()}: not a config key (vldft sets "
+                              "it from the config file's location); sections: "
+                              f"{sorted(config_keys())}")
     touched = [apply_override(raw, item) for item in overrides or []]
     if base.resolve() != Path.cwd().resolve():
         command_line_paths(raw, touched, Path.cwd())

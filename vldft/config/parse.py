@@ -73,8 +73,9 @@ def build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"{full}: unknown key{_did_you_mean(key, names)}; "
-                              f"valid keys: {sorted(names)}")
+            shown = names - {"base_dir", "config_file"}  # vldft's records, not settable
+            raise ConfigError(f"{full}: unknown key{_did_you_mean(key, shown)}; "
+                              f"valid keys: {sorted(shown)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = build(tp, value or {}, f"{full}.")
