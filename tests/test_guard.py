@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import demo_config, write_tiny_data
 
-from vldft.guard import CollapseGuard, scan
+from vldft.guard import CollapseGuard, review, scan
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
 
@@ -41,6 +41,26 @@ def test_fires_once_on_the_collapse_shape_and_names_what_to_try():
     for needle in ("step 50", "3.52", "0.31", "train.lr", "loss.min_weight",
                    "loss.sft_warmup_steps", "loss.name=asft", "entropy"):
         assert needle in msg, needle
+
+
+def test_the_advice_offers_what_the_run_does_not_use_yet():
+    """A run that already floors DFT's weights at 0.1 after an SFT warm-up is told to raise
+    them / lengthen it (it was told to set loss.min_weight=0.1, which it had); an ASFT run is
+    offered a larger KL weight instead of ASFT."""
+    from vldft.config import LossConfig
+
+    recs = [_rec(10 * (i + 1), *v) for i, v in enumerate(COLLAPSE)]
+    loss = LossConfig(name="dft", min_weight=0.1, sft_warmup_steps=200)
+    msg = _feed(CollapseGuard(window=5, loss=loss), recs)[0][1].split("Try:")[1]
+    assert "a higher loss.min_weight (now 0.1, e.g. 0.3)" in msg, msg
+    assert "a longer SFT warm-up (loss.sft_warmup_steps, now 200)" in msg, msg
+    assert "min_weight=0.1" not in msg and "loss.name=asft" in msg, msg
+    asft = LossConfig(name="asft", kl_lambda=0.05)
+    msg = _feed(CollapseGuard(window=5, loss=asft), recs)[0][1].split("Try:")[1]
+    assert "a larger loss.kl_lambda (now 0.05" in msg and "loss.name=asft" not in msg, msg
+    assert "loss.min_weight=0.1 (tokens keep a minimum weight)" in msg, msg
+    assert "min_weight (now 0.1" in review(
+        [{**r, "objective": "dft"} for r in recs], loss=loss)[0]["message"]
 
 
 def test_quiet_on_a_healthy_dft_phase_and_on_falling_ce():

@@ -50,7 +50,7 @@ class CollapseGuard:
 
     def __init__(self, window: int = 5, *, ce_rise: float = 0.10, ce_rise_abs: float = 0.05,
                  entropy_ratio: float = 0.2, entropy_drop: float = 0.5,
-                 judge_sft: bool = False) -> None:
+                 judge_sft: bool = False, loss=None) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ValueError(f"train.collapse_window: must be an integer >= 2 (records), "
                              f"got {window!r}")
@@ -65,6 +65,7 @@ class CollapseGuard:
         self.ce_rise, self.ce_rise_abs = float(ce_rise), float(ce_rise_abs)
         self.entropy_ratio, self.entropy_drop = float(entropy_ratio), float(entropy_drop)
         self.judge_sft = judge_sft
+        self.loss = loss  # the run's loss section: the advice offers what it does not use yet
         self.records: deque[dict] = deque(maxlen=window)
         self.objective: str | None = None
         self.fired = False  # a warning was given in the current episode
@@ -137,14 +138,28 @@ class CollapseGuard:
                 + " This is the probability-weighted objective collapsing"
                 " (docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu),"
                 " not progress; check held-out accuracy. Try: a lower train.lr" + lr
-                + ", loss.min_weight=0.1 (tokens keep a minimum weight), an SFT warm-up first"
-                " (loss.sft_warmup_steps=N; or run `python -m vldft.probe` to see how strong the"
-                " model's prior is), or loss.name=asft (KL anchor to the starting model).")
+                + ", " + remedies(self.loss) + ".")
+
+
+def remedies(loss=None) -> str:
+    """The settings to try after a collapse warning, from the run's ``loss`` section (a
+    ``LossConfig``; None: the defaults): what it already uses is offered stronger."""
+    mw = getattr(loss, "min_weight", 0.0) or 0.0
+    warm = getattr(loss, "sft_warmup_steps", 0) or 0
+    floor = (f"a higher loss.min_weight (now {mw:g}, e.g. {min(1.0, 3 * mw):g})" if mw > 0
+             else "loss.min_weight=0.1 (tokens keep a minimum weight)")
+    start = (f"a longer SFT warm-up (loss.sft_warmup_steps, now {warm})" if warm else
+             "an SFT warm-up first (loss.sft_warmup_steps=N; or run `python -m vldft.probe` to "
+             "see how strong the model's prior is)")
+    anchor = (f"a larger loss.kl_lambda (now {loss.kl_lambda:g}: a stronger KL anchor)"
+              if getattr(loss, "name", None) == "asft"
+              else "loss.name=asft (KL anchor to the starting model)")
+    return f"{floor}, {start}, or {anchor}"
 
 
 def review(history: list[dict], evals: list[dict] | None = None,
            warnings: list[dict] | None = None, *, ce_rise: float = 0.10,
-           ce_rise_abs: float = 0.05, acc_drop: float = 0.10) -> list[dict]:
+           ce_rise_abs: float = 0.05, acc_drop: float = 0.10, loss=None) -> list[dict]:
     """End-of-run look at the final probability-weighted phase as a whole; returns
     ``[{"step", "message", "when": "end of run"}, ...]`` for what the windowed guard cannot see.
 
@@ -191,8 +206,7 @@ def review(history: list[dict], evals: list[dict] | None = None,
     message = (f"possible collapse (end-of-run review, {name}): " + "; ".join(found) + ". A "
                "falling probability-weighted loss is not progress here"
                " (docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu); compare with the SFT"
-               " checkpoint, and try a lower train.lr, loss.min_weight=0.1, a longer SFT warm-up "
-               "(loss.sft_warmup_steps) or loss.name=asft.")
+               " checkpoint, and try a lower train.lr, " + remedies(loss) + ".")
     return [{"step": last["step"], "message": message, "when": "end of run"}]
 
 

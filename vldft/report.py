@@ -205,7 +205,8 @@ def run_summary(cfg: Config, state: RunState, data, skipped: Counter, stopped: s
             "train_seconds": round(state.clock(), 1)}
 
 
-def finish_summary(summary: dict, state: RunState, on_collapse: str, guarded: bool) -> None:
+def finish_summary(summary: dict, state: RunState, on_collapse: str, guarded: bool,
+                   loss=None) -> None:
     """Add the held-out and benchmark results and, when the collapse guard ran (``guarded``),
     its review of the whole final phase (drifts too slow for the guard's window)."""
     if state.evals:
@@ -217,7 +218,7 @@ def finish_summary(summary: dict, state: RunState, on_collapse: str, guarded: bo
     summary["collapse_guard"] = on_collapse
     if guarded:
         summary["collapse_warnings"] = state.collapse_warnings + review(
-            state.history, summary.get("heldout_history"), state.collapse_warnings)
+            state.history, summary.get("heldout_history"), state.collapse_warnings, loss=loss)
 
 
 def write_summary(out_dir: Path, cfg: Config, summary: dict, history: list[dict], data,

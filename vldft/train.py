@@ -178,7 +178,8 @@ def _train(cfg: Config) -> dict:
         stream = micro_batch_stream(loader, sampler, state, world)
         evaluator = Evaluator(cfg, accelerator, module, adapter, collator, heldout, state, out,
                               out_dir)
-        guard = CollapseGuard(window=t.collapse_window) if t.on_collapse != "off" else None
+        guard = CollapseGuard(window=t.collapse_window, loss=cfg.loss) \
+            if t.on_collapse != "off" else None
         hist_every = t.hist_every or t.log_every
         max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
         stopped = None
@@ -253,7 +254,7 @@ def _train(cfg: Config) -> dict:
             save_final(model_writer(adapter, accelerator, module), accelerator, out_dir / "final")
             summary["checkpoint"] = str(out_dir / "final")
             evaluator.run(total)
-        finish_summary(summary, state, t.on_collapse, guarded=guard is not None)
+        finish_summary(summary, state, t.on_collapse, guarded=guard is not None, loss=cfg.loss)
         if is_main:
             write_summary(out_dir, cfg, summary, state.history, data, encode_entries)
         accelerator.wait_for_everyone()
