@@ -4,6 +4,8 @@ override syntax), usage lines mark optional overrides as optional, config mistak
 LoRA runs say what is frozen and a log file gets no progress-bar redraws."""
 
 
+from pathlib import Path
+
 import pytest
 import yaml
 from conftest import DEMO_DATA, TINY_CONFIG
@@ -68,7 +70,11 @@ def test_print_config_prints_resolved_values_and_does_not_train(monkeypatch, cap
     assert cfg["train"]["lr"] == 0.5 and cfg["model"]["freeze"] == ["vision"]
     assert cfg["loss"]["name"] == "dft"  # from the file
     assert cfg["train"]["keep_checkpoints"] == 3  # a default
-    assert "relative paths resolve against" in out.splitlines()[0]
+    assert "every local path resolved" in out.splitlines()[0]
+    # as the run's config.yaml: absolute paths (the held-out file was printed relative while
+    # the output folder was absolute, and the header named a folder it did not resolve against)
+    assert Path(cfg["data"]["heldout_file"]).is_absolute() and Path(
+        cfg["train"]["output_dir"]).is_absolute()
 
 
 def test_misspelt_key_suggests_the_closest(capsys):

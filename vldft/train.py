@@ -344,9 +344,9 @@ def cli(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
-            print(f"# {args.config} + overrides {args.overrides}; relative paths resolve "
-                  f"against {cfg.base_dir}")
-            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+            print(f"# {args.config} + overrides {args.overrides}, every local path resolved "
+                  "(as the run's config.yaml records it)")
+            print(yaml.safe_dump(config_to_dict(cfg, absolute=True), sort_keys=False), end="")
             return
         from vldft.data.download import require_data
 
