@@ -411,6 +411,7 @@ def test_missing_or_folder_image_says_which_and_where_relative_paths_resolve(tmp
             load_jsonl(path)
         messages.append(str(e.value))
     assert "is a folder, not an image file" in messages[0]
-    assert "image file not found" in messages[1] and f"resolves against {tmp_path}" in messages[1]
+    assert "image file not found" in messages[1] and f"resolves against {tmp_path}" in messages[1] \
+        and "--image-root for vldft-data" in messages[1]
     assert "image_root" in messages[1]
     assert "image file not found" in messages[2] and "resolves against" not in messages[2]

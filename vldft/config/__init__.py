@@ -366,8 +366,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
             if key in raw:
                 raise ConfigError(f"{path}: {key}: not a config key (vldft sets it from the "
                                   "file's location: relative paths are taken from its folder)")
-    for item in overrides or []:  # vldft's records of the file's location are not settable
-        if item.split("=", 1)[0].strip() in ("base_dir", "config_file"):
+    for item in overrides or [] if path is not None else []:  # the file's location sets
+        if item.split("=", 1)[0].strip() in ("base_dir", "config_file"):  # these two
             raise ConfigError(f"{item.split('=', 1)[0].strip()}: not a config key (vldft sets "
                               "it from the config file's location); sections: "
                               f"{sorted(config_keys())}")

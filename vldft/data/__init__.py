@@ -448,7 +448,8 @@ def _image(img: Any, image_root: Path, where: str, allow_outside_root: bool = Tr
              image=str(path))
     if not path.is_file():
         hint = ("" if Path(img).is_absolute() else f" (a relative image path resolves against "
-                f"{image_root}; if the images lie elsewhere, set the source's image_root)")
+                f"{image_root}; if the images lie elsewhere, set the source's image_root, "
+                f"or --image-root for vldft-data)")
         fail(where, "image_missing", f"image file not found: {path}{hint}", image=str(path))
     return path
 
