@@ -104,7 +104,10 @@ def enable_checkpointing(model: nn.Module, mode: bool | str, keep: list[str]) ->
 
         kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts,
                                                  selective_policy(tuple(keep)))
-    model.gradient_checkpointing_enable(kwargs)
+    # transformers >= 5.25 names it activation_checkpointing_enable (the old name warns)
+    enable = getattr(model, "activation_checkpointing_enable", None) \
+        or model.gradient_checkpointing_enable
+    enable(kwargs)
 
 
 # -- a frozen vision tower without autograd ---------------------------------------------------
