@@ -13,7 +13,7 @@ from vldft.config import ModelConfig
 from vldft.data import load_jsonl
 from vldft.objectives import compute_objective
 from vldft.probe import KINDS, cli, probe, token_kinds, token_stats
-from vldft.probe_report import recommend
+from vldft.probe_report import format_report, recommend
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # in-process training: see conftest
 
@@ -95,7 +95,11 @@ def test_probe_random_model_then_trained_checkpoint_by_path(tmp_path, capsys):
     o = base["overall"]
     assert o["mean_p"] < 0.02 and o["low_p_frac"] > 0.95
     assert base["recommendation"]["objective"] == "sft"
-    assert base["by_kind"]["end_of_turn"]["n_tokens"] == 20
+    assert base["by_kind"]["end_of_turn"]["n_tokens"] == 20 and base["truncated"] == 0
+    # samples cut to data.max_length are counted and said (they were not)
+    cut = probe(demo_config(*common, "data.max_length=140"), n_samples=20, show=False)
+    assert 0 < cut["truncated"] < 20 and not cut["skipped"], cut["truncated"]
+    assert f"truncated to data.max_length: {cut['truncated']} of the probed" in format_report(cut)
 
     main(demo_config(
         *common, "loss.name=sft", "loss.sft_warmup_steps=0", "train.max_steps=40",

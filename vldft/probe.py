@@ -167,6 +167,7 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
     is_answer: list[torch.Tensor] = []  # per target token: part of the sample's final answer
     answers = {"with_answer": 0, "located": 0}
     skipped: dict[str, int] = {}
+    truncated = 0  # encoded samples cut to data.max_length (their tail is not probed)
     for i in tqdm(range(0, len(samples), bs), desc="probe", unit="batch", disable=not show):
         chunk = samples[i: i + bs]
         items = []
@@ -182,6 +183,7 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
             if not isinstance(it, Encoded):
                 key = f"{s.source or 'data'}/{getattr(it, 'reason', 'encode_error')}"
                 skipped[key] = skipped.get(key, 0) + 1
+        truncated += sum(bool(it.truncated) for _, it in kept)
         if not kept:
             continue
         st = token_stats(adapter, collator([it for _, it in kept]))
@@ -212,7 +214,7 @@ def probe(cfg: Config, n_samples: int = 256, batch_size: int | None = None,
         "model": (f"tiny {cfg.model.family} (random init)" if cfg.model.tiny
                   else cfg.model.name_or_path),
         "family": cfg.model.family, "n_samples": len(samples), "seed": cfg.train.seed,
-        "skipped": skipped, "overall": summarise(p, ent, top1),
+        "skipped": skipped, "truncated": truncated, "overall": summarise(p, ent, top1),
         "by_source": {s: group([x == s for x in src_of]) for s in sources},
         "by_kind": {k: group([x == k for x in kinds]) for k in KINDS if k in kinds},
         "by_source_kind": {s: {k: group([a == s and b == k for a, b in zip(src_of, kinds,

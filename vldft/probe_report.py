@@ -242,6 +242,9 @@ def format_report(report: dict) -> str:
                   for k, st in kinds.items()]
     if report["skipped"]:
         lines.append(f"  skipped samples: {report['skipped']}")
+    if report.get("truncated"):
+        lines.append(f"  truncated to data.max_length: {report['truncated']} of the probed "
+                     "samples (their cut-off tokens are not in these figures)")
     rec = report["recommendation"]
     lines.append(f"\n[vldft] recommendation: {rec['objective']}"
                  + (f"  ({' '.join(f'{k}={v}' for k, v in rec['settings'].items())})"
