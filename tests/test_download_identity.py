@@ -18,6 +18,7 @@ import pytest
 from bench_docs import hub_dataset
 
 from vldft.config import ConfigError, load_config
+from vldft.data import DataError
 from vldft.data.benchmarks import BENCHMARKS, ORIGIN, LocalDataError
 from vldft.data.benchmarks import download as download_benchmarks
 from vldft.data.download import download, require_data
@@ -267,3 +268,19 @@ def test_a_copy_of_one_split_is_not_read_as_another(tmp_path):
     (folder / "train.parquet").rename(folder / "part-0.parquet")
     assert test.missing_sources() is None
     assert test.local_source(test.data.sources[0]).path == str(folder)
+
+
+def test_a_failed_first_download_leaves_no_empty_folder(tmp_path):
+    """The stand-in lacks the file: the error names it, and DIR/<name>/ is not left behind
+    empty (it was: training then found a folder with nothing of the source in it)."""
+    empty = tmp_path / "repo"
+    empty.mkdir()
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(
+        "model: {family: qwen2_5_vl, tiny: true}\n"
+        "data:\n  sources:\n"
+        "    - {name: mm, hub: org/mm, hub_files: [qa.json], path: qa.json, format: text_math}\n")
+    cfg = load_config(cfg_file, [f"data.data_dir={tmp_path / 'data'}"])
+    with pytest.raises(DataError, match="no file qa.json"):
+        download(cfg, {"mm": str(empty)}, log=lambda s: None)
+    assert not (tmp_path / "data" / "mm").exists()

@@ -140,7 +140,20 @@ def download_source(src: SourceConfig, root: Path, local: Path | None = None,
     have = kept_origin(dest, want, force, log, src.name, f"source {src.name!r} asks for",
                        "download into another --data-dir or under another source name "
                        f"({key}.name)", ConfigError)
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(src, dest, want, have, local, force, log)
+    except BaseException:  # a failed first download leaves no empty folder behind
+        shutil.rmtree(dest / ".hub", ignore_errors=True)  # the hub client's partial files
+        if created and dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+        raise
+
+
+def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path | None,
+                   force: bool, log: Log) -> Path:
+    """``download_source``'s fetching, into the folder ``dest`` it made."""
     what = f"{src.hub}" + (f" (subset {src.subset})" if src.subset else "")
     if not src.hub_files:
         out = dest / f"{src.split}.parquet"
