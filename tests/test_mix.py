@@ -146,6 +146,7 @@ def test_the_log_warns_of_a_source_without_samples_and_notes_a_repeated_one(tmp_
     used, text = described(f"{{path: {tmp_path / 'bad.jsonl'}, name: bad}}",
                            f"{{path: {tmp_path / 'many.jsonl'}, name: many}}")
     assert used == {"bad": (0, 0), "many": (9, 9)}, used
+    assert " auto: normalized " in text, text  # the format it detected, not just "auto"
     assert "[vldft] warning: source 'bad' gives no samples (0 read without error" in text
     assert "'many'" not in text and "repeated" not in text
     used, text = described(f"{{path: {tmp_path / 'one.jsonl'}, name: one, weight: 1}}",

@@ -307,7 +307,8 @@ def load(plan: Plan, cfg) -> TrainingSet:
     source_of = [labels[c] for c in store.column("source")[index].tolist()]
     lengths = lengths.tolist()
     dec = meta["decontamination"]
-    table = source_table(cfg.all_sources(), meta["n_read"], source_of, has_image, lengths, dec)
+    table = source_table(cfg.all_sources(), meta["n_read"], source_of, has_image, lengths, dec,
+                         cfg.base_dir)
     return TrainingSet(SampleTable(store, index, labels), lengths,
                        skips_from_json(meta["skips"]), table, dec, has_image,
                        meta.get("choices"))

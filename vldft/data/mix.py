@@ -212,13 +212,27 @@ def build_training_set(cfg, adapter) -> TrainingSet:
                for s in tqdm(samples, desc="lengths", disable=len(samples) < 2000)]
     has_image = [bool(s.images or s.videos) for s in samples]
     table = source_table(sources, n_read, [s.source for s in samples], has_image, lengths,
-                         decontamination)
+                         decontamination, cfg.base_dir)
     return TrainingSet(samples, lengths, skips, table, decontamination, has_image, choices)
+
+
+def format_label(src, base_dir) -> str:
+    """A source's format for the mixture table: ``auto`` with the format it detected."""
+    if src.format != "auto":
+        return src.format
+    from vldft.data.formats import detect_format, hub_source, resolve_path
+
+    try:
+        found = "hf" if hub_source(src.path, src.format, Path(base_dir)) else detect_format(
+            resolve_path(src.path, Path(base_dir)))
+    except Exception:  # noqa: BLE001 - a label only: reading the source reports the problem
+        return "auto"
+    return f"auto: {found}"
 
 
 def source_table(sources, n_read: dict[str, int], source_of: Iterable[str],
                  has_image: Iterable[bool], lengths: Iterable[int],
-                 decontamination: dict | None) -> list[dict]:
+                 decontamination: dict | None, base_dir=".") -> list[dict]:
     """``TrainingSet.table``: per source, rows read, used in the mixture (with and without
     images) and their estimated tokens (one pass over the mixture)."""
     used: Counter = Counter()
@@ -231,7 +245,7 @@ def source_table(sources, n_read: dict[str, int], source_of: Iterable[str],
     table = []
     for src in sources:
         label = src.label
-        row = {"source": label, "format": src.format, "read": n_read[label],
+        row = {"source": label, "format": format_label(src, base_dir), "read": n_read[label],
                "used": used[label], "images": images[label],
                "text_only": used[label] - images[label], "tokens": tokens[label]}
         if decontamination is not None:
