@@ -86,6 +86,20 @@ CASES = [
      "\\frac{x^2}{81}+\\frac{y^2}{9}=1", True),
     ("AB = 3 + 4 = 7", "7", None, "7", True),
     ("Answer: 9.4 cm^2", "$9.4 \\mathrm{~cm}^{2}$", None, "9.4 cm^2", True),  # LaTeX's tie
+    # a worked answer "expression = value" still gives its value for a plain gold
+    ("Answer: 180 - 120 = 60", "60", None, "180 - 120 = 60", True),
+    ("So the answer is 180° - 120° = 60°.", "60", None, "180° - 120° = 60°", True),
+    ("\\boxed{\\frac{1}{2} \\cdot 6 \\cdot 8 = 24}", "24", None,
+     "\\frac{1}{2} \\cdot 6 \\cdot 8 = 24", True),
+    ("Answer: 1/2 * 6 * 8 = 24", "24", None, "1/2 * 6 * 8 = 24", True),
+    ("Answer: \\sqrt{49} = 7", "7", None, "\\sqrt{49} = 7", True),
+    ("Answer: f(-1) = 5", "5", None, "f(-1) = 5", True),
+    ("Answer: x + y = 10", "10", None, "x + y = 10", True),
+    # one-letter units
+    ("Answer: 8 L", "8", None, "8 L", True),
+    ("Answer: 2 s", "2", None, "2 s", True),
+    ("Answer: 4 h", "4", None, "4 h", True),
+    ("Answer: 5 g", "5", None, "5 g", True),
     ("Answer: 3 hundredths", "3", None, "3 hundredths", False),  # a fraction, not 3
     ("Answer: 2 sevenths", "2", None, "2 sevenths", False),
     ("Answer: 3 n", "3", None, "3 n", False),  # a variable, not a count
@@ -129,6 +143,22 @@ CASES = [
     ("The answer is option A, not B.", "A", CH4, "option A, not B", True),
     ("Answer: The correct choice is A, not B", "A", CH4, "The correct choice is A, not B", True),
     ("Answer: A right angle, so D", "D", CH4, "A right angle, so D", True),  # "A" the article
+    # a stated phrase that dismisses its first letter, or settles on another one ("so C",
+    # "choose C", "the correct option is B"), states the later one
+    ("Answer: A is too small; C", "C", CH4, "A is too small; C", True),
+    ("Answer: A is incorrect since the angle is 60, so the correct option is C", "C", CH4,
+     "A is incorrect since the angle is 60, so the correct option is C", True),
+    ("\\boxed{A is wrong, C}", "C", CH4, "A is wrong, C", True),
+    ("Final Answer: A 30° angle is too small, so C", "C", CH4,
+     "A 30° angle is too small, so C", True),
+    ("Answer: A with 30 is wrong; C", "C", CH4, "A with 30 is wrong; C", True),
+    ("Answer: D - 90 is too big, choose C", "C", CH4, "D - 90 is too big, choose C", True),
+    ("Answer: C is not correct; the correct option is B", "B", CH4,
+     "C is not correct; the correct option is B", True),
+    ("Answer: B, so A is wrong", "B", CH4, "B, so A is wrong", True),
+    # a restated list with a gap (one option written otherwise) is still a restatement
+    ("A. 5\nB. 5√2\nC. 10\nD. 20\nThe hypotenuse is 10.", "C", ["5", "5\\sqrt{2}", "10", "20"],
+     "10", True),
     # duplicated option text: a prediction equal to the gold option's value is right
     ("Answer: 52", "B", ["38", "52", "52", "62"], "52", True),
     ("Answer: 38", "B", ["38", "52", "52", "62"], "38", False),
@@ -245,7 +275,9 @@ def test_a_multi_select_gold_needs_exactly_its_letters():
                   "Answer: C and D. A square has four sides.", "Options C and D are correct.",
                   "Answer: C, D are correct.", "Answer: both C and D are correct",
                   "Answer: C, D\nIn triangle ABC, A = 30.",
-                  "Answer: C\nD\nExplanation: (A) is wrong."):
+                  "Answer: C\nD\nExplanation: (A) is wrong.", "Answer:\n- C\n- D",
+                  "Answer:\n* C\n* D", "Answer: (C)\n(D)", "Answer: **C**\n**D**",
+                  "Answer: C\n\nD", "Answer: C)\nD)", "Answer:\n1. C\n2. D"):
         assert score(reply, "C\nD")[1], reply
     for reply in ("Answer: C", "C, D, E", "Answer: D", "", "Neither C nor D.",
                   "Answer: E. Not C and not D"):

@@ -17,10 +17,11 @@ in the right number scores under the lenient steps 4-5 but not under strict.
 
 ``is_correct(pred, target, choices)`` compares after normalisation (case, markdown, ``$``,
 ``\\text{}``, a leading article, "x =" prefixes (a name before "=": an equation such as "x^2 + y^2
-= 1" is compared whole), spaces around LaTeX braces, degree signs, percent signs and units that
-follow a number, glued or not: "6cm", "12 cm^2", "5 units"): numbers (a whole-number gold within
-0.01, so 12346 and 12345.4 are not 12345; others with a relative tolerance; a count of things, "18
-eggs", is its number, "2 pi", "10 million" or "3 hundredths" not; fractions, mixed numbers "1 1/2",
+= 1" is compared whole, and a worked answer "180 - 120 = 60" also by its last value for a gold
+without "="), spaces around LaTeX braces, degree signs, percent signs and units that follow a
+number, glued or not: "6cm", "12 cm^2", "5 units"): numbers (a whole-number gold within 0.01, so
+12346 and 12345.4 are not 12345; others with a relative tolerance; a count of things, "18 eggs", is
+its number, "2 pi", "10 million" or "3 hundredths" not; fractions, mixed numbers "1 1/2",
 ``\\frac``, "2.5e3", thousands separators ("1,250", "12 345"), and products of numbers, ``\\frac``
 and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain strings, and finally ``math-verify``
 equivalence when that package imports (lmms-eval depends on it; eval/pins.txt says which versions
@@ -29,7 +30,8 @@ import together). ``score`` also counts a bare reply that is the gold itself as 
 a multi-select gold without ``choices`` ("C\\nD", "C, D") needs exactly its letters. With
 ``choices``:
 
-- a letter target (geometry3k): a predicted letter (the one a stated answer starts with: "(A),
+- a letter target (geometry3k): a predicted letter (the one a stated answer settles on: "A is
+  too small, so C" and "the correct option is C" state C; else the one it starts with: "(A),
   not (B)" states A; else its last one: "not (A) but (B)" states B) must be that letter; a
   predicted text counts when it matches the gold option and every option it matches has the
   gold option's value. So "52" is right for gold B in ["38", "52", "52", "62"] (B and C say
@@ -61,7 +63,7 @@ _MATH = re.compile(rf"(?:\d+(?:\.\d+)?\s*[-+]\s*|-\s*)?(?:\d+(?:\.\d+)?\s*)?(?:{
                    rf"(?:\s*(?:{_TERM}))*")
 _UNITS = re.compile(
     r"\^\s*\{?\\circ\}?|\\circ|°|\\%|%|(?<=[\d}])\s*(?:sq\.?\s*|square\s+)?(?:units?|degrees?|"
-    r"deg|[ckm]?m|meters?|centimeters?|inch(?:es)?|ft|feet)(?:\s*\^\s*\{?[23]\}?|[²³])?(?![a-z])",
+    r"deg|[ckm]?m|meters?|centimeters?|inch(?:es)?|ft|feet|[kcm]?g|[m]?l|s|h|min)(?:\s*\^\s*\{?[23]\}?|[²³])?(?![a-z])",
     re.IGNORECASE)
 
 
@@ -105,10 +107,21 @@ def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | No
                 (rf"(?:option|choice)\s*:?\s*\(?([{valid}])\b", True),
                 (rf"(?:answer|option|choice)\s+is\s*:?\s*\(?([{valid}])\b", False),
                 (rf"(?m)^\s*\(?([{valid}])[.):]", False), (rf"\b([{valid}])\s*$", False))
-    if not last:  # a stated answer phrase that starts with its letter: "A, because ...",
-        # "B (45 degrees)", "C 60", "B - 45" (not "A right angle": "A" may be the article)
-        patterns += ((rf"\A\s*\(?([{valid}])\)?(?=\s*$|[.,;:)]|\s*[-\u2013\u2014(]|\s+\d|"
-                      rf"\s+(?:because|since|as|not|rather|is|which|with|for)\b)", False),)
+    if not last:  # a stated phrase that settles on a letter later ("A is too small, so C",
+        # "choose C", "the correct option is B") states that one
+        cues = [m.group(1).upper() for m in re.finditer(
+            rf"(?:\bso|\bthus|\btherefore|\bhence|\bchoose|\bpick|\bselect|correct\s+"
+            rf"(?:option|choice|answer)\s+is)\s*:?\s*(?:option\s+|choice\s+)?\(?([{valid}])\)?"
+            rf"(?=\s*$|\s*[.,;:)])", text, re.IGNORECASE) if m.group(1).isupper()]
+        if cues:
+            return cues[-1]
+        # one that starts with its letter: "A, because ...", "B (45 degrees)", "B - 45", "C 60"
+        # (not "A right angle", "A 30° angle": "A" may be the article; not "A is too small")
+        rest = valid.replace("A", "")
+        patterns += ((rf"\A\s*\(?([{valid}])\)?(?=\s*$|[.,;:)]|\s*[-\u2013\u2014(]|"
+                      rf"\s+(?:because|since|not|rather|which)\b)", False),)
+        if rest:
+            patterns += ((rf"\A\s*\(?([{rest}])\)?(?=\s+\d)", False),)
     found: list[tuple[int, str, int]] = []  # (where, letter, end of the match)
     for pattern, lower_ok in patterns:
         found += [(m.start(1), m.group(1).upper(), m.end())
@@ -116,14 +129,15 @@ def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | No
                   if m.group(1).isupper() or lower_ok]
 
     # a restated options list: the first "X. option" / "(X) option" of each letter; two or more
-    # of them, in order from A ("A. 30 B. 45 ..."), span the listing, and the labels inside
+    # of them, in order from A ("A. 30 B. 45 ...", one written otherwise may be missing), span
+    # the listing, and the labels inside
     # that span answer nothing ("C. 60; A. 30 and B. 45 are too small" restates nothing)
     firsts = [m for L, option in zip(valid, choices, strict=False) if str(option).strip()
               for m in [re.search(rf"(?<![A-Za-z])\(?{L}[.):]\s*"
                                   rf"{re.escape(str(option).strip())}", text, re.IGNORECASE)]
               if m]
     order = "".join(m.group().lstrip("(")[0].upper() for m in sorted(firsts, key=re.Match.start))
-    if len(firsts) >= 2 and order == valid[: len(order)]:
+    if len(firsts) >= 2 and order[0] == "A" and list(order) == sorted(set(order)):
         lo, hi = min(m.start() for m in firsts), max(m.end() for m in firsts)
         found = [f for f in found if not lo <= f[0] < hi]
     if not found:
@@ -360,6 +374,10 @@ def _same(pred: str, target: str, rel_tol: float) -> bool:
         if tn.is_integer():  # a whole gold: 12346 and 12345.4 are not 12345 (7.0001 is 7)
             return abs(pn - tn) <= min(0.01, rel_tol * abs(tn)) or pn == tn
         return math.isclose(pn, tn, rel_tol=rel_tol, abs_tol=1e-9)
+    if "=" in pred and "=" not in target and not pred.rstrip().endswith("="):
+        # a worked answer for a plain gold: "180 - 120 = 60" is its last value
+        if _same(pred.rsplit("=", 1)[1], target, rel_tol):
+            return True
     return _equivalent(pred, target)
 
 
@@ -384,10 +402,15 @@ def _letter_set_score(text: str, target: str, strict: bool) -> tuple[str | None,
     elif stated:  # the last "Answer: ..." up to the end of its sentence; letters may go on
         # over the next lines while each holds letters only ("Answer: C\nD")
         first, *rest = text[stated[-1].start(1):].split("\n")
+        item = r"[(*`]*[A-J][)*`.]*"  # "C", "(C)", "C)", "**C**"
         for line in rest:
-            if not re.fullmatch(r"\s*[A-J](?:\s*(?:[,;/]|\band\b)?\s*[A-J])*\s*[.,;]?\s*", line):
+            if not line.strip():
+                continue  # blank lines between letters
+            if not re.fullmatch(rf"\s*(?:[-*\u2022]|\d+[.)])?\s*{item}(?:\s*(?:[,;/]|\band\b)?"
+                                rf"\s*{item})*\s*[.,;]?\s*", line):
                 break
             first += "\n" + line
+        first = re.sub(r"(?m)^\s*(?:[-*\u2022]|\d+[.)])\s+", "", first)  # list markers
         part = re.split(r"\.(?:\s|$)", first, maxsplit=1)[0]
     else:
         part = None if strict else text
