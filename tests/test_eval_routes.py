@@ -247,7 +247,27 @@ def test_max_new_tokens_with_a_stock_class_is_refused(ckpt, tmp_path):
     with pytest.raises(EvalSetupError, match="--max-new-tokens applies to vldft's own model"):
         evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "o", model_class="qwen2_5_vl",
                  max_new_tokens=8, device="cpu")
+    with pytest.raises(EvalSetupError, match="--backend vllm generates up to the larger"):
+        evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "o", model_class="vllm",
+                 max_new_tokens=8, device="cpu")
     assert not (tmp_path / "o").exists()
+
+
+def test_overwrite_removes_the_files_of_ranks_a_smaller_run_does_not_have(tmp_path):
+    """--overwrite with 2 processes after a 4-process run: rank 0 removes rank2 / rank3's
+    files (a later resume would read their responses as this run's), each rank its own."""
+    from vldft.eval.resume import ResponseStore
+
+    root = tmp_path / "responses"
+    root.mkdir()
+    for r in range(4):
+        (root / f"rank{r}.jsonl").write_text(json.dumps({"key": f"k{r}", "response": "x"}) + "\n")
+    ResponseStore(root, 1, fresh=True, world=2)
+    assert sorted(p.name for p in root.iterdir()) == ["rank0.jsonl", "rank2.jsonl",
+                                                      "rank3.jsonl"]
+    store = ResponseStore(root, 0, fresh=True, world=2)
+    assert store.found == 0 and not list(root.iterdir())
+    assert ResponseStore(root, 0).found == 0
 
 
 def test_stored_responses_are_reused_only_for_the_same_pictures(tmp_path):

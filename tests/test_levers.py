@@ -454,6 +454,19 @@ def test_selective_checkpointing_is_exact_and_recomputes_no_kept_matmul():
     assert results["attention"][2] > mm0
 
 
+def test_checkpointing_uses_transformers_current_name():
+    """transformers >= 5.25 renamed gradient_checkpointing_enable (the old name warns a
+    FutureWarning on every run); vldft calls the current name where it exists."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        adapter = _prepared("qwen2_5_vl", gradient_checkpointing=True)
+    assert adapter.model.is_gradient_checkpointing
+    assert not [w for w in seen if "gradient_checkpointing_enable" in str(w.message)], \
+        [str(w.message) for w in seen]
+
+
 def test_checkpoint_keep_is_checked():
     with pytest.raises(ConfigError, match="model.checkpoint_keep"):
         ModelConfig(tiny=True, checkpoint_keep=["softmax"]).validate()

@@ -100,9 +100,9 @@ class RunState:
             raise SystemExit(
                 f"train.resume: the training data changed since {path} was saved "
                 f"({data_change}): the resumed run would go on over other samples in another "
-                "order; restore the data, or start a new run (train.overwrite=true, or another "
-                f"train.output_dir), or continue from this checkpoint on the new data with "
-                f"train.resume={path}")
+                "order; restore the data (or the model's processor files), or start a new run "
+                "(train.overwrite=true, or another train.output_dir), or continue from this "
+                f"checkpoint on the new data with train.resume={path}")
         if data:
             state.data = data
         if state.step > total:
@@ -170,7 +170,8 @@ def data_changes(old: dict, new: dict) -> str:
     a, b = old.get("sources", {}), new.get("sources", {})
     parts = [f"source {name}: rows read / used {a.get(name, 'absent')} -> {b.get(name, 'absent')}"
              for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)]
-    return "; ".join(parts) or "the same row counts, other samples' lengths: rows were edited"
+    return "; ".join(parts) or ("the same row counts, other estimated sample lengths: rows "
+                                "edited, or another tokenizer, chat template or image processor")
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

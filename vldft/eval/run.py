@@ -546,6 +546,11 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
         args = f"{key}={model}"
         if model_class == "vldft" and max_new_tokens:
             args += f",max_new_tokens={max_new_tokens}"
+        elif max_new_tokens and model_class.startswith("vllm"):  # no cap: it was ignored
+            raise EvalSetupError("--max-new-tokens applies to vldft's own model class only; "
+                                 "--backend vllm generates up to the larger of each task's "
+                                 "budget and the class's own max_new_tokens (--model-args "
+                                 "max_new_tokens=N): drop --max-new-tokens")
         elif max_new_tokens:  # it was dropped without a word: full-length responses
             raise EvalSetupError(f"--max-new-tokens applies to vldft's own model class only; "
                                  f"--model-class {model_class} generates with each task's own "
