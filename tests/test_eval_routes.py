@@ -136,10 +136,11 @@ def whole(ckpt, tmp_path_factory, one_thread) -> Path:
 
 
 @pytest.mark.parametrize("how", [
-    "SIGTERM, 1 process",
     # --overwrite over a finished evaluation: interrupted, it leaves no results.json (the old
     # one said "already done" on the rerun) and says to rerun without --overwrite, which resumes
+    # (the same resume as a plain run's: the default run keeps this case only, ~40 s each)
     "SIGTERM, 1 process, --overwrite",
+    pytest.param("SIGTERM, 1 process", marks=pytest.mark.slow),
     # covered in parts by the default run: the SIGTERM case (a real rerun resumes),
     # test_a_rerun_reads_every_ranks_file_and_skips_a_line_cut_by_kill_9 (every rank's file,
     # a cut line) and test_eval_distributed.py (2 processes equal 1); two torchrun launches
