@@ -166,6 +166,13 @@ def test_inspect_counts_truncated_and_skipped_samples(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "token lengths of 0 samples" in out, out
     assert "skipped while encoding (not in the histogram): 2 samples: 1 d/image_cut (" in out, out
+    # a picture that cannot be decoded is counted as such, not a traceback
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (tmp_path / "d.jsonl").write_text(json.dumps({**GOOD, "images": ["bad.png"]}) + "\n"
+                                      + json.dumps(TEXT) + "\n")
+    assert main(["inspect", str(cfg), "--n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "token lengths of 1 samples" in out and "1 d/image_corrupt" in out, out
 
 
 def test_histogram():

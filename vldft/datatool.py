@@ -412,7 +412,7 @@ image tokens <span class="image">collapsed</span></p>
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from vldft.collate import Collator, Skipped, show
+    from vldft.collate import Collator, SampleError, Skipped, show
 
     if not is_config(args.config):
         raise ConfigError(f"inspect {args.config}: takes a YAML config (its model's tokenizer "
@@ -430,7 +430,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for kind, rows in found.items():
             notes.setdefault(kind, []).extend(rows)
         for i, s in enumerate(samples[: max(args.n, args.max_samples)]):
-            enc = coll.encode(s)
+            try:
+                enc = coll.encode(s)
+            except SampleError as e:  # an image / clip that cannot be decoded: as training
+                # with data.on_error=skip would count it (a traceback ended inspect)
+                enc = Skipped(s.id, e.reason, s.source, s.origin, e.image, str(e))
             if isinstance(enc, Skipped):
                 skipped[(s.source, enc.reason)] += 1
                 if i < args.n:
