@@ -315,8 +315,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         error(f"--config: {e}")
     samples = load_jsonl(args.heldout)
     samples = samples[:args.max_samples] if args.max_samples else samples
-    media = "images" if any(s.images for s in samples) or not any(s.videos for s in samples) \
-        else "videos"  # what the unchanged run is called
+    has_images, has_videos = any(s.images for s in samples), any(s.videos for s in samples)
+    media = "images and videos" if has_images and has_videos else \
+        "videos" if has_videos else "images"  # what the unchanged run is called
     if args.controls is None:
         controls = default_controls(samples)
     else:
