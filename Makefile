@@ -68,8 +68,8 @@ eval-env: $(VENV)/.eval-installed
 
 # the default tests in TEST_WORKERS processes (pytest-xdist; whole files per worker, so a file's
 # shared fixtures are built once). Much of the suite is single-threaded (one-thread fixtures,
-# OMP_NUM_THREADS=1 subprocesses, start-up and I/O): on this 2-core box 2 workers took 7 min 31 s
-# where one process took 12 min 22 s to 12 min 41 s (2026-12-07); TEST_WORKERS=0: one process
+# OMP_NUM_THREADS=1 subprocesses, start-up and I/O), so 2 workers on this 2-core box are much
+# faster than one process (README has the measured runs); TEST_WORKERS=0: one process
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	$(BIN)/ruff check .

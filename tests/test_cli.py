@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEMO_DATA, TINY_CONFIG
+from conftest import DEMO_DATA, ROOT, TINY_CONFIG
 
 import vldft.train
 from vldft import collate, compare, probe
@@ -118,3 +118,38 @@ def test_lora_run_says_base_weights_are_frozen_and_logs_no_bar_redraws(tmp_path,
     # no bar in a log file: each metrics record is a line there instead
     assert [x.split(":")[0] for x in out.splitlines() if x.startswith("[vldft] step ")] == [
         "[vldft] step 1/2 (sft)", "[vldft] step 2/2 (sft)"], out
+
+
+@pytest.mark.parametrize(("module", "argv", "says"), [
+    ("vldft.heldout", ["runs/x/final", "h.jsonl", "--batch-size", "0"],
+     "--batch-size must be >= 1"),
+    ("vldft.heldout", ["runs/x/final", "h.jsonl", "--max-new-tokens", "0"],
+     "--max-new-tokens must be >= 1"),
+    ("vldft.heldout", ["runs/x/final", "h.jsonl", "--max-samples", "-3"],
+     "--max-samples must be >= 0"),
+    ("vldft.datatool", ["validate", "c.yaml", "--max-samples", "-1"], "--max-samples must be >= 0"),
+    ("vldft.datatool", ["inspect", "c.yaml", "--n", "-2"], "--n must be >= 0"),
+    ("vldft.probe", ["c.yaml", "--batch-size", "0"], "--batch-size must be >= 1")])
+def test_counts_below_their_minimum_are_refused_in_one_line(module, argv, says, capsys):
+    """They ran silently (--max-samples -3 dropped the last 3 rows, validate checked one row
+    fewer) or ended in a traceback (--batch-size 0: range() arg 3 must not be zero)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    entry = getattr(mod, "main", None) if module != "vldft.probe" else mod.cli
+    with pytest.raises(SystemExit) as e:
+        entry(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_eval_on_cuda_without_a_gpu_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    from vldft.eval.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(ROOT / "priors/tiny-qwen25vl-geo"), "--tasks", "vldft_geo_heldout",
+              "--device", "cuda", "--out", str(tmp_path / "o")])
+    assert "--device cuda: this machine has no CUDA device" in str(e.value.code)

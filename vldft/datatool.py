@@ -546,8 +546,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     commands = next(a for a in parser._actions
                     if isinstance(a, argparse._SubParsersAction)).choices
     if argv and argv[0] in commands:
-        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        sub = commands[argv[0]]
+        args = sub.parse_intermixed_args(argv[1:])
         args.command = argv[0]
+        for flag, low in (("n", 0), ("max_samples", 0)):
+            value = getattr(args, flag, None)
+            if value is not None and value < low:
+                sub.error(f"--{flag.replace('_', '-')} must be >= {low}, got {value}")
         return args
     return parser.parse_args(argv)  # --help, or no / an unknown command: argparse's message
 

@@ -305,6 +305,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the shuffled control (shuffled_frames: seeded by sample id)")
     args = p.parse_args(argv)
+    for flag, value, low in (("--max-samples", args.max_samples, 0),
+                             ("--batch-size", args.batch_size, 1),
+                             ("--max-new-tokens", args.max_new_tokens, 1)):
+        if value < low:
+            p.error(f"{flag} must be >= {low}, got {value}")
 
     def error(message: str):  # one line, status 2 (argparse's code for a usage error)
         p.exit(2, f"{PROG}: error: {message}\n")

@@ -257,6 +257,8 @@ def cli(argv: list[str] | None = None) -> dict:
     args = parser.parse_intermixed_args(argv)
     if args.samples < 1:
         parser.error("--samples must be >= 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
     quiet_if_logging()  # a log file: no \r-redrawn progress bars
     try:  # a study config (python -m vldft.compare) works too: its sweep section is ignored
         cfg = load_base_config(args.config, args.overrides)

@@ -174,6 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     if limit is not None and limit >= 1:
         limit = int(limit)
     model_class, model_args = args.model_class or "vldft", args.model_args
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():  # (a driver traceback from the model load)
+            sys.exit(f"[vldft] error: --device {args.device}: this machine has no CUDA device; "
+                     "use --device cpu, or leave --device out")
     out = args.out or str(default_out(args.model, tasks, args.suite))
     try:
         if args.backend == "vllm":
@@ -236,7 +242,7 @@ def check_hub_model(model: str) -> None:
         raise EvalSetupError(
             f"--model {model}: no such local folder, and the hub cannot be reached ({reason}) "
             f"with no cached copy in {hub.HF_HUB_CACHE}; pass a checkpoint folder, or download "
-            f"it where the hub is reachable (huggingface-cli download {model} --local-dir DIR) "
+            f"it where the hub is reachable (hf download {model} --local-dir DIR) "
             "and pass --model DIR")
     from huggingface_hub import model_info
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
@@ -245,11 +251,11 @@ def check_hub_model(model: str) -> None:
         model_info(model, timeout=10)
     except GatedRepoError:
         raise EvalSetupError(f"--model {model}: a gated model; accept its terms on "
-                             f"https://huggingface.co/{model} and log in (huggingface-cli "
+                             f"https://huggingface.co/{model} and log in (hf auth "
                              "login)") from None
     except RepositoryNotFoundError:
         raise EvalSetupError(f"--model {model}: no such model on the hub (or a private one: "
-                             "log in with huggingface-cli login), and no such local "
+                             "log in with hf auth login), and no such local "
                              "folder") from None
     except Exception:  # noqa: BLE001 - anything else (a slow hub): loading will say it
         return
