@@ -320,7 +320,7 @@ def test_overwrite_and_already_done_follow_the_data_not_only_its_folder_name(
     were reused: 93 % for blank pictures), equal to a fresh evaluation's."""
     from PIL import Image
 
-    from vldft.eval.local_tasks import geo_heldout_path
+    from vldft.data.benchmarks import geo_heldout_path
     from vldft.eval.run import EvalSetupError, evaluate
 
     out = tmp_path / "eval"

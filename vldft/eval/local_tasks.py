@@ -27,7 +27,7 @@ from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
 from PIL import Image
 
 from vldft.data import load_jsonl
-from vldft.data.benchmarks import (  # noqa: F401 - geo_heldout_path: part of this module's API
+from vldft.data.benchmarks import (
     BENCHMARKS,
     LETTERS,
     LocalDataError,
