@@ -95,8 +95,28 @@ def test_a_class_without_the_image_policy_is_refused(ckpt):
 
     with pytest.raises(EvalSetupError, match="image policy"):
         stock_model_args(str(ckpt), "internvl2", "cpu")
-    assert stock_model_args(str(ckpt), "qwen2_5_vl", "cpu", "min_pixels=1,max_pixels=2") \
-        == "device_map=cpu"
+    assert stock_model_args(str(ckpt), "qwen2_5_vl", "cpu", "min_pixels=1,max_pixels=2,"
+                            "max_num_frames=8") == "device_map=cpu"
+
+
+def test_stock_classes_get_the_frame_cap_the_checkpoint_trained_with(ckpt, tmp_path):
+    """Their default is 32 frames a clip: a run trained on 4 (its config.yaml beside the
+    checkpoint) is scored with 4; without a saved config, data.video's default (32)."""
+    from vldft.eval.run import EvalSetupError, stock_model_args
+
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        if (ckpt / name).is_file():
+            shutil.copy(ckpt / name, final / name)
+    (tmp_path / "run" / "config.yaml").write_text("data:\n  video:\n    max_frames: 4\n")
+    assert "max_num_frames=4" in stock_model_args(str(final), "qwen2_5_vl", "cpu").split(",")
+    assert "max_num_frames=4" in stock_model_args(str(final), "qwen3_vl", "cpu").split(",")
+    assert "max_frames_num=4" in stock_model_args(str(final), "llava_hf", "cpu").split(",")
+    assert "max_num_frames=32" in stock_model_args(str(ckpt), "qwen2_vl", "cpu").split(",")
+    (tmp_path / "run" / "config.yaml").write_text("data:\n  video:\n    max_frames: 1\n")
+    with pytest.raises(EvalSetupError, match="max_frames"):
+        stock_model_args(str(final), "qwen2_5_vl", "cpu")
 
 
 # batch size 1: a response never depends on its batch-mates, so 1 and 2 processes (which deal
@@ -237,7 +257,8 @@ def test_model_args_prints_what_lmms_evals_own_cli_needs(ckpt):
     out = subprocess.run([sys.executable, "-m", "vldft.eval", "model-args", str(ckpt),
                           "--model-class", "qwen2_5_vl", "--device", "cpu"],
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
-    assert out == f"pretrained={ckpt},min_pixels=12544,max_pixels=12544,device_map=cpu"
+    assert out == (f"pretrained={ckpt},min_pixels=12544,max_pixels=12544,max_num_frames=32,"
+                   "device_map=cpu")
 
 
 def test_max_new_tokens_with_a_stock_class_is_refused(ckpt, tmp_path):

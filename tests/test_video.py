@@ -585,6 +585,28 @@ def test_nframes_is_an_exact_count_for_files_frame_lists_and_fixed_count_familie
         Video(frames=folder.videos[0].frames), run)
 
 
+def test_a_one_frame_video_file_decodes_as_that_frame_twice(tmp_path, qwen25):
+    """qwen-vl-utils asks for at least 2 frames and falls back to torchvision's removed
+    ``read_video`` on a 1-frame file: vldft reads that frame itself, repeated to a temporal
+    patch; the length estimate agrees with the encoding, and a fixed count repeats it."""
+    from vldft.data.mix import estimate_length
+    from vldft.data.video import plan
+
+    one = write_clip(tmp_path / "one.mp4", n=1)
+    settings = VideoSettings(min_pixels=28 * 28, max_pixels=SIDE * SIDE)
+    dec = decode(Video(file=one), settings, unit=28)
+    t, _, h, w = dec.frames.shape
+    assert t == 2 and torch.equal(dec.frames[0], dec.frames[1])
+    assert dec.indices == [0, 0] and dec.total == 1 and dec.fps == CLIP_FPS
+    assert abs(centers(dec.frames)[0] - column_center(0, w)) < 1.5
+    assert plan(Video(file=one), settings, unit=28) == (t, h, w)
+    assert decode(Video(file=one), settings, unit=28, nframes=4).frames.shape[0] == 4
+    (sample,) = read(write_rows(tmp_path / "one.jsonl", [
+        msg_row("one", {"type": "video", "video": "one.mp4"})]))
+    enc = Collator(qwen25, 8192, video=settings).encode(sample)
+    assert estimate_length(sample, qwen25, None, settings) == len(enc.input_ids)
+
+
 def test_a_clip_bound_beyond_the_runs_other_bound_moves_it():
     run = VideoSettings(min_frames=4, max_frames=32, min_pixels=28 * 28, max_pixels=4096)
     assert Video(options={"max_frames": 2}).settings(run).min_frames == 2

@@ -18,7 +18,8 @@ it, unless ``FORCE_QWENVL_VIDEO_READER`` names another backend.
 ``decode`` returns ``(frames [T, 3, H, W] uint8, metadata)``; each frame is resized by
 qwen-vl-utils' policy to multiples of the family's unit (28 px for Qwen2/2.5-VL, 32 px for
 Qwen3-VL) within ``data.video.min_pixels`` / ``max_pixels`` per frame and
-``data.video.max_tokens`` for the whole clip. ``T`` is even (Qwen's temporal patch joins two
+``data.video.max_tokens`` for the whole clip (a one-frame file, which qwen-vl-utils cannot
+sample, is read by decord directly). ``T`` is even (Qwen's temporal patch joins two
 frames; an odd frame list repeats its last frame, as qwen-vl-utils does).
 
 A clip may carry its own values of those settings (``Video.options``, from the per-clip keys of
@@ -209,6 +210,8 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
     from vldft.data import open_image
 
     cap = min(settings.max_frames, max_frames or settings.max_frames)
+    if video.file is not None and _frame_count(video.file) < 2:
+        return _decode_single(video.file, settings, unit, nframes or 2)
     ele: dict[str, Any] = {"min_pixels": min_pixels(settings, unit),
                            "max_pixels": settings.max_pixels,
                            "total_pixels": settings.max_tokens * unit * unit}
@@ -247,6 +250,26 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
     return Decoded(frames, fps, indices, total)
 
 
+def _frame_count(file: Path) -> int:
+    import decord
+
+    return len(decord.VideoReader(str(file)))
+
+
+def _decode_single(file: Path, settings, unit: int, n: int) -> Decoded:
+    """A one-frame video file, which qwen-vl-utils cannot sample (it asks for at least 2 frames,
+    then falls back to torchvision's removed ``read_video``): its frame repeated ``n`` times
+    (an even count), sized like a frame list's."""
+    import decord
+    import torch
+
+    vr = decord.VideoReader(str(file))
+    frame = torch.from_numpy(vr[0].asnumpy()).permute(2, 0, 1)
+    frames = _resize(frame.unsqueeze(0).repeat(n + n % 2, 1, 1, 1), settings, unit)
+    frames = frames.round().clamp(0, 255).to(torch.uint8)
+    return Decoded(frames, float(vr.get_avg_fps() or settings.fps), [0] * frames.shape[0], 1)
+
+
 def plan(video: Video, settings, unit: int, fixed: bool = False) -> tuple[int, int, int]:
     """``(frames, height, width)`` that ``decode`` will give, from headers only (a file: decord
     reads the container's frame count and rate and decodes one frame for its size; frames: the
@@ -261,6 +284,8 @@ def plan(video: Video, settings, unit: int, fixed: bool = False) -> tuple[int, i
         h, w = vr[0].shape[:2]
         if fixed:
             n = settings.max_frames
+        elif total < 2:  # one frame, repeated to a temporal patch (``_decode_single``)
+            n = 2
         else:
             cap = settings.max_frames
             n = smart_nframes({"fps": settings.fps, "min_frames": min(settings.min_frames, cap),

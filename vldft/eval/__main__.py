@@ -120,7 +120,8 @@ def _model_args(argv: list[str]) -> None:
     (for `python -m lmms_eval --model CLASS` run by hand; vldft.eval passes them itself)."""
     p = Parser(prog=prog_name("vldft.eval", "vldft-eval") + " model-args",
                description="The --model_args a stock lmms-eval class needs to score CKPT with "
-                           "training's image policy (pixel limits; device_map=cpu on a CPU), "
+                           "training's image policy (pixel limits; the video frame cap; "
+                           "device_map=cpu on a CPU), "
                            "for `python -m lmms_eval --model CLASS --model_args ...`.")
     p.add_argument("model", help="checkpoint directory (or a cached hub id)")
     p.add_argument("--model-class", required=True, help="the lmms-eval class, e.g. qwen2_5_vl")
