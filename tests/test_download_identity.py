@@ -158,6 +158,36 @@ def test_training_refuses_a_copy_of_another_subset(setup):
         assert "--force" in msg and "vldft-data download" in msg and "name" in msg
 
 
+def test_a_pinned_revision_is_recorded_and_a_copy_of_another_is_refused(setup, capsys):
+    """``data.sources[i].revision``: the record keeps the revision asked for (a hub download
+    also the commit it resolved to); training asking another one is refused, one asking none
+    or a prefix of the recorded commit reads the copy."""
+    cfg_file, repo, data = setup
+    assert cli(setup, "data.sources[0].revision=v1") == 0
+    assert origin(data)["revision"] == "v1"
+    require_data(load_config(cfg_file, [f"data.data_dir={data}", "data.sources[0].revision=v1"]))
+    require_data(load_config(cfg_file, [f"data.data_dir={data}"]))
+    with pytest.raises(ConfigError) as err:
+        require_data(load_config(cfg_file, [f"data.data_dir={data}",
+                                            "data.sources[0].revision=v2"]))
+    msg = str(err.value)
+    assert msg.startswith("data.sources[0].revision='v2'") and "\n" not in msg
+    assert "at revision v1" in msg and "at revision v2" in msg and "--force" in msg
+    capsys.readouterr()
+    assert cli(setup, "data.sources[0].revision=v2") == 2
+    assert "at revision v1" in capsys.readouterr().err
+    rec = {**origin(data), "revision": None, "commit": "0123456789abcdef" * 2 + "01234567"}
+    (data / "mathqa" / ORIGIN).write_text(json.dumps(rec))
+    require_data(load_config(cfg_file, [f"data.data_dir={data}",
+                                        "data.sources[0].revision=0123456789ab"]))
+    with pytest.raises(ConfigError, match="revision"):
+        require_data(load_config(cfg_file, [f"data.data_dir={data}",
+                                            "data.sources[0].revision=fedcba9876"]))
+    with pytest.raises(ConfigError, match=r"subset/hub_files/revision: only with"):
+        load_config(cfg_file, ["data.sources[0].hub=null", "data.sources[0].path=x.jsonl",
+                               "data.sources[0].revision=v1"])
+
+
 def upstream_repo(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "qa.json").write_text(json.dumps([{"query": "1 + 1?", "response": "2"}]))

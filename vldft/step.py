@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from torch import nn
 
-from vldft.adapters import Adapter
+from vldft.adapters import Adapter, hub_commit
 from vldft.adapters.lora import apply_lora
 from vldft.collate import IGNORE
 from vldft.config import Config, ConfigError, world_size
@@ -369,7 +369,10 @@ def describe_model(adapter: Adapter, cfg: Config) -> str:
     on = f"{parts}" + (f"; none on {skipped}: model.freeze" if skipped else "")
     frozen = ("all base weights (LoRA adapters train)" if lora
               else cfg.model.freeze or "none")
-    return (f"{cfg.model.family} ({'tiny' if cfg.model.tiny else cfg.model.name_or_path}): "
+    commit = hub_commit(cfg.model)
+    name = "tiny" if cfg.model.tiny else cfg.model.name_or_path
+    name += f" at commit {commit[:12]}" if commit else ""
+    return (f"{cfg.model.family} ({name}): "
             + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items())
             + f"; trainable {n_trainable / 1e6:.2f}M"
             + (f" (LoRA r={lora.r} on {on})" if lora else "") + f"; frozen: {frozen}")

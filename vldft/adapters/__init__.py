@@ -68,6 +68,22 @@ def build_tiny(family: str, min_pixels: int | None = None, max_pixels: int | Non
     return builder()
 
 
+def hub_commit(cfg: ModelConfig) -> str | None:
+    """The hub commit ``cfg.name_or_path`` at ``cfg.revision`` resolves to in the local hub
+    cache (what ``load_adapter`` loads); None for a tiny model, a local folder, or a hub id
+    not cached."""
+    if cfg.tiny or not cfg.name_or_path or Path(cfg.name_or_path).exists():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        got = try_to_load_from_cache(cfg.name_or_path, "config.json", revision=cfg.revision)
+    except Exception:  # noqa: BLE001 - a malformed id: no commit known
+        return None
+    parts = Path(got).parts if isinstance(got, str) else ()
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+
+
 def load_adapter(cfg: ModelConfig) -> Adapter:
     """Build (``cfg.tiny``) or load (``cfg.name_or_path``) the model and processor of a family."""
     if cfg.family not in FAMILIES:
@@ -96,11 +112,14 @@ def load_adapter(cfg: ModelConfig) -> Adapter:
                                   f"checkpoint; set model.family={found}")
         cls = getattr(transformers, adapter_cls.model_class)
         dtype = _DTYPES.get(cfg.dtype, "auto")
+        at = {"revision": cfg.revision} if cfg.revision else {}
         try:  # a directory without weights, a hub id not cached offline, a broken download
-            model = cls.from_pretrained(cfg.name_or_path, dtype=dtype, attn_implementation=attn)
-            processor = AutoProcessor.from_pretrained(cfg.name_or_path)
+            model = cls.from_pretrained(cfg.name_or_path, dtype=dtype, attn_implementation=attn,
+                                        **at)
+            processor = AutoProcessor.from_pretrained(cfg.name_or_path, **at)
         except OSError as e:
-            raise ConfigError(f"model.name_or_path: cannot load {cfg.name_or_path}: "
+            where = f" at revision {cfg.revision!r}" if cfg.revision else ""
+            raise ConfigError(f"model.name_or_path: cannot load {cfg.name_or_path}{where}: "
                               f"{str(e).splitlines()[0]}") from None
     if varlen:
         from vldft.attention import use_varlen

@@ -175,6 +175,11 @@ class Config:
                                    or is_hub_id(m.name_or_path)):
             raise ConfigError(f"model.name_or_path: {self.resolve(m.name_or_path)} does not "
                               "exist (and is not a hub id owner/name)")
+        if m.revision is not None and not m.tiny and m.name_or_path \
+                and self.resolve(m.name_or_path).exists():
+            raise ConfigError(f"model.revision: {m.revision!r} applies to a hub id, but "
+                              f"model.name_or_path is the local folder "
+                              f"{self.resolve(m.name_or_path)}; drop model.revision")
         for i, f in enumerate(d.train_files):
             if not self.resolve(f).exists():
                 raise ConfigError(f"data.train_files[{i}]: {self.resolve(f)} does not exist")

@@ -74,6 +74,8 @@ CHECKPOINT_KEEP = ("attention", "matmul")  # model.checkpoint_keep's choices (vl
 class ModelConfig:
     family: Literal[FAMILY_NAMES] = "qwen2_5_vl"  # model family (adapter; docs/families.md)
     name_or_path: str | None = None  # hub id or local dir of an HF checkpoint
+    revision: str | None = None  # hub id only: the branch, tag or commit to load (null: the
+    # hub's main branch, as cached); the commit loaded is logged and kept in summary.json
     tiny: bool = False  # build a tiny random model of `family` locally instead (demo / tests;
     # no download); name_or_path is then ignored, so model.tiny=true tries any shipped config
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # weights dtype on load
@@ -158,6 +160,8 @@ class SourceConfig:
     hub_files: list[str] = field(default_factory=list)  # files of the hub dataset repository
     # fetched as they are (upstream layout; .zip / .tar / .tar.gz archives extracted); empty:
     # the split's rows are saved as <split>.parquet with the images embedded
+    revision: str | None = None  # with `hub`: the branch, tag or commit to download (null: the
+    # main branch); the commit downloaded is recorded, and a copy of another one is refused
 
     @property
     def label(self) -> str:
@@ -174,8 +178,8 @@ class SourceConfig:
                                   f"data.data_dir/{self.name}/ (got {self.path!r})")
         elif not self.path:
             raise ConfigError(f"{key}.path: required")
-        if (self.subset or self.hub_files) and self.hub is None:
-            raise ConfigError(f"{key}.subset/hub_files: only with {key}.hub")
+        if (self.subset or self.hub_files or self.revision) and self.hub is None:
+            raise ConfigError(f"{key}.subset/hub_files/revision: only with {key}.hub")
         if self.weight is not None and not self.weight > 0:
             raise ConfigError(f"{key}.weight: must be > 0")
         if self.max_samples is not None and self.max_samples < 1:

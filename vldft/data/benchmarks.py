@@ -342,11 +342,13 @@ ORIGIN = ".vldft-origin.json"  # in DIR/<name>/: where the download there came f
 
 
 def origin_record(hub: str, subset: str | None, split: str, hub_files=(), local=None,
-                  keep: tuple[str, str] | None = None) -> dict:
+                  keep: tuple[str, str] | None = None, revision: str | None = None) -> dict:
     """The record of a download: hub repository, subset (config name), split, ``hub_files``,
-    the rows kept (``keep``: column, value) and the local folder that stood in for the hub."""
-    return {"hub": hub, "subset": subset or None, "split": split, "hub_files": list(hub_files),
-            "keep": list(keep) if keep else None, "local": str(local) if local else None}
+    the rows kept (``keep``: column, value), the local folder that stood in for the hub and the
+    revision asked for (the download adds the ``commit`` it resolved to)."""
+    rec = {"hub": hub, "subset": subset or None, "split": split, "hub_files": list(hub_files),
+           "keep": list(keep) if keep else None, "local": str(local) if local else None}
+    return {**rec, "revision": revision} if revision else rec
 
 
 def read_origin(folder: str | Path) -> dict | None:
@@ -382,6 +384,10 @@ def origin_differences(have: dict, want: dict) -> list[str]:
         return [*diff, "hub_files"]
     if not want["hub_files"]:
         diff += [k for k in ("subset", "split", "keep") if have.get(k) != want.get(k)]
+    rev = want.get("revision")  # asked for: the copy's, or a prefix of its commit
+    if rev and rev != have.get("revision") and not (
+            len(rev) >= 7 and str(have.get("commit") or "").startswith(rev)):
+        diff.append("revision")
     return diff
 
 
@@ -413,6 +419,9 @@ def describe_origin(rec: dict) -> str:
     if "unreadable" in rec:
         return f"an unreadable {ORIGIN} ({rec['unreadable']})"
     text = str(rec.get("hub"))
+    if rec.get("revision") or rec.get("commit"):
+        text += f" at revision {rec.get('revision') or 'main'}" + (
+            f" (commit {rec['commit'][:12]})" if rec.get("commit") else "")
     if rec.get("hub_files"):
         return f"{text} files {', '.join(rec['hub_files'])}"
     text += f", subset {rec['subset']}" if rec.get("subset") else ""

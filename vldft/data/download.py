@@ -100,7 +100,8 @@ def extract(archive: Path, dest: Path, log: Log = print) -> int:
     return n
 
 
-def _fetch_file(repo: str, filename: str, dest: Path, local: Path | None) -> Path:
+def _fetch_file(repo: str, filename: str, dest: Path, local: Path | None,
+                revision: str | None = None) -> Path:
     """One file of a dataset repository into ``dest/filename`` (whole or not at all)."""
     target = dest / filename
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ def _fetch_file(repo: str, filename: str, dest: Path, local: Path | None) -> Pat
         from huggingface_hub import hf_hub_download
 
         got = hf_hub_download(repo_id=repo, filename=filename, repo_type="dataset",
-                              local_dir=str(dest / ".hub"))
+                              local_dir=str(dest / ".hub"), revision=revision)
         shutil.move(got, tmp)
     os.replace(tmp, target)
     return target
@@ -124,7 +125,24 @@ def _fetch_file(repo: str, filename: str, dest: Path, local: Path | None) -> Pat
 def source_origin(src: SourceConfig, local: Path | None = None) -> dict:
     """The record of ``src``'s download (``ORIGIN``): hub, subset, split, hub_files, stand-in."""
     assert src.hub is not None
-    return origin_record(src.hub, src.subset, src.split, src.hub_files, local)
+    return origin_record(src.hub, src.subset, src.split, src.hub_files, local,
+                         revision=src.revision)
+
+
+def hub_commit(repo: str, revision: str | None, key: str) -> str | None:
+    """The commit ``revision`` (null: main) of the hub dataset ``repo`` is at now, so that
+    every file comes from that one commit and the record names it; None when the hub cannot be
+    asked (offline: the download then fails on its own). A revision the repository does not
+    have is a ``ConfigError`` naming ``key``."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    try:
+        return HfApi().dataset_info(repo, revision=revision).sha
+    except RevisionNotFoundError:
+        raise ConfigError(f"{key}.revision: {repo} has no revision {revision!r}") from None
+    except Exception:  # noqa: BLE001 - offline, no such repo, no access: said by the download
+        return None
 
 
 def download_source(src: SourceConfig, root: Path, local: Path | None = None,
@@ -143,7 +161,7 @@ def download_source(src: SourceConfig, root: Path, local: Path | None = None,
     created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        return _download_into(src, dest, want, have, local, force, log)
+        return _download_into(src, dest, want, have, local, force, log, key)
     except BaseException:  # a failed first download leaves no empty folder behind
         shutil.rmtree(dest / ".hub", ignore_errors=True)  # the hub client's partial files
         if created and dest.is_dir() and not any(dest.iterdir()):
@@ -152,9 +170,14 @@ def download_source(src: SourceConfig, root: Path, local: Path | None = None,
 
 
 def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path | None,
-                   force: bool, log: Log) -> Path:
+                   force: bool, log: Log, key: str) -> Path:
     """``download_source``'s fetching, into the folder ``dest`` it made."""
     what = f"{src.hub}" + (f" (subset {src.subset})" if src.subset else "")
+    commit = None if local else hub_commit(src.hub, src.revision, key)
+    revision = commit or src.revision  # every file from one commit, which the record names
+    if commit:
+        want = {**want, "commit": commit}
+        what += f" at commit {commit[:12]}"
     if not src.hub_files:
         out = dest / f"{src.split}.parquet"
         if out.exists() and not force:
@@ -167,7 +190,8 @@ def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path 
 
         log(f"[vldft] {src.name}: loading {what}, split {src.split} "
             f"{'from ' + str(local) if local else 'from the hub'} ...")
-        ds = datasets.load_dataset(str(local) if local else src.hub, src.subset, split=src.split)
+        ds = datasets.load_dataset(str(local) if local else src.hub, src.subset, split=src.split,
+                                   **({"revision": revision} if revision and not local else {}))
         tmp = out.with_name(out.name + ".part")
         embed_images(ds).to_parquet(str(tmp))
         os.replace(tmp, out)
@@ -184,7 +208,7 @@ def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path 
                 kept_unknown.append(filename)
             continue
         log(f"[vldft] {src.name}: fetching {filename} from {local or what} ...")
-        path = _fetch_file(src.hub, filename, dest, local)
+        path = _fetch_file(src.hub, filename, dest, local, revision)
         if _is_archive(filename):
             extract(path, dest, log)
             marker.write_text(f"{filename} extracted from {local or src.hub}\n")
@@ -235,7 +259,8 @@ def download(cfg: Config, sources: dict[str, str] | None = None, force: bool = F
 
 def origin_conflict(cfg: Config) -> str | None:
     """None when no ``hub`` source's local copy is recorded (``ORIGIN``) as coming from other
-    than the source asks (hub, subset, split, hub_files: ``origin_differences``), else one line
+    than the source asks (hub, subset, split, hub_files, revision:
+    ``origin_differences``), else one line
     naming the first such key, the folder, what it holds and the ways out. A copy without a
     record (an older vldft's, or made by hand) is not checked."""
     root = cfg.data_root()
@@ -248,7 +273,8 @@ def origin_conflict(cfg: Config) -> str | None:
         diff = origin_differences(have, want) if have is not None else []
         if not diff:
             continue
-        field = diff[0] if diff[0] in ("hub", "subset", "split", "hub_files") else None
+        field = diff[0] if diff[0] in ("hub", "subset", "split", "hub_files",
+                                       "revision") else None
         key = f"data.sources[{i}]" + (f".{field}={getattr(src, field)!r}" if field else "")
         return (f"{key}: {folder} holds {describe_origin(have)} (recorded in {ORIGIN}), "
                 f"not {describe_origin(want)}; training would read the wrong rows. Replace it "
