@@ -175,6 +175,27 @@ def test_inspect_counts_truncated_and_skipped_samples(tmp_path, capsys):
     assert "token lengths of 1 samples" in out and "1 d/image_corrupt" in out, out
 
 
+
+def test_inspect_counts_samples_shortened_by_frames(tmp_path, capsys):
+    """A video sample over data.max_length is decoded again with fewer frames, as in training
+    (``video_shortened``): inspect counts such samples, as it counts truncated ones, and marks
+    the ones it shows."""
+    (tmp_path / "frames").mkdir()  # 16 frames: at the default video pixels, over max_length
+    for i in range(16):
+        Image.new("RGB", (32, 32), (0, 10 * i, 0)).save(tmp_path / "frames" / f"{i}.png")
+    long = {"id": "v1", "videos": ["frames"], "messages": [
+        {"role": "user", "content": "<video>Which way?"}, {"role": "assistant", "content": "Left"}]}
+    cfg = _config(tmp_path, [GOOD, long, TEXT])
+    assert main(["inspect", str(cfg), "--n", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "token lengths of 3 samples" in out and "skipped" not in out, out
+    assert "shortened by frames to fit data.max_length: 1 of these 3 samples" in out, out
+    marked = [line for line in out.splitlines() if "videos shortened by frames" in line]
+    assert len(marked) == 1 and marked[0].startswith("--- d / v1 "), out
+    assert main(["inspect", str(cfg), "--n", "3", "data.max_length=4096"]) == 0
+    assert "shortened" not in capsys.readouterr().out
+
+
 def test_histogram():
     text = histogram([1, 1, 1, 5, 10], bins=3, width=6)
     lines = text.splitlines()

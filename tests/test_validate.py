@@ -80,6 +80,8 @@ MATRIX = [
     ("long_answer", {"messages": chat((U, "Say x."), (A, LONG))}, None, "truncated"),
     ("image_late", {"images": ["ok.png"], "messages": chat(
         (U, [{"type": "text", "text": LONG}, {"type": "image"}]), (A, "ok"))}, None, "image_cut"),
+    ("video_late", {"videos": ["frames"], "messages": chat(  # not even 2 frames fit
+        (U, [{"type": "text", "text": LONG}, {"type": "video"}]), (A, "ok"))}, None, "video_cut"),
     ("long_prompt", {"messages": chat((U, LONG), (A, "ok"))}, None, "truncated_empty"),
     ("special_token", {"messages": chat((U, "What is <|image_pad|>?"), (A, "A token."))},
      None, "encode_error"),
@@ -163,13 +165,17 @@ def test_validate_reports_each_bad_row_and_nothing_else(matrix, adapter, with_ad
     d = report.to_dict()
     json.dumps(d)
     assert d["ok"] is False and d["sources"]["bad"]["image_count"]["count"] == 1
+    if with_adapter:  # a video that cannot be shortened by frames is said to be one
+        said = report.examples[("bad", "video_cut")][0]["message"]
+        assert "video" in said and "shortened by frames" in said and "image" not in said, said
 
 
 def test_overlong_skip_turns_truncation_findings_into_too_long(matrix, adapter):
     cfg = load_config(matrix / "config.yaml", ["data.overlong=skip"])
     report = validate(cfg, adapter)
-    assert report.count("bad", "too_long") == 3
+    assert report.count("bad", "too_long") == 4
     assert report.count(reason="truncated") == report.count(reason="image_cut") == 0
+    assert report.count(reason="video_cut") == 0
 
 
 def test_warning_only_report_is_ok(matrix, adapter, tmp_path):

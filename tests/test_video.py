@@ -389,7 +389,8 @@ def test_overlong_video_sample_is_shortened_by_whole_frames(family, tmp_path):
     assert getattr(skipped, "reason", None) == "truncated_empty", skipped
     inside = int((full.input_ids == a.video_token_id).nonzero()[0]) + 2
     skipped = Collator(a, inside, video=settings).encode(sample)
-    assert getattr(skipped, "reason", None) == "image_cut", skipped
+    assert getattr(skipped, "reason", None) == "video_cut", skipped  # its own code, not images'
+    assert "cannot be shortened" in skipped.message and "frames" in skipped.message, skipped
 
 
 # -- (5) the start-up cache keeps videos --------------------------------------------------------
@@ -457,6 +458,54 @@ def test_startup_cache_keeps_videos_and_their_lengths_follow_data_video(media, t
     fresh = build_training_set(fewer, adapter)
     assert list(cached.lengths) == list(fresh.lengths) != list(want.lengths)
 
+
+
+def test_the_mixture_table_counts_video_rows_and_clips_apart_from_images(media, tmp_path,
+                                                                          monkeypatch):
+    """Per source: rows with images, rows with a video and their clips, text-only rows (a row
+    with both media counts in both), the same built fresh or from the start-up cache, printed
+    and in data_summary.json's ``sources`` (video rows were counted as ``images``)."""
+    from conftest import demo_config, write_tiny_data
+
+    from vldft.adapters import load_adapter
+    from vldft.data.cache import training_set
+    from vldft.data.mix import build_training_set, format_table
+    from vldft.loader import data_summary
+
+    monkeypatch.setenv("VLDFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VLDFT_NO_CACHE", raising=False)
+    path = write_rows(media / "table.jsonl", [
+        {"id": "img", "messages": [{"role": U, "content": f"<image>{QUESTION}"},
+                                   {"role": A, "content": ANSWER}], "images": ["pic.png"]},
+        msg_row("file", {"type": "video", "video": "clip.mp4"}),
+        msg_row("folder", {"type": "video", "video": "frames"}),
+        {"id": "both", "messages": [{"role": U, "content": f"<image><video><video>{QUESTION}"},
+                                    {"role": A, "content": ANSWER}],
+         "images": ["pic.png"], "videos": ["frames", "clip.mp4"]},
+        {"id": "txt", "messages": [{"role": U, "content": "Hi"}, {"role": A, "content": "Hello"}]}])
+    pics = write_tiny_data(tmp_path / "pics.jsonl", 2)
+    cfg = demo_config("data.train_files=[]", "data.heldout_file=null",
+                      f"data.sources=[{{path: {path}, name: vids}}, {{path: {pics}, name: pics}}]",
+                      "data.video.min_pixels=784", "data.video.max_pixels=4096",
+                      "data.video.max_frames=4")
+    adapter = load_adapter(cfg.model)
+    keys = ("source", "read", "used", "images", "videos", "clips", "text_only")
+    want = [dict(zip(keys, ("vids", 5, 5, 2, 3, 4, 1), strict=True)),
+            dict(zip(keys, ("pics", 2, 2, 2, 0, 0, 0), strict=True))]
+    lines: list[str] = []
+    for data in (build_training_set(cfg, adapter), training_set(cfg, adapter, lines.append),
+                 training_set(cfg, adapter, lines.append)):
+        assert [{k: r[k] for k in keys} for r in data.table] == want, data.table
+        assert data_summary(data, {}, [])["sources"] == data.table
+        head, vids, pics_row = (re.split(r"\s{2,}", line.strip())  # "auto: messages"
+                                for line in format_table(data.table).splitlines())
+        assert head == ["source", "format", "read", "used", "images", "videos", "clips",
+                        "text_only", "tokens"]
+        assert vids[2:8] == ["5", "5", "2", "3", "4", "1"] and pics_row[2:8] == [
+            "2", "2", "2", "0", "0", "0"]
+    assert "built" in lines[0] and "cached" in lines[1], lines
+    # a mixture without videos prints no video columns (data_summary.json still has them)
+    assert "clips" not in format_table(data.table[1:]) and data.table[1]["clips"] == 0
 
 @pytest.mark.parametrize("fps", [2.0, 4.0])
 def test_the_clip_times_reach_the_model(media, fps):

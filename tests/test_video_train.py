@@ -75,3 +75,6 @@ def test_mixed_image_video_text_trains(family, packing, mixed_jsonl, tmp_path):
     assert min(losses[-2:]) < losses[0]
     mix = json.loads((out / "data_summary.json").read_text())
     assert "mixed" in json.dumps(mix)
+    (row,) = mix["sources"]  # video rows are not counted as image rows
+    assert (row["used"], row["images"], row["videos"], row["clips"], row["text_only"]) == (
+        28, 12, 12, 12, 4), row

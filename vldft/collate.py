@@ -13,7 +13,8 @@ How labels are made (``Collator.encode``):
    per-frame timestamps, vision start / end and pad tokens). Every token of an expansion gets
    -100 and every other token must match one-to-one, else the sample is rejected with an error
    naming it. A sample over ``data.max_length`` with videos is first shortened by frames
-   (decoded again with fewer frames: never cut inside a frame), then truncated as any other.
+   (decoded again with fewer frames: never cut inside a frame), then truncated as any other;
+   one whose truncation would cut into a video is skipped (``video_cut``).
 4. Verify by decoding: the trained tokens of each span decode to exactly its expected text.
 Everything else (system prompt, user turns, role headers, image and vision start/end tokens,
 padding) is -100.
@@ -66,7 +67,8 @@ class Encoded:
 @dataclass
 class Skipped:
     sample_id: str
-    reason: str  # a reason code of vldft.data.REASONS: too_long, image_cut, truncated_empty
+    reason: str  # a reason code of vldft.data.REASONS: too_long, image_cut, video_cut,
+    # truncated_empty
     source: str = ""
     origin: str = ""  # where the sample was read (Sample.origin: "file:line")
     image: str | None = None  # the image that caused it, when one did
@@ -215,8 +217,8 @@ class Collator:
         truncated = False
         if len(full_ids) > self.max_length:
             is_image = (full_ids == a.image_token_id).nonzero()
-            if sample.videos:  # a video is never cut: after the shortening, what is left over
-                is_image = torch.cat([is_image, (full_ids == a.video_token_id).nonzero()])
+            # a video is never cut: after the shortening, what is left over is truncated
+            is_video = (full_ids == a.video_token_id).nonzero() if sample.videos else is_image[:0]
             if self.overlong == "error":
                 raise SampleError(f"{len(full_ids)} tokens > data.max_length={self.max_length}",
                                   "too_long")
@@ -224,7 +226,13 @@ class Collator:
                 return Skipped(sample.id, "too_long", sample.source, sample.origin,
                                message=f"{len(full_ids)} tokens > data.max_length="
                                f"{self.max_length}")
-            # keep the token after the last image run too (Qwen's <|vision_end|>)
+            # keep the token after the last image / video run too (Qwen's <|vision_end|>)
+            if len(is_video) and int(is_video.max()) + 1 >= self.max_length:
+                frames = max(v.frames.shape[0] for v in videos)
+                return Skipped(sample.id, "video_cut", sample.source, sample.origin,
+                               message=f"a video that cannot be shortened by frames to fit "
+                               f"data.max_length={self.max_length} ({len(full_ids)} tokens with "
+                               f"{frames} frames a clip): truncating would cut into it")
             if len(is_image) and int(is_image.max()) + 1 >= self.max_length:
                 return Skipped(sample.id, "image_cut", sample.source, sample.origin,
                                message="truncating to data.max_length would cut an image")

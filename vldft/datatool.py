@@ -20,7 +20,8 @@ training does and writes ``validation.json`` to ``train.output_dir``; with a dat
 JSONL / parquet / arrow / folder) it checks its rows and images only, as training reads such a
 file (a local source). ``convert`` refuses image paths that resolve outside the image root
 unless ``--allow-outside-root`` (its input is usually someone else's data). ``inspect`` shows
-samples with their trained tokens in ``[[...]]`` and a token-length histogram.
+samples with their trained tokens in ``[[...]]`` and a token-length histogram, with how many
+were truncated, shortened by frames (videos) or skipped.
 
 This module sits above the collator and the adapters (``validate`` and ``inspect`` encode
 samples as training does), so it is not inside the bottom ``vldft.data`` layer; it imports them
@@ -251,6 +252,7 @@ def validate(cfg: Config, adapter: Adapter | None = None, max_samples: int | Non
 SKIP_REASONS = {  # Collator Skipped.reason (already a code) -> what the report says
     "too_long": "longer than data.max_length",
     "image_cut": "truncation would cut an image block",
+    "video_cut": "a video that cannot be shortened by frames to fit, and truncation would cut it",
     "truncated_empty": "no trained tokens left after truncation",
 }
 
@@ -422,7 +424,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     report = SkipReport()
     lengths, pages = [], []
     skipped: Counter = Counter()  # encode-time skips by (source, reason)
-    truncated = 0
+    truncated = shortened = 0
     notes: dict[str, list[str]] = {}
     for src in cfg.all_sources():
         with choice_counts() as found:
@@ -442,8 +444,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 continue
             lengths.append(len(enc.input_ids))
             truncated += bool(enc.truncated)
+            shortened += bool(enc.shortened)
             if i < args.n:
-                print(f"--- {s.source} / {s.id} ({s.origin}): "
+                fewer = " (videos shortened by frames)" if enc.shortened else ""
+                print(f"--- {s.source} / {s.id} ({s.origin}){fewer}: "
                       f"{token_counts(enc, adapter.image_token_id)}")
                 print(show(enc, adapter.tokenizer, adapter.image_token_id,
                            adapter.video_token_id))
@@ -454,6 +458,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if truncated:
         print(f"truncated to data.max_length: {truncated} of these {len(lengths)} samples "
               f"(data.overlong={d.overlong})")
+    if shortened:
+        print(f"shortened by frames to fit data.max_length: {shortened} of these {len(lengths)} "
+              "samples (their videos sampled with fewer frames, as training does)")
     if skipped:
         print(f"skipped while encoding (not in the histogram): {sum(skipped.values())} samples: "
               + ", ".join(f"{n} {src}/{why} ({SKIP_REASONS.get(why, why)})"

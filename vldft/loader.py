@@ -273,9 +273,10 @@ def no_trainable_sample(state: RunState) -> str:
     entries = dedupe(state.skip_entries)
     shown = "; ".join(format_entry(e) for e in entries[:3])
     more = f"; and {len(entries) - 3} more" if len(entries) > 3 else ""
-    cut = any(why in ("image_cut", "truncated_empty", "too_long") for _, why in state.skips)
-    hint = (" (data.max_length is shorter than these samples' image blocks or prompts: raise it)"
-            if cut else "")
+    cut = any(why in ("image_cut", "video_cut", "truncated_empty", "too_long")
+              for _, why in state.skips)
+    hint = (" (data.max_length is shorter than these samples' image / video blocks or prompts: "
+            "raise it)" if cut else "")
     return (f"a whole pass over the training data gave no sample to train on: every sample was "
             f"skipped while encoding, {counts or 'none recorded'}{hint}; {shown}{more}")
 

@@ -70,6 +70,8 @@ REASONS = {
     "bad_answer": "the reference answer is invalid (e.g. a Geometry3K letter outside the choices)",
     "too_long": "longer than data.max_length and data.overlong is skip / error",
     "image_cut": "truncating to data.max_length would cut an image block (sample skipped)",
+    "video_cut": "a video that cannot be shortened by frames enough to fit data.max_length: "
+                 "truncating would cut into it (sample skipped)",
     "truncated_empty": "after truncation no trained token is left (sample skipped)",
     "truncated": "warning: longer than data.max_length, the response is truncated",
     "encode_error": "the collator rejected the sample (template / tokenizer mismatch)",

@@ -302,13 +302,14 @@ def load(plan: Plan, cfg) -> TrainingSet:
         lengths = np.zeros(0, np.int32)
     if (lengths < 0).any():
         raise RuntimeError(f"{where}: length estimates missing; delete the folder and rerun")
-    has_image = store.column("has_image")[index].tolist()
+    images, videos = (store.column(c)[index].tolist() for c in ("images", "videos"))
+    has_image = [bool(i or v) for i, v in zip(images, videos, strict=True)]
     labels = meta["sources"]
     source_of = [labels[c] for c in store.column("source")[index].tolist()]
     lengths = lengths.tolist()
     dec = meta["decontamination"]
-    table = source_table(cfg.all_sources(), meta["n_read"], source_of, has_image, lengths, dec,
-                         cfg.base_dir)
+    table = source_table(cfg.all_sources(), meta["n_read"], source_of,
+                         list(zip(images, videos, strict=True)), lengths, dec, cfg.base_dir)
     return TrainingSet(SampleTable(store, index, labels), lengths,
                        skips_from_json(meta["skips"]), table, dec, has_image,
                        meta.get("choices"))

@@ -158,7 +158,8 @@ class TrainingSet:
     lengths: list[int]  # estimated tokens per sample (same order)
     skips: object  # skips.SkipReport of rows skipped while reading (data.on_error: skip),
     # corrupt / missing images included (every entry: file, line, id, reason, image)
-    table: list[dict]  # per source: name, format, read, used, images, text_only, tokens
+    table: list[dict]  # per source: name, format, read, used, images, videos, clips,
+    # text_only, tokens (``source_table``)
     # (and decontaminated, when data.decontaminate is on)
     decontamination: dict | None = None  # data.decontaminate's report: benchmarks, test rows,
     # drops per benchmark and reason, and every dropped row (source, id, origin, benchmark,
@@ -211,7 +212,8 @@ def build_training_set(cfg, adapter) -> TrainingSet:
     lengths = [estimate_length(s, adapter, pixels.get(s.source), cfg.data.video)
                for s in tqdm(samples, desc="lengths", disable=len(samples) < 2000)]
     has_image = [bool(s.images or s.videos) for s in samples]
-    table = source_table(sources, n_read, [s.source for s in samples], has_image, lengths,
+    table = source_table(sources, n_read, [s.source for s in samples],
+                         [(len(s.images), len(s.videos)) for s in samples], lengths,
                          decontamination, cfg.base_dir)
     return TrainingSet(samples, lengths, skips, table, decontamination, has_image, choices)
 
@@ -231,23 +233,31 @@ def format_label(src, base_dir) -> str:
 
 
 def source_table(sources, n_read: dict[str, int], source_of: Iterable[str],
-                 has_image: Iterable[bool], lengths: Iterable[int],
+                 media: Iterable[tuple[int, int]], lengths: Iterable[int],
                  decontamination: dict | None, base_dir=".") -> list[dict]:
-    """``TrainingSet.table``: per source, rows read, used in the mixture (with and without
-    images) and their estimated tokens (one pass over the mixture)."""
+    """``TrainingSet.table``: per source, rows read, used in the mixture, and of those the
+    rows with images, the rows with a video and their clips, the rows with neither, and their
+    estimated tokens (one pass over the mixture; ``media``: (images, videos) per sample; a row
+    with both counts under ``images`` and ``videos``)."""
     used: Counter = Counter()
     images: Counter = Counter()
+    videos: Counter = Counter()
+    clips: Counter = Counter()
+    text_only: Counter = Counter()
     tokens: Counter = Counter()
-    for label, img, n in zip(source_of, has_image, lengths, strict=True):
+    for label, (n_img, n_vid), n in zip(source_of, media, lengths, strict=True):
         used[label] += 1
-        images[label] += bool(img)
+        images[label] += n_img > 0
+        videos[label] += n_vid > 0
+        clips[label] += int(n_vid)
+        text_only[label] += not (n_img or n_vid)
         tokens[label] += int(n)
     table = []
     for src in sources:
         label = src.label
         row = {"source": label, "format": format_label(src, base_dir), "read": n_read[label],
-               "used": used[label], "images": images[label],
-               "text_only": used[label] - images[label], "tokens": tokens[label]}
+               "used": used[label], "images": images[label], "videos": videos[label],
+               "clips": clips[label], "text_only": text_only[label], "tokens": tokens[label]}
         if decontamination is not None:
             row["decontaminated"] = decontamination["by_source"].get(label, 0)
         table.append(row)
@@ -280,7 +290,11 @@ def remove_benchmark_rows(cfg, per_source: dict[str, list[Sample]]) -> dict | No
 
 
 def format_table(table: list[dict]) -> str:
+    """The mixture table as printed: ``videos`` and ``clips`` only when a source has a video
+    row, ``decontaminated`` only when data.decontaminate is on."""
     cols = ["source", "format", "read", "used", "images", "text_only", "tokens"]
+    if any(r.get("videos") for r in table):
+        cols[5:5] = ["videos", "clips"]
     if table and "decontaminated" in table[0]:
         cols.insert(3, "decontaminated")
     rows = [cols] + [[str(r[c]) for c in cols] for r in table]

@@ -6,13 +6,13 @@
     store.sample(j, labels)                          # row j as the Sample it was written from
     SampleTable(store, index, labels)[i]             # a lazy Sequence[Sample] in mixture order
 
-A row holds its source (an index into the cache's source labels), whether it has images, the
-rest of the Sample as JSON (id, messages, answer, kind, origin, each image as a path or as the
-name of encoded bytes, each video as its file or frames with its name and per-clip options) and
-the encoded bytes of its ``ImageBytes`` (parquet / HF sources: a copy of the source's image
-column). JSON is written ASCII-only, so any Python string (lone surrogates from odd file names
-included) comes back exactly. A PIL image in memory cannot be stored (``Unstorable``); no source
-reader produces one.
+A row holds its source (an index into the cache's source labels), its numbers of images and
+of videos (the mixture table's counts), the rest of the Sample as JSON (id, messages, answer,
+kind, origin, each image as a path or as the name of encoded bytes, each video as its file or
+frames with its name and per-clip options) and the encoded bytes of its ``ImageBytes``
+(parquet / HF sources: a copy of the source's image column). JSON is written ASCII-only, so any
+Python string (lone surrogates from odd file names included) comes back exactly. A PIL image in
+memory cannot be stored (``Unstorable``); no source reader produces one.
 
 A restart maps the file and builds a ``Sample`` only when one is asked for: a rank holds no
 per-row Python objects, and the ranks of a machine share the file's pages.
@@ -31,8 +31,8 @@ import pyarrow as pa
 from vldft.data import ImageBytes, Sample
 from vldft.data.video import Video
 
-SCHEMA = pa.schema([("source", pa.int32()), ("has_image", pa.bool_()), ("row", pa.string()),
-                    ("blobs", pa.list_(pa.large_binary()))])
+SCHEMA = pa.schema([("source", pa.int32()), ("images", pa.int32()), ("videos", pa.int32()),
+                    ("row", pa.string()), ("blobs", pa.list_(pa.large_binary()))])
 BATCH_ROWS = 8192  # rows per record batch
 BATCH_BYTES = 256 << 20  # ... or fewer, once their image bytes pass this
 
@@ -84,7 +84,7 @@ def decode(row: str, blobs: list[bytes], source: str) -> Sample:
 def write_rows(path: Path, rows: Iterable[tuple[int, Sample]]) -> int:
     """Write (source code, sample) rows to the Arrow IPC file ``path``; the number written."""
     n = 0
-    cols: tuple[list, list, list, list] = ([], [], [], [])
+    cols: tuple[list, ...] = ([], [], [], [], [])
     size = 0
 
     def flush(writer) -> None:
@@ -100,8 +100,8 @@ def write_rows(path: Path, rows: Iterable[tuple[int, Sample]]) -> int:
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
         for code, sample in rows:
             row, blobs = encode(sample)
-            media = bool(sample.images or sample.videos)
-            for col, value in zip(cols, (code, media, row, blobs), strict=True):
+            for col, value in zip(cols, (code, len(sample.images), len(sample.videos), row,
+                                         blobs), strict=True):
                 col.append(value)
             size += len(row) + sum(len(b) for b in blobs)
             n += 1
@@ -128,7 +128,8 @@ class RowStore:
         self.n_rows = self._starts[-1]
 
     def column(self, name: str) -> np.ndarray:
-        """One small column (``source`` or ``has_image``) of every row, as a numpy array."""
+        """One small column (``source``, ``images`` or ``videos``) of every row, as a numpy
+        array."""
         parts = [b.column(name).to_numpy(zero_copy_only=False) for b in self._batches]
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
@@ -138,7 +139,7 @@ class RowStore:
             raise IndexError(j)
         b = bisect.bisect_right(self._starts, j) - 1
         batch, k = self._batches[b], j - self._starts[b]
-        return decode(batch.column(2)[k].as_py(), batch.column(3)[k].as_py(),
+        return decode(batch.column(3)[k].as_py(), batch.column(4)[k].as_py(),
                       labels[batch.column(0)[k].as_py()])
 
 

@@ -36,6 +36,8 @@ Findings are counted per source and reason, each with example locations (file, l
 | bad_answer      | invalid reference answer (a Geometry3K letter outside the choices)       |
 | too_long        | over data.max_length with data.overlong skip / error                     |
 | image_cut       | truncating to data.max_length would cut an image block (skipped)          |
+| video_cut       | a video cannot be shortened by frames to fit data.max_length, and        |
+|                 | truncating would cut into it (skipped)                                   |
 | truncated_empty | no trained token left after truncation (skipped)                         |
 | encode_error    | the collator rejected the sample (template / tokenizer mismatch)         |
 | truncated       | WARNING only: over data.max_length, the response is truncated            |
