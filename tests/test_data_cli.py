@@ -3,6 +3,7 @@ output."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import subprocess
@@ -192,6 +193,9 @@ def test_inspect_counts_samples_shortened_by_frames(tmp_path, capsys):
     assert "shortened by frames to fit data.max_length: 1 of these 3 samples" in out, out
     marked = [line for line in out.splitlines() if "videos shortened by frames" in line]
     assert len(marked) == 1 and marked[0].startswith("--- d / v1 "), out
+    counts = ast.literal_eval(marked[0].split("frames): ", 1)[1])  # video pads apart from prompt
+    assert counts["video"] > counts["prompt"] and counts["image"] == 0, counts
+    assert counts["total"] == counts["prompt"] + counts["response"] + counts["video"]
     assert main(["inspect", str(cfg), "--n", "3", "data.max_length=4096"]) == 0
     assert "shortened" not in capsys.readouterr().out
 

@@ -371,14 +371,19 @@ def histogram(values: list[int], bins: int = 10, width: int = 40) -> str:
                      for i, c in enumerate(counts) if lo + i * step <= hi)
 
 
-def token_counts(enc: Encoded, image_token_id: int) -> dict[str, int]:
+def token_counts(enc: Encoded, adapter: Adapter) -> dict[str, int]:
+    """Tokens of a sample by kind: image / video pads (``video`` only for a sample with
+    video tokens), trained response tokens, and the rest (prompt and template)."""
     from vldft.collate import IGNORE
 
     ids, labels = enc.input_ids, enc.labels
-    image = int((ids == image_token_id).sum())
+    image = int((ids == adapter.image_token_id).sum())
+    video = int((ids == adapter.video_token_id).sum()) if adapter.video_token_id is not None \
+        else 0
     response = int((labels != IGNORE).sum())
-    return {"total": len(ids), "prompt": len(ids) - response - image, "response": response,
-            "image": image}
+    counts = {"total": len(ids), "prompt": len(ids) - response - image - video,
+              "response": response, "image": image}
+    return {**counts, "video": video} if video else counts
 
 
 def html_sample(s: Sample, enc: Encoded, adapter: Adapter) -> str:
@@ -397,7 +402,7 @@ def html_sample(s: Sample, enc: Encoded, adapter: Adapter) -> str:
         adapter.load_image(img).save(buf, format="PNG")
         data = base64.b64encode(buf.getvalue()).decode()
         imgs.append(f'<img src="data:image/png;base64,{data}">')
-    counts = token_counts(enc, adapter.image_token_id)
+    counts = token_counts(enc, adapter)
     return (f'<div class="sample"><h3>{html.escape(s.id)} <small>({html.escape(s.source)}; '
             f'{counts})</small></h3><div class="imgs">{"".join(imgs)}</div>'
             f'<pre>{"".join(out)}</pre></div>')
@@ -448,7 +453,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             if i < args.n:
                 fewer = " (videos shortened by frames)" if enc.shortened else ""
                 print(f"--- {s.source} / {s.id} ({s.origin}){fewer}: "
-                      f"{token_counts(enc, adapter.image_token_id)}")
+                      f"{token_counts(enc, adapter)}")
                 print(show(enc, adapter.tokenizer, adapter.image_token_id,
                            adapter.video_token_id))
                 if args.html:
