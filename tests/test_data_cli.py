@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,8 +197,14 @@ def test_inspect_counts_samples_shortened_by_frames(tmp_path, capsys):
     counts = ast.literal_eval(marked[0].split("frames): ", 1)[1])  # video pads apart from prompt
     assert counts["video"] > counts["prompt"] and counts["image"] == 0, counts
     assert counts["total"] == counts["prompt"] + counts["response"] + counts["video"]
-    assert main(["inspect", str(cfg), "--n", "3", "data.max_length=4096"]) == 0
+    page = tmp_path / "view.html"  # the clip as training decodes it: a strip of timed frames
+    assert main(["inspect", str(cfg), "--n", "3", "data.max_length=4096", "data.video.fps=4",
+                 "--html", str(page)]) == 0
     assert "shortened" not in capsys.readouterr().out
+    clips = re.findall(r'<div class="clip".*?</div>', page.read_text())
+    assert len(clips) == 1 and clips[0].count("<figure>") == 16, clips
+    assert "<figcaption>0.00 s</figcaption>" in clips[0] and "3.75 s" in clips[0]
+    assert page.read_text().count("<figure>") == 16  # the image and text rows show no strip
 
 
 def test_histogram():

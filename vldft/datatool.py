@@ -386,7 +386,18 @@ def token_counts(enc: Encoded, adapter: Adapter) -> dict[str, int]:
     return {**counts, "video": video} if video else counts
 
 
-def html_sample(s: Sample, enc: Encoded, adapter: Adapter) -> str:
+def _png(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def html_sample(s: Sample, enc: Encoded, adapter: Adapter, video=None) -> str:
+    """One sample of ``inspect --html``: its images, each video's frames as training decodes
+    them with ``video`` (``data.video``; a strip per clip, the time of each frame under it),
+    and its tokens (trained ones green, image / video runs collapsed)."""
+    from PIL import Image
+
     from vldft.collate import token_runs
 
     tok, out = adapter.tokenizer, []
@@ -396,25 +407,30 @@ def html_sample(s: Sample, enc: Encoded, adapter: Adapter) -> str:
         else:
             text = tok.decode(ids, skip_special_tokens=False)
         out.append(f'<span class="{kind}">{html.escape(text)}</span>')
-    imgs = []
-    for img in s.images:
-        buf = io.BytesIO()
-        adapter.load_image(img).save(buf, format="PNG")
-        data = base64.b64encode(buf.getvalue()).decode()
-        imgs.append(f'<img src="data:image/png;base64,{data}">')
+    imgs = [_png(adapter.load_image(img)) for img in s.images]
+    for v in s.videos if video is not None else ():
+        dec = adapter.load_video(v, video)
+        pics = [Image.fromarray(f.permute(1, 2, 0).contiguous().numpy()) for f in dec.frames]
+        frames = [f'<figure>{_png(p)}<figcaption>{i / dec.fps:.2f} s</figcaption></figure>'
+                  for p, i in zip(pics, dec.indices, strict=True)]
+        imgs.append(f'<div class="clip" title="{html.escape(v.name)}">{"".join(frames)}</div>')
     counts = token_counts(enc, adapter)
+    shortened = " (videos shortened by frames to fit: training takes fewer than shown)" \
+        if enc.shortened else ""
     return (f'<div class="sample"><h3>{html.escape(s.id)} <small>({html.escape(s.source)}; '
-            f'{counts})</small></h3><div class="imgs">{"".join(imgs)}</div>'
+            f'{counts}){shortened}</small></h3><div class="imgs">{"".join(imgs)}</div>'
             f'<pre>{"".join(out)}</pre></div>')
 
 
 HTML_HEAD = """<!doctype html><meta charset="utf-8"><title>vldft inspect</title><style>
 body{font-family:sans-serif} .sample{display:flex;flex-wrap:wrap;gap:1em;border-top:1px solid #ccc}
 h3{width:100%} pre{white-space:pre-wrap;flex:1;min-width:30em}
-.train{background:#c8f7c5} .mask{color:#888} .image{background:#cde;color:#036}
-img{max-width:320px;border:1px solid #ccc}</style>
+.train{background:#c8f7c5} .mask{color:#888} .image,.video{background:#cde;color:#036}
+img{max-width:320px;border:1px solid #ccc} .clip{display:flex;gap:2px;overflow-x:auto}
+.clip img{max-width:120px} figure{margin:0;font-size:small;text-align:center}</style>
 <p>trained tokens <span class="train">green</span>, masked <span class="mask">grey</span>,
-image tokens <span class="image">collapsed</span></p>
+image and video tokens <span class="image">collapsed</span>; a video as the frames training
+decodes, with their times</p>
 """
 
 
@@ -457,7 +473,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 print(show(enc, adapter.tokenizer, adapter.image_token_id,
                            adapter.video_token_id))
                 if args.html:
-                    pages.append(html_sample(s, enc, adapter))
+                    pages.append(html_sample(s, enc, adapter, d.video))
     print(f"\ntoken lengths of {len(lengths)} samples (data.max_length {d.max_length}):")
     print(histogram(lengths))
     if truncated:
