@@ -120,8 +120,50 @@ def test_validate_file_arguments_are_checked(files, capsys):
     assert "only for a data file" in capsys.readouterr().err
     assert main(["inspect", str(data)]) == 2
     assert "takes a YAML config" in capsys.readouterr().err
-    assert main(["validate", str(files / "nothing.jsonl")]) == 1
-    assert "missing_file" in capsys.readouterr().out
+
+
+def test_a_data_file_that_cannot_be_read_is_one_line_naming_it(files, capsys, monkeypatch):
+    """validate FILE on a missing file, on a path that is no file or folder (a device) and on an
+    unreadable file says so in one line naming it, exit 2, as convert does (validate printed
+    a six-line findings block for the missing file; both ended an unreadable one in a
+    traceback)."""
+    locked = write(files / "locked.jsonl", [row("w", None)])
+    real_open = open
+
+    def guarded(file, *args, **kwargs):  # as a chmod 000 file reads for a user who is not root
+        if Path(file) == locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", guarded)
+    for path, says in ((files / "nothing.jsonl", "not found"),
+                       (Path(os.devnull), "not a file or folder"),
+                       (locked, "cannot be read (Permission denied)")):
+        for command in (["validate", str(path)], ["convert", str(path), str(files / "o.jsonl")]):
+            assert main(command) == 2, command
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1, (command, out, err)
+            assert err.startswith("error: ") and str(path) in err and says in err, (command, err)
+    assert not (files / "o.jsonl").exists()
+    # a data file that is there but holds no rows is still a finding of the file
+    assert main(["validate", str(write(files / "empty.jsonl", []))]) == 1
+    assert "bad_source" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["auto", "normalized", "messages", "llava", "sharegpt", "hf"])
+def test_convert_refuses_an_unknown_columns_field_in_every_format(files, capsys, fmt):
+    """--columns foo=bar was ignored without a word where the format maps no columns (the
+    normalised JSONL, messages, llava, sharegpt): refused in one line naming the field and the
+    known ones, as the hf format refused it."""
+    src = write(files / "in.jsonl", [row("w", None)])
+    out = files / "o.jsonl"
+    assert main(["convert", str(src), str(out), "--format", fmt, "--columns", "foo=bar"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "columns.foo: unknown field" in err, err
+    assert "'question', 'answer', 'solution', 'images', 'messages', 'choices', 'id'" in err, err
+    assert not out.exists()
+    if fmt in ("auto", "messages"):  # a known field still maps (id: the row id)
+        assert main(["convert", str(src), str(out), "--format", fmt, "--columns", "id=id"]) == 0
 
 
 # -- containment in configs ------------------------------------------------------------------

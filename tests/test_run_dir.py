@@ -3,6 +3,7 @@ run or ``train.resume=none`` there is refused in one line before the model loads
 (``train.overwrite=true`` replaces it), a finished run re-run is a no-op, an interrupted run with
 the same settings resumes."""
 
+import copy
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import vldft.run_dir
 import vldft.train
 from vldft.config import config_to_dict, load_config
 from vldft.run_dir import fingerprint, remove_run
+from vldft.state import data_changes
 from vldft.train import main as train_main
 
 STEPS = 6
@@ -168,6 +170,62 @@ def test_resuming_over_changed_data_is_refused_unless_the_checkpoint_is_named(tm
     assert summary["resumed_from"] == str(out / "checkpoint-4") and summary["steps"] == STEPS
     said = capsys.readouterr().out
     assert "warning: the training data differs from the checkpoint's (source d" in said, said
+
+
+def test_resuming_over_rows_edited_to_the_same_lengths_is_refused(tmp_path, capsys):
+    """An answer's digit swapped, or a row's image replaced by another of the same size: every
+    estimated length stays, so the record of rows and lengths saw no change and the run resumed
+    over the edited rows; the samples' content is recorded too now. Naming the checkpoint
+    continues with a warning; a checkpoint written before the content was recorded resumes as
+    it did (its rows and lengths compared)."""
+    data = write_tiny_data(tmp_path / "d.jsonl", 48)
+    out = tmp_path / "run"
+    train_main(config(data, out))
+    shutil.rmtree(out / "final")  # as a kill -9 after checkpoint-4 leaves it
+    (out / "summary.json").unlink()
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    assert rows[1]["messages"][-1]["content"][0]["text"] == "I count 4 dots. Answer: 4"
+    answer = copy.deepcopy(rows)
+    answer[1]["messages"][-1]["content"][0]["text"] = "I count 4 dots. Answer: 3"
+    answer[1]["answer"] = "3"
+    image = copy.deepcopy(rows)
+    image[0]["images"] = rows[7]["images"]  # another 112 x 112 diagram of the same kind
+    for edited in (answer, image):
+        data.write_text("".join(json.dumps(r) + "\n" for r in edited))
+        with pytest.raises(SystemExit) as e:
+            train_main(config(data, out))
+        msg = str(e.value)
+        assert "\n" not in msg and "the training data changed since" in msg, msg
+        assert "the same row counts and estimated lengths, other sample content" in msg, msg
+        assert f"train.resume={out / 'checkpoint-4'}" in msg, msg
+    old = copy_run(out, tmp_path / "old")  # a checkpoint of before the content was recorded
+    for ckpt in old.glob("checkpoint-*"):
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        assert set(state["data"]) == {"sources", "lengths", "content"}
+        del state["data"]["content"]
+        (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    summary = train_main(config(data, old))
+    assert summary["resumed_from"] == str(old / "checkpoint-4"), summary
+    assert "warning: the training data" not in capsys.readouterr().out
+    summary = train_main(config(data, out, f"train.resume={out / 'checkpoint-4'}"))
+    assert summary["resumed_from"] == str(out / "checkpoint-4") and summary["steps"] == STEPS
+    said = capsys.readouterr().out
+    assert ("warning: the training data differs from the checkpoint's (the same row counts and "
+            "estimated lengths, other sample content") in said, said
+
+
+def test_a_data_record_without_content_is_compared_as_before():
+    old = {"sources": {"d": [48, 48]}, "lengths": "l1"}  # written before content was recorded
+    new = {**old, "content": "c1"}
+    assert data_changes(old, new) == "" and data_changes(new, new) == ""
+    assert data_changes({}, new) == ""  # a checkpoint from before any record
+    assert data_changes(old, {**new, "sources": {"d": [56, 56]}}) == \
+        "source d: rows read / used [48, 48] -> [56, 56]"
+    assert "other estimated sample lengths" in data_changes(old, {**new, "lengths": "l2"})
+    assert "other estimated sample lengths" in data_changes(new, {**new, "lengths": "l2",
+                                                                  "content": "c2"})
+    assert "other sample content" in data_changes({**new, "content": "c0"}, new)
 
 
 def test_overwrite_removes_only_the_kits_files(tmp_path):

@@ -260,6 +260,39 @@ def test_no_cache_env_and_uncacheable_sources_build_in_memory(tmp_path, adapter,
     assert not list(cache_dir.iterdir())  # the half-written folder is gone
 
 
+def test_the_content_digest_follows_the_rows_not_the_cache_or_their_folder(tmp_path, adapter):
+    """What a checkpoint records of the samples' content (``content_digest``) is the same read
+    from the cache's stored keys as computed from samples built in memory, and the same for a
+    copy of the data in another folder (image paths count as the rows write them); an answer
+    edited to the same length, or an image reference swapped, changes it."""
+    from vldft.data.formats import image_roots
+    from vldft.data.rowstore import SampleTable, content_digest
+
+    def digest(root: Path) -> str:
+        cfg = config(root)
+        data, _ = start(cfg, adapter)
+        assert isinstance(data.samples, SampleTable)
+        built = content_digest(build_training_set(cfg, adapter).samples, image_roots(cfg))
+        assert content_digest(data.samples, image_roots(cfg)) == built
+        return built
+
+    jsonl, _ = make_sources(tmp_path / "src")
+    first = digest(tmp_path / "src")
+    shutil.copytree(tmp_path / "src", tmp_path / "moved")
+    assert digest(tmp_path / "moved") == first
+    lines = jsonl.read_text().splitlines()
+    row = json.loads(lines[0])
+    part = row["messages"][-1]["content"][0]
+    assert part["text"].endswith("Answer: 1")
+    part["text"] = part["text"][:-1] + "2"
+    jsonl.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    answer = digest(tmp_path / "src")
+    row = json.loads(lines[0])
+    row["images"] = ["img/1.png"]  # the diagram of another row, the same size
+    jsonl.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    assert len({first, answer, digest(tmp_path / "src")}) == 3
+
+
 # -- two ranks ---------------------------------------------------------------------------------
 def _rank(rank: int, world: int, port: int, root: str, out: str) -> None:
     import torch.distributed as dist

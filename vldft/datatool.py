@@ -18,7 +18,8 @@ list or folder as its frames, each decoded; a clip's own settings as ``{"video":
 ``validate`` exits with 1 when any problem is found; with a config it encodes the samples as
 training does and writes ``validation.json`` to ``train.output_dir``; with a data file (JSON /
 JSONL / parquet / arrow / folder) it checks its rows and images only, as training reads such a
-file (a local source). ``convert`` refuses image paths that resolve outside the image root
+file (a local source); a file that is missing, unreadable or no file or folder is one line and
+exit 2, as for ``convert``. ``convert`` refuses image paths that resolve outside the image root
 unless ``--allow-outside-root`` (its input is usually someone else's data). ``inspect`` shows
 samples with their trained tokens in ``[[...]]`` and a token-length histogram, with how many
 were truncated, shortened by frames (videos) or skipped.
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from vldft.config import Config, ConfigError, DataConfig, SourceConfig, load_config
 from vldft.data import DataError, ImageBytes, Sample, open_image
-from vldft.data.formats import FORMATS, read_source
+from vldft.data.formats import FORMATS, check_source_path, read_source
 from vldft.data.skips import SkipReport
 from vldft.data.tables import choice_counts
 from vldft.data.validate import ValidationReport, check_images, check_sources
@@ -293,6 +294,7 @@ def data_file_config(args: argparse.Namespace) -> Config:
     src = SourceConfig(path=args.config, format=args.format or "auto",
                        image_root=args.image_root)  # as training reads a local file
     src.validate("validate FILE")
+    check_source_path(src, Path.cwd())  # missing / unreadable: one line (as convert), no report
     return Config(data=DataConfig(sources=[src]), base_dir=str(Path.cwd()))
 
 

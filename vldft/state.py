@@ -148,30 +148,43 @@ class NonFiniteError(TrainingAborted):
     """``train.max_nonfinite_steps`` non-finite steps in a row (see ``too_many_nonfinite``)."""
 
 
-def data_identity(table: list[dict], lengths) -> dict:
-    """What a checkpoint records of the training set it was written on: rows read and used per
-    source, and a digest of every sample's estimated length in mixture order (rows added,
-    removed or edited to another length change it; the start-up cache's key, which also covers
-    file times and vldft's code, would change on a touched file or an upgrade)."""
+def data_identity(data, cfg) -> dict:
+    """What a checkpoint records of the training set ``data`` (``vldft.data.mix.TrainingSet``)
+    it was written on: rows read and used per source, a digest of every sample's estimated
+    length in mixture order (rows added, removed or edited to another length change it) and a
+    digest of the samples' content in that order (messages, answers, image / video references:
+    an edit that keeps every length changes it; ``vldft.data.rowstore.content_digest``). The
+    start-up cache's key, which also covers file times and vldft's code, would change on a
+    touched file or an upgrade."""
     import hashlib
 
     import numpy as np
 
-    digest = hashlib.sha256(np.asarray(lengths, dtype=np.int64).tobytes()).hexdigest()[:16]
-    return {"sources": {row["source"]: [row["read"], row["used"]] for row in table},
-            "lengths": digest}
+    from vldft.data.formats import image_roots
+    from vldft.data.rowstore import content_digest
+
+    digest = hashlib.sha256(np.asarray(data.lengths, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return {"sources": {row["source"]: [row["read"], row["used"]] for row in data.table},
+            "lengths": digest, "content": content_digest(data.samples, image_roots(cfg))}
 
 
 def data_changes(old: dict, new: dict) -> str:
     """How two ``data_identity`` records differ, in words ("" when they agree, or when either
-    is missing: a checkpoint from before they were recorded)."""
-    if not old or not new or old == new:
+    is missing: a checkpoint from before they were recorded). A record without ``content`` (a
+    checkpoint from before the content was recorded) is compared on what it has."""
+    shared = old.keys() & new.keys()
+    if not old or not new or all(old[k] == new[k] for k in shared):
         return ""
     a, b = old.get("sources", {}), new.get("sources", {})
     parts = [f"source {name}: rows read / used {a.get(name, 'absent')} -> {b.get(name, 'absent')}"
              for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)]
-    return "; ".join(parts) or ("the same row counts, other estimated sample lengths: rows "
-                                "edited, or another tokenizer, chat template or image processor")
+    if parts:
+        return "; ".join(parts)
+    if old.get("lengths") != new.get("lengths"):
+        return ("the same row counts, other estimated sample lengths: rows edited, or another "
+                "tokenizer, chat template or image processor")
+    return ("the same row counts and estimated lengths, other sample content: a text, an answer "
+            "or an image / video reference edited, or rows in another order")
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

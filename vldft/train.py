@@ -160,7 +160,7 @@ def _train(cfg: Config) -> dict:
         check_disk_space(out_dir, sum(n_params.values()), n_trainable, bytes_per, t, total)
 
     config = config_to_dict(cfg, absolute=True)  # a checkpoint's record, like config.yaml
-    data_id = data_identity(data.table, data.lengths)
+    data_id = data_identity(data, cfg)
     if resume_from is None:
         state = RunState(config=config, data=data_id)
     else:

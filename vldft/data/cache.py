@@ -8,8 +8,9 @@ million rows, formerly repeated by every rank on every start. Here rank 0 does i
 stores the result under ``$VLDFT_CACHE_DIR/<key>/`` (default ``~/.cache/vldft/sets/<key>/``),
 not in the run's output directory, so a restart into any output directory reuses it:
 
-- ``rows.arrow``: every row read, after ``data.decontaminate``, in source order
-  (``vldft.data.rowstore``); every rank memory-maps it and builds a ``Sample`` on access;
+- ``rows.arrow``: every row read, after ``data.decontaminate``, in source order, each with the
+  digest of its content that checkpoints record (``vldft.data.rowstore``); every rank
+  memory-maps it and builds a ``Sample`` on access;
 - ``meta.json``: the rows of each source, the rows read, the ``SkipReport`` of the rows skipped
   while reading and the decontamination report (data_summary.json is unchanged);
 - ``files.arrow``: size and mtime of every image file the rows name (missing ones too);
@@ -57,6 +58,7 @@ from tqdm.auto import tqdm
 
 from vldft.config import source_pixels
 from vldft.data.cache_key import VERSION, lengths_key, rows_key, stat
+from vldft.data.formats import image_roots
 from vldft.data.mix import (
     TrainingSet,
     build_training_set,
@@ -191,7 +193,7 @@ def build_rows(cfg, where: Path, key: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         n_rows = write_rows(tmp / "rows.arrow", ((code, s) for code, label in enumerate(labels)
-                                                 for s in per_source[label]))
+                                                 for s in per_source[label]), image_roots(cfg))
         write_files(tmp / "files.arrow", images)
         starts = np.cumsum([0] + [len(per_source[label]) for label in labels]).tolist()
         meta = {"version": VERSION, "key": key, "created": time.strftime("%Y-%m-%d %H:%M:%S"),

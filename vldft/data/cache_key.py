@@ -23,7 +23,7 @@ from typing import Any
 from vldft.config import hub_source, resolve_path, source_pixels
 
 VERSION = 4  # of the stored layout (2: videos' options, 3: image parts' keys, 4: images /
-# videos per row); older: rebuilt
+# videos per row and rows' content keys); older: rebuilt
 MIX_FIELDS = ("weight", "max_samples", "min_pixels", "max_pixels")  # not in the rows' key
 
 

@@ -33,10 +33,11 @@ with ``allow_outside_root: false``, may not name an image that resolves outside 
 ``source`` (the source label), ``origin`` (file:line / file row N) and an id (the row's ``id``,
 else ``<file>:<line>``).
 
-Errors: a source-level problem (file missing, undetectable format, a mapped column that does
-not exist) always raises ``DataError``. A row-level problem raises with ``on_error="raise"``
-(naming file, line, id and key) or, with ``on_error="skip"``, is recorded in the ``SkipReport``
-with its reason code (``vldft.data.REASONS``); nothing is dropped silently.
+Errors: a source-level problem (file missing or unreadable, undetectable format, an unknown
+``columns`` field in any format, a mapped column that does not exist) always raises
+``DataError``. A row-level problem raises with ``on_error="raise"`` (naming file, line, id and
+key) or, with ``on_error="skip"``, is recorded in the ``SkipReport`` with its reason code
+(``vldft.data.REASONS``); nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -241,6 +242,7 @@ def _json_items(path: Path, data: Any) -> Iterator[Row]:
 def _reader(fmt: str, path: Path, src: SourceConfig, hub: bool
             ) -> tuple[Iterator[Row], Callable[[Any, str], dict]]:
     """Rows of the source and the function that normalises one of them."""
+    check_columns(src.columns, str(path))  # every format: a row format maps ``id`` only
     if fmt in CONVERTERS:
         if not hub and _is_table(path) and fmt != "normalized":  # e.g. LLaVA-OneVision parquet
             try:
@@ -255,7 +257,6 @@ def _reader(fmt: str, path: Path, src: SourceConfig, hub: bool
             raise DataError(f"{path}: {fmt} format needs a JSON / JSONL file (or a parquet / "
                             "arrow table)", "bad_source")
         return iter_json(path), CONVERTERS[fmt]
-    check_columns(src.columns, str(path))
     check_template(src.prompt_template, str(path))
     cols, tmpl = src.columns, src.prompt_template
     if fmt == "geometry3k":
@@ -309,6 +310,43 @@ def _media_problem(sample: Sample, loc: str) -> DataError | None:
     return None
 
 
+def check_source_path(src: SourceConfig, base_dir: Path) -> None:
+    """A source's path that is missing, that is no file or folder (a device, a pipe), or a file
+    that cannot be opened: a ``DataError`` in one line naming it (an unreadable file ended in a
+    traceback, a device was read for a format). A hub dataset id passes."""
+    if hub_source(src.path, src.format, base_dir):
+        return
+    path, label = resolve_path(src.path, base_dir), src.label
+    if not path.exists():
+        raise DataError(f"data source {label!r} not found: {path}", "missing_file", str(path))
+    if not path.is_dir():
+        if not path.is_file():
+            raise DataError(f"data source {label!r} is not a file or folder: {path}",
+                            "bad_source", str(path))
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise DataError(f"data source {label!r} cannot be read ({e.strerror or e}): {path}",
+                            "bad_source", str(path)) from None
+
+
+def image_root(src: SourceConfig, base_dir: Path) -> Path:
+    """The folder a source's relative image / video paths start from: its ``image_root``, else
+    its own folder (a file's: the folder holding it); a hub dataset's: ``base_dir``."""
+    if src.image_root:
+        return resolve_path(src.image_root, base_dir)
+    if hub_source(src.path, src.format, base_dir):
+        return Path(base_dir)
+    path = resolve_path(src.path, base_dir)
+    return path if path.is_dir() else path.parent
+
+
+def image_roots(cfg) -> dict[str, Path]:
+    """:func:`image_root` of every configured source (``cfg.all_sources()``), by label."""
+    return {src.label: image_root(src, Path(cfg.base_dir)) for src in cfg.all_sources()}
+
+
 def read_source(src: SourceConfig, base_dir: Path, on_error: str = "raise",
                 report: SkipReport | None = None, verify_images: bool = False) -> list[Sample]:
     """All samples of one source, normalised and checked (see the module docstring).
@@ -323,14 +361,12 @@ def read_source(src: SourceConfig, base_dir: Path, on_error: str = "raise",
         raise ValueError("on_error='skip' needs a SkipReport to record the skipped rows in")
     path = resolve_path(src.path, base_dir)
     hub = hub_source(src.path, src.format, base_dir)
-    if not hub and not path.exists():
-        raise DataError(f"data source {src.label!r} not found: {path}", "missing_file", str(path))
+    check_source_path(src, base_dir)
     fmt = src.format if src.format != "auto" else ("hf" if hub else detect_format(path))
     if fmt not in FORMATS:
         raise DataError(f"{src.path}: unknown format {fmt!r}; choose from {FORMATS}",
                         "bad_source")
-    image_root = (resolve_path(src.image_root, base_dir) if src.image_root
-                  else Path(base_dir) if hub else path if path.is_dir() else path.parent)
+    root = image_root(src, base_dir)
     allow_outside = (src.allow_outside_root if src.allow_outside_root is not None
                      else src.hub is None)  # downloaded data stays inside its root
     rows, convert = _reader(fmt, path, src, hub)
@@ -345,8 +381,7 @@ def read_source(src: SourceConfig, base_dir: Path, on_error: str = "raise",
             row = convert(raw, loc)
             row["id"] = sid
             _add_system(row, src.system)
-            sample = sample_from_row(row, where, image_root,
-                                     allow_outside_root=allow_outside)
+            sample = sample_from_row(row, where, root, allow_outside_root=allow_outside)
         except DataError as e:
             if on_error == "raise":
                 raise

@@ -1,18 +1,21 @@
 """Samples in one Arrow file, memory-mapped: the rows the start-up cache keeps
 (``vldft.data.cache``).
 
-    write_rows(path, ((source_code, sample), ...))   # once, on a cache miss
-    store = RowStore(path)                           # every start: maps the file, reads nothing
-    store.sample(j, labels)                          # row j as the Sample it was written from
-    SampleTable(store, index, labels)[i]             # a lazy Sequence[Sample] in mixture order
+    write_rows(path, ((source_code, sample), ...), roots)  # once, on a cache miss
+    store = RowStore(path)                      # every start: maps the file, reads nothing
+    store.sample(j, labels)                     # row j as the Sample it was written from
+    SampleTable(store, index, labels)[i]        # a lazy Sequence[Sample] in mixture order
+    content_digest(samples, roots)              # what a checkpoint records of their content
 
 A row holds its source (an index into the cache's source labels), its numbers of images and
 of videos (the mixture table's counts), the rest of the Sample as JSON (id, messages, answer,
 kind, origin, each image as a path or as the name of encoded bytes, each video as its file or
-frames with its name and per-clip options) and the encoded bytes of its ``ImageBytes``
-(parquet / HF sources: a copy of the source's image column). JSON is written ASCII-only, so any
-Python string (lone surrogates from odd file names included) comes back exactly. A PIL image in
-memory cannot be stored (``Unstorable``); no source reader produces one.
+frames with its name and per-clip options), the encoded bytes of its ``ImageBytes`` (parquet /
+HF sources: a copy of the source's image column) and its ``content_key`` (what a checkpoint's
+record of the training set digests: ``content_digest``, without decoding a row). JSON is
+written ASCII-only, so any Python string (lone surrogates from odd file names included) comes
+back exactly. A PIL image in memory cannot be stored (``Unstorable``); no source reader
+produces one.
 
 A restart maps the file and builds a ``Sample`` only when one is asked for: a rank holds no
 per-row Python objects, and the ranks of a machine share the file's pages.
@@ -21,6 +24,7 @@ per-row Python objects, and the ranks of a machine share the file's pages.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,7 +36,8 @@ from vldft.data import ImageBytes, Sample
 from vldft.data.video import Video
 
 SCHEMA = pa.schema([("source", pa.int32()), ("images", pa.int32()), ("videos", pa.int32()),
-                    ("row", pa.string()), ("blobs", pa.list_(pa.large_binary()))])
+                    ("row", pa.string()), ("blobs", pa.list_(pa.large_binary())),
+                    ("content", pa.uint64())])
 BATCH_ROWS = 8192  # rows per record batch
 BATCH_BYTES = 256 << 20  # ... or fewer, once their image bytes pass this
 
@@ -66,6 +71,38 @@ def encode(sample: Sample) -> tuple[str, list[bytes]]:
     return json.dumps(row), blobs
 
 
+def content_key(sample: Sample, root: Path | None = None) -> int:
+    """A 64-bit digest of what a sample trains on and is scored against: its messages, answer,
+    and its images and videos as the row names them (a path relative to ``root``, the source's
+    image root, when below it; encoded bytes by their stored name; never pixels, which would
+    cost a read of every image). A letter edited in an answer changes it; moving the data with
+    its image root does not."""
+
+    def ref(img) -> list:
+        if not isinstance(img, Path):
+            return ["bytes", getattr(img, "name", "")]
+        rel = root is not None and img.is_relative_to(root)
+        return ["path", img.relative_to(root).as_posix() if rel else str(img)]
+
+    videos = [[ref(v.file) if v.file is not None else [ref(f) for f in v.frames], v.options]
+              for v in sample.videos]
+    text = json.dumps([sample.messages, sample.answer, [ref(i) for i in sample.images], videos],
+                      sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def content_digest(samples: Sequence[Sample], roots: dict[str, Path]) -> str:
+    """The digest of every sample's ``content_key`` in order (``roots``: image root by source
+    label, ``vldft.data.formats.image_roots``). A ``SampleTable`` reads the keys stored with its
+    rows (no row is decoded); other samples are keyed here, to the same value."""
+    if isinstance(samples, SampleTable):
+        keys = samples.store.column("content")[samples.index]
+    else:
+        keys = np.fromiter((content_key(s, roots.get(s.source)) for s in samples), np.uint64,
+                           count=len(samples))
+    return hashlib.sha256(keys.astype("<u8").tobytes()).hexdigest()[:16]
+
+
 def decode(row: str, blobs: list[bytes], source: str) -> Sample:
     d = json.loads(row)
     data = iter(blobs)
@@ -81,10 +118,12 @@ def decode(row: str, blobs: list[bytes], source: str) -> Sample:
                   videos)
 
 
-def write_rows(path: Path, rows: Iterable[tuple[int, Sample]]) -> int:
-    """Write (source code, sample) rows to the Arrow IPC file ``path``; the number written."""
+def write_rows(path: Path, rows: Iterable[tuple[int, Sample]],
+               roots: dict[str, Path] | None = None) -> int:
+    """Write (source code, sample) rows to the Arrow IPC file ``path``, each with its
+    ``content_key`` (``roots``: image root by source label); the number written."""
     n = 0
-    cols: tuple[list, ...] = ([], [], [], [], [])
+    cols: tuple[list, ...] = ([], [], [], [], [], [])
     size = 0
 
     def flush(writer) -> None:
@@ -100,8 +139,9 @@ def write_rows(path: Path, rows: Iterable[tuple[int, Sample]]) -> int:
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
         for code, sample in rows:
             row, blobs = encode(sample)
+            key = content_key(sample, (roots or {}).get(sample.source))
             for col, value in zip(cols, (code, len(sample.images), len(sample.videos), row,
-                                         blobs), strict=True):
+                                         blobs, key), strict=True):
                 col.append(value)
             size += len(row) + sum(len(b) for b in blobs)
             n += 1
@@ -128,8 +168,8 @@ class RowStore:
         self.n_rows = self._starts[-1]
 
     def column(self, name: str) -> np.ndarray:
-        """One small column (``source``, ``images`` or ``videos``) of every row, as a numpy
-        array."""
+        """One small column (``source``, ``images``, ``videos`` or ``content``) of every row, as
+        a numpy array."""
         parts = [b.column(name).to_numpy(zero_copy_only=False) for b in self._batches]
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
