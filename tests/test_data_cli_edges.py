@@ -166,6 +166,20 @@ def test_convert_refuses_an_unknown_columns_field_in_every_format(files, capsys,
         assert main(["convert", str(src), str(out), "--format", fmt, "--columns", "id=id"]) == 0
 
 
+@pytest.mark.parametrize("extra", [["--columns", "question=q"], ["--columns", "answer=a,id=id"],
+                                   ["--prompt-template", "{question} Answer briefly."]])
+def test_a_row_format_refuses_columns_and_templates_it_would_ignore(files, capsys, extra):
+    """A known field other than id, or a prompt template, on a row format (turns as written)
+    was dropped without a word: refused in one line naming the keys and where they apply."""
+    src = write(files / "in.jsonl", [row("w", None)])
+    out = files / "o.jsonl"
+    assert main(["convert", str(src), str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hf, text_math and geometry3k" in err, err
+    assert ("prompt_template" if "--prompt-template" in extra else "columns.") in err
+    assert not out.exists()
+
+
 # -- containment in configs ------------------------------------------------------------------
 def read(src: SourceConfig, base: Path) -> tuple[list[str], dict[str, str]]:
     report = SkipReport()

@@ -244,6 +244,13 @@ def _reader(fmt: str, path: Path, src: SourceConfig, hub: bool
     """Rows of the source and the function that normalises one of them."""
     check_columns(src.columns, str(path))  # every format: a row format maps ``id`` only
     if fmt in CONVERTERS:
+        unused = [f"columns.{k}" for k in src.columns if k != "id"]
+        unused += ["prompt_template"] if src.prompt_template is not None else []
+        if unused:  # they were ignored without a word
+            raise DataError(f"{path}: {', '.join(unused)}: the {fmt} format takes its turns "
+                            "from its rows as written (columns maps only id here); columns and "
+                            "prompt_template apply to the hf, text_math and geometry3k formats",
+                            "bad_source", str(path))
         if not hub and _is_table(path) and fmt != "normalized":  # e.g. LLaVA-OneVision parquet
             try:
                 _, rows = open_table(path, src.path, src.split, hub)
