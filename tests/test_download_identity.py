@@ -237,6 +237,45 @@ def test_hub_files_another_repository_is_refused_more_files_are_added(tmp_path):
     assert not (tmp_path / "data" / "mm" / ORIGIN).exists()
 
 
+def test_the_recorded_commit_is_the_one_every_file_came_from(tmp_path, monkeypatch):
+    """A hub download records the commit it resolved to; once the hub's branch moves on, a
+    rerun (nothing fetched) or more ``hub_files`` take that same commit, never re-stamp the
+    record with the new one. Pinning ``main`` reads a copy downloaded without a revision."""
+    import vldft.data.download as dl
+    from vldft.data.benchmarks import origin_differences, origin_record
+
+    hub = {"commit": "a" * 40}
+    fetched: list[tuple[str, str | None]] = []
+
+    def fetch(repo, filename, dest, local, revision=None):
+        fetched.append((filename, revision))
+        (dest / filename).write_text(f"{revision}\n")
+        return dest / filename
+
+    monkeypatch.setattr(dl, "dataset_commit", lambda repo, revision, key: hub["commit"])
+    monkeypatch.setattr(dl, "_fetch_file", fetch)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(
+        "model: {family: qwen2_5_vl, tiny: true}\n"
+        "data:\n  sources:\n"
+        "    - {name: mm, hub: org/mm, hub_files: [qa.json], path: qa.json, format: text_math}\n")
+
+    def run(*overrides: str) -> dict:
+        download(load_config(cfg_file, [f"data.data_dir={tmp_path / 'data'}", *overrides]),
+                 log=lambda s: None)
+        return json.loads((tmp_path / "data" / "mm" / ORIGIN).read_text())
+
+    assert run()["commit"] == "a" * 40
+    hub["commit"] = "b" * 40  # main moved on
+    assert run()["commit"] == "a" * 40 and fetched == [("qa.json", "a" * 40)]
+    rec = run("data.sources[0].hub_files=[qa.json, extra.json]")
+    assert rec["commit"] == "a" * 40 and fetched[-1] == ("extra.json", "a" * 40)
+    have = {**origin_record("org/x", None, "train"), "commit": "c" * 40}
+    assert origin_differences(have, origin_record("org/x", None, "train", revision="main")) == []
+    assert origin_differences(have, origin_record("org/x", None, "train", revision="v2")) == [
+        "revision"]
+
+
 def test_benchmark_copies_are_recorded_and_checked(tmp_path, capsys):
     name = "mathverse"
     bench = BENCHMARKS[name]

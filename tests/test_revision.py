@@ -44,13 +44,13 @@ def offline(hub: Path, code: str) -> subprocess.CompletedProcess:
 
 LOAD = """
 import json
-from vldft.adapters import hub_commit, load_adapter
+from vldft.adapters import model_commit, load_adapter
 from vldft.config import ModelConfig
 out = {{}}
 for rev in (None, "v1", "{v1}"):
     cfg = ModelConfig(name_or_path="{repo}", revision=rev)
     a = load_adapter(cfg)
-    out[str(rev)] = [a.processor.image_processor.size["longest_edge"], hub_commit(cfg)]
+    out[str(rev)] = [a.processor.image_processor.size["longest_edge"], model_commit(cfg)]
 print(json.dumps(out))
 """
 
@@ -65,18 +65,28 @@ def test_a_hub_id_loads_the_revision_asked_for_and_names_its_commit(hub):
 def test_a_run_logs_and_records_the_commit_it_trained(hub, tmp_path):
     data = write_tiny_data(tmp_path / "train.jsonl", 8)
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "vldft.train", str(TINY_CONFIG), "model.tiny=false",
-         f"model.name_or_path={REPO}", "model.revision=v1", f"data.train_files=[{data}]",
-         "data.heldout_file=null", f"train.output_dir={out}", "train.max_steps=1",
-         "train.micro_batch_size=4", "train.grad_accum=1", "train.save_every=0",
-         "loss.sft_warmup_steps=0"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-        env={**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
-             "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    cmd = [sys.executable, "-m", "vldft.train", str(TINY_CONFIG), "model.tiny=false",
+           f"model.name_or_path={REPO}", "model.revision=v1", f"data.train_files=[{data}]",
+           "data.heldout_file=null", f"train.output_dir={out}", "train.micro_batch_size=4",
+           "train.grad_accum=1", "train.save_every=1", "loss.sft_warmup_steps=0",
+           "train.max_steps=2"]
+    env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"({REPO} at commit {V1[:12]})" in proc.stdout + proc.stderr
     assert json.loads((out / "summary.json").read_text())["model_commit"] == V1
+    # resumed where the hub cache's v1 now names another commit: said, and the summary names
+    # the commit this process loaded
+    (hub / f"models--{REPO.replace('/', '--')}" / "refs" / "v1").write_text(MAIN)
+    again = tmp_path / "again"
+    proc = subprocess.run([*cmd, f"train.output_dir={again}", f"train.resume={out}/checkpoint-1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert "resuming from" in said, said[-2000:]
+    assert f"now loads hub commit {MAIN[:12]}, the checkpoint's run loaded {V1[:12]}" in said
+    assert json.loads((again / "summary.json").read_text())["model_commit"] == MAIN
 
 
 def test_a_revision_for_a_local_folder_or_an_unknown_one_is_refused(hub, tmp_path):

@@ -459,7 +459,6 @@ def test_startup_cache_keeps_videos_and_their_lengths_follow_data_video(media, t
     assert list(cached.lengths) == list(fresh.lengths) != list(want.lengths)
 
 
-
 def test_the_mixture_table_counts_video_rows_and_clips_apart_from_images(media, tmp_path,
                                                                           monkeypatch):
     """Per source: rows with images, rows with a video and their clips, text-only rows (a row
@@ -650,6 +649,9 @@ def test_a_one_frame_video_file_decodes_as_that_frame_twice(tmp_path, qwen25):
     assert abs(centers(dec.frames)[0] - column_center(0, w)) < 1.5
     assert plan(Video(file=one), settings, unit=28) == (t, h, w)
     assert decode(Video(file=one), settings, unit=28, nframes=4).frames.shape[0] == 4
+    odd = VideoSettings(min_pixels=28 * 28, max_pixels=SIDE * SIDE, max_frames=5)
+    assert decode(Video(file=one), odd, unit=28, nframes=5).frames.shape[0] == 5 == plan(
+        Video(file=one), odd, unit=28, fixed=True)[0]  # exactly as asked, as plan counts
     (sample,) = read(write_rows(tmp_path / "one.jsonl", [
         msg_row("one", {"type": "video", "video": "one.mp4"})]))
     enc = Collator(qwen25, 8192, video=settings).encode(sample)

@@ -191,10 +191,8 @@ def log_record(step: int, objective: str, window: Counter, elapsed: float, lr: f
 def run_summary(cfg: Config, state: RunState, data, skipped: Counter, stopped: str | None,
                 resume_from: Path | None) -> dict:
     """summary.json's fields known when the loop ends (``finish_summary`` adds the rest)."""
-    from vldft.adapters import hub_commit
-
     return {"steps": state.step, "objective": cfg.loss.name,
-            "model_commit": hub_commit(cfg.model),
+            "model_commit": state.model_commit,
             "sft_warmup_steps": cfg.loss.sft_warmup_steps, "train_samples": len(data.samples),
             "skipped": dict(skipped), "truncated": state.truncated,
             "video_shortened": state.video_shortened,

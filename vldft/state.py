@@ -42,6 +42,7 @@ class RunState:
     elapsed: float = 0.0  # training seconds before this process started (see ``clock``)
     config: dict = field(default_factory=dict)  # the config the checkpoint was written with
     data: dict = field(default_factory=dict)  # the training set it was written on (data_identity)
+    model_commit: str | None = None  # the hub commit of model.name_or_path this run loaded
     # not saved: a checkpoint of an older version kept skip counts but no entries
     counts_only_skips: bool = field(default=False, compare=False)
 
@@ -70,7 +71,7 @@ class RunState:
                 "history": self.history, "evals": self.evals, "benchmarks": self.benchmarks,
                 "nonfinite_steps": self.nonfinite_steps, "nonfinite_run": self.nonfinite_run,
                 "collapse_warnings": self.collapse_warnings, "elapsed": self.clock(),
-                "config": self.config, "data": self.data}
+                "config": self.config, "data": self.data, "model_commit": self.model_commit}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunState:
@@ -84,16 +85,21 @@ class RunState:
                    benchmarks=d.get("benchmarks", []), nonfinite_steps=d["nonfinite_steps"],
                    nonfinite_run=d["nonfinite_run"], collapse_warnings=d["collapse_warnings"],
                    elapsed=d["elapsed"], config=d.get("config", {}), data=d.get("data", {}),
+                   model_commit=d.get("model_commit"),
                    counts_only_skips="skip_entries" not in d and bool(d["skips"]))
 
     @classmethod
     def resume(cls, path: Path, total: int, config: dict, final: Path, log,
-               data: dict | None = None, explicit: bool = False) -> RunState:
+               data: dict | None = None, explicit: bool = False,
+               model_commit: str | None = None) -> RunState:
         """The state of checkpoint ``path`` for a run of ``total`` steps with ``config`` (logs
         the config keys that differ from the checkpoint's; refuses a checkpoint past ``total``;
         one at ``total`` only writes ``final``). ``data`` (:func:`data_identity` of this run's
         training set) other than the checkpoint's: refused when resuming the run's own
-        checkpoint, a warning when the checkpoint was named (``explicit``: train.resume=PATH)."""
+        checkpoint, a warning when the checkpoint was named (``explicit``: train.resume=PATH).
+        A hub ``model_commit`` other than the one the checkpoint's run loaded is a warning: the
+        checkpoint's weights and optimizer state are restored, but what is read from the model
+        repository (processor, tokenizer, chat template) is the new commit's."""
         state = cls.from_dict(read_state(path))
         data_change = data_changes(state.data, data or {})
         if data_change and not explicit:
@@ -118,7 +124,14 @@ class RunState:
                else "")
             + (f"; warning: the training data differs from the checkpoint's ({data_change})"
                if data_change else ""))
+        old_commit = state.model_commit
+        if model_commit and old_commit and model_commit != old_commit:
+            log(f"[vldft] warning: model.name_or_path now loads hub commit {model_commit[:12]}, "
+                f"the checkpoint's run loaded {old_commit[:12]}: the checkpoint's weights are "
+                "restored, but the processor, tokenizer and chat template are the new commit's; "
+                f"set model.revision={old_commit} to resume on the old one")
         state.config = config  # the next checkpoint's
+        state.model_commit = model_commit
         return state
 
     def count_nonfinite(self, step: int, loss_sum: float, grad_norm: float) -> str:

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from torch import nn
 
-from vldft.adapters import Adapter, hub_commit
+from vldft.adapters import Adapter
 from vldft.adapters.lora import apply_lora
 from vldft.collate import IGNORE
 from vldft.config import Config, ConfigError, world_size
@@ -360,8 +360,9 @@ def count_parameters(adapter: Adapter) -> tuple[dict[str, int], int]:
     return n_params, sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
 
 
-def describe_model(adapter: Adapter, cfg: Config) -> str:
-    """The console's model line: family, parameters per part, trainable, LoRA, frozen."""
+def describe_model(adapter: Adapter, cfg: Config, commit: str | None = None) -> str:
+    """The console's model line: family (and the hub ``commit`` loaded), parameters per part,
+    trainable, LoRA, frozen."""
     n_params, n_trainable = count_parameters(adapter)
     lora = cfg.model.lora
     parts = [p for p in lora.parts if p not in cfg.model.freeze] if lora else []
@@ -369,7 +370,6 @@ def describe_model(adapter: Adapter, cfg: Config) -> str:
     on = f"{parts}" + (f"; none on {skipped}: model.freeze" if skipped else "")
     frozen = ("all base weights (LoRA adapters train)" if lora
               else cfg.model.freeze or "none")
-    commit = hub_commit(cfg.model)
     name = "tiny" if cfg.model.tiny else cfg.model.name_or_path
     name += f" at commit {commit[:12]}" if commit else ""
     return (f"{cfg.model.family} ({name}): "

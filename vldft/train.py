@@ -45,7 +45,8 @@ _recipe_imported = False
 def _import_recipe() -> None:
     """Bind the heavy names main() uses as module globals (once; a name a test has replaced
     since is not rebound, because the first access to it ran this already)."""
-    global _recipe_imported, torch, gather_object, set_seed, get_scheduler, load_adapter
+    global _recipe_imported, torch, gather_object, set_seed, get_scheduler, load_adapter, \
+        model_commit
     global Collator, training_set, require_data, prob_histogram, all_ranks_skips, build_loader
     global describe_data, micro_batch_stream, Evaluator, RunLog, finish_summary, run_summary
     global write_summary, check_disk_space, claim_run_dir, RunState, StopRequest, data_identity
@@ -58,7 +59,7 @@ def _import_recipe() -> None:
     from accelerate.utils import gather_object, set_seed
     from transformers import get_scheduler
 
-    from vldft.adapters import load_adapter
+    from vldft.adapters import load_adapter, model_commit
     from vldft.collate import Collator
     from vldft.data.cache import training_set
     from vldft.data.download import require_data
@@ -137,7 +138,8 @@ def _train(cfg: Config) -> dict:
         raise SystemExit("no training samples: every row was skipped or the sources are empty"
                          + (f"\n{data.skips.summary()}" if data.skips.total else ""))
     prepare_model(adapter, cfg, log)
-    log(f"[vldft] {describe_model(adapter, cfg)}; {len(data.samples)} training samples; "
+    commit = model_commit(cfg.model)  # the hub commit loaded (None: tiny / a local folder)
+    log(f"[vldft] {describe_model(adapter, cfg, commit)}; {len(data.samples)} training samples; "
         f"engine {accelerator.distributed_type.value} x {world} on "
         f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
     log(describe_data(data, t.seed, out_dir / "data_summary.json"))
@@ -162,10 +164,10 @@ def _train(cfg: Config) -> dict:
     config = config_to_dict(cfg, absolute=True)  # a checkpoint's record, like config.yaml
     data_id = data_identity(data, cfg)
     if resume_from is None:
-        state = RunState(config=config, data=data_id)
+        state = RunState(config=config, data=data_id, model_commit=commit)
     else:
         state = RunState.resume(resume_from, total, config, out_dir / "final", log, data_id,
-                                explicit=t.resume != "auto")
+                                explicit=t.resume != "auto", model_commit=commit)
         if (cfg.loss.name == "asft" and adapter.lora is None
                 and state.step > cfg.loss.sft_warmup_steps):
             accelerator.unwrap_model(module).reference = build_reference(adapter)

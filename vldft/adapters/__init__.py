@@ -68,7 +68,7 @@ def build_tiny(family: str, min_pixels: int | None = None, max_pixels: int | Non
     return builder()
 
 
-def hub_commit(cfg: ModelConfig) -> str | None:
+def model_commit(cfg: ModelConfig) -> str | None:
     """The hub commit ``cfg.name_or_path`` at ``cfg.revision`` resolves to in the local hub
     cache (what ``load_adapter`` loads); None for a tiny model, a local folder, or a hub id
     not cached."""

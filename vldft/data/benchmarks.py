@@ -384,8 +384,9 @@ def origin_differences(have: dict, want: dict) -> list[str]:
         return [*diff, "hub_files"]
     if not want["hub_files"]:
         diff += [k for k in ("subset", "split", "keep") if have.get(k) != want.get(k)]
-    rev = want.get("revision")  # asked for: the copy's, or a prefix of its commit
-    if rev and rev != have.get("revision") and not (
+    rev = want.get("revision")  # asked for: the copy's (none recorded: main), or a prefix
+    # of its commit
+    if rev and rev != (have.get("revision") or "main") and not (
             len(rev) >= 7 and str(have.get("commit") or "").startswith(rev)):
         diff.append("revision")
     return diff

@@ -129,7 +129,7 @@ def source_origin(src: SourceConfig, local: Path | None = None) -> dict:
                          revision=src.revision)
 
 
-def hub_commit(repo: str, revision: str | None, key: str) -> str | None:
+def dataset_commit(repo: str, revision: str | None, key: str) -> str | None:
     """The commit ``revision`` (null: main) of the hub dataset ``repo`` is at now, so that
     every file comes from that one commit and the record names it; None when the hub cannot be
     asked (offline: the download then fails on its own). A revision the repository does not
@@ -173,7 +173,9 @@ def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path 
                    force: bool, log: Log, key: str) -> Path:
     """``download_source``'s fetching, into the folder ``dest`` it made."""
     what = f"{src.hub}" + (f" (subset {src.subset})" if src.subset else "")
-    commit = None if local else hub_commit(src.hub, src.revision, key)
+    # a copy recorded at a commit takes more files from that commit (its record stays true)
+    pinned = None if force or local else (have or {}).get("commit")
+    commit = None if local else pinned or dataset_commit(src.hub, src.revision, key)
     revision = commit or src.revision  # every file from one commit, which the record names
     if commit:
         want = {**want, "commit": commit}
@@ -198,12 +200,13 @@ def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path 
         write_origin(dest, want)
         log(f"[vldft] {src.name}: {len(ds)} rows -> {out}")
         return dest
-    kept_unknown = []
+    kept_unknown, kept = [], False
     for filename in src.hub_files:
         marker = dest / f".{Path(filename).name}.extracted"
         target = dest / filename
         if not force and (marker.exists() or (target.exists() and not _is_archive(filename))):
             log(f"[vldft] {src.name}: {filename} present, kept (--force to download again)")
+            kept = True
             if have is None:
                 kept_unknown.append(filename)
             continue
@@ -218,7 +221,10 @@ def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path 
         log(f"[vldft] {src.name}: {', '.join(kept_unknown)} kept; {UNKNOWN_ORIGIN}")
     else:  # more files of the same repository join those recorded
         files = (have or {}).get("hub_files", [])
-        write_origin(dest, {**want, "hub_files": list(dict.fromkeys([*files, *src.hub_files]))})
+        rec = {**want, "hub_files": list(dict.fromkeys([*files, *src.hub_files]))}
+        if kept and not pinned:  # files of an unrecorded commit stay: no one commit to name
+            rec.pop("commit", None)
+        write_origin(dest, rec)
     return dest
 
 

@@ -210,7 +210,8 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
     from vldft.data import open_image
 
     cap = min(settings.max_frames, max_frames or settings.max_frames)
-    if video.file is not None and _frame_count(video.file) < 2:
+    total = _frame_count(video.file) if video.file is not None else 0
+    if video.file is not None and total < 2:
         return _decode_single(video.file, settings, unit, nframes or 2)
     ele: dict[str, Any] = {"min_pixels": min_pixels(settings, unit),
                            "max_pixels": settings.max_pixels,
@@ -220,10 +221,7 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
         _use_decord()
         ele["video"] = str(video.file)
         if nframes is not None:  # as many as there are (an even count), stretched below
-            import decord
-
-            n = len(decord.VideoReader(str(video.file)))
-            ele["nframes"] = max(2, min(nframes, n - n % 2))
+            ele["nframes"] = max(2, min(nframes, total - total % 2))
         else:
             ele.update(fps=settings.fps, min_frames=min(settings.min_frames, cap),
                        max_frames=cap)
@@ -259,13 +257,14 @@ def _frame_count(file: Path) -> int:
 def _decode_single(file: Path, settings, unit: int, n: int) -> Decoded:
     """A one-frame video file, which qwen-vl-utils cannot sample (it asks for at least 2 frames,
     then falls back to torchvision's removed ``read_video``): its frame repeated ``n`` times
-    (an even count), sized like a frame list's."""
+    (2, or the exact count a fixed-count family asks for, as ``plan`` counts), sized like a
+    frame list's."""
     import decord
     import torch
 
     vr = decord.VideoReader(str(file))
     frame = torch.from_numpy(vr[0].asnumpy()).permute(2, 0, 1)
-    frames = _resize(frame.unsqueeze(0).repeat(n + n % 2, 1, 1, 1), settings, unit)
+    frames = _resize(frame.unsqueeze(0).repeat(n, 1, 1, 1), settings, unit)
     frames = frames.round().clamp(0, 255).to(torch.uint8)
     return Decoded(frames, float(vr.get_avg_fps() or settings.fps), [0] * frames.shape[0], 1)
 

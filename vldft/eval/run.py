@@ -293,18 +293,18 @@ def vllm_model_args(model: str) -> str:
 # policy: the Qwen classes as min_pixels / max_pixels arguments (their own defaults, e.g.
 # min_pixels=256*28*28, would re-size every image); llava_hf has no pixel bounds to give
 PIXEL_ARGS_CLASSES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
-# ... and the frame cap of the checkpoint's data.video (their default is 32 frames): the
-# argument each class takes it as. They take exactly that many frames of a clip (fewer when it
-# has fewer), not data.video's fps, and size frames by the image pixel limits
-FRAME_ARG = {**dict.fromkeys(PIXEL_ARGS_CLASSES, "max_num_frames"),
-             "llava_hf": "max_frames_num"}
+# ... and the frame cap of the checkpoint's data.video: the argument each class takes it as,
+# and the class's own default (left out when equal, so a command's arguments stay as before)
+FRAME_ARG = {**dict.fromkeys(PIXEL_ARGS_CLASSES, ("max_num_frames", 32)),
+             "qwen3_5": ("max_num_frames", 768), "llava_hf": ("max_frames_num", 32)}
 PLAIN_CLASSES = ("llava_hf",)
 DEVICE_MAP_CLASSES = (*PIXEL_ARGS_CLASSES, "llava_hf")  # default device_map="auto" (CUDA)
 
 
 def stock_model_args(model: str, model_class: str, device: str | None, given: str = "") -> str:
     """model_args that give a stock lmms-eval class (``--model-class``) the checkpoint's image
-    policy, its ``data.video.max_frames`` (``FRAME_ARG``) and, on a CPU, ``device_map=cpu``
+    policy, its ``data.video.max_frames`` (``FRAME_ARG``; where it is not the class's default)
+    and, on a CPU, ``device_map=cpu``
     (their default ``auto`` moves inputs to CUDA); arguments in ``given`` win. A class vldft
     cannot hand the policy to is refused in one line (``EvalSetupError``)."""
     if model_class == "vldft" or model_class.startswith("vllm"):
@@ -325,14 +325,15 @@ def stock_model_args(model: str, model_class: str, device: str | None, given: st
                 f"processor config here or in the hub cache), and the class's own pixel "
                 f"defaults differ from training's; pass --model-args min_pixels=N,max_pixels=M")
         args += [f"{k}={v}" for k, v in policy.items() if k not in keys]
-    if FRAME_ARG[model_class] not in keys:
+    name, default = FRAME_ARG[model_class]
+    if name not in keys:
         from vldft.config import ConfigError, saved_video_settings
 
         try:
             frames = saved_video_settings(model).max_frames
         except ConfigError as e:
             raise EvalSetupError(f"--model-class {model_class}: {e}") from None
-        args.append(f"{FRAME_ARG[model_class]}={frames}")
+        args += [f"{name}={frames}"] if frames != default else []
     import torch
 
     cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
