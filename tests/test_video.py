@@ -629,6 +629,12 @@ def test_nframes_is_an_exact_count_for_files_frame_lists_and_fixed_count_familie
     assert dec.frames.shape[0] == 4
     enc = Collator(ov, 8192, video=run).encode(folder)
     assert estimate_length(folder, ov, None, run) == len(enc.input_ids)
+    odd = VideoSettings(max_frames=5)  # exactly that many, as for a file (not padded to 6)
+    for clip in (Video(frames=folder.videos[0].frames), Video(file=file.videos[0].file)):
+        assert ov.load_video(clip, odd).frames.shape[0] == 5
+        plain = Sample(id="odd", messages=folder.messages, videos=[clip], source="s")
+        assert estimate_length(plain, ov, None, odd) == len(
+            Collator(ov, 8192, video=odd).encode(plain).input_ids)
     assert ov.video_token_estimate(folder.videos[0], run) < ov.video_token_estimate(
         Video(frames=folder.videos[0].frames), run)
 

@@ -233,7 +233,8 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
             frames, indices = frames[pick], [indices[i] for i in pick]
     else:
         keep = sample_indices(len(video.frames), nframes or cap, exact=nframes is not None)
-        if len(keep) % 2:  # an even count (Qwen's temporal patch), as qwen-vl-utils pads
+        if len(keep) % 2 and nframes is None:  # an even count (Qwen's temporal patch), as
+            # qwen-vl-utils pads; an exact count (a fixed-count family) is kept as asked
             keep.append(keep[-1])
         arrays = []
         for i in keep:
@@ -295,7 +296,7 @@ def plan(video: Video, settings, unit: int, fixed: bool = False) -> tuple[int, i
         with open_image(video.frames[0]) as im:
             w, h = im.size
         n = settings.max_frames if fixed else min(len(video.frames), settings.max_frames)
-        n += n % 2
+        n += 0 if fixed else n % 2
     rh, rw = _frame_size(n, h, w, settings, unit)
     return n, rh, rw
 
