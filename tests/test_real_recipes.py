@@ -194,6 +194,9 @@ def test_without_the_data_training_stops_before_the_model_loads(tmp_path, monkey
     msg = str(err.value)
     assert "\n" not in msg and "geo170k_qa" in msg and "numinamath_cot" in msg
     assert str(tmp_path / "geo170k_qa" / "train.parquet") in msg
+    # the benchmark copies decontamination reads are missing too: named in the same line (they
+    # used to come one run later), as the same download fetches them
+    assert "benchmark copies for data.decontaminate=paper: " in msg and "mathverse" in msg
     assert "vldft-data download" in msg and str(HEADLINE) in msg
     assert not (tmp_path / "run").exists()  # nothing was claimed or written
     # the command line says it in one line too, fast

@@ -74,10 +74,11 @@ class Config:
         a ``hub`` source's ``path`` is its local copy (``local_source``)."""
         return [self.local_source(s) for s in self.data.all_sources()]
 
-    def missing_sources(self) -> str | None:
+    def missing_sources(self, also: list[str] | None = None) -> str | None:
         """None when every ``hub`` source has a local copy, else one line naming each missing
         source, the paths looked for and the download command (train checks this before any
-        model loads)."""
+        model loads); ``also``: other missing pieces the same command fetches, named in the
+        same line."""
         missing = []
         for src in self.data.sources:
             paths = self.source_paths(src)
@@ -88,8 +89,8 @@ class Config:
         if not missing:
             return None
         cmd = f"vldft-data download {self.config_file or 'CONFIG'} --data-dir DIR"
-        return (f"data not downloaded: {'; '.join(missing)}. Fetch it where the hub is "
-                f"reachable with `{cmd}`, then run with data.data_dir=DIR")
+        return (f"data not downloaded: {'; '.join([*missing, *(also or [])])}. Fetch it where "
+                f"the hub is reachable with `{cmd}`, then run with data.data_dir=DIR")
 
     def resolve(self, path: str) -> Path:
         """``path`` relative to ``base_dir`` (the config file's directory, see load_config)."""

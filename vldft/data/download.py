@@ -300,9 +300,6 @@ def require_data(cfg: Config) -> None:
     conflict = origin_conflict(cfg)
     if conflict:
         raise ConfigError(conflict)
-    missing = cfg.missing_sources()
-    if missing:
-        raise ConfigError(missing)
     try:
         names = benchmarks_for(cfg.data.decontaminate)
     except ValueError as e:
@@ -314,6 +311,11 @@ def require_data(cfg: Config) -> None:
             find_local(BENCHMARKS[name], root)
         except LocalDataError:
             absent.append(name)
+    also = [f"benchmark copies for data.decontaminate={cfg.data.decontaminate}: "
+            f"{', '.join(absent)} under {root}"] if absent else []
+    missing = cfg.missing_sources(also)  # every piece the download fetches, in one line
+    if missing:
+        raise ConfigError(missing)
     if absent:
         raise ConfigError(
             f"data.decontaminate={cfg.data.decontaminate}: no local copy of {', '.join(absent)} "
