@@ -424,4 +424,6 @@ class TrainConfig:
             raise ConfigError(f"train.eval_tasks: duplicate task names {self.eval_tasks}")
         if importlib.util.find_spec("lmms_eval") is None:
             raise ConfigError("train.eval_tasks: needs lmms-eval, which is not installed; "
-                              'pip install -e ".[eval]" (or set train.eval_tasks=[])')
+                              'pip install -e ".[eval]" (make eval-env), or train without the '
+                              "benchmark evaluations: train.eval_tasks=[] (and "
+                              "train.eval_every=0 where no data.heldout_file is set)")
