@@ -290,7 +290,14 @@ def test_the_content_digest_follows_the_rows_not_the_cache_or_their_folder(tmp_p
     row = json.loads(lines[0])
     row["images"] = ["img/1.png"]  # the diagram of another row, the same size
     jsonl.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
-    assert len({first, answer, digest(tmp_path / "src")}) == 3
+    swapped = digest(tmp_path / "src")
+    parquet = tmp_path / "src" / "b.parquet"  # an embedded image replaced under its own name
+    table = pq.read_table(parquet).to_pylist()
+    other = io.BytesIO()
+    Image.new("RGB", (40, 36), "black").save(other, format="PNG")  # the size of _png(0)
+    table[0]["images"][0]["bytes"] = other.getvalue()
+    pq.write_table(pa.Table.from_pylist(table), parquet)
+    assert len({first, answer, swapped, digest(tmp_path / "src")}) == 4
 
 
 # -- two ranks ---------------------------------------------------------------------------------

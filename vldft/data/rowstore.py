@@ -74,11 +74,14 @@ def encode(sample: Sample) -> tuple[str, list[bytes]]:
 def content_key(sample: Sample, root: Path | None = None) -> int:
     """A 64-bit digest of what a sample trains on and is scored against: its messages, answer,
     and its images and videos as the row names them (a path relative to ``root``, the source's
-    image root, when below it; encoded bytes by their stored name; never pixels, which would
-    cost a read of every image). A letter edited in an answer changes it; moving the data with
-    its image root does not."""
+    image root, when below it: an image file is not read; encoded bytes held in the row, from a
+    parquet / HF source, by their name and a hash of the bytes). A letter edited in an answer,
+    or an embedded image replaced under its own name, changes it; moving the data with its image
+    root does not."""
 
     def ref(img) -> list:
+        if isinstance(img, ImageBytes):
+            return ["bytes", img.name, hashlib.sha256(img.data).hexdigest()[:16]]
         if not isinstance(img, Path):
             return ["bytes", getattr(img, "name", "")]
         rel = root is not None and img.is_relative_to(root)
