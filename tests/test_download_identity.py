@@ -280,12 +280,7 @@ def test_benchmark_copies_are_recorded_and_checked(tmp_path, capsys):
     name = "mathverse"
     bench = BENCHMARKS[name]
     split = bench.hub_split or bench.split
-    repo = tmp_path / "repo"
-    (repo / "data").mkdir(parents=True)
-    hub_dataset(name, tmp_path / "img").to_parquet(str(repo / "data" / f"{split}-0.parquet"))
-    (repo / "README.md").write_text(
-        f"---\nconfigs:\n- config_name: {bench.config or 'default'}\n  data_files:\n"
-        f"  - split: {split}\n    path: data/{split}-*\n---\n")
+    repo = benchmark_repo(name, tmp_path)
     root, log = tmp_path / "data", []
     sources = {name: str(repo)}
     [out] = download_benchmarks([name], root, sources, log=log.append)
@@ -303,6 +298,72 @@ def test_benchmark_copies_are_recorded_and_checked(tmp_path, capsys):
     record.unlink()  # an older copy: kept, with a note
     download_benchmarks([name], root, sources, log=log.append)
     assert "kept" in log[-1] and "unknown" in log[-1]
+
+
+def benchmark_repo(name: str, tmp_path: Path) -> Path:
+    """A local datasets repository laid out as benchmark ``name``'s hub repository."""
+    bench = BENCHMARKS[name]
+    split = bench.hub_split or bench.split
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    hub_dataset(name, tmp_path / "img").to_parquet(str(repo / "data" / f"{split}-0.parquet"))
+    (repo / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {bench.config or 'default'}\n  data_files:\n"
+        f"  - split: {split}\n    path: data/{split}-*\n---\n")
+    return repo
+
+
+def test_a_benchmark_copy_records_its_commit_and_a_pinned_revision(tmp_path, monkeypatch, capsys):
+    """A benchmark read from the hub is read at one commit, which its record names; a revision
+    asked for (`python -m vldft.eval download --revision BENCH=REV`) is recorded, and a copy of
+    another revision is refused unless --force."""
+    import vldft.data.benchmarks as benchmarks
+    from vldft.eval.__main__ import main as eval_main
+
+    name, sha = "mathverse", "0123456789abcdef" * 2 + "01234567"
+    bench = BENCHMARKS[name]
+    repo, root = benchmark_repo(name, tmp_path), tmp_path / "data"
+    asked, loads = [], []
+    real_load = datasets.load_dataset
+
+    def commit(repo_id, revision):
+        asked.append((repo_id, revision))
+        if revision == "nope":
+            raise LookupError(f"{repo_id} has no revision 'nope'")
+        return sha
+
+    def load(path, *args, **kwargs):  # the hub id read from the stand-in repository
+        loads.append((path, kwargs.get("revision")))
+        return real_load(str(repo), *args, split=kwargs["split"])
+
+    monkeypatch.setattr(benchmarks, "hub_commit", commit)
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    log = []
+    download_benchmarks([name], root, log=log.append, revisions={name: "v1"})
+    assert asked == [(bench.hub, "v1")] and loads == [(bench.hub, sha)]
+    rec = json.loads((root / name / ORIGIN).read_text())
+    assert (rec["revision"], rec["commit"]) == ("v1", sha)
+    assert any(f"commit {sha[:12]}" in line for line in log), log
+    download_benchmarks([name], root, log=log.append)  # no revision asked: the copy is kept
+    assert "kept" in log[-1] and len(loads) == 1
+    with pytest.raises(LocalDataError, match="at revision v1.*at revision v2.*--force"):
+        download_benchmarks([name], root, log=log.append, revisions={name: "v2"})
+    with pytest.raises(LocalDataError, match="mathverse: .* has no revision 'nope'"):
+        download_benchmarks([name], tmp_path / "other", log=log.append, revisions={name: "nope"})
+    with pytest.raises(LocalDataError, match="revision for mathvista, which is not downloaded"):
+        download_benchmarks([name], root, revisions={"mathvista": "v1"})
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # the command line: one line naming the revisions
+        eval_main(["download", "--benchmarks", name, "--data-dir", str(root),
+                   "--revision", f"{name}=v2"])
+    assert "at revision v1" in str(stop.value) and "\n" not in str(stop.value)
+    with pytest.raises(SystemExit) as stop:
+        eval_main(["download", "--benchmarks", name, "--data-dir", str(root), "--revision", name])
+    assert stop.value.code == 2 and "expected BENCH=VALUE" in capsys.readouterr().err
+    eval_main(["download", "--benchmarks", name, "--data-dir", str(root),
+               "--revision", f"{name}=v2", "--force"])
+    assert json.loads((root / name / ORIGIN).read_text())["revision"] == "v2"
+    assert loads[-1] == (bench.hub, sha)
 
 
 def test_validate_and_inspect_refuse_a_copy_of_another_subset(setup, capsys):

@@ -351,6 +351,22 @@ def origin_record(hub: str, subset: str | None, split: str, hub_files=(), local=
     return {**rec, "revision": revision} if revision else rec
 
 
+def hub_commit(repo: str, revision: str | None) -> str | None:
+    """The commit ``revision`` (None: main) of the hub dataset ``repo`` is at now, so that every
+    file of a download comes from that one commit and its record names it; None when the hub
+    cannot be asked (offline, no such repository, no access: the download then says so). A
+    revision the repository does not have is a ``LookupError``."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    try:
+        return HfApi().dataset_info(repo, revision=revision).sha
+    except RevisionNotFoundError:
+        raise LookupError(f"{repo} has no revision {revision!r}") from None
+    except Exception:  # noqa: BLE001 - the download that follows fails with the reason
+        return None
+
+
 def read_origin(folder: str | Path) -> dict | None:
     """The record in ``folder`` (``ORIGIN``); None without one (a copy made by hand or by an
     older vldft). An unreadable record reads as ``{"unreadable": why}``, which matches nothing."""
@@ -439,14 +455,22 @@ def embed_images(ds: datasets.Dataset) -> datasets.Dataset:
 
 
 def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | None = None,
-             force: bool = False, log: Callable[[str], None] = print) -> list[Path]:
+             force: bool = False, log: Callable[[str], None] = print,
+             revisions: dict[str, str] | None = None) -> list[Path]:
     """Save each benchmark's test split from the hub (or ``sources[name]``: another dataset id or
     a local datasets repository) as ``data_dir/<name>/<split>.parquet`` with images embedded,
-    and record where it came from (``ORIGIN``). An existing file is kept unless ``force``, if
-    its record matches (none: kept, with a note); a copy of something else is refused. Files
-    are written whole (tmp + rename), the record last."""
+    and record where it came from (``ORIGIN``: with the hub commit it was read at, and the
+    revision asked for in ``revisions[name]``, a branch, tag or commit). An existing file is
+    kept unless ``force``, if its record matches (none: kept, with a note); a copy of something
+    else, or of another revision, is refused. Files are written whole (tmp + rename), the
+    record last."""
     import datasets
 
+    revisions = revisions or {}
+    unknown = sorted(set(revisions) - set(names))
+    if unknown:
+        raise LocalDataError(f"a revision for {', '.join(unknown)}, which is not downloaded here "
+                             f"(downloading: {', '.join(names)})")
     written = []
     for name in names:
         if name not in BENCHMARKS:
@@ -455,8 +479,9 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
         out = Path(data_dir) / name / f"{bench.split}.parquet"
         source = (sources or {}).get(name, bench.hub)
         split = bench.hub_split or bench.split
+        revision = revisions.get(name)
         want = origin_record(bench.hub, bench.config, split, keep=bench.hub_keep,
-                             local=source if source != bench.hub else None)
+                             local=source if source != bench.hub else None, revision=revision)
         have = kept_origin(out.parent, want, force, log, name, f"benchmark {name} is",
                            "download into another --data-dir", LocalDataError)
         if out.exists() and not force:
@@ -464,8 +489,19 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
                 + (" (--force to download again)" if have else f"; {UNKNOWN_ORIGIN}"))
             written.append(out)
             continue
-        log(f"[vldft] {name}: loading {source} (config {bench.config}, split {split}) ...")
-        ds = datasets.load_dataset(source, bench.config, split=split)
+        local = Path(source).exists()  # a datasets repository on disk: no hub commit
+        try:
+            commit = None if local else hub_commit(source, revision)
+        except LookupError as e:
+            raise LocalDataError(f"{name}: {e}") from None
+        if commit:
+            want = {**want, "commit": commit}
+        log(f"[vldft] {name}: loading {source} (config {bench.config}, split {split}"
+            + (f", commit {commit[:12]}" if commit else "")
+            + (f", revision {revision}" if revision and not commit else "") + ") ...")
+        ds = datasets.load_dataset(source, bench.config, split=split,
+                                   **({"revision": commit or revision} if not local and
+                                      (commit or revision) else {}))
         if bench.hub_keep:
             col, value = bench.hub_keep
             ds = ds.filter(lambda r, c=col, v=value: r[c] == v)

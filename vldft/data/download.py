@@ -40,6 +40,7 @@ from vldft.data.benchmarks import (
     ORIGIN,
     UNKNOWN_ORIGIN,
     describe_origin,
+    hub_commit,
     kept_origin,
     origin_differences,
     origin_record,
@@ -130,19 +131,12 @@ def source_origin(src: SourceConfig, local: Path | None = None) -> dict:
 
 
 def dataset_commit(repo: str, revision: str | None, key: str) -> str | None:
-    """The commit ``revision`` (null: main) of the hub dataset ``repo`` is at now, so that
-    every file comes from that one commit and the record names it; None when the hub cannot be
-    asked (offline: the download then fails on its own). A revision the repository does not
-    have is a ``ConfigError`` naming ``key``."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RevisionNotFoundError
-
+    """``hub_commit`` of ``repo`` at ``revision``; a revision the repository does not have is a
+    ``ConfigError`` naming ``key``."""
     try:
-        return HfApi().dataset_info(repo, revision=revision).sha
-    except RevisionNotFoundError:
+        return hub_commit(repo, revision)
+    except LookupError:
         raise ConfigError(f"{key}.revision: {repo} has no revision {revision!r}") from None
-    except Exception:  # noqa: BLE001 - offline, no such repo, no access: said by the download
-        return None
 
 
 def download_source(src: SourceConfig, root: Path, local: Path | None = None,

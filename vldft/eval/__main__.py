@@ -89,6 +89,10 @@ def _download(argv: list[str]) -> None:
                    help="comma-separated benchmark names: " + ", ".join(BENCHMARKS))
     p.add_argument("--source", action="append", default=[], metavar="BENCH=DATASET",
                    help="read a benchmark from another dataset id or a local datasets repository")
+    p.add_argument("--revision", action="append", default=[], metavar="BENCH=REV",
+                   help="read a benchmark from this branch, tag or commit of its hub repository "
+                        "(repeatable; default: main); recorded with the commit read, and a copy "
+                        "of another revision is refused")
     p.add_argument("--force", action="store_true", help="download again over existing files")
     args = p.parse_args(argv)
     from vldft.eval.run import SUITES
@@ -102,11 +106,17 @@ def _download(argv: list[str]) -> None:
     names = [BY_TASK[t].name for t in tasks] + [b for b in args.benchmarks.split(",") if b]
     if not names:
         p.error("nothing to download: pass --suite, --tasks or --benchmarks")
-    sources = dict(s.split("=", 1) for s in args.source)
+    pairs = {}
+    for flag, values in (("--source", args.source), ("--revision", args.revision)):
+        bad = [v for v in values if "=" not in v or not v.split("=", 1)[1]]
+        if bad:
+            p.error(f"{flag} {bad[0]!r}: expected BENCH=VALUE")
+        pairs[flag] = dict(v.split("=", 1) for v in values)
     from vldft.data.benchmarks import LocalDataError, download
 
     try:
-        download(list(dict.fromkeys(names)), args.data_dir, sources, force=args.force)
+        download(list(dict.fromkeys(names)), args.data_dir, pairs["--source"], force=args.force,
+                 revisions=pairs["--revision"])
     except LocalDataError as e:
         sys.exit(f"[vldft] error: {e}")
     except (ConnectionError, OSError) as e:  # datasets' hub errors are ConnectionError / OSError
