@@ -163,6 +163,24 @@ def test_corrupt_image_with_raise_stops_before_training(tmp_path):
     assert not (out / "metrics.jsonl").exists()  # stopped before training started
 
 
+def test_a_corrupt_held_out_image_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """A held-out set is scored whole or refused: a row whose image (or clip) does not decode
+    stops the run in one line at start, whatever data.on_error says for training rows (it was
+    found at the first evaluation: a traceback after training)."""
+    import vldft.train as train_mod
+
+    heldout, bad, sid = _corrupt_image_file(tmp_path / "hh")
+    data = heldout  # training rows may skip that image; the held-out set may not
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "load_model", lambda *a: pytest.fail("the model loaded"))
+    with pytest.raises(SystemExit) as e:
+        cli([str(TINY_CONFIG), *_train_overrides(data, out, "data.on_error=skip",
+                                                 f"data.heldout_file={heldout}")])
+    msg = str(e.value.code)
+    assert "\n" not in msg and f"{heldout}:4 (id {sid})" in msg and str(bad) in msg, msg
+    assert "held-out file" in msg and not (out / "metrics.jsonl").exists()
+
+
 def test_image_failing_only_at_encode_time_is_named_too(tmp_path, monkeypatch, capsys):
     """An image PIL's verify() passes but that cannot be decoded (simulated by turning the
     up-front check off): skip lists it (stage encode), raise stops with one line."""

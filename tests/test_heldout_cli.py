@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +82,17 @@ def test_an_image_set_still_gets_blank_and_shuffled_by_default(run, tmp_path):
 def bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     """name -> (held-out file, what the error line says)."""
     image_row = {**tiny_demo_rows(1)[0], "images": [str(tmp / "nope.png")]}
+    (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    video_row = {"id": "v", "videos": ["corrupt.mp4"], "answer": "right", "messages": [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which way?"}]},
+        {"role": "assistant", "content": "right"}]}
     return {
+        "corrupt image": (write(tmp / "cimg.jsonl", [
+            *tiny_demo_rows(2), {**image_row, "id": "c", "images": [str(tmp / "corrupt.png")]}]),
+            "corrupt.png. cannot be decoded"),
+        "corrupt video": (write(tmp / "cvid.jsonl", [video_row]),
+                          "corrupt.mp4. cannot be opened"),
         "missing file": (tmp / "absent.jsonl", "data file not found"),
         "bad json": (write(tmp / "bad.jsonl", ['{"id": "a", bad']), "invalid JSON"),
         "missing image": (write(tmp / "img.jsonl", [image_row]), "image file not found"),
@@ -91,14 +102,14 @@ def bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("case", ["missing file", "bad json", "missing image",
-                                  "no assistant turn"])
+                                  "no assistant turn", "corrupt image", "corrupt video"])
 def test_a_bad_held_out_file_is_one_line_and_status_2(run, tmp_path, capsys, case):
     """``cli`` says a ``DataError`` in one line (``main`` keeps raising it, for library use)."""
     path, said = bad_files(tmp_path)[case]
     with pytest.raises(SystemExit) as e:
         cli([str(run / "final"), str(path)])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and said in err and err.count("\n") == 1, err
+    assert e.value.code == 2 and re.search(said, err) and err.count("\n") == 1, err
     assert err.startswith("python -m vldft.heldout: error: ")
     with pytest.raises(DataError, match=said):
         main([str(run / "final"), str(path)])

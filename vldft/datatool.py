@@ -50,8 +50,8 @@ from vldft.data import DataError, ImageBytes, Sample, open_image
 from vldft.data.formats import FORMATS, check_source_path, read_source
 from vldft.data.skips import SkipReport
 from vldft.data.tables import choice_counts
-from vldft.data.validate import ValidationReport, check_images, check_sources
-from vldft.data.video import Video, video_problem
+from vldft.data.validate import ValidationReport, check_sources, media_problem
+from vldft.data.video import Video
 from vldft.progress import prog_name
 
 if TYPE_CHECKING:
@@ -175,34 +175,18 @@ def choices_summary(notes: dict[str, list[str]], samples: list[Sample] | None = 
 
 
 def decodes(sample: Sample, label: str, on_error: str, report: SkipReport) -> bool:
-    """Whether every image of ``sample`` opens and decodes fully (``Image.load()``: truncated
-    files fail here) and every video opens (a file: decord reads it, ``video_problem``; a frame
-    list: each frame decodes fully, as an image); if not, an ``image_corrupt`` /
-    ``video_corrupt`` DataError (``on_error="raise"``) or a skip."""
-    problem, reason = check_images(sample), "image_corrupt"
-    if problem is None:
-        problem, reason = video_corrupt(sample), "video_corrupt"
+    """Whether every image and video of ``sample`` decodes (``media_problem``); if not, an
+    ``image_corrupt`` / ``video_corrupt`` DataError (``on_error="raise"``) or a skip."""
+    problem = media_problem(sample)
     if problem is None:
         return True
+    reason, name, message = problem
     where = f"{sample.origin} (id {sample.id})"
-    e = DataError(f"{where}: {problem[1]}", reason, where, problem[1], image=problem[0])
+    e = DataError(f"{where}: {message}", reason, where, message, image=name)
     if on_error == "raise":
         raise e
     report.add_error(label, e, where, sample.id)
     return False
-
-
-def video_corrupt(sample: Sample) -> tuple[str, str] | None:
-    """None if every video of ``sample`` opens (frames: decode fully), else (name, message)."""
-    for k, video in enumerate(sample.videos):
-        if video.frames:
-            frames = Sample(sample.id, [], list(video.frames))
-            if (bad := check_images(frames)) is not None:
-                frame = bad[1].replace("image ", "frame ", 1)
-                return video.name, f"video {k} ({video.name}): {frame}"
-        elif (why := video_problem(video)) is not None:
-            return video.name, f"video {k} ({video.name}) cannot be opened ({why})"
-    return None
 
 
 def outside_root_hint(report: SkipReport) -> str:

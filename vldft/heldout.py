@@ -128,6 +128,21 @@ def check_image_keys(samples: list[Sample], adapter: Adapter | type[Adapter]) ->
                      "to the tower's size); drop the key from the held-out file")
 
 
+def check_media(samples: list[Sample]) -> None:
+    """Refuse the held-out set if an image or video of a sample does not decode
+    (``vldft.data.validate.media_problem``): a ``DataError`` (``image_corrupt`` /
+    ``video_corrupt``) naming file:line, id and the file, before any model loads. A held-out
+    set is scored whole or refused (``load_jsonl`` refuses a missing file); a corrupt clip
+    found at the first evaluation ended the run with a traceback."""
+    from vldft.data.validate import media_problem
+
+    for s in samples:
+        if (problem := media_problem(s)) is not None:
+            reason, name, message = problem
+            fail(f"{s.origin or s.id} (id {s.id})", reason,
+                 f"{message}; fix or drop the row from the held-out file", image=name)
+
+
 def generate(adapter: Adapter, samples: list[Sample], max_new_tokens: int,
              device: torch.device, collator: Collator | None = None) -> list[str]:
     """Greedy completions of each sample's last assistant turn (batched, left padding). Videos
@@ -340,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     except ValueError as e:
         error(str(e))
     check_image_keys(samples, FAMILIES[family])  # before the checkpoint loads
+    check_media(samples)
     try:
         adapter = load_adapter(ModelConfig(family=family, name_or_path=args.checkpoint,
                                            dtype="float32"))

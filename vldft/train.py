@@ -130,8 +130,9 @@ def _train(cfg: Config) -> dict:
     heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file), root) if cfg.data.heldout_file else []
     if heldout:  # per-image keys a family without pixel bounds cannot honour: refused up front
         from vldft.adapters import FAMILIES
-        from vldft.heldout import check_image_keys
+        from vldft.heldout import check_image_keys, check_media
         check_image_keys(heldout, FAMILIES[cfg.model.family])
+        check_media(heldout)  # a clip that does not decode: refused now, not at an evaluation
     adapter = load_model(cfg, accelerator)
     data = training_set(cfg, adapter, log)  # rank 0 builds once, cached on disk
     if not data.samples:

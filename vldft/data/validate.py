@@ -107,6 +107,31 @@ def check_images(sample: Sample) -> tuple[str, str] | None:
     return None
 
 
+def video_corrupt(sample: Sample) -> tuple[str, str] | None:
+    """None if every video of ``sample`` opens (a file: decord reads it, ``video_problem``; a
+    frame list: each frame decodes fully, as an image), else (name, message) of the first."""
+    for k, video in enumerate(sample.videos):
+        if video.frames:
+            frames = Sample(sample.id, [], list(video.frames))
+            if (bad := check_images(frames)) is not None:
+                frame = bad[1].replace("image ", "frame ", 1)
+                return video.name, f"video {k} ({video.name}): {frame}"
+        elif (why := video_problem(video)) is not None:
+            return video.name, f"video {k} ({video.name}) cannot be opened ({why})"
+    return None
+
+
+def media_problem(sample: Sample) -> tuple[str, str, str] | None:
+    """None if every image and video of ``sample`` decodes (``check_images``,
+    ``video_corrupt``), else (reason, image or video name, message) of the first that does not:
+    ``image_corrupt`` or ``video_corrupt``."""
+    if (bad := check_images(sample)) is not None:
+        return "image_corrupt", *bad
+    if (bad := video_corrupt(sample)) is not None:
+        return "video_corrupt", *bad
+    return None
+
+
 def _sources(cfg: Config) -> list[SourceConfig]:
     sources = cfg.all_sources()
     if cfg.data.heldout_file:
@@ -140,14 +165,10 @@ def check_sources(cfg: Config, max_samples: int | None = None,
         lengths = report.tokens.setdefault(label, [])
         for s in checked:
             where = f"{s.origin} (id {s.id})"
-            problem = check_images(s)
+            problem = media_problem(s)
             if problem:
-                report.add(label, where, "image_corrupt", problem[1], s.id, problem[0])
-                continue
-            bad = next(((v, p) for v in s.videos if (p := video_problem(v)) is not None), None)
-            if bad:
-                report.add(label, where, "video_corrupt", f"video {bad[0].name} cannot be "
-                           f"opened ({bad[1]})", s.id, bad[0].name)
+                reason, name, message = problem
+                report.add(label, where, reason, message, s.id, name)
                 continue
             if encode is None:
                 continue
