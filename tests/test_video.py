@@ -351,6 +351,23 @@ def test_frames_and_folders_decode_in_order_capped_and_even(tmp_path):
     assert torch.equal(decode(blobs, capped, unit=28).frames, dec.frames)
 
 
+@pytest.mark.parametrize(("cap", "want"), [(3, 2), (5, 4), (7, 6)])
+def test_an_odd_frame_cap_takes_as_many_frames_from_a_folder_as_from_a_file(media, cap, want):
+    """Qwen's families join 2 frames per temporal patch: qwen-vl-utils floors an odd cap for a
+    file (smart_nframes); a frame list or folder takes the same count, never one above the cap
+    (3 frames padded to 4 had 288 video tokens beside the file's 144), and plan agrees."""
+    from vldft.data.video import frame_files, plan
+
+    settings = VideoSettings(fps=4.0, max_frames=cap, min_frames=2, min_pixels=28 * 28,
+                             max_pixels=SIDE * SIDE)
+    file, folder = Video(file=media / "clip.mp4"), Video(frames=frame_files(media / "frames"))
+    for clip in (file, folder):
+        assert decode(clip, settings, unit=28).frames.shape[0] == want
+        assert plan(clip, settings, unit=28)[0] == want
+    three = Video(frames=frame_files(media / "frames")[:3])  # fewer than the cap, odd: padded
+    assert decode(three, VideoSettings(max_frames=32), unit=28).frames.shape[0] == 4
+
+
 # -- (4) an overlong video sample is shortened by frames ---------------------------------------
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
 def test_overlong_video_sample_is_shortened_by_whole_frames(family, tmp_path):

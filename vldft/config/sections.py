@@ -200,7 +200,7 @@ class VideoSettings:
     # taken as a clip already sampled at this rate (timestamps: frame i at i / fps seconds)
     min_frames: int = 4  # at least this many frames from a video file (when it has them;
     # never more than max_frames)
-    max_frames: int = 32  # frame cap per video (an even count: Qwen joins 2 frames per patch)
+    max_frames: int = 32  # frame cap per video (Qwen joins 2 frames per patch: odd is floored)
     min_pixels: int | None = None  # per-frame pixel floor (Qwen: default 128 tokens' worth)
     max_pixels: int | None = None  # per-frame pixel cap (Qwen: default 768 tokens' worth)
     max_tokens: int = 2048  # video-token budget per video: frames are made smaller (never

@@ -232,9 +232,12 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
             pick = sample_indices(frames.shape[0], nframes, exact=True)
             frames, indices = frames[pick], [indices[i] for i in pick]
     else:
-        keep = sample_indices(len(video.frames), nframes or cap, exact=nframes is not None)
-        if len(keep) % 2 and nframes is None:  # an even count (Qwen's temporal patch), as
-            # qwen-vl-utils pads; an exact count (a fixed-count family) is kept as asked
+        # an odd cap is floored to even, as qwen-vl-utils floors a file's (3: 2 frames, not 3
+        # padded to 4, above the cap); an exact count (a fixed-count family) is kept as asked
+        keep = sample_indices(len(video.frames), nframes or even_cap(cap),
+                              exact=nframes is not None)
+        if len(keep) % 2 and nframes is None:  # fewer frames than the cap, an odd count: the
+            # last repeats (Qwen's temporal patch joins 2), as qwen-vl-utils pads a frame list
             keep.append(keep[-1])
         arrays = []
         for i in keep:
@@ -247,6 +250,11 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
         indices, fps, total = keep, float(settings.fps), len(video.frames)
     frames = frames.round().clamp(0, 255).to(torch.uint8)
     return Decoded(frames, fps, indices, total)
+
+
+def even_cap(cap: int) -> int:
+    """A frame cap as Qwen's families take it: floored to an even count, at least 2."""
+    return max(2, cap - cap % 2)
 
 
 def _frame_count(file: Path) -> int:
@@ -295,7 +303,7 @@ def plan(video: Video, settings, unit: int, fixed: bool = False) -> tuple[int, i
 
         with open_image(video.frames[0]) as im:
             w, h = im.size
-        n = settings.max_frames if fixed else min(len(video.frames), settings.max_frames)
+        n = settings.max_frames if fixed else min(len(video.frames), even_cap(settings.max_frames))
         n += 0 if fixed else n % 2
     rh, rw = _frame_size(n, h, w, settings, unit)
     return n, rh, rw
