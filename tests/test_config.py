@@ -50,6 +50,24 @@ def test_overrides_apply_with_types():
     assert cfg.train.vision_lr == 3e-6 and cfg.data.overlong == "skip"
 
 
+def test_digits_for_a_text_key_say_to_quote_them(tmp_path):
+    """A commit hash of digits only is a YAML number (0123456: octal 42798): the error says to
+    quote it, and a quoted one, on the command line or in a file, is the text."""
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY_CONFIG, ["model.tiny=false", "model.name_or_path=org/m",
+                                  "model.revision=0123456"])
+    msg = str(err.value)
+    assert msg.startswith("model.revision: expected str, got int 42798") and "\n" not in msg
+    assert "quote the value" in msg and "leading 0 as octal" in msg
+    cfg = load_config(TINY_CONFIG, ["model.tiny=false", "model.name_or_path=org/m",
+                                    "model.revision='0123456'"])
+    assert cfg.model.revision == "0123456"
+    path = tmp_path / "c.yaml"
+    path.write_text('model: {name_or_path: org/m, revision: "0123456"}\n'
+                    f"data: {{train_files: [{ROOT / 'data/geo_demo/train.jsonl'}]}}\n")
+    assert load_config(path).model.revision == "0123456"
+
+
 @pytest.mark.parametrize("override, key", [
     ("train.lr=fast", "train.lr"),
     ("train.max_steps=1.5", "train.max_steps"),

@@ -61,6 +61,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     else:
         raise TypeError(f"unsupported annotation {tp} for {key}")
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ConfigError(  # e.g. a commit hash of digits only: 0123456 is octal 42798
+            f"{key}: expected str, got {type(value).__name__} {value!r}: YAML reads unquoted "
+            f"digits as a number (with a leading 0 as octal); quote the value, e.g. "
+            f"\"{key}='0123456'\" on the command line (the shell drops bare quotes) or "
+            f"{key.rsplit('.', 1)[-1]}: \"0123456\" in a file")
     raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
 
 
