@@ -376,6 +376,9 @@ def test_validate_and_inspect_refuse_a_copy_of_another_subset(setup, capsys):
                      "data.sources[0].subset=geometry"])
         err = capsys.readouterr().err
         assert code != 0 and "data.sources[0].subset='geometry'" in err, (command, code, err)
+        # the way out keeps the command line's overrides (the subset asked for)
+        assert (f"`vldft-data download {cfg_file} 'data.sources[0].subset=geometry' --data-dir "
+                f"{data} --force`") in err, err
 
 
 def test_a_copy_of_one_split_is_not_read_as_another(tmp_path):

@@ -206,6 +206,10 @@ def test_without_the_data_training_stops_before_the_model_loads(tmp_path, monkey
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0 and "data not downloaded" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # its download command keeps the run's overrides (they may name other sources), not the
+    # data dir, which --data-dir sets
+    assert (f"`vldft-data download {HEADLINE} model.tiny=true train.output_dir={tmp_path / 'run'}"
+            " --data-dir DIR`") in proc.stderr, proc.stderr
 
 
 def test_download_then_train_offline_decontaminated(tmp_path, hub, monkeypatch):

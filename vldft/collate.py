@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         from vldft.data.download import origin_conflict
 
-        conflict = origin_conflict(cfg)  # a downloaded copy of other rows than asked for
+        conflict = origin_conflict(cfg, args.overrides)  # a copy of other rows than asked
         if conflict:
             raise ConfigError(conflict)
         sources = [s for s in cfg.all_sources() if args.source in (None, s.label)]

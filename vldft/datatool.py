@@ -204,10 +204,10 @@ def _config(args: argparse.Namespace) -> Config:
     from vldft.data.download import origin_conflict
 
     cfg = load_config(args.config, args.overrides)
-    conflict = origin_conflict(cfg)
+    conflict = origin_conflict(cfg, args.overrides)
     if conflict:
         raise ConfigError(conflict)
-    missing = cfg.missing_sources()
+    missing = cfg.missing_sources(overrides=args.overrides)
     if missing:
         raise ConfigError(missing)
     return cfg

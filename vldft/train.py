@@ -353,7 +353,7 @@ def cli(argv: list[str] | None = None) -> None:
             return
         from vldft.data.download import require_data
 
-        require_data(cfg)  # missing downloads: one line in a second, before torch loads
+        require_data(cfg, args.overrides)  # missing downloads: one line, before torch loads
         main(cfg)
     except ConfigError as e:  # from loading, or from main's checks before any model loads
         raise SystemExit(f"config error: {e}") from None

@@ -74,11 +74,13 @@ class Config:
         a ``hub`` source's ``path`` is its local copy (``local_source``)."""
         return [self.local_source(s) for s in self.data.all_sources()]
 
-    def missing_sources(self, also: list[str] | None = None) -> str | None:
+    def missing_sources(self, also: list[str] | None = None,
+                        overrides: list[str] | None = None) -> str | None:
         """None when every ``hub`` source has a local copy, else one line naming each missing
         source, the paths looked for and the download command (train checks this before any
         model loads); ``also``: other missing pieces the same command fetches, named in the
-        same line."""
+        same line; ``overrides``: the command line's, kept in that command (they may add or
+        change sources; None: not known here, said in words)."""
         missing = []
         for src in self.data.sources:
             paths = self.source_paths(src)
@@ -88,9 +90,16 @@ class Config:
                                + ", ".join(str(p) for p in paths))
         if not missing:
             return None
-        cmd = f"vldft-data download {self.config_file or 'CONFIG'} --data-dir DIR"
+        import shlex
+
+        kept = [shlex.quote(o) for o in overrides or []
+                if not o.startswith(("data.data_dir=", "data.cache_dir="))]
+        cmd = " ".join(["vldft-data download", shlex.quote(self.config_file or "CONFIG"), *kept,
+                        "--data-dir DIR"])
         return (f"data not downloaded: {'; '.join([*missing, *(also or [])])}. Fetch it where "
-                f"the hub is reachable with `{cmd}`, then run with data.data_dir=DIR")
+                f"the hub is reachable with `{cmd}`"
+                + (" (with this run's overrides)" if overrides is None else "")
+                + ", then run with data.data_dir=DIR")
 
     def resolve(self, path: str) -> Path:
         """``path`` relative to ``base_dir`` (the config file's directory, see load_config)."""

@@ -25,6 +25,7 @@ files copied from it.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tarfile
 import zipfile
@@ -257,12 +258,13 @@ def download(cfg: Config, sources: dict[str, str] | None = None, force: bool = F
 
 
 
-def origin_conflict(cfg: Config) -> str | None:
+def origin_conflict(cfg: Config, overrides: list[str] | None = None) -> str | None:
     """None when no ``hub`` source's local copy is recorded (``ORIGIN``) as coming from other
     than the source asks (hub, subset, split, hub_files, revision:
     ``origin_differences``), else one line
-    naming the first such key, the folder, what it holds and the ways out. A copy without a
-    record (an older vldft's, or made by hand) is not checked."""
+    naming the first such key, the folder, what it holds and the ways out (the download
+    command with ``overrides``, the command line's). A copy without a record (an older
+    vldft's, or made by hand) is not checked."""
     root = cfg.data_root()
     for i, src in enumerate(cfg.data.sources):
         if src.hub is None:
@@ -276,22 +278,25 @@ def origin_conflict(cfg: Config) -> str | None:
         field = diff[0] if diff[0] in ("hub", "subset", "split", "hub_files",
                                        "revision") else None
         key = f"data.sources[{i}]" + (f".{field}={getattr(src, field)!r}" if field else "")
+        kept = [shlex.quote(o) for o in overrides or []
+                if not o.startswith(("data.data_dir=", "data.cache_dir="))]
+        cmd = " ".join(["vldft-data download", shlex.quote(cfg.config_file or "CONFIG"), *kept,
+                        f"--data-dir {shlex.quote(str(root))} --force"])
         return (f"{key}: {folder} holds {describe_origin(have)} (recorded in {ORIGIN}), "
                 f"not {describe_origin(want)}; training would read the wrong rows. Replace it "
-                f"with `vldft-data download {cfg.config_file or 'CONFIG'} --data-dir {root} "
-                "--force` (with this run's overrides), or give this source another name "
-                f"(data.sources[{i}].name) and download it")
+                f"with `{cmd}`" + (" (with this run's overrides)" if overrides is None else "")
+                + f", or give this source another name (data.sources[{i}].name) and download it")
     return None
 
 
-def require_data(cfg: Config) -> None:
+def require_data(cfg: Config, overrides: list[str] | None = None) -> None:
     """Before any model loads: every ``hub`` source has its local copy, of what the source asks
     for (``origin_conflict``), and the benchmark copies ``data.decontaminate`` reads are
     present; else one ``ConfigError`` line naming what is missing or different, where it was
-    looked for and the command that fetches it."""
+    looked for and the command that fetches it (with ``overrides``, the command line's)."""
     from vldft.data.benchmarks import BENCHMARKS, LocalDataError, find_local
 
-    conflict = origin_conflict(cfg)
+    conflict = origin_conflict(cfg, overrides)
     if conflict:
         raise ConfigError(conflict)
     try:
@@ -307,7 +312,7 @@ def require_data(cfg: Config) -> None:
             absent.append(name)
     also = [f"benchmark copies for data.decontaminate={cfg.data.decontaminate}: "
             f"{', '.join(absent)} under {root}"] if absent else []
-    missing = cfg.missing_sources(also)  # every piece the download fetches, in one line
+    missing = cfg.missing_sources(also, overrides)  # every piece the download fetches
     if missing:
         raise ConfigError(missing)
     if absent:
