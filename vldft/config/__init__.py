@@ -90,16 +90,23 @@ class Config:
                                + ", ".join(str(p) for p in paths))
         if not missing:
             return None
+        return (f"data not downloaded: {'; '.join([*missing, *(also or [])])}. Fetch it where "
+                f"the hub is reachable with {self.download_command(overrides)}, then run with "
+                "data.data_dir=DIR")
+
+    def download_command(self, overrides: list[str] | None, data_dir: str = "DIR",
+                         force: bool = False) -> str:
+        """The ``vldft-data download`` command (in backquotes) that fetches this config's data:
+        with ``overrides`` (the command line's, but the data dir's, which ``--data-dir`` sets);
+        None: not known here, said in words."""
         import shlex
 
         kept = [shlex.quote(o) for o in overrides or []
                 if not o.startswith(("data.data_dir=", "data.cache_dir="))]
         cmd = " ".join(["vldft-data download", shlex.quote(self.config_file or "CONFIG"), *kept,
-                        "--data-dir DIR"])
-        return (f"data not downloaded: {'; '.join([*missing, *(also or [])])}. Fetch it where "
-                f"the hub is reachable with `{cmd}`"
-                + (" (with this run's overrides)" if overrides is None else "")
-                + ", then run with data.data_dir=DIR")
+                        "--data-dir", data_dir if data_dir == "DIR" else shlex.quote(data_dir),
+                        *(["--force"] if force else [])])
+        return f"`{cmd}`" + (" (with this run's overrides)" if overrides is None else "")
 
     def resolve(self, path: str) -> Path:
         """``path`` relative to ``base_dir`` (the config file's directory, see load_config)."""

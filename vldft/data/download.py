@@ -25,7 +25,6 @@ files copied from it.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import tarfile
 import zipfile
@@ -278,14 +277,10 @@ def origin_conflict(cfg: Config, overrides: list[str] | None = None) -> str | No
         field = diff[0] if diff[0] in ("hub", "subset", "split", "hub_files",
                                        "revision") else None
         key = f"data.sources[{i}]" + (f".{field}={getattr(src, field)!r}" if field else "")
-        kept = [shlex.quote(o) for o in overrides or []
-                if not o.startswith(("data.data_dir=", "data.cache_dir="))]
-        cmd = " ".join(["vldft-data download", shlex.quote(cfg.config_file or "CONFIG"), *kept,
-                        f"--data-dir {shlex.quote(str(root))} --force"])
         return (f"{key}: {folder} holds {describe_origin(have)} (recorded in {ORIGIN}), "
                 f"not {describe_origin(want)}; training would read the wrong rows. Replace it "
-                f"with `{cmd}`" + (" (with this run's overrides)" if overrides is None else "")
-                + f", or give this source another name (data.sources[{i}].name) and download it")
+                f"with {cfg.download_command(overrides, str(root), force=True)}, or give this "
+                f"source another name (data.sources[{i}].name) and download it")
     return None
 
 
@@ -319,6 +314,6 @@ def require_data(cfg: Config, overrides: list[str] | None = None) -> None:
         raise ConfigError(
             f"data.decontaminate={cfg.data.decontaminate}: no local copy of {', '.join(absent)} "
             f"under {root} (train.eval_data_dir, else the data dir); fetch them with "
-            f"`vldft-data download {cfg.config_file or 'CONFIG'} --data-dir DIR` or "
+            f"{cfg.download_command(overrides)} or "
             f"`python -m vldft.eval download --benchmarks {','.join(absent)} --data-dir {root}`,"
             " or train without decontamination: data.decontaminate=off")
