@@ -393,6 +393,19 @@ def test_local_checkpoint_path_resolves_or_is_refused(tmp_path):
     assert cfg.model.name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
 
 
+def test_a_missing_model_folder_typed_on_the_command_line_is_named_where_it_was_looked_for(
+        tmp_path, monkeypatch):
+    """A relative model.name_or_path on the command line is looked for in the directory the
+    command runs in (an existing one loads from there); a missing one was named under the
+    config's folder instead."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=f"model.name_or_path: {tmp_path / 'nothere'} does not"):
+        load_config(DEMO_CONFIG, ["model.name_or_path=nothere"])
+    (tmp_path / "mine").mkdir()
+    assert load_config(DEMO_CONFIG, ["model.name_or_path=mine"]).model.name_or_path == str(
+        tmp_path / "mine")
+
+
 @pytest.mark.parametrize("key", ["base_dir", "config_file"])
 def test_a_config_file_cannot_set_where_it_lies(tmp_path, key):
     """``base_dir`` / ``config_file`` are vldft's records of the file's location: in a YAML

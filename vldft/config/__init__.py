@@ -357,8 +357,6 @@ def command_line_paths(raw: dict[str, Any], touched: list[tuple[str | int, ...]]
         if (where == ("model", "name_or_path") or where[-1] == "path") and is_hub_id(value) \
                 and not (cwd / value).exists():
             continue
-        if where == ("model", "name_or_path") and not (cwd / value).exists():
-            continue
         node[where[-1]] = str(cwd / value)
 
 
