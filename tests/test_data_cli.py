@@ -51,7 +51,7 @@ def test_convert_round_trip_paths(tmp_path, capsys):
     assert main(args) == 1  # a row was dropped and --on-error skip was not given
     assert main([*args, "--on-error", "skip"]) == 0  # dropping it accepted
     printed = capsys.readouterr().out
-    assert "wrote 2 samples (1 images, 1 text-only)" in printed
+    assert "wrote 2 samples (1 with images: 1 image; 1 text-only)" in printed
     assert "image_missing" in printed and "(id bad)" in printed
     skipped = json.loads((out.parent / "train.skipped.json").read_text())
     assert [(e["id"], e["reason"]) for e in skipped["entries"]] == [("bad", "image_missing")]
@@ -272,7 +272,10 @@ def test_convert_keeps_videos_frames_and_per_clip_settings(tmp_path, capsys, one
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out" / "train.jsonl"
     assert main(["convert", "--format", "messages", str(src), str(out)]) == 0
-    assert "wrote 6 samples (1 images, 5 videos, 1 text-only)" in capsys.readouterr().out
+    # rows, as the mixture table counts them, and the files they hold (the row with a clip and
+    # an image counts in both)
+    assert ("wrote 6 samples (1 with images: 1 image; 5 with video: 5 clips; 1 text-only)"
+            in capsys.readouterr().out)
 
     original = read_source(SourceConfig(path=str(src), format="messages"), tmp_path)
     again = load_jsonl(out)
@@ -332,7 +335,7 @@ def test_convert_drops_a_video_whose_frame_does_not_decode(tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     assert main(["convert", str(src), str(out), "--on-error", "skip"]) == 0
     printed = capsys.readouterr().out
-    assert "wrote 1 samples (0 images, 1 videos, 0 text-only)" in printed
+    assert "wrote 1 samples (0 with images: 0 images; 1 with video: 1 clip; 0 text-only)" in printed
     skipped = json.loads((tmp_path / "out.skipped.json").read_text())
     assert [(e["id"], e["reason"]) for e in skipped["entries"]] == [("cut", "video_corrupt")]
     assert "f2.png" in skipped["entries"][0]["message"]

@@ -141,9 +141,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     with open(out, "w", encoding="utf-8") as f:
         for i, s in enumerate(samples):
             f.write(json.dumps(sample_to_row(s, img_dir, base, i), ensure_ascii=False) + "\n")
+    # rows, as the mixture table counts them (a row with an image and a clip counts in both),
+    # with the files they hold
+    with_img, with_vid = sum(bool(s.images) for s in samples), sum(bool(s.videos) for s in samples)
     n_img, n_vid = sum(len(s.images) for s in samples), sum(len(s.videos) for s in samples)
-    videos = f"{n_vid} videos, " if n_vid else ""
-    print(f"wrote {len(samples)} samples ({n_img} images, {videos}"
+    videos = f"{with_vid} with video: {n_vid} clip{'s' * (n_vid != 1)}; " if n_vid else ""
+    print(f"wrote {len(samples)} samples ({with_img} with images: {n_img} "
+          f"image{'s' * (n_img != 1)}; {videos}"
           f"{sum(not s.images and not s.videos for s in samples)} text-only) to {out}")
     print(choices_summary(notes, samples), end="")
     skipped = out.with_name(f"{out.stem}.skipped.json")
