@@ -586,6 +586,38 @@ def qwen25():
     return load_adapter(ModelConfig(family="qwen2_5_vl", tiny=True))
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_encoding_a_clip_raises_no_per_frame_cap_warning(media, family, monkeypatch):
+    """transformers' Qwen video processors warn on every run that their default resize lacks
+    qwen-vl-utils' per-frame pixel cap; vldft's frames come resized by that policy and the
+    processor's resize is off, so the warning only alarmed: the reference setting is passed,
+    and the tokens are the same."""
+    import importlib
+
+    from vldft.adapters import load_adapter
+
+    torch.manual_seed(0)
+    adapter = load_adapter(ModelConfig(family=family, tiny=True))
+    module = importlib.import_module(type(adapter.processor.video_processor).__module__)
+    said = []
+    monkeypatch.setattr(module.logger, "warning_once", lambda msg, *a, **k: said.append(msg))
+    sample = sample_from_row(msg_row("v", {"type": "video"}, videos=[str(media / "clip.mp4")]),
+                             "x.jsonl:1", media)
+    enc = Collator(adapter, 4096, video=RUN).encode(sample)
+    assert not [m for m in said if "per-frame pixel cap" in m], said
+    real = type(adapter).video_kwargs
+
+    def without_the_setting(self, videos):
+        kw = real(self, videos)
+        kw.get("videos_kwargs", {}).pop("cap_pixels_per_frame", None)
+        return kw
+
+    monkeypatch.setattr(type(adapter), "video_kwargs", without_the_setting)
+    assert torch.equal(Collator(adapter, 4096, video=RUN).encode(sample).input_ids, enc.input_ids)
+    if hasattr(adapter.processor.video_processor, "cap_pixels_per_frame"):
+        assert [m for m in said if "per-frame pixel cap" in m]  # the warning it silenced
+
+
 @pytest.mark.parametrize("sid", ["part", "url-part", "pool-part", "entry", "nulls", "normalized",
                                  "sharegpt"])
 def test_per_clip_keys_decode_as_a_run_with_those_settings(media, tmp_path, qwen25, sid):

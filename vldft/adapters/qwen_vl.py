@@ -109,10 +109,14 @@ class QwenVLAdapter(Adapter):
 
     def video_kwargs(self, videos: list | None) -> dict:
         """Frames come resized by qwen-vl-utils' policy (``vldft.data.video``): the video
-        processor keeps their size."""
+        processor keeps their size. Its ``cap_pixels_per_frame`` (newer transformers: a
+        per-frame cap in its own resize, which does not run here) is set to the reference
+        behaviour, which silences its warning that the default differs from qwen-vl-utils."""
         kw = super().video_kwargs(videos)
         if kw:
             kw["videos_kwargs"] = {"do_resize": False}
+            if hasattr(self.processor.video_processor, "cap_pixels_per_frame"):
+                kw["videos_kwargs"]["cap_pixels_per_frame"] = True
         return kw
 
     def video_token_estimate(self, video, settings) -> int:
