@@ -560,3 +560,25 @@ def test_packing_a_family_that_cannot_pack_is_refused_before_overwrite_removes_a
         train_main(config(data_file, out, "model.family=qwen3_5", "data.packing=true",
                           "train.overwrite=true"))
     assert snapshot(out) == before  # the old run is still there
+
+
+def test_a_stop_signal_says_how_to_abort_without_saving(capsys):
+    """SIGTERM (a scheduler's stop) and Ctrl-C both save after the step; the line says how to
+    abort instead, and a second Ctrl-C does."""
+    import signal
+
+    from vldft.state import StopRequest
+
+    stop = StopRequest()
+    try:
+        stop._handle(signal.SIGTERM, None)
+        said = capsys.readouterr().err
+        assert stop.signal == "SIGTERM" and "SIGINT (Ctrl-C) to abort without saving" in said
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)
+        fresh = StopRequest()
+        fresh._handle(signal.SIGINT, None)
+        assert "(Ctrl-C again to abort without saving)" in capsys.readouterr().err
+        fresh.close()
+    finally:
+        stop.close()

@@ -228,8 +228,9 @@ class StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
+        how = "Ctrl-C again" if signum == signal.SIGINT else "SIGINT (Ctrl-C)"
         print(f"\n[vldft] {self.signal} received: saving a checkpoint after this step "
-              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+              f"({how} to abort without saving)", file=sys.stderr, flush=True)
 
     def agreed(self, accelerator) -> str | None:
         """The stop every rank agrees on after a step (a collective when several ranks run):
