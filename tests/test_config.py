@@ -422,3 +422,23 @@ def test_a_config_file_cannot_set_where_it_lies(tmp_path, key):
     with pytest.raises(ConfigError, match="unknown key") as e:
         load_config(TINY_CONFIG, ["nope=1"])
     assert key not in str(e.value) and "'train'" in str(e.value)
+
+
+def test_a_bad_key_or_value_of_the_file_names_the_file(tmp_path):
+    """An unknown key or a wrong type in the YAML names the file before the key (it named the
+    key alone, which could come from the file or the command line); one set by an override does
+    not."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {family: qwen2_5_vl, tiny: true}\n"
+                    f"data: {{train_files: [{ROOT / 'data/geo_demo/train.jsonl'}]}}\n"
+                    "train: {lr: fast, micro_batch_size: 2}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: train.lr: expected float, got str 'fast'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^train.lr: expected float, got str 'slow'"):
+        load_config(path, ["train.lr=slow"])
+    path.write_text(path.read_text().replace("lr: fast", "lrate: 1.0e-5"))
+    with pytest.raises(ConfigError, match=rf"^{path}: train.lrate: unknown key"):
+        load_config(path)
+    path.write_text(path.read_text().replace("lrate: 1.0e-5", "lr: 1.0e-5"))
+    with pytest.raises(ConfigError, match=r"^train.nope: unknown key"):
+        load_config(path, ["train.nope=1"])

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from vldft.config.parse import apply_override, build, yaml_error
+from vldft.config.parse import _key_parts, apply_override, build, yaml_error
 from vldft.config.paths import (
     FILE_SUFFIXES,
     HUB_ID,
@@ -406,12 +406,28 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
     raw.setdefault("base_dir", str(base))
     if path is not None:
         raw.setdefault("config_file", str(path))
-    cfg = build(Config, raw, "")
+    try:
+        cfg = build(Config, raw, "")
+    except ConfigError as e:  # a key or value of the file's (not an override's): name the file
+        raise ConfigError(_in_file(str(e), path, touched)) from None
     name = cfg.model.name_or_path
     if name and cfg.resolve(name).exists():  # a local checkpoint, e.g. the bundled prior
         cfg.model.name_or_path = str(cfg.resolve(name))
     cfg.validate()
     return cfg
+
+
+def _in_file(message: str, path: str | Path | None, touched: list[tuple]) -> str:
+    """``message`` (``key: problem``) prefixed with the config file when ``key`` is the file's:
+    no override set it or a section holding it (an ``include``'d file's keys count as the
+    file's)."""
+    key = message.split(":", 1)[0]
+    if path is None or " " in key:
+        return message
+    parts = tuple(_key_parts(key))
+    if any(parts[:len(t)] == t or t[:len(parts)] == parts for t in touched):
+        return message
+    return f"{path}: {message}"
 
 
 def config_keys(cls: type | None = None, prefix: str = "") -> dict[str, list[str]] | list[str]:
