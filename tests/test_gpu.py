@@ -198,7 +198,7 @@ def _step(adapter, batches, device, dtype=torch.bfloat16):
         with torch.autocast(torch.device(device).type, dtype):
             loss, _, _ = module(inputs_on(batch, device), "dft")
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     return total, {n: g.float() for n, g in _grads(adapter.model).items()}
 
 

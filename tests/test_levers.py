@@ -462,7 +462,8 @@ def test_checkpointing_uses_transformers_current_name():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         adapter = _prepared("qwen2_5_vl", gradient_checkpointing=True)
-    assert adapter.model.is_gradient_checkpointing
+    model = adapter.model
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
     assert not [w for w in seen if "gradient_checkpointing_enable" in str(w.message)], \
         [str(w.message) for w in seen]
 
