@@ -160,7 +160,18 @@ class Decoded:
     total: int  # frames in the source
 
 
+def _decord():
+    """decord, with FFmpeg's own log quiet: a broken clip is reported once by vldft (a row
+    error or a counted skip), not also by FFmpeg's lines on stderr ('moov atom not found',
+    'partial file', one per read). decord's own one-line open error still prints."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
+
+
 def _use_decord() -> None:
+    _decord()  # qwen-vl-utils' reads go through the same library
     from qwen_vl_utils import vision_process as vp
 
     if os.environ.get("FORCE_QWENVL_VIDEO_READER") is None \
@@ -180,7 +191,7 @@ def video_problem(video: Video) -> str | None:
                 return f"frame {getattr(f, 'name', f)}: {p}"
         return None
     try:
-        import decord
+        decord = _decord()
 
         n = len(decord.VideoReader(str(video.file)))
     except Exception as e:  # decord raises DECORDError (a RuntimeError) on bad files
@@ -258,7 +269,7 @@ def even_cap(cap: int) -> int:
 
 
 def _frame_count(file: Path) -> int:
-    import decord
+    decord = _decord()
 
     return len(decord.VideoReader(str(file)))
 
@@ -268,10 +279,9 @@ def _decode_single(file: Path, settings, unit: int, n: int) -> Decoded:
     then falls back to torchvision's removed ``read_video``): its frame repeated ``n`` times
     (2, or the exact count a fixed-count family asks for, as ``plan`` counts), sized like a
     frame list's."""
-    import decord
     import torch
 
-    vr = decord.VideoReader(str(file))
+    vr = _decord().VideoReader(str(file))
     frame = torch.from_numpy(vr[0].asnumpy()).permute(2, 0, 1)
     frames = _resize(frame.unsqueeze(0).repeat(n, 1, 1, 1), settings, unit)
     frames = frames.round().clamp(0, 255).to(torch.uint8)
@@ -285,7 +295,7 @@ def plan(video: Video, settings, unit: int, fixed: bool = False) -> tuple[int, i
     from qwen_vl_utils.vision_process import smart_nframes
 
     if video.file is not None:
-        import decord
+        decord = _decord()
 
         vr = decord.VideoReader(str(video.file))
         total, native = len(vr), vr.get_avg_fps()
