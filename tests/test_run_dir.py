@@ -562,6 +562,26 @@ def test_packing_a_family_that_cannot_pack_is_refused_before_overwrite_removes_a
     assert snapshot(out) == before  # the old run is still there
 
 
+def test_a_bad_held_out_file_is_refused_before_overwrite_removes_anything(
+        finished, data_file, tmp_path, no_model):
+    """A held-out image that does not decode (or any other held-out refusal) stops the run
+    before train.overwrite removes the previous run."""
+    from vldft.data import DataError
+
+    out = copy_run(finished, tmp_path)
+    before = snapshot(out)
+    rows = data_file.read_text().splitlines()[:3]
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rows[2] = json.dumps({**json.loads(rows[2]), "images": [str(bad)]})
+    heldout = tmp_path / "held.jsonl"
+    heldout.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"held.jsonl:3 .*corrupt.png\) cannot be decoded"):
+        train_main(config(data_file, out, f"data.heldout_file={heldout}",
+                          "train.overwrite=true"))
+    assert snapshot(out) == before  # the old run is still there
+
+
 def test_a_stop_signal_says_how_to_abort_without_saving(capsys):
     """SIGTERM (a scheduler's stop) and Ctrl-C both save after the step; the line says how to
     abort instead, and a second Ctrl-C does."""

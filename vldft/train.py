@@ -115,6 +115,7 @@ def _train(cfg: Config) -> dict:
 
         check_eval_tasks(cfg)
     refuse_packing(cfg)
+    heldout = load_heldout(cfg)  # a bad held-out file: refused before the run dir is touched
     out_dir = cfg.resolve(t.output_dir)
     is_main, world = accelerator.is_main_process, accelerator.num_processes
     log = print if is_main else (lambda *a, **k: None)
@@ -126,13 +127,6 @@ def _train(cfg: Config) -> dict:
     set_seed(t.seed)
 
     # --- build: data, model, optimizer, schedule -------------------------------------------
-    root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
-    heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file), root) if cfg.data.heldout_file else []
-    if heldout:  # per-image keys a family without pixel bounds cannot honour: refused up front
-        from vldft.adapters import FAMILIES
-        from vldft.heldout import check_image_keys, check_media
-        check_image_keys(heldout, FAMILIES[cfg.model.family])
-        check_media(heldout)  # a clip that does not decode: refused now, not at an evaluation
     adapter = load_model(cfg, accelerator)
     data = training_set(cfg, adapter, log)  # rank 0 builds once, cached on disk
     if not data.samples:
@@ -265,6 +259,24 @@ def _train(cfg: Config) -> dict:
     finally:
         out.close()
         stop.close()
+
+
+def load_heldout(cfg: Config) -> list:
+    """``data.heldout_file``'s samples, refused (``DataError``, one line) before the run
+    directory is claimed (``train.overwrite`` would already have removed the old run) or a model
+    loads: a missing or unreadable file, image or video, per-image keys the family cannot honour
+    (``check_image_keys``), an image that does not decode or a clip that does not open
+    (``check_media``: a held-out set is scored whole or refused)."""
+    if not cfg.data.heldout_file:
+        return []
+    from vldft.adapters import FAMILIES
+    from vldft.heldout import check_image_keys, check_media
+
+    root = cfg.resolve(cfg.data.image_root) if cfg.data.image_root else None
+    heldout = load_jsonl(cfg.resolve(cfg.data.heldout_file), root)
+    check_image_keys(heldout, FAMILIES[cfg.model.family])
+    check_media(heldout)
+    return heldout
 
 
 def refuse_packing(cfg: Config) -> None:
