@@ -352,6 +352,10 @@ def test_a_benchmark_copy_records_its_commit_and_a_pinned_revision(tmp_path, mon
         download_benchmarks([name], tmp_path / "other", log=log.append, revisions={name: "nope"})
     with pytest.raises(LocalDataError, match="revision for mathvista, which is not downloaded"):
         download_benchmarks([name], root, revisions={"mathvista": "v1"})
+    with pytest.raises(LocalDataError, match=f"a revision .v9. applies to a hub repository; "
+                                             f"{repo} is a local folder"):  # not recorded
+        download_benchmarks([name], tmp_path / "third", {name: str(repo)}, revisions={name: "v9"})
+    assert not (tmp_path / "third" / name / ORIGIN).exists()
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:  # the command line: one line naming the revisions
         eval_main(["download", "--benchmarks", name, "--data-dir", str(root),

@@ -480,6 +480,10 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
         source = (sources or {}).get(name, bench.hub)
         split = bench.hub_split or bench.split
         revision = revisions.get(name)
+        if revision and Path(source).exists():
+            raise LocalDataError(f"{name}: a revision ({revision}) applies to a hub repository; "
+                                 f"{source} is a local folder, read as it is: drop the revision "
+                                 "or check out that revision in the folder")
         want = origin_record(bench.hub, bench.config, split, keep=bench.hub_keep,
                              local=source if source != bench.hub else None, revision=revision)
         have = kept_origin(out.parent, want, force, log, name, f"benchmark {name} is",
