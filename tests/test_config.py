@@ -442,3 +442,13 @@ def test_a_bad_key_or_value_of_the_file_names_the_file(tmp_path):
     path.write_text(path.read_text().replace("lrate: 1.0e-5", "lr: 1.0e-5"))
     with pytest.raises(ConfigError, match=r"^train.nope: unknown key"):
         load_config(path, ["train.nope=1"])
+
+
+def test_a_bad_key_under_an_include_names_the_file_and_its_includes(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {lrate: 1.0e-5}\n")
+    path = tmp_path / "my cfg.yaml"
+    path.write_text("include: base.yaml\nmodel: {family: qwen2_5_vl, tiny: true}\n"
+                    f"data: {{train_files: [{ROOT / 'data/geo_demo/train.jsonl'}]}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path} (or a file it includes): train.lrate: unknown key")

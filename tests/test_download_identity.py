@@ -276,6 +276,25 @@ def test_the_recorded_commit_is_the_one_every_file_came_from(tmp_path, monkeypat
         "revision"]
 
 
+def test_a_path_the_repository_lacks_is_named_after_the_download(tmp_path):
+    """A source whose ``path`` names a file its hub_files do not bring: one line naming it
+    where it was looked for (not the advice to download, just done)."""
+    repo = upstream_repo(tmp_path / "repo")
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(
+        "model: {family: qwen2_5_vl, tiny: true}\n"
+        "data:\n  sources:\n"
+        "    - {name: mm, hub: org/mm, hub_files: [qa.json], path: other.json, "
+        "format: text_math}\n")
+    cfg = load_config(cfg_file, [f"data.data_dir={tmp_path / 'data'}"])
+    with pytest.raises(DataError) as err:
+        download(cfg, {"mm": str(repo)}, log=lambda s: None)
+    msg = str(err.value)
+    assert msg.startswith("after the download, not there: source 'mm' (org/mm): looked for "
+                          f"{tmp_path / 'data' / 'mm' / 'other.json'}") and "\n" not in msg
+    assert "vldft-data download" not in msg
+
+
 def test_benchmark_copies_are_recorded_and_checked(tmp_path, capsys):
     name = "mathverse"
     bench = BENCHMARKS[name]

@@ -339,7 +339,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     print(f"[vldft] {len(done['sources'])} source(s) in {cfg.data_root()}, "
           f"{len(done['benchmarks'])} benchmark copy(ies) in {cfg.benchmark_root()}")
     extra = " ".join(shlex.quote(o) for o in args.overrides
-                     if not o.startswith(("data.data_dir=", "data.cache_dir=")))
+                     if not o.startswith("data.data_dir="))
     print(f"[vldft] train offline with: python -m vldft.train {shlex.quote(args.config)} "
           f"{extra + ' ' if extra else ''}data.data_dir={shlex.quote(str(cfg.data_root()))}")
     return 0

@@ -81,6 +81,15 @@ class Config:
         model loads); ``also``: other missing pieces the same command fetches, named in the
         same line; ``overrides``: the command line's, kept in that command (they may add or
         change sources; None: not known here, said in words)."""
+        missing = self.absent_sources()
+        if not missing:
+            return None
+        return (f"data not downloaded: {'; '.join([*missing, *(also or [])])}. Fetch it where "
+                f"the hub is reachable with {self.download_command(overrides)}, then run with "
+                "data.data_dir=DIR")
+
+    def absent_sources(self) -> list[str]:
+        """Each ``hub`` source without a local copy, as "source 'x' (hub): looked for PATHS"."""
         missing = []
         for src in self.data.sources:
             paths = self.source_paths(src)
@@ -88,11 +97,7 @@ class Config:
                 what = f"{src.hub}" + (f", subset {src.subset}" if src.subset else "")
                 missing.append(f"source {src.name!r} ({what}): looked for "
                                + ", ".join(str(p) for p in paths))
-        if not missing:
-            return None
-        return (f"data not downloaded: {'; '.join([*missing, *(also or [])])}. Fetch it where "
-                f"the hub is reachable with {self.download_command(overrides)}, then run with "
-                "data.data_dir=DIR")
+        return missing
 
     def download_command(self, overrides: list[str] | None, data_dir: str = "DIR",
                          force: bool = False) -> str:
@@ -102,7 +107,7 @@ class Config:
         import shlex
 
         kept = [shlex.quote(o) for o in overrides or []
-                if not o.startswith(("data.data_dir=", "data.cache_dir="))]
+                if not o.startswith("data.data_dir=")]
         cmd = " ".join(["vldft-data download", shlex.quote(self.config_file or "CONFIG"), *kept,
                         "--data-dir", data_dir if data_dir == "DIR" else shlex.quote(data_dir),
                         *(["--force"] if force else [])])
@@ -427,7 +432,11 @@ def _in_file(message: str, path: str | Path | None, touched: list[tuple]) -> str
     parts = tuple(_key_parts(key))
     if any(parts[:len(t)] == t or t[:len(parts)] == parts for t in touched):
         return message
-    return f"{path}: {message}"
+    try:  # a file with an include: the key may be the included file's
+        includes = "include" in (yaml.safe_load(Path(path).read_text()) or {})
+    except (OSError, yaml.YAMLError, TypeError):
+        includes = False
+    return f"{path}{' (or a file it includes)' if includes else ''}: {message}"
 
 
 def config_keys(cls: type | None = None, prefix: str = "") -> dict[str, list[str]] | list[str]:

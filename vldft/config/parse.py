@@ -65,8 +65,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(  # e.g. a commit hash of digits only: 0123456 is octal 42798
             f"{key}: expected str, got {type(value).__name__} {value!r}: YAML reads unquoted "
             f"digits as a number (with a leading 0 as octal); quote the value, e.g. "
-            f"\"{key}='0123456'\" on the command line (the shell drops bare quotes) or "
-            f"{key.rsplit('.', 1)[-1]}: \"0123456\" in a file")
+            f"\"{key}='0123456'\" on the command line (the shell drops bare quotes), "
+            "\"0123456\" in a file")
     raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
 
 

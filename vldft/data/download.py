@@ -249,9 +249,11 @@ def download(cfg: Config, sources: dict[str, str] | None = None, force: bool = F
             f"-> {bench_root}")
         done["benchmarks"] = download_benchmarks(
             names, bench_root, {k: v for k, v in sources.items() if k in names}, force, log)
-    missing = cfg.missing_sources()
+    missing = cfg.absent_sources()
     if missing:  # e.g. `path` names a file the repository does not have
-        raise DataError(f"after the download: {missing}", "missing_file")
+        raise DataError(f"after the download, not there: {'; '.join(missing)} (the source's "
+                        "path / hub_files name files the repository does not have?)",
+                        "missing_file")
     return done
 
 
