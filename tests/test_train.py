@@ -320,7 +320,9 @@ def test_gradient_checkpointing_covers_both_towers_and_keeps_the_gradients():
     accumulate_gradients(module, [batch], "dft", Accelerator(cpu=True))
     plain = _grads(module)
     module.zero_grad(set_to_none=True)
-    adapter.model.gradient_checkpointing_enable({"use_reentrant": False})
+    from vldft.levers import enable_checkpointing
+
+    enable_checkpointing(adapter.model, True, [])  # model.gradient_checkpointing=true's path
     assert adapter.model.model.visual.gradient_checkpointing
     assert adapter.model.model.language_model.gradient_checkpointing
     accumulate_gradients(module, [batch], "dft", Accelerator(cpu=True))
