@@ -195,8 +195,9 @@ def test_killed_evaluation_resumes_to_the_uninterrupted_result(ckpt, whole, tmp_
     rerun = _run(torchrun() if "2 processes" in how else EVAL_CMD, ckpt, cut)  # a fresh port
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
-    assert f"resuming: {kept} responses kept" in out + err
+    assert f"resuming: {kept} responses stored" in out + err
     assert _kept(cut) == LIMIT  # only the missing ones were generated
+    assert json.loads((cut / "results.json").read_text())["vldft"]["resumed_responses"] == kept
     name = "samples_vldft_geo_heldout.jsonl"
     assert (cut / name).read_text() == (whole / name).read_text()
     a = json.loads((whole / "results.json").read_text())
@@ -315,10 +316,14 @@ def test_stored_responses_are_reused_only_for_the_same_pictures(tmp_path):
             return [f"answer {r.doc_id}" for r in reqs]
         lm = SimpleNamespace(generate_until=generate_until,
                              task_dict={"t": {"test": [{"image": p} for p in pictures]}})
-        make_resumable(lm, ResponseStore(tmp_path / "responses", 0, fresh=fresh), "fp", block=1)
+        store = ResponseStore(tmp_path / "responses", 0, fresh=fresh)
+        make_resumable(lm, store, "fp", block=1)
         reqs = [SimpleNamespace(args=(f"q{d}", {"max_new_tokens": 4}, visual, d, "t", "test"),
                                 task_name="t", doc_id=d, idx=0) for d in range(len(pictures))]
         lm.generate_until(reqs)
+        # what results.json's resumed_responses says: the stored responses served, not all
+        # those stored (responses of other pictures or settings are stored but not reused)
+        assert store.reused == len(pictures) - len(generated)
         return generated
 
     real, blank = tmp_path / "real", tmp_path / "blank"
@@ -359,13 +364,44 @@ def test_overwrite_and_already_done_follow_the_data_not_only_its_folder_name(
     monkeypatch.setenv("VLDFT_GEO_HELDOUT", str(folder / "heldout.jsonl"))
     with pytest.raises(EvalSetupError, match="different in: data files"):
         evaluate(str(ckpt), ["vldft_geo_heldout"], out, **kw)
+    (out / "samples_geoqa.jsonl").write_text("{}\n")  # a task the earlier evaluation ran
     again = evaluate(str(ckpt), ["vldft_geo_heldout"], out, overwrite=True, **kw)
+    assert not (out / "samples_geoqa.jsonl").exists()  # --overwrite leaves none of its files
     evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "fresh", **kw)
     meta = json.loads(Path(again["results"]).read_text())["vldft"]
     assert meta["resumed_responses"] == 0 and _kept(out) == LIMIT
     name = "samples_vldft_geo_heldout.jsonl"
     assert (out / name).read_text() == (tmp_path / "fresh" / name).read_text()
     assert (out / name).read_text() != (whole / name).read_text()
+
+
+def test_the_same_checkpoint_written_another_way_is_the_same_evaluation(
+        ckpt, whole, tmp_path, monkeypatch):
+    """A checkpoint counts by its files: a trailing slash, a relative path or a copy elsewhere
+    is "already done" (each was refused as another evaluation, or regenerated every response
+    after an interruption); an evaluation recorded with the path in its fingerprint (an older
+    vldft) is too."""
+    from vldft.eval.resume import run_fingerprint
+    from vldft.eval.run import EvalSetupError, evaluate
+
+    out = tmp_path / "eval"
+    shutil.copytree(whole, out)
+    copy = tmp_path / "copy" / "final"
+    shutil.copytree(ckpt, copy)
+    kw = {"limit": LIMIT, "batch_size": 1, "device": "cpu"}
+    monkeypatch.chdir(ckpt.parent)
+    for path in (f"{ckpt}/", ckpt.name, f"./{ckpt.name}", str(copy)):
+        assert evaluate(path, ["vldft_geo_heldout"], out, **kw).get("done"), path
+    results = json.loads((out / "results.json").read_text())
+    results["vldft"]["identity"]["run"] = run_fingerprint(str(ckpt), "vldft",
+                                                          f"pretrained={ckpt}", 1)
+    (out / "results.json").write_text(json.dumps(results))
+    assert evaluate(str(ckpt), ["vldft_geo_heldout"], out, **kw).get("done")
+    with pytest.raises(EvalSetupError, match="different in: checkpoint files or model settings"):
+        evaluate(str(ckpt), ["vldft_geo_heldout"], out, max_new_tokens=8, **kw)
+    with pytest.raises(EvalSetupError, match=f"--out {tmp_path / 'file'}: a file, not a folder"):
+        (tmp_path / "file").write_text("x")
+        evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "file", **kw)
 
 
 def test_data_identity_follows_contents_not_the_folder_around_them(tmp_path, monkeypatch):

@@ -161,7 +161,8 @@ class ResponseStore:
                     except json.JSONDecodeError:  # a line cut by kill -9: that block reruns
                         continue
                     self.kept[rec["key"]] = rec["response"]
-        self.found = len(self.kept)
+        self.found = len(self.kept)  # stored by an interrupted run (of any settings)
+        self.reused = 0  # of those, served in place of a generation (make_resumable)
         self.written = 0
 
     def append(self, records: list[dict]) -> None:
@@ -206,6 +207,7 @@ def make_resumable(lm, store: ResponseStore, fingerprint: str, block: int) -> No
             if all(keys[i] in store.kept for i in idx):
                 for i in idx:
                     out[i] = _from_text(store.kept[keys[i]])
+                store.reused += len(idx)
                 continue
             resps = generate([requests[i] for i in idx])
             store.append([{"key": keys[i], "task": requests[i].task_name,

@@ -520,17 +520,18 @@ def run_identity(fingerprint: str, tasks: list[str], limit, data_dir, include_pa
             "data": data_identity(list(tasks), data_dir, out)}
 
 
-def finished_evaluation(out: Path, identity: dict | None) -> dict:
-    """``out``'s finished evaluation when its results.json records ``identity``, as
-    :func:`evaluate` returns it, plus ``"done": True``; else ``EvalSetupError`` (another
-    evaluation: it says which settings differ)."""
+def finished_evaluation(out: Path, identity: dict | None, legacy: dict | None = None) -> dict:
+    """``out``'s finished evaluation when its results.json records ``identity`` (or
+    ``legacy``: the same evaluation as an older vldft recorded it), as :func:`evaluate` returns
+    it, plus ``"done": True``; else ``EvalSetupError`` (another evaluation: it says which
+    settings differ)."""
     path = out / "results.json"
     try:
         saved = json.loads(path.read_text())
         recorded, rows = saved["vldft"].get("identity"), saved["metrics"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         recorded = rows = None
-    if identity is None or recorded != identity:
+    if identity is None or recorded not in (identity, legacy):
         differ = [IDENTITY_WORDS[k] + (" (not recorded by the vldft that wrote it)"
                                        if k not in recorded else "")
                   for k in identity if recorded.get(k) != identity[k]] \
@@ -572,11 +573,20 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
                                  "the default model class")
         extra = stock_model_args(str(model), model_class, device, model_args)
         args = ",".join(a for a in (args, extra, model_args) if a)
-        fingerprint = run_fingerprint(str(model), model_class, args, batch_size)
-        identity = run_identity(fingerprint, requested_tasks(list(tasks), list(suites)), limit,
-                                data_dir, include_paths, out)
+        # a local checkpoint counts by its files (checkpoint_fingerprint), not by how its path
+        # is written (runs/x/final, ./runs/x/final/, an absolute path, a copy elsewhere)
+        local = Path(model).is_dir()
+        same = args.replace(f"{key}={model}", f"{key}=<checkpoint>", 1) if local else args
+        fingerprint = run_fingerprint(str(model), model_class, same, batch_size)
+        requested = requested_tasks(list(tasks), list(suites))
+        identity = run_identity(fingerprint, requested, limit, data_dir, include_paths, out)
+        # an evaluation written before (the path in its fingerprint) is still this one
+        legacy = run_identity(run_fingerprint(str(model), model_class, args, batch_size),
+                              requested, limit, data_dir, include_paths, out) if local else None
+    if out.exists() and not out.is_dir():
+        raise EvalSetupError(f"--out {out}: a file, not a folder")
     if (out / "results.json").exists() and not overwrite:
-        done = finished_evaluation(out, identity)  # else EvalSetupError: another evaluation
+        done = finished_evaluation(out, identity, legacy)  # else EvalSetupError
         return done if int(os.environ.get("RANK", "0")) == 0 else {}
     if data_dir is not None and not Path(data_dir).is_dir():
         raise EvalSetupError(f"--data-dir {data_dir}: not a directory")
@@ -609,12 +619,16 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
             args, {"batch_size": batch_size, "max_batch_size": None, "device": device})
         rank = int(os.environ.get("RANK", "0"))
         if overwrite and rank == 0:  # interrupted, this run must not leave the old results
-            (out / "results.json").unlink(missing_ok=True)  # looking like a finished one
+            (out / "results.json").unlink(missing_ok=True)  # looking like a finished one,
+            (out / "summary.md").unlink(missing_ok=True)  # nor their summary and per-sample
+            for old in out.glob("samples_*.jsonl"):  # logs (a task it does not run kept its)
+                old.unlink()
         store = ResponseStore(out / "responses", rank, fresh=overwrite,  # --overwrite: nothing
                               world=int(os.environ.get("WORLD_SIZE", "1")))  # stored is reused
         if store.found and int(os.environ.get("RANK", "0")) == 0:
-            print(f"[vldft] resuming: {store.found} responses kept in {store.root} from an "
-                  "interrupted run; only the missing ones are generated")
+            print(f"[vldft] resuming: {store.found} responses stored in {store.root} by an "
+                  "interrupted run; those of the same requests and settings are reused, the "
+                  "rest generated (results.json's resumed_responses counts the reused)")
         make_resumable(lm, store, fingerprint, block=max(1, int(batch_size)))
     start = time.perf_counter()
     try:
@@ -640,7 +654,7 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
     samples = results.pop("samples", {})
     world = int(os.environ.get("WORLD_SIZE", "1"))
     meta = {"model": model_label, "model_class": model_class, "model_args": args,
-            "resumed_responses": store.found if store is not None else 0,
+            "resumed_responses": store.reused if store is not None else 0,
             "tasks": names, "limit": limit, "batch_size": batch_size, "world_size": world,
             "lmms_eval_version": getattr(lmms_eval, "__version__", None) or _version(),
             "wall_s": wall, "date": datetime.datetime.now().isoformat(timespec="seconds"),
