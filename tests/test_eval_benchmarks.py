@@ -86,7 +86,7 @@ def test_a_missing_eval_extra_says_make_eval_env_and_missing_pins_say_pins_txt(t
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "config.json").write_text("{}")
+    (ckpt / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
     argv = ["--model", str(ckpt), "--tasks", "vldft_geo_heldout", "--out", str(tmp_path / "o")]
     pins = f"pip install --no-deps -r {TASK_DIR / 'pins.txt'}"
     with monkeypatch.context() as m:
@@ -360,11 +360,45 @@ def test_a_wrong_model_path_is_one_line(tmp_path):
     with pytest.raises(EvalSetupError, match="no such checkpoint directory"):
         check_model(str(tmp_path / "runs/nope/final"))
     (tmp_path / "run" / "final").mkdir(parents=True)
-    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    (tmp_path / "run" / "final" / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
     with pytest.raises(EvalSetupError, match=r"did you mean .*run/final\?"):
         check_model(str(tmp_path / "run"))
     check_model("Qwen/Qwen2.5-VL-3B-Instruct")  # a hub id is left to the hub
     check_model(str(tmp_path / "run" / "final"))
+    (tmp_path / "run" / "final" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(EvalSetupError, match=r"model.safetensors: a file; pass the checkpoint "
+                                             r"folder"):
+        check_model(str(tmp_path / "run" / "final" / "model.safetensors"))
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "config.json").write_text("{}")
+    with pytest.raises(EvalSetupError, match="names no model_type"):
+        check_model(str(tmp_path / "bare"))
+
+
+def test_command_line_mistakes_are_one_line_before_lmms_eval_loads(tmp_path, capsys):
+    """--model-args without KEY=VALUE, a stock class for another family's checkpoint, the
+    vllm backend without vllm, and model-args on a missing folder: one line each (they were
+    tracebacks from inside lmms-eval or the class)."""
+    import importlib.util
+
+    from vldft.eval.__main__ import main
+
+    ckpt = str(ROOT / "priors" / "tiny-qwen25vl-geo")
+    cases = [(["--model-args", "foo"], "'foo' is not KEY=VALUE"),
+             (["--model-class", "qwen3_vl"], "loads qwen3_vl checkpoints, and "
+                                             f"{ckpt} is qwen2_5_vl; use the default vldft "
+                                             "class or --model-class qwen2_5_vl"),
+             (["--model-class", "llava_hf"], "loads llava checkpoints")]
+    if importlib.util.find_spec("vllm") is None:
+        cases.append((["--backend", "vllm"], "the vllm package is not installed"))
+    for extra, said in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["--model", ckpt, "--tasks", "vldft_geo_heldout", "--out",
+                  str(tmp_path / "o"), *extra])
+        assert said in str(e.value.code) and "\n" not in str(e.value.code), (extra, e.value)
+    with pytest.raises(SystemExit) as e:
+        main(["model-args", str(tmp_path / "runs/nope/final"), "--model-class", "qwen2_5_vl"])
+    assert "no such checkpoint directory" in str(e.value.code)
 
 
 def test_wemath_all_wrong_reports_zero_instead_of_crashing(manager):

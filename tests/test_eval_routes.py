@@ -399,6 +399,9 @@ def test_the_same_checkpoint_written_another_way_is_the_same_evaluation(
     assert evaluate(str(ckpt), ["vldft_geo_heldout"], out, **kw).get("done")
     with pytest.raises(EvalSetupError, match="different in: checkpoint files or model settings"):
         evaluate(str(ckpt), ["vldft_geo_heldout"], out, max_new_tokens=8, **kw)
+    with pytest.raises(EvalSetupError, match=r"unknown model_args \['bogus_key'\]"):
+        evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "b", model_args="bogus_key=3",
+                 **kw)  # one line from the CLI (a traceback)
     with pytest.raises(EvalSetupError, match=f"--out {tmp_path / 'file'}: a file, not a folder"):
         (tmp_path / "file").write_text("x")
         evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "file", **kw)

@@ -138,9 +138,11 @@ def _model_args(argv: list[str]) -> None:
     p.add_argument("--device", default=None, help="cpu adds device_map=cpu (default: cpu "
                    "when no CUDA device is present)")
     args = p.parse_args(argv)
-    from vldft.eval.run import EvalSetupError, stock_model_args
+    from vldft.eval.run import EvalSetupError, check_model, check_model_class, stock_model_args
 
     try:
+        check_model(args.model)  # a missing folder, a run directory, a file: one line
+        check_model_class(args.model, args.model_class)
         extra = stock_model_args(args.model, args.model_class, args.device)
     except EvalSetupError as e:
         sys.exit(f"[vldft] error: {e}")
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
 def check_arguments(args: argparse.Namespace) -> list[str]:
     """The task names given; every check that needs neither lmms-eval nor torch, in one line
     each (``EvalSetupError``). Unknown task names are lmms-eval's to find (it knows them)."""
-    from vldft.eval.run import EvalSetupError, check_model
+    from vldft.eval.run import EvalSetupError, check_model, check_model_class
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks and not args.suite:
@@ -230,8 +232,21 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
         for folder in folders:
             if not Path(folder).is_dir():
                 raise EvalSetupError(f"{flag} {folder}: not a directory")
+    bad = [a for a in args.model_args.split(",") if a.strip() and "=" not in a]
+    if bad:
+        raise EvalSetupError(f"--model-args {args.model_args!r}: {bad[0]!r} is not KEY=VALUE "
+                             "(expected KEY=VALUE[,KEY=VALUE...])")
     check_model(args.model)  # a local path: exists, and is a checkpoint
     check_hub_model(args.model)
+    if args.model_class:
+        check_model_class(args.model, args.model_class)
+    if args.backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise EvalSetupError("--backend vllm: the vllm package is not installed (pip install "
+                                 "vllm, on a machine with a CUDA GPU); leave --backend out to "
+                                 "generate with transformers")
     return tasks
 
 

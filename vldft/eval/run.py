@@ -427,11 +427,44 @@ def check_model(model: str) -> None:
         return  # org/name: a hub id
     if not path.exists():
         raise EvalSetupError(f"--model {model}: no such checkpoint directory")
+    if path.is_file():
+        raise EvalSetupError(f"--model {model}: a file; pass the checkpoint folder (with its "
+                             f"config.json), e.g. {path.parent}")
     if path.is_dir() and not (path / "config.json").is_file():
         hint = next((f" (did you mean {path / d}?)" for d in ("final",) if
                      (path / d / "config.json").is_file()), "")
         raise EvalSetupError(f"--model {model}: no config.json here, not a Hugging Face "
                              f"checkpoint{hint}")
+    if not isinstance(model_type(path), str):
+        raise EvalSetupError(f"--model {model}: its config.json names no model_type, not a "
+                             "transformers checkpoint")
+
+
+def model_type(folder: Path) -> str | None:
+    """The ``model_type`` of a checkpoint folder's config.json (None: unreadable or absent)."""
+    try:
+        value = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+# the checkpoints (config.json's model_type, by prefix) each stock lmms-eval class loads
+CLASS_MODEL_TYPES = {"qwen2_vl": ("qwen2_vl",), "qwen2_5_vl": ("qwen2_5_vl",),
+                     "qwen3_vl": ("qwen3_vl",), "qwen3_5": ("qwen3_5",), "llava_hf": ("llava",)}
+
+
+def check_model_class(model: str, model_class: str) -> None:
+    """A stock class given a local checkpoint of another family is one line (it was a
+    ``KeyError`` or a reshape error from inside the class)."""
+    kinds = CLASS_MODEL_TYPES.get(model_class)
+    kind = model_type(Path(model)) if Path(model).is_dir() else None
+    if kinds and kind and not kind.startswith(kinds):
+        fits = [c for c, k in CLASS_MODEL_TYPES.items() if kind.startswith(k)]
+        raise EvalSetupError(
+            f"--model-class {model_class}: loads {'/'.join(kinds)} checkpoints, and {model} is "
+            f"{kind}; use the default vldft class"
+            + (f" or --model-class {fits[0]}" if fits else ""))
 
 
 # what run_identity's keys are, in a refusal's words
@@ -615,8 +648,13 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
                 else getattr(get_model(model_class), "is_simple", True))
     configs = build_tasks(names, manager, data_dir, chat, model_class)  # data first, then model
     if not isinstance(model, lmms):
-        lm = get_model(model_class).create_from_arg_string(
-            args, {"batch_size": batch_size, "max_batch_size": None, "device": device})
+        try:
+            lm = get_model(model_class).create_from_arg_string(
+                args, {"batch_size": batch_size, "max_batch_size": None, "device": device})
+        except (ValueError, TypeError) as e:  # e.g. an unknown --model-args key
+            raise EvalSetupError(f"--model-class {model_class} with model_args {args!r}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                 ) from None
         rank = int(os.environ.get("RANK", "0"))
         if overwrite and rank == 0:  # interrupted, this run must not leave the old results
             (out / "results.json").unlink(missing_ok=True)  # looking like a finished one,
