@@ -385,6 +385,7 @@ def test_command_line_mistakes_are_one_line_before_lmms_eval_loads(tmp_path, cap
 
     ckpt = str(ROOT / "priors" / "tiny-qwen25vl-geo")
     cases = [(["--model-args", "foo"], "'foo' is not KEY=VALUE"),
+             (["--limit", "1.5"], "--limit 1.5: a count of samples per task (a whole number)"),
              (["--model-class", "qwen3_vl"], "loads qwen3_vl checkpoints, and "
                                              f"{ckpt} is qwen2_5_vl; use the default vldft "
                                              "class or --model-class qwen2_5_vl"),
@@ -486,4 +487,7 @@ def test_default_eval_output_names_cannot_collide(tmp_path, monkeypatch):
     assert default_out("runs/a/final", [], ["paper"]).name == "a_final-paper"
     long = default_out("runs/a/final", [b.task for b in BENCHMARKS.values()])
     assert len(long.name) < 70 and long != default_out("runs/a/final", ["geoqa"])
+    # a stock class's evaluation of the same checkpoint and tasks goes elsewhere
+    assert default_out("runs/a/final", ["geoqa"], [], "qwen2_5_vl").name == \
+        "a_final-geoqa-qwen2_5_vl"
     assert _eval_parser().parse_args(["--model", "m"]).batch_size == 8

@@ -51,7 +51,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="a folder of your own lmms-eval task YAMLs (repeatable)")
     p.add_argument("--limit", type=float, default=None,
-                   help="samples per task (testing only; a fraction if < 1)")
+                   help="samples per task, a whole number (testing only), or a fraction of "
+                        "each task if < 1")
     p.add_argument("--batch-size", type=int, default=8, help="per process (default 8)")
     p.add_argument("--out", default=None,
                    help="run directory (default runs/eval/<checkpoint parent>_<name>-<tasks>)")
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         if not torch.cuda.is_available():  # (a driver traceback from the model load)
             sys.exit(f"[vldft] error: --device {args.device}: this machine has no CUDA device; "
                      "use --device cpu, or leave --device out")
-    out = args.out or str(default_out(args.model, tasks, args.suite))
+    out = args.out or str(default_out(args.model, tasks, args.suite,
+                                      "vllm" if args.backend == "vllm" else model_class))
     try:
         if args.backend == "vllm":
             model_class = "vllm"
@@ -227,6 +229,9 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
                              ("--max-new-tokens", args.max_new_tokens, 1)):
         if value is not None and not (value > low if flag == "--limit" else value >= low):
             raise EvalSetupError(f"{flag} {value}: must be {'> 0' if low == 0 else '>= 1'}")
+    if args.limit is not None and args.limit > 1 and args.limit != int(args.limit):
+        raise EvalSetupError(f"--limit {args.limit:g}: a count of samples per task (a whole "
+                             "number), or a fraction of each task below 1")
     for flag, folders in (("--data-dir", [args.data_dir] if args.data_dir else []),
                           ("--include-path", args.include_path)):
         for folder in folders:

@@ -399,11 +399,13 @@ def summary_markdown(model: str, rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def default_out(model: str, tasks: list[str] = (), suites: list[str] = ()) -> Path:
+def default_out(model: str, tasks: list[str] = (), suites: list[str] = (),
+                model_class: str = "vldft") -> Path:
     """``runs/eval/<parent>_<name>-<selection>`` for a checkpoint directory (``runs/a/final``
     and ``runs/b/final`` differ), ``runs/eval/<org>__<name>-<selection>`` for a hub id; the
     selection is the suites and tasks (``paper``, ``vldft_geo_heldout``, ...), shortened with a
-    hash when long, so that two evaluations of one checkpoint do not collide either."""
+    hash when long, so that two evaluations of one checkpoint do not collide either; a class
+    other than vldft's own adds ``-<class>`` (a stock class's scores are another evaluation)."""
     path = Path(model.rstrip("/"))
     if path.exists():
         path = path.resolve()
@@ -415,7 +417,8 @@ def default_out(model: str, tasks: list[str] = (), suites: list[str] = ()) -> Pa
         import hashlib
 
         picked = f"{picked[:36]}-{hashlib.sha1(picked.encode()).hexdigest()[:8]}"
-    return Path("runs/eval") / (f"{name}-{picked}" if picked else name)
+    name = f"{name}-{picked}" if picked else name
+    return Path("runs/eval") / (name if model_class == "vldft" else f"{name}-{model_class}")
 
 
 def check_model(model: str) -> None:
