@@ -397,8 +397,16 @@ def test_the_same_checkpoint_written_another_way_is_the_same_evaluation(
                                                           f"pretrained={ckpt}", 1)
     (out / "results.json").write_text(json.dumps(results))
     assert evaluate(str(ckpt), ["vldft_geo_heldout"], out, **kw).get("done")
-    with pytest.raises(EvalSetupError, match="different in: checkpoint files or model settings"):
+    # another setting is named (it said "checkpoint files or model settings")
+    with pytest.raises(EvalSetupError, match=r"different in: model arguments \(--model-args / "
+                                             r"--max-new-tokens: pretrained=<checkpoint> -> "
+                                             r"pretrained=<checkpoint>,max_new_tokens=8\)"):
         evaluate(str(ckpt), ["vldft_geo_heldout"], out, max_new_tokens=8, **kw)
+    with pytest.raises(EvalSetupError, match=r"different in: --batch-size \(1 -> 2\)\)"):
+        evaluate(str(ckpt), ["vldft_geo_heldout"], out, **{**kw, "batch_size": 2})
+    (copy / "model.safetensors").write_bytes(b"retrained")
+    with pytest.raises(EvalSetupError, match=r"different in: checkpoint files\)"):
+        evaluate(str(copy), ["vldft_geo_heldout"], out, **kw)
     with pytest.raises(EvalSetupError, match=r"unknown model_args \['bogus_key'\]"):
         evaluate(str(ckpt), ["vldft_geo_heldout"], tmp_path / "b", model_args="bogus_key=3",
                  **kw)  # one line from the CLI (a traceback)

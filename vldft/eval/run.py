@@ -556,11 +556,32 @@ def run_identity(fingerprint: str, tasks: list[str], limit, data_dir, include_pa
             "data": data_identity(list(tasks), data_dir, out)}
 
 
-def finished_evaluation(out: Path, identity: dict | None, legacy: dict | None = None) -> dict:
+def _run_words(saved: dict, settings: dict | None) -> str:
+    """Which of the run fingerprint's parts differ, in words: the model class, the batch
+    size, the model arguments (``--model-args`` / ``--max-new-tokens``), else the checkpoint's
+    files. ``saved``: results.json's ``vldft`` record; ``settings``: this evaluation's
+    (``model_args`` with the checkpoint path as ``<checkpoint>``)."""
+    if not settings:
+        return IDENTITY_WORDS["run"]
+    args = str(saved.get("model_args", ""))
+    for key in ("pretrained", "model") if "=<checkpoint>" in settings["model_args"] else ():
+        args = args.replace(f"{key}={saved.get('model')}", f"{key}=<checkpoint>", 1)
+    words = [f"--model-class ({saved.get('model_class')} -> {settings['model_class']})"
+             if saved.get("model_class") != settings["model_class"] else "",
+             f"--batch-size ({saved.get('batch_size')} -> {settings['batch_size']})"
+             if saved.get("batch_size") != settings["batch_size"] else "",
+             f"model arguments (--model-args / --max-new-tokens: {args} -> "
+             f"{settings['model_args']})" if args != settings["model_args"] else ""]
+    return ", ".join(w for w in words if w) or "checkpoint files"
+
+
+def finished_evaluation(out: Path, identity: dict | None, legacy: dict | None = None,
+                        settings: dict | None = None) -> dict:
     """``out``'s finished evaluation when its results.json records ``identity`` (or
     ``legacy``: the same evaluation as an older vldft recorded it), as :func:`evaluate` returns
     it, plus ``"done": True``; else ``EvalSetupError`` (another evaluation: it says which
-    settings differ)."""
+    settings differ; ``settings``: this one's model class, batch size and model arguments,
+    ``_run_words``)."""
     path = out / "results.json"
     try:
         saved = json.loads(path.read_text())
@@ -568,8 +589,8 @@ def finished_evaluation(out: Path, identity: dict | None, legacy: dict | None = 
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         recorded = rows = None
     if identity is None or recorded not in (identity, legacy):
-        differ = [IDENTITY_WORDS[k] + (" (not recorded by the vldft that wrote it)"
-                                       if k not in recorded else "")
+        differ = [(_run_words(saved["vldft"], settings) if k == "run" else IDENTITY_WORDS[k])
+                  + (" (not recorded by the vldft that wrote it)" if k not in recorded else "")
                   for k in identity if recorded.get(k) != identity[k]] \
             if isinstance(recorded, dict) and identity else []
         why = f", different in: {', '.join(differ)}" if differ else ""
@@ -622,7 +643,9 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
     if out.exists() and not out.is_dir():
         raise EvalSetupError(f"--out {out}: a file, not a folder")
     if (out / "results.json").exists() and not overwrite:
-        done = finished_evaluation(out, identity, legacy)  # else EvalSetupError
+        done = finished_evaluation(out, identity, legacy, {  # else EvalSetupError
+            "model_class": model_class, "batch_size": batch_size, "model_args": same}
+            if identity is not None else None)
         return done if int(os.environ.get("RANK", "0")) == 0 else {}
     if data_dir is not None and not Path(data_dir).is_dir():
         raise EvalSetupError(f"--data-dir {data_dir}: not a directory")
