@@ -357,6 +357,7 @@ def test_a_benchmark_copy_records_its_commit_and_a_pinned_revision(tmp_path, mon
 
     monkeypatch.setattr(benchmarks, "hub_commit", commit)
     monkeypatch.setattr(datasets, "load_dataset", load)
+    monkeypatch.setattr("vldft.eval.__main__.hub_unreachable", lambda timeout: None)  # (above)
     log = []
     download_benchmarks([name], root, log=log.append, revisions={name: "v1"})
     assert asked == [(bench.hub, "v1")] and loads == [(bench.hub, sha)]
@@ -387,6 +388,18 @@ def test_a_benchmark_copy_records_its_commit_and_a_pinned_revision(tmp_path, mon
                "--revision", f"{name}=v2", "--force"])
     assert json.loads((root / name / ORIGIN).read_text())["revision"] == "v2"
     assert loads[-1] == (bench.hub, sha)
+    # the hub out of reach: a copy to fetch is one line at once (the datasets client retried
+    # for ~25 s first); a copy kept needs no hub
+    monkeypatch.setattr("vldft.eval.__main__.hub_unreachable", lambda timeout: "offline")
+    eval_main(["download", "--benchmarks", name, "--data-dir", str(root)])
+    with pytest.raises(SystemExit) as stop:
+        eval_main(["download", "--benchmarks", f"{name},geoqa", "--data-dir", str(root)])
+    assert str(stop.value).startswith("[vldft] error: geoqa: download needs the Hugging Face "
+                                      "hub, which cannot be reached (offline)")
+    with pytest.raises(SystemExit) as stop:
+        eval_main(["download", "--benchmarks", "geoqa", "--data-dir", str(root), "--source",
+                   "geoqa=/nonexistent/folder"])
+    assert "--source geoqa=/nonexistent/folder: no such folder" in str(stop.value)
 
 
 def test_validate_and_inspect_refuse_a_copy_of_another_subset(setup, capsys):

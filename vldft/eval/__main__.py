@@ -115,6 +115,22 @@ def _download(argv: list[str]) -> None:
         pairs[flag] = dict(v.split("=", 1) for v in values)
     from vldft.data.benchmarks import LocalDataError, download
 
+    missing = [f"{n}={pairs['--source'][n]}" for n in names if n in pairs["--source"]
+               and not Path(pairs["--source"][n]).exists()
+               and not is_hub_id(pairs["--source"][n])]
+    if missing:  # neither a folder nor an owner/name dataset id
+        sys.exit(f"[vldft] error: --source {missing[0]}: no such folder (and not a hub "
+                 "dataset id owner/name)")
+    # what would be read from the hub: not a local --source folder, and no copy kept
+    hub = [n for n in names if n in BENCHMARKS
+           and not (n in pairs["--source"] and Path(pairs["--source"][n]).is_dir())
+           and (args.force or not (Path(args.data_dir) / n / f"{BENCHMARKS[n].split}.parquet"
+                                   ).exists())]
+    reason = hub_unreachable(timeout=1.5) if hub else None
+    if reason is not None:  # (the datasets client retried for ~25 s before saying so)
+        sys.exit(f"[vldft] error: {', '.join(hub)}: download needs the Hugging Face hub, which "
+                 f"cannot be reached ({reason}); run it where huggingface.co is reachable, or "
+                 "pass --source BENCH=LOCAL_DATASETS_REPO")
     try:
         download(list(dict.fromkeys(names)), args.data_dir, pairs["--source"], force=args.force,
                  revisions=pairs["--revision"])
