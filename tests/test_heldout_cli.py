@@ -94,6 +94,7 @@ def bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
         "corrupt video": (write(tmp / "cvid.jsonl", [video_row]),
                           "corrupt.mp4. cannot be opened"),
         "missing file": (tmp / "absent.jsonl", "data file not found"),
+        "a folder": (tmp, "a folder, not a JSONL file"),
         "bad json": (write(tmp / "bad.jsonl", ['{"id": "a", bad']), "invalid JSON"),
         "missing image": (write(tmp / "img.jsonl", [image_row]), "image file not found"),
         "no assistant turn": (write(tmp / "user.jsonl", [
@@ -101,7 +102,7 @@ def bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "bad json", "missing image",
+@pytest.mark.parametrize("case", ["missing file", "a folder", "bad json", "missing image",
                                   "no assistant turn", "corrupt image", "corrupt video"])
 def test_a_bad_held_out_file_is_one_line_and_status_2(run, tmp_path, capsys, case):
     """``cli`` says a ``DataError`` in one line (``main`` keeps raising it, for library use)."""
@@ -128,6 +129,7 @@ def test_a_wrong_checkpoint_is_one_line_and_status_2(run, tmp_path, capsys):
                        (run, f"not a saved checkpoint (a run directory? did you mean "
                              f"{run / 'final'}?)"),
                        (empty, f"checkpoint {empty}: no config.json here"),
+                       (path, f"checkpoint {path}: a file; pass the checkpoint folder"),
                        (bare, f"checkpoint cannot load {bare}")):
         with pytest.raises(SystemExit) as e:
             main([str(ckpt), str(path), "--controls", "none"])

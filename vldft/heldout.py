@@ -265,7 +265,9 @@ def checkpoint_family(path: str | Path) -> str:
 
     folder = Path(path)
     if not folder.is_dir():
-        raise ValueError(f"checkpoint {path}: no such directory")
+        raise ValueError(f"checkpoint {path}: a file; pass the checkpoint folder, e.g. "
+                         f"{folder.parent}" if folder.is_file() else
+                         f"checkpoint {path}: no such directory")
     if not (folder / "config.json").is_file():
         saved = sorted((d for d in folder.glob("checkpoint-*") if d.name[11:].isdigit()),
                        key=lambda d: int(d.name[11:]))

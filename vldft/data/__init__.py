@@ -571,7 +571,8 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[S
     """Read a JSONL file of normalised rows into Samples (errors name file and line)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file not found: {path}", "missing_file", str(path))
+        raise DataError(f"{path}: a folder, not a JSONL file" if path.is_dir() else
+                        f"data file not found: {path}", "missing_file", str(path))
     root = Path(image_root) if image_root else path.parent
     samples = []
     for lineno, row in iter_jsonl(path):
