@@ -400,6 +400,12 @@ def test_command_line_mistakes_are_one_line_before_lmms_eval_loads(tmp_path, cap
     with pytest.raises(SystemExit) as e:
         main(["model-args", str(tmp_path / "runs/nope/final"), "--model-class", "qwen2_5_vl"])
     assert "no such checkpoint directory" in str(e.value.code)
+    bare = tmp_path / "bare"  # no processor config: model-args names lmms-eval's own flag
+    bare.mkdir()
+    (bare / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    with pytest.raises(SystemExit) as e:
+        main(["model-args", str(bare), "--model-class", "qwen2_5_vl"])
+    assert "pass lmms-eval's --model_args min_pixels=N,max_pixels=M" in str(e.value.code)
 
 
 def test_wemath_all_wrong_reports_zero_instead_of_crashing(manager):

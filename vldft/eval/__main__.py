@@ -160,7 +160,8 @@ def _model_args(argv: list[str]) -> None:
     try:
         check_model(args.model)  # a missing folder, a run directory, a file: one line
         check_model_class(args.model, args.model_class)
-        extra = stock_model_args(args.model, args.model_class, args.device)
+        extra = stock_model_args(args.model, args.model_class, args.device,
+                                 flag="lmms-eval's --model_args")
     except EvalSetupError as e:
         sys.exit(f"[vldft] error: {e}")
     print(",".join(a for a in (f"pretrained={args.model}", extra) if a))

@@ -301,12 +301,14 @@ PLAIN_CLASSES = ("llava_hf",)
 DEVICE_MAP_CLASSES = (*PIXEL_ARGS_CLASSES, "llava_hf")  # default device_map="auto" (CUDA)
 
 
-def stock_model_args(model: str, model_class: str, device: str | None, given: str = "") -> str:
+def stock_model_args(model: str, model_class: str, device: str | None, given: str = "",
+                     flag: str = "--model-args") -> str:
     """model_args that give a stock lmms-eval class (``--model-class``) the checkpoint's image
     policy, its ``data.video.max_frames`` (``FRAME_ARG``; where it is not the class's default)
     and, on a CPU, ``device_map=cpu``
     (their default ``auto`` moves inputs to CUDA); arguments in ``given`` win. A class vldft
-    cannot hand the policy to is refused in one line (``EvalSetupError``)."""
+    cannot hand the policy to is refused in one line (``EvalSetupError``; ``flag``: where the
+    user gives model arguments, named in it)."""
     if model_class == "vldft" or model_class.startswith("vllm"):
         return ""
     if model_class not in (*PIXEL_ARGS_CLASSES, *PLAIN_CLASSES):
@@ -323,7 +325,7 @@ def stock_model_args(model: str, model_class: str, device: str | None, given: st
             raise EvalSetupError(
                 f"--model-class {model_class}: cannot read the image policy of {model} (no "
                 f"processor config here or in the hub cache), and the class's own pixel "
-                f"defaults differ from training's; pass --model-args min_pixels=N,max_pixels=M")
+                f"defaults differ from training's; pass {flag} min_pixels=N,max_pixels=M")
         args += [f"{k}={v}" for k, v in policy.items() if k not in keys]
     name, default = FRAME_ARG[model_class]
     if name not in keys:
