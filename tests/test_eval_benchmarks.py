@@ -497,3 +497,14 @@ def test_default_eval_output_names_cannot_collide(tmp_path, monkeypatch):
     assert default_out("runs/a/final", ["geoqa"], [], "qwen2_5_vl").name == \
         "a_final-geoqa-qwen2_5_vl"
     assert _eval_parser().parse_args(["--model", "m"]).batch_size == 8
+
+
+def test_an_unreadable_results_json_is_never_a_finished_evaluation(tmp_path):
+    """results.json without vldft's record (a hand-made or broken file) is another evaluation,
+    for a hub id as for a folder (no older record to match either)."""
+    from vldft.eval.run import finished_evaluation
+
+    for text in ("{}", "not json", '{"vldft": {}, "metrics": []}'):
+        (tmp_path / "results.json").write_text(text)
+        with pytest.raises(EvalSetupError, match="results.json exists .another evaluation"):
+            finished_evaluation(tmp_path, {"run": "fp", "tasks": ["geoqa"]}, None)

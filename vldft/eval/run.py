@@ -590,7 +590,7 @@ def finished_evaluation(out: Path, identity: dict | None, legacy: dict | None = 
         recorded, rows = saved["vldft"].get("identity"), saved["metrics"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         recorded = rows = None
-    if identity is None or recorded not in (identity, legacy):
+    if identity is None or recorded is None or recorded not in (identity, legacy):
         differ = [(_run_words(saved["vldft"], settings) if k == "run" else IDENTITY_WORDS[k])
                   + (" (not recorded by the vldft that wrote it)" if k not in recorded else "")
                   for k in identity if recorded.get(k) != identity[k]] \
