@@ -221,9 +221,6 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
     from vldft.data import open_image
 
     cap = min(settings.max_frames, max_frames or settings.max_frames)
-    total = _frame_count(video.file) if video.file is not None else 0
-    if video.file is not None and total < 2:
-        return _decode_single(video.file, settings, unit, nframes or 2)
     ele: dict[str, Any] = {"min_pixels": min_pixels(settings, unit),
                            "max_pixels": settings.max_pixels,
                            "total_pixels": settings.max_tokens * unit * unit}
@@ -232,11 +229,20 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
         _use_decord()
         ele["video"] = str(video.file)
         if nframes is not None:  # as many as there are (an even count), stretched below
+            total = _frame_count(video.file)
+            if total < 2:
+                return _decode_single(video.file, settings, unit, nframes)
             ele["nframes"] = max(2, min(nframes, total - total % 2))
         else:
             ele.update(fps=settings.fps, min_frames=min(settings.min_frames, cap),
                        max_frames=cap)
-        frames, meta = fetch_video(ele, image_patch_size=unit // 2, return_video_metadata=True)
+        try:
+            frames, meta = fetch_video(ele, image_patch_size=unit // 2,
+                                       return_video_metadata=True)
+        except Exception:  # one frame: qwen-vl-utils asks for 2 (the file is opened again
+            if _frame_count(video.file) < 2:  # only here, off the common path)
+                return _decode_single(video.file, settings, unit, 2)
+            raise
         indices = [int(i) for i in meta["frames_indices"]]
         fps, total = float(meta["fps"]), int(meta["total_num_frames"])
         if nframes is not None and frames.shape[0] != nframes:  # a short clip: repeat evenly
