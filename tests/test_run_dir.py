@@ -147,25 +147,39 @@ def test_interrupted_run_with_the_same_settings_resumes(finished, data_file, tmp
     assert (out / "run.json").read_text() == run_json
 
 
+def killed_after_checkpoint_4(tmp_path: Path) -> tuple[Path, Path]:
+    """(data file, run directory) of a run on 48 tiny rows as a kill -9 after checkpoint-4
+    leaves it."""
+    data = write_tiny_data(tmp_path / "d.jsonl", 48)
+    out = tmp_path / "run"
+    train_main(config(data, out))
+    shutil.rmtree(out / "final")
+    (out / "summary.json").unlink()
+    return data, out
+
+
+def refused_over_changed_data(data: Path, out: Path) -> str:
+    """The one-line refusal of rerunning the same command over changed ``data``, which names
+    the checkpoint to continue from."""
+    with pytest.raises(SystemExit) as e:
+        train_main(config(data, out))
+    msg = str(e.value)
+    assert "\n" not in msg and "the training data changed since" in msg, msg
+    assert f"train.resume={out / 'checkpoint-4'}" in msg, msg
+    return msg
+
+
 def test_resuming_over_changed_data_is_refused_unless_the_checkpoint_is_named(tmp_path,
                                                                               capsys):
     """Rows appended to the training file between a kill and the rerun: the same command no
     longer resumes silently over other samples in another order (it did); naming the checkpoint
     continues from it on the new data, with a warning."""
-    data = write_tiny_data(tmp_path / "d.jsonl", 48)
-    out = tmp_path / "run"
-    train_main(config(data, out))
-    shutil.rmtree(out / "final")  # as a kill -9 after checkpoint-4 leaves it
-    (out / "summary.json").unlink()
+    data, out = killed_after_checkpoint_4(tmp_path)
     with open(data, "a") as f:
         f.write("".join(json.dumps(r) + "\n" for r in tiny_demo_rows(56)[48:]))
     capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        train_main(config(data, out))
-    msg = str(e.value)
-    assert "\n" not in msg and "the training data changed since" in msg, msg
+    msg = refused_over_changed_data(data, out)
     assert "source d: rows read / used [48, 48] -> [56, 56]" in msg, msg
-    assert f"train.resume={out / 'checkpoint-4'}" in msg, msg
     summary = train_main(config(data, out, f"train.resume={out / 'checkpoint-4'}"))
     assert summary["resumed_from"] == str(out / "checkpoint-4") and summary["steps"] == STEPS
     said = capsys.readouterr().out
@@ -178,11 +192,7 @@ def test_resuming_over_rows_edited_to_the_same_lengths_is_refused(tmp_path, caps
     over the edited rows; the samples' content is recorded too now. Naming the checkpoint
     continues with a warning; a checkpoint written before the content was recorded resumes as
     it did (its rows and lengths compared)."""
-    data = write_tiny_data(tmp_path / "d.jsonl", 48)
-    out = tmp_path / "run"
-    train_main(config(data, out))
-    shutil.rmtree(out / "final")  # as a kill -9 after checkpoint-4 leaves it
-    (out / "summary.json").unlink()
+    data, out = killed_after_checkpoint_4(tmp_path)
     rows = [json.loads(x) for x in data.read_text().splitlines()]
     assert rows[1]["messages"][-1]["content"][0]["text"] == "I count 4 dots. Answer: 4"
     answer = copy.deepcopy(rows)
@@ -192,12 +202,8 @@ def test_resuming_over_rows_edited_to_the_same_lengths_is_refused(tmp_path, caps
     image[0]["images"] = rows[7]["images"]  # another 112 x 112 diagram of the same kind
     for edited in (answer, image):
         data.write_text("".join(json.dumps(r) + "\n" for r in edited))
-        with pytest.raises(SystemExit) as e:
-            train_main(config(data, out))
-        msg = str(e.value)
-        assert "\n" not in msg and "the training data changed since" in msg, msg
+        msg = refused_over_changed_data(data, out)
         assert "the same row counts and estimated lengths, other sample content" in msg, msg
-        assert f"train.resume={out / 'checkpoint-4'}" in msg, msg
     old = copy_run(out, tmp_path / "old")  # a checkpoint of before the content was recorded
     for ckpt in old.glob("checkpoint-*"):
         state = json.loads((ckpt / "trainer_state.json").read_text())
