@@ -58,8 +58,12 @@ def checkpoint_fingerprint(model: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def run_fingerprint(model: str, model_class: str, model_args: str, batch_size: int) -> str:
-    return hashlib.sha256(json.dumps([checkpoint_fingerprint(model), model_class, model_args,
+def run_fingerprint(model: str, model_class: str, model_args: str, batch_size: int,
+                    checkpoint: str | None = None) -> str:
+    """What identifies an evaluation's generations: the checkpoint (``checkpoint``: its
+    ``checkpoint_fingerprint`` when already computed), class, model arguments, batch size."""
+    checkpoint = checkpoint if checkpoint is not None else checkpoint_fingerprint(model)
+    return hashlib.sha256(json.dumps([checkpoint, model_class, model_args,
                                       int(batch_size)]).encode()).hexdigest()[:16]
 
 

@@ -33,6 +33,7 @@ from vldft.data.benchmarks import SUITES as BENCHMARK_SUITES
 from vldft.eval.resume import (
     Interrupted,
     ResponseStore,
+    checkpoint_fingerprint,
     file_digest,
     make_resumable,
     run_fingerprint,
@@ -636,12 +637,13 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
         # is written (runs/x/final, ./runs/x/final/, an absolute path, a copy elsewhere)
         local = Path(model).is_dir()
         same = args.replace(f"{key}={model}", f"{key}=<checkpoint>", 1) if local else args
-        fingerprint = run_fingerprint(str(model), model_class, same, batch_size)
-        requested = requested_tasks(list(tasks), list(suites))
-        identity = run_identity(fingerprint, requested, limit, data_dir, include_paths, out)
+        checkpoint = checkpoint_fingerprint(str(model))  # the weights are read once
+        fingerprint = run_fingerprint(str(model), model_class, same, batch_size, checkpoint)
+        identity = run_identity(fingerprint, requested_tasks(list(tasks), list(suites)), limit,
+                                data_dir, include_paths, out)
         # an evaluation written before (the path in its fingerprint) is still this one
-        legacy = run_identity(run_fingerprint(str(model), model_class, args, batch_size),
-                              requested, limit, data_dir, include_paths, out) if local else None
+        legacy = {**identity, "run": run_fingerprint(str(model), model_class, args, batch_size,
+                                                     checkpoint)} if local else None
     if out.exists() and not out.is_dir():
         raise EvalSetupError(f"--out {out}: a file, not a folder")
     if (out / "results.json").exists() and not overwrite:
