@@ -166,6 +166,15 @@ def test_rerunning_a_finished_evaluation_is_already_done(demo_ckpt, tmp_path, ca
         evaluate(str(ckpt), ["vldft_geo_heldout"], out / "copy", limit=1, batch_size=1)
 
 
+def test_a_fraction_limit_is_refused_for_several_tasks(demo_ckpt, tmp_path):
+    """lmms-eval 0.7.3 turns --limit 0.1 into the first task's count and takes it for every
+    task (and the last task's count when scoring): with two tasks vldft refuses the fraction
+    before any model loads, naming the task it would have miscounted."""
+    with pytest.raises(EvalSetupError, match=r"--limit 0\.1: .*one task.*geoqa"):
+        evaluate(str(demo_ckpt), ["vldft_geo_heldout", "geoqa"], tmp_path / "e", limit=0.1)
+    assert not (tmp_path / "e").exists()
+
+
 def test_stock_qwen2_5_vl_class_loads_vldft_checkpoint(demo_ckpt, tmp_path):
     """lmms-eval's own qwen2_5_vl class (not ours) loads the vldft checkpoint unchanged and
     generates through the real evaluator."""

@@ -52,7 +52,7 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="a folder of your own lmms-eval task YAMLs (repeatable)")
     p.add_argument("--limit", type=float, default=None,
                    help="samples per task, a whole number (testing only), or a fraction of "
-                        "each task if < 1")
+                        "the task if < 1 (one task, not a group, at a time)")
     p.add_argument("--batch-size", type=int, default=8, help="per process (default 8)")
     p.add_argument("--out", default=None,
                    help="run directory (default runs/eval/<checkpoint parent>_<name>-<tasks>)")

@@ -669,6 +669,14 @@ def evaluate(model, tasks: list[str], out_dir: str | Path, suites: list[str] = (
         names = resolve_tasks(list(tasks), list(suites), set(manager.all_tasks))
     except ValueError as e:
         raise EvalSetupError(str(e)) from None
+    groups = [n for n in names if manager.task_index[n]["type"] not in ("task", "python_task")]
+    if limit is not None and 0 < limit < 1 and (len(names) > 1 or groups):
+        # lmms-eval turns the fraction into the first task's count and uses it for every task
+        # (and the last task's count when scoring): each task's share would be wrong
+        raise EvalSetupError(f"--limit {limit:g}: a fraction applies to one task at a time "
+                             f"(lmms-eval would take {', '.join(groups or names[1:])} with the "
+                             "first task's count): evaluate the tasks one by one, or pass a "
+                             "whole number of samples per task")
     store = None
     if isinstance(model, lmms):  # in memory (train.eval_tasks): not fingerprinted, not resumed
         lm, args, model_label = model, "", label or type(model).__name__
