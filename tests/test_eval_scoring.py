@@ -365,3 +365,17 @@ def test_an_equation_gold_takes_an_equivalent_equation_with_math_verify():
         assert score(reply, gold)[1], reply
     for reply in ("Answer: \\frac{x^2}{4}+\\frac{y^2}{9}=1", "Answer: 1"):
         assert not score(reply, gold)[1], reply
+
+
+def test_math_verify_equivalence_holds_in_a_worker_thread():
+    """lmms-eval's own command line scores in a thread pool, where math-verify's signal-based
+    timeout raises: the same reply must score the same there as on the main thread (it was
+    scored wrong in the thread)."""
+    import concurrent.futures
+
+    if scoring._math_verify() is None:
+        pytest.skip("math-verify does not import here (eval/pins.txt)")
+    cases = [("Answer: x^2+2x+1", "(x+1)^2", True), ("Answer: x^2+1", "(x+1)^2", False)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        threaded = list(pool.map(lambda c: score(c[0], c[1])[1], cases))
+    assert threaded == [score(c[0], c[1])[1] for c in cases] == [c[2] for c in cases]

@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import threading
 
 LETTERS = "ABCDEFGHIJ"
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
@@ -336,8 +337,12 @@ def _equivalent(pred: str, target: str) -> bool:
     if mv is None:
         return False
     parse, verify = mv
+    # math-verify's timeouts use signal.alarm, which raises outside the main thread (lmms-eval's
+    # own command line scores in worker threads): there, no timeout rather than every answer 0
+    limit = 5 if threading.current_thread() is threading.main_thread() else None
     try:
-        return bool(verify(parse(f"${target}$"), parse(f"${pred}$")))
+        return bool(verify(parse(f"${target}$", parsing_timeout=limit),
+                           parse(f"${pred}$", parsing_timeout=limit), timeout_seconds=limit))
     except Exception:  # noqa: BLE001 - math-verify raises on unparsable input; that is "no"
         return False
 
