@@ -487,3 +487,28 @@ def test_data_identity_follows_contents_not_the_folder_around_them(tmp_path, mon
     assert digest({"bytes": b"1", "path": None}) != digest({"bytes": b"2", "path": None})
     assert digest(torch.zeros(2, 2)) != digest(torch.ones(2, 2))
     assert digest(torch.zeros(2, 2, dtype=torch.bfloat16)) != digest(torch.zeros(2, 2))
+
+
+def test_a_benchmark_folder_digest_enters_linked_folders(tmp_path):
+    """A benchmark copy whose images/ is a link to a folder elsewhere (an extracted archive):
+    an image edited there changes the data identity (rglob did not enter the link, so the
+    old results came back as 'already done'); a link cycle ends."""
+    from PIL import Image
+
+    from vldft.eval.run import data_identity
+
+    elsewhere = tmp_path / "extracted"
+    elsewhere.mkdir()
+    Image.new("RGB", (8, 8), "red").save(elsewhere / "1.png")
+    (elsewhere / "loop").symlink_to(elsewhere)  # a cycle
+    folder = tmp_path / "data" / "geoqa"
+    folder.mkdir(parents=True)
+    (folder / "test.jsonl").write_text('{"id": 1}\n')
+    (folder / "images").symlink_to(elsewhere)
+
+    def digest() -> str:
+        return data_identity(["geoqa"], tmp_path / "data")["geoqa"]["files"]
+
+    first = digest()
+    Image.new("RGB", (8, 8), "blue").save(elsewhere / "1.png")
+    assert digest() != first

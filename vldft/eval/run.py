@@ -526,6 +526,22 @@ def _heldout_files(path: Path) -> list[Path]:
     return files
 
 
+def _tree_files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, through linked folders too (an extracted ``images/`` linked
+    in; ``Path.rglob`` does not enter them), each real folder once (a link cycle ends); a
+    dangling link is listed (recorded as unreadable)."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()
+        files.extend(Path(root) / n for n in names)
+    return sorted(files)
+
+
 def data_identity(tasks: list[str], data_dir, out: Path | None = None) -> dict:
     """Per task, the local data it reads and a digest of it (``_files_digest``):
     ``vldft_geo_heldout``'s file (``$VLDFT_GEO_HELDOUT``, ``--data-dir`` or bundled) and the
@@ -540,8 +556,8 @@ def data_identity(tasks: list[str], data_dir, out: Path | None = None) -> dict:
         elif name in BY_TASK and data_dir is not None:
             folder = (Path(data_dir) / BY_TASK[name].name).resolve()
             skip = out.resolve() if out is not None else None
-            files = sorted(p for p in folder.rglob("*") if (p.is_file() or p.is_symlink())
-                           and not (skip and p.resolve().is_relative_to(skip)))
+            files = [p for p in _tree_files(folder)
+                     if not (skip and p.resolve().is_relative_to(skip))]
             found[name] = {"folder": str(folder), "files": _files_digest(files, folder)}
         else:
             found[name] = None
