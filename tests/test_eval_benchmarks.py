@@ -254,6 +254,12 @@ def test_missing_and_malformed_local_copies_are_named(tmp_path):
     with pytest.raises(LocalDataError, match=r"testmini\.jsonl:1: image 'images/absent\.jpg' not "
                                              r"found"):
         load_local(bench, tmp_path)
+    path.write_text(rows[0] + "\n")  # an image that is not one: named before any model runs
+    image = next((tmp_path / "mathvision").rglob("4.jpg"))
+    image.write_bytes(b"not an image")
+    with pytest.raises(LocalDataError, match=r"testmini\.jsonl:1: image .*4\.jpg cannot be "
+                                             r"read \(cannot identify image file"):
+        load_local(bench, tmp_path)
     (tmp_path / "geoqa" / "test").mkdir(parents=True)
     with pytest.raises(LocalDataError, match="not a save_to_disk folder"):
         load_local(BENCHMARKS["geoqa"], tmp_path)
@@ -319,6 +325,10 @@ def test_download_writes_the_local_layout_from_a_datasets_repository(tmp_path, m
     assert any("2 rows" in line for line in log)
     again = download(["geoqa"], tmp_path / "data", sources, log=log.append)
     assert again == written[2:] and "kept" in log[-1]
+    # a local repository without the benchmark's split: one line naming both (a traceback)
+    with pytest.raises(LocalDataError, match=r"geoqa: .*repo_mathverse \(split train\) "
+                                             r"cannot be read: Unknown split"):
+        download(["geoqa"], tmp_path / "other", {"geoqa": sources["mathverse"]}, log=log.append)
 
     from vldft.eval.local_tasks import LOCAL_KEY, VldftTask
 
@@ -508,3 +518,53 @@ def test_an_unreadable_results_json_is_never_a_finished_evaluation(tmp_path):
         (tmp_path / "results.json").write_text(text)
         with pytest.raises(EvalSetupError, match="results.json exists .another evaluation"):
             finished_evaluation(tmp_path, {"run": "fp", "tasks": ["geoqa"]}, None)
+
+
+def test_a_bad_geo_heldout_file_is_one_line_before_any_model_runs(tmp_path):
+    """vldft_geo_heldout's file: bad JSON, a missing image and a file that is not an image are
+    LocalDataError naming file and row (the first two were a DataError traceback after the
+    model had loaded, the last a PIL traceback in the middle of generation)."""
+    from PIL import Image
+
+    from vldft.eval.local_tasks import load_geo_heldout
+
+    folder = tmp_path / "geo_demo"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "red").save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"not an image")
+    path = folder / "heldout.jsonl"
+
+    def row(image: str) -> str:
+        return json.dumps({"id": image, "answer": "2", "images": [image], "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Answer: 2"}]}]}) + "\n"
+
+    path.write_text(row("a.png"))
+    assert len(load_geo_heldout(str(tmp_path))) == 1
+    for text, said in ((row("a.png") + "{oops\n", r"heldout\.jsonl:2"),
+                       (row("absent.png"), r"absent\.png"),
+                       (row("b.png"), r"row b\.png: image .*b\.png cannot be read")):
+        path.write_text(text)
+        with pytest.raises(LocalDataError, match=said) as e:
+            load_geo_heldout(str(tmp_path))
+        assert "\n" not in str(e.value)
+
+
+def test_geoqa_scores_a_bare_option_text_and_refuses_a_label_outside_its_choices():
+    """A reply that is exactly the gold option's text is right (it was scored on its last
+    number, "090", and wrong); another option's text is still wrong; a row whose label names no
+    option is refused (its target letter could never be matched)."""
+    import datasets
+
+    from vldft.eval.local_tasks import geoqa_keep_test, geoqa_process_results
+
+    doc = {"choices": ["090^\\circ T", "180^\\circ T", "45", "60"], "label": 0}
+    for reply, right in (("090^\\circ T", 1.0), ("$090^\\circ T$", 1.0), ("Answer: A", 1.0),
+                         ("Answer: 090^\\circ T", 1.0), ("180^\\circ T", 0.0), ("90", 0.0)):
+        assert geoqa_process_results(doc, [reply])["accuracy"] == right, reply
+    rows = {"subject": ["q", "r"], "choices": [["1", "2"], ["1", "2"]], "label": [1, 0],
+            "original_split": ["test", "test"]}
+    assert len(geoqa_keep_test(datasets.Dataset.from_dict(rows))) == 2
+    with pytest.raises(LocalDataError, match=r"geoqa test row 1: label 5 does not name one of "
+                                             r"its 2 choices"):
+        geoqa_keep_test(datasets.Dataset.from_dict({**rows, "label": [1, 5]}))

@@ -443,6 +443,11 @@ def score(text: str | None, target: str, choices: list[str] | None = None,
     reply = _THINK.sub(" ", text or "").strip()
     if not ok and not strict and reply and _bare(reply) == _bare(gold):
         return reply, True  # a bare reply that is the gold itself: "(2,2)", "$9 \\pi cm^2$"
+    if (not ok and not strict and reply and choices and len(gold) == 1
+            and gold.upper() in LETTERS[: len(choices)]):  # or the gold option's text itself
+        option = str(choices[LETTERS.index(gold.upper())])
+        if option.strip() and _bare(reply) == _bare(option):
+            return reply, True
     return pred, ok
 
 

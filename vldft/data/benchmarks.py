@@ -296,14 +296,28 @@ def _intergps_records(folder: Path) -> list[tuple[str, dict]]:
     return out
 
 
+def readable_image(path: Path, where: str) -> str:
+    """``path`` if it opens as an image (its header only: the pixels are read when the task
+    shows it), else a LocalDataError naming the row (it stopped an evaluation mid-way)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return str(path)
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise LocalDataError(f"{where}: image {path} cannot be read "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                             ) from None
+
+
 def _resolve(value: str, bench: Benchmark, base: Path, file_dir: Path, where: str) -> str:
     p = Path(value)
     if p.is_absolute() and p.is_file():
-        return str(p)
+        return readable_image(p, where)
     tried = [file_dir / value] + [base / r / value for r in bench.image_roots]
     for candidate in tried:
         if candidate.is_file():
-            return str(candidate)
+            return readable_image(candidate, where)
     archives = sorted({str(z) for d in (file_dir, base) for z in d.glob("*.zip")})
     hint = f"; not yet extracted? {', '.join(archives)}" if archives else ""
     raise LocalDataError(f"{where}: image {value!r} not found (looked in "
@@ -503,9 +517,15 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
         log(f"[vldft] {name}: loading {source} (config {bench.config}, split {split}"
             + (f", commit {commit[:12]}" if commit else "")
             + (f", revision {revision}" if revision and not commit else "") + ") ...")
-        ds = datasets.load_dataset(source, bench.config, split=split,
-                                   **({"revision": commit or revision} if not local and
-                                      (commit or revision) else {}))
+        try:
+            ds = datasets.load_dataset(source, bench.config, split=split,
+                                       **({"revision": commit or revision} if not local and
+                                          (commit or revision) else {}))
+        except ValueError as e:  # e.g. a local repository without the split or config
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            config = f"config {bench.config}, " if bench.config else ""
+            raise LocalDataError(f"{name}: {source} ({config}split {split}) cannot be read: "
+                                 f"{first}") from None
         if bench.hub_keep:
             col, value = bench.hub_keep
             ds = ds.filter(lambda r, c=col, v=value: r[c] == v)

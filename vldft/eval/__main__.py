@@ -70,7 +70,8 @@ def _eval_parser() -> argparse.ArgumentParser:
                         "llava_hf (others are refused)")
     p.add_argument("--model-args", default="", help="extra model_args, k=v,k=v")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
-    p.add_argument("--verbosity", default="WARNING",
+    p.add_argument("--verbosity", default="WARNING", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="lmms-eval's log level (DEBUG, INFO, WARNING, ERROR)")
     return p
 

@@ -26,15 +26,16 @@ import datasets
 from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
 from PIL import Image
 
-from vldft.data import load_jsonl
+from vldft.data import DataError, load_jsonl
 from vldft.data.benchmarks import (
     BENCHMARKS,
     LETTERS,
     LocalDataError,
     geo_heldout_path,
     load_local,
+    readable_image,
 )
-from vldft.scoring import extract_answer, is_correct, score
+from vldft.scoring import score
 
 log = logging.getLogger("vldft.eval")
 LOCAL_KEY = "vldft_local"  # dataset_kwargs key: read this benchmark from its local copy
@@ -115,12 +116,17 @@ def load_geo_heldout(root: str | None = None) -> datasets.Dataset:
         raise LocalDataError(f"{path}: file not found (vldft_geo_heldout reads "
                              f"<data-dir>/geo_demo/heldout.jsonl)")
     rows = []
-    for s in load_jsonl(path):  # raises naming file / line / id on malformed rows
+    try:
+        samples = load_jsonl(path)
+    except DataError as e:  # names file / line / id: one line, as the other data errors
+        raise LocalDataError(str(e)) from None
+    for s in samples:
         user = next(m for m in s.messages if m["role"] == "user")
         question = "".join(p["text"] for p in user["content"] if p["type"] == "text")
         if s.answer is None or len(s.images) != 1:
             raise LocalDataError(f"{path}: row {s.id}: needs an 'answer' and exactly one image "
                                  f"(has {len(s.images)})")
+        readable_image(s.images[0], f"{path}: row {s.id}")
         rows.append({"id": s.id, "kind": s.kind or "", "question": question,
                      "image": str(s.images[0]), "answer": str(s.answer)})
     if not rows:
@@ -145,10 +151,19 @@ def geo_process_results(doc: dict, results: list[str]) -> dict:
 
 # -- GeoQA (columns of the hub port hz2475/geoQA: subject, choices, label, image) ------------
 def geoqa_keep_test(ds: datasets.Dataset) -> datasets.Dataset:
-    """GeoQA's test rows (the hub port keeps every split in one, named by ``original_split``)."""
-    if "original_split" not in ds.column_names:
-        return ds
-    return ds.filter(lambda r: r["original_split"] == "test")
+    """GeoQA's test rows (the hub port keeps every split in one, named by ``original_split``),
+    each label checked against its choices."""
+    if "original_split" in ds.column_names:
+        ds = ds.filter(lambda r: r["original_split"] == "test")
+    for i, (label, choices) in enumerate(zip(ds["label"], ds["choices"], strict=True)):
+        try:  # a label outside the options was a target no reply could match
+            ok = 0 <= int(label) < len(choices or [])
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise LocalDataError(f"geoqa test row {i}: label {label!r} does not name one of its "
+                                 f"{len(choices or [])} choices (0-based)")
+    return ds
 
 
 def geoqa_doc_to_visual(doc: dict) -> list[Image.Image]:
@@ -167,5 +182,5 @@ def geoqa_doc_to_target(doc: dict) -> str:
 
 
 def geoqa_process_results(doc: dict, results: list[str]) -> dict:
-    pred = extract_answer(results[0] if results else "", doc["choices"])
-    return {"accuracy": float(is_correct(pred, geoqa_doc_to_target(doc), doc["choices"]))}
+    _, ok = score(results[0] if results else "", geoqa_doc_to_target(doc), doc["choices"])
+    return {"accuracy": float(ok)}
