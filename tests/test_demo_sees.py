@@ -103,3 +103,25 @@ def test_control_samples_replace_every_image():
         map(str, (r.images[0] for r in rows)))
     with pytest.raises(ValueError, match="unknown image control"):
         control_samples(rows, "upside_down")
+
+
+def test_shuffled_images_go_to_a_sample_with_as_many_images():
+    """A mixed set: images move only between samples with the same number of images (a
+    one-image sample got a text row's none, and a text row got an image it has no placeholder
+    for); a text row and a sample with no partner keep theirs, and ``unshuffled`` counts the
+    latter."""
+    import dataclasses
+
+    from vldft.heldout import unshuffled
+
+    base = load_jsonl(DEMO_HELDOUT)[:5]
+    rows = [*base[:3], dataclasses.replace(base[3], images=[]),  # text only
+            dataclasses.replace(base[4], images=base[4].images * 2)]  # the only two-image one
+    for seed in range(5):
+        shuffled = control_samples(rows, "shuffled", seed=seed)
+        assert [len(s.images) for s in shuffled] == [len(r.images) for r in rows]
+        assert all(s.images != r.images for s, r in zip(shuffled[:3], rows[:3], strict=True))
+        assert shuffled[3:] == rows[3:]
+        assert sorted(str(s.images[0]) for s in shuffled[:3]) == sorted(
+            str(r.images[0]) for r in rows[:3])
+    assert unshuffled(rows) == 1 and unshuffled(rows[:3]) == 0 and unshuffled(rows[:1]) == 1

@@ -79,6 +79,20 @@ def test_an_image_set_still_gets_blank_and_shuffled_by_default(run, tmp_path):
     assert list(results) == ["images", "blank", "shuffled"]
 
 
+def test_one_image_sample_cannot_be_shuffled(run, tmp_path, capsys):
+    """One sample: the shuffled control would give it its own image (it was scored as a
+    control all the same): asked for, it is refused in a line; by default it is left out, said
+    so."""
+    path = write(tmp_path / "one.jsonl", tiny_demo_rows(1))
+    with pytest.raises(SystemExit) as e:
+        cli([str(run / "final"), str(path), "--controls", "shuffled"])
+    assert e.value.code == 2
+    assert "--controls shuffled: no two of the 1 samples with images" in capsys.readouterr().err
+    results = main([str(run / "final"), str(path), "--max-new-tokens", "2"])
+    assert list(results) == ["images", "blank"]
+    assert "no shuffled-images control" in capsys.readouterr().out
+
+
 def bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     """name -> (held-out file, what the error line says)."""
     image_row = {**tiny_demo_rows(1)[0], "images": [str(tmp / "nope.png")]}

@@ -12,6 +12,7 @@ evaluation lives in the lmms-eval bridge (``python -m vldft.eval``).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sys
 from pathlib import Path
@@ -217,8 +218,10 @@ def control_samples(samples: list[Sample], control: str, seed: int = 0) -> list[
     """``samples`` with their images replaced, to measure what the answers owe to the picture.
 
     ``blank``: each image becomes a white one of the same size. ``shuffled``: each sample gets
-    another sample's images (a seeded cyclic shift of a shuffled order: no sample keeps its
-    own). Kinds answerable only from the image should fall to chance under both."""
+    the images of another sample with as many images (a seeded cyclic shift of a shuffled
+    order within each image count: no sample keeps its own; one with no such partner, and a
+    sample without images, is left as it is: :func:`unshuffled` counts them). Kinds
+    answerable only from the image should fall to chance under both."""
     if control == "blank":
         from PIL import Image
 
@@ -231,10 +234,20 @@ def control_samples(samples: list[Sample], control: str, seed: int = 0) -> list[
 
         order = list(range(len(samples)))
         random.Random(seed).shuffle(order)
-        donor = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
-        return [dataclasses.replace(s, images=list(samples[donor[i]].images))
-                for i, s in enumerate(samples)]
+        donor = {}
+        for count in sorted({len(s.images) for s in samples} - {0}):
+            group = [i for i in order if len(samples[i].images) == count]  # placeholders match
+            donor.update({group[k]: group[(k + 1) % len(group)] for k in range(len(group))})
+        return [dataclasses.replace(s, images=list(samples[donor[i]].images)) if i in donor
+                else s for i, s in enumerate(samples)]
     raise ValueError(f"unknown image control {control!r}; choose from {CONTROLS}")
+
+
+def unshuffled(samples: list[Sample]) -> int:
+    """How many samples with images the ``shuffled`` control leaves with their own: those no
+    other sample matches in image count."""
+    counts = collections.Counter(len(s.images) for s in samples if s.images)
+    return sum(1 for s in samples if s.images and counts[len(s.images)] == 1)
 
 
 def accuracy_line(label: str, result: dict) -> str:
@@ -352,6 +365,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         if not has:
             error(f"--controls {c}: {args.heldout} has no "
                   f"{'images' if c in CONTROLS else 'videos'} to change")
+    kept = unshuffled(samples) if "shuffled" in controls else 0
+    if kept and kept == sum(1 for s in samples if s.images):  # nothing to swap
+        if args.controls is not None:
+            error(f"--controls shuffled: no two of the {kept} samples with images have the same "
+                  "number of images, so none can get another's (more samples, or "
+                  "--controls blank)")
+        controls.remove("shuffled")
+        print(f"[vldft] no shuffled-images control: no two of the {kept} samples with images "
+              "have the same number of images", flush=True)
+    elif kept:
+        print(f"[vldft] shuffled images: {kept} sample(s) keep their own (no other sample has "
+              "as many images)", flush=True)
     try:
         family = checkpoint_family(args.checkpoint)
     except ValueError as e:
