@@ -4,6 +4,7 @@ every layout give the task the same documents as the hub route, ``download`` wri
 unreachable hub fails in seconds naming the local alternative. No network, no API key."""
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -364,6 +365,17 @@ def test_unreachable_hub_fails_in_seconds_naming_the_local_alternative(tmp_path)
         e.value) and "\n" not in str(e.value)
 
 
+def check_model_in(folder: Path, model: str) -> None:
+    from vldft.eval.run import check_model
+
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        check_model(model)
+    finally:
+        os.chdir(here)
+
+
 def test_a_wrong_model_path_is_one_line(tmp_path):
     from vldft.eval.run import check_model
 
@@ -374,6 +386,10 @@ def test_a_wrong_model_path_is_one_line(tmp_path):
     with pytest.raises(EvalSetupError, match=r"did you mean .*run/final\?"):
         check_model(str(tmp_path / "run"))
     check_model("Qwen/Qwen2.5-VL-3B-Instruct")  # a hub id is left to the hub
+    # owner/name whose owner is a local folder: a path, not a hub id (it was looked up there)
+    with pytest.raises(EvalSetupError, match=r"no such checkpoint directory \(.*run/ is a "
+                                             r"local folder"):
+        check_model_in(tmp_path, "run/nope")
     check_model(str(tmp_path / "run" / "final"))
     (tmp_path / "run" / "final" / "model.safetensors").write_bytes(b"x")
     with pytest.raises(EvalSetupError, match=r"model.safetensors: a file; pass the checkpoint "

@@ -429,10 +429,13 @@ def check_model(model: str) -> None:
     ``final/``, is a one-line error (not a hub lookup traceback)."""
     path = Path(model)
     looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1 or path.exists()
-    if not looks_local:
+    parent = path.parent.is_dir() and not looks_local  # runs/demo where runs/ is a folder
+    if not looks_local and not parent:
         return  # org/name: a hub id
     if not path.exists():
-        raise EvalSetupError(f"--model {model}: no such checkpoint directory")
+        raise EvalSetupError(f"--model {model}: no such checkpoint directory" + (
+            f" ({path.parent}/ is a local folder, so this is not read as a hub id)"
+            if parent else ""))
     if path.is_file():
         raise EvalSetupError(f"--model {model}: a file; pass the checkpoint folder (with its "
                              f"config.json), e.g. {path.parent}")
