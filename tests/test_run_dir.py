@@ -608,3 +608,27 @@ def test_a_stop_signal_says_how_to_abort_without_saving(capsys):
         fresh.close()
     finally:
         stop.close()
+
+
+def test_a_run_stopped_before_its_first_step_does_not_own_the_folder(data_file, tmp_path):
+    """data.overlong=error stops a run before step 1 (config.yaml, run.json, data_summary.json
+    and empty metrics written); doing what the error says (data.overlong=skip) is then a fresh
+    run there, not 'different settings; set train.overwrite'. Once a step is logged, the folder
+    is the run's again."""
+    from vldft.data import DataError
+    from vldft.run_dir import claim_output_dir, run_artefacts, stopped_before_training
+
+    out = tmp_path / "run"
+    with pytest.raises((DataError, SystemExit), match="data.max_length"):
+        train_main(config(data_file, out, "data.overlong=error", "data.max_length=140"))
+    assert {p.name for p in run_artefacts(out)} >= {"run.json", "config.yaml", "metrics.jsonl"}
+    assert stopped_before_training(out, run_artefacts(out))
+    fixed = config(data_file, out, "data.overlong=skip", "data.max_length=140",
+                   "train.max_steps=3", "loss.sft_warmup_steps=0")
+    summary = train_main(fixed)
+    assert summary["steps"] == 3
+    assert json.loads((out / "run.json").read_text())["fingerprint"]["data.overlong"] == "skip"
+    other = config_to_dict(config(data_file, out, "data.overlong=truncate", "data.max_length=140"))
+    assert not stopped_before_training(out, run_artefacts(out))
+    action, said = claim_output_dir(out, other, "auto", False)
+    assert action == "refuse" and "data.overlong" in said

@@ -334,6 +334,31 @@ def recorded_absolute(out_dir: Path) -> dict:
     return found if isinstance(found, dict) else {}
 
 
+# what a run writes before its first step (metrics.jsonl and histograms.jsonl still empty)
+EARLY_FILES = ("run.json", "config.yaml", "data_summary.json", "metrics.jsonl",
+               "histograms.jsonl")
+
+
+def stopped_before_training(out_dir: Path, used: list[Path]) -> bool:
+    """Whether ``used`` (``run_artefacts``) is nothing, or only what a run writes before its
+    first step: a run that stopped there (a data error such as an overlong sample with
+    ``data.overlong=error``) trained nothing, so a run with other settings may take the folder
+    (it was refused, though the error's own advice was to change a setting)."""
+    for p in used:
+        if p.is_symlink() or p.parent != out_dir:
+            return False
+        if p.name in ("metrics.jsonl", "histograms.jsonl") and p.is_file():
+            if p.stat().st_size:
+                return False
+        elif p.name == "tensorboard" and p.is_dir():  # its writer starts with the run
+            if not (out_dir / "metrics.jsonl").is_file() or (out_dir / "metrics.jsonl"
+                                                               ).stat().st_size:
+                return False
+        elif p.name not in EARLY_FILES or not p.is_file():
+            return False
+    return True
+
+
 def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool,
                      resume_path: Path | None = None, absolute: dict | None = None
                      ) -> tuple[str, object]:
@@ -385,7 +410,7 @@ def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool,
         if recorded_fingerprint(out_dir) != new:
             write_run_file(out_dir, new, new_abs)  # the run goes on with these settings
         return "resume", None
-    if all(p.name == RUN_FILE for p in used):  # nothing, or a run that died before training
+    if stopped_before_training(out_dir, used):  # a fresh run rewrites every one of them
         write_run_file(out_dir, new, new_abs)
         return "fresh", removed
     old, old_abs = recorded_fingerprint(out_dir), recorded_absolute(out_dir)
