@@ -632,3 +632,20 @@ def test_a_run_stopped_before_its_first_step_does_not_own_the_folder(data_file, 
     assert not stopped_before_training(out, run_artefacts(out))
     action, said = claim_output_dir(out, other, "auto", False)
     assert action == "refuse" and "data.overlong" in said
+
+
+def test_a_refusal_names_the_source_key_that_differs():
+    """Two data.sources lists that differ in one key of one source: the refusal names that
+    key (both sides were cut at the same 77 characters, so the change never showed)."""
+    from vldft.run_dir import fingerprint_diff
+
+    src = {"path": "/data/" + "x" * 80 + ".jsonl", "format": "normalized", "name": "demo"}
+    old = {"data.sources": [src, {"path": "b.jsonl"}], "train.lr": 1e-5}
+    new = {"data.sources": [{**src, "image_root": "/x"}, {"path": "b.jsonl", "weight": 2.0}],
+           "train.lr": 2e-5}
+    assert fingerprint_diff(old, new) == [
+        'data.sources[0].image_root: null -> "/x"', "data.sources[1].weight: null -> 2.0",
+        "train.lr: 1e-05 -> 2e-05"]
+    grown = {"data.sources": [src, {"path": "b.jsonl"}, {"path": "c.jsonl"}]}
+    (line,) = fingerprint_diff({"data.sources": old["data.sources"]}, grown)
+    assert line.startswith("data.sources: [")  # another length: the whole list, shortened

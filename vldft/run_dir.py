@@ -229,9 +229,22 @@ def fingerprint_diff(old: dict, new: dict, old_abs: dict | None = None,
     def short(v) -> str:
         text = json.dumps(v) if not isinstance(v, float) else repr(v)
         return text if len(text) <= 80 else text[:77] + "..."
+
+    def parts(key: str, a, b) -> list[str]:
+        """The differing leaves of a list of the same length or a mapping (one source of
+        data.sources: ``data.sources[0].image_root: null -> "/x"``), else the whole value."""
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y
+                    for d in parts(f"{key}[{i}]", x, y)]
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+                    for d in parts(f"{key}.{k}", a.get(k), b.get(k))]
+        return [f"{key}: {short(a)} -> {short(b)}"]
+
     old_abs, new_abs = old_abs or {}, new_abs or {}
-    return [f"{k}: {short(old[k])} -> {short(new[k])}" for k in sorted(set(old) & set(new))
-            if old[k] != new[k] and old_abs.get(k, old[k]) != new_abs.get(k, new[k])]
+    return [d for k in sorted(set(old) & set(new))
+            if old[k] != new[k] and old_abs.get(k, old[k]) != new_abs.get(k, new[k])
+            for d in parts(k, old[k], new[k])]
 
 
 def absolute_forms(config: dict, absolute: dict | None) -> dict:
