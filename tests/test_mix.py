@@ -157,6 +157,23 @@ def test_the_log_warns_of_a_source_without_samples_and_notes_a_repeated_one(tmp_
     assert "the other 4 are not trained" in text and "warning" not in text
 
 
+def test_the_repeated_note_counts_the_rows_left_after_decontamination(tmp_path):
+    """6 rows read, 1 decontaminated, 11 samples: 5 rows give 11 (2.2x); the note said "6 rows
+    give 11 samples (1.8x)" while the subsampled note already took the dropped rows out."""
+    from types import SimpleNamespace
+
+    from vldft.data.skips import SkipReport
+    from vldft.loader import describe_data
+
+    row = {"source": "geo", "format": "hf", "read": 6, "decontaminated": 1, "used": 11,
+           "images": 11, "text_only": 0, "tokens": 999}
+    data = SimpleNamespace(table=[row, {**row, "source": "sub", "used": 3}],
+                           skips=SkipReport())
+    text = describe_data(data, 0, tmp_path / "data_summary.json")
+    assert "source 'geo' is repeated: 5 rows give 11 samples (2.2x" in text, text
+    assert "source 'sub' is subsampled: 3 of its 5 rows are used" in text, text
+
+
 def test_data_image_root_is_the_image_root_of_sources_without_their_own(tmp_path):
     """``data.image_root`` (documented as the base of relative image paths) also serves the
     sources of ``data.sources`` that set none (it served ``train_files`` only: a source's

@@ -199,15 +199,15 @@ def describe_data(data, seed: int, summary_file: Path) -> str:
                  f"and reason: {summary_file}")
     for row in data.table:  # what the table shows, said where a glance could miss it
         src, read, used = row["source"], row["read"], row["used"]
+        kept = read - row.get("decontaminated", 0)  # the rows sampling draws from
         if not used:
             text += (f"\n[vldft] warning: source {src!r} gives no samples ({read} read "
                      "without error: its other rows were skipped or decontaminated, see below, "
                      "or it is empty)")
-        elif used > read:
-            text += (f"\n[vldft] note: source {src!r} is repeated: {read} rows give {used} "
-                     f"samples ({used / read:.1f}x, by its weight)")
-        elif used < read - row.get("decontaminated", 0):
-            kept = read - row.get("decontaminated", 0)
+        elif used > kept:
+            text += (f"\n[vldft] note: source {src!r} is repeated: {kept} rows give {used} "
+                     f"samples ({used / kept:.1f}x, by its weight)")
+        elif used < kept:
             text += (f"\n[vldft] note: source {src!r} is subsampled: {used} of its {kept} rows "
                      f"are used (by its weight or max_samples); the other {kept - used} are "
                      "not trained in this run")
