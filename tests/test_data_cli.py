@@ -156,6 +156,27 @@ def test_inspect_prints_trained_tokens_and_writes_html(tmp_path, capsys):
     assert '<span class="image">&lt;|image_pad|&gt;\u00d74</span>' in page
 
 
+def test_output_paths_are_made_or_refused_before_the_work(tmp_path, capsys):
+    """inspect --html into a folder that does not exist yet writes there (it was a traceback
+    after every sample had been encoded); an output that cannot be written is one error line
+    before any row is read."""
+    (tmp_path / "x").mkdir()
+    cfg = _config(tmp_path / "x", [GOOD, TEXT])
+    html = tmp_path / "new" / "deeper" / "view.html"
+    assert main(["inspect", str(cfg), "--n", "1", "--html", str(html)]) == 0
+    assert html.read_text().startswith("<!doctype html>")
+    (tmp_path / "file").write_text("")
+    src = _llava(tmp_path)
+    for out, said in ((tmp_path / "file" / "o.jsonl", "its folder cannot be made"),
+                      (tmp_path, "a folder; give a file name")):
+        capsys.readouterr()
+        assert main(["convert", "--format", "llava", str(src), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: OUT {out}: {said}") and err.count("\n") == 1, err
+    assert main(["inspect", str(cfg), "--html", str(tmp_path / "file" / "v.html")]) == 2
+    assert "--html" in capsys.readouterr().err
+
+
 def test_inspect_counts_truncated_and_skipped_samples(tmp_path, capsys):
     """The histogram's samples and the rest: truncated ones counted, skipped ones (not in the
     histogram) counted by source and reason (they were left out silently)."""

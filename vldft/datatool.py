@@ -125,18 +125,32 @@ def sample_to_row(s: Sample, out_dir: Path, base: Path, index: int) -> dict:
     return row
 
 
+def output_folder(path: Path, flag: str) -> None:
+    """Make ``path``'s folder (a ``DataError`` naming ``flag`` when it cannot be made or
+    written), so a long read or encode does not end in a traceback at the write."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{flag} {path}: its folder cannot be made ({e.strerror or e})"
+                        ) from None
+    if path.is_dir():
+        raise DataError(f"{flag} {path}: a folder; give a file name")
+    if not os.access(path.parent, os.W_OK):
+        raise DataError(f"{flag} {path}: its folder {path.parent} is not writable")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     src = SourceConfig(path=args.src, format=args.format, image_root=args.image_root,
                        columns=args.columns_parsed, prompt_template=args.prompt_template,
                        system=args.system, split=args.split,
                        allow_outside_root=args.allow_outside_root)
     on_error = args.on_error or "skip"  # not given: find every bad row, then fail if any
+    output_folder(Path(args.out), "OUT")  # before any row is read
     report = SkipReport()
     with choice_counts() as notes:
         samples = read_source(src, Path.cwd(), on_error=on_error, report=report)
     samples = [s for s in samples if decodes(s, src.label, on_error, report)]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     base, img_dir = out.parent.resolve(), out.parent / f"{out.stem}_images"
     with open(out, "w", encoding="utf-8") as f:
         for i, s in enumerate(samples):
@@ -430,6 +444,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not is_config(args.config):
         raise ConfigError(f"inspect {args.config}: takes a YAML config (its model's tokenizer "
                           "encodes the samples); to check a data file alone: validate FILE")
+    if args.html:
+        output_folder(Path(args.html), "--html")  # before the model loads and samples encode
     cfg, adapter = _load(args)
     d, coll = cfg.data, Collator.from_config(adapter, cfg)
     report = SkipReport()
