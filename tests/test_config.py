@@ -424,6 +424,16 @@ def test_a_config_file_cannot_set_where_it_lies(tmp_path, key):
     assert key not in str(e.value) and "'train'" in str(e.value)
 
 
+def test_a_study_file_given_to_training_names_the_study_command():
+    """configs/study_geo.yaml is vldft.compare's: training says so ("sweep: unknown key" left
+    the user to guess)."""
+    study = ROOT / "configs" / "study_geo.yaml"
+    with pytest.raises(ConfigError, match=r"study_geo\.yaml: sweep: a study's section, not a "
+                                          r"training key: run the study with python -m "
+                                          r"vldft\.compare CONFIG"):
+        load_config(study)
+
+
 def test_a_bad_key_or_value_of_the_file_names_the_file(tmp_path):
     """An unknown key or a wrong type in the YAML names the file before the key (it named the
     key alone, which could come from the file or the command line); one set by an override does

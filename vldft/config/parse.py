@@ -80,6 +80,10 @@ def build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         full = f"{prefix}{key}"
         if key not in names:
             shown = names - {"base_dir", "config_file"}  # vldft's records, not settable
+            if full == "sweep":  # a study file (vldft.study) given to training
+                raise ConfigError("sweep: a study's section, not a training key: run the study "
+                                  "with python -m vldft.compare CONFIG (it trains each of its "
+                                  "runs), or remove the sweep section to train the base config")
             raise ConfigError(f"{full}: unknown key{_did_you_mean(key, shown)}; "
                               f"valid keys: {sorted(shown)}")
         tp = hints[key]
