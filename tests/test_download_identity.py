@@ -453,3 +453,14 @@ def test_a_failed_first_download_leaves_no_empty_folder(tmp_path):
     with pytest.raises(DataError, match="no file qa.json"):
         download(cfg, {"mm": str(empty)}, log=lambda s: None)
     assert not (tmp_path / "data" / "mm").exists()
+
+
+def test_a_local_repository_without_the_subset_is_one_line(setup, capsys):
+    """--source NAME=FOLDER whose card has no such subset: one error line naming the source,
+    the folder and the subset (it was datasets' "BuilderConfig 'x' not found" alone)."""
+    assert cli(setup, "data.sources[0].subset=calculus") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: mathqa: {setup[1]} (subset calculus, split train) cannot be "
+                          "read: "), err
+    assert "\n" not in err and "calculus" in err.split("read: ", 1)[1]
+    assert not (setup[2] / "mathqa" / "train.parquet").exists()

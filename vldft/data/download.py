@@ -186,8 +186,15 @@ def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path 
 
         log(f"[vldft] {src.name}: loading {what}, split {src.split} "
             f"{'from ' + str(local) if local else 'from the hub'} ...")
-        ds = datasets.load_dataset(str(local) if local else src.hub, src.subset, split=src.split,
-                                   **({"revision": revision} if revision and not local else {}))
+        try:
+            ds = datasets.load_dataset(str(local) if local else src.hub, src.subset,
+                                       split=src.split, **({"revision": revision}
+                                                           if revision and not local else {}))
+        except ValueError as e:  # e.g. a local repository without the subset or split
+            subset = f"subset {src.subset}, " if src.subset else ""
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{src.name}: {local or src.hub} ({subset}split {src.split}) cannot "
+                            f"be read: {first}") from None
         tmp = out.with_name(out.name + ".part")
         embed_images(ds).to_parquet(str(tmp))
         os.replace(tmp, out)
