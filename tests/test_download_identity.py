@@ -464,3 +464,25 @@ def test_a_local_repository_without_the_subset_is_one_line(setup, capsys):
                           "read: "), err
     assert "\n" not in err and "calculus" in err.split("read: ", 1)[1]
     assert not (setup[2] / "mathqa" / "train.parquet").exists()
+
+
+def test_a_benchmark_revision_reaches_the_benchmark_download(tmp_path, capsys):
+    """vldft-data download CONFIG --revision BENCH=REV: the benchmark copies a config reads
+    take a revision as vldft.eval download's do (the config-driven command had none); one for
+    a benchmark the config does not read is refused before anything is fetched."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {family: qwen2_5_vl, tiny: true}\n"
+                   "data: {train_files: [x.jsonl], decontaminate: [geoqa]}\n")
+    (tmp_path / "x.jsonl").write_text("")
+    here = tmp_path / "geoqa_repo"
+    here.mkdir()
+    base = ["download", str(cfg), "--data-dir", str(tmp_path / "data")]
+    assert main([*base, "--revision", "mathverse=v1"]) == 2
+    err = capsys.readouterr().err
+    assert "--revision: ['mathverse'] is not a benchmark this config reads" in err, err
+    assert main([*base, "--revision", "geoqa"]) == 2
+    assert "expected BENCH=REV" in capsys.readouterr().err
+    # a local stand-in is read as it is: the revision reached benchmarks.download, which says so
+    assert main([*base, "--revision", "geoqa=v1", "--source", f"geoqa={here}"]) == 2
+    err = capsys.readouterr().err
+    assert "geoqa: a revision (v1) applies to a hub repository" in err, err

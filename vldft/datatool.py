@@ -341,8 +341,14 @@ def cmd_download(args: argparse.Namespace) -> int:
             raise ConfigError(f"--source {item!r}: expected NAME=LOCAL_FOLDER")
         name, folder = item.split("=", 1)
         sources[name] = folder
+    revisions = {}
+    for item in args.revision:
+        name, _, rev = item.partition("=")
+        if not name or not rev:
+            raise ConfigError(f"--revision {item!r}: expected BENCH=REV")
+        revisions[name] = rev
     try:
-        done = download(cfg, sources, force=args.force)
+        done = download(cfg, sources, force=args.force, revisions=revisions)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     except (ConnectionError, OSError) as e:  # the hub clients raise these (and subclasses)
@@ -554,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--source", action="append", default=[], metavar="NAME=LOCAL_FOLDER",
                    help="read a source or benchmark from a local folder standing in for its "
                    "hub repository (repeatable)")
+    d.add_argument("--revision", action="append", default=[], metavar="BENCH=REV",
+                   help="read a benchmark copy from this branch, tag or commit of its hub "
+                   "repository (repeatable; a training source takes data.sources[i].revision)")
     d.add_argument("--force", action="store_true", help="fetch again over existing copies")
     v = sub.choices["validate"]
     v.add_argument("--max-samples", type=int, default=None,

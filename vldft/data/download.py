@@ -230,11 +230,19 @@ def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path 
 
 
 def download(cfg: Config, sources: dict[str, str] | None = None, force: bool = False,
-             log: Log = print) -> dict[str, list[Path]]:
+             log: Log = print, revisions: dict[str, str] | None = None
+             ) -> dict[str, list[Path]]:
     """Fetch every ``hub`` source of ``cfg`` into its data root and the benchmark copies it
     reads (``needed_benchmarks``) into its benchmark root. ``sources``: name -> local folder
-    standing in for that source's / benchmark's hub repository."""
-    sources = sources or {}
+    standing in for that source's / benchmark's hub repository; ``revisions``: benchmark name
+    -> branch, tag or commit of its hub repository (a training source has its own
+    ``revision`` key)."""
+    sources, revisions = sources or {}, revisions or {}
+    stray = sorted(set(revisions) - set(needed_benchmarks(cfg)))
+    if stray:
+        raise ValueError(f"--revision: {stray} is not a benchmark this config reads (those: "
+                         f"{sorted(needed_benchmarks(cfg))}); a training source takes "
+                         "data.sources[i].revision")
     known = {s.name for s in cfg.data.sources if s.hub} | set(needed_benchmarks(cfg))
     unknown = sorted(set(sources) - known)
     if unknown:
@@ -255,7 +263,8 @@ def download(cfg: Config, sources: dict[str, str] | None = None, force: bool = F
         log(f"[vldft] benchmark copies for decontamination / evaluation: {', '.join(names)} "
             f"-> {bench_root}")
         done["benchmarks"] = download_benchmarks(
-            names, bench_root, {k: v for k, v in sources.items() if k in names}, force, log)
+            names, bench_root, {k: v for k, v in sources.items() if k in names}, force, log,
+            revisions=revisions)
     missing = cfg.absent_sources()
     if missing:  # e.g. `path` names a file the repository does not have
         raise DataError(f"after the download, not there: {'; '.join(missing)} (the source's "
