@@ -578,6 +578,12 @@ def test_geoqa_scores_a_bare_option_text_and_refuses_a_label_outside_its_choices
     for reply, right in (("090^\\circ T", 1.0), ("$090^\\circ T$", 1.0), ("Answer: A", 1.0),
                          ("Answer: 090^\\circ T", 1.0), ("180^\\circ T", 0.0), ("90", 0.0)):
         assert geoqa_process_results(doc, [reply])["accuracy"] == right, reply
+    # option texts that are letters themselves (vertex names): the reply "B" names option B
+    for reply in ("B", "b", "$B$"):
+        assert geoqa_process_results({"choices": ["B", "C", "A", "D"], "label": 0}, [reply]
+                                     )["accuracy"] == 0.0, reply
+    assert geoqa_process_results({"choices": ["C", "A", "B", "D"], "label": 0}, ["C"]
+                                 )["accuracy"] == 0.0  # the letter C, whose option is "B"
     rows = {"subject": ["q", "r"], "choices": [["1", "2"], ["1", "2"]], "label": [1, 0],
             "original_split": ["test", "test"]}
     assert len(geoqa_keep_test(datasets.Dataset.from_dict(rows))) == 2

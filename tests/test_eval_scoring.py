@@ -379,3 +379,13 @@ def test_math_verify_equivalence_holds_in_a_worker_thread():
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         threaded = list(pool.map(lambda c: score(c[0], c[1])[1], cases))
     assert threaded == [score(c[0], c[1])[1] for c in cases] == [c[2] for c in cases]
+    # without a timeout there, a power tower is never handed to sympy (it held the GIL: the
+    # whole process hung); a daemon thread, so a regression fails here instead of hanging
+    import threading
+
+    found: list = []
+    worker = threading.Thread(target=lambda: found.append(score(
+        "Answer: \\boxed{10^{10^{10}}}", "12")), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and found == [("10^{10^{10}}", False)], found

@@ -36,7 +36,8 @@ a multi-select gold without ``choices`` ("C\\nD", "C, D") needs exactly its lett
   predicted text counts when it matches the gold option and every option it matches has the
   gold option's value. So "52" is right for gold B in ["38", "52", "52", "62"] (B and C say
   the same thing), but a prediction matching two options whose values differ is ambiguous and
-  wrong.
+  wrong. ``score`` also takes a whole reply that is the gold option's text as written
+  ("090^\\circ T"), unless that text reads as a letter or the reply names a choice letter.
 - no ``choices`` and a target that is one capital letter A-J (a held-out row whose options are
   in its question): a choice letter among A-J.
 - a text target (MathVista): the prediction may match the text itself, or name a letter whose
@@ -332,14 +333,25 @@ def _math_verify():
     return parse, verify
 
 
+# what math-verify (sympy) may evaluate without end: a tower or a 4+ digit power, a 4+ digit
+# factorial (only checked where no timeout can stop it)
+_UNBOUNDED = re.compile(r"\^\s*\{[^{}]*\^"  # 10^{10^{10}}
+                        r"|\^\s*\(?[-+]?\d+\)?\s*\^"  # 10^10^10
+                        r"|\^\s*[{(]?\s*[-+]?\d{4,}"  # 2^{1000}
+                        r"|\d{4,}\s*\}?\s*!")  # 1000!, {1000}!
+
+
 def _equivalent(pred: str, target: str) -> bool:
     mv = _math_verify()
     if mv is None:
         return False
     parse, verify = mv
     # math-verify's timeouts use signal.alarm, which raises outside the main thread (lmms-eval's
-    # own command line scores in worker threads): there, no timeout rather than every answer 0
+    # own command line scores in worker threads): there, no timeout rather than every answer 0,
+    # and so no input that could run for ever (10^{10^{10}} held the GIL: the whole process hung)
     limit = 5 if threading.current_thread() is threading.main_thread() else None
+    if limit is None and any(_UNBOUNDED.search(s) or len(s) > 300 for s in (pred, target)):
+        return False
     try:
         return bool(verify(parse(f"${target}$", parsing_timeout=limit),
                            parse(f"${pred}$", parsing_timeout=limit), timeout_seconds=limit))
@@ -444,9 +456,12 @@ def score(text: str | None, target: str, choices: list[str] | None = None,
     if not ok and not strict and reply and _bare(reply) == _bare(gold):
         return reply, True  # a bare reply that is the gold itself: "(2,2)", "$9 \\pi cm^2$"
     if (not ok and not strict and reply and choices and len(gold) == 1
-            and gold.upper() in LETTERS[: len(choices)]):  # or the gold option's text itself
-        option = str(choices[LETTERS.index(gold.upper())])
-        if option.strip() and _bare(reply) == _bare(option):
+            and gold.upper() in LETTERS[: len(choices)]):  # or the gold option's text itself,
+        option = str(choices[LETTERS.index(gold.upper())])  # unless it reads as a letter (an
+        # option "B" under gold A: the reply "B" names option B) or the reply names a letter
+        if (option.strip() and _bare(reply) == _bare(option)
+                and not re.fullmatch(r"[A-Ja-j]", _bare(option))
+                and _choice_letter(reply, choices, last=False) is None):
             return reply, True
     return pred, ok
 

@@ -82,8 +82,9 @@ def build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             shown = names - {"base_dir", "config_file"}  # vldft's records, not settable
             if full == "sweep":  # a study file (vldft.study) given to training
                 raise ConfigError("sweep: a study's section, not a training key: run the study "
-                                  "with python -m vldft.compare CONFIG (it trains each of its "
-                                  "runs), or remove the sweep section to train the base config")
+                                  "with python -m vldft.compare CONFIG (--list shows its runs, "
+                                  "--index I trains one of them), or remove the sweep section "
+                                  "to train the base config")
             raise ConfigError(f"{full}: unknown key{_did_you_mean(key, shown)}; "
                               f"valid keys: {sorted(shown)}")
         tp = hints[key]
