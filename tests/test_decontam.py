@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from vldft.data import ImageBytes, Sample
-from vldft.data.benchmarks import BENCHMARKS, SUITES, LocalDataError, embed_images
+from vldft.data.benchmarks import BENCHMARKS, SUITES, LocalDataError, embed_images, load_local
 from vldft.data.decontam import (
     BANDS,
     HASH_DISTANCE,
@@ -227,6 +227,19 @@ def test_from_local_upstream_layouts(tmp_path):
         ("geoqa", "1", "image_similar"),  # no id column: the row number
         ("geometry3k", "2402", "image_exact"),
         ("geoqa", "0", "question")]
+
+
+def test_an_unreadable_benchmark_image_does_not_stop_decontamination(tmp_path):
+    """Evaluation refuses a benchmark image that is not one; decontamination reads what it
+    can (an unreadable test image matches exactly only) and still indexes every row."""
+
+    _upstream_copy(tmp_path)
+    broken = next((tmp_path / "geometry3k").rglob("img_diagram.png"))
+    broken.write_bytes(b"not an image")
+    with pytest.raises(LocalDataError, match="cannot be read"):
+        load_local(BENCHMARKS["geometry3k"], tmp_path)
+    index = BenchmarkIndex.from_local(["geoqa", "geometry3k"], tmp_path, progress=False)
+    assert len(index) == 4
 
 
 def test_from_local_hub_parquet(tmp_path):

@@ -389,7 +389,10 @@ def test_a_wrong_model_path_is_one_line(tmp_path):
     # owner/name whose owner is a local folder: a path, not a hub id (it was looked up there)
     with pytest.raises(EvalSetupError, match=r"no such checkpoint directory \(.*run/ is a "
                                              r"local folder"):
+        (tmp_path / "run" / "run.json").write_text("{}")  # a vldft run directory
         check_model_in(tmp_path, "run/nope")
+    (tmp_path / "Qwen" / "Qwen2.5-VL-7B").mkdir(parents=True)  # not runs: still a hub id
+    check_model_in(tmp_path, "Qwen/Qwen2.5-VL-3B-Instruct")
     check_model(str(tmp_path / "run" / "final"))
     (tmp_path / "run" / "final" / "model.safetensors").write_bytes(b"x")
     with pytest.raises(EvalSetupError, match=r"model.safetensors: a file; pass the checkpoint "

@@ -646,6 +646,11 @@ def test_a_refusal_names_the_source_key_that_differs():
     assert fingerprint_diff(old, new) == [
         'data.sources[0].image_root: null -> "/x"', "data.sources[1].weight: null -> 2.0",
         "train.lr: 1e-05 -> 2e-05"]
+    # the run's own config.yaml rerun (absolute paths) with one weight changed: the weight only
+    rel = {"data.sources": [{"path": "data/x.jsonl"}, {"path": "b.jsonl"}]}
+    absolute = {"data.sources": [{"path": "/w/data/x.jsonl"}, {"path": "/w/b.jsonl"}]}
+    rerun = {"data.sources": [{"path": "/w/data/x.jsonl"}, {"path": "/w/b.jsonl", "weight": 2.0}]}
+    assert fingerprint_diff(rel, rerun, absolute, {}) == ["data.sources[1].weight: null -> 2.0"]
     grown = {"data.sources": [src, {"path": "b.jsonl"}, {"path": "c.jsonl"}]}
     (line,) = fingerprint_diff({"data.sources": old["data.sources"]}, grown)
     assert line.startswith("data.sources: [")  # another length: the whole list, shortened

@@ -242,9 +242,11 @@ def fingerprint_diff(old: dict, new: dict, old_abs: dict | None = None,
         return [f"{key}: {short(a)} -> {short(b)}"]
 
     old_abs, new_abs = old_abs or {}, new_abs or {}
+    # compared (and shown) in the forms that differ: a source path written relatively in one
+    # and absolutely in the other, naming the same file, is no difference
     return [d for k in sorted(set(old) & set(new))
             if old[k] != new[k] and old_abs.get(k, old[k]) != new_abs.get(k, new[k])
-            for d in parts(k, old[k], new[k])]
+            for d in parts(k, old_abs.get(k, old[k]), new_abs.get(k, new[k]))]
 
 
 def absolute_forms(config: dict, absolute: dict | None) -> dict:

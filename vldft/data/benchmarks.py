@@ -235,8 +235,11 @@ def find_local(bench: Benchmark, root: str | Path) -> Path:
         f"{', '.join(upstream)}{hint}")
 
 
-def load_local(bench: Benchmark, root: str | Path) -> datasets.Dataset:
-    """The test split of ``bench`` from its local copy under ``root``, in the hub's schema."""
+def load_local(bench: Benchmark, root: str | Path, check_images: bool = True
+               ) -> datasets.Dataset:
+    """The test split of ``bench`` from its local copy under ``root``, in the hub's schema.
+    ``check_images``: an upstream copy's image files must open as images (evaluation shows
+    them; decontamination, which reads what it can, passes False)."""
     import datasets
 
     path = find_local(bench, root)
@@ -257,7 +260,7 @@ def load_local(bench: Benchmark, root: str | Path) -> datasets.Dataset:
         raise LocalDataError(f"{path}: not a save_to_disk folder (no state.json or "
                              f"dataset_dict.json)")
     else:
-        ds = _from_upstream(bench, path, base)
+        ds = _from_upstream(bench, path, base, check_images)
     if len(ds) == 0:
         raise LocalDataError(f"{path}: no rows")
     return ds
@@ -304,27 +307,30 @@ def readable_image(path: Path, where: str) -> str:
     try:
         with Image.open(path):
             return str(path)
-    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # (UnidentifiedImageError is an OSError)
         raise LocalDataError(f"{where}: image {path} cannot be read "
                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                              ) from None
 
 
-def _resolve(value: str, bench: Benchmark, base: Path, file_dir: Path, where: str) -> str:
+def _resolve(value: str, bench: Benchmark, base: Path, file_dir: Path, where: str,
+             check: bool = True) -> str:
     p = Path(value)
     if p.is_absolute() and p.is_file():
-        return readable_image(p, where)
+        return readable_image(p, where) if check else str(p)
     tried = [file_dir / value] + [base / r / value for r in bench.image_roots]
     for candidate in tried:
         if candidate.is_file():
-            return readable_image(candidate, where)
+            return readable_image(candidate, where) if check else str(candidate)
     archives = sorted({str(z) for d in (file_dir, base) for z in d.glob("*.zip")})
     hint = f"; not yet extracted? {', '.join(archives)}" if archives else ""
     raise LocalDataError(f"{where}: image {value!r} not found (looked in "
                          f"{', '.join(sorted({str(c.parent) for c in tried}))}){hint}")
 
 
-def _from_upstream(bench: Benchmark, path: Path, base: Path) -> datasets.Dataset:
+def _from_upstream(bench: Benchmark, path: Path, base: Path, check_images: bool = True
+                   ) -> datasets.Dataset:
     import datasets
 
     records = _intergps_records(path) if path.is_dir() else _records(path)
@@ -341,7 +347,8 @@ def _from_upstream(bench: Benchmark, path: Path, base: Path) -> datasets.Dataset
                 raise LocalDataError(f"{where}: no image in {col!r}")
             values = value if is_list else [value]
             file_dir = path if path.is_dir() else path.parent
-            resolved = [_resolve(str(v), bench, base, file_dir, where) for v in values]
+            resolved = [_resolve(str(v), bench, base, file_dir, where, check_images)
+                        for v in values]
             row[col] = resolved if is_list else resolved[0]
         rows.append(row)
     ds = datasets.Dataset.from_list(rows)

@@ -71,8 +71,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-args", default="", help="extra model_args, k=v,k=v")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: auto)")
     p.add_argument("--verbosity", default="WARNING", type=str.upper,
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="lmms-eval's log level (DEBUG, INFO, WARNING, ERROR)")
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                   help="lmms-eval's log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
     return p
 
 

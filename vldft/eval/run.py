@@ -429,7 +429,8 @@ def check_model(model: str) -> None:
     ``final/``, is a one-line error (not a hub lookup traceback)."""
     path = Path(model)
     looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1 or path.exists()
-    parent = path.parent.is_dir() and not looks_local  # runs/demo where runs/ is a folder
+    # runs/demo where runs/ is a folder of vldft runs (not Qwen/, which a hub id also names)
+    parent = not looks_local and _holds_runs(path.parent)
     if not looks_local and not parent:
         return  # org/name: a hub id
     if not path.exists():
@@ -447,6 +448,15 @@ def check_model(model: str) -> None:
     if not isinstance(model_type(path), str):
         raise EvalSetupError(f"--model {model}: its config.json names no model_type, not a "
                              "transformers checkpoint")
+
+
+def _holds_runs(folder: Path) -> bool:
+    """Whether ``folder`` is a vldft run directory or holds one (a ``run.json``)."""
+    try:
+        return folder.is_dir() and ((folder / "run.json").is_file() or any(
+            (d / "run.json").is_file() for d in folder.iterdir() if d.is_dir()))
+    except OSError:
+        return False
 
 
 def model_type(folder: Path) -> str | None:
@@ -541,7 +551,8 @@ def _tree_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs.sort()
-        files.extend(Path(root) / n for n in names)
+        found = (Path(root) / n for n in names)  # a named pipe or a socket is not data (and
+        files.extend(p for p in found if p.is_file() or p.is_symlink())  # opening one blocks)
     return sorted(files)
 
 
