@@ -399,10 +399,20 @@ def test_overlong_video_sample_is_shortened_by_whole_frames(family, tmp_path):
     if family == "qwen3_vl":  # one "<t seconds>" timestamp per temporal patch left
         text = a.tokenizer.decode(enc.input_ids)
         assert len(re.findall(r"<[\d.]+ seconds>", text)) == int(grid[0, 0])
+    # one token more than 2 frames leave: the estimate (1 frame) is below 2, and 2 frames are
+    # tried all the same, then the end-of-turn is truncated (all 8 frames were kept and the
+    # sample cut inside its video: video_cut)
+    two_frames = VideoSettings(max_frames=2, min_pixels=28 * 28, max_pixels=SIDE * SIDE)
+    whole_two = Collator(a, 4096, video=two_frames).encode(sample)
+    two = len(whole_two.input_ids)
+    enc = Collator(a, two - 1, video=settings).encode(sample)
+    assert getattr(enc, "reason", None) is None, enc
+    assert enc.shortened and enc.truncated and int(enc.extras["video_grid_thw"][0, 0]) == 1
+    assert len(enc.input_ids) == two - 1 and (enc.labels != IGNORE).any()
     # a limit that not even 2 frames meet: the 2-frame video is whole and the answer after it
     # is cut (skipped: nothing left to train); a limit inside the video: skipped, never cut
-    tiny_limit = len(full.input_ids) - int(full.extras["video_grid_thw"].prod()) // merge**2
-    skipped = Collator(a, tiny_limit, video=settings).encode(sample)
+    first_trained = int((whole_two.labels != IGNORE).nonzero()[0])
+    skipped = Collator(a, first_trained, video=settings).encode(sample)
     assert getattr(skipped, "reason", None) == "truncated_empty", skipped
     inside = int((full.input_ids == a.video_token_id).nonzero()[0]) + 2
     skipped = Collator(a, inside, video=settings).encode(sample)

@@ -202,8 +202,10 @@ class Collator:
             # frames to keep so that the video tokens shrink by the excess (never below 2)
             keep = int(frames * (1 - (n - self.max_length) / max(video_tokens, 1)))
             keep = min(keep - keep % 2, frames - 2)
-            if keep < 2:
-                break  # even 2 frames do not fit: truncation / skip below decides
+            if keep < 2:  # the estimate is below 2: the fewest frames, then (still too
+                if frames <= 2:  # long) truncation / skip below decides
+                    break
+                keep = 2
             frames_cap, shortened = keep, True
         full_ids = out.pop("input_ids")[0]
         out.pop("attention_mask", None)
