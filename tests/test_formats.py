@@ -379,3 +379,25 @@ def test_real_mathverse_as_hf_json(collator):
     vision_only = next(x for x in s if texts(x)[0] == "<image>")  # empty question, image only
     assert vision_only.answer
     encode_all(collator, [s[0], vision_only])
+
+
+def test_a_normalised_part_naming_its_own_source_is_refused(tmp_path):
+    """A normalised row takes images / videos from its lists; a part that names its own
+    ({"type": "video", "video": "a.mp4"}) was accepted and the list's entry trained instead.
+    The same part in the messages format is read where it stands."""
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "b.png")
+    row = {"id": "r", "images": ["b.png"], "messages": [
+        {"role": "user", "content": [{"type": "image", "image": "a.png"},
+                                     {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": "red"}]}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=r"image part names its own source \('image': 'a\.png'\)"
+                                        r", which a normalised row does not read") as e:
+        read_source(SourceConfig(path=str(path), format="normalized"), tmp_path)
+    assert e.value.reason == "bad_content" and "rows.jsonl:1" in str(e.value)
+    (tmp_path / "inline.jsonl").write_text(json.dumps({**row, "images": []}) + "\n")
+    (sample,) = read_source(SourceConfig(path=str(tmp_path / "inline.jsonl"),
+                                         format="messages"), tmp_path)
+    assert [Path(p).name for p in sample.images] == ["a.png"]

@@ -379,6 +379,14 @@ def _parts(content: Any, where: str, what: str, clips: list[dict], images_before
                  "video part")
         if part["type"] == "text" and not isinstance(part.get("text"), str):
             fail(where, "bad_content", f"{what}text part without a 'text' string")
+        source = next((k for k in ("image", "image_url", "video", "video_url", "value")
+                       if part["type"] in MEDIA and part.get(k) is not None), None)
+        if source is not None:  # it was dropped, and the row's list entry shown instead
+            kind = part["type"]
+            fail(where, "bad_content", f"{what}{kind} part names its own source ({source!r}: "
+                 f"{str(part[source])[:60]!r}), which a normalised row does not read: it takes "
+                 f"its {kind}s from the row's '{kind}s' list, in order (source format: messages "
+                 "reads a part's own source)")
         if part["type"] == "video":
             keys = clip_keys(part)
             check_index(keys, "video", len(clips), where, what)
