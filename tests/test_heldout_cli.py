@@ -165,3 +165,38 @@ def test_the_module_prints_no_traceback(run, tmp_path):
         lines = [x for x in proc.stderr.splitlines() if "error" in x or "Traceback" in x]
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert len(lines) == 1 and said in lines[0], proc.stderr[-3000:]
+
+
+def test_a_held_out_set_with_every_sample_skipped_scores_n_a(tmp_path):
+    """Every held-out sample over data.max_length: CE and loss are None (n/a), not 0.0000
+    (a perfect score), and the console lines say n/a and how many were skipped."""
+    import contextlib
+    import io
+
+    from vldft.adapters import load_adapter
+    from vldft.collate import Collator
+    from vldft.config import ModelConfig
+    from vldft.data import sample_from_row
+    from vldft.heldout import combine, score_part
+    from vldft.report import _num
+
+    adapter = load_adapter(ModelConfig(family="qwen2_5_vl", tiny=True))
+    rows = tiny_demo_rows(2)
+    samples = [sample_from_row(r, f"h.jsonl:{i}", ROOT / "data" / "geo_demo")
+               for i, r in enumerate(rows, 1)]
+    res = combine([score_part(adapter, Collator(adapter, 16), samples, 2, 2, "dft")])
+    assert res["n_skipped"] == 2 and res["n_scored_ce"] == 0
+    assert res["ce"] is None and res["loss"] is None and res["mean_p"] is None
+    assert _num(res["ce"]) == "n/a" and _num(0.01234) == "0.0123"
+    from vldft.report import print_summary
+
+    said = io.StringIO()
+    log = {"step": 1, "objective": "dft", "loss": 0.5, "ce": 1.0, "mean_p": 0.4}
+    summary = {"steps": 1, "objective": "dft", "heldout": res, "first_log": log,
+               "last_log": log, "train_seconds": 1.0, "skipped": {}, "truncated": 0,
+               "checkpoint": "runs/x/final",
+               "heldout_history": [{"step": 1, "ce": None, "loss": None, "accuracy": None,
+                                    "n_skipped": 2}]}
+    with contextlib.redirect_stdout(said):
+        print_summary(summary, [log])
+    assert "held-out at step 1 (2 samples, 2 skipped): ce n/a, dft loss n/a" in said.getvalue()

@@ -76,8 +76,9 @@ def curve_figure(history: list[dict], switch_step: int | None = None,
             ax.plot([r["step"] for r in history], [r.get(key, float("nan")) for r in history],
                     label=f"train {title}")
         if key == "ce" and evals:
-            ax.plot([e["step"] for e in evals], [e.get("ce", float("nan")) for e in evals], "s",
-                    color="tab:green", label="held-out CE")
+            ces = [float("nan") if e.get("ce") is None else e["ce"] for e in evals]
+            ax.plot([e["step"] for e in evals], ces, "s", color="tab:green",
+                    label="held-out CE")
         _markers(ax, switches, evals, warnings)
         ax.set_title(title)
         ax.set_xlabel("step")

@@ -90,19 +90,23 @@ def score_part(adapter: Adapter, collator: Collator, samples: list[Sample],
 
 
 def combine(parts: list[dict]) -> dict:
-    """Merge :func:`score_part` results (one per rank) into averages."""
+    """Merge :func:`score_part` results (one per rank) into averages (``loss`` / ``ce`` /
+    ``mean_p`` None when no token was scored: every sample skipped, not a perfect score)."""
     tot = {k: sum(p[k] for p in parts) for k in ("n", "n_skipped", "n_scored_ce", "loss_sum",
                                                   "ce_sum", "p_sum", "n_tokens", "correct",
                                                   "correct_strict", "scored")}
-    n_tok = max(tot["n_tokens"], 1)
+    n_tok = tot["n_tokens"]
+
+    def mean(total: float) -> float | None:  # None: no token scored (every sample skipped)
+        return total / n_tok if n_tok else None
     kinds: dict[str, list[int]] = {}
     for p in parts:
         for k, counts in p["per_kind"].items():
             kinds[k] = [a + b for a, b in zip(kinds.get(k, [0, 0, 0]), counts, strict=True)]
     return {"n": tot["n"], "n_answered": tot["scored"], "n_scored_ce": tot["n_scored_ce"],
             "n_skipped": tot["n_skipped"],
-            "loss": tot["loss_sum"] / n_tok, "ce": tot["ce_sum"] / n_tok,
-            "mean_p": tot["p_sum"] / n_tok,
+            "loss": mean(tot["loss_sum"]), "ce": mean(tot["ce_sum"]),
+            "mean_p": mean(tot["p_sum"]),
             "accuracy": tot["correct"] / tot["scored"] if tot["scored"] else None,
             "accuracy_by_kind": {k: c / n for k, (c, n, _) in sorted(kinds.items())},
             "accuracy_strict": (tot["correct_strict"] / tot["scored"] if tot["scored"]

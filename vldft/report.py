@@ -117,6 +117,11 @@ class RunLog:
         self._files.close()
 
 
+def _num(value: float | None) -> str:
+    """A held-out mean for the console: n/a when no token was scored."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 class Evaluator:
     """The held-out evaluation (every rank scores its share of ``data.heldout_file``; results
     gathered) and ``train.eval_tasks`` (lmms-eval on rank 0), both logged to ``out`` and kept
@@ -148,7 +153,7 @@ class Evaluator:
         self.out.metrics({"step": step, "heldout": {k: v for k, v in res.items()
                                                     if k != "examples"}})
         acc = "n/a" if res["accuracy"] is None else f"{res['accuracy']:.1%}{of_answered(res)}"
-        self.out.note(f"[vldft] step {step} held-out: ce {res['ce']:.4f}, accuracy {acc}"
+        self.out.note(f"[vldft] step {step} held-out: ce {_num(res['ce'])}, accuracy {acc}"
                       + (f" ({res['n_skipped']} skipped)" if res["n_skipped"] else ""))
 
     def run_tasks(self, step: int) -> None:
@@ -212,7 +217,8 @@ def finish_summary(summary: dict, state: RunState, on_collapse: str, guarded: bo
     its review of the whole final phase (drifts too slow for the guard's window)."""
     if state.evals:
         summary["heldout"] = state.evals[-1]
-        summary["heldout_history"] = [{k: e[k] for k in ("step", "ce", "loss", "accuracy")}
+        summary["heldout_history"] = [{k: e[k] for k in ("step", "ce", "loss", "accuracy",
+                                                         "n_skipped")}
                                       for e in state.evals]
     if state.benchmarks:
         summary["benchmarks"] = state.benchmarks
@@ -269,8 +275,9 @@ def print_summary(summary: dict, history: list[dict]) -> None:
               "again); train.max_steps sets the number of steps exactly")
     for h in summary.get("heldout_history", []):
         acc = "n/a" if h["accuracy"] is None else f"{h['accuracy']:.1%}{of_answered(h)}"
-        print(f"[vldft] held-out at step {h['step']} ({summary['heldout']['n']} samples): "
-              f"ce {h['ce']:.4f}, {summary['objective']} loss {h['loss']:.4f}, "
+        skipped = f", {h['n_skipped']} skipped" if h.get("n_skipped") else ""
+        print(f"[vldft] held-out at step {h['step']} ({summary['heldout']['n']} samples"
+              f"{skipped}): ce {_num(h['ce'])}, {summary['objective']} loss {_num(h['loss'])}, "
               f"answer accuracy {acc}")
     for b in summary.get("benchmarks", []):
         print(f"[vldft] benchmarks at step {b['step']}: " + ", ".join(
