@@ -12,7 +12,7 @@ from lmms_eval.protocol import ChatMessages  # noqa: E402
 
 from vldft.adapters import FAMILIES, build_tiny  # noqa: E402
 from vldft.collate import Collator  # noqa: E402
-from vldft.config import VideoSettings  # noqa: E402
+from vldft.config import ConfigError, VideoSettings  # noqa: E402
 from vldft.config import saved_video_settings as video_settings  # noqa: E402
 from vldft.data import sample_from_row  # noqa: E402
 from vldft.eval.model import VldftLMM, to_vldft_messages  # noqa: E402
@@ -52,6 +52,15 @@ def test_video_settings_come_from_the_run_and_model_args_win(run_ckpt, tmp_path)
     assert video_settings(str(tmp_path)) == VideoSettings()  # no run: the defaults
     with pytest.raises(Exception, match="max_frames"):
         video_settings(str(run_ckpt), given={"max_frames": "1"})
+    # a --config that includes another file reads the included data.video (it fell back to the
+    # defaults), and a misspelt key is refused as training refuses it (it was ignored)
+    (tmp_path / "base.yaml").write_text("data: {video: {max_frames: 6, fps: 3.0}}\n")
+    (tmp_path / "child.yaml").write_text("include: base.yaml\ntrain: {lr: 1.0e-5}\n")
+    got = video_settings(str(tmp_path), tmp_path / "child.yaml")
+    assert (got.fps, got.max_frames) == (3.0, 6)
+    (tmp_path / "typo.yaml").write_text("data: {video: {maxframes: 2}}\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: data\.video\.maxframes: unknown key"):
+        video_settings(str(tmp_path), tmp_path / "typo.yaml")
 
 
 def test_lmms_eval_video_parts_are_decoded_as_training_decodes_them(run_ckpt, tmp_path):

@@ -200,3 +200,23 @@ def test_a_held_out_set_with_every_sample_skipped_scores_n_a(tmp_path):
     with contextlib.redirect_stdout(said):
         print_summary(summary, [log])
     assert "held-out at step 1 (2 samples, 2 skipped): ce n/a, dft loss n/a" in said.getvalue()
+
+
+def test_clips_scored_without_the_runs_settings_are_said_so(run, tmp_path, capsys):
+    """A checkpoint with no config.yaml beside it and no --config: its clips are decoded with
+    the default data.video settings, and the command says so (it did not)."""
+    from PIL import Image
+
+    (tmp_path / "clip").mkdir()
+    for i in range(4):
+        Image.new("RGB", (28, 28), (60 * i, 0, 0)).save(tmp_path / "clip" / f"{i}.png")
+    row = {"id": "v", "videos": ["clip"], "answer": "right", "messages": [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which way?"}]},
+        {"role": "assistant", "content": "right"}]}
+    path = write(tmp_path / "v.jsonl", [row])
+    main([str(run / "final"), str(path), "--controls", "none", "--max-new-tokens", "2"])
+    assert "note: no config.yaml beside" in capsys.readouterr().out
+    (tmp_path / "run.yaml").write_text("data: {video: {max_frames: 2}}\n")
+    main([str(run / "final"), str(path), "--controls", "none", "--max-new-tokens", "2",
+          "--config", str(tmp_path / "run.yaml")])
+    assert "note: no config.yaml" not in capsys.readouterr().out

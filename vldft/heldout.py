@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     import argparse
 
     from vldft.adapters import FAMILIES, load_adapter
-    from vldft.config import ConfigError, ModelConfig, saved_video_settings
+    from vldft.config import ConfigError, ModelConfig, saved_video_settings, video_settings_file
     from vldft.data import load_jsonl
 
     p = argparse.ArgumentParser(
@@ -355,6 +355,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     samples = load_jsonl(args.heldout)
     samples = samples[:args.max_samples] if args.max_samples else samples
     has_images, has_videos = any(s.images for s in samples), any(s.videos for s in samples)
+    if has_videos and video_settings_file(args.checkpoint, args.config) is None:
+        print(f"[vldft] note: no config.yaml beside {args.checkpoint} and no --config: clips are "
+              "decoded with the default data.video settings, not necessarily training's (pass "
+              "--config RUN/config.yaml)", flush=True)
     media = "images and videos" if has_images and has_videos else \
         "videos" if has_videos else "images"  # what the unchanged run is called
     if args.controls is None:

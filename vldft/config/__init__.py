@@ -228,19 +228,20 @@ def saved_video_settings(checkpoint: str | Path, config: str | Path | None = Non
     are cast) over those of ``config`` (a training YAML), else of the run's saved
     ``config.yaml`` beside the checkpoint (``runs/x/final`` -> ``runs/x/config.yaml``), else
     the defaults. Used by ``vldft.heldout`` and ``vldft.eval``."""
-    path = Path(config) if config else Path(str(checkpoint)).parent / "config.yaml"
+    path = video_settings_file(checkpoint, config)
     raw: dict = {}
-    if path.is_file():
-        try:
-            saved = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not YAML ({e})") from None
-        raw = dict(((saved.get("data") or {}) if isinstance(saved, dict) else {}).get("video")
-                   or {})
-    elif config:
-        raise ConfigError(f"{config}: no such file")
     fields = {f.name for f in dataclasses.fields(VideoSettings)}
-    raw = {k: v for k, v in raw.items() if k in fields}
+    if path is not None:
+        saved, _, _ = read_config_file(path)  # its include: resolved, as training reads it
+        video = (saved.get("data") or {}).get("video") if isinstance(saved.get("data"),
+                                                                        dict) else None
+        if video is not None and not isinstance(video, dict):
+            raise ConfigError(f"{path}: data.video: expected a mapping, got {video!r}")
+        raw = dict(video or {})
+        unknown = sorted(set(raw) - fields)
+        if unknown:  # training refuses such a key: the clips would not be decoded as trained
+            raise ConfigError(f"{path}: data.video.{unknown[0]}: unknown key; keys: "
+                              f"{sorted(fields)}")
     for k, v in (given or {}).items():
         if k not in fields:
             raise ConfigError(f"data.video.{k}: no such key; keys: {sorted(fields)}")
@@ -248,6 +249,18 @@ def saved_video_settings(checkpoint: str | Path, config: str | Path | None = Non
     settings = VideoSettings(**raw)
     settings.validate()
     return settings
+
+
+def video_settings_file(checkpoint: str | Path, config: str | Path | None = None
+                        ) -> Path | None:
+    """The training YAML :func:`saved_video_settings` reads: ``config`` (an error if absent),
+    else the run's ``config.yaml`` beside the checkpoint; None: none, the defaults apply."""
+    if config:
+        if not Path(config).is_file():
+            raise ConfigError(f"{config}: no such file")
+        return Path(config)
+    saved = Path(str(checkpoint)).parent / "config.yaml"
+    return saved if saved.is_file() else None
 
 
 def source_pixels(cfg: Config) -> dict[str, tuple[int | None, int | None]]:
