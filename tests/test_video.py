@@ -698,16 +698,21 @@ def test_nframes_is_an_exact_count_for_files_frame_lists_and_fixed_count_familie
         Video(frames=folder.videos[0].frames), run)
 
 
-def test_a_one_frame_video_file_decodes_as_that_frame_twice(tmp_path, qwen25):
+def test_a_one_frame_video_file_decodes_as_that_frame_twice(tmp_path, qwen25, caplog):
     """qwen-vl-utils asks for at least 2 frames and falls back to torchvision's removed
     ``read_video`` on a 1-frame file: vldft reads that frame itself, repeated to a temporal
-    patch; the length estimate agrees with the encoding, and a fixed count repeats it."""
+    patch, without qwen-vl-utils' "use torchvision as default" warning; the length estimate
+    agrees with the encoding, and a fixed count repeats it."""
+    import logging
+
     from vldft.data.mix import estimate_length
     from vldft.data.video import plan
 
     one = write_clip(tmp_path / "one.mp4", n=1)
     settings = VideoSettings(min_pixels=28 * 28, max_pixels=SIDE * SIDE)
-    dec = decode(Video(file=one), settings, unit=28)
+    with caplog.at_level(logging.WARNING):
+        dec = decode(Video(file=one), settings, unit=28)
+    assert "torchvision" not in caplog.text, caplog.text
     t, _, h, w = dec.frames.shape
     assert t == 2 and torch.equal(dec.frames[0], dec.frames[1])
     assert dec.indices == [0, 0] and dec.total == 1 and dec.fps == CLIP_FPS

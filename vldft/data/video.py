@@ -30,7 +30,9 @@ length estimated (the adapters' ``load_video`` / ``video_token_estimate``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -237,8 +239,9 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
             ele.update(fps=settings.fps, min_frames=min(settings.min_frames, cap),
                        max_frames=cap)
         try:
-            frames, meta = fetch_video(ele, image_patch_size=unit // 2,
-                                       return_video_metadata=True)
+            with _quiet_fallback():
+                frames, meta = fetch_video(ele, image_patch_size=unit // 2,
+                                           return_video_metadata=True)
         except Exception:  # one frame: qwen-vl-utils asks for 2 (the file is opened again
             if _frame_count(video.file) < 2:  # only here, off the common path)
                 return _decode_single(video.file, settings, unit, 2)
@@ -267,6 +270,20 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
         indices, fps, total = keep, float(settings.fps), len(video.frames)
     frames = frames.round().clamp(0, 255).to(torch.uint8)
     return Decoded(frames, fps, indices, total)
+
+
+@contextlib.contextmanager
+def _quiet_fallback():
+    """qwen-vl-utils' warning when decord fails ("use torchvision as default") is not said:
+    torchvision has no video reader (0.29), and vldft reads a one-frame file itself or reports
+    the file as corrupt (``video_corrupt``) in its own words."""
+    log = logging.getLogger("qwen_vl_utils.vision_process")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def even_cap(cap: int) -> int:
