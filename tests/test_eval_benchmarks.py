@@ -593,3 +593,35 @@ def test_geoqa_scores_a_bare_option_text_and_refuses_a_label_outside_its_choices
     with pytest.raises(LocalDataError, match=r"geoqa test row 1: label 5 does not name one of "
                                              r"its 2 choices"):
         geoqa_keep_test(datasets.Dataset.from_dict({**rows, "label": [1, 5]}))
+
+
+def test_a_held_out_video_row_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """vldft_geo_heldout takes one image per row: a row with a clip is refused, naming the
+    command that scores clips, before the model is built (it came after a ~20 s load)."""
+    from vldft.eval.run import evaluate
+
+    (tmp_path / "clip").mkdir()
+    row = {"id": "v1", "videos": ["clip"], "answer": "left", "messages": [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which way?"}]},
+        {"role": "assistant", "content": "left"}]}
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (8, 8), "red").save(tmp_path / "clip" / f"{i}.png")
+    (tmp_path / "heldout.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv("VLDFT_GEO_HELDOUT", str(tmp_path / "heldout.jsonl"))
+    import lmms_eval.models
+
+    real = lmms_eval.models.get_model
+
+    class NotBuilt:
+        is_simple = real("vldft").is_simple
+
+        @classmethod
+        def create_from_arg_string(cls, *a, **k):
+            raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(lmms_eval.models, "get_model", lambda name: NotBuilt)
+    with pytest.raises(LocalDataError, match=r"row v1: has a video; vldft_geo_heldout takes one "
+                                             r"image per row .*python -m vldft\.heldout"):
+        evaluate("no-model-is-loaded", ["vldft_geo_heldout"], tmp_path / "out")

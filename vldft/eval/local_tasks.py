@@ -123,6 +123,10 @@ def load_geo_heldout(root: str | None = None) -> datasets.Dataset:
     for s in samples:
         user = next(m for m in s.messages if m["role"] == "user")
         question = "".join(p["text"] for p in user["content"] if p["type"] == "text")
+        if s.videos:
+            raise LocalDataError(f"{path}: row {s.id}: has a video; vldft_geo_heldout takes one "
+                                 "image per row (score clips with python -m vldft.heldout CKPT "
+                                 "FILE)")
         if s.answer is None or len(s.images) != 1:
             raise LocalDataError(f"{path}: row {s.id}: needs an 'answer' and exactly one image "
                                  f"(has {len(s.images)})")

@@ -233,6 +233,9 @@ def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bo
             if geo_heldout_root(data_dir) is not None:
                 config["dataset_path"] = str(data_dir)
                 used_data_dir = True
+            from vldft.eval.local_tasks import load_geo_heldout
+
+            load_geo_heldout(geo_heldout_root(data_dir))  # its rows checked before the model
         elif bench is not None and data_dir is not None:
             try:
                 find_local(bench, data_dir)
