@@ -220,3 +220,19 @@ def test_clips_scored_without_the_runs_settings_are_said_so(run, tmp_path, capsy
     main([str(run / "final"), str(path), "--controls", "none", "--max-new-tokens", "2",
           "--config", str(tmp_path / "run.yaml")])
     assert "note: no config.yaml" not in capsys.readouterr().out
+
+
+def test_samples_are_encoded_with_the_runs_max_length(run, tmp_path, capsys):
+    """The run's data.max_length / overlong (its config.yaml, or --config) encode the held-out
+    samples, as the in-training evaluation does (the command used 2048 whatever the run had:
+    the two routes skipped different samples); a bad value is one line."""
+    path = write(tmp_path / "h.jsonl", tiny_demo_rows(2))
+    base = [str(run / "final"), str(path), "--controls", "none", "--max-new-tokens", "2"]
+    assert main(base)["images"]["n_skipped"] == 0
+    (tmp_path / "short.yaml").write_text("data: {max_length: 20, overlong: skip}\n")
+    res = main([*base, "--config", str(tmp_path / "short.yaml")])["images"]
+    assert res["n_skipped"] == 2 and res["ce"] is None
+    (tmp_path / "bad.yaml").write_text("data: {overlong: cut}\n")
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--config", str(tmp_path / "bad.yaml")])
+    assert e.value.code == 2 and "data.overlong" in capsys.readouterr().err

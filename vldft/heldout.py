@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import sys
+import typing
 from pathlib import Path
 
 import torch
@@ -294,6 +295,27 @@ def checkpoint_family(path: str | Path) -> str:
     return family_of_checkpoint(folder)
 
 
+def saved_encoding(checkpoint: str, config: str | None) -> dict:
+    """``max_length`` / ``overlong`` / ``train_on`` of the training YAML (``--config``, else
+    the run's config.yaml: ``vldft.config.video_settings_file``), checked as training checks
+    them; {} without one (the collator's defaults)."""
+    from vldft.config import ConfigError, DataConfig, read_config_file, video_settings_file
+    from vldft.config.parse import coerce
+
+    path = video_settings_file(checkpoint, config)
+    if path is None:
+        return {}
+    data = read_config_file(path)[0].get("data") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: data: expected a mapping")
+    hints = typing.get_type_hints(DataConfig)
+    out = {k: coerce(data[k], hints[k], f"{path}: data.{k}")
+           for k in ("max_length", "overlong", "train_on") if data.get(k) is not None}
+    if out.get("max_length", 1) < 1:
+        raise ConfigError(f"{path}: data.max_length: must be >= 1")
+    return out
+
+
 def default_controls(samples: list[Sample]) -> list[str]:
     """The controls a set gets when none are asked for: blank and shuffled images for a set
     with images, the video controls for one with videos only, none for text only."""
@@ -331,8 +353,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                         "frozen_frame,shuffled_frames for one with videos only, none for text "
                         "only)")
     p.add_argument("--config", default=None,
-                   help="training YAML whose data.video settings decode the clips (default: "
-                        "config.yaml of the checkpoint's run directory, when there)")
+                   help="training YAML whose data.video settings decode the clips and whose "
+                        "data.max_length / overlong / train_on encode the samples, as the "
+                        "in-training held-out evaluation does (default: config.yaml of the "
+                        "checkpoint's run directory, when there; else 2048 / truncate / all)")
     p.add_argument("--max-samples", type=int, default=0, help="score the first N rows (0: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -350,6 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
     try:
         video = saved_video_settings(args.checkpoint, args.config)
+        encoding = saved_encoding(args.checkpoint, args.config)
     except (OSError, ValueError) as e:  # a missing file / bad data.video (ConfigError)
         error(f"--config: {e}")
     samples = load_jsonl(args.heldout)
@@ -400,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     results = {}
     for name in [media, *controls]:
         part = control_samples(samples, name, args.seed) if name in CONTROLS else samples
-        collator = Collator(adapter, video=video,
+        collator = Collator(adapter, **encoding, video=video,
                             video_control=name if name in VIDEO_CONTROLS else None)
         results[name] = combine([score_part(adapter, collator, part, args.batch_size,
                                             args.max_new_tokens, "sft")])
