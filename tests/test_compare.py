@@ -176,3 +176,36 @@ def test_shipped_study_config_and_its_command_line():
     cfg = load_base_config(path, ["train.lr=1e-3"])
     assert cfg.train.lr == 1e-3 and cfg.data.heldout_file.endswith("study.jsonl")
     assert cfg.model.name_or_path.endswith("tiny-qwen25vl-geo") and not cfg.model.tiny
+
+
+def test_a_signal_stops_the_study_and_the_rerun_continues_the_run(tmp_path, monkeypatch,
+                                                                   capsys):
+    """SIGTERM in a study's first run: the study stops there (exit 0; the next run was
+    started, so a scheduler's signal never stopped it), the stopped run is not tabulated nor
+    'already done', and the same command continues it from its checkpoint."""
+    import vldft.state
+
+    path = _study_yaml(tmp_path, {"grid": {"train.seed": [0, 1]}, "out": str(tmp_path / "st")},
+                       save_every=2)
+    calls, real = {"n": 0}, vldft.state.StopRequest.agreed
+
+    def agreed(self, accelerator):
+        calls["n"] += 1
+        return "SIGTERM" if calls["n"] == 3 else None
+
+    monkeypatch.setattr(vldft.state.StopRequest, "agreed", agreed)
+    with pytest.raises(SystemExit) as e:
+        cli([str(path)])
+    assert e.value.code == 0
+    runs = tmp_path / "st" / "runs"
+    (first,) = [p.parent.name for p in runs.glob("*/summary.json")]
+    summary = json.loads((runs / first / "summary.json").read_text())
+    assert summary["stopped"] == "SIGTERM" and summary["steps"] == 3
+    assert "stopped (SIGTERM) in" in capsys.readouterr().out
+    monkeypatch.setattr(vldft.state.StopRequest, "agreed", real)
+    cli([str(path)])
+    said = capsys.readouterr().out
+    assert f"{first} was stopped at step 3 (SIGTERM): continuing it" in said
+    assert json.loads((runs / first / "summary.json").read_text())["steps"] == 6
+    res = json.loads((tmp_path / "st" / "results.json").read_text())
+    assert len(res["runs"]) == 2 and res["interrupted"] == [] and res["missing"] == []

@@ -30,7 +30,9 @@ scorer (``vldft.heldout``: teacher-forced CE and greedy answer accuracy, lenient
 only stated answers) every
 ``train.eval_every`` steps and at the end, on the final weights (what ``final/`` holds). A run
 whose ``summary.json`` exists is not trained again (``--force`` retrains it with
-``train.overwrite=true``: the old outputs are removed under the run directory's lock).
+``train.overwrite=true``: the old outputs are removed under the run directory's lock), unless
+a signal stopped it (SIGTERM, Ctrl-C): it is continued from its checkpoint, and it is not
+tabulated until it finishes. A signal stops the study (exit 0), not only the current run.
 
 The report groups runs that differ only in ``train.seed`` and gives mean, sample standard
 deviation and range over seeds (``results.md``, ``results.csv``, ``results.json``) and plots
@@ -116,8 +118,12 @@ def train_run(study: Study, run: Run, force: bool = False) -> dict:
     done = out / "summary.json"
     if done.is_file() and not force:
         check_same_run(study, run)
-        print(f"[vldft] compare: {run.name} already done ({done}); --force retrains it")
-        return json.loads(done.read_text())
+        summary = json.loads(done.read_text())
+        if not interrupted(summary):
+            print(f"[vldft] compare: {run.name} already done ({done}); --force retrains it")
+            return summary
+        print(f"[vldft] compare: {run.name} was stopped at step {summary.get('steps')} "
+              f"({summary['stopped']}): continuing it")
     cfg = run_config(study, run)
     # --force: the training run replaces the old one's outputs itself, under the run
     # directory's lock (removing the folder here first would pull it from under a process
@@ -125,6 +131,19 @@ def train_run(study: Study, run: Run, force: bool = False) -> dict:
     cfg.train.overwrite = cfg.train.overwrite or force
     print(f"[vldft] compare: training {run.name}: {' '.join(run.overrides) or '(base)'}")
     return main(cfg)
+
+
+def interrupted(summary: dict) -> bool:
+    """A run stopped by a signal (SIGTERM, Ctrl-C): resumable, not a result. A run the collapse
+    guard stopped (``train.on_collapse: stop``) is one: that is how it ended."""
+    return summary.get("stopped") not in (None, "collapse")
+
+
+def _summary(study: Study, run: Run) -> dict | None:
+    try:
+        return json.loads((run_dir(study, run) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def collect(study: Study, run: Run) -> dict | None:
@@ -254,9 +273,12 @@ def report(study: Study) -> tuple[list[dict], list[dict]]:
     for run in study.runs:  # a finished run of other settings must not enter the table
         if (run_dir(study, run) / "summary.json").is_file():
             check_same_run(study, run)
-    rows = [r for r in (collect(study, run) for run in study.runs) if r is not None]
-    missing = [run.name for run in study.runs if not (run_dir(study, run) / "summary.json")
-               .is_file()]
+    summaries = {run.name: _summary(study, run) for run in study.runs}
+    stopped = [run.name for run in study.runs
+               if summaries[run.name] is not None and interrupted(summaries[run.name])]
+    rows = [r for r in (collect(study, run) for run in study.runs
+                        if run.name not in stopped) if r is not None]
+    missing = [run.name for run in study.runs if summaries[run.name] is None]
     if not rows:
         raise SystemExit(f"compare: no finished run under {study.out / 'runs'} yet")
     table = aggregate(rows)
@@ -264,7 +286,8 @@ def report(study: Study) -> tuple[list[dict], list[dict]]:
     md = markdown(table)
     (study.out / "results.md").write_text(md + "\n")
     (study.out / "results.json").write_text(json.dumps({"groups": table, "runs": rows,
-                                                        "missing": missing}, indent=2))
+                                                        "missing": missing,
+                                                        "interrupted": stopped}, indent=2))
     flat = [{k: v for k, v in r.items() if k != "curves" and k not in BY_KIND} for r in rows]
     with open(study.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
@@ -272,7 +295,9 @@ def report(study: Study) -> tuple[list[dict], list[dict]]:
         writer.writerows(flat)
     png = plot(rows, study.out / "compare.png")
     print(f"\n[vldft] compare: {len(rows)} of {len(study.runs)} runs finished"
-          + (f" (missing: {', '.join(missing)})" if missing else "") + "\n" + md)
+          + (f" (missing: {', '.join(missing)})" if missing else "")
+          + (f" (interrupted, not tabulated: {', '.join(stopped)}; rerun the study to continue "
+             "them)" if stopped else "") + "\n" + md)
     print(f"[vldft] wrote {study.out / 'results.md'}, results.csv, results.json"
           + (f", {png}" if png else ""))
     return rows, table
@@ -324,14 +349,25 @@ def cli(argv: list[str] | None = None) -> Study:
         if index is not None:
             if not 0 <= index < len(study.runs):
                 raise SystemExit(f"--index {index}: the study has runs 0-{len(study.runs) - 1}")
-            train_run(study, study.runs[index], args.force)
+            _stop_if_interrupted(train_run(study, study.runs[index], args.force),
+                                 study.runs[index])
             return study  # the report comes from a last, separate call
         for i, run in enumerate(study.runs):
             print(f"[vldft] compare: run {i + 1}/{len(study.runs)}")
-            train_run(study, run, args.force)
+            _stop_if_interrupted(train_run(study, run, args.force), run)
     if _is_main_process():
         report(study)
     return study
+
+
+def _stop_if_interrupted(summary: dict, run: Run) -> None:
+    """A run stopped by a signal stops the study too (the next run is not started): exit 0,
+    as vldft.train does, saying how to go on."""
+    if summary and interrupted(summary):
+        print(f"[vldft] compare: stopped ({summary['stopped']}) in {run.name} at step "
+              f"{summary.get('steps')}; rerun the same command to continue it (the finished "
+              "runs are kept)", flush=True)
+        raise SystemExit(0)
 
 
 def _is_main_process() -> bool:
