@@ -209,3 +209,18 @@ def test_a_signal_stops_the_study_and_the_rerun_continues_the_run(tmp_path, monk
     assert json.loads((runs / first / "summary.json").read_text())["steps"] == 6
     res = json.loads((tmp_path / "st" / "results.json").read_text())
     assert len(res["runs"]) == 2 and res["interrupted"] == [] and res["missing"] == []
+
+
+def test_a_run_with_one_logged_point_is_drawn(tmp_path):
+    """A run shorter than train.log_every logs one point: drawn as a marker (a line of one
+    point drew nothing), and no held-out accuracy gives no empty-legend warning."""
+    import warnings
+
+    pytest.importorskip("matplotlib")
+    from vldft.compare import plot
+
+    rows = [{"group": "a", "seed": 0, "name": "a0", "curves": {
+        "heldout": [], "logs": [{"step": 2, "ce": 1.0, "loss": 0.5, "mean_p": 0.3}]}}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot(rows, tmp_path / "c.png") == tmp_path / "c.png"

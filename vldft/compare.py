@@ -255,13 +255,15 @@ def plot(rows: list[dict], path: Path) -> Path | None:
             if pts:
                 ax.plot(*zip(*pts, strict=True), color=colors[r["group"]],
                         linestyle=styles[seeds.index(r["seed"]) % len(styles)],
-                        marker="o" if curve == "heldout" else None, markersize=3,
-                        label=r["name"])
+                        marker="o" if curve == "heldout" or len(pts) == 1 else None,
+                        markersize=3, label=r["name"])  # one point: a line draws nothing
         ax.set_title(title)
         ax.set_xlabel("step")
     axes[0, 1].set_yscale("log")
     axes[1, 0].set_yscale("log")
-    axes[0, 0].legend(fontsize=7, ncol=2)
+    legend = next((ax for ax in axes.flat if ax.get_legend_handles_labels()[0]), None)
+    if legend is not None:  # (held-out accuracy may be absent: no empty-legend warning)
+        legend.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
