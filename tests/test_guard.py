@@ -191,3 +191,43 @@ def test_guard_quiet_on_real_sft_run_that_learns(tmp_path):
     assert scan(recs, window=5) == []
     assert scan(recs, window=5, judge_sft=True) == []
     assert scan(recs, window=3, judge_sft=True) == []
+
+
+def test_a_resumed_run_does_not_warn_again_for_the_same_episode(tmp_path, monkeypatch):
+    """A condition that holds from step 4 on: the uninterrupted run warns once (step 4); a run
+    stopped by SIGTERM at step 6 and resumed warned again at step 8 (a fresh guard), so its
+    summary, metrics.jsonl and an on_collapse=stop run differed from the uninterrupted one."""
+    import vldft.state
+    from vldft.train import main
+
+    data = write_tiny_data(tmp_path / "d.jsonl", 32)
+    monkeypatch.setattr(CollapseGuard, "_check",
+                        lambda self: ["held"] if self.records[-1]["step"] >= 4 else None)
+    monkeypatch.setattr(CollapseGuard, "_message", lambda self, seen: "collapse")
+
+    def run(name: str) -> tuple[dict, list]:
+        cfg = demo_config(f"data.train_files=[{data}]", "data.heldout_file=null",
+                          f"train.output_dir={tmp_path / name}", "train.max_steps=10",
+                          "train.log_every=2", "train.save_every=2", "train.eval_every=0",
+                          "train.eval_max_samples=0", "train.micro_batch_size=4",
+                          "loss.name=dft", "loss.sft_warmup_steps=0")
+        summary = main(cfg)
+        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text()
+                 .splitlines()]
+        return summary, [r["step"] for r in lines if "collapse_warning" in r]
+
+    whole, warned = run("whole")
+    assert [w["step"] for w in whole["collapse_warnings"]] == warned == [4]
+    calls, real = {"n": 0}, vldft.state.StopRequest.agreed
+
+    def agreed(self, accelerator):
+        calls["n"] += 1
+        return "SIGTERM" if calls["n"] == 6 else None
+
+    monkeypatch.setattr(vldft.state.StopRequest, "agreed", agreed)
+    first, _ = run("resumed")
+    assert first["stopped"] == "SIGTERM" and first["steps"] == 6
+    monkeypatch.setattr(vldft.state.StopRequest, "agreed", real)
+    resumed, warned = run("resumed")
+    assert resumed["steps"] == 10
+    assert [w["step"] for w in resumed["collapse_warnings"]] == warned == [4]

@@ -72,6 +72,14 @@ class CollapseGuard:
         self.quiet = 0  # consecutive records without any condition since the warning
         self.warnings: list[dict] = []  # {"step", "message"} of every warning given
 
+    def replay(self, history: list[dict]) -> None:
+        """Observe a resumed run's restored metrics records, saying nothing: the guard's window
+        and episode state are then the uninterrupted run's (a fresh guard warned again for an
+        episode it had already warned about, and stopped a run with on_collapse=stop at a step
+        the uninterrupted run went past)."""
+        for rec in history:
+            self.observe(rec)
+
     def observe(self, rec: dict) -> str | None:
         """Feed one metrics record; returns a warning message when a collapse is seen."""
         if not all(k in rec for k in REQUIRED):
