@@ -330,3 +330,18 @@ def test_gradient_checkpointing_covers_both_towers_and_keeps_the_gradients():
     assert plain.keys() == recomputed.keys()
     for name in plain:
         assert torch.allclose(plain[name], recomputed[name], rtol=1e-5, atol=1e-8), name
+
+
+def test_the_logged_lr_is_the_rate_of_that_steps_update(tmp_path):
+    """Linear decay over 4 steps, no warm-up: the updates use lr x 1, 3/4, 1/2, 1/4, and
+    metrics.jsonl says so (it logged the next step's rate: 3/4 ... 0 at the last step)."""
+    data = write_tiny_data(tmp_path / "d.jsonl", 16)
+    out = tmp_path / "run"
+    main(demo_config(f"data.train_files=[{data}]", "data.heldout_file=null",
+                     f"train.output_dir={out}", "train.max_steps=4", "train.log_every=1",
+                     "train.scheduler=linear", "train.warmup_ratio=0", "train.lr=1e-3",
+                     "train.eval_every=0", "train.eval_max_samples=0", "train.micro_batch_size=4",
+                     "loss.sft_warmup_steps=0"))
+    lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+           if "loss" in r]
+    assert lrs == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4]), lrs

@@ -206,6 +206,7 @@ def _train(cfg: Config) -> dict:
                 if (error := state.too_many_nonfinite(t.max_nonfinite_steps, out_dir)):
                     raise error
                 probs = None
+            lr = scheduler.get_last_lr()[lm_group]  # the rate this step's update used
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if probs is not None:
@@ -215,8 +216,7 @@ def _train(cfg: Config) -> dict:
             # SFT step of a warm-up, so the next record covers DFT (or ASFT) steps only
             switch = step == cfg.loss.sft_warmup_steps and cfg.loss.name != "sft"
             if step % t.log_every == 0 or step == total or switch:
-                warning = out.log_step(state, step, objective, scheduler.get_last_lr()[lm_group],
-                                       grad_norm, guard)
+                warning = out.log_step(state, step, objective, lr, grad_norm, guard)
                 if warning and t.on_collapse == "stop":
                     stopped = "collapse"
             out.bar.update(1)
