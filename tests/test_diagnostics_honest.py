@@ -104,6 +104,10 @@ def test_review_catches_a_slow_ce_rise_the_window_misses():
     evals = [{"step": 20, "accuracy": 0.9}, {"step": 160, "accuracy": 0.4}]
     assert "held-out accuracy fell 90.0%" in review(hist, evals)[0]["message"]
     assert review(hist[:2]) == [], "an SFT phase is not judged"
+    # what to compare with: the end of the run's SFT phase, or (none) an SFT run
+    assert "the model at the end of its SFT phase (step 20" in found[0]["message"]
+    alone = review(hist[2:])[0]["message"]
+    assert "an SFT run of the same data" in alone and "SFT phase" not in alone, alone
 
 
 def test_summary_lists_collapse_warnings(tmp_path, capsys, monkeypatch):

@@ -211,10 +211,12 @@ def review(history: list[dict], evals: list[dict] | None = None,
                          "phase")
     if not found:
         return []
+    compare = (f"compare with the model at the end of its SFT phase (step {start}, held-out "
+               "evaluated there)" if start else "compare with an SFT run of the same data")
     message = (f"possible collapse (end-of-run review, {name}): " + "; ".join(found) + ". A "
                "falling probability-weighted loss is not progress here"
-               " (docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu); compare with the SFT"
-               " checkpoint, and try a lower train.lr, " + remedies(loss) + ".")
+               f" (docs/design.md#measured-on-a-tiny-qwen25-vl-on-a-cpu); {compare}, and try "
+               "a lower train.lr, " + remedies(loss) + ".")
     return [{"step": last["step"], "message": message, "when": "end of run"}]
 
 
