@@ -345,3 +345,16 @@ def test_the_logged_lr_is_the_rate_of_that_steps_update(tmp_path):
     lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
            if "loss" in r]
     assert lrs == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4]), lrs
+
+
+def test_a_loss_key_the_objective_does_not_use_is_warned_about():
+    """configs/demo.yaml's loss.min_weight kept under loss.name=chord was ignored silently."""
+    from vldft.config.sections import LossConfig
+    from vldft.train import unused_loss_keys
+
+    assert unused_loss_keys(LossConfig(name="dft", min_weight=0.1)) == []
+    (line,) = unused_loss_keys(LossConfig(name="chord", min_weight=0.1))
+    assert line == ("loss.min_weight=0.1 applies to loss.name dft / asft; loss.name=chord does "
+                    "not use it")
+    assert len(unused_loss_keys(LossConfig(name="sft", min_weight=0.1, kl_lambda=0.1))) == 2
+    assert unused_loss_keys(LossConfig(name="asft", kl_lambda=0.1, min_weight=0.1)) == []

@@ -94,6 +94,17 @@ def __getattr__(name: str):
     return getattr(sys.modules[__name__], name)
 
 
+def unused_loss_keys(loss) -> list[str]:
+    """A line for each ``loss`` key set away from its default that ``loss.name`` does not use
+    (a config's ``min_weight`` kept under ``loss.name=chord`` was ignored without a word)."""
+    users = {"min_weight": ("dft", "asft"), "alpha": ("dft", "asft"),
+             "kl_lambda": ("asft",), "eaft_topk": ("eaft",), "eaft_alpha": ("eaft",)}
+    default = type(loss)()
+    return [f"loss.{key}={getattr(loss, key)} applies to loss.name {' / '.join(names)}; "
+            f"loss.name={loss.name} does not use it" for key, names in users.items()
+            if loss.name not in names and getattr(loss, key) != getattr(default, key)]
+
+
 def main(cfg: Config) -> dict:
     """Train per ``cfg``; returns the summary dict (also written to output_dir/summary.json).
     ``train.output_dir`` is locked for the run (``vldft.run_dir.lock_output_dir``)."""
@@ -138,6 +149,8 @@ def _train(cfg: Config) -> dict:
         f"engine {accelerator.distributed_type.value} x {world} on "
         f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
     log(describe_data(data, t.seed, out_dir / "data_summary.json"))
+    for unused in unused_loss_keys(cfg.loss):
+        log(f"[vldft] warning: {unused}", file=sys.stderr)
     collator = Collator.from_config(adapter, cfg)
     loader, sampler = build_loader(cfg, data, collator)
     grad_accum = t.global_batch_size // (t.micro_batch_size * world) if t.global_batch_size \
