@@ -198,7 +198,7 @@ def test_download_override_after_options(tmp_path, monkeypatch, capsys):
 
     seen = {}
 
-    def fake(cfg, sources, force=False):
+    def fake(cfg, sources, force=False, revisions=None):
         seen.update(lr=cfg.train.lr, data_dir=cfg.data.data_dir, sources=sources, force=force)
         return {"sources": [], "benchmarks": []}
 
