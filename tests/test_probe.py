@@ -173,3 +173,18 @@ def test_advice_for_the_shipped_demo_is_what_the_demo_trains(tmp_path, capsys):
     assert rec["objective"] == "dft"
     assert rec["settings"] == {"loss.name": "dft", "loss.min_weight": 0.1}
     assert "recommendation: dft  (loss.name=dft loss.min_weight=0.1)" in capsys.readouterr().out
+
+
+def test_the_default_out_is_one_folder_per_model(tmp_path):
+    """The docs' two probe commands (the base model, then model.name_or_path=runs/demo/final)
+    wrote the same train.output_dir/probe.json: the second replaced the first."""
+    from vldft.probe import default_out
+
+    (tmp_path / "runs" / "demo" / "final").mkdir(parents=True)
+    base = default_out(demo_config("model.tiny=false",
+                                   "model.name_or_path=priors/tiny-qwen25vl-geo"))
+    tuned = default_out(demo_config("model.tiny=false",
+                                    f"model.name_or_path={tmp_path / 'runs/demo/final'}"))
+    assert base.parent == tuned.parent
+    assert (base.name, tuned.name) == ("probe-priors_tiny-qwen25vl-geo", "probe-demo_final")
+    assert default_out(demo_config("model.tiny=true")).name == "probe-tiny-qwen2_5_vl"

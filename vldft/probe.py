@@ -14,7 +14,7 @@ accuracy, the end-of-turn token's probability, and the same for the answer token
 sample's final-answer span, located from its ``answer`` field). It prints a recommendation
 with its reasoning (``vldft.probe_report.recommend``; thresholds are heuristics from the sources
 cited there) and writes ``probe.json`` and ``probe_probs.png`` (histograms of p; needs
-matplotlib) to ``--out`` (default: ``train.output_dir``).
+matplotlib) to ``--out`` (default: ``train.output_dir/probe-<model>``).
 """
 
 from __future__ import annotations
@@ -253,7 +253,8 @@ def cli(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default: train.eval_batch_size")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output directory (default: train.output_dir)")
+                        help="output directory (default: train.output_dir/probe-<model>, one "
+                             "folder per model probed)")
     args = parser.parse_intermixed_args(argv)
     if args.samples < 1:
         parser.error("--samples must be >= 1")
@@ -268,10 +269,20 @@ def cli(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"config error: {e}") from None
     report = probe(cfg, args.samples, args.batch_size, show=sys.stderr.isatty())
     print(format_report(report))
-    out = args.out if args.out is not None else cfg.resolve(cfg.train.output_dir)
+    out = args.out if args.out is not None else default_out(cfg)
     for path in write_outputs(report, out):
         print(f"[vldft] wrote {path}")
     return report
+
+
+def default_out(cfg) -> Path:
+    """``train.output_dir/probe-<model>``: the base model's probe and the fine-tuned
+    checkpoint's (the docs' two commands, one config) no longer overwrite each other, nor the
+    training run's own files."""
+    model = f"tiny-{cfg.model.family}" if cfg.model.tiny else cfg.model.name_or_path
+    parts = [p for p in Path(str(model)).parts if p not in ("/", ".", "..")][-2:]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts)).strip("._") or "model"
+    return cfg.resolve(cfg.train.output_dir) / f"probe-{slug}"
 
 
 def main(argv: list[str] | None = None) -> None:
