@@ -352,6 +352,9 @@ def test_stop_at_the_last_step_then_rerun_writes_final(finished, data_file, tmp_
         def __init__(self, *a, **k):
             pass
 
+        def replay(self, history, said=()):
+            pass
+
         def observe(self, rec):
             return "forced collapse" if rec["step"] == STEPS else None
 

@@ -358,3 +358,17 @@ def test_a_loss_key_the_objective_does_not_use_is_warned_about():
                     "not use it")
     assert len(unused_loss_keys(LossConfig(name="sft", min_weight=0.1, kl_lambda=0.1))) == 2
     assert unused_loss_keys(LossConfig(name="asft", kl_lambda=0.1, min_weight=0.1)) == []
+
+
+def test_a_grad_accum_the_global_batch_overrules_is_said(tmp_path, capsys):
+    """global_batch_size 8 over micro-batches of 4 on one process is 2 micro-batches a step;
+    the config's grad_accum 3 was dropped without a word."""
+    data = write_tiny_data(tmp_path / "d.jsonl", 16)
+    main(demo_config(f"data.train_files=[{data}]", "data.heldout_file=null",
+                     f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1",
+                     "train.global_batch_size=8", "train.micro_batch_size=4",
+                     "train.grad_accum=3", "train.eval_every=0", "train.eval_max_samples=0",
+                     "loss.sft_warmup_steps=0"))
+    said = capsys.readouterr().out
+    assert ("train.global_batch_size=8 sets 2 micro-batches per step on 1 process(es) "
+            "(micro_batch_size 4); the config's train.grad_accum=3 is not used") in said, said

@@ -155,6 +155,10 @@ def _train(cfg: Config) -> dict:
     loader, sampler = build_loader(cfg, data, collator)
     grad_accum = t.global_batch_size // (t.micro_batch_size * world) if t.global_batch_size \
         else t.grad_accum
+    if t.global_batch_size and t.grad_accum not in (1, grad_accum):  # said, not silently
+        log(f"[vldft] note: train.global_batch_size={t.global_batch_size} sets "
+            f"{grad_accum} micro-batches per step on {world} process(es) (micro_batch_size "
+            f"{t.micro_batch_size}); the config's train.grad_accum={t.grad_accum} is not used")
     optimizer = build_optimizer(adapter, cfg, sharded=sharded(accelerator))
     lm_group = next((i for i, g in enumerate(optimizer.param_groups)
                      if g["name"] == "language"), 0)  # the logged lr

@@ -407,12 +407,6 @@ class TrainConfig:
                     f"train.global_batch_size: {self.global_batch_size} is not a positive "
                     f"multiple of micro_batch_size x world size = {self.micro_batch_size} x "
                     f"{world}")
-            implied = self.global_batch_size // per_step
-            if self.grad_accum != 1 and self.grad_accum != implied:  # it was ignored
-                raise ConfigError(
-                    f"train.grad_accum: {self.grad_accum}, and train.global_batch_size "
-                    f"{self.global_batch_size} sets it to {implied} (global / (micro_batch_size "
-                    f"x world size = {self.micro_batch_size} x {world})): give one of the two")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ConfigError("train.adam_betas: must be two numbers in [0, 1)")
 
