@@ -231,3 +231,10 @@ def test_a_resumed_run_does_not_warn_again_for_the_same_episode(tmp_path, monkey
     resumed, warned = run("resumed")
     assert resumed["steps"] == 10
     assert [w["step"] for w in resumed["collapse_warnings"]] == warned == [4]
+    # the replay alone never swallows a warning: one the run never gave is given live
+    guard = CollapseGuard(window=2)
+    guard.replay([{"step": s, "objective": "dft", "loss": 1.0, "ce": 1.0, "entropy": 1.0,
+                   "mean_p": 0.5} for s in (2, 4, 6)], said=[])
+    assert not guard.fired and guard.warnings == []
+    assert guard.observe({"step": 8, "objective": "dft", "loss": 1.0, "ce": 1.0,
+                          "entropy": 1.0, "mean_p": 0.5}) == "collapse"

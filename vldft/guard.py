@@ -72,13 +72,18 @@ class CollapseGuard:
         self.quiet = 0  # consecutive records without any condition since the warning
         self.warnings: list[dict] = []  # {"step", "message"} of every warning given
 
-    def replay(self, history: list[dict]) -> None:
+    def replay(self, history: list[dict], said: list[dict] = ()) -> None:
         """Observe a resumed run's restored metrics records, saying nothing: the guard's window
         and episode state are then the uninterrupted run's (a fresh guard warned again for an
         episode it had already warned about, and stopped a run with on_collapse=stop at a step
-        the uninterrupted run went past)."""
+        the uninterrupted run went past). ``said``: the warnings the run gave (its
+        ``collapse_warnings``); one the replay finds that was never given (the guard was off
+        before the resume) is left to be given by the next record."""
+        given = {w["step"] for w in said}
         for rec in history:
-            self.observe(rec)
+            if self.observe(rec) and rec["step"] not in given:
+                self.fired = False
+                self.warnings.pop()
 
     def observe(self, rec: dict) -> str | None:
         """Feed one metrics record; returns a warning message when a collapse is seen."""

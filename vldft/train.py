@@ -195,7 +195,7 @@ def _train(cfg: Config) -> dict:
         guard = CollapseGuard(window=t.collapse_window, loss=cfg.loss) \
             if t.on_collapse != "off" else None
         if guard is not None:
-            guard.replay(state.history)  # a resumed run's guard is the uninterrupted run's
+            guard.replay(state.history, state.collapse_warnings)  # the uninterrupted run's
         hist_every = t.hist_every or t.log_every
         max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
         stopped = None
