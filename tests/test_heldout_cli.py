@@ -230,8 +230,16 @@ def test_samples_are_encoded_with_the_runs_max_length(run, tmp_path, capsys):
     base = [str(run / "final"), str(path), "--controls", "none", "--max-new-tokens", "2"]
     assert main(base)["images"]["n_skipped"] == 0
     (tmp_path / "short.yaml").write_text("data: {max_length: 20, overlong: skip}\n")
+    capsys.readouterr()
     res = main([*base, "--config", str(tmp_path / "short.yaml")])["images"]
     assert res["n_skipped"] == 2 and res["ce"] is None
+    assert "; 2 skipped for CE (over data.max_length)" in capsys.readouterr().out
+    (tmp_path / "strict.yaml").write_text("data: {max_length: 20, overlong: error}\n")
+    with pytest.raises(SystemExit) as e:  # the run's overlong=error: one line, not a traceback
+        cli([*base, "--config", str(tmp_path / "strict.yaml")])
+    err = capsys.readouterr().err.splitlines()[-1]  # (transformers' weight-loading bar above)
+    assert e.value.code == 2 and err.startswith("python -m vldft.heldout: error: sample ")
+    assert "data.max_length=20" in err
     (tmp_path / "bad.yaml").write_text("data: {overlong: cut}\n")
     with pytest.raises(SystemExit) as e:
         main([*base, "--config", str(tmp_path / "bad.yaml")])

@@ -258,10 +258,13 @@ def unshuffled(samples: list[Sample]) -> int:
 def accuracy_line(label: str, result: dict) -> str:
     """One console line: overall answer accuracy and per kind, from :func:`combine`'s result
     (``n/a`` when no sample has an ``answer``)."""
+    skipped = (f"; {result['n_skipped']} skipped for CE (over data.max_length)"
+               if result.get("n_skipped") else "")
     if result["accuracy"] is None:
-        return f"[vldft] {label}: accuracy n/a (no sample has an 'answer' field)"
+        return f"[vldft] {label}: accuracy n/a (no sample has an 'answer' field){skipped}"
     kinds = ", ".join(f"{k} {v:.0%}" for k, v in result["accuracy_by_kind"].items())
-    return f"[vldft] {label}: accuracy {result['accuracy']:.1%}{of_answered(result)} ({kinds})"
+    return (f"[vldft] {label}: accuracy {result['accuracy']:.1%}{of_answered(result)} "
+            f"({kinds}){skipped}")
 
 
 def of_answered(result: dict) -> str:
@@ -441,11 +444,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 def cli(argv: list[str] | None = None) -> dict[str, dict]:
     """``python -m vldft.heldout``: :func:`main`, with a bad held-out file (``DataError``: a
     missing image, bad JSON, a row without an assistant turn, ...) said in one line, status 2."""
+    from vldft.collate import SampleError
     from vldft.data import DataError
 
     try:
         return main(argv)
-    except DataError as e:
+    except (DataError, SampleError) as e:  # SampleError: an overlong sample, data.overlong=error
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
