@@ -657,3 +657,18 @@ def test_a_refusal_names_the_source_key_that_differs():
     grown = {"data.sources": [src, {"path": "b.jsonl"}, {"path": "c.jsonl"}]}
     (line,) = fingerprint_diff({"data.sources": old["data.sources"]}, grown)
     assert line.startswith("data.sources: [")  # another length: the whole list, shortened
+
+
+def test_a_moved_checkout_lists_only_the_key_that_changed():
+    """Sources written relatively in a moved checkout (their absolute forms differ, their
+    written forms do not) and one weight changed: the refusal names the weight alone."""
+    from vldft.run_dir import fingerprint_diff
+
+    old = {"data.sources": [{"path": "data/x.jsonl"}, {"path": "b.jsonl"}]}
+    new = {"data.sources": [{"path": "data/x.jsonl"}, {"path": "b.jsonl", "weight": 2.0}]}
+    old_abs = {"data.sources": [{"path": "/old/data/x.jsonl"}, {"path": "/old/b.jsonl"}]}
+    new_abs = {"data.sources": [{"path": "/new/data/x.jsonl"},
+                                {"path": "/new/b.jsonl", "weight": 2.0}]}
+    assert fingerprint_diff(old, new, old_abs, new_abs) == [
+        "data.sources[1].weight: null -> 2.0"]
+    assert fingerprint_diff(old, old, old_abs, new_abs) == []  # moved, nothing changed

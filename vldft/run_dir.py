@@ -230,23 +230,27 @@ def fingerprint_diff(old: dict, new: dict, old_abs: dict | None = None,
         text = json.dumps(v) if not isinstance(v, float) else repr(v)
         return text if len(text) <= 80 else text[:77] + "..."
 
-    def parts(key: str, a, b) -> list[str]:
+    def parts(key: str, a, b, a_abs, b_abs) -> list[str]:
         """The differing leaves of a list of the same length or a mapping (one source of
-        data.sources: ``data.sources[0].image_root: null -> "/x"``), else the whole value."""
-        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y
-                    for d in parts(f"{key}[{i}]", x, y)]
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-                    for d in parts(f"{key}.{k}", a.get(k), b.get(k))]
-        return [f"{key}: {short(a)} -> {short(b)}"]
+        data.sources: ``data.sources[0].image_root: null -> "/x"``), else the whole value. A
+        leaf is the same when its written forms or its absolute forms are (a path written
+        relatively in one and absolutely in the other; a checkout moved with its config)."""
+        if a == b or a_abs == b_abs:
+            return []
+        if all(isinstance(v, list) for v in (a, b, a_abs, b_abs)) and \
+                len({len(a), len(b), len(a_abs), len(b_abs)}) == 1:
+            return [d for i in range(len(a))
+                    for d in parts(f"{key}[{i}]", a[i], b[i], a_abs[i], b_abs[i])]
+        if all(isinstance(v, dict) for v in (a, b, a_abs, b_abs)):
+            return [d for k in sorted(set(a) | set(b))
+                    for d in parts(f"{key}.{k}", a.get(k), b.get(k), a_abs.get(k),
+                                   b_abs.get(k))]
+        return [f"{key}: {short(a_abs)} -> {short(b_abs)}" if a_abs != a or b_abs != b
+                else f"{key}: {short(a)} -> {short(b)}"]
 
     old_abs, new_abs = old_abs or {}, new_abs or {}
-    # compared (and shown) in the forms that differ: a source path written relatively in one
-    # and absolutely in the other, naming the same file, is no difference
     return [d for k in sorted(set(old) & set(new))
-            if old[k] != new[k] and old_abs.get(k, old[k]) != new_abs.get(k, new[k])
-            for d in parts(k, old_abs.get(k, old[k]), new_abs.get(k, new[k]))]
+            for d in parts(k, old[k], new[k], old_abs.get(k, old[k]), new_abs.get(k, new[k]))]
 
 
 def absolute_forms(config: dict, absolute: dict | None) -> dict:

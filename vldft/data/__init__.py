@@ -386,7 +386,8 @@ def _parts(content: Any, where: str, what: str, clips: list[dict], images_before
             fail(where, "bad_content", f"{what}{kind} part names its own source ({source!r}: "
                  f"{str(part[source])[:60]!r}), which a normalised row does not read: it takes "
                  f"its {kind}s from the row's '{kind}s' list, in order (source format: messages "
-                 "reads a part's own source)")
+                 "reads a part's own source; vldft-data convert --format messages FILE OUT "
+                 "writes the file in this format)")
         if part["type"] == "video":
             keys = clip_keys(part)
             check_index(keys, "video", len(clips), where, what)

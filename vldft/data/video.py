@@ -272,18 +272,21 @@ def decode(video: Video, settings, unit: int, max_frames: int | None = None,
     return Decoded(frames, fps, indices, total)
 
 
+def _not_the_fallback(record: logging.LogRecord) -> bool:
+    return "use torchvision as default" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _quiet_fallback():
     """qwen-vl-utils' warning when decord fails ("use torchvision as default") is not said:
     torchvision has no video reader (0.29), and vldft reads a one-frame file itself or reports
-    the file as corrupt (``video_corrupt``) in its own words."""
+    the file as corrupt (``video_corrupt``) in its own words. Its other warnings stay."""
     log = logging.getLogger("qwen_vl_utils.vision_process")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    log.addFilter(_not_the_fallback)
     try:
         yield
     finally:
-        log.setLevel(level)
+        log.removeFilter(_not_the_fallback)
 
 
 def even_cap(cap: int) -> int:

@@ -555,7 +555,8 @@ def _tree_files(folder: Path) -> list[Path]:
         seen.add(real)
         dirs.sort()
         found = (Path(root) / n for n in names)  # a named pipe or a socket is not data (and
-        files.extend(p for p in found if p.is_file() or p.is_symlink())  # opening one blocks)
+        files.extend(p for p in found  # opening one blocks); a dangling link is listed
+                     if p.is_file() or (p.is_symlink() and not p.exists()))
     return sorted(files)
 
 
