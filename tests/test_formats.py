@@ -401,3 +401,32 @@ def test_a_normalised_part_naming_its_own_source_is_refused(tmp_path):
     (sample,) = read_source(SourceConfig(path=str(tmp_path / "inline.jsonl"),
                                          format="messages"), tmp_path)
     assert [Path(p).name for p in sample.images] == ["a.png"]
+
+
+def test_detection_looks_past_a_text_only_or_broken_first_row(tmp_path):
+    """A ShareGPT file whose first row is text only (no `images` key) was read as llava and
+    every row's images dropped; a JSONL file whose first line is broken failed as a whole,
+    even with on_error: skip (the same line elsewhere is a counted skip)."""
+    from vldft.data.skips import SkipReport
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "1.png")
+    rows = [{"conversations": [{"from": "human", "value": "Hi"},
+                               {"from": "gpt", "value": "Hello"}]},
+            {"conversations": [{"from": "human", "value": "<image>Colour?"},
+                               {"from": "gpt", "value": "Red"}], "images": ["1.png"]}]
+    sg = tmp_path / "sg.json"
+    sg.write_text(json.dumps(rows))
+    assert detect_format(sg) == "sharegpt"
+    samples = read_source(SourceConfig(path=str(sg)), tmp_path)
+    assert [len(s.images) for s in samples] == [0, 1]
+    msgs = tmp_path / "m.jsonl"
+    good = {"messages": [{"role": "user", "content": "2+2?"},
+                         {"role": "assistant", "content": "4"}]}
+    msgs.write_text('{"messages": [\n' + json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    assert detect_format(msgs) in ("normalized", "messages")
+    report = SkipReport()
+    kept = read_source(SourceConfig(path=str(msgs)), tmp_path, on_error="skip", report=report)
+    assert len(kept) == 2 and report.total == 1
+    (tmp_path / "bad.jsonl").write_text('{"messages": [\n')
+    with pytest.raises(DataError, match="invalid JSON"):
+        detect_format(tmp_path / "bad.jsonl")

@@ -98,14 +98,17 @@ def _typed_only(row: Any) -> bool:
 
 def detect_row_format(row: Any, suffix: str, where: str, more: list[Any] = ()) -> str:
     """Format of JSON rows from the first row's keys (see the module table); ``more`` rows
-    (the next few) must also be typed-only for ``normalized``."""
+    (the next few) must also be typed-only for ``normalized``, and their keys count for
+    ``llava`` vs ``sharegpt``."""
     keys = set(row) if isinstance(row, dict) else set()
     if "messages" in keys:
         if suffix == ".jsonl" and all(_typed_only(r) for r in [row, *more]):
             return "normalized"
         return "sharegpt" if suffix == ".json" else "messages"
-    if "conversations" in keys:
-        return ("llava" if keys & {"image", "video"} or not keys & {"images", "videos", "system"}
+    if "conversations" in keys:  # over the first few rows: a text-only first row of a
+        # ShareGPT file has no `images` key (read as llava, every row's images were dropped)
+        seen = keys.union(*(set(r) for r in more if isinstance(r, dict)))
+        return ("llava" if seen & {"image", "video"} or not seen & {"images", "videos", "system"}
                 else "sharegpt")
     if keys & set(DEFAULTS["question"]) and keys & {"answer", "solution", "response"}:
         return "hf" if keys & {"images", "image"} else "text_math"
@@ -150,9 +153,10 @@ def detect_format(path: Path) -> str:
         head = list(itertools.islice(iter_json(path), DETECT_ROWS))
         if not head:
             fail(str(path), "bad_source", "no rows")
-        if isinstance(head[0][2], DataError):
+        rows = [(where, r) for where, _, r in head if not isinstance(r, DataError)]
+        if not rows:  # (a bad row among good ones is the reader's: counted, or an error)
             raise head[0][2]
-        return detect_row_format(head[0][2], suffix, head[0][0], [r for _, _, r in head[1:]])
+        return detect_row_format(rows[0][1], suffix, rows[0][0], [r for _, r in rows[1:]])
     raise DataError(f"{path}: cannot tell the format from the extension {suffix!r}; set the "
                     f"source's format to one of {FORMATS}", "bad_source", str(path))
 
