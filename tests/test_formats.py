@@ -310,6 +310,11 @@ def test_reference_answer_of_worked_solutions():
     assert reference_answer("The answer is: 3.5") == "3.5"
     assert reference_answer("The final answer is $\\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
     assert reference_answer("Then \\boxed{7}.\nThe answer is: 7") == "7"
+    # a markdown heading in a NuminaMath solution is not GSM8K's final "#### N" line
+    numina = ("#### Step 1: Divide\nx = 1/2\n#### Step 2: Conclude\n"
+              "Thus $x = \\boxed{\\frac{1}{2}}$.")
+    assert reference_answer(numina) == "\\frac{1}{2}"
+    assert reference_answer("Natalia sold 48/2 = 24 clips.\n#### 72") == "72"
 
 
 def test_system_prompt_from_source(tmp_path):

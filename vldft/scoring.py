@@ -191,9 +191,12 @@ def extract_answer(text: str | None, choices: list[str] | None = None,
 def reference_answer(solution: str) -> str | None:
     """The final answer of a worked reference solution (a dataset's, not a model's): after the
     last ``####`` (GSM8K), else the last ``\\boxed{...}`` (NuminaMath), else the last "The
-    answer is: X" (MetaMathQA); None when there is none."""
+    answer is: X" (MetaMathQA); None when there is none. GSM8K's ``#### 72`` is the last
+    line: a markdown heading (``#### Step 2``) with lines after it is not an answer."""
     if "####" in solution:
-        return solution.rsplit("####", 1)[1].strip()
+        tail = solution.rsplit("####", 1)[1].strip()
+        if tail and "\n" not in tail:
+            return tail
     return _last_boxed(solution) or _answer_phrase(solution)
 
 
