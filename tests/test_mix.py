@@ -172,6 +172,14 @@ def test_the_repeated_note_counts_the_rows_left_after_decontamination(tmp_path):
     text = describe_data(data, 0, tmp_path / "data_summary.json")
     assert "source 'geo' is repeated: 5 rows give 11 samples (2.2x" in text, text
     assert "source 'sub' is subsampled: 3 of its 5 rows are used" in text, text
+    # max_samples 100 of 306 rows, weighted to 244 samples: 100 distinct rows, repeated (it
+    # said "244 of its 306 rows are used ... the other 62 are not trained")
+    capped = {**row, "source": "mv", "read": 306, "decontaminated": 0, "used": 244,
+              "max_samples": 100}
+    text = describe_data(SimpleNamespace(table=[capped], skips=SkipReport()), 0,
+                         tmp_path / "data_summary.json")
+    assert ("source 'mv' is repeated: 100 rows give 244 samples (2.4x, by its weight); "
+            "max_samples keeps 100 of its 306 rows, the other 206 are not trained") in text, text
 
 
 def test_data_image_root_is_the_image_root_of_sources_without_their_own(tmp_path):

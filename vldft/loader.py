@@ -200,13 +200,17 @@ def describe_data(data, seed: int, summary_file: Path) -> str:
     for row in data.table:  # what the table shows, said where a glance could miss it
         src, read, used = row["source"], row["read"], row["used"]
         kept = read - row.get("decontaminated", 0)  # the rows sampling draws from
+        cap = row.get("max_samples")
+        distinct = min(kept, cap) if cap else kept  # max_samples' subset, then the weight
         if not used:
             text += (f"\n[vldft] warning: source {src!r} gives no samples ({read} read "
                      "without error: its other rows were skipped or decontaminated, see below, "
                      "or it is empty)")
-        elif used > kept:
-            text += (f"\n[vldft] note: source {src!r} is repeated: {kept} rows give {used} "
-                     f"samples ({used / kept:.1f}x, by its weight)")
+        elif used > distinct:
+            capped = (f"; max_samples keeps {distinct} of its {kept} rows, the other "
+                      f"{kept - distinct} are not trained in this run" if distinct < kept else "")
+            text += (f"\n[vldft] note: source {src!r} is repeated: {distinct} rows give {used} "
+                     f"samples ({used / distinct:.1f}x, by its weight){capped}")
         elif used < kept:
             text += (f"\n[vldft] note: source {src!r} is subsampled: {used} of its {kept} rows "
                      f"are used (by its weight or max_samples); the other {kept - used} are "

@@ -260,6 +260,8 @@ def source_table(sources, n_read: dict[str, int], source_of: Iterable[str],
                "clips": clips[label], "text_only": text_only[label], "tokens": tokens[label]}
         if decontamination is not None:
             row["decontaminated"] = decontamination["by_source"].get(label, 0)
+        if src.max_samples is not None:  # (the log's notes: distinct rows trained)
+            row["max_samples"] = src.max_samples
         table.append(row)
     return table
 
