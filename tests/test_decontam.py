@@ -311,3 +311,23 @@ def test_threshold_needs_both_hash_distance_and_correlation():
     assert close <= HASH_DISTANCE
     assert index.match("", [png(1334)]) is None
     assert index.stats["similar_rejected"] >= 1
+
+
+def test_a_malformed_copy_or_an_emptied_weighted_source_is_a_data_error(tmp_path):
+    """Training's data errors are one line (a DataError): a benchmark copy missing a key
+    stopped start-up with a LocalDataError traceback, and a weighted source that decontamination
+    emptied with a ValueError that blamed skipped rows only."""
+    from conftest import demo_config
+
+    from vldft.data import DataError
+    from vldft.data.mix import mix, remove_benchmark_rows
+
+    (tmp_path / "mathverse").mkdir()
+    (tmp_path / "mathverse" / "testmini.json").write_text('[{"sample_index": "1"}]')
+    cfg = demo_config("data.decontaminate=[mathverse]", f"train.eval_data_dir={tmp_path}")
+    with pytest.raises(DataError, match=r"data.decontaminate: .*testmini\.json\[0\]: missing "
+                                        r"key"):
+        remove_benchmark_rows(cfg, {"train": []})
+    with pytest.raises(DataError, match=r"weighted source\(s\) \['a'\] have no samples left "
+                                        r"\(.*data.decontaminate"):
+        mix({"a": [], "b": [sample("x", "q", [])]}, {"a": 1.0, "b": 1.0}, {}, 0)

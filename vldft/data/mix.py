@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from vldft.data import Sample, image_bounds
+from vldft.data import DataError, Sample, image_bounds
 
 MEGA = 64  # micro-batches per mega-batch
 
@@ -47,8 +47,10 @@ def mix(per_source: dict[str, list[Sample]], weights: dict[str, float | None],
         return [s for samples in capped.values() for s in samples]
     empty = [n for n, v in capped.items() if not v]
     if empty:
-        raise ValueError(f"data.sources: weighted source(s) {empty} have no samples left "
-                         "(every row skipped?); remove them or fix the data")
+        raise DataError(f"data.sources: weighted source(s) {empty} have no samples left "
+                        "(every row skipped while reading, dropped by data.decontaminate, or "
+                        "the file empty: vldft-data validate CONFIG lists the skipped rows); "
+                        "remove them or fix the data", "bad_source")
     total = sum(len(v) for v in capped.values())
     wsum = sum(weights[n] for n in capped)
     out = []
@@ -277,8 +279,13 @@ def remove_benchmark_rows(cfg, per_source: dict[str, list[Sample]]) -> dict | No
     names = benchmarks_for(cfg.data.decontaminate)
     if not names:
         return None
+    from vldft.data.benchmarks import LocalDataError
+
     root = cfg.benchmark_root()
-    index = BenchmarkIndex.from_local(names, root)
+    try:
+        index = BenchmarkIndex.from_local(names, root)
+    except LocalDataError as e:  # a malformed copy: one line naming file and row
+        raise DataError(f"data.decontaminate: {e}", "bad_source") from None
     entries: list[dict] = []
     for label, samples in per_source.items():
         kept, dropped = decontaminate(samples, index)
