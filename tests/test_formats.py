@@ -435,3 +435,22 @@ def test_detection_looks_past_a_text_only_or_broken_first_row(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"messages": [\n')
     with pytest.raises(DataError, match="invalid JSON"):
         detect_format(tmp_path / "bad.jsonl")
+
+
+def test_a_row_without_choices_loses_the_templates_choices_line(tmp_path):
+    """docs/data.md: a row without choices loses the template's {choices} line. A GSM8K row
+    under "{question}\\nChoices: {choices}" was dropped as missing_column instead (every row of
+    a file without a choices column)."""
+    rows = [{"question": "What is 2 + 2?", "answer": "4"},
+            {"question": "Pick one.", "answer": "A", "choices": ["3", "4"]}]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = SourceConfig(path=str(path), format="text_math",
+                       prompt_template="{question}\nChoices: {choices}")
+    plain, listed = read_source(src, tmp_path)
+    user = [m for m in plain.messages if m["role"] == "user"][0]["content"]
+    text = user if isinstance(user, str) else "".join(p.get("text", "") for p in user)
+    assert text == "What is 2 + 2?"
+    user = [m for m in listed.messages if m["role"] == "user"][0]["content"]
+    text = user if isinstance(user, str) else "".join(p.get("text", "") for p in user)
+    assert text == "Pick one.\nChoices: A. 3 B. 4"

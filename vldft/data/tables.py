@@ -239,9 +239,8 @@ def qa_row(raw: Any, cols: dict[str, str] | None, columns: dict[str, str], fmt: 
         fail(where, "bad_row", f"column {cols['question']!r} (question) is not text: "
              f"{question!r}")
     question = question or ""  # an image-only question is fine (checked by sample_from_row)
-    if template and "{choices}" in template and "choices" not in cols:
-        fail(where, "missing_column", "prompt_template uses {choices} but there is no "
-             "choices column; map one with columns: {choices: NAME}")
+    # a row without a choices column (a GSM8K row in a source whose template has {choices})
+    # loses the template's {choices} line (render_prompt), as a row with empty choices does
     choices = raw.get(cols["choices"]) if "choices" in cols else None
     if choices is not None and not isinstance(choices, (list, tuple, str)):
         fail(where, "bad_row", f"column {cols['choices']!r} (choices) is not a list of "
