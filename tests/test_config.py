@@ -311,7 +311,10 @@ def test_each_section_validates_its_own_keys():
         (DataConfig(sources=[SourceConfig(path="a", weight=1.0), SourceConfig(path="b")]),
          "data.sources: give a weight to every source or to none"),
         (DataConfig(sources=[SourceConfig(path="a.jsonl"), SourceConfig(path="b/a.jsonl")]),
-         "data.sources: duplicate source names"),
+         "data.sources: duplicate source names ['a']; give each data.sources entry its own"),
+        (DataConfig(train_files=["a/train.jsonl", "b/train.jsonl"]),  # no `name` to set there
+         "data.sources: duplicate source names ['train']; data.train_files ['a/train.jsonl', "
+         "'b/train.jsonl'] are named by their file stem"),
         (LossConfig(sft_warmup_steps=-1), "loss.sft_warmup_steps: must be >= 0"),
         (TrainConfig(adam_betas=[0.9]), "train.adam_betas: must be two numbers in [0, 1)"),
         (TrainConfig(eval_tasks=["a", "a"]), "train.eval_tasks: duplicate task names"),

@@ -273,7 +273,12 @@ class DataConfig:
             raise ConfigError("data.sources: give a weight to every source or to none")
         labels = [src.label for src in self.all_sources()]
         if len(set(labels)) != len(labels):
-            raise ConfigError(f"data.sources: duplicate source names {labels}; set `name`")
+            twice = sorted({x for x in labels if labels.count(x) > 1})
+            from_files = [f for f in self.train_files if Path(f).stem in twice]
+            how = (f"data.train_files {from_files} are named by their file stem, which they "
+                   "share: list them as data.sources entries, each with its own `name`"
+                   if from_files else "give each data.sources entry its own `name`")
+            raise ConfigError(f"data.sources: duplicate source names {twice}; {how}")
         if self.max_length < 16:
             raise ConfigError("data.max_length: must be at least 16")
         self.video.validate()
