@@ -454,3 +454,20 @@ def test_a_row_without_choices_loses_the_templates_choices_line(tmp_path):
     user = [m for m in listed.messages if m["role"] == "user"][0]["content"]
     text = user if isinstance(user, str) else "".join(p.get("text", "") for p in user)
     assert text == "Pick one.\nChoices: A. 3 B. 4"
+
+
+def test_numinamath_jsonl_is_text_math_as_its_parquet_is(tmp_path):
+    """NuminaMath-CoT rows (source, problem, solution, messages) in JSONL were read as
+    normalised (every answer None); as parquet they are text_math with the boxed answer."""
+    import datasets
+
+    row = {"source": "amc", "problem": "Find x if 2x = 1.",
+           "solution": "Divide: $x = \\boxed{\\frac{1}{2}}$.",
+           "messages": [{"role": "user", "content": "Find x if 2x = 1."},
+                        {"role": "assistant", "content": "Divide: $x = \\boxed{\\frac{1}{2}}$."}]}
+    (tmp_path / "n.jsonl").write_text(json.dumps(row) + "\n")
+    datasets.Dataset.from_list([row]).to_parquet(str(tmp_path / "n.parquet"))
+    assert detect_format(tmp_path / "n.jsonl") == detect_format(tmp_path / "n.parquet") \
+        == "text_math"
+    (sample,) = read_source(SourceConfig(path=str(tmp_path / "n.jsonl")), tmp_path)
+    assert sample.answer == "\\frac{1}{2}"

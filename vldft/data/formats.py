@@ -101,6 +101,8 @@ def detect_row_format(row: Any, suffix: str, where: str, more: list[Any] = ()) -
     (the next few) must also be typed-only for ``normalized``, and their keys count for
     ``llava`` vs ``sharegpt``."""
     keys = set(row) if isinstance(row, dict) else set()
+    if "messages" in keys and {"problem", "solution"} <= keys:  # NuminaMath-CoT, as its parquet
+        return "text_math"  # (its messages repeat problem / solution; the answer is extracted)
     if "messages" in keys:
         if suffix == ".jsonl" and all(_typed_only(r) for r in [row, *more]):
             return "normalized"
