@@ -202,6 +202,8 @@ def test_a_signal_stops_the_study_and_the_rerun_continues_the_run(tmp_path, monk
     summary = json.loads((runs / first / "summary.json").read_text())
     assert summary["stopped"] == "SIGTERM" and summary["steps"] == 3
     assert "stopped (SIGTERM) in" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=rf"no finished run .* \(interrupted: {first};"):
+        cli([str(path), "--report"])
     monkeypatch.setattr(vldft.state.StopRequest, "agreed", real)
     cli([str(path)])
     said = capsys.readouterr().out

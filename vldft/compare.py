@@ -282,7 +282,9 @@ def report(study: Study) -> tuple[list[dict], list[dict]]:
                         if run.name not in stopped) if r is not None]
     missing = [run.name for run in study.runs if summaries[run.name] is None]
     if not rows:
-        raise SystemExit(f"compare: no finished run under {study.out / 'runs'} yet")
+        raise SystemExit(f"compare: no finished run under {study.out / 'runs'} yet"
+                         + (f" (interrupted: {', '.join(stopped)}; rerun the study without "
+                            "--report to continue them)" if stopped else ""))
     table = aggregate(rows)
     study.out.mkdir(parents=True, exist_ok=True)
     md = markdown(table)
