@@ -357,6 +357,8 @@ def test_a_loss_key_the_objective_does_not_use_is_warned_about():
     assert line == ("loss.min_weight=0.1 applies to loss.name dft / asft; loss.name=chord does "
                     "not use it")
     assert len(unused_loss_keys(LossConfig(name="sft", min_weight=0.1, kl_lambda=0.1))) == 2
+    assert len(unused_loss_keys(LossConfig(name="sft", sft_mix=0.5))) == 1
+    assert unused_loss_keys(LossConfig(name="chord", sft_mix=0.5)) == []
     assert unused_loss_keys(LossConfig(name="asft", kl_lambda=0.1, min_weight=0.1)) == []
 
 

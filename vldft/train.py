@@ -98,7 +98,8 @@ def unused_loss_keys(loss) -> list[str]:
     """A line for each ``loss`` key set away from its default that ``loss.name`` does not use
     (a config's ``min_weight`` kept under ``loss.name=chord`` was ignored without a word)."""
     users = {"min_weight": ("dft", "asft"), "alpha": ("dft", "asft"),
-             "kl_lambda": ("asft",), "eaft_topk": ("eaft",), "eaft_alpha": ("eaft",)}
+             "kl_lambda": ("asft",), "eaft_topk": ("eaft",), "eaft_alpha": ("eaft",),
+             "sft_mix": ("dft", "asft", "chord", "eaft")}  # (SFT's weights are 1 already)
     default = type(loss)()
     return [f"loss.{key}={getattr(loss, key)} applies to loss.name {' / '.join(names)}; "
             f"loss.name={loss.name} does not use it" for key, names in users.items()
