@@ -4,6 +4,7 @@ override syntax), usage lines mark optional overrides as optional, config mistak
 LoRA runs say what is frozen and a log file gets no progress-bar redraws."""
 
 
+import json
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,22 @@ def test_eval_on_cuda_without_a_gpu_is_one_line(tmp_path):
         main(["--model", str(ROOT / "priors/tiny-qwen25vl-geo"), "--tasks", "vldft_geo_heldout",
               "--device", "cuda", "--out", str(tmp_path / "o")])
     assert "--device cuda: this machine has no CUDA device" in str(e.value.code)
+
+
+def test_collate_preview_follows_on_error(tmp_path, capsys):
+    """A sample the family cannot encode (a two-turn row for qwen3_5, single-turn only):
+    with data.on_error=skip the preview says it was skipped and goes on, as training and
+    vldft-data inspect do (it stopped at it); with raise it is the one-line error."""
+    rows = [json.loads(x) for x in DEMO_DATA.read_text().splitlines()[:2]]
+    two = dict(rows[0], id="two-turns", messages=[
+        *rows[0]["messages"], {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "Yes."}])
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (two, rows[1])))
+    argv = [str(TINY_CONFIG), "model.tiny=true", "model.family=qwen3_5",
+            f"data.train_files=[{path}]", f"data.image_root={DEMO_DATA.parent}", "--n", "2"]
+    assert collate.main([*argv, "data.on_error=skip"]) == 0
+    out = capsys.readouterr().out
+    assert "two-turns: skipped (" in out and f"/ {rows[1]['id']}: " in out, out
+    assert collate.main([*argv, "data.on_error=raise"]) == 2
+    assert "error: sample two-turns" in capsys.readouterr().err

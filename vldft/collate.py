@@ -461,7 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         for src in sources:
             rows = read_source(src, Path(cfg.base_dir), cfg.data.on_error, SkipReport())
             for s in rows[: args.n]:
-                enc = coll.encode(s)
+                try:
+                    enc = coll.encode(s)
+                except SampleError as e:  # training's data.on_error: skip counts it, raise stops
+                    if cfg.data.on_error != "skip":
+                        raise
+                    print(f"--- {s.source} / {s.id}: skipped ({e.reason}: {e})")
+                    continue
                 if isinstance(enc, Skipped):
                     print(f"--- {s.source} / {s.id}: skipped ({enc.reason})")
                     continue
