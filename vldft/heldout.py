@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import sys
-import typing
 from pathlib import Path
 
 import torch
@@ -298,27 +297,6 @@ def checkpoint_family(path: str | Path) -> str:
     return family_of_checkpoint(folder)
 
 
-def saved_encoding(checkpoint: str, config: str | None) -> dict:
-    """``max_length`` / ``overlong`` / ``train_on`` of the training YAML (``--config``, else
-    the run's config.yaml: ``vldft.config.video_settings_file``), checked as training checks
-    them; {} without one (the collator's defaults)."""
-    from vldft.config import ConfigError, DataConfig, read_config_file, video_settings_file
-    from vldft.config.parse import coerce
-
-    path = video_settings_file(checkpoint, config)
-    if path is None:
-        return {}
-    data = read_config_file(path)[0].get("data") or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: data: expected a mapping")
-    hints = typing.get_type_hints(DataConfig)
-    out = {k: coerce(data[k], hints[k], f"{path}: data.{k}")
-           for k in ("max_length", "overlong", "train_on") if data.get(k) is not None}
-    if out.get("max_length", 1) < 1:
-        raise ConfigError(f"{path}: data.max_length: must be >= 1")
-    return out
-
-
 def default_controls(samples: list[Sample]) -> list[str]:
     """The controls a set gets when none are asked for: blank and shuffled images for a set
     with images, the video controls for one with videos only, none for text only."""
@@ -336,7 +314,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     import argparse
 
     from vldft.adapters import FAMILIES, load_adapter
-    from vldft.config import ConfigError, ModelConfig, saved_video_settings, video_settings_file
+    from vldft.config import (
+        ConfigError,
+        ModelConfig,
+        saved_encoding,
+        saved_training_data,
+        saved_video_settings,
+    )
     from vldft.data import load_jsonl
 
     p = argparse.ArgumentParser(
@@ -376,14 +360,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         p.exit(2, f"{PROG}: error: {message}\n")
 
     try:
-        video = saved_video_settings(args.checkpoint, args.config)
-        encoding = saved_encoding(args.checkpoint, args.config)
+        saved = saved_training_data(args.checkpoint, args.config)  # the run's YAML, read once
+        video = saved_video_settings(args.checkpoint, saved=saved)
+        encoding = saved_encoding(saved)
     except (OSError, ValueError) as e:  # a missing file / bad data.video (ConfigError)
         error(f"--config: {e}")
     samples = load_jsonl(args.heldout)
     samples = samples[:args.max_samples] if args.max_samples else samples
     has_images, has_videos = any(s.images for s in samples), any(s.videos for s in samples)
-    if has_videos and video_settings_file(args.checkpoint, args.config) is None:
+    if has_videos and saved[0] is None:
         print(f"[vldft] note: no config.yaml beside {args.checkpoint} and no --config: clips are "
               "decoded with the default data.video settings, not necessarily training's (pass "
               "--config RUN/config.yaml)", flush=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from vldft.config.parse import _key_parts, apply_override, build, yaml_error
+from vldft.config.parse import _key_parts, apply_override, build, coerce, yaml_error
 from vldft.config.paths import (
     FILE_SUFFIXES,
     HUB_ID,
@@ -55,7 +55,8 @@ __all__ = [
     "Config", "ConfigError", "DataConfig", "FILE_SUFFIXES", "FORMATS", "HUB_ID", "LORA_TARGETS",
     "LoraSettings", "LossConfig", "ModelConfig", "PARTS", "SourceConfig", "TrainConfig",
     "VideoSettings", "config_keys", "config_to_dict", "hub_source", "hub_unreachable", "is_hub_id",
-    "load_config", "present", "read_config_file", "resolve_path", "saved_video_settings",
+    "load_config", "present", "read_config_file", "resolve_path", "saved_encoding",
+    "saved_training_data", "saved_video_settings", "video_settings_file",
     "source_pixels", "world_size",
 ]
 
@@ -222,19 +223,29 @@ class Config:
                               "existing checkpoint directory")
 
 
+def saved_training_data(checkpoint: str | Path, config: str | Path | None = None
+                        ) -> tuple[Path | None, Any]:
+    """The training YAML a checkpoint is scored by (:func:`video_settings_file`) and its
+    ``data`` section as written (its ``include:`` resolved, as training reads it); ``(None,
+    None)`` without one. Read once for :func:`saved_video_settings` and
+    :func:`saved_encoding`."""
+    path = video_settings_file(checkpoint, config)
+    return (None, None) if path is None else (path, read_config_file(path)[0].get("data"))
+
+
 def saved_video_settings(checkpoint: str | Path, config: str | Path | None = None,
-                         given: dict | None = None) -> VideoSettings:
+                         given: dict | None = None,
+                         saved: tuple[Path | None, Any] | None = None) -> VideoSettings:
     """``data.video`` for scoring a checkpoint as it was trained: the keys of ``given`` (strings
     are cast) over those of ``config`` (a training YAML), else of the run's saved
     ``config.yaml`` beside the checkpoint (``runs/x/final`` -> ``runs/x/config.yaml``), else
-    the defaults. Used by ``vldft.heldout`` and ``vldft.eval``."""
-    path = video_settings_file(checkpoint, config)
+    the defaults. Used by ``vldft.heldout`` and ``vldft.eval``. ``saved``: that file and its
+    ``data`` section when already read (:func:`saved_training_data`)."""
+    path, data = saved if saved is not None else saved_training_data(checkpoint, config)
     raw: dict = {}
     fields = {f.name for f in dataclasses.fields(VideoSettings)}
     if path is not None:
-        saved, _, _ = read_config_file(path)  # its include: resolved, as training reads it
-        video = (saved.get("data") or {}).get("video") if isinstance(saved.get("data"),
-                                                                        dict) else None
+        video = data.get("video") if isinstance(data, dict) else None
         if video is not None and not isinstance(video, dict):
             raise ConfigError(f"{path}: data.video: expected a mapping, got {video!r}")
         raw = dict(video or {})
@@ -249,6 +260,24 @@ def saved_video_settings(checkpoint: str | Path, config: str | Path | None = Non
     settings = VideoSettings(**raw)
     settings.validate()
     return settings
+
+
+def saved_encoding(saved: tuple[Path | None, Any]) -> dict:
+    """``max_length`` / ``overlong`` / ``train_on`` of a training YAML's ``data`` section
+    (:func:`saved_training_data`), checked as training checks them; {} without a file (the
+    collator's defaults)."""
+    path, data = saved
+    if path is None:
+        return {}
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: data: expected a mapping")
+    hints = typing.get_type_hints(DataConfig)
+    out = {k: coerce(data[k], hints[k], f"{path}: data.{k}")
+           for k in ("max_length", "overlong", "train_on") if data.get(k) is not None}
+    if out.get("max_length", 1) < 1:
+        raise ConfigError(f"{path}: data.max_length: must be >= 1")
+    return out
 
 
 def video_settings_file(checkpoint: str | Path, config: str | Path | None = None

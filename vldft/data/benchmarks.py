@@ -475,6 +475,23 @@ def embed_images(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.with_format("arrow").map(embed_table_storage, batched=True).with_format(None)
 
 
+def load_split(name: str, source: str, config: str | None, split: str,
+               revision: str | None = None, config_word: str = "config") -> datasets.Dataset:
+    """``datasets.load_dataset(source, config, split=split)`` (at ``revision``); a repository
+    without that config or split (``ValueError``) is one ``LocalDataError`` line naming
+    ``name``, the source, the config (called ``config_word``) and the split."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, config, split=split,
+                                     **({"revision": revision} if revision else {}))
+    except ValueError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        which = f"{config_word} {config}, " if config else ""
+        raise LocalDataError(f"{name}: {source} ({which}split {split}) cannot be read: "
+                             f"{first}") from None
+
+
 def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | None = None,
              force: bool = False, log: Callable[[str], None] = print,
              revisions: dict[str, str] | None = None) -> list[Path]:
@@ -485,7 +502,6 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
     kept unless ``force``, if its record matches (none: kept, with a note); a copy of something
     else, or of another revision, is refused. Files are written whole (tmp + rename), the
     record last."""
-    import datasets
 
     revisions = revisions or {}
     unknown = sorted(set(revisions) - set(names))
@@ -524,15 +540,8 @@ def download(names: list[str], data_dir: str | Path, sources: dict[str, str] | N
         log(f"[vldft] {name}: loading {source} (config {bench.config}, split {split}"
             + (f", commit {commit[:12]}" if commit else "")
             + (f", revision {revision}" if revision and not commit else "") + ") ...")
-        try:
-            ds = datasets.load_dataset(source, bench.config, split=split,
-                                       **({"revision": commit or revision} if not local and
-                                          (commit or revision) else {}))
-        except ValueError as e:  # e.g. a local repository without the split or config
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            config = f"config {bench.config}, " if bench.config else ""
-            raise LocalDataError(f"{name}: {source} ({config}split {split}) cannot be read: "
-                                 f"{first}") from None
+        ds = load_split(name, source, bench.config, split,
+                        None if local else commit or revision)
         if bench.hub_keep:
             col, value = bench.hub_keep
             ds = ds.filter(lambda r, c=col, v=value: r[c] == v)

@@ -180,21 +180,12 @@ def _download_into(src: SourceConfig, dest: Path, want: dict, have, local: Path 
             log(f"[vldft] {src.name}: {out} exists, kept"
                 + (" (--force to download again)" if have else f"; {UNKNOWN_ORIGIN}"))
             return dest
-        import datasets
-
-        from vldft.data.benchmarks import embed_images
+        from vldft.data.benchmarks import embed_images, load_split
 
         log(f"[vldft] {src.name}: loading {what}, split {src.split} "
             f"{'from ' + str(local) if local else 'from the hub'} ...")
-        try:
-            ds = datasets.load_dataset(str(local) if local else src.hub, src.subset,
-                                       split=src.split, **({"revision": revision}
-                                                           if revision and not local else {}))
-        except ValueError as e:  # e.g. a local repository without the subset or split
-            subset = f"subset {src.subset}, " if src.subset else ""
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(f"{src.name}: {local or src.hub} ({subset}split {src.split}) cannot "
-                            f"be read: {first}") from None
+        ds = load_split(src.name, str(local) if local else src.hub, src.subset, src.split,
+                        None if local else revision, config_word="subset")
         tmp = out.with_name(out.name + ".part")
         embed_images(ds).to_parquet(str(tmp))
         os.replace(tmp, out)

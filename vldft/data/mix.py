@@ -70,10 +70,11 @@ def estimate_length(sample: Sample, adapter, pixels=None, video=None) -> int:
     n = len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"])
     n -= text.count(adapter.image_token)  # each placeholder is replaced by its expansion
     eot = adapter.end_of_turn  # the collator appends it to each answer a template leaves
-    answers = sum(m["role"] == "assistant" for m in sample.messages)  # without (LLaVA-1.5's
-    if eot and text.count(eot) < answers:  # "</s>"): packed rows went over pack_tokens
-        n += (answers - text.count(eot)) * len(
-            adapter.tokenizer(eot, add_special_tokens=False)["input_ids"])
+    # without (LLaVA-1.5's "</s>"): packed rows went over pack_tokens
+    appended = sum(m["role"] == "assistant" for m in sample.messages) - text.count(eot) \
+        if eot else 0
+    if appended > 0:
+        n += appended * len(adapter.tokenizer(eot, add_special_tokens=False)["input_ids"])
     for v in sample.videos:
         n += adapter.video_token_estimate(v, video) - max(1, len(adapter.video_region))
     bounds = image_bounds(sample.messages, len(sample.images), pixels)  # per-image keys

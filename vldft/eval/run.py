@@ -230,12 +230,13 @@ def build_tasks(names: list[str], manager, data_dir: str | Path | None, chat: bo
         config["class"] = cls
         bench = BY_TASK.get(name)
         if name == "vldft_geo_heldout":  # --data-dir's geo_demo/ if it has one, else bundled
-            if geo_heldout_root(data_dir) is not None:
-                config["dataset_path"] = str(data_dir)
-                used_data_dir = True
             from vldft.eval.local_tasks import load_geo_heldout
 
-            load_geo_heldout(geo_heldout_root(data_dir))  # its rows checked before the model
+            root = geo_heldout_root(data_dir)
+            if root is not None:
+                config["dataset_path"] = root
+                used_data_dir = True
+            load_geo_heldout(root)  # its rows checked before the model
         elif bench is not None and data_dir is not None:
             try:
                 find_local(bench, data_dir)
