@@ -471,3 +471,44 @@ def test_a_bad_key_under_an_include_names_the_file_and_its_includes(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value).startswith(f"{path} (or a file it includes): train.lrate: unknown key")
+
+
+def test_an_included_files_data_paths_resolve_as_in_that_file(tmp_path, monkeypatch):
+    """A user's file that ``include:``s a shipped config reads the shipped file's data (the
+    bundled prior, the demo rows) from the checkout, from any directory; the folders a run
+    writes into follow the including file. An included file of the user's outside the working
+    directory resolves its data paths against its own folder, as it would if run itself."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    mine = work / "mine.yaml"
+    mine.write_text(f"include: {ROOT / 'configs/demo.yaml'}\nloss: {{name: sft}}\n")
+    cfg = load_config(mine)
+    assert cfg.model.name_or_path == str(ROOT / "priors/tiny-qwen25vl-geo")
+    assert cfg.resolve(cfg.data.train_files[0]) == ROOT / "data/geo_demo/train.jsonl"
+    assert cfg.resolve(cfg.data.heldout_file) == ROOT / "data/geo_demo/heldout.jsonl"
+    assert cfg.resolve(cfg.train.output_dir) == work / "runs/demo"
+    # the including file's own keys resolve against its own base, and win
+    mine.write_text(f"include: {ROOT / 'configs/demo.yaml'}\n"
+                    "data: {train_files: [rows.jsonl]}\n")
+    (work / "rows.jsonl").write_text(ROOT.joinpath("data/geo_demo/train.jsonl").read_text())
+    cfg = load_config(mine)
+    assert cfg.resolve(cfg.data.train_files[0]) == work / "rows.jsonl"
+    assert cfg.resolve(cfg.data.heldout_file) == ROOT / "data/geo_demo/heldout.jsonl"
+
+    team = tmp_path / "team"
+    (team / "d").mkdir(parents=True)
+    (team / "d/train.jsonl").write_text(ROOT.joinpath("data/geo_demo/train.jsonl").read_text())
+    (team / "common.yaml").write_text(
+        "model: {family: qwen2_5_vl, tiny: true}\n"
+        "data: {train_files: [d/train.jsonl], data_dir: downloads}\n"
+        "train: {output_dir: runs/common}\n")
+    mine.write_text("include: ../team/common.yaml\n")
+    cfg = load_config(mine)
+    assert cfg.resolve(cfg.data.train_files[0]) == team / "d/train.jsonl"
+    assert cfg.resolve(cfg.train.output_dir) == work / "runs/common"
+    assert cfg.data_root() == work / "downloads"
+    # a hub id in an included file stays a hub id
+    (team / "common.yaml").write_text("model: {family: qwen2_5_vl, name_or_path: Qwen/Qwen2.5-VL-3B"
+                                      "-Instruct}\ndata: {train_files: [d/train.jsonl]}\n")
+    assert load_config(mine).model.name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"

@@ -301,8 +301,6 @@ def source_pixels(cfg: Config) -> dict[str, tuple[int | None, int | None]]:
 def read_config_file(path: Path) -> tuple[dict[str, Any], Path, bool]:
     """A config file's top-level mapping, the directory its relative paths resolve against
     (see :func:`load_config`), and whether it is one of vldft's own (bundled) configs."""
-    from vldft import resources
-
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     with open(path) as f:
@@ -313,6 +311,14 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], Path, bool]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     raw = _with_include(raw, path, [path.resolve()])
+    return (raw, *_file_base(path))
+
+
+def _file_base(path: Path) -> tuple[Path, bool]:
+    """The directory a config file's relative paths resolve against (see
+    :func:`load_config`), and whether it is one of vldft's own (bundled) configs."""
+    from vldft import resources
+
     here, base = path.resolve().parent, Path.cwd()
     bundled = any(here == (root / "configs").resolve()
                   for root in (resources.BUNDLED, resources.CHECKOUT))
@@ -320,7 +326,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], Path, bool]:
         base = here.parent
     elif not path.resolve().is_relative_to(base.resolve()):
         base = here
-    return raw, base, bundled
+    return base, bundled
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -334,9 +340,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Folders a run writes or downloads into: an included file's stay relative (they follow the
+# including file, as a bundled config's follow the working directory)
+_WRITTEN = (("train", "output_dir"), ("train", "resume"), ("data", "data_dir"),
+            ("train", "eval_data_dir"))
+
+
 def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[str, Any]:
     """A file's top-level ``include: FILE`` (relative to the file): that file's sections with
-    this file's on top (e.g. the real recipes share ``configs/data/geo_math.yaml``)."""
+    this file's on top (e.g. the real recipes share ``configs/recipes/geo_math.yaml``). The
+    included file's data paths (model folder, train / held-out files, image roots, source
+    paths) resolve as they would in that file run by itself, made absolute where its folder
+    differs from this file's; the folders a run writes into (``_WRITTEN``) follow this file."""
     name = raw.pop("include", None)
     if name is None:
         return raw
@@ -354,7 +369,12 @@ def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[st
             raise yaml_error(str(inc), e) from None
     if not isinstance(base, dict):
         raise ConfigError(f"{inc}: top level must be a mapping")
-    return _merge(_with_include(base, inc, [*chain, inc]), raw)
+    base = _with_include(base, inc, [*chain, inc])
+    inc_base = _file_base(inc)[0]
+    if inc_base.resolve() != _file_base(path)[0].resolve():
+        absolute_paths(base, [w for w in path_locations(base) if w not in _WRITTEN],
+                           inc_base)
+    return _merge(base, raw)
 
 
 def path_locations(raw: dict[str, Any]) -> list[tuple[str | int, ...]]:
@@ -381,15 +401,15 @@ def path_locations(raw: dict[str, Any]) -> list[tuple[str | int, ...]]:
     return found
 
 
-def command_line_paths(raw: dict[str, Any], touched: list[tuple[str | int, ...]],
-                       cwd: Path) -> None:
-    """Make the relative paths that overrides set (``touched``: the keys they set, as
-    ``apply_override`` returns them) absolute against ``cwd``, in place: a path typed on the
-    command line is taken from the directory the command runs in, as any command's is, whatever
-    folder the config file's own paths resolve against. A key counts when an override set it
-    or a section / list / source holding it (``data.sources[1]={path: x.jsonl}``); hub ids
+def absolute_paths(raw: dict[str, Any], touched: list[tuple[str | int, ...]],
+                   base: Path) -> None:
+    """Make the relative paths at ``touched`` (keys, as ``apply_override`` returns them)
+    absolute against ``base``, in place. A key counts when it or a section / list / source
+    holding it is in ``touched`` (``data.sources[1]={path: x.jsonl}``); hub ids
     (``model.name_or_path``, a source's ``path`` without a local folder of that name) and
-    ``train.resume``'s ``auto`` / ``none`` stay."""
+    ``train.resume``'s ``auto`` / ``none`` stay. Used for the paths overrides set (a path typed
+    on the command line is taken from the directory the command runs in, whatever folder the
+    config file's own paths resolve against) and for an included file's data paths."""
     for where in path_locations(raw):
         if not any(where[: len(t)] == t for t in touched):
             continue
@@ -402,9 +422,9 @@ def command_line_paths(raw: dict[str, Any], touched: list[tuple[str | int, ...]]
                 and where == ("train", "resume"):
             continue
         if (where == ("model", "name_or_path") or where[-1] == "path") and is_hub_id(value) \
-                and not (cwd / value).exists():
+                and not (base / value).exists():
             continue
-        node[where[-1]] = str(cwd / value)
+        node[where[-1]] = str(base / value)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
@@ -414,13 +434,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
     Relative paths in the file (``model.name_or_path`` when that local directory exists) are
     resolved against the directory the command is run from if the file is inside it, else
     against the file's own directory; those the overrides set, against the directory the
-    command is run from (:func:`command_line_paths`). The
+    command is run from (:func:`absolute_paths`). The
     one exception is vldft's own ``configs/*.yaml`` (the checkout's or an installed package's
     bundled copy, ``vldft.resources``): their data paths resolve against the bundle (so the
     installed demo config finds the bundled demo data from any directory), while a relative
     ``train.output_dir`` resolves against the current directory (training output never goes
-    into site-packages). ``sweep_ok``: a study file's ``sweep`` section (``vldft.study``) is
-    ignored instead of refused.
+    into site-packages). An ``include:``'d file's data paths resolve as in that file
+    (:func:`_with_include`). ``sweep_ok``: a study file's ``sweep`` section (``vldft.study``)
+    is ignored instead of refused.
     """
     raw: dict[str, Any] = {}
     base = Path.cwd()
@@ -440,7 +461,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
                               f"{sorted(config_keys())}")
     touched = [apply_override(raw, item) for item in overrides or []]
     if base.resolve() != Path.cwd().resolve():
-        command_line_paths(raw, touched, Path.cwd())
+        absolute_paths(raw, touched, Path.cwd())
     if bundled:  # the run's own folders (output, downloads) never go into site-packages
         for section, key, default in (("train", "output_dir", TrainConfig.output_dir),
                                       ("data", "data_dir", None), ("train", "eval_data_dir", None)):
