@@ -23,8 +23,9 @@ Chunked algorithm (default). Inside one ``torch.autograd.Function`` forward, per
 ``chunk_size`` target rows (gathered from hidden by index: no [N, H] copy): ``z = h_c @ W.T + b``
 in the input dtype, upcast to fp32 ([C, V]); in blocks of rows (``row_block``: 128 on the CPU, the
 whole chunk on CUDA) with one reused scratch: log-sum-exp, log p, p, the full-vocabulary entropy
-``lse - sum(softmax * z)``, the EAFT top-k entropy, w, and for asft ``log q`` (log_softmax of
-``ref_h_c @ ref_W.T``, upcast to fp32 the same way) and ``KL = sum_v q_v (log q_v - log p_v)``.
+``lse - sum(softmax * z)`` (of max-shifted z: no cancellation), the EAFT top-k entropy, w,
+and for asft ``log q`` (log_softmax of ``ref_h_c @ ref_W.T``, upcast to fp32 the same way)
+and ``KL = sum_v q_v (log q_v - log p_v)``.
 Since w is detached, the gradient w.r.t. the logits is closed form, ``dL/dz = w * (softmax -
 onehot) [+ kl_lambda * (softmax - q)]``; it overwrites z, then grad_hidden[rows_c] = dz @ W
 (index_copy_ into a zeros buffer shaped like hidden), grad_W += dz.T @ h_c and grad_b += dz.sum(0)
@@ -37,10 +38,11 @@ Memory: grad_hidden and grad_W (the sizes of hidden and W; autograd needs them a
 logits for asft) and a [block, V] scratch. Full-logits implementations hold 3-4 [N, V]
 tensors (8k tokens x 151,936 x fp32 = 5 GB each; bench/RESULTS.md).
 
-Accumulation dtype: fp32 inputs -> fp32 throughout (fp64 -> fp64). bf16 / fp16 inputs: matmuls
-in the input dtype (fp32 accumulation inside each GEMM), per-token math in fp32, grad_hidden
-written in the input dtype (each row comes from one chunk). grad_W: with one chunk, in the
-weight dtype; with several, each chunk's bf16 GEMM result is added into an fp32 [V, H] buffer
+Accumulation dtype: fp32 inputs -> fp32 throughout (fp64 -> fp64, except the returned loss sum,
+fp32 for every input dtype: fp64 gradients carry its ~3e-8 relative rounding). bf16 / fp16
+inputs: matmuls in the input dtype (fp32 accumulation inside each GEMM), per-token math in fp32,
+grad_hidden written in the input dtype (each row comes from one chunk). grad_W: with one chunk,
+in the weight dtype; with several, each chunk's bf16 GEMM result is added into an fp32 [V, H] buffer
 (2.2 GB for a 7B head instead of 1.1 GB, plus a transient bf16 [V, H]), so rounding does not
 grow with the number of chunks (Liger accumulates in the weight dtype instead).
 
@@ -142,18 +144,20 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
         return torch.einsum("rv,rv->r", a, b)
 
 
-def _entropies(z: Tensor, probs: Tensor, lse: Tensor, spec: ObjectiveSpec
+def _entropies(zs: Tensor, probs: Tensor, log_total: Tensor, spec: ObjectiveSpec
                ) -> tuple[Tensor, Tensor | None]:
-    """Exact entropy [C] (nats) and, for eaft, the normalised estimate [C] from logits z [C, V]."""
-    entropy = lse - _rowdot(probs, z)
+    """Exact entropy [C] (nats) and, for eaft, the normalised estimate [C], from max-shifted
+    logits ``zs`` [C, V] (each row's maximum 0), their softmax and ``log sum exp(zs)`` [C].
+    Shifted, because log-sum-exp minus sum p*z of raw logits cancels two large numbers (fp32
+    logits near 30 lost ~1e-5 of a confident token's ~0 entropy, most of its eaft weight)."""
+    entropy = log_total - _rowdot(probs, zs)
     if spec.name != "eaft":
         return entropy, None
-    vocab = z.shape[-1]
+    vocab = zs.shape[-1]
     if spec.eaft_topk == 0 or spec.eaft_topk >= vocab:
         return entropy, entropy / math.log(vocab)
-    top = z.topk(spec.eaft_topk, dim=-1, sorted=False).values  # [C, k]
-    ent_k = torch.logsumexp(top, -1) - (torch.softmax(top, -1) * top).sum(-1)
-    return entropy, ent_k / math.log(spec.eaft_topk)
+    top = zs.topk(spec.eaft_topk, dim=-1, sorted=False).values.log_softmax(-1)  # [C, k]
+    return entropy, -(top.exp() * top).sum(-1) / math.log(spec.eaft_topk)
 
 
 def _stats(logp: Tensor, entropy: Tensor, w: Tensor, kl: Tensor | None) -> Tensor:
@@ -177,19 +181,19 @@ def _block_math(z: Tensor, y: Tensor, spec: ObjectiveSpec, ref_z: Tensor | None,
     Returns:
         loss sum (scalar), stats [len(STAT_KEYS)] fp64, logp [R].
     """
-    m = z.amax(-1, keepdim=True)
-    probs = torch.sub(z, m, out=buf).exp_()
+    z.sub_(z.amax(-1, keepdim=True))  # max-shifted: each row's largest logit is 0
+    probs = torch.exp(z, out=buf)
     total = probs.sum(-1, keepdim=True)
     probs.div_(total)  # softmax
-    lse = (m + total.log())[:, 0]
-    logp = z.gather(1, y[:, None])[:, 0] - lse
-    entropy, entropy_norm = _entropies(z, probs, lse, spec)
+    log_total = total.log()[:, 0]  # log-sum-exp of the shifted row
+    logp = z.gather(1, y[:, None])[:, 0] - log_total
+    entropy, entropy_norm = _entropies(z, probs, log_total, spec)
     w = token_weights(logp, spec, entropy_norm)
     loss, kl, lam = -(w * logp).sum(), None, 0.0
     if ref_z is not None:  # asft: KL(q || p) = sum_v q_v (log q_v - log p_v)
         lam = spec.kl_lambda
         logq = ref_z.sub_(torch.logsumexp(ref_z, -1, keepdim=True))
-        z.sub_(lse[:, None]).neg_().add_(logq)  # z := log q - log p
+        z.sub_(log_total[:, None]).neg_().add_(logq)  # z := log q - log p
         kl = _rowdot(logq.exp_(), z)  # logq now holds q
         loss = loss + lam * kl.sum()
     stats = _stats(logp, entropy, w, kl)
@@ -301,8 +305,8 @@ def objective_from_logits(logits: Tensor, targets: Tensor, spec: ObjectiveSpec |
     logprobs = torch.log_softmax(z, -1)  # [N, V]
     logp = logprobs.gather(-1, targets[:, None])[:, 0]  # [N]
     with torch.no_grad():
-        zd = z.detach()
-        entropy, h_norm = _entropies(zd, logprobs.exp(), torch.logsumexp(zd, -1), spec)
+        zs = z.detach() - z.detach().amax(-1, keepdim=True)
+        entropy, h_norm = _entropies(zs, logprobs.exp(), torch.logsumexp(zs, -1), spec)
     w = token_weights(logp, spec, h_norm)
     loss, kl = -(w * logp).sum(), None
     if spec.name == "asft":
