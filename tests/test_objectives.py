@@ -490,6 +490,11 @@ def test_spec_validation_names_field(field: str, value: object) -> None:
         ObjectiveSpec(**{field: value})
 
 
+def test_spec_refuses_infinity_as_not_finite() -> None:
+    with pytest.raises(ValueError, match=r"loss\.kl_lambda must be a finite number >= 0, got inf"):
+        ObjectiveSpec(kl_lambda=float("inf"))
+
+
 def test_spec_accepts_valid_values() -> None:
     """Boundary values are accepted, kept as given, and give the loss the formulas say: with
     sft_mix=1 every token weight is 1, so the objective is plain summed cross-entropy."""

@@ -41,8 +41,8 @@ class ObjectiveSpec:
                                                            else int)
             if not (typed and math.isfinite(v) and lo <= v <= hi):
                 rule = f"in [{lo}, {hi}]" if math.isfinite(hi) else f">= {lo}"
-                raise ValueError(f"loss.{key} must be {'an integer' if kind is int else 'a number'}"
-                                 f" {rule}, got {v!r}")
+                kind_name = "an integer" if kind is int else "a finite number"
+                raise ValueError(f"loss.{key} must be {kind_name} {rule}, got {v!r}")
         if self.eaft_topk == 1:
             raise ValueError("loss.eaft_topk must be 0 (exact entropy) or >= 2, got 1")
 
