@@ -226,3 +226,20 @@ def test_a_run_with_one_logged_point_is_drawn(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert plot(rows, tmp_path / "c.png") == tmp_path / "c.png"
+
+
+def test_a_shipped_study_writes_to_the_working_directory(tmp_path, monkeypatch):
+    """The shipped study file run from another directory (or from an installed package, whose
+    copy lies in site-packages) puts its study under the working directory: its sweep.out, a
+    --out, and the runs' folders; a --out given beside a user's study file outside the working
+    directory is taken from the working directory too, as any command-line path."""
+    monkeypatch.chdir(tmp_path)
+    study = build_study(ROOT / "configs/study_geo.yaml")
+    assert study.out == tmp_path / "runs/study_geo"
+    assert build_study(ROOT / "configs/study_geo.yaml", out="x").out == tmp_path / "x"
+    (tmp_path / "team").mkdir()
+    path = _study_yaml(tmp_path / "team")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert build_study(path, out="mine").out == tmp_path / "work/mine"
+    assert build_study(path).out == tmp_path / "team/out_compare"

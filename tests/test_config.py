@@ -1,5 +1,6 @@
 """Config loading: every shipped YAML validates; bad keys, types and combinations name the key."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -512,3 +513,65 @@ def test_an_included_files_data_paths_resolve_as_in_that_file(tmp_path, monkeypa
     (team / "common.yaml").write_text("model: {family: qwen2_5_vl, name_or_path: Qwen/Qwen2.5-VL-3B"
                                       "-Instruct}\ndata: {train_files: [d/train.jsonl]}\n")
     assert load_config(mine).model.name_or_path == "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+def test_shipped_configs_load_from_any_directory(tmp_path, monkeypatch):
+    """Every shipped config reads from another working directory as from the checkout: the real
+    recipes include configs/recipes/geo_math.yaml (a bundled file in a subfolder), and a file
+    may leave out whole sections (an include of one without ``model`` failed with a KeyError)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("qwen25vl_geo", "llava_geo", "qwen3vl_moe_geo"):
+        cfg = load_config(ROOT / f"configs/{name}.yaml", ["model.tiny=true"])
+        assert cfg.data.sources[0].name == "geo170k_qa"
+        assert cfg.resolve(cfg.train.output_dir) == tmp_path / f"runs/{name}_dft"
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared/base.yaml").write_text("loss: {name: sft}\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/mine.yaml").write_text(
+        f"include: ../shared/base.yaml\nmodel: {{family: qwen2_5_vl, tiny: true}}\n"
+        f"data: {{train_files: [{ROOT / 'data/geo_demo/train.jsonl'}]}}\n")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert load_config(tmp_path / "elsewhere/mine.yaml").loss.name == "sft"
+
+
+def test_a_shipped_config_reads_what_the_user_generated_under_runs(tmp_path, monkeypatch):
+    """The shipped configs that train on generated data (video_demo: runs/video_data, the
+    prior's stages) read it from the working directory, where their headers generate it, not
+    from beside the config (inside site-packages for an installed package)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs/video_data").mkdir(parents=True)
+    for split in ("train", "heldout"):
+        (tmp_path / f"runs/video_data/{split}.jsonl").write_text("")
+    cfg = load_config(ROOT / "configs/video_demo.yaml")
+    assert cfg.resolve(cfg.data.train_files[0]) == tmp_path / "runs/video_data/train.jsonl"
+    assert cfg.resolve(cfg.data.heldout_file) == tmp_path / "runs/video_data/heldout.jsonl"
+    assert cfg.resolve(cfg.train.output_dir) == tmp_path / "runs/video_demo"
+    # a user's file including it: the generated data follows the including file
+    (tmp_path / "mine.yaml").write_text(f"include: {ROOT / 'configs/video_demo.yaml'}\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg.resolve(cfg.data.train_files[0]) == tmp_path / "runs/video_data/train.jsonl"
+
+
+def test_a_folder_given_as_a_config_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^config file {tmp_path}: is a folder, not a YAML"):
+        load_config(tmp_path)
+
+
+def test_a_missing_shipped_file_names_vldfts_own_copy(tmp_path, monkeypatch):
+    """Outside the checkout (an installed package: its files live in site-packages) a missing
+    ``configs/...`` or ``data/...`` path that vldft ships is named with its own copy; a folder
+    given as the held-out file says so."""
+    from vldft.data import DataError, load_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(
+            f"config file not found: configs/demo.yaml (vldft's own copy: "
+            f"{ROOT / 'configs/demo.yaml'})")):
+        load_config("configs/demo.yaml")
+    with pytest.raises(ConfigError, match=r"config file not found: configs/nope.yaml$"):
+        load_config("configs/nope.yaml")
+    with pytest.raises(DataError, match=re.escape(
+            f"(vldft's own copy: {ROOT / 'data/geo_demo/heldout.jsonl'})")):
+        load_jsonl("data/geo_demo/heldout.jsonl")
+    with pytest.raises(ConfigError, match=rf"data.heldout_file: {tmp_path} is a folder, not a"):
+        load_config(ROOT / "configs/demo.yaml", [f"data.heldout_file={tmp_path}"])

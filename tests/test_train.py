@@ -355,7 +355,7 @@ def test_a_loss_key_the_objective_does_not_use_is_warned_about():
     assert unused_loss_keys(LossConfig(name="dft", min_weight=0.1)) == []
     (line,) = unused_loss_keys(LossConfig(name="chord", min_weight=0.1))
     assert line == ("loss.min_weight=0.1 applies to loss.name dft / asft; loss.name=chord does "
-                    "not use it")
+                    "not use it (loss.min_weight=0.0, its default, silences this)")
     assert len(unused_loss_keys(LossConfig(name="sft", min_weight=0.1, kl_lambda=0.1))) == 2
     assert len(unused_loss_keys(LossConfig(name="sft", sft_mix=0.5))) == 1
     assert unused_loss_keys(LossConfig(name="chord", sft_mix=0.5)) == []

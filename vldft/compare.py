@@ -331,7 +331,9 @@ def cli(argv: list[str] | None = None) -> Study:
                              "overrides before --grid")
     parser.add_argument("--variant", nargs="+", action="append", default=[],
                         metavar=("NAME", "KEY=VALUE"), help="a named set of overrides")
-    parser.add_argument("--out", default=None, help="study directory")
+    parser.add_argument("--out", default=None,
+                        help="study directory (relative: to the working directory; default: "
+                             "the study file's sweep.out, else train.output_dir + _compare)")
     parser.add_argument("--index", type=int, default=None,
                         help="train only run INDEX (default: $SLURM_ARRAY_TASK_ID etc.)")
     parser.add_argument("--list", action="store_true", help="print the runs and exit")

@@ -40,3 +40,15 @@ def resource(name: str) -> Path:
         if (root / name).exists():
             return root / name
     return (BUNDLED if BUNDLED.is_dir() else CHECKOUT) / name
+
+
+def hint(path: str | Path) -> str:
+    """`` (vldft's own copy: FILE)`` when a missing relative path such as
+    ``configs/demo.yaml`` or ``data/geo_demo/heldout.jsonl`` names a file vldft ships (an
+    installed package keeps them in site-packages, not in the working directory), else ''."""
+    parts = Path(path).parts
+    tops = [i for i, part in enumerate(parts) if part in BUNDLE]
+    if Path(path).is_absolute() or not tops:
+        return ""
+    found = resource("/".join(parts[tops[0]:]))
+    return f" (vldft's own copy: {found})" if found.exists() and found != Path(path) else ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vldft.config import ConfigError, load_config, read_config_file
+from vldft.config import ConfigError, load_config, read_config_file, resolve_path
 from vldft.config.parse import parse_value
 
 SEED_KEY = "train.seed"
@@ -68,11 +68,13 @@ def _flatten(raw: dict) -> list[str]:
 def split_sweep(path: Path) -> tuple[list[str], dict]:
     """A config file as ``key=value`` overrides for ``load_config(None, ...)`` (with its
     ``base_dir`` rule), and its ``sweep`` section ({} if none)."""
-    raw, base_dir, _ = read_config_file(path)
+    raw, base_dir, bundled = read_config_file(path)
     sweep = raw.pop("sweep", None) or {}
     if not isinstance(sweep, dict) or set(sweep) - {"out", "grid", "variants"}:
         raise ConfigError(f"{path}: sweep: a mapping with keys out, grid, variants; got "
                           f"{sorted(sweep) if isinstance(sweep, dict) else sweep!r}")
+    if isinstance(sweep.get("out"), str):  # a folder the study writes: a shipped file's, here
+        sweep["out"] = str(resolve_path(sweep["out"], Path.cwd() if bundled else base_dir))
     return [*_flatten(raw), f"base_dir={json.dumps(str(base_dir))}"], sweep
 
 
@@ -116,9 +118,11 @@ def build_study(config: str | Path, overrides: list[str] = (), grid: list[str] =
     if not base_cfg.data.heldout_file:
         raise ConfigError("data.heldout_file: compare scores every run on held-out data; set "
                           "it in the config or as an override")
+    from_file = out is None  # else --out, a command-line path: from the working directory
     if out is None:
         out = sweep.get("out") or f"{base_cfg.train.output_dir.rstrip('/')}_compare"
-    study = Study(path, base, base_cfg.resolve(str(out)))
+    study = Study(path, base, base_cfg.resolve(str(out)) if from_file
+                  else resolve_path(out, Path.cwd()))
     runs: list[tuple[str, list[str], dict[str, list]]] = []
     if not named or any(k != SEED_KEY for k in axes):
         runs.append(("base", [], axes))  # the grid itself compares configurations

@@ -102,7 +102,8 @@ def unused_loss_keys(loss) -> list[str]:
              "sft_mix": ("dft", "asft", "chord", "eaft")}  # (SFT's weights are 1 already)
     default = type(loss)()
     return [f"loss.{key}={getattr(loss, key)} applies to loss.name {' / '.join(names)}; "
-            f"loss.name={loss.name} does not use it" for key, names in users.items()
+            f"loss.name={loss.name} does not use it (loss.{key}={getattr(default, key)}, "
+            "its default, silences this)" for key, names in users.items()
             if loss.name not in names and getattr(loss, key) != getattr(default, key)]
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from vldft import resources
 from vldft.config.parse import _key_parts, apply_override, build, coerce, yaml_error
 from vldft.config.paths import (
     FILE_SUFFIXES,
@@ -214,7 +215,9 @@ class Config:
                 raise ConfigError(f"data.sources[{i}].path: {self.resolve(src.path)} does not "
                                   "exist (and is not a hub id owner/name)")
         if d.heldout_file and not self.resolve(d.heldout_file).is_file():
-            raise ConfigError(f"data.heldout_file: {self.resolve(d.heldout_file)} does not exist")
+            where = self.resolve(d.heldout_file)
+            raise ConfigError(f"data.heldout_file: {where} is a folder, not a JSONL file"
+                              if where.is_dir() else f"data.heldout_file: {where} does not exist")
         if t.eval_data_dir is not None and not self.resolve(t.eval_data_dir).is_dir():
             raise ConfigError(f"train.eval_data_dir: {self.resolve(t.eval_data_dir)} is not a "
                               "directory")
@@ -301,8 +304,10 @@ def source_pixels(cfg: Config) -> dict[str, tuple[int | None, int | None]]:
 def read_config_file(path: Path) -> tuple[dict[str, Any], Path, bool]:
     """A config file's top-level mapping, the directory its relative paths resolve against
     (see :func:`load_config`), and whether it is one of vldft's own (bundled) configs."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path}: is a folder, not a YAML file")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}{resources.hint(path)}")
     with open(path) as f:
         try:
             raw = yaml.safe_load(f) or {}
@@ -311,22 +316,38 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], Path, bool]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     raw = _with_include(raw, path, [path.resolve()])
-    return (raw, *_file_base(path))
+    base, bundled = _file_base(path)
+    if bundled:
+        _bundled_outputs(raw)
+    return raw, base, bundled
+
+
+def _generated(raw: dict[str, Any]) -> list[tuple[str | int, ...]]:
+    """Where a raw config names a relative path under ``runs/``: something a run wrote or the
+    user generated (``python -m vldft.data.synth_video runs/video_data``), not shipped data."""
+    return [where for where in path_locations(raw) if isinstance(_at(raw, where), str)
+            and Path(_at(raw, where)).parts[:1] == ("runs",)]
+
+
+def _bundled_outputs(raw: dict[str, Any]) -> None:
+    """A bundled config's folders a run writes into (``_WRITTEN``, ``train.output_dir``'s
+    default included) and its paths under ``runs/`` (``_generated``), made absolute against
+    the working directory, in place: they never go into site-packages, and the data its header
+    has the user generate is read where it was generated."""
+    train = raw.setdefault("train", {})
+    if isinstance(train, dict):
+        train.setdefault("output_dir", TrainConfig.output_dir)
+    absolute_paths(raw, [*_WRITTEN, *_generated(raw)], Path.cwd())
 
 
 def _file_base(path: Path) -> tuple[Path, bool]:
     """The directory a config file's relative paths resolve against (see
     :func:`load_config`), and whether it is one of vldft's own (bundled) configs."""
-    from vldft import resources
-
-    here, base = path.resolve().parent, Path.cwd()
-    bundled = any(here == (root / "configs").resolve()
-                  for root in (resources.BUNDLED, resources.CHECKOUT))
-    if bundled:
-        base = here.parent
-    elif not path.resolve().is_relative_to(base.resolve()):
-        base = here
-    return base, bundled
+    here = path.resolve().parent
+    for root in (resources.BUNDLED, resources.CHECKOUT):  # configs/ and its subfolders
+        if here.is_relative_to((root / "configs").resolve()):
+            return (root / "configs").resolve().parent, True
+    return Path.cwd() if path.resolve().is_relative_to(Path.cwd().resolve()) else here, False
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -351,7 +372,8 @@ def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[st
     this file's on top (e.g. the real recipes share ``configs/recipes/geo_math.yaml``). The
     included file's data paths (model folder, train / held-out files, image roots, source
     paths) resolve as they would in that file run by itself, made absolute where its folder
-    differs from this file's; the folders a run writes into (``_WRITTEN``) follow this file."""
+    differs from this file's; the folders a run writes into (``_WRITTEN``), and a bundled
+    file's paths under ``runs/`` (``_generated``), follow this file."""
     name = raw.pop("include", None)
     if name is None:
         return raw
@@ -370,10 +392,10 @@ def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[st
     if not isinstance(base, dict):
         raise ConfigError(f"{inc}: top level must be a mapping")
     base = _with_include(base, inc, [*chain, inc])
-    inc_base = _file_base(inc)[0]
+    inc_base, bundled = _file_base(inc)
     if inc_base.resolve() != _file_base(path)[0].resolve():
-        absolute_paths(base, [w for w in path_locations(base) if w not in _WRITTEN],
-                           inc_base)
+        keep = [*_WRITTEN, *(_generated(base) if bundled else [])]
+        absolute_paths(base, [w for w in path_locations(base) if w not in keep], inc_base)
     return _merge(base, raw)
 
 
@@ -401,6 +423,19 @@ def path_locations(raw: dict[str, Any]) -> list[tuple[str | int, ...]]:
     return found
 
 
+def _at(raw: Any, where: tuple[str | int, ...]) -> Any:
+    """The value at a key path of a raw config (``("data", "sources", 0, "path")``), or None
+    where a section or key is missing (a file may leave out whole sections)."""
+    for key in where:
+        if isinstance(raw, dict):
+            raw = raw.get(key)
+        elif isinstance(raw, list) and isinstance(key, int) and key < len(raw):
+            raw = raw[key]
+        else:
+            return None
+    return raw
+
+
 def absolute_paths(raw: dict[str, Any], touched: list[tuple[str | int, ...]],
                    base: Path) -> None:
     """Make the relative paths at ``touched`` (keys, as ``apply_override`` returns them)
@@ -413,10 +448,7 @@ def absolute_paths(raw: dict[str, Any], touched: list[tuple[str | int, ...]],
     for where in path_locations(raw):
         if not any(where[: len(t)] == t for t in touched):
             continue
-        node: Any = raw
-        for key in where[:-1]:
-            node = node[key]
-        value = node.get(where[-1]) if isinstance(node, dict) else node[where[-1]]
+        node, value = _at(raw, where[:-1]), _at(raw, where)
         if not isinstance(value, str) or not value or value.startswith("~") \
                 or Path(value).is_absolute() or value in ("auto", "none") \
                 and where == ("train", "resume"):
@@ -434,20 +466,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
     Relative paths in the file (``model.name_or_path`` when that local directory exists) are
     resolved against the directory the command is run from if the file is inside it, else
     against the file's own directory; those the overrides set, against the directory the
-    command is run from (:func:`absolute_paths`). The
-    one exception is vldft's own ``configs/*.yaml`` (the checkout's or an installed package's
-    bundled copy, ``vldft.resources``): their data paths resolve against the bundle (so the
-    installed demo config finds the bundled demo data from any directory), while a relative
-    ``train.output_dir`` resolves against the current directory (training output never goes
-    into site-packages). An ``include:``'d file's data paths resolve as in that file
-    (:func:`_with_include`). ``sweep_ok``: a study file's ``sweep`` section (``vldft.study``)
-    is ignored instead of refused.
+    command is run from (:func:`absolute_paths`). The one exception is vldft's own
+    ``configs/**.yaml`` (the checkout's or an installed package's bundled copy,
+    ``vldft.resources``): their data paths resolve against the bundle (so the installed demo
+    config finds the bundled demo data from any directory), while the folders a run writes
+    into and paths under ``runs/`` (data the user generates) resolve against the current
+    directory (:func:`_bundled_outputs`: nothing goes into site-packages). An ``include:``'d
+    file's data paths resolve as in that file (:func:`_with_include`). ``sweep_ok``: a study
+    file's ``sweep`` section (``vldft.study``) is ignored instead of refused.
     """
     raw: dict[str, Any] = {}
     base = Path.cwd()
-    bundled = False
     if path is not None:
-        raw, base, bundled = read_config_file(Path(path))
+        raw, base, _ = read_config_file(Path(path))
         if sweep_ok:
             raw.pop("sweep", None)
         for key in ("base_dir", "config_file"):  # vldft's records of where the file lies
@@ -462,15 +493,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
     touched = [apply_override(raw, item) for item in overrides or []]
     if base.resolve() != Path.cwd().resolve():
         absolute_paths(raw, touched, Path.cwd())
-    if bundled:  # the run's own folders (output, downloads) never go into site-packages
-        for section, key, default in (("train", "output_dir", TrainConfig.output_dir),
-                                      ("data", "data_dir", None), ("train", "eval_data_dir", None)):
-            part = raw.setdefault(section, {})
-            if not isinstance(part, dict):
-                continue
-            value = part.get(key, default)
-            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
-                part[key] = str(Path.cwd() / value)
     raw.setdefault("base_dir", str(base))
     if path is not None:
         raw.setdefault("config_file", str(path))

@@ -35,6 +35,8 @@ from typing import Any, NoReturn
 
 from PIL import Image
 
+from vldft import resources
+
 ROLES = ("system", "user", "assistant")
 
 # Reason codes of DataError / skips / validation findings (table with examples: validate.py).
@@ -581,7 +583,8 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[S
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: a folder, not a JSONL file" if path.is_dir() else
-                        f"data file not found: {path}", "missing_file", str(path))
+                        f"data file not found: {path}{resources.hint(path)}", "missing_file",
+                        str(path))
     root = Path(image_root) if image_root else path.parent
     samples = []
     for lineno, row in iter_jsonl(path):
