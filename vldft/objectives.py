@@ -192,6 +192,7 @@ def _block_math(z: Tensor, y: Tensor, spec: ObjectiveSpec, ref_z: Tensor | None,
     loss, kl, lam = -(w * logp).sum(), None, 0.0
     if ref_z is not None:  # asft: KL(q || p) = sum_v q_v (log q_v - log p_v)
         lam = spec.kl_lambda
+        ref_z.sub_(ref_z.amax(-1, keepdim=True))  # as z: log q in the same steps as log p
         logq = ref_z.sub_(torch.logsumexp(ref_z, -1, keepdim=True))
         z.sub_(log_total[:, None]).neg_().add_(logq)  # z := log q - log p
         kl = _rowdot(logq.exp_(), z)  # logq now holds q
