@@ -308,6 +308,8 @@ def test_each_section_validates_its_own_keys():
          "model.tiny=true"),
         (ModelConfig(tiny=True, freeze=["language"], lora=LoraSettings(parts=["language"])),
          "model.lora.parts: every LoRA part is also in model.freeze"),
+        (ModelConfig(tiny=True, lora=LoraSettings(parts=[])),
+         "model.lora.parts: must name at least one part of"),
         (DataConfig(), "data.sources: at least one source"),
         (DataConfig(sources=[SourceConfig(path="a", weight=1.0), SourceConfig(path="b")]),
          "data.sources: give a weight to every source or to none"),

@@ -38,6 +38,18 @@ def test_targets_follow_parts_and_never_the_output_layer():
         lora_targets(adapter, ["lm_head"], ["language"])
     with pytest.raises(ValueError, match="match no Linear layer"):
         lora_targets(adapter, ["no_such_proj"], ["language"])
+    # a user's own list: each name must match in the parts (a misspelt one was dropped
+    # silently); the error lists only the names usable there
+    assert lora_targets(adapter, ["q_proj", "v_prj"], ["language"])  # the default's rule
+    with pytest.raises(ValueError) as e:
+        lora_targets(adapter, ["q_proj", "v_prj", "qkv"], ["language"], every=True)
+    msg = str(e.value)
+    assert msg.startswith("model.lora.target_modules: ['v_prj', 'qkv'] match no Linear layer "
+                          "in parts ['language']; Linear layer names there: ['down_proj',"), msg
+    assert "'lm_head'" not in msg and "'qkv'" not in msg.split("there: ")[1], msg
+    with pytest.raises(ValueError, match="match no Linear"):
+        apply_lora(load_adapter(ModelConfig(tiny=True)),
+                   LoraSettings(r=4, target_modules=["q_proj", "v_prj"]), [])
 
 
 def test_merged_state_dict_equals_peft_merge_and_unload():

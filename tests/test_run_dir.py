@@ -186,6 +186,28 @@ def test_resuming_over_changed_data_is_refused_unless_the_checkpoint_is_named(tm
     assert "warning: the training data differs from the checkpoint's (source d" in said, said
 
 
+def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
+    """A checkpoint records how many processes wrote it: its data position counts micro-batches
+    per rank, and the global batch and packing bins follow the process count, so a resume on 1
+    process of a 2-process checkpoint retrained 4 steps' data and skipped as much, silently.
+    Auto and named resumes are refused in one line that says how to go on; a checkpoint from
+    before the count was recorded resumes as it did."""
+    data, out = killed_after_checkpoint_4(tmp_path)
+    state = out / "checkpoint-4/trainer_state.json"
+    record = json.loads(state.read_text())
+    assert record["world_size"] == 1
+    state.write_text(json.dumps({**record, "world_size": 2}))
+    for extra in ((), (f"train.resume={out / 'checkpoint-4'}",)):
+        with pytest.raises(SystemExit) as e:
+            train_main(config(data, out, *extra))
+        msg = str(e.value)
+        assert "\n" not in msg and "written by 2 processes; this run has 1" in msg, msg
+        assert "--nproc_per_node 2" in msg and f"model.name_or_path={out / 'checkpoint-4'}" in msg
+    del record["world_size"]
+    state.write_text(json.dumps(record))
+    assert train_main(config(data, out))["resumed_from"] == str(out / "checkpoint-4")
+
+
 def test_resuming_over_rows_edited_to_the_same_lengths_is_refused(tmp_path, capsys):
     """An answer's digit swapped, or a row's image replaced by another of the same size: every
     estimated length stays, so the record of rows and lengths saw no change and the run resumed
@@ -327,6 +349,21 @@ def test_foreign_empty_or_broken_config_yaml_is_refused(data_file, tmp_path, no_
         train_main(config(data_file, out))
     msg = str(e.value)
     assert "\n" not in msg and "settings are unknown" in msg and "overwrite" in msg, msg
+    assert snapshot(out) == before and not (out / "run.json").exists()
+
+
+def test_overwrite_never_deletes_another_tools_checkpoint(data_file, tmp_path, no_model):
+    """A checkpoint-<N> folder without vldft's state/ and trainer_state.json (a Hugging Face
+    Trainer's) is another tool's: train.overwrite=true deleted it as the previous run's."""
+    out = tmp_path / "run"
+    (out / "checkpoint-500").mkdir(parents=True)
+    (out / "checkpoint-500/trainer_state.json").write_text('{"global_step": 500}')
+    (out / "config.yaml").write_text("trainer: {max_epochs: 3}\n")
+    before = snapshot(out)
+    with pytest.raises(SystemExit) as e:
+        train_main(config(data_file, out, "train.overwrite=true"))
+    msg = str(e.value)
+    assert "\n" not in msg and f"{out / 'checkpoint-500'} is not a vldft checkpoint" in msg, msg
     assert snapshot(out) == before and not (out / "run.json").exists()
 
 

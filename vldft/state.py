@@ -43,6 +43,7 @@ class RunState:
     config: dict = field(default_factory=dict)  # the config the checkpoint was written with
     data: dict = field(default_factory=dict)  # the training set it was written on (data_identity)
     model_commit: str | None = None  # the hub commit of model.name_or_path this run loaded
+    world_size: int | None = None  # processes that wrote the checkpoint (None: not recorded)
     # not saved: a checkpoint of an older version kept skip counts but no entries
     counts_only_skips: bool = field(default=False, compare=False)
 
@@ -71,7 +72,8 @@ class RunState:
                 "history": self.history, "evals": self.evals, "benchmarks": self.benchmarks,
                 "nonfinite_steps": self.nonfinite_steps, "nonfinite_run": self.nonfinite_run,
                 "collapse_warnings": self.collapse_warnings, "elapsed": self.clock(),
-                "config": self.config, "data": self.data, "model_commit": self.model_commit}
+                "config": self.config, "data": self.data, "model_commit": self.model_commit,
+                "world_size": self.world_size}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunState:
@@ -85,13 +87,13 @@ class RunState:
                    benchmarks=d.get("benchmarks", []), nonfinite_steps=d["nonfinite_steps"],
                    nonfinite_run=d["nonfinite_run"], collapse_warnings=d["collapse_warnings"],
                    elapsed=d["elapsed"], config=d.get("config", {}), data=d.get("data", {}),
-                   model_commit=d.get("model_commit"),
+                   model_commit=d.get("model_commit"), world_size=d.get("world_size"),
                    counts_only_skips="skip_entries" not in d and bool(d["skips"]))
 
     @classmethod
     def resume(cls, path: Path, total: int, config: dict, final: Path, log,
                data: dict | None = None, explicit: bool = False,
-               model_commit: str | None = None) -> RunState:
+               model_commit: str | None = None, world_size: int = 1) -> RunState:
         """The state of checkpoint ``path`` for a run of ``total`` steps with ``config`` (logs
         the config keys that differ from the checkpoint's; refuses a checkpoint past ``total``;
         one at ``total`` only writes ``final``). ``data`` (:func:`data_identity` of this run's
@@ -99,8 +101,19 @@ class RunState:
         checkpoint, a warning when the checkpoint was named (``explicit``: train.resume=PATH).
         A hub ``model_commit`` other than the one the checkpoint's run loaded is a warning: the
         checkpoint's weights and optimizer state are restored, but what is read from the model
-        repository (processor, tokenizer, chat template) is the new commit's."""
+        repository (processor, tokenizer, chat template) is the new commit's. A checkpoint
+        written by another number of processes than ``world_size`` is refused: its data
+        position counts micro-batches per rank, and the global batch (without
+        train.global_batch_size), the packing bins and the per-rank RNG follow the count."""
         state = cls.from_dict(read_state(path))
+        if state.world_size is not None and state.world_size != world_size:
+            n = state.world_size
+            raise SystemExit(
+                f"train.resume: {path} was written by {n} process{'es' * (n > 1)}; this run "
+                f"has {world_size}: the data position, batches and RNG of a resume would not "
+                f"carry over (samples trained twice or never); resume with {n} "
+                f"(torchrun --nproc_per_node {n}), or start a new run from its weights with "
+                f"model.name_or_path={path} and another train.output_dir")
         data_change = data_changes(state.data, data or {})
         if data_change and not explicit:
             raise SystemExit(
@@ -131,6 +144,7 @@ class RunState:
                 "restored, but the processor, tokenizer and chat template are the new commit's; "
                 f"set model.revision={old_commit} to resume on the old one")
         state.config = config  # the next checkpoint's
+        state.world_size = world_size
         state.model_commit = model_commit
         return state
 

@@ -178,10 +178,11 @@ def _train(cfg: Config) -> dict:
     config = config_to_dict(cfg, absolute=True)  # a checkpoint's record, like config.yaml
     data_id = data_identity(data, cfg)
     if resume_from is None:
-        state = RunState(config=config, data=data_id, model_commit=commit)
+        state = RunState(config=config, data=data_id, model_commit=commit, world_size=world)
     else:
         state = RunState.resume(resume_from, total, config, out_dir / "final", log, data_id,
-                                explicit=t.resume != "auto", model_commit=commit)
+                                explicit=t.resume != "auto", model_commit=commit,
+                                world_size=world)
         if (cfg.loss.name == "asft" and adapter.lora is None
                 and state.step > cfg.loss.sft_warmup_steps):
             accelerator.unwrap_model(module).reference = build_reference(adapter)

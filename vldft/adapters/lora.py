@@ -19,25 +19,30 @@ from torch import nn
 NEVER = ("lm_head", "embed_tokens")
 
 
-def lora_targets(adapter, target_modules: list[str], parts: list[str]) -> list[str]:
-    """Full names of the Linear layers in ``parts`` whose name ends with a target name."""
+def lora_targets(adapter, target_modules: list[str], parts: list[str],
+                 every: bool = False) -> list[str]:
+    """Full names of the Linear layers in ``parts`` whose name ends with a target name.
+    ``every``: each target name must match a layer (a user's own list: a misspelt name was
+    dropped without a word); the default list spans every family and part, so it need not."""
     bad = [t for t in target_modules if t.split(".")[-1] in NEVER or t in NEVER]
     if bad:
         raise ValueError(f"model.lora.target_modules: {bad} cannot get LoRA (the chunked "
-                         "objective reads lm_head.weight directly)")
-    found = []
+                         "objective reads lm_head.weight directly; embed_tokens is an "
+                         "embedding, tied to lm_head in several families)")
+    found, usable = [], set()
     for name, module in adapter.model.named_modules():
         if not isinstance(module, nn.Linear) or name.split(".")[-1] in NEVER:
             continue
         if adapter.part_of(name + ".weight") not in parts:
             continue
+        usable.add(name.split(".")[-1])
         if any(name == t or name.endswith("." + t) for t in target_modules):
             found.append(name)
-    if not found:
-        linear = sorted({n.split(".")[-1] for n, m in adapter.model.named_modules()
-                         if isinstance(m, nn.Linear)})
-        raise ValueError(f"model.lora.target_modules: {target_modules} match no Linear layer in "
-                         f"parts {parts}; Linear layer names in this model: {linear}")
+    unmatched = [t for t in target_modules
+                 if not any(n == t or n.endswith("." + t) for n in found)]
+    if not found or every and unmatched:
+        raise ValueError(f"model.lora.target_modules: {unmatched} match no Linear layer in "
+                         f"parts {parts}; Linear layer names there: {sorted(usable)}")
     return found
 
 
@@ -46,7 +51,8 @@ def apply_lora(adapter, settings, frozen_parts: list[str]):
     from peft import LoraConfig, get_peft_model
 
     parts = [p for p in settings.parts if p not in frozen_parts]
-    targets = lora_targets(adapter, settings.target_modules, parts)
+    targets = lora_targets(adapter, settings.target_modules, parts,
+                           every=settings.target_modules != type(settings)().target_modules)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, bias="none")
     peft_model = get_peft_model(adapter.model, config)

@@ -51,6 +51,8 @@ class LoraSettings:
             if part not in PARTS:
                 raise ConfigError(f"model.lora.parts: unknown part {part!r}; choose from "
                                   f"{PARTS}")
+        if not self.parts:
+            raise ConfigError(f"model.lora.parts: must name at least one part of {PARTS}")
         if not set(self.parts) - set(freeze):
             raise ConfigError("model.lora.parts: every LoRA part is also in model.freeze; "
                               "nothing would be trained")
