@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEMO_DATA, ROOT, TINY_CONFIG
+from conftest import DEMO_DATA, ROOT, TINY_CONFIG, write_tiny_data
 
 import vldft.train
 from vldft import collate, compare, probe
@@ -173,3 +173,28 @@ def test_collate_preview_follows_on_error(tmp_path, capsys):
     assert "two-turns: skipped (" in out and f"/ {rows[1]['id']}: " in out, out
     assert collate.main([*argv, "data.on_error=raise"]) == 2
     assert "error: sample two-turns" in capsys.readouterr().err
+
+
+def test_probe_compare_and_collate_end_a_data_error_in_one_line(tmp_path, capsys):
+    """A bad row under data.on_error=raise, and a recipe whose data is not downloaded, end
+    vldft.probe, vldft.compare and vldft.collate in one line, as vldft.train (they ended in a
+    traceback, and the probe loaded the model before saying the data was missing)."""
+    bad = write_tiny_data(tmp_path / "bad.jsonl", 4)
+    with open(bad, "a") as f:
+        f.write("{not json\n")
+    rows = [f"data.train_files=[{bad}]", f"data.heldout_file={DEMO_DATA}",
+            "train.max_steps=2", "train.eval_every=0", "loss.sft_warmup_steps=0",
+            f"train.output_dir={tmp_path / 'o'}"]
+    with pytest.raises(SystemExit) as e:
+        probe.cli([str(TINY_CONFIG), *rows, "--samples", "2"])
+    assert str(e.value).startswith(f"data error: {bad}:5: ") and "\n" not in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        compare.cli([str(TINY_CONFIG), *rows, "--grid", "loss.name=sft,dft", "--index", "0"])
+    assert str(e.value).startswith(f"compare: run sft: data error: {bad}:5: "), e.value
+    recipe = [str(ROOT / "configs/qwen25vl_geo.yaml"), "model.tiny=true",
+              f"data.data_dir={tmp_path / 'nothing'}"]
+    with pytest.raises(SystemExit) as e:
+        probe.cli(recipe)
+    assert str(e.value).startswith("config error: data not downloaded: "), e.value
+    assert collate.main([*recipe, "--n", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: data not downloaded: ")

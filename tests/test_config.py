@@ -577,3 +577,16 @@ def test_a_missing_shipped_file_names_vldfts_own_copy(tmp_path, monkeypatch):
         load_jsonl("data/geo_demo/heldout.jsonl")
     with pytest.raises(ConfigError, match=rf"data.heldout_file: {tmp_path} is a folder, not a"):
         load_config(ROOT / "configs/demo.yaml", [f"data.heldout_file={tmp_path}"])
+
+
+def test_attention_implementation_is_checked_before_the_model_loads():
+    """An unknown attention implementation, or flash_attention_2 without flash-attn, stopped in a
+    transformers traceback after the model loaded."""
+    import importlib.util
+
+    with pytest.raises(ConfigError, match=r"^model.attn_implementation: 'foo' is not one of"):
+        load_config(DEMO_CONFIG, ["model.attn_implementation=foo"])
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ConfigError, match="flash_attention_2 needs the flash-attn package"):
+            load_config(DEMO_CONFIG, ["model.attn_implementation=flash_attention_2"])
+    assert load_config(DEMO_CONFIG, ["model.attn_implementation=varlen"])

@@ -449,9 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         from vldft.data.download import origin_conflict
 
-        conflict = origin_conflict(cfg, args.overrides)  # a copy of other rows than asked
-        if conflict:
-            raise ConfigError(conflict)
+        # a copy of other rows than asked, or none downloaded (the download command to run)
+        missing = origin_conflict(cfg, args.overrides) or cfg.missing_sources([], args.overrides)
+        if missing:
+            raise ConfigError(missing)
         sources = [s for s in cfg.all_sources() if args.source in (None, s.label)]
         if not sources:
             raise ConfigError(f"--source {args.source}: no such source; sources: "

@@ -111,7 +111,23 @@ def check_same_run(study: Study, run: Run) -> None:
 
 
 def train_run(study: Study, run: Run, force: bool = False) -> dict:
-    """Train (unless this very run is done) and return the run's summary."""
+    """Train (unless this very run is done) and return the run's summary. A data or model
+    error stops the study in one line naming the run, as ``vldft.train`` says it."""
+    from vldft.checkpoint import TrainingAborted
+    from vldft.data import DataError
+
+    try:
+        return _train_run(study, run, force)
+    except ConfigError as e:
+        raise SystemExit(f"compare: run {run.name}: config error: {e}") from None
+    except DataError as e:
+        raise SystemExit(f"compare: run {run.name}: data error: {e}") from None
+    except TrainingAborted as e:
+        raise SystemExit(f"compare: run {run.name}: error: {e}") from None
+
+
+def _train_run(study: Study, run: Run, force: bool) -> dict:
+    from vldft.data.download import require_data
     from vldft.train import main
 
     out = run_dir(study, run)
@@ -129,6 +145,7 @@ def train_run(study: Study, run: Run, force: bool = False) -> dict:
     # directory's lock (removing the folder here first would pull it from under a process
     # still training into it, which then shared the path with this one)
     cfg.train.overwrite = cfg.train.overwrite or force
+    require_data(cfg)  # missing downloads: one line, before the model loads
     print(f"[vldft] compare: training {run.name}: {' '.join(run.overrides) or '(base)'}")
     return main(cfg)
 

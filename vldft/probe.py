@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 from vldft.collate import IGNORE, Collator, Encoded, SampleError
 from vldft.config import Config, ConfigError
+from vldft.data import DataError
+from vldft.data.download import require_data
 from vldft.probe_report import SOURCES, format_report, recommend, write_outputs
 from vldft.progress import prog_name, quiet_if_logging
 from vldft.study import load_base_config
@@ -263,11 +265,15 @@ def cli(argv: list[str] | None = None) -> dict:
     quiet_if_logging()  # a log file: no \r-redrawn progress bars
     try:  # a study config (python -m vldft.compare) works too: its sweep section is ignored
         cfg = load_base_config(args.config, args.overrides)
-    except ConfigError as e:
+    except (ConfigError, OSError) as e:
         raise SystemExit(f"config error: {e}") from None
-    except OSError as e:
+    try:
+        require_data(cfg, args.overrides)  # missing downloads: one line, before the model
+        report = probe(cfg, args.samples, args.batch_size, show=sys.stderr.isatty())
+    except ConfigError as e:  # e.g. a hub model that cannot load offline
         raise SystemExit(f"config error: {e}") from None
-    report = probe(cfg, args.samples, args.batch_size, show=sys.stderr.isatty())
+    except DataError as e:  # a bad row with data.on_error=raise: file, line, id
+        raise SystemExit(f"data error: {e}") from None
     print(format_report(report))
     out = args.out if args.out is not None else default_out(cfg)
     for path in write_outputs(report, out):

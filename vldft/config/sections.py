@@ -83,7 +83,7 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # weights dtype on load
     # "sdpa", "eager", "flash_attention_2" (flash extra) or "varlen" (vldft.attention's varlen
     # function also for padded batches: on CUDA one kernel call per layer; packing uses it anyway)
-    attn_implementation: str = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "varlen"] = "sdpa"
     min_pixels: int | None = None  # Qwen families: lower bound on image area after resizing
     max_pixels: int | None = None  # Qwen families: upper bound on image area (limits tokens)
     freeze: list[str] = field(default_factory=list)  # parts to freeze: vision, projector, language
@@ -117,6 +117,11 @@ class ModelConfig:
         if self.lora is not None:
             self.lora.validate(self.freeze)
         self._validate_levers()
+        if self.attn_implementation == "flash_attention_2" \
+                and importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("model.attn_implementation: flash_attention_2 needs the flash-attn "
+                              "package (pip install 'vldft[flash]', CUDA only); sdpa or varlen "
+                              "need nothing")
         if self.dtype == "float16":
             raise ConfigError("model.dtype: float16 weights would train without loss scaling; "
                               "use float32 with train.mixed_precision (bf16 autocast)")
