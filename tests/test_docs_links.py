@@ -29,8 +29,9 @@ def _files() -> list[Path]:
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces -> '-'."""
-    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
+    """GitHub's anchor for a Markdown heading: lower case, punctuation but ``_`` and ``-``
+    dropped, spaces -> '-' (``## `qwen3_vl_moe` `` is ``#qwen3_vl_moe``)."""
+    text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
@@ -72,6 +73,7 @@ def test_slug_matches_github():
     assert slug("Choosing the objective: probe, collapse guard, compare") == \
         "choosing-the-objective-probe-collapse-guard-compare"
     assert slug("`python -m vldft.probe`: how strong?") == "python--m-vldftprobe-how-strong"
+    assert slug("`qwen3_vl_moe`") == "qwen3_vl_moe"
 
 
 def test_every_cited_document_and_anchor_exists():

@@ -361,7 +361,7 @@ def cli(argv: list[str] | None = None) -> None:
         f"{sections}\n\n"
         "overrides: section.key=value, the value read as YAML, applied after the file:\n"
         "  train.lr=1e-5 loss.name=sft model.freeze=[vision] model.lora.r=8 "
-        "data.heldout_file=null\n\n"
+        "data.heldout_file=null train.eval_every=0\n\n"
         "Progress bars are drawn only when stderr is a terminal; a log file gets the periodic "
         "[vldft] lines instead (a metrics line every train.log_every steps, held-out scores).")
     prog = "vldft-train" if Path(sys.argv[0]).name == "vldft-train" else "python -m vldft.train"
