@@ -7,7 +7,7 @@ import pytest
 import yaml
 from conftest import ROOT, TINY_CONFIG, write_tiny_data
 
-from vldft.compare import aggregate, cli, markdown
+from vldft.compare import aggregate, cli, markdown, run_config
 from vldft.config import ConfigError
 from vldft.study import build_study, load_base_config
 
@@ -236,6 +236,9 @@ def test_a_shipped_study_writes_to_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     study = build_study(ROOT / "configs/study_geo.yaml")
     assert study.out == tmp_path / "runs/study_geo"
+    # the command line's folders too (they resolved in the bundle: site-packages)
+    study = build_study(ROOT / "configs/study_geo.yaml", ["data.data_dir=dl"])
+    assert run_config(study, study.runs[0]).data_root() == tmp_path / "dl"
     assert build_study(ROOT / "configs/study_geo.yaml", out="x").out == tmp_path / "x"
     (tmp_path / "team").mkdir()
     path = _study_yaml(tmp_path / "team")

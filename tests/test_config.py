@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CONFIG, ROOT, TINY_CONFIG
+from conftest import DEMO_CONFIG, DEMO_DATA, ROOT, TINY_CONFIG
 
 from vldft.config import Config, ConfigError, load_config
 
@@ -548,10 +548,24 @@ def test_a_shipped_config_reads_what_the_user_generated_under_runs(tmp_path, mon
     assert cfg.resolve(cfg.data.train_files[0]) == tmp_path / "runs/video_data/train.jsonl"
     assert cfg.resolve(cfg.data.heldout_file) == tmp_path / "runs/video_data/heldout.jsonl"
     assert cfg.resolve(cfg.train.output_dir) == tmp_path / "runs/video_demo"
-    # a user's file including it: the generated data follows the including file
+    # a user's file including it, directly or through a file outside the working directory:
+    # the generated data follows the file that is run
     (tmp_path / "mine.yaml").write_text(f"include: {ROOT / 'configs/video_demo.yaml'}\n")
     cfg = load_config(tmp_path / "mine.yaml")
     assert cfg.resolve(cfg.data.train_files[0]) == tmp_path / "runs/video_data/train.jsonl"
+    (tmp_path.parent / f"{tmp_path.name}_mid.yaml").write_text(
+        f"include: {ROOT / 'configs/video_demo.yaml'}\n")
+    (tmp_path / "mine.yaml").write_text(f"include: ../{tmp_path.name}_mid.yaml\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg.resolve(cfg.data.train_files[0]) == tmp_path / "runs/video_data/train.jsonl"
+
+
+def test_an_include_of_a_home_path_expands_the_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "shared.yaml").write_text("loss: {name: sft}\n")
+    (tmp_path / "mine.yaml").write_text("include: ~/shared.yaml\nmodel: {tiny: true}\n"
+                                        f"data: {{train_files: [{DEMO_DATA}]}}\n")
+    assert load_config(tmp_path / "mine.yaml").loss.name == "sft"
 
 
 def test_a_folder_given_as_a_config_file_says_so(tmp_path):
@@ -572,6 +586,11 @@ def test_a_missing_shipped_file_names_vldfts_own_copy(tmp_path, monkeypatch):
         load_config("configs/demo.yaml")
     with pytest.raises(ConfigError, match=r"config file not found: configs/nope.yaml$"):
         load_config("configs/nope.yaml")
+    with pytest.raises(ConfigError, match=r"config file not found: proj/configs/demo.yaml$"):
+        load_config("proj/configs/demo.yaml")  # a folder of the user's that is also named so
+    with pytest.raises(ConfigError, match=re.escape(
+            f"does not exist (vldft's own copy: {ROOT / 'data/geo_demo/train.jsonl'})")):
+        load_config(ROOT / "configs/demo.yaml", ["data.train_files=[data/geo_demo/train.jsonl]"])
     with pytest.raises(DataError, match=re.escape(
             f"(vldft's own copy: {ROOT / 'data/geo_demo/heldout.jsonl'})")):
         load_jsonl("data/geo_demo/heldout.jsonl")

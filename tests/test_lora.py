@@ -42,7 +42,7 @@ def test_targets_follow_parts_and_never_the_output_layer():
     # silently); the error lists only the names usable there
     assert lora_targets(adapter, ["q_proj", "v_prj"], ["language"])  # the default's rule
     with pytest.raises(ValueError) as e:
-        lora_targets(adapter, ["q_proj", "v_prj", "qkv"], ["language"], every=True)
+        lora_targets(adapter, ["q_proj", "v_prj", "qkv"], ["language"], requested=["language"])
     msg = str(e.value)
     assert msg.startswith("model.lora.target_modules: ['v_prj', 'qkv'] match no Linear layer "
                           "in parts ['language']; Linear layer names there: ['down_proj',"), msg
@@ -50,6 +50,15 @@ def test_targets_follow_parts_and_never_the_output_layer():
     with pytest.raises(ValueError, match="match no Linear"):
         apply_lora(load_adapter(ModelConfig(tiny=True)),
                    LoraSettings(r=4, target_modules=["q_proj", "v_prj"]), [])
+    # a name of a requested but frozen part is dropped with its part, not refused; the
+    # default list in another order is still the default
+    peft = apply_lora(load_adapter(ModelConfig(tiny=True)), LoraSettings(
+        r=4, parts=["language", "vision"], target_modules=["q_proj", "qkv"]), ["vision"])
+    assert {adapter.part_of(n.removeprefix("base_model.model.") + ".weight")
+            for n, m in peft.named_modules() if n.endswith(("q_proj", "qkv"))
+            and hasattr(m, "lora_A")} == {"language"}
+    apply_lora(load_adapter(ModelConfig(tiny=True)),
+               LoraSettings(r=4, target_modules=LoraSettings().target_modules[::-1]), [])
 
 
 def test_merged_state_dict_equals_peft_merge_and_unload():

@@ -203,6 +203,11 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
         msg = str(e.value)
         assert "\n" not in msg and "written by 2 processes; this run has 1" in msg, msg
         assert "--nproc_per_node 2" in msg and f"model.name_or_path={out / 'checkpoint-4'}" in msg
+    # at the last step nothing is left to train: final/ is written whatever the count
+    from vldft.state import RunState
+    state.write_text(json.dumps({**record, "world_size": 2}))
+    assert RunState.resume(out / "checkpoint-4", 4, record["config"], out / "final", print,
+                           world_size=1).step == 4
     del record["world_size"]
     state.write_text(json.dumps(record))
     assert train_main(config(data, out))["resumed_from"] == str(out / "checkpoint-4")
@@ -365,6 +370,15 @@ def test_overwrite_never_deletes_another_tools_checkpoint(data_file, tmp_path, n
     msg = str(e.value)
     assert "\n" not in msg and f"{out / 'checkpoint-500'} is not a vldft checkpoint" in msg, msg
     assert snapshot(out) == before and not (out / "run.json").exists()
+
+
+def test_overwrite_deletes_its_own_runs_checkpoint_without_state(finished, data_file, tmp_path):
+    """A vldft run's folder (run.json) whose older checkpoint lost its state/ (deleted to save
+    space): train.overwrite replaces the run, that checkpoint included."""
+    out = copy_run(finished, tmp_path)
+    shutil.rmtree(out / "checkpoint-2/state")
+    summary = train_main(config(data_file, out, "train.overwrite=true", "train.seed=7"))
+    assert summary["steps"] == STEPS and (out / "checkpoint-2/state").is_dir()
 
 
 def test_a_failure_while_claiming_refuses_in_one_line(data_file, tmp_path, no_model,

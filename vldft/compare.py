@@ -82,7 +82,7 @@ BY_KIND = {"accuracy_by_kind": "Held-out accuracy by kind",
 def run_config(study: Study, run: Run):
     """The config ``run`` trains with (the study's base, its overrides, its folder)."""
     return load_config(None, [*study.base, *run.overrides,
-                              f"train.output_dir={run_dir(study, run)}"])
+                              f"train.output_dir={run_dir(study, run)}"], bundled=study.bundled)
 
 
 def check_same_run(study: Study, run: Run) -> None:

@@ -46,9 +46,13 @@ def hint(path: str | Path) -> str:
     """`` (vldft's own copy: FILE)`` when a missing relative path such as
     ``configs/demo.yaml`` or ``data/geo_demo/heldout.jsonl`` names a file vldft ships (an
     installed package keeps them in site-packages, not in the working directory), else ''."""
-    parts = Path(path).parts
-    tops = [i for i, part in enumerate(parts) if part in BUNDLE]
-    if Path(path).is_absolute() or not tops:
+    path = Path(path)
+    if path.is_absolute():  # as typed, relative to the working directory
+        if not path.is_relative_to(Path.cwd()):
+            return ""
+        path = path.relative_to(Path.cwd())
+    parts = path.parts  # a path that starts with one of the bundle's folders
+    if len(parts) < 2 or parts[0] not in BUNDLE:
         return ""
-    found = resource("/".join(parts[tops[0]:]))
-    return f" (vldft's own copy: {found})" if found.exists() and found != Path(path) else ""
+    found = resource("/".join(parts))
+    return f" (vldft's own copy: {found})" if found.is_file() else ""

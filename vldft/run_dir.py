@@ -462,9 +462,12 @@ def claim_output_dir(out_dir: Path, config: dict, resume: str, overwrite: bool,
         if not (out_dir / RUN_FILE).is_file():
             write_run_file(out_dir, new, new_abs)
         return "resume", None
-    foreign = [p for p in run_artefacts(out_dir) if CKPT_ANY.match(p.name)
-               and not p.name.endswith(".tmp") and p.is_dir() and not p.is_symlink()
-               and not ((p / "state").is_dir() and (p / "trainer_state.json").is_file())]
+    # a folder without a vldft record: a checkpoint-<N> without vldft's state/ and
+    # trainer_state.json is another tool's (a Hugging Face Trainer's), not deleted
+    foreign = [] if old is not None else [
+        p for p in run_artefacts(out_dir) if CKPT_ANY.match(p.name)
+        and not p.name.endswith(".tmp") and p.is_dir() and not p.is_symlink()
+        and not ((p / "state").is_dir() and (p / "trainer_state.json").is_file())]
     if foreign:
         return "refuse", (f"train.overwrite: {foreign[0]} is not a vldft checkpoint (no state/ "
                           "and trainer_state.json: another tool's?); overwrite deletes only "

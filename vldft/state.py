@@ -102,11 +102,12 @@ class RunState:
         A hub ``model_commit`` other than the one the checkpoint's run loaded is a warning: the
         checkpoint's weights and optimizer state are restored, but what is read from the model
         repository (processor, tokenizer, chat template) is the new commit's. A checkpoint
-        written by another number of processes than ``world_size`` is refused: its data
-        position counts micro-batches per rank, and the global batch (without
-        train.global_batch_size), the packing bins and the per-rank RNG follow the count."""
+        written by another number of processes than ``world_size`` is refused unless it is at
+        the last step (only final/ is written): its data position counts micro-batches per
+        rank, and the global batch (without train.global_batch_size), the packing bins and the
+        per-rank RNG follow the count."""
         state = cls.from_dict(read_state(path))
-        if state.world_size is not None and state.world_size != world_size:
+        if state.world_size not in (None, world_size) and state.step < total:
             n = state.world_size
             raise SystemExit(
                 f"train.resume: {path} was written by {n} process{'es' * (n > 1)}; this run "

@@ -41,6 +41,7 @@ class Study:
     base: list[str]  # the config file as key=value overrides (sweep removed) + CLI overrides
     out: Path
     runs: list[Run] = field(default_factory=list)
+    bundled: bool = False  # a shipped study file: its (and the CLI's) outputs go to the cwd
 
 
 def _short(key: str) -> str:
@@ -65,9 +66,10 @@ def _flatten(raw: dict) -> list[str]:
     return out
 
 
-def split_sweep(path: Path) -> tuple[list[str], dict]:
+def split_sweep(path: Path) -> tuple[list[str], dict, bool]:
     """A config file as ``key=value`` overrides for ``load_config(None, ...)`` (with its
-    ``base_dir`` rule), and its ``sweep`` section ({} if none)."""
+    ``base_dir`` rule), its ``sweep`` section ({} if none), and whether it is a bundled
+    (shipped) config."""
     raw, base_dir, bundled = read_config_file(path)
     sweep = raw.pop("sweep", None) or {}
     if not isinstance(sweep, dict) or set(sweep) - {"out", "grid", "variants"}:
@@ -75,7 +77,7 @@ def split_sweep(path: Path) -> tuple[list[str], dict]:
                           f"{sorted(sweep) if isinstance(sweep, dict) else sweep!r}")
     if isinstance(sweep.get("out"), str):  # a folder the study writes: a shipped file's, here
         sweep["out"] = str(resolve_path(sweep["out"], Path.cwd() if bundled else base_dir))
-    return [*_flatten(raw), f"base_dir={json.dumps(str(base_dir))}"], sweep
+    return [*_flatten(raw), f"base_dir={json.dumps(str(base_dir))}"], sweep, bundled
 
 
 def load_base_config(path: str | Path, overrides: list[str] = ()):
@@ -88,7 +90,7 @@ def build_study(config: str | Path, overrides: list[str] = (), grid: list[str] =
     """Read CONFIG (+ its ``sweep`` section), apply the CLI's grid / variants / overrides and
     validate every run's configuration before anything is trained."""
     path = Path(config)
-    base, sweep = split_sweep(path)
+    base, sweep, bundled = split_sweep(path)
     base += overrides
 
     axes: dict[str, list] = {}
@@ -114,7 +116,7 @@ def build_study(config: str | Path, overrides: list[str] = (), grid: list[str] =
             raise ConfigError(f"--variant {name!r}: the first word is the variant's name")
         named[name] = list(items)
 
-    base_cfg = load_config(None, base)  # the base config alone must be valid
+    base_cfg = load_config(None, base, bundled=bundled)  # the base config alone must be valid
     if not base_cfg.data.heldout_file:
         raise ConfigError("data.heldout_file: compare scores every run on held-out data; set "
                           "it in the config or as an override")
@@ -122,7 +124,7 @@ def build_study(config: str | Path, overrides: list[str] = (), grid: list[str] =
     if out is None:
         out = sweep.get("out") or f"{base_cfg.train.output_dir.rstrip('/')}_compare"
     study = Study(path, base, base_cfg.resolve(str(out)) if from_file
-                  else resolve_path(out, Path.cwd()))
+                  else resolve_path(out, Path.cwd()), bundled=bundled)
     runs: list[tuple[str, list[str], dict[str, list]]] = []
     if not named or any(k != SEED_KEY for k in axes):
         runs.append(("base", [], axes))  # the grid itself compares configurations
@@ -135,7 +137,7 @@ def build_study(config: str | Path, overrides: list[str] = (), grid: list[str] =
             run = Run(_name(variant, settings), variant, settings,
                       [*items, *(f"{k}={json.dumps(v)}" for k, v in settings.items())])
             try:
-                load_config(None, [*base, *run.overrides])
+                load_config(None, [*base, *run.overrides], bundled=bundled)
             except ConfigError as e:
                 raise ConfigError(f"run {run.name}: {e}") from None
             study.runs.append(run)

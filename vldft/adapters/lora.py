@@ -20,29 +20,34 @@ NEVER = ("lm_head", "embed_tokens")
 
 
 def lora_targets(adapter, target_modules: list[str], parts: list[str],
-                 every: bool = False) -> list[str]:
+                 requested: list[str] | None = None) -> list[str]:
     """Full names of the Linear layers in ``parts`` whose name ends with a target name.
-    ``every``: each target name must match a layer (a user's own list: a misspelt name was
-    dropped without a word); the default list spans every family and part, so it need not."""
+    ``requested``: a user's own target list must have each name match a Linear layer in these
+    parts (``model.lora.parts``, frozen ones included: their layers are dropped, not an error;
+    a misspelt name was dropped without a word); the default list spans every family and
+    part, so it is not checked name by name."""
     bad = [t for t in target_modules if t.split(".")[-1] in NEVER or t in NEVER]
     if bad:
         raise ValueError(f"model.lora.target_modules: {bad} cannot get LoRA (the chunked "
                          "objective reads lm_head.weight directly; embed_tokens is an "
                          "embedding, tied to lm_head in several families)")
-    found, usable = [], set()
+    found, named, usable = [], set(), set()
     for name, module in adapter.model.named_modules():
         if not isinstance(module, nn.Linear) or name.split(".")[-1] in NEVER:
             continue
-        if adapter.part_of(name + ".weight") not in parts:
+        part = adapter.part_of(name + ".weight")
+        if part not in set(parts) | set(requested or []):
             continue
         usable.add(name.split(".")[-1])
-        if any(name == t or name.endswith("." + t) for t in target_modules):
+        hits = {t for t in target_modules if name == t or name.endswith("." + t)}
+        named |= hits
+        if hits and part in parts:
             found.append(name)
-    unmatched = [t for t in target_modules
-                 if not any(n == t or n.endswith("." + t) for n in found)]
-    if not found or every and unmatched:
-        raise ValueError(f"model.lora.target_modules: {unmatched} match no Linear layer in "
-                         f"parts {parts}; Linear layer names there: {sorted(usable)}")
+    unmatched = [t for t in target_modules if t not in named]
+    if not found or requested is not None and unmatched:
+        raise ValueError(f"model.lora.target_modules: {unmatched or target_modules} match no "
+                         f"Linear layer in parts {requested or parts}; Linear layer names "
+                         f"there: {sorted(usable)}")
     return found
 
 
@@ -51,8 +56,9 @@ def apply_lora(adapter, settings, frozen_parts: list[str]):
     from peft import LoraConfig, get_peft_model
 
     parts = [p for p in settings.parts if p not in frozen_parts]
+    own = set(settings.target_modules) != set(type(settings)().target_modules)
     targets = lora_targets(adapter, settings.target_modules, parts,
-                           every=settings.target_modules != type(settings)().target_modules)
+                           requested=list(settings.parts) if own else None)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, bias="none")
     peft_model = get_peft_model(adapter.model, config)

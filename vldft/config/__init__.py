@@ -206,7 +206,8 @@ class Config:
                               f"{self.resolve(m.name_or_path)}; drop model.revision")
         for i, f in enumerate(d.train_files):
             if not self.resolve(f).exists():
-                raise ConfigError(f"data.train_files[{i}]: {self.resolve(f)} does not exist")
+                raise ConfigError(f"data.train_files[{i}]: {self.resolve(f)} does not exist"
+                                  f"{resources.hint(f)}")
         for i, src in enumerate(d.sources):
             if src.hub is not None:  # downloaded: checked by missing_sources() before training
                 continue
@@ -217,7 +218,8 @@ class Config:
         if d.heldout_file and not self.resolve(d.heldout_file).is_file():
             where = self.resolve(d.heldout_file)
             raise ConfigError(f"data.heldout_file: {where} is a folder, not a JSONL file"
-                              if where.is_dir() else f"data.heldout_file: {where} does not exist")
+                              if where.is_dir() else f"data.heldout_file: {where} does not "
+                              f"exist{resources.hint(d.heldout_file)}")
         if t.eval_data_dir is not None and not self.resolve(t.eval_data_dir).is_dir():
             raise ConfigError(f"train.eval_data_dir: {self.resolve(t.eval_data_dir)} is not a "
                               "directory")
@@ -372,14 +374,15 @@ def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[st
     this file's on top (e.g. the real recipes share ``configs/recipes/geo_math.yaml``). The
     included file's data paths (model folder, train / held-out files, image roots, source
     paths) resolve as they would in that file run by itself, made absolute where its folder
-    differs from this file's; the folders a run writes into (``_WRITTEN``), and a bundled
-    file's paths under ``runs/`` (``_generated``), follow this file."""
+    differs from this file's; the folders a run writes into (``_WRITTEN``) and paths under
+    ``runs/`` (``_generated``: what runs wrote or the user generated) follow this file, and so
+    the file that is run, through any chain of includes."""
     name = raw.pop("include", None)
     if name is None:
         return raw
     if not isinstance(name, str):
         raise ConfigError(f"{path}: include: expected a file name, got {name!r}")
-    inc = (path.resolve().parent / name).resolve()
+    inc = (path.resolve().parent / Path(name).expanduser()).resolve()
     if inc in chain:
         raise ConfigError(f"{path}: include: {name} includes itself (via {chain})")
     if not inc.is_file():
@@ -392,9 +395,9 @@ def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[st
     if not isinstance(base, dict):
         raise ConfigError(f"{inc}: top level must be a mapping")
     base = _with_include(base, inc, [*chain, inc])
-    inc_base, bundled = _file_base(inc)
+    inc_base = _file_base(inc)[0]
     if inc_base.resolve() != _file_base(path)[0].resolve():
-        keep = [*_WRITTEN, *(_generated(base) if bundled else [])]
+        keep = [*_WRITTEN, *_generated(base)]
         absolute_paths(base, [w for w in path_locations(base) if w not in keep], inc_base)
     return _merge(base, raw)
 
@@ -460,7 +463,7 @@ def absolute_paths(raw: dict[str, Any], touched: list[tuple[str | int, ...]],
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
-                sweep_ok: bool = False) -> Config:
+                sweep_ok: bool = False, bundled: bool = False) -> Config:
     """Load ``path`` (YAML), apply ``section.key=value`` overrides, validate, return a Config.
 
     Relative paths in the file (``model.name_or_path`` when that local directory exists) are
@@ -473,7 +476,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
     into and paths under ``runs/`` (data the user generates) resolve against the current
     directory (:func:`_bundled_outputs`: nothing goes into site-packages). An ``include:``'d
     file's data paths resolve as in that file (:func:`_with_include`). ``sweep_ok``: a study
-    file's ``sweep`` section (``vldft.study``) is ignored instead of refused.
+    file's ``sweep`` section (``vldft.study``) is ignored instead of refused. ``bundled`` (with
+    ``path`` None): the overrides are a bundled config's, flattened (a shipped study file, with
+    its ``base_dir``), so the bundled rule applies to the folders and ``runs/`` paths they set.
     """
     raw: dict[str, Any] = {}
     base = Path.cwd()
@@ -493,6 +498,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
     touched = [apply_override(raw, item) for item in overrides or []]
     if base.resolve() != Path.cwd().resolve():
         absolute_paths(raw, touched, Path.cwd())
+    if bundled and path is None:
+        _bundled_outputs(raw)
     raw.setdefault("base_dir", str(base))
     if path is not None:
         raw.setdefault("config_file", str(path))
