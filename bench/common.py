@@ -243,10 +243,11 @@ def peak_tflops(device_name: str) -> float | None:
 def pick_device(cpu: bool, peak: float | None, hint: str = "run with --dry-run"
                 ) -> tuple[str, torch.dtype, float | None]:
     """``(device, dtype, peak TFLOP/s)`` of a GPU script: the CPU dry run in fp32 (CPU bf16
-    kernels are slow; same code path) with a nominal peak of 1, else the CUDA device in bf16
-    with ``peak`` or the device's (``peak_tflops``). No CUDA device: an error saying ``hint``."""
+    kernels are slow; same code path) with no peak unless ``peak`` is given (no MFU: a CPU
+    figure against an invented peak means nothing), else the CUDA device in bf16 with ``peak``
+    or the device's (``peak_tflops``). No CUDA device: an error saying ``hint``."""
     if cpu:
-        return "cpu", torch.float32, peak or 1.0
+        return "cpu", torch.float32, peak
     if not torch.cuda.is_available():
         raise SystemExit(f"no CUDA device: {hint}, or on a GPU machine")
     return "cuda", torch.bfloat16, peak or peak_tflops(torch.cuda.get_device_name())

@@ -106,12 +106,29 @@ PY=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONUNBUFFERED=1
 step() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
-install_wheels() {  # TARGET WHEEL...: the carried wheels into TARGET (no network, no deps)
+pip_into() {  # TARGET WHEEL...
   local target=$1
   shift
   timeout "${INSTALL_TIMEOUT:-60}" "$PY" -m pip install -q --no-index --no-deps --no-compile \
     --no-cache-dir --upgrade --target "$target" "$@" 2>&1 | tee -a "$LOG"
 }
+install_wheels() {  # TARGET WHEEL...: the carried wheels into TARGET (no network, no deps); a
+  # missing or broken wheel fails pip's whole call, so then each wheel is tried on its own
+  local target=$1 w
+  shift
+  local found=()
+  for w in "$@"; do
+    if [ -f "$w" ]; then found+=("$w"); else step "missing wheel: $w (skipped)"; fi
+  done
+  [ ${#found[@]} -eq 0 ] && return 0
+  pip_into "$target" "${found[@]}" && return 0
+  step "installing the wheels one by one (the joint install failed)"
+  for w in "${found[@]}"; do pip_into "$target" "$w" || step "could not install $w"; done
+}
+case "$PHASE" in
+  1|2|3|4|window) ;;
+  *) echo "gpu.sh: PHASE=$PHASE: expected 1, 2, 3, 4 or window" >&2; exit 2 ;;
+esac
 DRY=""
 if [ "${DRY_RUN:-0}" = 1 ]; then DRY="--dry-run"; fi
 if [ -d .whl ] && [ -z "$DRY" ]; then
@@ -169,15 +186,18 @@ run_lever() {  # NAME [CAP]: one variant (a recipe_gpu.py run); $OUT/levers_gpu.
   mkdir -p "$LEVER_DIR/$name"
   PYTHONPATH="$pp" timeout "$cap" "$PY" bench/recipe_gpu.py \
     --config configs/qwen25vl_geo.yaml $LEVER_ARGS "${sets[@]}" --out "$LEVER_DIR/$name" \
-    2>&1 | tee -a "$LOG"
+    2>&1 | tee -a "$LOG" "$LEVER_DIR/$name/log.txt"
   "$PY" - "$LEVER_DIR" "$OUT/levers_gpu.json" <<'PYEOF' 2>&1 | tee -a "$LOG"
 import json, pathlib, sys
 src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 merged = {}
 for d in sorted(src.iterdir()):
     f = d / "recipe_gpu.json"
+    log = d / "log.txt"
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
     merged[d.name] = (json.loads(f.read_text()) if f.exists()
-                      else {"error": "no result: failed or timed out (see gpu.log)"})
+                      else {"error": "no result: failed or timed out (see gpu.log)",
+                            "log_tail": tail})
 dst.write_text(json.dumps(merged, indent=1))
 print("levers_gpu.json:", ", ".join(merged))
 PYEOF

@@ -289,7 +289,8 @@ def markdown(result: dict) -> str:
     opts = [o for o, on in (("fused AdamW", a.get("fused_adamw")),
                             ("gradient checkpointing", a.get("gradient_checkpointing"))) if on]
     lines = [f"- {m['date']}; {m['device']}; torch {m['torch']}, transformers "
-             f"{m.get('transformers')}; peak {result['peak_tflops']} TFLOP/s bf16 dense; "
+             f"{m.get('transformers')}; peak "
+             f"{result['peak_tflops'] or 'n/a (no MFU)'} TFLOP/s bf16 dense; "
              f"{', '.join(opts) or 'default AdamW (foreach), no checkpointing'}",
              f"- command: `{result['command']}` ({result['wall_s']:.0f} s)",
              "", markdown_table(

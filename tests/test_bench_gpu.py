@@ -16,8 +16,10 @@ from conftest import ROOT
 
 
 def test_gpu_train_dry_run(tmp_path: Path) -> None:
+    # a peak given: the MFU plumbing runs (a CPU dry run has no MFU without one)
     res = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_train.py"), "--dry-run",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          "--peak-tflops", "1", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300,
                          cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_train.json").read_text())
