@@ -523,3 +523,31 @@ def test_a_benchmark_folder_digest_enters_linked_folders(tmp_path):
     worker.start()
     worker.join(30)
     assert found == [second]
+
+
+def test_a_weight_file_retrained_in_the_middle_gets_another_digest(tmp_path, monkeypatch):
+    """A large safetensors file is digested by every tensor (start, middle, end), not by the
+    file's ends: a merged LoRA checkpoint keeps its first and last tensors (embeddings, frozen
+    vision tower), so two different checkpoints had one fingerprint and a rerun reused the
+    other's responses. A large other file is sampled at 16 places."""
+    from safetensors.torch import save_file
+
+    from vldft.eval import resume
+
+    monkeypatch.setattr(resume, "WHOLE_BYTES", 1 << 16)  # "large" from 64 KiB on, here
+    g = torch.Generator().manual_seed(0)
+    tensors = {"model.embed_tokens.weight": torch.randn(256, 256, generator=g),
+               "model.layers.0.mlp.down_proj.weight": torch.randn(256, 256, generator=g),
+               "visual.blocks.0.qkv.weight": torch.randn(256, 256, generator=g)}
+    save_file(tensors, tmp_path / "a.safetensors")
+    tensors["model.layers.0.mlp.down_proj.weight"] += 1e-3 * torch.randn(256, 256, generator=g)
+    # (training changes a tensor throughout; this one lies between the file's first and last)
+    save_file(tensors, tmp_path / "b.safetensors")
+    assert (tmp_path / "a.safetensors").stat().st_size == (tmp_path / "b.safetensors").stat(
+        ).st_size > resume.WHOLE_BYTES
+    digest = resume.file_digest
+    assert digest(tmp_path / "a.safetensors") != digest(tmp_path / "b.safetensors")
+    shutil.copy(tmp_path / "a.safetensors", tmp_path / "c.safetensors")
+    assert digest(tmp_path / "a.safetensors") == digest(tmp_path / "c.safetensors")
+    (tmp_path / "d.safetensors").write_bytes(b"\xff" * (1 << 17))  # no header: sampled
+    assert digest(tmp_path / "d.safetensors") != digest(tmp_path / "a.safetensors")

@@ -391,3 +391,18 @@ def test_math_verify_equivalence_holds_in_a_worker_thread():
     worker.start()
     worker.join(60)
     assert not worker.is_alive() and found == [False] * len(replies), found
+
+
+def test_sigterm_while_scoring_is_not_swallowed(monkeypatch):
+    """The SIGTERM exception of a resumable evaluation passes through scoring's `except
+    Exception` (it was caught there and the answer scored wrong, the evaluation finishing as if
+    uninterrupted)."""
+    from vldft import scoring
+    from vldft.eval.resume import Interrupted
+
+    def parse(*a, **k):
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(scoring, "_math_verify", lambda: (parse, lambda *a, **k: True))
+    with pytest.raises(Interrupted):
+        scoring.score("Answer: (x+1)^2", "x^2+2x+1")

@@ -8,7 +8,7 @@ a time; after each block, its responses are appended to ``<out>/responses/rank<r
 line per request, flushed and fsync'ed). A request's key hashes the fingerprint of the run (the
 checkpoint's files, the model class and its arguments, the batch size) with the task, document
 id, request index, prompt, generation settings and the pixels of its images (a video file by
-its size and its first and last 4 MiB): a response is reused only for the model's input. On a
+its content, ``file_digest``): a response is reused only for the model's input. On a
 rerun a block whose every key is stored is not generated again; any other block is generated
 whole. A block is always the same requests in the same batch, whether the run was interrupted
 or not, so a resumed run gives the responses, and therefore the scores, of an uninterrupted one
@@ -30,19 +30,49 @@ from pathlib import Path
 from typing import Any
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-SAMPLE_BYTES = 4 << 20  # bytes hashed at each end of a weight file
+WHOLE_BYTES = 64 << 20  # files up to this size are hashed whole
+SAMPLE_BYTES = 1 << 20  # a larger file (not safetensors): this many bytes at 16 places
+TENSOR_BYTES = 16 << 10  # a large safetensors file: this many at each tensor's start, middle, end
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's size and its first and last ``SAMPLE_BYTES`` (weights can be GBs; a
-    fine-tuned checkpoint differs in both)."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
+    """sha256 of a file's size and content: whole up to ``WHOLE_BYTES``; a larger safetensors
+    file (weights: GBs) by its header and the start, middle and end of every tensor (a
+    retrained tensor anywhere in the file changes it: ends-of-file samples missed a merged LoRA
+    model, whose first and last tensors, the embeddings and the frozen vision tower, stay);
+    any other large file (a video, a big parquet file) by 16 evenly spaced samples."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
-        h.update(f.read(SAMPLE_BYTES))
-        if path.stat().st_size > 2 * SAMPLE_BYTES:
-            f.seek(-SAMPLE_BYTES, os.SEEK_END)
-            h.update(f.read(SAMPLE_BYTES))
+        if size <= WHOLE_BYTES:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        elif path.suffix != ".safetensors" or not _tensor_samples(f, size, h):
+            chunk = min(SAMPLE_BYTES, size)
+            for i in range(16):
+                f.seek((size - chunk) * i // 15)
+                h.update(f.read(chunk))
     return h.hexdigest()
+
+
+def _tensor_samples(f, size: int, h) -> bool:
+    """Hash a safetensors file's header and ``TENSOR_BYTES`` at the start, middle and end of
+    each tensor into ``h``; False (nothing hashed) when the header does not parse."""
+    try:
+        n = int.from_bytes(f.read(8), "little")
+        header = f.read(n) if 0 < n < size else b""
+        tensors = json.loads(header)
+        spans = sorted((m["data_offsets"][0], m["data_offsets"][1])
+                       for k, m in tensors.items() if k != "__metadata__")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        f.seek(0)
+        return False
+    h.update(header)
+    for a, b in spans:
+        for at in sorted({a, max(a, (a + b - TENSOR_BYTES) // 2), max(a, b - TENSOR_BYTES)}):
+            f.seek(8 + n + at)
+            h.update(f.read(min(TENSOR_BYTES, b - at)))
+    return True
 
 
 def checkpoint_fingerprint(model: str) -> str:
@@ -224,9 +254,10 @@ def make_resumable(lm, store: ResponseStore, fingerprint: str, block: int) -> No
     lm.generate_until = generate_until
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """SIGTERM during an evaluation (raised in the main thread, like Ctrl-C's
-    KeyboardInterrupt)."""
+    KeyboardInterrupt, and like it not an ``Exception``: scoring's and transformers' ``except
+    Exception`` swallowed it, scoring a right answer wrong, or turned it into another error)."""
 
 
 @contextlib.contextmanager

@@ -497,8 +497,8 @@ IDENTITY_WORDS = {"run": "checkpoint files or model settings", "tasks": "tasks",
 
 
 def _files_digest(files: list[Path], base: Path) -> str:
-    """sha256 over ``files`` (named relative to ``base``) of each one's content digest (its
-    size and first and last 4 MiB, as resuming digests weights): a file added, removed,
+    """sha256 over ``files`` (named relative to ``base``) of each one's content digest
+    (``resume.file_digest``, as resuming digests weights): a file added, removed,
     replaced or edited changes it, a copy elsewhere or a new modification time does not."""
     rows = []
     for f in files:
