@@ -406,3 +406,43 @@ def test_sigterm_while_scoring_is_not_swallowed(monkeypatch):
     monkeypatch.setattr(scoring, "_math_verify", lambda: (parse, lambda *a, **k: True))
     with pytest.raises(Interrupted):
         scoring.score("Answer: (x+1)^2", "x^2+2x+1")
+
+
+OPTS = ["30", "45", "60", "90"]
+
+
+@pytest.mark.parametrize("reply, gold", [
+    (r"\boxed{\text{B}}", "B"), (r"The answer is $\boxed{\text{B}}$.", "B"),
+    ("Answer: $B$", "B"), (r"Answer: \text{B}", "B"), (r"<answer>\text{B}</answer>", "B"),
+    (r"Answer: \textbf{C}", "C"), (r"\boxed{\mathrm{D}}", "D"), ("Answer: C, not A", "C"),
+    ("(A), not (B)", "A"), ("not (A) but (B)", "B"), ("Answer: C, since A is too small", "C"),
+])
+def test_a_letter_in_latex_or_beside_a_rejected_one_is_read(reply, gold):
+    """A letter wrapped in LaTeX (\\text{B}, $B$) is that letter (they were scored wrong)."""
+    for choices in (OPTS, None):
+        assert score(reply, gold, choices)[1], (reply, gold, choices)
+
+
+@pytest.mark.parametrize("reply, gold", [
+    ("The answer is not A", "A"), ("Answer: not B", "B"), ("It is not (A).", "A"),
+    ("Answer: A or B", "B"), ("Answer: B or A", "A"), (r"\boxed{A or C}", "C"),
+    (r"\boxed{A, B}", "A"), ("A, B, C, or D", "D"), ("The answer is A, B, C, or D", "A"),
+    ("(A) (B) (C) (D)", "D"), ("Answer: B, D", "B"), ("Answer: A/B", "B"),
+])
+def test_a_hedged_or_negated_letter_is_not_an_answer(reply, gold):
+    """Several letters offered at once, or a letter the reply rejects, answer nothing (each was
+    scored right: the last or the first letter won)."""
+    for choices in (OPTS, None):
+        assert not score(reply, gold, choices)[1], (reply, gold, choices)
+
+
+@pytest.mark.parametrize("reply, gold, right", [
+    ("Answer: 5 mm", "5 cm", False), ("8 inches", "8 feet", False), ("8 ft", "8 inches", False),
+    ("5 g", "5 kg", False), ("8 m", "8 min", False), ("Answer: 5 cm", "5cm", True),
+    ("Answer: 12 square cm", "12 cm^2", True), ("It is 60 degrees.", "60°", True),
+    ("Answer: 5 units", "5 cm", True), ("the side is 5 cm, so the area is 25", "25 cm^2", True),
+])
+def test_two_units_must_agree(reply, gold, right):
+    """Units are dropped from both sides, but a reply and a gold that both name a unit must
+    name the same one ("5 mm" was right for "5 cm"); a generic "units" and a power pass."""
+    assert score(reply, gold)[1] is right

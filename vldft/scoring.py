@@ -19,9 +19,10 @@ in the right number scores under the lenient steps 4-5 but not under strict.
 ``\\text{}``, a leading article, "x =" prefixes (a name before "=": an equation such as "x^2 + y^2
 = 1" is compared whole, and a worked answer "180 - 120 = 60" also by its last value for a gold
 without "="), spaces around LaTeX braces, degree signs, percent signs and units that follow a
-number, glued or not: "6cm", "12 cm^2", "5 units"): numbers (a whole-number gold within 0.01, so
-12346 and 12345.4 are not 12345; others with a relative tolerance; a count of things, "18 eggs", is
-its number, "2 pi", "10 million" or "3 hundredths" not; fractions, mixed numbers "1 1/2",
+number, glued or not: "6cm", "12 cm^2", "5 units"; but a reply and a gold that both name a unit
+must name the same one, a power aside: "5 mm" is not "5 cm"): numbers (a whole-number gold within
+0.01, so 12346 and 12345.4 are not 12345; others with a relative tolerance; a count of things, "18
+eggs", is its number, "2 pi", "10 million" or "3 hundredths" not; fractions, mixed numbers "1 1/2",
 ``\\frac``, "2.5e3", thousands separators ("1,250", "12 345"), and products of numbers, ``\\frac``
 and ``\\sqrt`` such as ``4\\sqrt{3}`` = ``\\sqrt{48}``), plain strings, and finally ``math-verify``
 equivalence when that package imports (lmms-eval depends on it; eval/pins.txt says which versions
@@ -30,6 +31,8 @@ import together). ``score`` also counts a bare reply that is the gold itself as 
 a multi-select gold without ``choices`` ("C\\nD", "C, D") needs exactly its letters. With
 ``choices``:
 
+- a letter wrapped in LaTeX (``\\text{B}``, ``$B$``) is that letter; a reply that offers several
+  letters ("A or B", ``\\boxed{A, B}``, "A, B, C, or D") or rejects one ("not A") names none.
 - a letter target (geometry3k): a predicted letter (the one a stated answer settles on: "A is
   too small, so C" and "the correct option is C" state C; else the one it starts with: "(A),
   not (B)" states A; else its last one: "not (A) but (B)" states B) must be that letter; a
@@ -93,15 +96,29 @@ def _answer_phrase(text: str) -> str | None:
     return None
 
 
+# LaTeX around a letter: \text{B}, \textbf{B}, \mathrm{B}, $B$
+_LATEX_WRAP = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mathit)\s*\{([^{}]*)\}")
+# several letters offered at once: "A or B", "A, B", "A/B", "A, B, C, or D", "(A) (B)"
+_LETTER_LIST = re.compile(r"\(?[A-J]\)?(?:\s*(?:[,/;&]|\s)\s*(?:(?:or|and)\s+)?\(?[A-J]\)?)+",
+                          re.IGNORECASE)
+# a letter the reply rejects: "not A", "not (B)", "not option C"
+_NOT_BEFORE = re.compile(r"\bnot\s*(?:option\s+|choice\s+)?\(?$", re.IGNORECASE)
+
+
 def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | None:
     """A choice letter among the first ``len(choices)`` letters, or None: the last one in a
     reply (``last``), the first one in a stated answer phrase ("(A), not (B)" states A).
     Labels of a restated options list ("A. 30 B. 45", "(A) 30" on each line: two letters or
-    more each followed by its own option text) name no answer and are passed over."""
+    more each followed by its own option text) name no answer and are passed over; so do a
+    letter the reply rejects ("not A") and a reply that is several letters ("A or B", "A, B,
+    C, or D"). LaTeX around a letter (``\\text{B}``, ``$B$``) is dropped."""
     valid = LETTERS[: len(choices)]
     if not valid:
         return None
+    text = _LATEX_WRAP.sub(r"\1", text).replace("$", "")
     stripped = text.strip().strip("*`'\".:()[] ")
+    if _LETTER_LIST.fullmatch(stripped):
+        return None
     if len(stripped) == 1 and stripped.upper() in valid:
         return stripped.upper()
     # (pattern, whether a lower-case letter counts: "option c" yes, "the answer is a ..." no)
@@ -128,7 +145,8 @@ def _choice_letter(text: str, choices: list[str], last: bool = True) -> str | No
     for pattern, lower_ok in patterns:
         found += [(m.start(1), m.group(1).upper(), m.end())
                   for m in re.finditer(pattern, text, re.IGNORECASE)
-                  if m.group(1).isupper() or lower_ok]
+                  if (m.group(1).isupper() or lower_ok)
+                  and not _NOT_BEFORE.search(text[:m.start(1)])]
 
     # a restated options list: the first "X. option" / "(X) option" of each letter; two or more
     # of them, in order from A ("A. 30 B. 45 ...", one written otherwise may be missing), span
@@ -384,9 +402,31 @@ def is_correct(pred: str | None, target: str, choices: list[str] | None = None,
     return letter is not None and _same(choices[LETTERS.index(letter)], target, rel_tol)
 
 
+_UNIT_NAMES = {"meter": "m", "meters": "m", "centimeter": "cm", "centimeters": "cm",
+               "inch": "inch", "inches": "inch", "feet": "ft", "degree": "deg", "degrees": "deg",
+               "circ": "deg", "°": "deg"}
+
+
+def _unit(s: str) -> str | None:
+    """The unit after the last number of an answer, spelt one way ("cm" for "square cm" and
+    "cm^2": a power is not compared, golds often leave it out; "deg" for "°" and "\\circ"),
+    or None (none, or a generic "units")."""
+    found = [m.group() for m in _UNITS.finditer(s)]
+    if not found:
+        return None
+    u = re.sub(r"[\s{}\\^.²³]", "", found[-1].lower()).rstrip("23")
+    u = re.sub(r"^(?:square|sq)", "", u)
+    return None if "unit" in u else _UNIT_NAMES.get(u, u)
+
+
 def _same(pred: str, target: str, rel_tol: float) -> bool:
     """Whether two answers agree as strings (spaces aside: "(2, 2)" is "(2,2)"), numbers (two
-    whole numbers exactly, others within ``rel_tol``) or (with math-verify) math expressions."""
+    whole numbers exactly, others within ``rel_tol``) or (with math-verify) math expressions.
+    Units are dropped, but two answers that both name one must name the same ("5 mm" is not
+    "5 cm"; a power is not compared: "12 cm^2" is "12 cm")."""
+    pu, tu = _unit(pred), _unit(target)
+    if pu and tu and pu != tu:
+        return False
     p, t = normalize(pred), normalize(target)
     if _squash(p) == _squash(t):
         return True
@@ -457,6 +497,9 @@ def score(text: str | None, target: str, choices: list[str] | None = None,
     pred = extract_answer(text, choices, strict)
     ok = is_correct(pred, target, choices)
     reply = _THINK.sub(" ", text or "").strip()
+    at = reply.rfind(pred) if ok and pred else -1
+    if at >= 0 and _unit(gold) and _unit(reply[at:at + len(pred) + 24]) not in (None, _unit(gold)):
+        ok = False  # a number taken from "8 inches" for gold "8 feet": its unit is not gold's
     if not ok and not strict and reply and _bare(reply) == _bare(gold):
         return reply, True  # a bare reply that is the gold itself: "(2,2)", "$9 \\pi cm^2$"
     if (not ok and not strict and reply and choices and len(gold) == 1
