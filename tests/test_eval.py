@@ -128,6 +128,20 @@ def test_every_suite_task_scores_the_checkpoint_offline(demo_ckpt, tmp_path, mon
     assert (tmp_path / "cmp" / "comparison.md").read_text() == table
     assert (tmp_path / "cmp" / "comparison.csv").read_text().startswith("run,")
     assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert "different settings" not in capsys.readouterr().out
+    # runs generated with other settings, or over other data, are flagged (only the sample
+    # count was: --max-new-tokens 8 against the default compared without a word)
+    vmeta = results["vldft"]
+    identity = vmeta["identity"]
+    task = "vldft_geo_heldout"
+    changed = dict(edited, vldft=dict(vmeta, model_args=vmeta["model_args"] + ",max_new_tokens=8",
+                                      identity=dict(identity, data={**identity["data"], task: {
+                                          **identity["data"][task], "files": "0123"}})))
+    (other / "results.json").write_text(json.dumps(changed))
+    compare([out, other], tmp_path / "cmp2")
+    said = capsys.readouterr().out
+    assert "runs generated with different settings" in said and "max_new_tokens=8" in said
+    assert f"{task}: runs read different data" in said
 
 
 def test_rerunning_a_finished_evaluation_is_already_done(demo_ckpt, tmp_path, capsys):

@@ -398,6 +398,12 @@ def test_a_wrong_model_path_is_one_line(tmp_path):
     with pytest.raises(EvalSetupError, match=r"model.safetensors: a file; pass the checkpoint "
                                              r"folder"):
         check_model(str(tmp_path / "run" / "final" / "model.safetensors"))
+    # a LoRA run's adapter folder: the merged model beside it is the checkpoint to evaluate
+    (tmp_path / "run" / "final" / "adapter").mkdir()
+    (tmp_path / "run" / "final" / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(EvalSetupError, match=r"a LoRA adapter: vldft saves the merged model "
+                                             rf"beside it, {tmp_path / 'run' / 'final'}, which"):
+        check_model(str(tmp_path / "run" / "final" / "adapter"))
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "config.json").write_text("{}")
     with pytest.raises(EvalSetupError, match="names no model_type"):

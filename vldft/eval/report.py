@@ -28,6 +28,10 @@ class Run:
     scores: dict[str, float]
     n: dict[str, int | None]
     versions: dict[str, str] = field(default_factory=dict)  # task version, lmms-eval version
+    # how the replies were generated (model class, arguments but the checkpoint's path) and the
+    # digest of each task's local data: runs that differ in these score different things
+    settings: str | None = None
+    data: dict[str, str | None] = field(default_factory=dict)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -49,7 +53,14 @@ def load_run(run_dir: str | Path) -> Run:
     lmms = data.get("lmms_eval") or {}
     versions = {t: f"task {(lmms.get('versions') or {}).get(t)}, lmms-eval "
                    f"{(data.get('vldft') or {}).get('lmms_eval_version')}" for t in scores}
-    return Run(Path(run_dir).resolve().name, scores, n, versions)
+    meta = data.get("vldft") or {}
+    args = str(meta.get("model_args", ""))
+    if meta.get("model"):
+        args = args.replace(str(meta["model"]), "<checkpoint>")
+    settings = f"{meta.get('model_class')} {args}" if meta else None
+    identity_data = (meta.get("identity") or {}).get("data") or {}
+    digests = {t: (identity_data.get(t) or {}).get("files") for t in scores}
+    return Run(Path(run_dir).resolve().name, scores, n, versions, settings, digests)
 
 
 def _columns(runs: list[Run]) -> list[str]:
@@ -65,8 +76,9 @@ def average(run: Run, columns: list[str]) -> float | None:
 
 
 def sample_count_warnings(runs: list[Run]) -> list[str]:
-    """One line per task whose runs were scored on different numbers of samples or with
-    different task / lmms-eval versions: their numbers are not comparable."""
+    """One line per task whose runs were scored on different numbers of samples, with
+    different task / lmms-eval versions or on different local data, and one if the runs
+    generated with different settings: their numbers are not comparable."""
     out = []
     for task in _columns(runs):
         counts = {r.label: r.n.get(task) for r in runs if task in r.scores}
@@ -78,6 +90,15 @@ def sample_count_warnings(runs: list[Run]) -> list[str]:
         if len(set(versions.values())) > 1:
             out.append(f"{task}: runs used different versions: "
                        + "; ".join(f"{k} {v}" for k, v in versions.items()))
+        data = {r.label: r.data.get(task) for r in runs if task in r.scores and r.data.get(task)}
+        if len(set(data.values())) > 1:
+            out.append(f"{task}: runs read different data (the local files' digests differ: "
+                       f"{', '.join(data)}): not comparable")
+    settings = {r.label: r.settings for r in runs if r.settings is not None}
+    if len(set(settings.values())) > 1:
+        out.append("runs generated with different settings (model class / arguments, e.g. "
+                   "--max-new-tokens, pixel limits): "
+                   + "; ".join(f"{k}: {v}" for k, v in settings.items()))
     return out
 
 

@@ -447,6 +447,11 @@ def check_model(model: str) -> None:
     if path.is_dir() and not (path / "config.json").is_file():
         hint = next((f" (did you mean {path / d}?)" for d in ("final",) if
                      (path / d / "config.json").is_file()), "")
+        if (path / "adapter_config.json").is_file():  # vldft's final/adapter/ (LoRA)
+            hint = (" (a LoRA adapter: vldft saves the merged model beside it, "
+                    f"{path.parent}, which evaluates as a plain checkpoint)"
+                    if (path.parent / "config.json").is_file() else
+                    " (a LoRA adapter: merge it into its base model first)")
         raise EvalSetupError(f"--model {model}: no config.json here, not a Hugging Face "
                              f"checkpoint{hint}")
     if not isinstance(model_type(path), str):
