@@ -446,3 +446,12 @@ def test_two_units_must_agree(reply, gold, right):
     """Units are dropped from both sides, but a reply and a gold that both name a unit must
     name the same one ("5 mm" was right for "5 cm"); a generic "units" and a power pass."""
     assert score(reply, gold)[1] is right
+
+
+def test_a_box_in_a_box_and_a_reply_cut_off_while_reasoning():
+    """The outer box is the answer (the inner one was taken: 2 for 1/2); a reply that ends
+    inside an unclosed <think> states nothing (its draft "Answer: 5" was scored right)."""
+    assert score(r"\boxed{\frac{1}{\boxed{2}}}", "1/2")[1]
+    assert score(r"\boxed{3} and then \boxed{4}", "4")[1]
+    assert not score("<think>Answer: 5", "5")[1]
+    assert score("<think>maybe 4</think>Answer: 5", "5")[1]

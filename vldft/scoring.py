@@ -3,7 +3,9 @@ in-training held-out accuracy (``vldft.heldout``).
 
 ``extract_answer(text, choices)`` finds the model's final answer, trying in order:
 1. the last ``<answer>...</answer>`` block (reasoning-format outputs; searched further below),
-2. the last ``\\boxed{...}`` (balanced braces),
+   after ``<think>`` blocks are dropped (an unclosed one to the end: a reply cut off while
+   reasoning states nothing),
+2. the last ``\\boxed{...}`` (balanced braces; a box inside it is part of it),
 3. the last "Answer: X" / "answer is X" (rest of that line or sentence),
 4. with ``choices``: a final choice letter ("(C)", "option C", "the correct option is C",
    "C." at a line start, a bare "C"); the labels of a restated options list ("A. 30 B. 45",
@@ -56,7 +58,9 @@ import threading
 
 LETTERS = "ABCDEFGHIJ"
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-_THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
+# reasoning: a closed <think> block, or an unclosed one to the end (a reply cut off while it
+# was still reasoning states no answer: its drafts do not count)
+_THINK = re.compile(r"<think>.*?(?:</think>|\Z)", re.IGNORECASE | re.DOTALL)
 _ANSWER_IS = re.compile(
     r"(?:final\s+answer|answer)\s*(?:is|:|=)\s*(?:\*\*)?\s*:?\s*([^\n]+)", re.IGNORECASE)
 _NUMBER = re.compile(r"(?<![\d.^_])(?<!\^\{)[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
@@ -73,16 +77,20 @@ _UNITS = re.compile(
 
 
 def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces."""
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
-    for start in reversed(starts):
-        depth, i = 1, start
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces; a box inside
+    another is part of it (``\\boxed{\\frac{1}{\\boxed{2}}}`` is ``\\frac{1}{{2}}``, not ``2``)."""
+    spans = []  # (start, end) of each balanced box's content
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            return text[start: i - 1].strip()
-    return None
+            spans.append((m.end(), i - 1))
+    outer = [(a, b) for a, b in spans if not any(a2 < a and b <= b2 for a2, b2 in spans)]
+    if not outer:
+        return None  # an inner box is its content: braces are harmless in LaTeX
+    return re.sub(r"\\(?:boxed|fbox)\s*\{", "{", text[outer[-1][0]: outer[-1][1]]).strip()
 
 
 def _answer_phrase(text: str) -> str | None:
