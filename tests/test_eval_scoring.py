@@ -455,3 +455,14 @@ def test_a_box_in_a_box_and_a_reply_cut_off_while_reasoning():
     assert score(r"\boxed{3} and then \boxed{4}", "4")[1]
     assert not score("<think>Answer: 5", "5")[1]
     assert score("<think>maybe 4</think>Answer: 5", "5")[1]
+
+
+@pytest.mark.parametrize("reply, gold, right", [
+    ("Answer: x = -3 or x = 3", "3", False), ("Answer: x=5, y=3", "3", False),
+    ("Answer: y = 3, x = 5", "5", False), ("Answer: 180 - 120 = 60", "60", True),
+    ("Answer: a = b = 60", "60", True), ("Answer: x = 3", "3", True),
+])
+def test_several_stated_values_are_not_the_last_one(reply, gold, right):
+    """A worked answer is its last value, a list of equations is not ("x = -3 or x = 3" was
+    right for 3)."""
+    assert score(reply, gold)[1] is right

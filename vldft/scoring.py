@@ -234,7 +234,8 @@ def normalize(answer: str) -> str:
     s = s.replace("~", " ").strip("$*`'\" ").lower()  # "\mathrm{~cm}": LaTeX's tie is a space
     lhs = s.split("=", 1)[0]
     if "=" in s and not s.endswith("=") and lhs.strip() and not re.search(
-            r"[-+*/^]|\\(?:frac|sqrt)", lhs):  # "x = 7", "AB = 3 + 4 = 7": the value; an
+            r"[-+*/^]|\\(?:frac|sqrt)", lhs) and not _SEVERAL_EQUATIONS.search(s):
+        # "x = 7", "AB = 3 + 4 = 7": the value (not "x = -3 or x = 3": two values); an
         s = s.rsplit("=", 1)[1]  # equation ("x^2/81 + y^2/9 = 1") stays whole
     s = re.sub(r"\s+\\", r"\\", re.sub(r"\s*([{}])\s*", r"\1", s)).replace("\\tfrac", "\\frac")
     s = _UNITS.sub(" ", s)
@@ -427,6 +428,9 @@ def _unit(s: str) -> str | None:
     return None if "unit" in u else _UNIT_NAMES.get(u, u)
 
 
+_SEVERAL_EQUATIONS = re.compile(r"=[^=]*(?:[,;]|\bor\b|\band\b)[^=]*=", re.IGNORECASE)
+
+
 def _same(pred: str, target: str, rel_tol: float) -> bool:
     """Whether two answers agree as strings (spaces aside: "(2, 2)" is "(2,2)"), numbers (two
     whole numbers exactly, others within ``rel_tol``) or (with math-verify) math expressions.
@@ -443,8 +447,10 @@ def _same(pred: str, target: str, rel_tol: float) -> bool:
         if tn.is_integer():  # a whole gold: 12346 and 12345.4 are not 12345 (7.0001 is 7)
             return abs(pn - tn) <= min(0.01, rel_tol * abs(tn)) or pn == tn
         return math.isclose(pn, tn, rel_tol=rel_tol, abs_tol=1e-9)
-    if "=" in pred and "=" not in target and not pred.rstrip().endswith("="):
-        # a worked answer for a plain gold: "180 - 120 = 60" is its last value
+    if "=" in pred and "=" not in target and not pred.rstrip().endswith("=") \
+            and not _SEVERAL_EQUATIONS.search(pred):
+        # a worked answer for a plain gold: "180 - 120 = 60" is its last value (not a list of
+        # values: "x = -3 or x = 3", "x=5, y=3" state two answers)
         if _same(pred.rsplit("=", 1)[1], target, rel_tol):
             return True
     return _equivalent(pred, target)
