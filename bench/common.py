@@ -240,6 +240,15 @@ def peak_tflops(device_name: str) -> float | None:
     return PEAK_TFLOPS[key] if key else None
 
 
+def require_module(name: str, install: str) -> None:
+    """Exit in one line when ``name`` does not import (``install``: how to get it), before a
+    child process fails on it with a traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        raise SystemExit(f"{name} is not installed: {install}")
+
+
 def pick_device(cpu: bool, peak: float | None, hint: str = "run with --dry-run"
                 ) -> tuple[str, torch.dtype, float | None]:
     """``(device, dtype, peak TFLOP/s)`` of a GPU script: the CPU dry run in fp32 (CPU bf16

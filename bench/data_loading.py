@@ -48,7 +48,7 @@ def _pad_frac(batches, lengths) -> float:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--config", default=str(ROOT / "configs/demo.yaml"))
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--out", default=default_out("data_loading.json"))

@@ -215,7 +215,7 @@ def rss_mib() -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--rows", type=int, default=100_000, help="training samples")
     ap.add_argument("--test-rows", type=int, default=5000, help="benchmark test rows")
     ap.add_argument("--planted", type=int, default=1400, help="planted duplicates (7 kinds)")

@@ -311,7 +311,8 @@ def compare(row: dict, plain: dict, ref: dict, work: Path, device: str, dry_run:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=None, help="folder of engines_gpu.json ($OUT, else runs/)")
+    p.add_argument("--out", default=None,
+                   help="folder of engines_gpu.json (default: $OUT, else runs/bench/gpu)")
     p.add_argument("--work", default=None, help="run dirs (default: /dev/shm or a temp dir)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--engines", default=",".join(ENGINES))

@@ -318,7 +318,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--seq-lens", default="2048,4096,8192")
     ap.add_argument("--methods", default="chunked,naive", help="of: " + ",".join(METHODS))
     ap.add_argument("--steps", type=int, default=3)

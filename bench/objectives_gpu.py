@@ -159,7 +159,7 @@ def measure(method: str, hidden_size: int, vocab: int, n: int, reps: int, device
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--shapes", default="3b,7b")
     ap.add_argument("--tokens", default="2048,8192,16384")
     ap.add_argument("--reps", type=int, default=5)

@@ -181,7 +181,7 @@ def one_pass(adapter, module, optimizer, batches: list[dict], acc, attn: str
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4, help="samples per padded micro-batch")

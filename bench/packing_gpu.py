@@ -208,7 +208,7 @@ def _guarded(fn, name: str, *args) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--pack-tokens", default="8192,16384,32768")
     ap.add_argument("--padded-batch", default="4", help="samples per padded micro-batch(es)")
     ap.add_argument("--steps", type=int, default=3)

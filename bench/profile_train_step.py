@@ -24,7 +24,13 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import default_out, machine_info, markdown_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    default_out,
+    machine_info,
+    markdown_table,
+    require_module,
+    write_json,
+)
 from pair_setup import (  # noqa: E402
     build_batches,
     build_model_dir,
@@ -91,7 +97,7 @@ def profile_trl(a: dict, batches: list[dict]) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -99,6 +105,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--logit-scale", type=float, default=8.0)
     ap.add_argument("--out", default=default_out("profile_train_step.json"))
     args = ap.parse_args(argv)
+    require_module("trl", 'pip install -e ".[bench]"')
     a = {"micro_bs": 1, "grad_accum": 1, "lr": 1e-5}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

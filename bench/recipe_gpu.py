@@ -166,7 +166,7 @@ def table(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- main
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--config", default=DEFAULT_CONFIG, help="a shipped config (YAML)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override applied to every set-up (repeatable)")

@@ -178,7 +178,7 @@ def measure(source: Path, mode: str, cache: Path, code: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--rows", default="10000,100000,1000000")
     ap.add_argument("--layout", choices=("parquet", "jsonl"), default="parquet")
     ap.add_argument("--no-cache-max", type=int, default=100_000,

@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     machine_info,
     markdown_table,
     peak_rss_kib,
+    require_module,
     rss_kib,
     run_child,
     write_json,
@@ -309,7 +310,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--seq-lens", default="2048", help="comma-separated sequence lengths")
     ap.add_argument("--main-seq", type=int, default=2048, help="the length measured --reps times")
     ap.add_argument("--reps", type=int, default=3, help="runs per framework at --main-seq")
@@ -331,6 +332,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, one run each")
     ap.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    require_module("trl", 'pip install -e ".[bench]"')
     if args.child:
         child_main(*args.child)
         return {}
