@@ -466,3 +466,11 @@ def test_several_stated_values_are_not_the_last_one(reply, gold, right):
     """A worked answer is its last value, a list of equations is not ("x = -3 or x = 3" was
     right for 3)."""
     assert score(reply, gold)[1] is right
+
+
+def test_two_options_offered_as_text_are_not_an_answer():
+    """ "45° or 60°" was right for the option "60°" (math-verify kept the last value)."""
+    opts = ["30°", "45°", "60°", "90°"]
+    assert not score("Answer: 45° or 60°", "C", opts)[1]
+    assert not score("Answer: 45° or 60°", "60°")[1]
+    assert score("Answer: 60°", "C", opts)[1]

@@ -447,6 +447,8 @@ def _same(pred: str, target: str, rel_tol: float) -> bool:
         if tn.is_integer():  # a whole gold: 12346 and 12345.4 are not 12345 (7.0001 is 7)
             return abs(pn - tn) <= min(0.01, rel_tol * abs(tn)) or pn == tn
         return math.isclose(pn, tn, rel_tol=rel_tol, abs_tol=1e-9)
+    if re.search(r"\bor\b", p) and not re.search(r"\bor\b", t):
+        return False  # two answers offered ("45° or 60°"): math-verify took the last one
     if "=" in pred and "=" not in target and not pred.rstrip().endswith("=") \
             and not _SEVERAL_EQUATIONS.search(pred):
         # a worked answer for a plain gold: "180 - 120 = 60" is its last value (not a list of
