@@ -273,8 +273,10 @@ def qwen_flop_terms(model, seq_lens: list[int], patches: int, targets: int,
     ``12 L T^2 d``); vision_linear ``f N_blocks patches`` (patch embedding and blocks; their
     attention, < 0.1 %, is left out); projector_linear ``f N_merger patches / merge^2`` (the
     merger runs on merged tokens); lm_head_targets ``6 V H targets`` (all the chunked objective
-    computes). f = 6 for a trained part (forward + two backward products), 2 for a frozen part
-    with nothing trained before it (forward only: ``model.freeze: [vision]``). Recomputation
+    computes). f = 6 for a trained part (forward + two backward products), 4 for a part with
+    one backward product (trained with nothing trained before it: the merger under
+    ``model.freeze: [vision]``, no input gradient; or frozen with a trained part before it), 2
+    for a frozen part with nothing trained before it (forward only). Recomputation
     by gradient checkpointing is not counted, so MFU stays comparable with and without it."""
     tc = model.config.text_config
     vc = model.config.vision_config

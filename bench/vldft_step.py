@@ -126,7 +126,9 @@ def collate_fn(cfg, collator):
 
 def micro_stats(batch: dict, seq_lens: list[int], model, freeze) -> dict:
     """Tokens, token slots, targets and model FLOPs of one micro-batch
-    (``common.qwen_flop_terms``; a frozen vision tower: forward only)."""
+    (``common.qwen_flop_terms``; a frozen vision tower: forward only; the merger: 2 for its
+    forward, + 2 for weight gradients when it trains, + 2 for input gradients when the vision
+    tower before it trains)."""
     from vldft.step import count_targets
 
     frozen = set(freeze)
@@ -134,7 +136,7 @@ def micro_stats(batch: dict, seq_lens: list[int], model, freeze) -> dict:
     targets = count_targets(batch)
     f = qwen_flop_terms(model, seq_lens, patches, targets,
                         vision_factor=2.0 if "vision" in frozen else 6.0,
-                        projector_factor=(2.0 if "vision" in frozen else 4.0)
-                        if "projector" in frozen else 6.0)["total"]
+                        projector_factor=2.0 + 2.0 * ("projector" not in frozen)
+                        + 2.0 * ("vision" not in frozen))["total"]
     return {"tokens": sum(seq_lens), "slots": batch["input_ids"].numel(), "targets": targets,
             "flops": f}

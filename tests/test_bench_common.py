@@ -73,3 +73,25 @@ def test_random_sample_lays_out_the_image_block() -> None:
     assert set(text) == {"input_ids", "labels", "mm_token_type_ids"}
     same_draw = torch.randint(0, 100, (10,), generator=torch.Generator().manual_seed(0))
     assert torch.equal(text["input_ids"], same_draw)  # the ids first, from the same generator
+
+
+@pytest.mark.parametrize("freeze, factor", [((), 6.0), (("vision",), 4.0),
+                                            (("projector",), 4.0),
+                                            (("vision", "projector"), 2.0)])
+def test_the_projectors_flops_follow_what_is_trained(freeze, factor):
+    """The merger's FLOP factor: 6 when it and the vision tower train (forward, input and weight
+    gradients), 4 when only one does (no weight gradients, or no input gradient: nothing
+    trained before it, the shipped recipe's freeze: [vision]), 2 when neither does."""
+    from vldft_step import micro_stats
+
+    from vldft.adapters import load_adapter
+    from vldft.config import ModelConfig
+
+    model = load_adapter(ModelConfig(tiny=True)).model
+    batch = {"image_grid_thw": torch.tensor([[1, 4, 4]]), "input_ids": torch.zeros(1, 40),
+             "labels": torch.full((1, 40), -100)}
+    terms = common.qwen_flop_terms(model, [40], 16, 0, 1.0, 1.0)
+    rest = terms["total"] - terms["vision_linear"] - terms["projector_linear"]
+    vision = 2.0 if "vision" in freeze else 6.0
+    want = rest + vision * terms["vision_linear"] + factor * terms["projector_linear"]
+    assert micro_stats(batch, [40], model, list(freeze))["flops"] == pytest.approx(want)
