@@ -8,7 +8,8 @@ scenario (what it builds and measures) over one set of measuring tools.
   ``peak_mem_gib``, ``oom_guard``, ``rss_kib`` / ``peak_rss_kib``, ``to_device``;
 - FLOPs and MFU: ``qwen_flop_terms``, ``mfu``, ``PEAK_TFLOPS`` / ``peak_tflops``,
   ``pick_device``;
-- child processes (one measurement per fresh process): ``run_child`` / ``child_result``;
+- child processes (one measurement per fresh process): ``run_child`` / ``child_result``,
+  ``free_port`` (a rendezvous port for ``torchrun`` / ``accelerate``);
 - tables: ``markdown_table``, ``fmt_mfu``.
 
 The Qwen2.5-VL the scripts train (configs, models, synthetic samples) is ``bench/qwen.py``. Only
@@ -30,6 +31,7 @@ import json
 import os
 import platform
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -263,21 +265,32 @@ def pick_device(cpu: bool, peak: float | None, hint: str = "run with --dry-run"
 
 
 def qwen_flop_terms(model, seq_lens: list[int], patches: int, targets: int,
-                    vision_factor: float = 6.0, projector_factor: float = 6.0) -> dict:
+                    vision_factor: float = 6.0, projector_factor: float = 6.0,
+                    text_factor: float = 6.0, lm_head_factor: float = 6.0) -> dict:
     """Model FLOPs of one training pass over a Qwen2.5-VL micro-batch, by term: ``seq_lens``
     the real (non-padding) length of each sample (attention within each sample), ``patches``
     the vision patches of its images, ``targets`` its target tokens.
 
-    text_linear ``6 N_text sum(n)`` (decoder without the embedding); text_attention
+    text_linear ``f N_text sum(n)`` (decoder without the embedding); text_attention
     ``6 layers d sum(n^2)`` (causal scores and values, d = heads x head_dim: half of PaLM's
-    ``12 L T^2 d``); vision_linear ``f N_blocks patches`` (patch embedding and blocks; their
-    attention, < 0.1 %, is left out); projector_linear ``f N_merger patches / merge^2`` (the
-    merger runs on merged tokens); lm_head_targets ``6 V H targets`` (all the chunked objective
-    computes). f = 6 for a trained part (forward + two backward products), 4 for a part with
-    one backward product (trained with nothing trained before it: the merger under
-    ``model.freeze: [vision]``, no input gradient; or frozen with a trained part before it), 2
-    for a frozen part with nothing trained before it (forward only). Recomputation
-    by gradient checkpointing is not counted, so MFU stays comparable with and without it."""
+    ``12 L T^2 d``; no weights, so its backward is input gradients only and stays 2 x the
+    forward whenever anything trains); vision_linear ``f N_blocks patches`` (patch embedding
+    and blocks; their attention, < 0.1 %, is left out); projector_linear
+    ``f N_merger patches / merge^2`` (the merger runs on merged tokens); lm_head_targets
+    ``f V H targets`` (all the chunked objective computes).
+
+    f per part, 2 per product of a [tokens, in] x [in, out] weight: the forward (2), the input
+    gradient (2, needed when a trained part lies before it or inside it), the weight gradient
+    (2, when its weights train). So f = 6 for a trained part that needs input gradients (the
+    default: everything trained), 4 for a trained part with nothing trained before it (the
+    merger under ``model.freeze: [vision]``: forward + weight gradients) and for a frozen part
+    with a trained part before or inside it (forward + input gradients: a frozen language
+    model after a trained merger, or LoRA, where only the adapters train and the base weights
+    pass gradients on; the adapters' own products, rank r << width, are not counted), 2 for a
+    frozen part with nothing trained before it (forward only: the vision tower under
+    ``freeze: [vision]``). ``vldft_step.flop_factors`` derives them from a config's
+    ``model.freeze`` and ``model.lora``. Recomputation by gradient checkpointing is not
+    counted, so MFU stays comparable with and without it."""
     tc = model.config.text_config
     vc = model.config.vision_config
     lm = model.model.language_model
@@ -286,12 +299,12 @@ def qwen_flop_terms(model, seq_lens: list[int], patches: int, targets: int,
     n_merger = sum(p.numel() for p in visual.merger.parameters())
     n_vision = sum(p.numel() for p in visual.parameters()) - n_merger
     d = tc.num_attention_heads * (tc.hidden_size // tc.num_attention_heads)
-    terms = {"text_linear": 6.0 * n_text * sum(seq_lens),
+    terms = {"text_linear": text_factor * n_text * sum(seq_lens),
              "text_attention": 6.0 * tc.num_hidden_layers * d * sum(n * n for n in seq_lens),
              "vision_linear": vision_factor * n_vision * patches,
              "projector_linear": projector_factor * n_merger * patches
              / vc.spatial_merge_size**2,
-             "lm_head_targets": 6.0 * tc.vocab_size * tc.hidden_size * targets}
+             "lm_head_targets": lm_head_factor * tc.vocab_size * tc.hidden_size * targets}
     return {**terms, "total": sum(terms.values()), "n_text": n_text, "n_vision": n_vision,
             "n_merger": n_merger}
 
@@ -333,6 +346,13 @@ def run_child(cmd: list[str], env: dict | None = None, timeout: float | None = N
     out = json.loads(lines[-1][len(RESULT_MARKER):])
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a launched process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- tables

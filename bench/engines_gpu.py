@@ -4,7 +4,7 @@ running vldft's real training loop (``vldft.train.main``) on the same seed and d
 Qwen2.5-VL-3B architecture with random weights (nothing downloaded).
 
     python bench/engines_gpu.py --out DIR          # on the GPU machine (bench/gpu.sh, phase 2)
-    python bench/engines_gpu.py --cpu-dry-run --out DIR   # tiny model, CPU, gloo (CI: seconds)
+    python bench/engines_gpu.py --cpu-dry-run --out DIR   # tiny model, CPU, gloo (~30 s)
     python bench/engines_gpu.py [--models tiny,3b] [--engines plain,fsdp,zero2,zero3]
                                 [--steps 3] [--work DIR]
 
@@ -49,7 +49,6 @@ import gc
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -61,7 +60,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import free, peak_mem_gib, reset_peak, run_header, save_result  # noqa: E402
+from common import (  # noqa: E402
+    free,
+    free_port,
+    peak_mem_gib,
+    reset_peak,
+    run_header,
+    save_result,
+)
 from qwen import qwen25vl_3b_config, qwen25vl_small_config  # noqa: E402
 
 ENGINES = ("plain", "fsdp", "zero2", "zero3")
@@ -74,12 +80,6 @@ TOL = {"fp32": {"loss": 1e-5, "grad_norm": 5e-4, "update_error": 1e-3},
 
 
 # ----------------------------------------------------------------------------- engines
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launcher_env(config: str | Path, mixed_precision: str | None,
                  num_processes: int = 1) -> dict[str, str]:
     """The ACCELERATE_* / FSDP_* variables ``accelerate launch --config_file CONFIG

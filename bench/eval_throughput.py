@@ -51,7 +51,6 @@ import json
 import math
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ sys.path.insert(0, str(ROOT))  # vldft from this working tree (not installed on 
 
 from common import (  # noqa: E402
     default_out,
+    free_port,
     gpu_out,
     machine_info,
     peak_mem_gib,
@@ -80,12 +80,6 @@ LOCAL_TASK = "vldft_geo_heldout"
 
 
 # ----------------------------------------------------------------------------- mode 1: the CLI
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(model: str, task: str, limit: int, batch: int, procs: int, out: Path,
         max_new_tokens: int) -> dict:
     cmd = [sys.executable, "-m", "vldft.eval", "--model", model, "--tasks", task, "--limit",
@@ -93,7 +87,7 @@ def run(model: str, task: str, limit: int, batch: int, procs: int, out: Path,
            str(max_new_tokens)]
     if procs > 1:
         cmd[1:3] = ["-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-                    "--master_port", str(_port()), "-m", "vldft.eval"]
+                    "--master_port", str(free_port()), "-m", "vldft.eval"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     start = time.perf_counter()

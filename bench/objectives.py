@@ -211,7 +211,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--shapes", default="3b,7b")
     ap.add_argument("--tokens", default="2048,8192,16384")
     ap.add_argument("--reps", type=int, default=3)

@@ -45,7 +45,8 @@ batch shape), then ``--rounds`` rounds time each set-up's ``--steps`` optimizer 
 interleaved (A B C, then C B A, ...). On CUDA the set-ups that do not share a model are parked on
 the CPU (weights and optimizer state) while another runs, so one GPU holds one of them at a
 time; moving is not timed. Reported per set-up: tokens/s, useful (target) tokens/s, MFU (model
-FLOPs: ``common.qwen_flop_terms``, frozen vision forward only, recomputation not counted), peak
+FLOPs: ``common.qwen_flop_terms`` with ``vldft_step.flop_factors``: frozen vision forward only,
+the merger after it 4x, a frozen or LoRA language model 4x; recomputation not counted), peak
 memory over the timed steps, CUDA kernels per optimizer step (one profiled step), padding.
 Out of memory is reported in the set-up's row; the others still run.
 """
@@ -288,8 +289,9 @@ def main(argv=None) -> dict:
             "trainable_params": sum(p.numel() for p in params if p.requires_grad),
             "params": sum(p.numel() for p in params)}
     out = Path(args.out) / "recipe_gpu.json"
-    stats = {n: [[micro_stats(b, lens, insts[n]["adapter"].model, cfgs[n].model.freeze)
-                  for b, lens in st] for st in plans[n]] for n in names}
+    lora = {n: cfgs[n].model.lora.parts if cfgs[n].model.lora else None for n in names}
+    stats = {n: [[micro_stats(b, lens, insts[n]["adapter"].model, cfgs[n].model.freeze,
+                              lora[n]) for b, lens in st] for st in plans[n]] for n in names}
     runs: dict[str, dict] = {n: {"seconds": [], "step_s": [], "peak": 0.0, "losses": []}
                              for n in names}
 

@@ -124,19 +124,41 @@ def collate_fn(cfg, collator):
     return loader.SegmentCollator(collator) if segments else collator
 
 
-def micro_stats(batch: dict, seq_lens: list[int], model, freeze) -> dict:
+def flop_factors(freeze, lora_parts=None) -> dict[str, float]:
+    """The FLOP factor of each part of a Qwen2.5-VL (``common.qwen_flop_terms``'s rule) for
+    ``model.freeze`` and, with LoRA, ``model.lora.parts`` (None: no LoRA). In the model's order
+    vision -> projector -> language (-> lm_head), each part costs 2 for its forward, + 2 for
+    weight gradients when its weights train, + 2 for input gradients when a part before it
+    trains or it trains itself beyond its first product (a multi-layer part: every part but the
+    two-layer merger is counted so). Under LoRA every base weight is frozen (the lm_head
+    always: it is never a LoRA target), and a LoRA part trains adapters only: 4 (forward +
+    input gradients), as a frozen part after a trained one."""
+    frozen = set(freeze)
+    lora = None if lora_parts is None else set(lora_parts) - frozen
+    out, before = {}, False  # before: a part before this one trains
+    for part, key in (("vision", "vision"), ("projector", "projector"),
+                      ("language", "text")):
+        full = part not in frozen and lora is None  # its own weights train
+        adapters = lora is not None and part in lora
+        inside = full and part != "projector" or adapters  # it needs its own input gradients
+        out[key] = 2.0 + 2.0 * full + 2.0 * (before or inside)
+        before = before or full or adapters
+    out["lm_head"] = 6.0 if "language" not in frozen and lora is None else 4.0
+    return out
+
+
+def micro_stats(batch: dict, seq_lens: list[int], model, freeze, lora_parts=None) -> dict:
     """Tokens, token slots, targets and model FLOPs of one micro-batch
-    (``common.qwen_flop_terms``; a frozen vision tower: forward only; the merger: 2 for its
-    forward, + 2 for weight gradients when it trains, + 2 for input gradients when the vision
-    tower before it trains)."""
+    (``common.qwen_flop_terms`` with the factors of ``flop_factors(freeze, lora_parts)``: a
+    frozen vision tower forward only, the merger after it 4 (forward + weight gradients), a
+    frozen or LoRA language model 4 (forward + input gradients))."""
     from vldft.step import count_targets
 
-    frozen = set(freeze)
     patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
     targets = count_targets(batch)
-    f = qwen_flop_terms(model, seq_lens, patches, targets,
-                        vision_factor=2.0 if "vision" in frozen else 6.0,
-                        projector_factor=2.0 + 2.0 * ("projector" not in frozen)
-                        + 2.0 * ("vision" not in frozen))["total"]
+    k = flop_factors(freeze, lora_parts)
+    f = qwen_flop_terms(model, seq_lens, patches, targets, vision_factor=k["vision"],
+                        projector_factor=k["projector"], text_factor=k["text"],
+                        lm_head_factor=k["lm_head"])["total"]
     return {"tokens": sum(seq_lens), "slots": batch["input_ids"].numel(), "targets": targets,
             "flops": f}

@@ -95,3 +95,41 @@ def test_the_projectors_flops_follow_what_is_trained(freeze, factor):
     vision = 2.0 if "vision" in freeze else 6.0
     want = rest + vision * terms["vision_linear"] + factor * terms["projector_linear"]
     assert micro_stats(batch, [40], model, list(freeze))["flops"] == pytest.approx(want)
+
+
+@pytest.mark.parametrize("freeze, lora, want", [
+    ((), None, dict(vision=6, projector=6, text=6, lm_head=6)),
+    (("vision",), None, dict(vision=2, projector=4, text=6, lm_head=6)),
+    (("vision", "language"), None, dict(vision=2, projector=4, text=4, lm_head=4)),
+    (("vision", "projector"), None, dict(vision=2, projector=2, text=6, lm_head=6)),
+    ((), ["language"], dict(vision=2, projector=2, text=4, lm_head=4)),
+    (("vision",), ["language", "projector"], dict(vision=2, projector=4, text=4, lm_head=4)),
+    ((), ["vision", "language"], dict(vision=4, projector=4, text=4, lm_head=4)),
+])
+def test_flop_factors_follow_what_is_trained(freeze, lora, want):
+    """f = 6 for a trained part that needs input gradients, 4 for a trained part with nothing
+    trained before it (the merger under freeze: [vision]) or a frozen / LoRA part that passes
+    gradients on (forward + input gradients: a frozen language model after a trained merger,
+    LoRA's base weights), 2 for a frozen part with nothing trained before it."""
+    from vldft_step import flop_factors
+
+    assert flop_factors(list(freeze), lora) == {k: float(v) for k, v in want.items()}
+
+
+def test_a_lora_language_model_counts_its_text_linear_4x():
+    """micro_stats with LoRA on the language model: text linear and lm_head terms at 4 instead
+    of 6, a frozen vision tower and merger forward only; attention unchanged."""
+    from vldft_step import micro_stats
+
+    from vldft.adapters import load_adapter
+    from vldft.config import ModelConfig
+
+    model = load_adapter(ModelConfig(tiny=True)).model
+    labels = torch.full((1, 40), -100)
+    labels[0, 30:] = 1
+    batch = {"image_grid_thw": torch.tensor([[1, 4, 4]]), "input_ids": torch.zeros(1, 40),
+             "labels": labels}
+    t = common.qwen_flop_terms(model, [40], 16, 10, 1.0, 1.0, 1.0, 1.0)  # 10 targets
+    want = (t["text_attention"] + 2 * t["vision_linear"] + 2 * t["projector_linear"]
+            + 4 * t["text_linear"] + 4 * t["lm_head_targets"])
+    assert micro_stats(batch, [40], model, [], ["language"])["flops"] == pytest.approx(want)
