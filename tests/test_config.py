@@ -609,3 +609,15 @@ def test_attention_implementation_is_checked_before_the_model_loads():
         with pytest.raises(ConfigError, match="flash_attention_2 needs the flash-attn package"):
             load_config(DEMO_CONFIG, ["model.attn_implementation=flash_attention_2"])
     assert load_config(DEMO_CONFIG, ["model.attn_implementation=varlen"])
+
+
+def test_an_include_of_a_folder_or_a_shipped_name_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fold").mkdir()
+    (tmp_path / "a.yaml").write_text("include: fold\n")
+    with pytest.raises(ConfigError, match=r"include: .*fold is a folder, not a YAML file"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "a.yaml").write_text("include: configs/demo.yaml\n")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"not found (vldft's own copy: {ROOT / 'configs/demo.yaml'})")):
+        load_config(tmp_path / "a.yaml")

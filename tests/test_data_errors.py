@@ -370,7 +370,8 @@ def test_one_jsonl_reader_gives_every_caller_the_same_file_line_errors(tmp_path)
     assert isinstance(bad_json, DataError) and bad_json.reason == "bad_json"
     with pytest.raises(json.JSONDecodeError) as e:
         json.loads(lines[1])
-    assert str(bad_json) == f"{path}:2: invalid JSON ({e.value.msg} at column {e.value.colno})"
+    msg = e.value.msg.removesuffix(" at")
+    assert str(bad_json) == f"{path}:2: invalid JSON ({msg} at column {e.value.colno})"
     assert isinstance(bad_utf8, DataError) and str(bad_utf8).startswith(
         f"{path}:4: not UTF-8 text: invalid byte 0xff at byte offset ")
     assert bad_utf8.offset == sum(len(x) + 1 for x in lines[:3]) + lines[3].index(b"\xff")
@@ -433,3 +434,14 @@ def test_missing_or_folder_image_says_which_and_where_relative_paths_resolve(tmp
         and "--image-root for vldft-data" in messages[1]
     assert "image_root" in messages[1]
     assert "image file not found" in messages[2] and "resolves against" not in messages[2]
+
+
+def test_a_broken_json_line_is_named_without_a_doubled_word(tmp_path):
+    """json's "Unterminated string starting at" followed by vldft's "at column" read "at at"."""
+    from vldft.data import DataError, load_jsonl
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": "x\n')
+    with pytest.raises(DataError) as e:
+        load_jsonl(bad)
+    assert "starting at column" in str(e.value) and "at at" not in str(e.value), str(e.value)

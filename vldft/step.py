@@ -374,5 +374,6 @@ def describe_model(adapter: Adapter, cfg: Config, commit: str | None = None) -> 
     name += f" at commit {commit[:12]}" if commit else ""
     return (f"{cfg.model.family} ({name}): "
             + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items())
-            + f"; trainable {n_trainable / 1e6:.2f}M"
+            + (f"; trainable {n_trainable / 1e6:.2f}M" if n_trainable >= 5000
+               else f"; trainable {n_trainable:,}")
             + (f" (LoRA r={lora.r} on {on})" if lora else "") + f"; frozen: {frozen}")

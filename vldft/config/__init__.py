@@ -385,8 +385,10 @@ def _with_include(raw: dict[str, Any], path: Path, chain: list[Path]) -> dict[st
     inc = (path.resolve().parent / Path(name).expanduser()).resolve()
     if inc in chain:
         raise ConfigError(f"{path}: include: {name} includes itself (via {chain})")
+    if inc.is_dir():
+        raise ConfigError(f"{path}: include: {inc} is a folder, not a YAML file")
     if not inc.is_file():
-        raise ConfigError(f"{path}: include: {inc} not found")
+        raise ConfigError(f"{path}: include: {inc} not found{resources.hint(name)}")
     with open(inc) as f:
         try:
             base = yaml.safe_load(f) or {}

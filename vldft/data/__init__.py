@@ -162,7 +162,8 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             yield lineno, json.loads(line.rstrip("\r\n"))  # (the column of an error: its line's)
         except json.JSONDecodeError as e:
-            where, detail = f"{path}:{lineno}", f"invalid JSON ({e.msg} at column {e.colno})"
+            where = f"{path}:{lineno}"  # (json's "... starting at" + " at column": once)
+            detail = f"invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
             yield lineno, DataError(f"{where}: {detail}", "bad_json", where, detail)
 
 

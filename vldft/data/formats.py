@@ -218,7 +218,7 @@ def iter_json(path: Path) -> Iterator[Row]:
             except json.JSONDecodeError as e:
                 first = next((ln for ln in re.split(r"\r\n|\r|\n", text) if ln.strip()), "")
                 if not _is_json(first):
-                    detail = f"invalid JSON ({e.msg} at column {e.colno})"
+                    detail = f"invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
                     raise DataError(f"{path}:{e.lineno}: {detail}", "bad_json",
                                     f"{path}:{e.lineno}", detail) from None
             else:
