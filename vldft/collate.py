@@ -447,12 +447,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        from vldft.data.download import origin_conflict
+        from vldft.data.download import require_data
 
-        # a copy of other rows than asked, or none downloaded (the download command to run)
-        missing = origin_conflict(cfg, args.overrides) or cfg.missing_sources([], args.overrides)
-        if missing:
-            raise ConfigError(missing)
+        # a copy of other rows than asked, or none downloaded (the download command to run);
+        # the preview does not decontaminate, so benchmark copies are not asked for
+        require_data(cfg, args.overrides, benchmarks=False)
         sources = [s for s in cfg.all_sources() if args.source in (None, s.label)]
         if not sources:
             raise ConfigError(f"--source {args.source}: no such source; sources: "

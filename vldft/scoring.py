@@ -514,7 +514,8 @@ def score(text: str | None, target: str, choices: list[str] | None = None,
     ok = is_correct(pred, target, choices)
     reply = _THINK.sub(" ", text or "").strip()
     at = reply.rfind(pred) if ok and pred else -1
-    if at >= 0 and _unit(gold) and _unit(reply[at:at + len(pred) + 24]) not in (None, _unit(gold)):
+    gold_unit = _unit(gold) if at >= 0 else None
+    if gold_unit and _unit(reply[at:at + len(pred) + 24]) not in (None, gold_unit):
         ok = False  # a number taken from "8 inches" for gold "8 feet": its unit is not gold's
     if not ok and not strict and reply and _bare(reply) == _bare(gold):
         return reply, True  # a bare reply that is the gold itself: "(2,2)", "$9 \\pi cm^2$"

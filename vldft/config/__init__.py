@@ -327,8 +327,8 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], Path, bool]:
 def _generated(raw: dict[str, Any]) -> list[tuple[str | int, ...]]:
     """Where a raw config names a relative path under ``runs/``: something a run wrote or the
     user generated (``python -m vldft.data.synth_video runs/video_data``), not shipped data."""
-    return [where for where in path_locations(raw) if isinstance(_at(raw, where), str)
-            and Path(_at(raw, where)).parts[:1] == ("runs",)]
+    return [where for where in path_locations(raw)
+            if isinstance(value := _at(raw, where), str) and Path(value).parts[:1] == ("runs",)]
 
 
 def _bundled_outputs(raw: dict[str, Any]) -> None:

@@ -293,18 +293,20 @@ def origin_conflict(cfg: Config, overrides: list[str] | None = None) -> str | No
     return None
 
 
-def require_data(cfg: Config, overrides: list[str] | None = None) -> None:
+def require_data(cfg: Config, overrides: list[str] | None = None,
+                 benchmarks: bool = True) -> None:
     """Before any model loads: every ``hub`` source has its local copy, of what the source asks
-    for (``origin_conflict``), and the benchmark copies ``data.decontaminate`` reads are
-    present; else one ``ConfigError`` line naming what is missing or different, where it was
-    looked for and the command that fetches it (with ``overrides``, the command line's)."""
+    for (``origin_conflict``), and (``benchmarks``) the benchmark copies ``data.decontaminate``
+    reads are present; else one ``ConfigError`` line naming what is missing or different, where
+    it was looked for and the command that fetches it (with ``overrides``, the command
+    line's). ``benchmarks=False``: sources only (a preview that does not decontaminate)."""
     from vldft.data.benchmarks import BENCHMARKS, LocalDataError, find_local
 
     conflict = origin_conflict(cfg, overrides)
     if conflict:
         raise ConfigError(conflict)
     try:
-        names = benchmarks_for(cfg.data.decontaminate)
+        names = benchmarks_for(cfg.data.decontaminate) if benchmarks else []
     except ValueError as e:
         raise ConfigError(str(e)) from None
     root = cfg.benchmark_root()

@@ -50,10 +50,9 @@ def load_run(run_dir: str | Path) -> Run:
         if (wanted is None and task not in scores) or metric == wanted:
             scores[task] = float(row["value"]) / (100 if task in PERCENT_TASKS else 1)
             n[task] = row.get("n")
-    lmms = data.get("lmms_eval") or {}
+    lmms, meta = data.get("lmms_eval") or {}, data.get("vldft") or {}
     versions = {t: f"task {(lmms.get('versions') or {}).get(t)}, lmms-eval "
-                   f"{(data.get('vldft') or {}).get('lmms_eval_version')}" for t in scores}
-    meta = data.get("vldft") or {}
+                   f"{meta.get('lmms_eval_version')}" for t in scores}
     args = str(meta.get("model_args", ""))
     if meta.get("model"):
         args = args.replace(str(meta["model"]), "<checkpoint>")
